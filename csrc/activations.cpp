@@ -1,0 +1,180 @@
+// Array kernels for the activations; scalar forms live in the header.
+#include "activations.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "parallel.hpp"
+
+namespace densekit {
+namespace {
+
+struct NamedActivation {
+  const char* name;
+  ActivationKind kind;
+};
+
+constexpr NamedActivation kActivations[] = {
+    {"linear", ActivationKind::linear},       {"relu", ActivationKind::relu},
+    {"leaky_relu", ActivationKind::leaky_relu}, {"elu", ActivationKind::elu},
+    {"sigmoid", ActivationKind::sigmoid},     {"tanh", ActivationKind::tanh},
+    {"softplus", ActivationKind::softplus},   {"gelu", ActivationKind::gelu},
+    {"gelu_tanh", ActivationKind::gelu_tanh}, {"softmax", ActivationKind::softmax},
+};
+
+// Elementwise work is cut into fixed blocks; each element is independent, so any split
+// gives the same bits, and the block size only keeps small arrays on one thread.
+constexpr index_t kElementBlock = 1 << 14;
+
+index_t row_block_for(index_t cols) {
+  return std::max<index_t>(1, kElementBlock / std::max<index_t>(cols, 1));
+}
+
+}  // namespace
+
+bool activation_from_name(const std::string& name, ActivationKind* kind) {
+  for (const auto& entry : kActivations) {
+    if (name == entry.name) {
+      *kind = entry.kind;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* activation_name(ActivationKind kind) {
+  for (const auto& entry : kActivations)
+    if (entry.kind == kind) return entry.name;
+  return "?";
+}
+
+bool activation_has_alpha(ActivationKind kind) {
+  return kind == ActivationKind::leaky_relu || kind == ActivationKind::elu;
+}
+
+double activation_default_alpha(ActivationKind kind) {
+  if (kind == ActivationKind::leaky_relu) return 0.01;
+  if (kind == ActivationKind::elu) return 1.0;
+  return 0.0;
+}
+
+bool derivative_from_output(const Activation& act) {
+  switch (act.kind) {
+    case ActivationKind::linear:
+    case ActivationKind::relu:
+    case ActivationKind::sigmoid:
+    case ActivationKind::tanh:
+    case ActivationKind::softmax: return true;
+    case ActivationKind::leaky_relu: return act.alpha > 0.0;
+    default: return false;
+  }
+}
+
+bool derivative_is_one(const Activation& act) { return act.kind == ActivationKind::linear; }
+
+template <typename T>
+void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
+  for (index_t r = 0; r < rows; ++r) {
+    T* row = v + r * ld;
+    T max_value = row[0];
+    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
+    T sum = T(0);
+    for (index_t j = 0; j < cols; ++j) {
+      row[j] = std::exp(row[j] - max_value);
+      sum += row[j];
+    }
+    const T inv = T(1) / sum;
+    for (index_t j = 0; j < cols; ++j) row[j] *= inv;
+  }
+}
+
+template <typename T>
+void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Activation& act,
+                        int num_threads) {
+  if (rows <= 0 || cols <= 0) return;
+  const T alpha = static_cast<T>(act.alpha);
+  const index_t row_block = row_block_for(cols);
+  const index_t n_tasks = (rows + row_block - 1) / row_block;
+  parallel_for(n_tasks, num_threads, [&](index_t task) {
+    const index_t r0 = task * row_block;
+    const index_t r1 = std::min(rows, r0 + row_block);
+    const T* zin = z + r0 * cols;
+    T* yout = y + r0 * cols;
+    const index_t count = (r1 - r0) * cols;
+    if (act.kind == ActivationKind::softmax) {
+      if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
+      softmax_rows_inplace(yout, r1 - r0, cols, cols);
+      return;
+    }
+    switch (act.kind) {
+      case ActivationKind::linear:
+        if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
+        break;
+      case ActivationKind::relu:
+        for (index_t i = 0; i < count; ++i) yout[i] = zin[i] > T(0) ? zin[i] : T(0);
+        break;
+      default:
+        for (index_t i = 0; i < count; ++i) yout[i] = scalar::forward(act.kind, alpha, zin[i]);
+    }
+  });
+}
+
+template <typename T>
+void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t rows, index_t cols,
+                         const Activation& act, int num_threads) {
+  if (rows <= 0 || cols <= 0) return;
+  const T alpha = static_cast<T>(act.alpha);
+  const bool use_y = derivative_from_output(act) && y != nullptr;
+  if (!use_y && z == nullptr && !derivative_is_one(act))
+    throw ArgumentError(std::string("activation '") + activation_name(act.kind) +
+                        "' needs the pre-activation z for its derivative");
+  const index_t row_block = row_block_for(cols);
+  const index_t n_tasks = (rows + row_block - 1) / row_block;
+  parallel_for(n_tasks, num_threads, [&](index_t task) {
+    const index_t r0 = task * row_block;
+    const index_t r1 = std::min(rows, r0 + row_block);
+    if (act.kind == ActivationKind::softmax) {
+      std::vector<T> probs;
+      if (!use_y) probs.resize(static_cast<size_t>(cols));
+      for (index_t r = r0; r < r1; ++r) {
+        const T* dyr = dy + r * cols;
+        T* dzr = dz + r * cols;
+        const T* yr;
+        if (use_y) {
+          yr = y + r * cols;
+        } else {
+          std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
+          softmax_rows_inplace(probs.data(), 1, cols, cols);
+          yr = probs.data();
+        }
+        T dot = T(0);
+        for (index_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
+        for (index_t j = 0; j < cols; ++j) dzr[j] = yr[j] * (dyr[j] - dot);
+      }
+      return;
+    }
+    const index_t begin = r0 * cols;
+    const index_t end = r1 * cols;
+    if (derivative_is_one(act)) {
+      if (dz != dy)
+        std::memcpy(dz + begin, dy + begin, sizeof(T) * static_cast<size_t>(end - begin));
+    } else if (use_y) {
+      for (index_t i = begin; i < end; ++i)
+        dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);
+    } else {
+      for (index_t i = begin; i < end; ++i)
+        dz[i] = dy[i] * scalar::derivative_from_z(act.kind, alpha, z[i]);
+    }
+  });
+}
+
+#define DENSEKIT_INSTANTIATE(T)                                                              \
+  template void activation_forward<T>(T*, const T*, index_t, index_t, const Activation&, int); \
+  template void activation_backward<T>(T*, const T*, const T*, const T*, index_t, index_t,     \
+                                       const Activation&, int);                               \
+  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
+DENSEKIT_INSTANTIATE(float)
+DENSEKIT_INSTANTIATE(double)
+#undef DENSEKIT_INSTANTIATE
+
+}  // namespace densekit

@@ -1,0 +1,13 @@
+// Registration functions of the binding files; module.cpp calls each once.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace densekit::bind {
+
+void bind_activations(pybind11::module_& m);
+void bind_dense(pybind11::module_& m);
+void bind_losses(pybind11::module_& m);
+void bind_optim(pybind11::module_& m);
+
+}  // namespace densekit::bind

@@ -1,0 +1,220 @@
+// Boundary checks shared by the binding files. Every array argument is taken as a plain
+// Python object and checked here, so the messages name the argument, the expectation and
+// what arrived; nothing is converted or copied. Shape, layout, writeability and overlap
+// problems raise ValueError; wrong types and dtypes raise TypeError.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "activations.hpp"
+#include "common.hpp"
+
+namespace densekit::bind {
+
+namespace py = pybind11;
+
+enum class DType { float32, float64 };
+
+inline std::string type_name(py::handle obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
+}
+
+inline std::string shape_string(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d > 0) s += ", ";
+    s += std::to_string(a.shape(d));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+inline std::string shape_string(const std::vector<index_t>& shape) {
+  std::string s = "(";
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (d > 0) s += ", ";
+    s += std::to_string(shape[d]);
+  }
+  if (shape.size() == 1) s += ",";
+  return s + ")";
+}
+
+inline std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+[[noreturn]] inline void type_fail(const char* name, const std::string& what) {
+  throw py::type_error(std::string(name) + ": " + what);
+}
+
+[[noreturn]] inline void value_fail(const char* name, const std::string& what) {
+  throw py::value_error(std::string(name) + ": " + what);
+}
+
+// A NumPy array, C-contiguous, in native byte order. `expected` describes the dtype wanted.
+inline py::array require_array(py::handle obj, const char* name, const char* expected) {
+  if (!py::isinstance<py::array>(obj))
+    type_fail(name, std::string("expected a numpy.ndarray of ") + expected + ", got " +
+                        type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (a.dtype().byteorder() == '>')
+    type_fail(name, std::string("expected ") + expected + " in native byte order, got " +
+                        dtype_string(a));
+  return a;
+}
+
+inline void require_c_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style))
+    value_fail(name, "expected a C-contiguous array, got a non-contiguous view of shape " +
+                         shape_string(a) + " (use numpy.ascontiguousarray)");
+}
+
+// A C-contiguous float32/float64 array.
+inline py::array float_array(py::handle obj, const char* name, DType* dtype) {
+  py::array a = require_array(obj, name, "float32 or float64");
+  const int num = a.dtype().num();
+  if (num == py::dtype::of<float>().num()) {
+    *dtype = DType::float32;
+  } else if (num == py::dtype::of<double>().num()) {
+    *dtype = DType::float64;
+  } else {
+    type_fail(name, "expected dtype float32 or float64, got " + dtype_string(a));
+  }
+  require_c_contiguous(a, name);
+  return a;
+}
+
+inline const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
+
+// A C-contiguous array with the same float dtype as an earlier argument.
+inline py::array float_array_like(py::handle obj, const char* name, DType dtype,
+                                  const char* reference_name) {
+  DType got;
+  py::array a = require_array(obj, name, dtype_name(dtype));
+  const int num = a.dtype().num();
+  if (num == py::dtype::of<float>().num()) {
+    got = DType::float32;
+  } else if (num == py::dtype::of<double>().num()) {
+    got = DType::float64;
+  } else {
+    type_fail(name, std::string("expected dtype ") + dtype_name(dtype) + " (the dtype of " +
+                        reference_name + "), got " + dtype_string(a));
+  }
+  if (got != dtype)
+    type_fail(name, std::string("expected dtype ") + dtype_name(dtype) + " (the dtype of " +
+                        reference_name + "), got " + dtype_string(a));
+  require_c_contiguous(a, name);
+  return a;
+}
+
+inline void require_ndim(const py::array& a, const char* name, int ndim) {
+  if (a.ndim() != ndim)
+    value_fail(name, "expected a " + std::to_string(ndim) + "-d array, got shape " +
+                         shape_string(a));
+}
+
+inline void require_shape(const py::array& a, const char* name,
+                          const std::vector<index_t>& expected, const char* why = nullptr) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(expected.size());
+  for (size_t d = 0; ok && d < expected.size(); ++d) ok = a.shape(d) == expected[d];
+  if (!ok) {
+    std::string message = "expected shape " + shape_string(expected);
+    if (why != nullptr) message += std::string(" (") + why + ")";
+    value_fail(name, message + ", got " + shape_string(a));
+  }
+}
+
+inline void require_writeable(const py::array& a, const char* name) {
+  if (!a.writeable()) value_fail(name, "expected a writeable array, got a read-only one");
+}
+
+inline bool memory_overlaps(const py::array& a, const py::array& b) {
+  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+  const auto a0 = reinterpret_cast<std::uintptr_t>(a.data());
+  const auto b0 = reinterpret_cast<std::uintptr_t>(b.data());
+  return a0 < b0 + static_cast<std::uintptr_t>(b.nbytes()) &&
+         b0 < a0 + static_cast<std::uintptr_t>(a.nbytes());
+}
+
+struct Named {
+  const py::array* array;
+  const char* name;
+};
+
+// An output must not share memory with any input (nor another output).
+inline void require_no_overlap(const py::array& out, const char* name,
+                               std::initializer_list<Named> others) {
+  for (const Named& other : others) {
+    if (other.array != nullptr && memory_overlaps(out, *other.array))
+      value_fail(name, std::string("must not share memory with ") + other.name);
+  }
+}
+
+// An out= argument: None (returns false) or a writeable C-contiguous array of exactly the
+// expected shape and dtype. Never converted.
+inline bool out_array(py::handle obj, const char* name, DType dtype,
+                      const std::vector<index_t>& shape, py::array* result) {
+  if (obj.is_none()) return false;
+  py::array a = require_array(obj, name, dtype_name(dtype));
+  const int want = dtype == DType::float32 ? py::dtype::of<float>().num()
+                                           : py::dtype::of<double>().num();
+  if (a.dtype().num() != want)
+    type_fail(name, std::string("expected dtype ") + dtype_name(dtype) + ", got " +
+                        dtype_string(a) + " (out= arrays are never converted)");
+  require_c_contiguous(a, name);
+  require_shape(a, name, shape);
+  require_writeable(a, name);
+  *result = a;
+  return true;
+}
+
+template <typename T>
+py::array new_array(const std::vector<index_t>& shape) {
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  return py::array_t<T>(dims);
+}
+
+inline py::array new_array(DType dtype, const std::vector<index_t>& shape) {
+  return dtype == DType::float32 ? new_array<float>(shape) : new_array<double>(shape);
+}
+
+template <typename T>
+const T* cptr(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* mptr(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+
+// None -> 0 (the process default); otherwise an int >= 1.
+inline int thread_count(py::handle obj, const char* name = "num_threads") {
+  if (obj.is_none()) return 0;
+  if (!py::isinstance<py::int_>(obj) || py::isinstance<py::bool_>(obj))
+    type_fail(name, "expected an int >= 1 or None, got " + type_name(obj));
+  const long long value = obj.cast<long long>();
+  if (value < 1) value_fail(name, "expected an int >= 1 or None, got " + std::to_string(value));
+  return static_cast<int>(std::min<long long>(value, 1 << 16));
+}
+
+// A real number (int or float, not bool), finite unless allow_nonfinite.
+inline double real_number(py::handle obj, const char* name, bool allow_nonfinite = false) {
+  if (py::isinstance<py::bool_>(obj) ||
+      !(py::isinstance<py::float_>(obj) || py::isinstance<py::int_>(obj) ||
+        py::hasattr(obj, "__float__")))
+    type_fail(name, "expected a real number, got " + type_name(obj));
+  const double value = py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
+  if (!allow_nonfinite && !std::isfinite(value))
+    value_fail(name, "expected a finite number, got " + std::to_string(value));
+  return value;
+}
+
+// Activation name (None means linear) and its alpha (None means the default).
+Activation parse_activation(py::handle name, py::handle alpha, const char* arg = "activation");
+
+}  // namespace densekit::bind

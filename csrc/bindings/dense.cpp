@@ -1,0 +1,189 @@
+// Bindings of dense_forward / dense_backward. x may have leading batch axes, as torch's
+// F.linear and Keras's Dense allow: (..., k) @ (k, m) -> (..., m).
+#include "dense.hpp"
+
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "checks.hpp"
+#include "parallel.hpp"
+
+namespace densekit::bind {
+namespace {
+
+struct DenseShapes {
+  index_t n = 0;  // rows: product of x's leading axes
+  index_t k = 0;  // input features
+  index_t m = 0;  // units
+  std::vector<index_t> out_shape;  // x.shape[:-1] + (m,)
+  std::vector<index_t> x_shape;
+};
+
+DenseShapes dense_shapes(const py::array& x, const py::array& w) {
+  if (x.ndim() < 1) value_fail("x", "expected an array of shape (..., k), got a 0-d array");
+  require_ndim(w, "w", 2);
+  DenseShapes s;
+  s.x_shape.assign(x.shape(), x.shape() + x.ndim());
+  s.k = static_cast<index_t>(x.shape(x.ndim() - 1));
+  if (static_cast<index_t>(w.shape(0)) != s.k)
+    value_fail("w", "expected shape (" + std::to_string(s.k) +
+                        ", units) to match x's last axis, got " + shape_string(w));
+  s.m = static_cast<index_t>(w.shape(1));
+  s.n = 1;
+  for (py::ssize_t d = 0; d + 1 < x.ndim(); ++d) s.n *= static_cast<index_t>(x.shape(d));
+  s.out_shape.assign(x.shape(), x.shape() + x.ndim() - 1);
+  s.out_shape.push_back(s.m);
+  return s;
+}
+
+py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
+                           py::handle activation, py::handle out_obj, py::handle preact_obj,
+                           py::handle alpha, py::handle threads_obj) {
+  DType dtype;
+  py::array x = float_array(x_obj, "x", &dtype);
+  py::array w = float_array_like(w_obj, "w", dtype, "x");
+  const DenseShapes s = dense_shapes(x, w);
+  py::array b;
+  const bool has_b = !b_obj.is_none();
+  if (has_b) {
+    b = float_array_like(b_obj, "b", dtype, "x");
+    require_shape(b, "b", {s.m}, "w.shape[1]");
+  }
+  const Activation act = parse_activation(activation, alpha);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  py::array out, preact;
+  const bool has_out = out_array(out_obj, "out", dtype, s.out_shape, &out);
+  const bool has_preact = out_array(preact_obj, "preact_out", dtype, s.out_shape, &preact);
+  if (has_out)
+    require_no_overlap(out, "out", {{&x, "x"}, {&w, "w"}, {has_b ? &b : nullptr, "b"},
+                                    {has_preact ? &preact : nullptr, "preact_out"}});
+  else
+    out = new_array(dtype, s.out_shape);
+  if (has_preact)
+    require_no_overlap(preact, "preact_out", {{&x, "x"}, {&w, "w"}, {has_b ? &b : nullptr, "b"}});
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = cptr<T>(x);
+    const T* wp = cptr<T>(w);
+    const T* bp = has_b ? cptr<T>(b) : nullptr;
+    T* yp = mptr<T>(out);
+    T* zp = has_preact ? mptr<T>(preact) : nullptr;
+    py::gil_scoped_release nogil;
+    dense_forward<T>(yp, zp, xp, wp, bp, s.n, s.k, s.m, act, threads);
+  };
+  if (dtype == DType::float32) {
+    run(float{});
+  } else {
+    run(double{});
+  }
+  return out;
+}
+
+py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
+                            py::handle y_obj, py::handle preact_obj, py::handle activation,
+                            bool need_dx, bool need_db, py::handle dx_obj, py::handle dw_obj,
+                            py::handle db_obj, bool accumulate, py::handle alpha,
+                            py::handle threads_obj) {
+  DType dtype;
+  py::array dy = float_array(dy_obj, "dy", &dtype);
+  py::array x = float_array_like(x_obj, "x", dtype, "dy");
+  py::array w = float_array_like(w_obj, "w", dtype, "dy");
+  const DenseShapes s = dense_shapes(x, w);
+  require_shape(dy, "dy", s.out_shape, "x.shape[:-1] + (w.shape[1],)");
+  const Activation act = parse_activation(activation, alpha);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  py::array y, preact;
+  const bool has_y = !y_obj.is_none();
+  const bool has_preact = !preact_obj.is_none();
+  if (has_y) {
+    y = float_array_like(y_obj, "y", dtype, "dy");
+    require_shape(y, "y", s.out_shape, "the shape of dy");
+  }
+  if (has_preact) {
+    preact = float_array_like(preact_obj, "preact", dtype, "dy");
+    require_shape(preact, "preact", s.out_shape, "the shape of dy");
+  }
+  const bool use_y = has_y && derivative_from_output(act);
+  if (!derivative_is_one(act) && !use_y && !has_preact) {
+    if (derivative_from_output(act))
+      value_fail("y", std::string("activation '") + activation_name(act.kind) +
+                          "' needs the forward output y (or preact) for its derivative; "
+                          "neither was given");
+    value_fail("preact", std::string("activation '") + activation_name(act.kind) +
+                             "' needs the pre-activation preact = x @ w + b for its derivative "
+                             "(pass preact_out= to dense_forward); it was not given");
+  }
+
+  py::array dx, dw, db;
+  const bool has_dx = need_dx && out_array(dx_obj, "dx_out", dtype, s.x_shape, &dx);
+  const bool has_dw = out_array(dw_obj, "dw_out", dtype, {s.k, s.m}, &dw);
+  const bool has_db = need_db && out_array(db_obj, "db_out", dtype, {s.m}, &db);
+  if (!need_dx && !dx_obj.is_none()) value_fail("dx_out", "given, but need_dx is False");
+  if (!need_db && !db_obj.is_none()) value_fail("db_out", "given, but need_db is False");
+  if (accumulate && !has_dw)
+    value_fail("dw_out", "accumulate=True adds into dw_out, which was not given");
+  if (accumulate && need_db && !has_db)
+    value_fail("db_out", "accumulate=True adds into db_out, which was not given");
+  const Named inputs[] = {{&dy, "dy"}, {&x, "x"}, {&w, "w"}};
+  const py::array* y_ptr = has_y ? &y : nullptr;
+  const py::array* z_ptr = has_preact ? &preact : nullptr;
+  if (has_dx)
+    require_no_overlap(dx, "dx_out", {inputs[0], inputs[1], inputs[2], {y_ptr, "y"},
+                                      {z_ptr, "preact"}, {has_dw ? &dw : nullptr, "dw_out"},
+                                      {has_db ? &db : nullptr, "db_out"}});
+  if (has_dw)
+    require_no_overlap(dw, "dw_out", {inputs[0], inputs[1], inputs[2], {y_ptr, "y"},
+                                      {z_ptr, "preact"}, {has_db ? &db : nullptr, "db_out"}});
+  if (has_db)
+    require_no_overlap(db, "db_out",
+                       {inputs[0], inputs[1], inputs[2], {y_ptr, "y"}, {z_ptr, "preact"}});
+  if (need_dx && !has_dx) dx = new_array(dtype, s.x_shape);
+  if (!has_dw) dw = new_array(dtype, {s.k, s.m});
+  if (need_db && !has_db) db = new_array(dtype, {s.m});
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* dxp = need_dx ? mptr<T>(dx) : nullptr;
+    T* dwp = mptr<T>(dw);
+    T* dbp = need_db ? mptr<T>(db) : nullptr;
+    const T* dyp = cptr<T>(dy);
+    const T* xp = cptr<T>(x);
+    const T* wp = cptr<T>(w);
+    const T* yp = use_y ? cptr<T>(y) : nullptr;
+    const T* zp = has_preact ? cptr<T>(preact) : nullptr;
+    py::gil_scoped_release nogil;
+    dense_backward<T>(dxp, dwp, dbp, dyp, xp, wp, yp, zp, s.n, s.k, s.m, act, accumulate,
+                      threads);
+  };
+  if (dtype == DType::float32) {
+    run(float{});
+  } else {
+    run(double{});
+  }
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dw,
+                        need_db ? py::object(db) : py::object(py::none()));
+}
+
+}  // namespace
+
+void bind_dense(py::module_& m) {
+  m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("w"),
+        py::arg("b") = py::none(), py::arg("activation") = "linear", py::kw_only(),
+        py::arg("out") = py::none(), py::arg("preact_out") = py::none(),
+        py::arg("alpha") = py::none(), py::arg("num_threads") = py::none(),
+        "y = activation(x @ w + b), bias and activation applied in the product's output pass.");
+  m.def("dense_backward", &dense_backward_py, py::arg("dy"), py::arg("x"), py::arg("w"),
+        py::arg("y") = py::none(), py::arg("preact") = py::none(),
+        py::arg("activation") = "linear", py::kw_only(), py::arg("need_dx") = true,
+        py::arg("need_db") = true, py::arg("dx_out") = py::none(),
+        py::arg("dw_out") = py::none(), py::arg("db_out") = py::none(),
+        py::arg("accumulate") = false, py::arg("alpha") = py::none(),
+        py::arg("num_threads") = py::none(),
+        "(dx, dw, db) of y = activation(x @ w + b) given dy.");
+}
+
+}  // namespace densekit::bind

@@ -1,0 +1,4 @@
+#include "bindings.hpp"
+namespace densekit::bind {
+void bind_losses(pybind11::module_&) {}
+}

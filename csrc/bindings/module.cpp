@@ -1,0 +1,70 @@
+// densekit._core: the extension module. This file defines the module, the thread
+// controls and build facts; each kernel family registers itself from its own file.
+// The binding files are the only code that includes pybind11.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings.hpp"
+#include "checks.hpp"
+#include "gemm/gemm.hpp"
+#include "parallel.hpp"
+
+namespace py = pybind11;
+
+namespace densekit::bind {
+namespace {
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = DENSEKIT_VERSION;
+  info["openmp"] = openmp_enabled();
+#if defined(_OPENMP)
+  info["openmp_version"] = static_cast<int>(_OPENMP);
+#else
+  info["openmp_version"] = py::none();
+#endif
+  info["hardware_threads"] = hardware_threads();
+  info["gemm_kernel_float32"] = gemm::gemm_kernel_name<float>();
+  info["gemm_kernel_float64"] = gemm::gemm_kernel_name<double>();
+#if defined(__VERSION__)
+  info["compiler"] = __VERSION__;
+#endif
+  return info;
+}
+
+}  // namespace
+}  // namespace densekit::bind
+
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+  using namespace densekit;
+  m.doc() = "densekit compute core: OpenMP C++ kernels; every compute call releases the GIL.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ArgumentError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("get_num_threads", &default_num_threads,
+        "The process-wide default number of threads used by kernels called with "
+        "num_threads=None.");
+  m.def(
+      "set_num_threads",
+      [](py::handle n) {
+        const int value = bind::thread_count(n, "n");
+        if (value == 0) bind::value_fail("n", "expected an int >= 1, got None");
+        set_default_num_threads(value);
+      },
+      py::arg("n"), "Set the process-wide default number of threads (honoured in every thread).");
+  m.def("hardware_threads", &hardware_threads,
+        "CPUs this process may run on (affinity), capped by OMP_NUM_THREADS when set.");
+  m.def("build_info", &bind::build_info, "Facts about this build: OpenMP, kernels in use.");
+
+  bind::bind_activations(m);
+  bind::bind_dense(m);
+  bind::bind_losses(m);
+  bind::bind_optim(m);
+}

@@ -1,0 +1,4 @@
+#include "bindings.hpp"
+namespace densekit::bind {
+void bind_optim(pybind11::module_&) {}
+}

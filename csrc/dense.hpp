@@ -1,0 +1,30 @@
+// Dense (fully connected) layer, forward and backward, in Keras layout.
+//   x is (n, k): n samples of k input features; w is (k, m); b is (m,); y is (n, m).
+// Forward computes y = act(x @ w + b) with bias and activation applied in the product's
+// output pass. Backward computes dz = dy * act'(.), dx = dz @ w^T, dw = x^T @ dz and
+// db = sum over rows of dz; dw/db may accumulate into existing values.
+#pragma once
+
+#include "activations.hpp"
+#include "common.hpp"
+
+namespace densekit {
+
+// preact (n, m) may be null; when given it receives x @ w + b.
+template <typename T>
+void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t n, index_t k,
+                   index_t m, const Activation& act, int num_threads);
+
+// dx (n, k), dw (k, m), db (m,) may each be null (not computed). y and preact (n, m) may be
+// null where the activation does not need them (see derivative_from_output).
+template <typename T>
+void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* y,
+                    const T* preact, index_t n, index_t k, index_t m, const Activation& act,
+                    bool accumulate, int num_threads);
+
+// The slow, obvious versions (one thread, triple loops), kept beside the fast ones.
+template <typename T>
+void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b, index_t n,
+                             index_t k, index_t m, const Activation& act);
+
+}  // namespace densekit

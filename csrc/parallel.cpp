@@ -1,0 +1,93 @@
+// Process-wide thread default, read from the environment once, and fork handling.
+#include "parallel.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+
+namespace densekit {
+namespace {
+
+int affinity_cpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int count = CPU_COUNT(&set);
+    if (count > 0) return count;
+  }
+#endif
+#if defined(_OPENMP)
+  return std::max(1, omp_get_num_procs());
+#else
+  return 1;
+#endif
+}
+
+// OMP_NUM_THREADS may be a list ("4,2"); the first entry is the outer level.
+int env_num_threads() {
+  const char* text = std::getenv("OMP_NUM_THREADS");
+  if (text == nullptr) return 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || value < 1) return 0;
+  return static_cast<int>(std::min<long>(value, 1 << 16));
+}
+
+int initial_threads() {
+  const int from_env = env_num_threads();
+  return from_env > 0 ? from_env : affinity_cpus();
+}
+
+std::atomic<int> g_default_threads{0};
+std::atomic<bool> g_forked_child{false};
+
+#if defined(__linux__)
+void after_fork_in_child() { g_forked_child.store(true); }
+const bool g_atfork_registered = [] {
+  pthread_atfork(nullptr, nullptr, after_fork_in_child);
+  return true;
+}();
+#endif
+
+}  // namespace
+
+int hardware_threads() {
+  const int from_env = env_num_threads();
+  const int cpus = affinity_cpus();
+  return from_env > 0 ? std::min(from_env, cpus) : cpus;
+}
+
+int default_num_threads() {
+  int value = g_default_threads.load(std::memory_order_relaxed);
+  if (value <= 0) {
+    value = initial_threads();
+    g_default_threads.store(value, std::memory_order_relaxed);
+  }
+  return value;
+}
+
+void set_default_num_threads(int n) {
+  if (n < 1) throw ArgumentError("num_threads must be >= 1, got " + std::to_string(n));
+  g_default_threads.store(n, std::memory_order_relaxed);
+}
+
+bool openmp_enabled() {
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+int resolve_num_threads(int requested) {
+  if (g_forked_child.load(std::memory_order_relaxed)) return 1;
+  return requested > 0 ? requested : default_num_threads();
+}
+
+}  // namespace densekit

@@ -1,0 +1,85 @@
+// Thread counts and the two parallel patterns every kernel uses.
+//
+// The thread count is always an argument; the process-wide default lives here and is read
+// by the bindings, never by OpenMP's per-thread ICVs, so a setting made in one Python thread
+// holds in every thread. Work is split into tasks whose outputs are disjoint and whose
+// internal order never depends on the thread count, so results are bitwise identical for
+// any number of threads. Reductions go through fixed chunks summed in a fixed order.
+#pragma once
+
+#include <algorithm>
+#include <exception>
+#include <mutex>
+#include <vector>
+
+#include "common.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace densekit {
+
+// Threads this process may use: CPU affinity, capped by OMP_NUM_THREADS when set.
+int hardware_threads();
+// The process-wide default used when a kernel gets num_threads <= 0.
+int default_num_threads();
+void set_default_num_threads(int n);
+// True when OpenMP is compiled in.
+bool openmp_enabled();
+// requested <= 0 means the default. The result is at least 1. After fork() the child
+// runs single-threaded (libgomp's pool does not survive fork).
+int resolve_num_threads(int requested);
+// Do not wake more threads than there are tasks of about `grain` units of work.
+inline int threads_for_work(int num_threads, double work, double grain) {
+  const double useful = work / grain;
+  if (useful < 2.0) return 1;
+  return static_cast<int>(std::min<double>(num_threads, useful));
+}
+
+// Runs task(i) for i in [0, n_tasks) on up to num_threads threads (static schedule).
+// An exception thrown by any task is rethrown on the caller's thread after the region.
+template <class Task>
+void parallel_for(index_t n_tasks, int num_threads, Task&& task) {
+  if (n_tasks <= 0) return;
+  const int threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks));
+  if (threads == 1) {
+    for (index_t i = 0; i < n_tasks; ++i) task(i);
+    return;
+  }
+#if defined(_OPENMP)
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (index_t i = 0; i < n_tasks; ++i) {
+    try {
+      task(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#else
+  for (index_t i = 0; i < n_tasks; ++i) task(i);
+#endif
+}
+
+// Sum of partial(begin, end) over [0, n) cut into chunks of `chunk` items. The chunking is
+// fixed and the partials are added in order, so the result does not depend on threads.
+template <class Partial>
+double chunked_sum(index_t n, index_t chunk, int num_threads, Partial&& partial) {
+  if (n <= 0) return 0.0;
+  const index_t n_chunks = (n + chunk - 1) / chunk;
+  if (n_chunks == 1) return partial(index_t{0}, n);
+  std::vector<double> partials(static_cast<size_t>(n_chunks));
+  parallel_for(n_chunks, num_threads, [&](index_t c) {
+    const index_t begin = c * chunk;
+    partials[static_cast<size_t>(c)] = partial(begin, std::min(n, begin + chunk));
+  });
+  double total = 0.0;
+  for (double p : partials) total += p;
+  return total;
+}
+
+}  // namespace densekit

@@ -1,0 +1,28 @@
+"""The kernel API of densekit: thin re-exports of the C++ core.
+
+Every function checks its inputs before it releases the GIL, never converts or copies an
+``out=`` array, and gives bitwise identical results for any ``num_threads``. Arrays are
+NumPy arrays, C-contiguous, float32 or float64 (all of one call share one dtype).
+Shapes use Keras's layout: ``x`` is (n, k) for n samples of k features, the weight ``w`` is
+(k, m) for m units, the bias ``b`` is (m,).
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    ACTIVATIONS,
+    activation_backward,
+    activation_forward,
+    build_info,
+    dense_backward,
+    dense_forward,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "activation_backward",
+    "activation_forward",
+    "build_info",
+    "dense_backward",
+    "dense_forward",
+]
