@@ -60,30 +60,33 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
 constexpr double kGeluCubic = 0.044715;
 
+// The Gaussian CDF through erfc keeps full relative accuracy in the negative tail, where
+// 1 + erf(x) cancels.
 template <typename T>
 inline T gelu(T z) {
-  return T(0.5) * z * (T(1) + std::erf(z * T(kInvSqrt2)));
+  return T(0.5) * z * std::erfc(-z * T(kInvSqrt2));
 }
 
 template <typename T>
 inline T gelu_derivative(T z) {
-  const T cdf = T(0.5) * (T(1) + std::erf(z * T(kInvSqrt2)));
+  const T cdf = T(0.5) * std::erfc(-z * T(kInvSqrt2));
   const T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * z * z);
   return cdf + z * pdf;
 }
 
+// 0.5 (1 + tanh(u)) written as sigmoid(2u), again to avoid cancellation in the tail.
 template <typename T>
 inline T gelu_tanh(T z) {
   const T inner = T(kSqrt2OverPi) * (z + T(kGeluCubic) * z * z * z);
-  return T(0.5) * z * (T(1) + std::tanh(inner));
+  return z * sigmoid(T(2) * inner);
 }
 
 template <typename T>
 inline T gelu_tanh_derivative(T z) {
   const T inner = T(kSqrt2OverPi) * (z + T(kGeluCubic) * z * z * z);
-  const T t = std::tanh(inner);
+  const T s = sigmoid(T(2) * inner);
   const T dinner = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * z * z);
-  return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * dinner;
+  return s + T(2) * z * s * (T(1) - s) * dinner;
 }
 
 // y = f(z) for every elementwise activation (softmax is handled per row elsewhere).

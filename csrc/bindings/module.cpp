@@ -63,6 +63,19 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         "CPUs this process may run on (affinity), capped by OMP_NUM_THREADS when set.");
   m.def("build_info", &bind::build_info, "Facts about this build: OpenMP, kernels in use.");
 
+  // Test hook: a task inside a parallel region throws; the error must surface as ValueError
+  // on the calling thread after the region, with the GIL released during the region.
+  m.def(
+      "_raise_in_parallel_region",
+      [](index_t n_tasks, int num_threads, index_t failing_task) {
+        py::gil_scoped_release nogil;
+        parallel_for(n_tasks, num_threads, [&](index_t task) {
+          if (task == failing_task)
+            throw ArgumentError("task " + std::to_string(task) + " failed on purpose");
+        });
+      },
+      py::arg("n_tasks"), py::arg("num_threads"), py::arg("failing_task"));
+
   bind::bind_activations(m);
   bind::bind_dense(m);
   bind::bind_losses(m);

@@ -1,0 +1,37 @@
+"""Strategies and tolerances shared by the kernel tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+# Awkward sizes: empty, one, primes, just off every SIMD width and tile size.
+AWKWARD = [0, 1, 2, 3, 5, 7, 8, 13, 15, 16, 17, 31, 33, 47, 63, 65, 97, 127, 129]
+FLOATS = [np.float32, np.float64]
+THREAD_COUNTS = [1, 2, 3, 7]
+
+dims = st.sampled_from(AWKWARD)
+positive_dims = st.sampled_from([d for d in AWKWARD if d > 0])
+dtypes = st.sampled_from(FLOATS)
+# Magnitudes from tiny to large, so scaling bugs and overflow show.
+scales = st.sampled_from([1e-3, 1.0, 10.0, 1e3])
+
+
+def random_array(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def eps(dtype) -> float:
+    return float(np.finfo(dtype).eps)
+
+
+def product_tolerance(x, w, b=None, dtype=None):
+    """Elementwise error bound of a k-term dot product in x's dtype: a few ulps of the sum
+    of |terms| per term (the standard gamma_k bound with a safety factor)."""
+    k = np.shape(x)[-1]
+    x64 = np.abs(np.asarray(x, np.float64)).reshape(int(np.prod(np.shape(x)[:-1])), k)
+    magnitude = x64 @ np.abs(np.asarray(w, np.float64))
+    if b is not None:
+        magnitude = magnitude + np.abs(np.asarray(b, np.float64))
+    dtype = np.asarray(x).dtype if dtype is None else dtype
+    return (2.0 * (k + 2) * eps(dtype)) * magnitude + 1e-300

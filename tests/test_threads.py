@@ -1,0 +1,193 @@
+"""Thread controls, the GIL contract, concurrent callers, errors in parallel regions, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import densekit
+from densekit import _core, kernels
+
+from .helpers import random_array
+
+
+def run_python(code: str, env: dict | None = None) -> str:
+    full_env = dict(os.environ)
+    full_env.pop("OMP_NUM_THREADS", None)
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_set_get_and_context_manager_restore():
+    before = densekit.get_num_threads()
+    try:
+        densekit.set_num_threads(3)
+        assert densekit.get_num_threads() == 3
+        with densekit.num_threads(1) as n:
+            assert n == 1 and densekit.get_num_threads() == 1
+        assert densekit.get_num_threads() == 3
+        with pytest.raises(RuntimeError), densekit.num_threads(2):
+            raise RuntimeError("inside")
+        assert densekit.get_num_threads() == 3
+    finally:
+        densekit.set_num_threads(before)
+
+
+def test_setting_is_seen_from_other_python_threads():
+    before = densekit.get_num_threads()
+    seen = []
+    try:
+        densekit.set_num_threads(5)
+        worker = threading.Thread(target=lambda: seen.append(densekit.get_num_threads()))
+        worker.start()
+        worker.join()
+    finally:
+        densekit.set_num_threads(before)
+    assert seen == [5]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-2, ValueError), (1.0, TypeError), ("2", TypeError)]
+)
+def test_invalid_thread_counts_are_rejected(value, error):
+    with pytest.raises(error, match="n"):
+        densekit.set_num_threads(value)
+
+
+def test_default_follows_omp_num_threads():
+    code = "import densekit; print(densekit.get_num_threads())"
+    assert run_python(code, {"OMP_NUM_THREADS": "3"}) == "3"
+    assert run_python(code, {"OMP_NUM_THREADS": "3,1"}) == "3"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_default_follows_cpu_affinity():
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]});"
+        "import densekit; print(densekit.get_num_threads())"
+    )
+    assert run_python(code) == "1"
+
+
+def test_build_reports_openmp():
+    info = densekit.build_info()
+    assert info["openmp"] is True
+    assert info["hardware_threads"] >= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_exception_inside_parallel_region_becomes_python_error(threads):
+    with pytest.raises(ValueError, match="task 5 failed on purpose"):
+        _core._raise_in_parallel_region(64, threads, 5)
+    _core._raise_in_parallel_region(64, threads, -1)  # and the pool still works afterwards
+
+
+def count_while(action) -> tuple[int, float]:
+    """Counts in a pure-Python thread while `action` runs on this thread."""
+    stop = threading.Event()
+    counter = [0]
+
+    def count():
+        while not stop.is_set():
+            counter[0] += 1
+
+    worker = threading.Thread(target=count)
+    worker.start()
+    time.sleep(0.02)
+    start_count = counter[0]
+    start = time.perf_counter()
+    action()
+    elapsed = time.perf_counter() - start
+    done = counter[0] - start_count
+    stop.set()
+    worker.join()
+    return done, elapsed
+
+
+def test_gil_is_released_during_kernels():
+    rng = np.random.default_rng(0)
+    w = random_array(rng, (512, 512), np.float64)
+    # Each call must last far longer than the 5 ms switch interval: a kernel holding the GIL
+    # would then leave the counter only the gaps between calls (a few percent).
+    rows = 64
+    while timed(lambda r=rows: kernels.dense_forward(np.ones((r, 512)), w, num_threads=1)) < 0.15:
+        rows *= 2
+    x = random_array(rng, (rows, 512), np.float64)
+
+    def kernel_loop():
+        for _ in range(3):
+            kernels.dense_forward(x, w, num_threads=1)
+
+    solo, solo_time = count_while(lambda: time.sleep(0.3))
+    during, kernel_time = count_while(kernel_loop)
+    rate_solo = solo / solo_time
+    rate_during = during / kernel_time
+    assert rate_during > 0.4 * rate_solo, (rate_during, rate_solo)
+
+
+def timed(fn) -> float:
+    fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def test_concurrent_callers_get_correct_results():
+    rng = np.random.default_rng(1)
+    x = random_array(rng, (257, 300), np.float32)
+    w = random_array(rng, (300, 129), np.float32)
+    b = random_array(rng, (129,), np.float32)
+    dy = random_array(rng, (257, 129), np.float32)
+    expected_y = kernels.dense_forward(x, w, b, "relu")
+    expected_grads = kernels.dense_backward(dy, x, w, y=expected_y, activation="relu")
+    failures = []
+
+    def worker(seed):
+        threads = 1 + seed % 3
+        for _ in range(15):
+            y = kernels.dense_forward(x, w, b, "relu", num_threads=threads)
+            grads = kernels.dense_backward(dy, x, w, y=y, activation="relu", num_threads=threads)
+            if not np.array_equal(y, expected_y) or not all(
+                np.array_equal(g, e) for g, e in zip(grads, expected_grads)
+            ):
+                failures.append(seed)
+
+    pool = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert failures == []
+
+
+def _child_kernel(queue):
+    x = np.ones((64, 64), np.float32)
+    queue.put(float(kernels.dense_forward(x, x).sum()))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_forked_child_does_not_hang():
+    x = np.ones((256, 256), np.float32)
+    kernels.dense_forward(x, x, num_threads=2)  # start the OpenMP pool in the parent
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_kernel, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("forked child hung in a kernel")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 64.0**3
