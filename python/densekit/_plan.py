@@ -1,0 +1,287 @@
+"""Kernel-call plans: a Sequential model turned into prebuilt calls on preallocated buffers.
+
+The layers become *ops* (a Dense layer with no activation absorbs an Activation layer after
+it; Dropout is an op only in training; a loss that absorbs the output activation takes the
+last op's logits). A ``Workspace`` owns the buffers of one mode (train, evaluate) at one batch
+capacity B; its ``plan(n)`` gives, for a batch of n <= B rows, the calls bound to views of the
+first n rows of those buffers (still C-contiguous), made once per batch size and cached. A
+training step is then: run the forward calls, the loss call, the backward calls, the
+optimizer: no allocation, no lookups.
+
+Shapes: every buffer is (rows, width); x is (n, features), op i writes acts[i] (n, width_i),
+and in training grads[i] holds d(loss)/d(acts[i]).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import kernels
+from .activations import NEEDS_PREACTIVATION, Activation
+from .layers import Activation as ActivationLayer
+from .layers import Dense, Dropout
+
+LINEAR = Activation("linear", None)
+
+
+def _with_alpha(options: dict, activation: Activation) -> dict:
+    if activation.alpha is not None:
+        options["alpha"] = activation.alpha
+    return options
+
+
+class DenseOp:
+    has_weights = True
+
+    def __init__(self, layer: Dense, activation: Activation):
+        self.layer, self.activation, self.width = layer, activation, layer.units
+        self.needs_preact = activation.name in NEEDS_PREACTIVATION
+
+    def with_activation(self, activation: Activation) -> DenseOp:
+        return DenseOp(self.layer, activation)
+
+    def infer(self, x, y):
+        layer, act = self.layer, self.activation
+        kernels.dense_forward(x, layer.kernel, layer.bias, act.name, out=y, alpha=act.alpha)
+
+    def forward(self, x, y, preact):
+        options = _with_alpha({"out": y}, self.activation)
+        if preact is not None:
+            options["preact_out"] = preact
+        layer = self.layer
+        return functools.partial(
+            kernels.dense_forward, x, layer.kernel, layer.bias, self.activation.name, **options
+        )
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        act = self.activation
+        options = _with_alpha({"need_dx": dx is not None, "dw_out": weight_grads[0]}, act)
+        if dx is not None:
+            options["dx_out"] = dx
+        if self.layer.use_bias:
+            options["db_out"] = weight_grads[1]
+        else:
+            options["need_db"] = False
+        if act.name != "linear":
+            if self.needs_preact:
+                options["preact"] = preact
+            else:
+                options["y"] = y
+        return functools.partial(
+            kernels.dense_backward, dy, x, self.layer.kernel, activation=act.name, **options
+        )
+
+
+class ActivationOp:
+    has_weights = False
+    needs_preact = False
+
+    def __init__(self, layer, activation: Activation, width: int):
+        self.layer, self.activation, self.width = layer, activation, width
+
+    def infer(self, x, y):
+        kernels.activation_forward(x, self.activation.name, out=y, alpha=self.activation.alpha)
+
+    def forward(self, x, y, preact):
+        options = _with_alpha({"out": y}, self.activation)
+        return functools.partial(kernels.activation_forward, x, self.activation.name, **options)
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        options = _with_alpha({"y": y, "z": x, "out": dx}, self.activation)
+        return functools.partial(kernels.activation_backward, dy, self.activation.name, **options)
+
+
+class DropoutOp:
+    """Inverted dropout: y = x * mask, mask = floor(u + 1 - rate) / (1 - rate) with u ~ U[0, 1)
+    (1 / (1 - rate) where u >= rate, else 0).
+
+    No dropout kernel exists yet: the mask is drawn with NumPy into preallocated buffers, in
+    the model's dtype throughout so that no ufunc needs a casting buffer (a handful of
+    whole-array calls per step, no Python loop)."""
+
+    has_weights = False
+    needs_preact = False
+
+    def __init__(self, layer: Dropout, width: int):
+        self.layer, self.width = layer, width
+        self.activation = LINEAR
+
+    def scratch(self, shape, dtype):
+        return {"mask": np.empty(shape, dtype)}
+
+    def forward(self, x, y, preact, scratch):
+        mask = scratch["mask"]
+        dtype = mask.dtype
+        rng, keep = self.layer.rng, dtype.type(1.0 - self.layer.rate)
+        scale = dtype.type(1.0 / (1.0 - self.layer.rate))
+        random, add, floor, multiply = rng.random, np.add, np.floor, np.multiply
+
+        def forward():
+            random(dtype=dtype, out=mask)
+            add(mask, keep, out=mask)
+            floor(mask, out=mask)
+            multiply(mask, scale, out=mask)
+            multiply(x, mask, out=y)
+
+        return forward
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        return functools.partial(np.multiply, dy, scratch["mask"], out=dx)
+
+
+def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
+    """The ops of the model's layers; ``absorbed`` is the output activation the loss takes
+    over (its kernel works on logits), or None. Returns None if the model does not end in
+    that activation."""
+    ops: list = []
+    width = input_width
+    for layer in layers:
+        if isinstance(layer, Dense):
+            ops.append(DenseOp(layer, layer.activation))
+            width = layer.units
+        elif isinstance(layer, ActivationLayer):
+            if layer.activation.name == "linear":
+                continue
+            last = ops[-1] if ops else None
+            if isinstance(last, DenseOp) and last.activation.name == "linear":
+                ops[-1] = last.with_activation(layer.activation)
+            else:
+                ops.append(ActivationOp(layer, layer.activation, width))
+        elif isinstance(layer, Dropout):
+            if training and layer.rate > 0:
+                ops.append(DropoutOp(layer, width))
+    if absorbed is not None:
+        last = ops[-1] if ops else None
+        if last is None or last.activation.name != absorbed:
+            return None
+        if isinstance(last, DenseOp):
+            ops[-1] = last.with_activation(LINEAR)
+        else:
+            ops.pop()
+    return ops
+
+
+class Plan:
+    """The calls and buffer views of one batch size (see the module docstring)."""
+
+    __slots__ = (
+        "backward",
+        "forward",
+        "loss",
+        "metric_updates",
+        "n",
+        "output",
+        "sample_weight",
+        "x",
+        "y",
+    )
+
+
+class Workspace:
+    """Buffers of one mode ("train" or "evaluate") at one batch capacity, and their plans."""
+
+    def __init__(self, model, mode: str, capacity: int):
+        self.model, self.mode, self.capacity = model, mode, capacity
+        self.training = mode == "train"
+        self.ops = model._ops[mode]
+        dtype = model._np_dtype
+        rows = capacity
+        self.x = np.zeros((rows, model.input_dim), dtype)
+        target = model._target_template
+        self.y = np.zeros((rows, *target.shape[1:]), target.dtype)
+        self.sample_weight = np.zeros(rows, dtype)
+        self.acts, self.preacts, self.grads, self.scratch = [], [], [], []
+        first_trained = model._first_weighted_op(mode)
+        for i, op in enumerate(self.ops):
+            shape = (rows, op.width)
+            self.acts.append(np.zeros(shape, dtype))
+            keep_preact = self.training and op.needs_preact
+            self.preacts.append(np.zeros(shape, dtype) if keep_preact else None)
+            needs_grad = self.training and first_trained is not None and i >= first_trained
+            self.grads.append(np.zeros(shape, dtype) if needs_grad else None)
+            is_dropout = isinstance(op, DropoutOp)
+            self.scratch.append(op.scratch(shape, dtype) if is_dropout else None)
+        self.first_trained = first_trained
+        self.probabilities = None
+        if model._absorbed is not None and model._metrics_need_probabilities:
+            self.probabilities = np.zeros((rows, model.output_dim), dtype)
+        self._plans: dict[tuple[int, bool], Plan] = {}
+
+    def plan(self, n: int, weighted: bool) -> Plan:
+        key = (n, weighted)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(n, weighted)
+        return plan
+
+    def _make_plan(self, n: int, weighted: bool) -> Plan:
+        model = self.model
+
+        def rows(a):
+            return None if a is None else a[:n]
+
+        def rows_of(scratch):
+            return None if scratch is None else {k: v[:n] for k, v in scratch.items()}
+
+        plan = Plan()
+        plan.n = n
+        plan.x, plan.y = self.x[:n], self.y[:n]
+        plan.sample_weight = self.sample_weight[:n] if weighted else None
+        acts = [rows(a) for a in self.acts]
+        preacts = [rows(a) for a in self.preacts]
+        grads = [rows(a) for a in self.grads]
+        scratch = [rows_of(s) for s in self.scratch]
+        inputs = [plan.x, *acts[:-1]]
+
+        forward = []
+        for i, op in enumerate(self.ops):
+            if isinstance(op, DropoutOp):
+                forward.append(op.forward(inputs[i], acts[i], None, scratch[i]))
+            else:
+                forward.append(op.forward(inputs[i], acts[i], preacts[i]))
+        output = acts[-1] if acts else plan.x
+        plan.output = output
+
+        options = {"reduction": model.loss.kernel_reduction, **model.loss.kernel_options()}
+        if weighted:
+            options["sample_weight"] = plan.sample_weight
+        if self.training:
+            options["grad_out"] = grads[-1]
+        else:
+            options["compute_grad"] = False
+        plan.loss = functools.partial(model.loss.kernel, output, plan.y, **options)
+
+        backward = []
+        if self.training:
+            for i in range(len(self.ops) - 1, self.first_trained - 1, -1):
+                op = self.ops[i]
+                dx = grads[i - 1] if i > self.first_trained else None
+                args = (grads[i], inputs[i], acts[i], preacts[i], dx, model._op_grads(op))
+                if isinstance(op, DropoutOp):
+                    backward.append(op.backward(*args, scratch[i]))
+                else:
+                    backward.append(op.backward(*args))
+
+        predictions, kind = output, "probabilities"
+        metric_updates = []
+        if model._absorbed is not None:
+            kind = "logits"
+            if self.probabilities is not None:
+                predictions = self.probabilities[:n]
+                metric_updates.append(
+                    functools.partial(
+                        kernels.activation_forward, output, model._absorbed, out=predictions
+                    )
+                )
+        for metric in model._metrics:
+            if metric.needs_probabilities:
+                metric_updates.append(metric.bind(plan.y, predictions, "probabilities"))
+            else:
+                metric_updates.append(metric.bind(plan.y, output, kind))
+
+        plan.forward = tuple(forward)
+        plan.backward = tuple(backward)
+        plan.metric_updates = tuple(metric_updates)
+        return plan

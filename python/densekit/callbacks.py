@@ -1,0 +1,508 @@
+"""Callbacks with Keras's names and hooks, and the tqdm progress bar of fit/evaluate/predict.
+
+Hooks receive ``logs`` dicts as in Keras: epoch logs hold 'loss', each metric's name and their
+'val_' forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
+on every step, so the model calls them only when some callback overrides one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+_BATCH_HOOKS = {
+    "train": ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"),
+    "test": ("on_test_batch_begin", "on_test_batch_end"),
+    "predict": ("on_predict_batch_begin", "on_predict_batch_end"),
+}
+
+
+class Callback:
+    """Base class: override the hooks you need. ``self.model`` and ``self.params`` are set
+    before training (params: 'verbose', 'epochs', 'steps')."""
+
+    def __init__(self):
+        self.model = None
+        self.params: dict = {}
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return hook in vars(callback) or getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """Calls a hook on every callback; ``batch_hooks[mode]`` says whether any overrides the
+    batch hooks of that mode (the model skips building batch logs otherwise)."""
+
+    def __init__(self, callbacks, model, params: dict):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks: expected densekit.callbacks.Callback objects, got {callback!r}"
+                )
+            callback.set_model(model)
+            callback.set_params(params)
+        self.batch_hooks = {
+            mode: any(_overrides(c, hook) for c in self.callbacks for hook in hooks)
+            for mode, hooks in _BATCH_HOOKS.items()
+        }
+
+    def __getattr__(self, hook: str):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def call(*args):
+            for callback in self.callbacks:
+                getattr(callback, hook)(*args)
+
+        return call
+
+
+class History(Callback):
+    """Records the epoch logs: ``history`` maps each key to its list of values."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+        self.model.history = self
+
+
+def _format_logs(logs: dict) -> str:
+    return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+
+
+def resolve_verbose(verbose) -> int:
+    """Keras's "auto": a progress bar on a terminal or in a notebook, else a line per epoch."""
+    if verbose == "auto":
+        return 1 if _interactive() else 2
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f"verbose: expected 'auto', 0, 1 or 2, got {verbose!r}")
+    return verbose
+
+
+def _interactive() -> bool:
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgbarLogger(Callback):
+    """verbose=1: a tqdm bar per epoch (or per evaluate/predict run) with the running loss and
+    metrics and an ETA; tqdm.auto draws a widget in a notebook. verbose=2: one line per epoch,
+    fit for log files. The postfix is formatted at most every ``refresh`` seconds, so the bar
+    costs well under a microsecond per step."""
+
+    def __init__(self, verbose=1, refresh=0.2):
+        super().__init__()
+        self.verbose = verbose
+        self.refresh = refresh
+        self._bar = None
+
+    def _open(self, total, desc):
+        if self.verbose != 1:
+            return
+        from tqdm.auto import tqdm  # lazily: the kernels work without tqdm
+
+        self._bar = tqdm(
+            total=total, desc=desc, unit="step", file=sys.stdout, dynamic_ncols=True, leave=True
+        )
+        self._next_postfix = time.perf_counter() + self.refresh
+
+    def advance(self, logs_of) -> None:
+        """One step done; ``logs_of()`` gives the running logs when the postfix is redrawn."""
+        bar = self._bar
+        if bar is None:
+            return
+        now = time.perf_counter()
+        if now >= self._next_postfix:
+            self._next_postfix = now + self.refresh
+            bar.set_postfix_str(_format_logs(logs_of()), refresh=False)
+        bar.update(1)
+
+    def _close(self, logs):
+        if self._bar is not None:
+            self._bar.set_postfix_str(_format_logs(logs), refresh=False)
+            self._bar.close()
+            self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._open(self.params.get("steps"), f"Epoch {epoch + 1}/{self.params.get('epochs')}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._close(logs)
+        if self.verbose == 2:
+            seconds = time.perf_counter() - self._epoch_start
+            steps = self.params.get("steps") or 1
+            parts = [f"{seconds:.2f}s", f"{seconds / steps * 1e3:.2f}ms/step"]
+            if logs:
+                parts.append(_format_logs(logs))
+            print(
+                f"Epoch {epoch + 1}/{self.params.get('epochs')} - " + " - ".join(parts), flush=True
+            )
+
+    def on_test_begin(self, logs=None):
+        if self.params.get("mode") == "evaluate":
+            self._open(self.params.get("steps"), "Evaluate")
+
+    def on_test_end(self, logs=None):
+        if self.params.get("mode") == "evaluate":
+            self._close(logs or {})
+
+    def on_predict_begin(self, logs=None):
+        self._open(self.params.get("steps"), "Predict")
+
+    def on_predict_end(self, logs=None):
+        self._close({})
+
+
+def _monitor_mode(mode: str, monitor: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if monitor.endswith(("acc", "accuracy", "auc")) else "min"
+    return mode
+
+
+def _monitored(logs, monitor, callback) -> float | None:
+    value = (logs or {}).get(monitor)
+    if value is None:
+        available = ", ".join(sorted(logs or {}))
+        warnings.warn(
+            f"{callback} is conditioned on '{monitor}', which is not in the logs "
+            f"(available: {available})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return value
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved by ``min_delta`` for ``patience``
+    epochs. With ``restore_best_weights`` the weights of the best epoch are put back when
+    training ends (Keras 3: whether or not it stopped early)."""
+
+    def __init__(
+        self,
+        monitor="val_loss",
+        min_delta=0,
+        patience=0,
+        verbose=0,
+        mode="auto",
+        baseline=None,
+        restore_best_weights=False,
+        start_from_epoch=0,
+    ):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = _monitor_mode(mode, monitor)
+        self.min_delta = abs(float(min_delta))
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = int(start_from_epoch)
+
+    def _improves(self, value, reference) -> bool:
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_from_epoch:
+            return
+        current = _monitored(logs, self.monitor, "EarlyStopping")
+        if current is None:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improves(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                epoch = self.best_epoch + 1
+                print(f"Restoring model weights from the end of the best epoch: {epoch}.")
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (or its weights) after every epoch, or only when ``monitor`` improves
+    (``save_best_only``). ``filepath`` may hold ``{epoch}`` and log keys, e.g.
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. Writes are atomic."""
+
+    def __init__(
+        self,
+        filepath,
+        monitor="val_loss",
+        verbose=0,
+        save_best_only=False,
+        save_weights_only=False,
+        mode="auto",
+        save_freq="epoch",
+        initial_value_threshold=None,
+    ):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ValueError(f"save_freq: only 'epoch' is supported, got {save_freq!r}")
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.mode = _monitor_mode(mode, monitor)
+        self.best = initial_value_threshold
+
+    def _improves(self, value) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            current = _monitored(logs, self.monitor, "ModelCheckpoint")
+            if current is None or not self._improves(current):
+                return
+            if self.verbose > 0:
+                print(
+                    f"Epoch {epoch + 1}: {self.monitor} improved from {self.best} to "
+                    f"{current}, saving to {path}"
+                )
+            self.best = current
+        elif self.verbose > 0:
+            print(f"Epoch {epoch + 1}: saving model to {path}")
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch to ``schedule(epoch, lr)``."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        try:
+            rate = self.schedule(epoch, optimizer.learning_rate)
+        except TypeError:  # Keras also accepts schedule(epoch)
+            rate = self.schedule(epoch)
+        if not isinstance(rate, (float, int, np.floating, np.integer)) or isinstance(rate, bool):
+            raise ValueError(
+                f'The output of the "schedule" function should be a float, got {rate!r}'
+            )
+        optimizer.learning_rate = float(rate)
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.model.optimizer.learning_rate
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved by
+    ``min_delta`` for ``patience`` epochs, then waits ``cooldown`` epochs; never below
+    ``min_lr``."""
+
+    def __init__(
+        self,
+        monitor="val_loss",
+        factor=0.1,
+        patience=10,
+        verbose=0,
+        mode="auto",
+        min_delta=1e-4,
+        cooldown=0,
+        min_lr=0.0,
+    ):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ValueError(f"factor: expected a number in (0, 1), got {factor!r}")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.mode = _monitor_mode(mode, monitor)
+        self.min_delta = float(min_delta)
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _improves(self, value) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = optimizer.learning_rate
+        current = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = optimizer.learning_rate
+                if old > self.min_lr:
+                    new = max(old * self.factor, self.min_lr)
+                    optimizer.learning_rate = new
+                    if self.verbose > 0:
+                        print(
+                            f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}."
+                        )
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's running loss is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class CSVLogger(Callback):
+    """Writes one row per epoch (epoch, then the log keys sorted) to a CSV file."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.separator = separator
+        self.append = append
+        self._file = None
+
+    def on_train_begin(self, logs=None):
+        exists = (
+            self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        )
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._keys = None
+        self._header_written = exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = sorted(logs)
+            self._writer = csv.DictWriter(
+                self._file, fieldnames=["epoch", *self._keys], delimiter=self.separator
+            )
+            if not self._header_written:
+                self._writer.writeheader()
+        row = {"epoch": epoch, **{key: logs.get(key, "NA") for key in self._keys}}
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LambdaCallback(Callback):
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``.
+    Any hook name is accepted (on_train_begin, on_batch_end, on_test_batch_end, ...)."""
+
+    def __init__(self, **hooks):
+        super().__init__()
+        for name, function in hooks.items():
+            if not hasattr(Callback, name) or not name.startswith("on_"):
+                raise TypeError(f"{name}: not a callback hook")
+            if function is not None:
+                setattr(self, name, function)
+        if "on_batch_begin" in vars(self) and "on_train_batch_begin" not in vars(self):
+            self.on_train_batch_begin = self.on_batch_begin
+        if "on_batch_end" in vars(self) and "on_train_batch_end" not in vars(self):
+            self.on_train_batch_end = self.on_batch_end

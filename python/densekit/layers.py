@@ -1,0 +1,239 @@
+"""Layers of a Sequential model: Input, Dense, Activation and Dropout, with Keras's arguments.
+
+A layer describes itself (configuration, weight shapes and initializers); the model owns the
+storage (every weight is a view into one flat parameter buffer) and turns the layers into
+kernel calls (``_plan.py``). Inputs are (n, features) arrays: n samples, features per sample.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+
+import numpy as np
+
+from . import _random, activations, initializers, regularizers
+
+_name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
+
+
+def _unique_name(base: str) -> str:
+    index = next(_name_counters[base])
+    return base if index == 0 else f"{base}_{index}"
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _feature_shape(shape, name: str) -> tuple[int]:
+    """A per-sample shape: (features,) (an int is accepted for it)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name}: expected a shape tuple like (784,), got {shape!r}") from None
+    if len(shape) != 1:
+        raise ValueError(
+            f"{name}: expected a per-sample shape (features,), got {shape!r} (densekit models "
+            "take flat (n, features) inputs; reshape images to (n, height * width) first)"
+        )
+    return (_positive_int(shape[0], name),)
+
+
+class Layer:
+    """Base class. Subclasses set ``_weight_specs`` in ``_build`` and say what they compute."""
+
+    def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: expected a str, got {name!r}")
+        base = "".join("_" + c.lower() if c.isupper() else c for c in type(self).__name__)
+        self.name = name or _unique_name(base.lstrip("_"))
+        self.dtype = None if dtype is None else np.dtype(dtype).name
+        if input_dim is not None:
+            input_shape = (input_dim,)
+        self._input_shape = (
+            None if input_shape is None else _feature_shape(input_shape, "input_shape")
+        )
+        self.input_dim: int | None = None
+        self.output_dim: int | None = None
+        self.built = False
+        # (attribute, shape, initializer) per weight, in Keras's order; set by _build.
+        self._weight_specs: list[tuple[str, tuple[int, ...], initializers.Initializer]] = []
+
+    # -- building ----------------------------------------------------------------------
+    def _build(self, input_dim: int) -> int:
+        """Record the input width; return the output width."""
+        self.input_dim = self.output_dim = input_dim
+        return input_dim
+
+    def _attach(self, views: list[np.ndarray]) -> None:
+        """The model hands the layer its weights as views into the flat parameter buffer."""
+        for (attr, _, _), view in zip(self._weight_specs, views):
+            setattr(self, attr, view)
+        self.built = True
+
+    # -- weights -----------------------------------------------------------------------
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The live weight arrays (views into the model's buffer), Keras's order."""
+        if not self.built:
+            return []
+        return [getattr(self, attr) for attr, _, _ in self._weight_specs]
+
+    trainable_weights = weights
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights) -> None:
+        own = self.weights
+        if len(weights) != len(own):
+            raise ValueError(
+                f"weights: layer {self.name!r} has {len(own)} weights, got {len(weights)}"
+            )
+        arrays = [np.asarray(w) for w in weights]
+        for (attr, shape, _), array in zip(self._weight_specs, arrays):
+            if array.shape != shape:
+                raise ValueError(
+                    f"weights: layer {self.name!r} {attr}: expected shape {shape}, "
+                    f"got {array.shape}"
+                )
+        for target, array in zip(own, arrays):
+            np.copyto(target, array, casting="same_kind")
+
+    def count_params(self) -> int:
+        return sum(int(np.prod(shape)) for _, shape, _ in self._weight_specs)
+
+    # -- configuration -----------------------------------------------------------------
+    def get_config(self) -> dict:
+        config = {"name": self.name}
+        if self.dtype is not None:
+            config["dtype"] = self.dtype
+        if self._input_shape is not None:
+            config["input_shape"] = list(self._input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class InputLayer(Layer):
+    """The input's per-sample shape; ``Input(shape)`` makes one for ``Sequential([...])``."""
+
+    def __init__(self, shape=None, dtype=None, name=None, input_shape=None):
+        shape = input_shape if shape is None else shape
+        if shape is None:
+            raise ValueError("shape: Input needs the per-sample shape, e.g. Input(shape=(784,))")
+        super().__init__(name=name, dtype=dtype, input_shape=shape)
+        self.shape = self._input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["shape"] = list(config.pop("input_shape"))
+        return config
+
+
+def Input(shape, dtype=None, name=None) -> InputLayer:
+    """Declare a model's per-sample input shape: ``Sequential([Input((784,)), Dense(10)])``."""
+    return InputLayer(shape=shape, dtype=dtype, name=name)
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)``; kernel is (input features, units), bias (units,)."""
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _positive_int(units, "units")
+        self.activation = activations.get(activation)
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise TypeError(f"use_bias: expected True or False, got {use_bias!r}")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.kernel: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+
+    def _build(self, input_dim: int) -> int:
+        self.input_dim, self.output_dim = input_dim, self.units
+        self._weight_specs = [("kernel", (input_dim, self.units), self.kernel_initializer)]
+        if self.use_bias:
+            self._weight_specs.append(("bias", (self.units,), self.bias_initializer))
+        return self.units
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            activation=activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
+
+
+class Activation(Layer):
+    """Applies an activation by name (a Dense layer before it with no activation absorbs it)."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["activation"] = activations.serialize(self.activation)
+        return config
+
+
+class Dropout(Layer):
+    """Zeroes a fraction ``rate`` of its inputs during training and scales the rest by
+    1 / (1 - rate); the identity in evaluate and predict. Masks come from a generator seeded
+    by ``seed`` (or by ``densekit.set_random_seed``), so training is reproducible."""
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"rate: expected a number in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise ValueError("noise_shape: not supported (masks are drawn per element)")
+        self.rate = float(rate)
+        self.seed = _random.check_seed(seed)
+        self.rng = _random.generator(self.seed)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+_REGISTRY = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout)}
+
+
+def serialize(layer: Layer) -> dict:
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(config: dict) -> Layer:
+    cls = _REGISTRY.get(config.get("class_name")) if isinstance(config, dict) else None
+    if cls is None:
+        raise ValueError(f"unknown layer {config!r}; expected one of {sorted(_REGISTRY)}")
+    return cls.from_config(dict(config.get("config", {})))

@@ -1,0 +1,222 @@
+"""Model files: one .npz archive holding a JSON header and the arrays, written atomically.
+
+Header (entry ``header``, UTF-8 JSON as uint8 bytes, so loading never unpickles): format and
+version, the model config, the compile settings, the optimizer's iteration count and the
+dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimizer.<name>``
+(flat state arrays). A file is written to a temporary file in the same directory, flushed to
+disk and renamed over the target (``os.replace``), so an interrupted save leaves the previous
+file intact. Anything unreadable raises ``ModelFileError`` (a ValueError) naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import layers as layers_module
+from . import losses, metrics, optimizers
+
+FORMAT_VERSION = 1
+MODEL_FORMAT = "densekit.model"
+WEIGHTS_FORMAT = "densekit.weights"
+
+
+class ModelFileError(ValueError):
+    """A model or weights file is corrupt, of another format, or does not fit the model."""
+
+
+def _write_atomically(path, header: dict, arrays: dict) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    entries = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)}
+    entries.update(arrays)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, **entries)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _read(path, expected_format: str) -> tuple[dict, dict]:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"filepath: no such file: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
+    except (
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        KeyError,
+        ValueError,
+        UnicodeDecodeError,
+    ) as error:
+        raise ModelFileError(
+            f"{path}: not a readable densekit file ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(header, dict) or header.get("format") not in (MODEL_FORMAT, WEIGHTS_FORMAT):
+        raise ModelFileError(f"{path}: not a densekit model or weights file")
+    if header.get("version", 0) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written by a newer densekit (format version {header.get('version')})"
+        )
+    if expected_format == MODEL_FORMAT and header["format"] != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: holds weights only; use model.load_weights")
+    return header, arrays
+
+
+def _weight_arrays(model) -> dict:
+    return {f"weight.{i}": w for i, w in enumerate(model.weights)}
+
+
+def _check_and_set_weights(model, header: dict, arrays: dict, path) -> None:
+    own = model.weights
+    count = header.get("weight_count")
+    if count != len(own):
+        raise ModelFileError(f"{path}: holds {count} weight arrays, the model has {len(own)}")
+    weights = []
+    for i, target in enumerate(own):
+        array = arrays.get(f"weight.{i}")
+        if array is None:
+            raise ModelFileError(f"{path}: weight {i} is missing")
+        if array.shape != target.shape:
+            raise ModelFileError(
+                f"{path}: weight {i} ({_weight_name(model, i)}) has shape {array.shape}, "
+                f"the model expects {target.shape}"
+            )
+        weights.append(array)
+    model.set_weights(weights)
+
+
+def _weight_name(model, index: int) -> str:
+    names = [f"{layer.name}/{attr}" for layer in model.layers for attr, _, _ in layer._weight_specs]
+    return names[index] if index < len(names) else "?"
+
+
+def _rng_states(model) -> dict:
+    return {
+        layer.name: layer.rng.bit_generator.state
+        for layer in model.layers
+        if isinstance(layer, layers_module.Dropout)
+    }
+
+
+def save_model(model, filepath, include_optimizer=True) -> None:
+    """Save ``model`` (built) to ``filepath``; see the module docstring for the format."""
+    if not model.built:
+        raise ValueError("model: build or fit the model before saving it")
+    from . import __version__
+
+    header = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "densekit_version": __version__,
+        "model": model.get_config(),
+        "weight_count": len(model.weights),
+        "compile": None,
+        "optimizer_state": None,
+        "rng_states": _rng_states(model),
+    }
+    arrays = _weight_arrays(model)
+    if model.compiled:
+        header["compile"] = {
+            "optimizer": optimizers.serialize(model.optimizer),
+            "loss": losses.serialize(model.loss),
+            "metrics": [
+                m if isinstance(m, str) else metrics.serialize(m) for m in model._metric_identifiers
+            ],
+        }
+        optimizer = model.optimizer
+        if include_optimizer and optimizer.built and optimizer._params is model._params:
+            header["optimizer_state"] = {
+                "iterations": optimizer.iterations,
+                "variables": sorted(optimizer.variables),
+            }
+            for name, array in optimizer.variables.items():
+                arrays[f"optimizer.{name}"] = array
+    _write_atomically(filepath, header, arrays)
+
+
+def load_model(filepath, compile=True):
+    """A model saved with ``model.save``: same config and weights (bitwise), compiled with
+    the saved settings and optimizer state (unless ``compile=False``), so training resumes
+    where it stopped."""
+    from .models import Sequential
+
+    header, arrays = _read(filepath, MODEL_FORMAT)
+    try:
+        model = Sequential.from_config(header["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{filepath}: invalid model configuration ({error})") from None
+    _check_and_set_weights(model, header, arrays, filepath)
+    for layer in model.layers:
+        state = header.get("rng_states", {}).get(layer.name)
+        if state is not None and isinstance(layer, layers_module.Dropout):
+            layer.rng.bit_generator.state = state
+    settings = header.get("compile")
+    if compile and settings:
+        model.compile(
+            optimizer=optimizers.deserialize(settings["optimizer"]),
+            loss=losses.deserialize(settings["loss"]),
+            metrics=[
+                m if isinstance(m, str) else metrics.deserialize(m) for m in settings["metrics"]
+            ],
+        )
+        state = header.get("optimizer_state")
+        if state:
+            model._prepare()
+            optimizer = model.optimizer
+            if sorted(optimizer.variables) != state["variables"]:
+                raise ModelFileError(f"{filepath}: optimizer state does not match the optimizer")
+            for name, target in optimizer.variables.items():
+                array = arrays.get(f"optimizer.{name}")
+                if array is None or array.shape != target.shape:
+                    raise ModelFileError(
+                        f"{filepath}: optimizer state {name!r} is missing or misshapen"
+                    )
+                np.copyto(target, array, casting="same_kind")
+            optimizer.iterations = int(state["iterations"])
+    return model
+
+
+def save_weights(model, filepath) -> None:
+    """Save only the weights (Keras's order), atomically."""
+    if not model.built:
+        raise ValueError("model: build or fit the model before saving its weights")
+    header = {
+        "format": WEIGHTS_FORMAT,
+        "version": FORMAT_VERSION,
+        "weight_count": len(model.weights),
+        "shapes": [list(w.shape) for w in model.weights],
+    }
+    _write_atomically(filepath, header, _weight_arrays(model))
+
+
+def load_weights(model, filepath) -> None:
+    """Load weights saved by ``save_weights`` or ``save`` into a model of the same shapes."""
+    header, arrays = _read(filepath, WEIGHTS_FORMAT)
+    if not model.built:
+        config = header.get("model")
+        if config and config.get("input_dim"):
+            model.build((None, config["input_dim"]))
+        elif header.get("shapes"):
+            model.build((None, header["shapes"][0][0]))
+        else:
+            raise ValueError("model: build the model before loading weights into it")
+    _check_and_set_weights(model, header, arrays, filepath)

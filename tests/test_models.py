@@ -1,0 +1,876 @@
+"""Sequential models: lockstep training against the NumPy reference MLP, fused losses, every
+activation, loss, optimizer and metric, fit/evaluate/predict semantics, input validation, and
+a training step that allocates nothing."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import densekit
+from densekit import kernels, layers, losses, metrics, optimizers, schedules
+from densekit.layers import Activation, Dense, Dropout, Input
+
+from . import reference_mlp
+
+KERAS_ACTIVATIONS = [
+    "linear",
+    "relu",
+    "leaky_relu",
+    "elu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "gelu",
+    "gelu_tanh",
+]
+
+
+def reference_layers(model):
+    """The model's Dense layers as reference (kernel, bias, activation, alpha) tuples; a
+    following Activation layer is folded into the Dense before it."""
+    result = []
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            act = layer.activation
+            result.append(
+                [
+                    layer.kernel.astype(np.float64),
+                    None if layer.bias is None else layer.bias.astype(np.float64),
+                    act.name,
+                    act.alpha,
+                ]
+            )
+        elif isinstance(layer, Activation) and layer.activation.name != "linear":
+            assert result[-1][2] == "linear"
+            result[-1][2], result[-1][3] = layer.activation.name, layer.activation.alpha
+    return [tuple(r) for r in result]
+
+
+def flat(arrays):
+    return [np.asarray(a, np.float64) for a in arrays]
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def classification_data(rng, n=96, features=12, classes=4):
+    x = rng.standard_normal((n, features))
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def mlp(
+    features,
+    hidden,
+    outputs,
+    activation="relu",
+    out_activation="softmax",
+    dtype="float64",
+    seed=0,
+    **dense,
+):
+    densekit.set_random_seed(seed)
+    stack = [Input((features,))]
+    stack += [Dense(units, activation, **dense) for units in hidden]
+    stack.append(Dense(outputs, out_activation, **dense))
+    return densekit.Sequential(stack, dtype=dtype)
+
+
+# -- lockstep: 100 Adam steps against the reference ---------------------------------------------
+
+LOCKSTEP_CASES = {
+    "softmax-ce": dict(
+        hidden=[32, 16], activation="relu", out="softmax", loss="sparse_categorical_crossentropy"
+    ),
+    "tanh-mse-l2-clip": dict(
+        hidden=[24], activation="tanh", out="linear", loss="mse", l2=1e-3, clip=0.5
+    ),
+    "gelu-huber-weighted": dict(
+        hidden=[16, 16], activation="gelu", out="linear", loss="huber", weighted=True
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LOCKSTEP_CASES))
+def test_100_adam_steps_match_the_reference_in_float64(case):
+    spec = LOCKSTEP_CASES[case]
+    rng = np.random.default_rng(1)
+    features, outputs, batch = 10, 5, 16
+    regularizer = densekit.regularizers.L2(spec["l2"]) if spec.get("l2") else None
+    model = mlp(
+        features,
+        spec["hidden"],
+        outputs,
+        spec["activation"],
+        spec["out"],
+        kernel_regularizer=regularizer,
+    )
+    optimizer = optimizers.Adam(learning_rate=3e-3, epsilon=1e-8, global_clipnorm=spec.get("clip"))
+    model.compile(optimizer, spec["loss"])
+    ref = [
+        tuple(np.array(v) if isinstance(v, np.ndarray) else v for v in layer)
+        for layer in reference_layers(model)
+    ]
+    params = [p for w, b, _, _ in ref for p in (w, b) if p is not None]
+    ref_adam = reference_mlp.Adam(params, lr=3e-3, eps=1e-8)
+    factors = [spec.get("l2", 0.0)] * len(ref)
+
+    for _ in range(100):
+        x = rng.standard_normal((batch, features))
+        if spec["loss"] == "sparse_categorical_crossentropy":
+            y = rng.integers(0, outputs, batch)
+        else:
+            y = rng.standard_normal((batch, outputs))
+        weights = rng.uniform(0, 2, batch) if spec.get("weighted") else None
+        loss = model.train_on_batch(x, y, sample_weight=weights)
+
+        preacts, acts = reference_mlp.forward(ref, x)
+        name = "huber" if spec["loss"] == "huber" else spec["loss"]
+        ref_loss, doutput = reference_mlp.loss_and_grad(
+            name, preacts[-1] if spec["out"] == "softmax" else acts[-1], y, weights
+        )
+        ref_loss += reference_mlp.l2_penalty(ref, factors)
+        grads = reference_mlp.backward(
+            [
+                (w, b, "linear" if i == len(ref) - 1 and spec["out"] == "softmax" else a, al)
+                for i, (w, b, a, al) in enumerate(ref)
+            ],
+            preacts,
+            acts,
+            doutput,
+        )
+        reference_mlp.add_l2_grads(ref, grads, factors)
+        if spec.get("clip"):
+            grads = reference_mlp.clip_by_global_norm(grads, spec["clip"])
+        ref_adam.step(grads)
+
+        assert relative_error(loss, ref_loss) < 1e-10
+    for ours, theirs in zip(model.get_weights(), params):
+        assert relative_error(ours, theirs) < 1e-10
+
+
+# -- fused loss paths -----------------------------------------------------------------------------
+
+
+def test_fused_softmax_cross_entropy_equals_the_separate_path():
+    """Softmax output + SparseCategoricalCrossentropy(from_logits=False) trains on logits with
+    the fused kernel; the separate path (softmax forward, CE gradient wrt probabilities, the
+    softmax Jacobian in dense_backward) must give the same gradients."""
+    rng = np.random.default_rng(2)
+    x, y = classification_data(rng)
+    model = mlp(12, [20], 4)
+    model.compile("sgd", losses.SparseCategoricalCrossentropy())
+    loss, fused = model._gradients(x, y)
+
+    (w1, b1), (w2, b2) = [(layer.kernel, layer.bias) for layer in model.layers]
+    h = kernels.dense_forward(x, w1, b1, "relu")
+    p = kernels.dense_forward(h, w2, b2, "softmax")
+    n = len(y)
+    dp = np.zeros_like(p)
+    dp[np.arange(n), y] = -1.0 / (n * p[np.arange(n), y])
+    dh, dw2, db2 = kernels.dense_backward(dp, h, w2, y=p, activation="softmax")
+    _, dw1, db1 = kernels.dense_backward(dh, x, w1, y=h, activation="relu")
+    separate = [dw1, db1, dw2, db2]
+    assert math.isclose(loss, -np.mean(np.log(p[np.arange(n), y])), rel_tol=1e-12)
+    for a, b in zip(fused, separate):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+    # A linear Dense followed by Activation("softmax") is the same model.
+    split = densekit.Sequential(
+        [Input((12,)), Dense(20, "relu"), Dense(4), Activation("softmax")], dtype="float64"
+    )
+    split.set_weights(model.get_weights())
+    split.compile("sgd", "sparse_categorical_crossentropy")
+    _, grads = split._gradients(x, y)
+    for a, b in zip(grads, fused):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_sigmoid_binary_cross_entropy_equals_the_separate_path():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 6))
+    y = rng.integers(0, 2, (64, 1)).astype(np.float64)
+    model = mlp(6, [8], 1, activation="tanh", out_activation="sigmoid")
+    model.compile("sgd", "binary_crossentropy")
+    _, fused = model._gradients(x, y)
+    (w1, b1), (w2, b2) = [(layer.kernel, layer.bias) for layer in model.layers]
+    h = kernels.dense_forward(x, w1, b1, "tanh")
+    p = kernels.dense_forward(h, w2, b2, "sigmoid")
+    dp = (p - y) / (p * (1 - p)) / len(y)
+    dh, dw2, db2 = kernels.dense_backward(dp, h, w2, y=p, activation="sigmoid")
+    _, dw1, db1 = kernels.dense_backward(dh, x, w1, y=h, activation="tanh")
+    for a, b in zip(fused, [dw1, db1, dw2, db2]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_probability_losses_need_the_matching_output_activation():
+    model = mlp(4, [3], 3, out_activation="linear")
+    model.compile("sgd", losses.CategoricalCrossentropy(from_logits=False))
+    with pytest.raises(ValueError, match="softmax"):
+        model.fit(np.zeros((4, 4)), np.eye(3)[[0, 1, 2, 0]], verbose=0)
+    model.compile("sgd", losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(np.zeros((4, 4)), np.eye(3)[[0, 1, 2, 0]], verbose=0)
+
+
+# -- every activation and loss against the reference ---------------------------------------------
+
+
+@pytest.mark.parametrize("activation", KERAS_ACTIVATIONS)
+def test_gradients_of_every_activation_match_the_reference(activation):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 7))
+    y = rng.standard_normal((20, 3))
+    model = mlp(7, [9, 5], 3, activation=activation, out_activation="linear")
+    model.compile("sgd", "mse")
+    loss, grads = model._gradients(x, y)
+    ref = reference_layers(model)
+    preacts, acts = reference_mlp.forward(ref, x)
+    ref_loss, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
+    expected = reference_mlp.backward(ref, preacts, acts, dout)
+    assert math.isclose(loss, ref_loss, rel_tol=1e-12)
+    for a, b in zip(grads, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(model.predict(x), acts[-1], rtol=1e-12, atol=1e-13)
+
+
+LOSS_CASES = [
+    ("mse", losses.MeanSquaredError(), "linear", "dense"),
+    ("mae", losses.MeanAbsoluteError(), "linear", "dense"),
+    ("huber", losses.Huber(delta=0.7), "linear", "dense"),
+    (
+        "binary_crossentropy",
+        losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.1),
+        "linear",
+        "binary",
+    ),
+    ("binary_crossentropy", losses.BinaryCrossentropy(), "sigmoid", "binary"),
+    (
+        "categorical_crossentropy",
+        losses.CategoricalCrossentropy(label_smoothing=0.2),
+        "softmax",
+        "onehot",
+    ),
+    (
+        "sparse_categorical_crossentropy",
+        losses.SparseCategoricalCrossentropy(from_logits=True),
+        "linear",
+        "labels",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "out", "target"), LOSS_CASES, ids=lambda v: getattr(v, "name", str(v))
+)
+def test_every_loss_with_sample_weights_matches_the_reference(name, loss, out, target):
+    rng = np.random.default_rng(5)
+    n, classes = 30, 3
+    x = rng.standard_normal((n, 5))
+    y = {
+        "dense": rng.standard_normal((n, classes)),
+        "binary": rng.integers(0, 2, (n, classes)).astype(float),
+        "onehot": np.eye(classes)[rng.integers(0, classes, n)],
+        "labels": rng.integers(0, classes, n),
+    }[target]
+    weights = rng.uniform(0, 3, n)
+    model = mlp(5, [6], classes, activation="elu", out_activation=out)
+    model.compile("sgd", loss)
+    value, grads = model._gradients(x, y, sample_weight=weights)
+
+    ref = reference_layers(model)
+    fused = not loss.from_logits
+    ref_train = [
+        (w, b, "linear" if fused and i == len(ref) - 1 else a, al)
+        for i, (w, b, a, al) in enumerate(ref)
+    ]
+    preacts, acts = reference_mlp.forward(ref_train, x)
+    options = {"delta": loss.delta} if name == "huber" else {}
+    if hasattr(loss, "label_smoothing"):
+        options["label_smoothing"] = loss.label_smoothing
+    ref_value, dout = reference_mlp.loss_and_grad(name, acts[-1], y, weights, **options)
+    expected = reference_mlp.backward(ref_train, preacts, acts, dout)
+    assert math.isclose(value, ref_value, rel_tol=1e-11)
+    for a, b in zip(grads, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
+    # evaluate reports the same weighted loss, and the loss object computes it standalone
+    assert math.isclose(
+        model.evaluate(x, y, sample_weight=weights, verbose=0), ref_value, rel_tol=1e-11
+    )
+    standalone = loss(y, model.predict(x), sample_weight=weights)
+    assert math.isclose(standalone, ref_value, rel_tol=1e-5 if fused else 1e-11)
+
+
+def test_losses_by_name():
+    for name, cls in [
+        ("mse", losses.MeanSquaredError),
+        ("mean_absolute_error", losses.MeanAbsoluteError),
+        ("huber", losses.Huber),
+        ("binary_crossentropy", losses.BinaryCrossentropy),
+        ("categorical_crossentropy", losses.CategoricalCrossentropy),
+        ("SparseCategoricalCrossentropy", losses.SparseCategoricalCrossentropy),
+    ]:
+        assert type(losses.get(name)) is cls
+    with pytest.raises(ValueError, match="loss: unknown loss 'hinge'"):
+        losses.get("hinge")
+
+
+def test_l2_regularizer_adds_penalty_and_gradient():
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 2))
+    model = mlp(
+        4, [5], 2, out_activation="linear", kernel_regularizer=densekit.regularizers.L2(0.05)
+    )
+    model.compile("sgd", "mse")
+    loss, grads = model._gradients(x, y)
+    ref = reference_layers(model)
+    preacts, acts = reference_mlp.forward(ref, x)
+    ref_loss, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
+    expected = reference_mlp.backward(ref, preacts, acts, dout)
+    reference_mlp.add_l2_grads(ref, expected, [0.05, 0.05])
+    assert math.isclose(loss, ref_loss + reference_mlp.l2_penalty(ref, [0.05, 0.05]), rel_tol=1e-12)
+    for a, b in zip(grads, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+# -- optimizers ------------------------------------------------------------------------------
+
+
+OPTIMIZER_CASES = {
+    "sgd": (lambda: optimizers.SGD(0.1), lambda p: reference_mlp.SGD(p, 0.1)),
+    "sgd-momentum": (
+        lambda: optimizers.SGD(0.05, momentum=0.9),
+        lambda p: reference_mlp.SGD(p, 0.05, 0.9),
+    ),
+    "sgd-nesterov": (
+        lambda: optimizers.SGD(0.05, momentum=0.8, nesterov=True),
+        lambda p: reference_mlp.SGD(p, 0.05, 0.8, nesterov=True),
+    ),
+    "rmsprop": (lambda: optimizers.RMSprop(0.01), lambda p: reference_mlp.RMSprop(p, 0.01)),
+    "rmsprop-centered-momentum": (
+        lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        lambda p: reference_mlp.RMSprop(p, 0.01, momentum=0.5, centered=True),
+    ),
+    "adamw": (
+        lambda: optimizers.AdamW(0.01, weight_decay=0.1),
+        lambda p: reference_mlp.Adam(p, 0.01, eps=1e-7, weight_decay=0.1),
+    ),
+    "adam-exponential-decay": (
+        lambda: optimizers.Adam(schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.5)),
+        lambda p: reference_mlp.Adam(p, eps=1e-7),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
+def test_optimizers_follow_their_update_rules(case):
+    make, make_reference = OPTIMIZER_CASES[case]
+    rng = np.random.default_rng(7)
+    model = mlp(6, [7], 3, activation="tanh", out_activation="linear")
+    optimizer = make()
+    model.compile(optimizer, "mse")
+    ref = [
+        tuple(np.array(v) if isinstance(v, np.ndarray) else v for v in layer)
+        for layer in reference_layers(model)
+    ]
+    params = [p for w, b, _, _ in ref for p in (w, b)]
+    reference_optimizer = make_reference(params)
+    for step in range(12):
+        x, y = rng.standard_normal((8, 6)), rng.standard_normal((8, 3))
+        rate = optimizer.learning_rate
+        model.train_on_batch(x, y)
+        preacts, acts = reference_mlp.forward(ref, x)
+        _, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
+        lr = 0.02 * 0.5 ** (step / 3) if "decay" in case else None
+        if lr is not None:
+            assert math.isclose(rate, lr, rel_tol=1e-15)
+        reference_optimizer.step(reference_mlp.backward(ref, preacts, acts, dout), lr)
+    assert optimizer.iterations == 12
+    for ours, theirs in zip(model.get_weights(), params):
+        assert relative_error(ours, theirs) < 1e-10
+
+
+def test_clipnorm_clips_each_gradient_separately():
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2)) * 100
+    model = mlp(3, [4], 2, out_activation="linear")
+    model.compile(optimizers.SGD(1.0, clipnorm=0.01), "mse")
+    before = model.get_weights()
+    _, grads = model._gradients(x, y)
+    model.train_on_batch(x, y)
+    for old, new, grad in zip(before, model.get_weights(), grads):
+        step = old - new
+        np.testing.assert_allclose(
+            step, grad * min(1.0, 0.01 / np.linalg.norm(grad)), rtol=1e-10, atol=1e-15
+        )
+
+
+def test_optimizer_names_defaults_and_learning_rate_setter():
+    adam = optimizers.get("adam")
+    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == (0.001, 0.9, 0.999, 1e-7)
+    assert optimizers.get("rmsprop").rho == 0.9
+    assert optimizers.get("SGD").learning_rate == 0.01
+    assert optimizers.get("adamw").weight_decay == 0.004
+    adam.learning_rate = 0.5
+    assert adam.learning_rate == 0.5
+    scheduled = optimizers.SGD(schedules.CosineDecay(1.0, decay_steps=10, alpha=0.1))
+    with pytest.raises(TypeError, match="learning_rate"):
+        scheduled.learning_rate = 0.1
+    with pytest.raises(ValueError, match="learning_rate"):
+        optimizers.SGD(-1.0)
+    with pytest.raises(ValueError, match="optimizer: unknown"):
+        optimizers.get("lbfgs")
+    with pytest.raises(ValueError, match="clipnorm"):
+        optimizers.SGD(clipnorm=1.0, global_clipnorm=1.0)
+
+
+def test_schedules_follow_keras_formulas():
+    decay = schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5, staircase=True)
+    assert decay(0) == 0.1 and decay(9) == 0.1 and decay(10) == 0.05
+    cosine = schedules.CosineDecay(1.0, decay_steps=100, alpha=0.1)
+    assert cosine(0) == 1.0 and math.isclose(cosine(50), 0.55) and math.isclose(cosine(1000), 0.1)
+    warm = schedules.CosineDecay(0.0, decay_steps=10, warmup_target=1.0, warmup_steps=5)
+    assert math.isclose(warm(2), 0.4) and math.isclose(warm(5), 1.0)
+    restored = schedules.deserialize(schedules.serialize(cosine))
+    assert restored.get_config() == cosine.get_config()
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def test_metrics_resolve_as_keras_does_and_compute_correctly():
+    rng = np.random.default_rng(9)
+    x, y = classification_data(rng, n=50, features=5, classes=3)
+    model = mlp(5, [8], 3)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert model.metrics_names == ["loss", "accuracy"]
+    logs = model.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    p = model.predict(x)
+    assert math.isclose(logs["accuracy"], np.mean(p.argmax(1) == y))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["mse"])
+    with pytest.raises(ValueError, match="metrics: 'mse' needs one target per output"):
+        model.evaluate(x, y, verbose=0)
+
+    # mse/mae need probabilities: with the fused loss they see softmax outputs, not logits
+
+    onehot = np.eye(3)[y]
+    model.compile(
+        "adam", "categorical_crossentropy", metrics=["acc", metrics.MeanSquaredError(), "mae"]
+    )
+    logs = model.evaluate(x, onehot, batch_size=7, return_dict=True, verbose=0)
+    assert set(logs) == {"loss", "acc", "mean_squared_error", "mae"}
+    assert math.isclose(logs["acc"], np.mean(p.argmax(1) == y))
+    assert math.isclose(logs["mean_squared_error"], np.mean((p - onehot) ** 2), rel_tol=1e-12)
+    assert math.isclose(logs["mae"], np.mean(np.abs(p - onehot)), rel_tol=1e-12)
+
+    binary = mlp(5, [4], 1, out_activation="sigmoid")
+    targets = (x[:, 0] > 0).astype(float)
+    binary.compile(
+        "adam",
+        "binary_crossentropy",
+        metrics=["accuracy", metrics.BinaryAccuracy(name="b", threshold=0.7)],
+    )
+    logs = binary.evaluate(x, targets, return_dict=True, verbose=0)
+    q = binary.predict(x)[:, 0]
+    assert math.isclose(logs["accuracy"], np.mean((q > 0.5) == targets))
+    assert math.isclose(logs["b"], np.mean((q > 0.7) == targets))
+
+
+def test_standalone_metric_api():
+    metric = metrics.SparseCategoricalAccuracy()
+    metric.update_state([0, 1, 2], [[0.9, 0.1, 0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]])
+    assert math.isclose(metric.result(), 2 / 3)
+    metric.update_state([1], [[0.1, 0.9, 0]])
+    assert math.isclose(metric.result(), 3 / 4)
+    metric.reset_state()
+    assert metric.result() == 0.0
+    mse = metrics.get("mse")
+    mse.update_state([[1.0, 2.0]], [[1.0, 4.0]])
+    assert mse.result() == 2.0
+
+
+# -- fit / evaluate / predict -----------------------------------------------------------------
+
+
+def test_fit_trains_and_records_history():
+    rng = np.random.default_rng(10)
+    centers = rng.standard_normal((3, 4)) * 3
+    y = rng.integers(0, 3, 300)
+    x = centers[y] + rng.standard_normal((300, 4))
+    model = mlp(4, [16], 3, dtype="float32")
+    model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+    history = model.fit(x, y, batch_size=32, epochs=8, validation_split=0.2, verbose=0, seed=0)
+    assert history is model.history
+    assert history.epoch == list(range(8))
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 8 for v in history.history.values())
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["val_accuracy"][-1] > 0.9
+    # validation_split holds out the last 20% (before shuffling): evaluating them matches
+    assert math.isclose(
+        history.history["val_loss"][-1],
+        model.evaluate(x[240:], y[240:], verbose=0)[0],
+        rel_tol=1e-5,
+    )
+    assert model.predict(x).dtype == np.float32
+
+
+def test_fit_is_reproducible_and_resumes_with_initial_epoch():
+    rng = np.random.default_rng(11)
+    x, y = classification_data(rng, n=70)
+
+    def make():
+        model = mlp(12, [10], 4, seed=3)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    one = make()
+    one.fit(x, y, batch_size=16, epochs=3, seed=5, verbose=0)
+    two = make()
+    two.fit(x, y, batch_size=16, epochs=1, seed=5, verbose=0)
+    two.fit(x, y, batch_size=16, epochs=3, initial_epoch=1, seed=5, verbose=0)
+    for a, b in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    three = make()
+    three.fit(x, y, batch_size=16, epochs=3, seed=6, verbose=0)
+    assert not np.array_equal(three.get_weights()[0], one.get_weights()[0])
+
+
+def test_fit_without_shuffle_equals_train_on_batch_including_the_short_last_batch():
+    rng = np.random.default_rng(12)
+    x, y = classification_data(rng, n=37)
+    a, b = mlp(12, [6], 4), mlp(12, [6], 4)
+    for model in (a, b):
+        model.compile("adam", "sparse_categorical_crossentropy")
+    history = a.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    losses_ = [b.train_on_batch(x[i : i + 10], y[i : i + 10]) for i in range(0, 37, 10)]
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(p, q)
+    expected = sum(loss * len(x[i : i + 10]) for loss, i in zip(losses_, range(0, 37, 10))) / 37
+    assert math.isclose(history.history["loss"][0], expected, rel_tol=1e-12)
+
+
+def test_sample_weights_of_zero_remove_samples():
+    rng = np.random.default_rng(13)
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
+    model = mlp(3, [4], 2, out_activation="linear")
+    model.compile("sgd", "mse")
+    weights = np.r_[np.ones(10), np.zeros(10)]
+    weighted, grads = model._gradients(x, y, sample_weight=weights)
+    half, half_grads = model._gradients(x[:10], y[:10])
+    assert math.isclose(weighted, half / 2, rel_tol=1e-12)
+    for a, b in zip(grads, half_grads):
+        np.testing.assert_allclose(a, b / 2, rtol=1e-12, atol=1e-15)
+
+
+def test_validation_data_and_validation_freq():
+    rng = np.random.default_rng(14)
+    x, y = classification_data(rng, n=40)
+    model = mlp(12, [5], 4)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    history = model.fit(
+        x, y, epochs=4, validation_data=(x[:10], y[:10]), validation_freq=2, verbose=0
+    )
+    assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2
+
+
+def test_evaluate_predict_and_on_batch_variants_agree():
+    rng = np.random.default_rng(15)
+    x, y = classification_data(rng, n=45)
+    model = mlp(12, [9], 4)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    full = model.predict_on_batch(x)
+    for batch_size in (1, 7, 45, 100):
+        np.testing.assert_allclose(
+            model.predict(x, batch_size=batch_size), full, rtol=1e-13, atol=1e-15
+        )
+    loss, accuracy = model.evaluate(x, y, batch_size=8, verbose=0)
+    assert math.isclose(loss, model.test_on_batch(x, y)[0], rel_tol=1e-12)
+    assert math.isclose(accuracy, np.mean(full.argmax(1) == y))
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}
+    assert model.predict(np.zeros((0, 12))).shape == (0, 4)
+
+
+def test_dropout_is_seeded_scaled_and_off_at_inference():
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((200, 10))
+    y = rng.standard_normal((200, 10))
+    model = densekit.Sequential(
+        [Input((10,)), Dropout(0.25, seed=1), Dense(10, kernel_initializer="ones")], dtype="float64"
+    )
+    model.compile("sgd", "mse")
+    np.testing.assert_array_equal(model.predict(x), x @ np.ones((10, 10)))
+    loss, grads = model._gradients(x, y)
+    workspace = model._workspaces[("train", 200)]
+    dropped = workspace.acts[0]
+    mask = workspace.scratch[0]["mask"]
+    kept = dropped != 0
+    assert 0.7 < kept.mean() < 0.8
+    np.testing.assert_allclose(dropped[kept], x[kept] / 0.75, rtol=1e-15)
+    # reference: the dense layer applied to the masked input
+    ref = [(model.layers[1].kernel, model.layers[1].bias, "linear", None)]
+    preacts, acts = reference_mlp.forward(ref, x * mask)
+    _, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
+    for a, b in zip(grads, reference_mlp.backward(ref, preacts, acts, dout)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    # a same-seeded model draws the same masks
+    again = densekit.Sequential(
+        [Input((10,)), Dropout(0.25, seed=1), Dense(10, kernel_initializer="ones")], dtype="float64"
+    )
+    again.compile("sgd", "mse")
+    assert again._gradients(x, y)[0] == loss
+
+
+def test_a_training_step_allocates_nothing_in_steady_state():
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((1000, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 1000)
+    model = densekit.Sequential(
+        [Input((64,)), Dense(128, "relu"), Dropout(0.1, seed=0), Dense(10, "softmax")]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, batch_size=96, epochs=1, verbose=0)  # builds buffers for 96 and 40 rows
+    tracemalloc.start()
+    try:
+        model.fit(x, y, batch_size=96, epochs=1, verbose=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # fit allocates its two index arrays (8 KB each) once; the 32 steps allocate no buffers
+    # (one activation buffer of a batch is 96 * 128 * 4 = 48 KB)
+    assert peak < 2 * 1000 * 8 + 8192
+    workspace = model._workspaces[("train", 96)]
+    buffers_before = [id(a) for a in workspace.acts]
+    model.fit(x, y, batch_size=96, epochs=1, verbose=0)
+    assert [id(a) for a in workspace.acts] == buffers_before
+    assert set(workspace._plans) == {(96, False), (40, False)}
+
+
+def test_per_step_tracemalloc_is_flat():
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    model = densekit.Sequential([Input((32,)), Dense(64, "gelu"), Dense(10, "softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.train_on_batch(x, y)
+    plan = model._workspace("train", 64).plan(64, False)
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            model._train_step(plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4096  # no array of the step's size (64 * 64 * 4 = 16 KB) was allocated
+
+
+# -- float32 / float64, structure, config --------------------------------------------------------
+
+
+def test_float32_and_float64_models_agree():
+    rng = np.random.default_rng(19)
+    x, y = classification_data(rng, n=64)
+    wide = mlp(12, [16], 4, dtype="float64")
+    narrow = densekit.Sequential.from_config({**wide.get_config(), "dtype": "float32"})
+    narrow.set_weights(wide.get_weights())
+    for model in (wide, narrow):
+        model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=16, epochs=2, seed=0, verbose=0)
+    assert narrow.get_weights()[0].dtype == np.float32
+    for a, b in zip(narrow.get_weights(), wide.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_structure_summary_and_config_round_trip():
+    model = densekit.Sequential(name="net")
+    model.add(Dense(8, "relu", input_shape=(5,)))
+    model.add(Dropout(0.5))
+    model.add(Dense(3, "softmax", use_bias=False, kernel_initializer="he_normal"))
+    assert model.built and model.count_params() == 5 * 8 + 8 + 8 * 3
+    assert [w.shape for w in model.get_weights()] == [(5, 8), (8,), (8, 3)]
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert 'Model: "net"' in text and "(None, 3)" in text and "Total params: 72" in text
+    clone = densekit.Sequential.from_config(model.get_config())
+    assert [type(layer) for layer in clone.layers] == [Dense, Dropout, Dense]
+    assert (
+        clone.layers[2].kernel_initializer.get_config()
+        == model.layers[2].kernel_initializer.get_config()
+    )
+    clone.set_weights(model.get_weights())
+    x = np.ones((2, 5), np.float32)
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    kept = model.get_weights()[:2]
+    popped = model.pop()
+    assert isinstance(popped, Dense) and model.output_dim == 8
+    model.add(Dense(4))
+    for a, b in zip(model.get_weights()[:2], kept):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lazy_build_and_build_argument():
+    model = densekit.Sequential([Dense(4), Dense(2)])
+    assert not model.built
+    with pytest.raises(ValueError, match="input_shape"):
+        model.build()
+    model.build((None, 7))
+    assert model.layers[0].kernel.shape == (7, 4)
+    lazy = densekit.Sequential([Dense(3)])
+    lazy.compile("sgd", "mse")
+    lazy.fit(np.zeros((4, 6)), np.zeros((4, 3)), verbose=0)
+    assert lazy.input_dim == 6
+
+
+def test_initializers_are_seeded_and_scaled():
+    for name in [
+        "glorot_uniform",
+        "glorot_normal",
+        "he_uniform",
+        "he_normal",
+        "lecun_normal",
+        "random_normal",
+    ]:
+        init = densekit.initializers.get(name)
+        init.seed = 3
+        a, b = init((400, 300)), init((400, 300))
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == np.float32
+    glorot = densekit.initializers.GlorotUniform(seed=1)((400, 300), "float64")
+    assert np.abs(glorot).max() <= math.sqrt(6 / 700) and math.isclose(
+        glorot.var(), 2 / 700, rel_tol=0.05
+    )
+    he = densekit.initializers.HeNormal(seed=1)((400, 300), "float64")
+    assert (
+        math.isclose(he.var(), 2 / 400, rel_tol=0.05)
+        and np.abs(he).max() <= 2 * math.sqrt(2 / 400) / 0.8796 + 1e-12
+    )
+    assert not densekit.initializers.Zeros()((3,)).any()
+    assert densekit.initializers.Ones()((3,)).all()
+    densekit.set_random_seed(5)
+    first = Dense(3)
+    densekit.Sequential([Input((2,)), first])
+    densekit.set_random_seed(5)
+    second = Dense(3)
+    densekit.Sequential([Input((2,)), second])
+    np.testing.assert_array_equal(first.kernel, second.kernel)
+
+
+def test_keras_activation_names():
+    assert densekit.activations.get("leaky_relu").alpha == 0.2
+    assert densekit.activations.get(None).name == "linear"
+    with pytest.raises(ValueError, match="activation: unknown activation 'swish'"):
+        Dense(3, activation="swish")
+
+
+# -- input validation ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def classifier():
+    model = mlp(4, [5], 3, dtype="float32")
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        (
+            dict(x=np.zeros((10, 5)), y=np.zeros(10, int)),
+            ValueError,
+            r"x: expected shape \(n, 4\), got \(10, 5\)",
+        ),
+        (dict(x=np.zeros(10), y=np.zeros(10, int)), ValueError, "x: expected a 2-D array"),
+        (dict(x="abc", y=np.zeros(10, int)), TypeError, "x: cannot convert"),
+        (
+            dict(x=np.zeros((10, 4)), y=np.zeros(9, int)),
+            ValueError,
+            r"y: expected 10 integer class labels",
+        ),
+        (
+            dict(x=np.zeros((10, 4)), y=np.full(10, 3)),
+            ValueError,
+            r"y: class label 3 is outside \[0, 3\)",
+        ),
+        (dict(x=np.zeros((10, 4)), y=np.full(10, -1)), ValueError, r"y: class label -1"),
+        (
+            dict(x=np.zeros((10, 4)), y=np.full(10, 0.5)),
+            ValueError,
+            "y: expected integer class labels",
+        ),
+        (dict(x=np.zeros((10, 4)), y=None), TypeError, "y: the targets are missing"),
+        (
+            dict(x=np.zeros((10, 4)), y=np.zeros(10, int), sample_weight=np.ones(3)),
+            ValueError,
+            "sample_weight: expected one weight per sample",
+        ),
+        (
+            dict(x=np.zeros((10, 4)), y=np.zeros(10, int), sample_weight=-np.ones(10)),
+            ValueError,
+            "sample_weight: expected finite weights",
+        ),
+        (
+            dict(x=np.zeros((10, 4)), y=np.zeros(10, int), batch_size=0),
+            ValueError,
+            "batch_size: expected an int >= 1",
+        ),
+        (dict(x=np.zeros((10, 4)), y=np.zeros(10, int), epochs=-1), ValueError, "epochs"),
+        (
+            dict(x=np.zeros((10, 4)), y=np.zeros(10, int), validation_split=1.5),
+            ValueError,
+            "validation_split",
+        ),
+        (
+            dict(
+                x=np.zeros((10, 4)),
+                y=np.zeros(10, int),
+                validation_data=(np.zeros((2, 3)), np.zeros(2, int)),
+            ),
+            ValueError,
+            r"validation_data\[0\]",
+        ),
+        (dict(x=np.zeros((10, 4)), y=np.zeros(10, int), verbose=3), ValueError, "verbose"),
+    ],
+)
+def test_fit_rejects_bad_inputs_naming_the_argument(classifier, kwargs, error, pattern):
+    before = classifier.get_weights()
+    with pytest.raises(error, match=pattern):
+        classifier.fit(**{"verbose": 0, **kwargs})
+    for a, b in zip(before, classifier.get_weights()):
+        np.testing.assert_array_equal(a, b)  # nothing was trained
+
+
+def test_other_entry_points_validate_too(classifier):
+    with pytest.raises(ValueError, match="x: expected shape"):
+        classifier.predict(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="y: class label 7"):
+        classifier.train_on_batch(np.zeros((2, 4)), [0, 7])
+    with pytest.raises(ValueError, match="y: class label"):
+        classifier.evaluate(np.zeros((2, 4)), [0, 9], verbose=0)
+    with pytest.raises(RuntimeError, match="compile"):
+        densekit.Sequential([Input((2,)), Dense(1)]).fit(np.zeros((2, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="units"):
+        Dense(0)
+    with pytest.raises(ValueError, match="rate"):
+        Dropout(1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        densekit.Sequential(dtype="int32")
+    with pytest.raises(ValueError, match="weights: the model has 4 weight arrays, got 1"):
+        classifier.set_weights([np.zeros((4, 5))])
+    with pytest.raises(ValueError, match=r"weights\[0\]: expected shape \(4, 5\)"):
+        classifier.set_weights([np.zeros((5, 4)), np.zeros(5), np.zeros((5, 3)), np.zeros(3)])
+
+
+def test_array_likes_are_converted_once(classifier):
+    x = [[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]
+    y = np.array([0.0, 2.0])  # integral floats are valid labels
+    classifier.fit(x, y, verbose=0)
+    assert classifier.predict(np.asfortranarray(np.array(x))).shape == (2, 3)
+    assert layers.Input(5).shape == (5,)
