@@ -83,15 +83,52 @@ class CallbackList:
             for mode, hooks in _BATCH_HOOKS.items()
         }
 
-    def __getattr__(self, hook: str):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
 
-        def call(*args):
-            for callback in self.callbacks:
-                getattr(callback, hook)(*args)
+    # Every hook gets a logs dict, as in Keras (callbacks may add keys to it).
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", {} if logs is None else logs)
 
-        return call
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", {} if logs is None else logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, {} if logs is None else logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call("on_epoch_end", epoch, {} if logs is None else logs)
+
+    def on_test_begin(self, logs=None):
+        self._call("on_test_begin", {} if logs is None else logs)
+
+    def on_test_end(self, logs=None):
+        self._call("on_test_end", {} if logs is None else logs)
+
+    def on_predict_begin(self, logs=None):
+        self._call("on_predict_begin", {} if logs is None else logs)
+
+    def on_predict_end(self, logs=None):
+        self._call("on_predict_end", {} if logs is None else logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._call("on_train_batch_begin", batch, {} if logs is None else logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._call("on_train_batch_end", batch, {} if logs is None else logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._call("on_test_batch_begin", batch, {} if logs is None else logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._call("on_test_batch_end", batch, {} if logs is None else logs)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._call("on_predict_batch_begin", batch, {} if logs is None else logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._call("on_predict_batch_end", batch, {} if logs is None else logs)
 
 
 class History(Callback):

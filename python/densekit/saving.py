@@ -56,8 +56,12 @@ def _read(path, expected_format: str) -> tuple[dict, dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"filepath: no such file: {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        with open(path, "rb") as file:
+            archive = np.load(file, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an archive")
+            with archive:
+                arrays = {name: archive[name] for name in archive.files}
         header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
     except (
         OSError,
