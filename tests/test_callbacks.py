@@ -53,7 +53,9 @@ def test_hooks_run_in_keras_order_with_logs():
     epoch = [
         "on_epoch_begin",
         *["on_train_batch_begin", "on_train_batch_end"] * 2,
-        "on_test_begin",
+        "on_test_begin",  # validation runs the test hooks, as in Keras
+        "on_test_batch_begin",
+        "on_test_batch_end",
         "on_test_end",
         "on_epoch_end",
     ]

@@ -603,7 +603,7 @@ class Sequential:
             logs = self._logs(loss_total, seen)
             if validation is not None and (epoch + 1) % validation_freq == 0:
                 hooks.on_test_begin()
-                val_logs = self._evaluate_arrays(*validation, validation_batch_size, None, None)
+                val_logs = self._evaluate_arrays(*validation, validation_batch_size, hooks, None)
                 hooks.on_test_end(val_logs)
                 logs.update({"val_" + key: value for key, value in val_logs.items()})
             hooks.on_epoch_end(epoch, logs)
@@ -760,6 +760,11 @@ class Sequential:
             np.copyto(outputs, x)
             return outputs
         buffers = self._predict_buffers(min(batch_size, n)) if n else []
+        if n and n <= batch_size and hooks is None:  # one batch: the latency path
+            for op, target in zip(ops, [*buffers, outputs]):
+                op.infer(x, target)
+                x = target
+            return outputs
         batch_hooks = hooks is not None and hooks.batch_hooks["predict"]
         last = len(ops) - 1
         for step, start in enumerate(range(0, n, batch_size)):
