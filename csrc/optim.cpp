@@ -367,7 +367,8 @@ double clip_by_global_norm(const GradientView* grads, std::size_t count, double 
   const double scale = max_norm / norm;
   index_t total = 0;
   const std::vector<Chunk> chunks = norm_chunks(grads, count, &total);
-  // float32 values are scaled in double and rounded once.
+  // float32 values are scaled in double and rounded once. The chunks are the norm's; the
+  // returned partials are unused.
   per_chunk(chunks, total, num_threads, [scale](auto* x, index_t begin, index_t end) {
     using T = std::remove_pointer_t<decltype(x)>;
     for (index_t i = begin; i < end; ++i)

@@ -41,7 +41,8 @@ double non_negative(py::handle obj, const char* name) {
 // True/False (numpy.bool_ too); anything else would silently pick a branch by truthiness.
 bool flag(py::handle obj, const char* name) {
   if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
-  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_"))) return PyObject_IsTrue(obj.ptr()) == 1;
+  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_")))
+    return PyObject_IsTrue(obj.ptr()) == 1;
   type_fail(name, "expected True or False, got " + type_name(obj));
 }
 
