@@ -11,18 +11,28 @@ from __future__ import annotations
 
 from ._core import (
     ACTIVATIONS,
+    OPTIMIZERS,
     activation_backward,
     activation_forward,
+    adam_step,
     build_info,
+    clip_by_global_norm,
     dense_backward,
     dense_forward,
+    rmsprop_step,
+    sgd_step,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "OPTIMIZERS",
     "activation_backward",
     "activation_forward",
+    "adam_step",
     "build_info",
+    "clip_by_global_norm",
     "dense_backward",
     "dense_forward",
+    "rmsprop_step",
+    "sgd_step",
 ]
