@@ -7,7 +7,6 @@ The cases below drive the suites: a new configuration gets every test.
 from __future__ import annotations
 
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,18 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-import reference_optim as reference
 from densekit import kernels
 
-# On a failure hypothesis imports libcst to print a patch, and that import warns
-# (mypy_extensions' DeprecationWarning); filterwarnings=error then turns the failure into an
-# INTERNALERROR that ends the session. Importing it up front, warnings ignored, avoids that.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    try:
-        import hypothesis.extra._patching  # noqa: F401
-    except ImportError:
-        pass
+from . import reference_optim as reference
 
 DTYPES = [np.float32, np.float64]
 # float64 agrees with torch and the references to rounding; float32 to its own precision.
