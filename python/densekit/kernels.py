@@ -11,18 +11,30 @@ from __future__ import annotations
 
 from ._core import (
     ACTIVATIONS,
+    LOSSES,
     activation_backward,
     activation_forward,
     build_info,
     dense_backward,
     dense_forward,
+    huber,
+    mae,
+    mse,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "LOSSES",
     "activation_backward",
     "activation_forward",
     "build_info",
     "dense_backward",
     "dense_forward",
+    "huber",
+    "mae",
+    "mse",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
 ]
