@@ -4,8 +4,10 @@
 // without -ffast-math, and the value-only and fused paths perform the same additions.
 #include "losses.hpp"
 
+#include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "activations.hpp"
 #include "parallel.hpp"
@@ -20,6 +22,20 @@ constexpr index_t kChunkElements = index_t{1} << 14;
 // Below about two chunks' worth of elements a call stays on the calling thread.
 constexpr double kGrainElements = 32768.0;
 
+template <typename To, typename From>
+inline To bit_cast(From value) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
+  To result;
+  std::memcpy(&result, &value, sizeof result);
+  return result;
+}
+
+// The fixed order in which kLanes partial sums are combined.
+inline double fold_lanes(const double (&lanes)[kLanes]) {
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
 // Sum of f(j) for j in [0, count) in kLanes interleaved partial sums folded pairwise.
 template <class F>
 inline double lane_sum(index_t count, F&& f) {
@@ -29,8 +45,7 @@ inline double lane_sum(index_t count, F&& f) {
   for (; j + kLanes <= count; j += kLanes)
     for (int k = 0; k < kLanes; ++k) lanes[k] += f(j + k);
   for (int k = 0; j + k < count; ++k) lanes[k] += f(j + k);
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return fold_lanes(lanes);
 }
 
 // Reduced loss over n rows of `cols` elements; rows(begin, end) returns the rows' sum.
@@ -163,27 +178,175 @@ double elementwise_run(T* grad, T* per_sample, const T* prediction, const T* tar
 // With t the smoothed target and T = sum_j t_j, the loss is sum_j t_j (m - z_j) + T log s and
 // the gradient scale * (T e_j / s - t_j).
 
-template <typename T>
-inline T row_max(const T* z, index_t c) {
-  T lanes[kLanes];
-  for (T& lane : lanes) lane = -std::numeric_limits<T>::infinity();
-  index_t j = 0;
-  for (; j + kLanes <= c; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) lanes[k] = z[j + k] > lanes[k] ? z[j + k] : lanes[k];
-  for (int k = 0; j + k < c; ++k) lanes[k] = z[j + k] > lanes[k] ? z[j + k] : lanes[k];
-  T m = lanes[0];
-  for (int k = 1; k < kLanes; ++k) m = lanes[k] > m ? lanes[k] : m;
-  return m;
+// exp(x) for x <= 0, -inf (0) and NaN (NaN): libm's exp does not vectorise, these do. Range
+// reduction x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so that n ln2_hi is exact), a
+// polynomial for exp(r), and 2^n built in the exponent bits. Inputs below kLowest, where 2^n
+// would leave the normal range, give 0 (an absolute error under 2e-38 or 4e-308). The
+// selections work on integer bits because GCC does not vectorise float comparisons under the
+// default -ftrapping-math. Float: Cephes's expf polynomial (max error 1.4 ulp); double: Taylor
+// series to degree 13 (truncation under 1e-17, max error 1.5 ulp).
+inline float exp_nonpositive(float x) {
+  constexpr float kLowest = -87.0f;           // exp(-87) ~ 1.6e-38 > FLT_MIN
+  constexpr float kRoundShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  constexpr std::int32_t kInfinity = 0x7f800000;
+  const auto bits = bit_cast<std::int32_t>(x);
+  const std::int32_t magnitude = bits & 0x7fffffff;
+  // All ones where x < kLowest (-inf included, NaN not), else 0.
+  const std::int32_t below = -static_cast<std::int32_t>(
+      (bits < 0) & (magnitude > bit_cast<std::int32_t>(-kLowest)) & (magnitude <= kInfinity));
+  const auto clamped = bit_cast<float>((bits & ~below) | (bit_cast<std::int32_t>(kLowest) & below));
+  const float shifted = clamped * 1.44269504088896341f + kRoundShift;
+  const float n = shifted - kRoundShift;
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const std::int32_t exponent =
+      bit_cast<std::int32_t>(shifted) - bit_cast<std::int32_t>(kRoundShift) + 127;
+  const float result = p * bit_cast<float>(exponent << 23);
+  return bit_cast<float>(bit_cast<std::int32_t>(result) & ~below);
 }
 
-// s = sum_j exp(z_j - m); with a gradient row, e_j is stored there for sweep 3.
+inline double exp_nonpositive(double x) {
+  constexpr double kLowest = -708.0;                  // exp(-708) ~ 3.3e-308 > DBL_MIN
+  constexpr double kRoundShift = 6755399441055744.0;  // 1.5 * 2^52
+  constexpr std::int32_t kInfinityHigh = 0x7ff00000;
+  const auto bits = bit_cast<std::int64_t>(x);
+  // The tests run on 32-bit words: 64-bit integer comparisons do not vectorise before SSE4.2.
+  const auto high = static_cast<std::int32_t>(bits >> 32);
+  const auto low = static_cast<std::int32_t>(bits);
+  const std::int32_t magnitude = high & 0x7fffffff;
+  const auto lowest_high = static_cast<std::int32_t>(bit_cast<std::int64_t>(-kLowest) >> 32);
+  const std::int32_t not_nan =
+      (magnitude < kInfinityHigh) | ((magnitude == kInfinityHigh) & (low == 0));
+  const std::int64_t below =
+      -static_cast<std::int64_t>((high < 0) & (magnitude > lowest_high) & not_nan);
+  const auto clamped = bit_cast<double>((bits & ~below) | (bit_cast<std::int64_t>(kLowest) & below));
+  const double shifted = clamped * 1.4426950408889634 + kRoundShift;
+  const double n = shifted - kRoundShift;
+  double r = clamped - n * 6.93147180369123816490e-01;
+  r = r - n * 1.90821492927058770002e-10;
+  constexpr double kInverseFactorials[] = {
+      1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+      1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
+      1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         1.0 / 2.0,
+      1.0,                1.0};
+  double p = kInverseFactorials[0];
+  for (int k = 1; k < 14; ++k) p = p * r + kInverseFactorials[k];
+  const std::int64_t exponent =
+      bit_cast<std::int64_t>(shifted) - bit_cast<std::int64_t>(kRoundShift) + 1023;
+  const double result = p * bit_cast<double>(exponent << 52);
+  return bit_cast<double>(bit_cast<std::int64_t>(result) & ~below);
+}
+
+// Row maximum, compared as integers that order like the floats (sign-magnitude turned into
+// two's complement): integer comparisons vectorise where float ones do not. A NaN with the
+// sign bit clear wins and makes the row NaN; one with it set loses but reaches the loss
+// through exp(NaN) = NaN.
+template <typename T>
+inline T row_max(const T* z, index_t c) {
+  using Bits = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  constexpr int kSignShift = 8 * sizeof(Bits) - 1;
+  constexpr Bits kMagnitude = std::numeric_limits<Bits>::max();
+  // An involution: applied to a key it gives back the float's bits.
+  auto order_key = [](Bits bits) { return bits ^ ((bits >> kSignShift) & kMagnitude); };
+  Bits max_key = order_key(bit_cast<Bits>(-std::numeric_limits<T>::infinity()));
+  for (index_t j = 0; j < c; ++j) max_key = std::max(max_key, order_key(bit_cast<Bits>(z[j])));
+  return bit_cast<T>(order_key(max_key));
+}
+
+// kLanes double partial sums fed block by block: every block but the last must hold a
+// multiple of kLanes values, so that value j lands in lane j % kLanes as in lane_sum.
+class LaneSum {
+ public:
+  template <typename T>
+  void add(const T* values, index_t count) {
+    index_t j = 0;
+    for (; j + kLanes <= count; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) lanes_[k] += static_cast<double>(values[j + k]);
+    for (int k = 0; j + k < count; ++k) lanes_[k] += static_cast<double>(values[j + k]);
+  }
+  double total() const { return fold_lanes(lanes_); }
+
+ private:
+  double lanes_[kLanes] = {};
+};
+
+// s = sum_j exp(z_j - m), block by block: the exponentials go to the gradient row (kept for
+// the gradient sweep) or, for the value only, to a stack buffer; then they are summed.
 template <typename T, bool with_grad>
-inline double exp_sum(T* e, const T* z, T m, index_t c) {
-  return lane_sum(c, [&](index_t j) {
-    const T value = std::exp(z[j] - m);
-    if constexpr (with_grad) e[j] = value;
-    return static_cast<double>(value);
-  });
+inline double exp_sum(T* e_row, const T* z, T m, index_t c) {
+  constexpr index_t kBlock = 512;
+  T buffer[with_grad ? 1 : kBlock];
+  LaneSum sum;
+  for (index_t j0 = 0; j0 < c; j0 += kBlock) {
+    const index_t count = std::min(kBlock, c - j0);
+    T* e = with_grad ? e_row + j0 : buffer;
+    const T* zb = z + j0;
+    for (index_t j = 0; j < count; ++j) e[j] = exp_nonpositive(zb[j] - m);
+    sum.add(e, count);
+  }
+  return sum.total();
+}
+
+// ISA variants. The softmax rows are compiled three times, for AVX-512, AVX2 and the baseline,
+// by "flattening" them (inlining every call) into functions with those targets; the variant is
+// picked per call from the CPU's features, detected once. The code uses IEEE additions and
+// multiplications in a fixed order and integer operations only (no FMA: the build passes
+// -ffp-contract=off), so every variant gives the same bits.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DENSEKIT_X86_VARIANTS 1
+#endif
+
+enum class Isa { baseline, avx2, avx512 };
+
+Isa detected_isa() {
+#if defined(DENSEKIT_X86_VARIANTS)
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
+    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
+    return Isa::baseline;
+  }();
+  return isa;
+#else
+  return Isa::baseline;
+#endif
+}
+
+#if defined(DENSEKIT_X86_VARIANTS)
+template <class Kernel>
+__attribute__((target("avx512f"), flatten)) double run_avx512(const Kernel& kernel) {
+  return kernel();
+}
+
+template <class Kernel>
+__attribute__((target("avx2"), flatten)) double run_avx2(const Kernel& kernel) {
+  return kernel();
+}
+#endif
+
+// Runs kernel() in the best variant for rows of row_bytes bytes: AVX-512 from two 64-byte
+// vectors per row (on shorter rows its loop remainders cost more than its width saves).
+template <class Kernel>
+double run_best_isa(index_t row_bytes, const Kernel& kernel) {
+#if defined(DENSEKIT_X86_VARIANTS)
+  switch (detected_isa()) {
+    case Isa::avx512:
+      if (row_bytes >= 128) return run_avx512(kernel);
+      return run_avx2(kernel);
+    case Isa::avx2: return run_avx2(kernel);
+    case Isa::baseline: break;
+  }
+#else
+  (void)row_bytes;
+#endif
+  return kernel();
 }
 
 // Smoothing of one row: t -> t keep + spread.
@@ -330,12 +493,15 @@ double softmax_cross_entropy_labels(T* grad, T* per_sample, const T* logits, con
   if (c == 0) return no_classes(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
+  const index_t row_bytes = c * static_cast<index_t>(sizeof(T));
   return reduce_rows(n, c, options, num_threads, [&](index_t begin, index_t end) {
-    if (grad != nullptr)
-      return softmax_label_rows<T, true>(grad, per_sample, logits, labels, sample_weight, begin,
-                                         end, c, scale, smoothing);
-    return softmax_label_rows<T, false>(grad, per_sample, logits, labels, sample_weight, begin,
-                                        end, c, scale, smoothing);
+    return run_best_isa(row_bytes, [&] {
+      if (grad != nullptr)
+        return softmax_label_rows<T, true>(grad, per_sample, logits, labels, sample_weight,
+                                           begin, end, c, scale, smoothing);
+      return softmax_label_rows<T, false>(grad, per_sample, logits, labels, sample_weight,
+                                          begin, end, c, scale, smoothing);
+    });
   });
 }
 
@@ -346,12 +512,15 @@ double softmax_cross_entropy_probs(T* grad, T* per_sample, const T* logits, cons
   if (c == 0) return no_classes(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
+  const index_t row_bytes = c * static_cast<index_t>(sizeof(T));
   return reduce_rows(n, c, options, num_threads, [&](index_t begin, index_t end) {
-    if (grad != nullptr)
-      return softmax_prob_rows<T, true>(grad, per_sample, logits, target, sample_weight, begin,
-                                        end, c, scale, smoothing);
-    return softmax_prob_rows<T, false>(grad, per_sample, logits, target, sample_weight, begin,
-                                       end, c, scale, smoothing);
+    return run_best_isa(row_bytes, [&] {
+      if (grad != nullptr)
+        return softmax_prob_rows<T, true>(grad, per_sample, logits, target, sample_weight, begin,
+                                          end, c, scale, smoothing);
+      return softmax_prob_rows<T, false>(grad, per_sample, logits, target, sample_weight, begin,
+                                         end, c, scale, smoothing);
+    });
   });
 }
 
@@ -371,5 +540,6 @@ template index_t first_label_out_of_range<std::int32_t>(const std::int32_t*, ind
 template index_t first_label_out_of_range<std::int64_t>(const std::int64_t*, index_t, index_t);
 #undef DENSEKIT_INSTANTIATE
 #undef DENSEKIT_INSTANTIATE_LABEL
+#undef DENSEKIT_X86_VARIANTS
 
 }  // namespace densekit
