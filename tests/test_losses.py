@@ -456,6 +456,62 @@ def test_sigmoid_cross_entropy_huge_logits(dtype):
     np.testing.assert_allclose(grad, [0.0, 0.0, 1.0, -1.0, -0.5], rtol=RTOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_cross_entropy_accuracy_across_logits(dtype):
+    # Every regime of the kernel's own exp and log1p: exp(-|z|) from 1 down to underflow.
+    z = np.linspace(-120, 120, 200_003).astype(dtype)
+    tolerance = {np.float32: 5e-7, np.float64: 1e-15}[dtype]
+    for value in (0.0, 1.0, 0.3):
+        target = np.full_like(z, value)
+        per_sample, grad = kernels.sigmoid_binary_cross_entropy(z, target, reduction="none")
+        ref_loss, ref_grad = reference_loss(
+            "sigmoid_binary_cross_entropy", z, target, reduction="none"
+        )
+        np.testing.assert_array_less(np.abs(per_sample - ref_loss), tolerance * (1 + np.abs(z)))
+        np.testing.assert_array_less(np.abs(grad - ref_grad), tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spread", [1.0, 30.0, 100.0, 800.0, 1e4])
+def test_softmax_cross_entropy_accuracy_across_logits(dtype, spread):
+    # Rows whose exponentials span every range down to underflow, labels at both ends.
+    z = np.stack(
+        [
+            np.linspace(-spread, 0, 1001),
+            np.linspace(0, spread, 1001),
+            np.linspace(-spread, spread, 1001),
+        ]
+    ).astype(dtype)
+    labels = np.array([0, 500, 1000])
+    tolerance = {np.float32: 1e-6, np.float64: 1e-12}[dtype]
+    grad_tolerance = {np.float32: 1e-7, np.float64: 1e-15}[dtype]
+    per_sample, grad = kernels.softmax_cross_entropy(z, labels, reduction="none")
+    ref_loss, ref_grad = reference_loss(SOFTMAX, z, labels, reduction="none")
+    np.testing.assert_array_less(np.abs(per_sample - ref_loss), tolerance * (1 + np.abs(ref_loss)))
+    np.testing.assert_array_less(np.abs(grad - ref_grad), grad_tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_masked_logits(dtype):
+    # -inf logits (masked classes) have probability 0: finite loss, zero gradient there.
+    z = np.array([[0.0, -np.inf, 1.0], [-np.inf, 2.0, -np.inf]], dtype=dtype)
+    labels = np.array([0, 1])
+    per_sample, grad = kernels.softmax_cross_entropy(z, labels, reduction="none")
+    np.testing.assert_allclose(per_sample, [np.log1p(np.e), 0.0], rtol=RTOL[dtype])
+    assert grad[0, 1] == 0.0
+    np.testing.assert_array_equal(grad[1], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("nan", [np.nan, -np.nan], ids=["nan", "negative_nan"])
+def test_softmax_cross_entropy_nan_of_either_sign_propagates(nan):
+    z = np.zeros((2, 5))
+    z[0, 3] = nan
+    per_sample, grad = kernels.softmax_cross_entropy(z, np.array([0, 0]), reduction="none")
+    assert np.isnan(per_sample[0])
+    assert np.all(np.isnan(grad[0]))
+    assert per_sample[1] == pytest.approx(np.log(5))
+
+
 @pytest.mark.parametrize("name", ELEMENTWISE)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_huge_values_are_finite(name, dtype):
