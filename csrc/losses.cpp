@@ -564,7 +564,7 @@ double elementwise_loss(T* grad, T* per_sample, const T* prediction, const T* ta
       return elementwise_run(grad, per_sample, prediction, target, sample_weight, n, d,
                              AbsoluteError<T>{}, options, num_threads);
     case LossKind::huber:
-      if (!(options.delta > 0.0)) throw ArgumentError("huber: delta must be > 0");
+      if (!(options.delta > 0.0)) throw ArgumentError("delta: expected a number > 0");
       return elementwise_run(grad, per_sample, prediction, target, sample_weight, n, d,
                              Huber<T>(options.delta), options, num_threads);
     case LossKind::sigmoid_binary_cross_entropy:

@@ -717,6 +717,16 @@ def test_rejects_bad_grad_out(name):
 
 
 @pytest.mark.parametrize("name", LOSSES)
+def test_compute_grad_is_a_bool(name):
+    check_rejected(name, TypeError, "compute_grad", compute_grad=None)
+    check_rejected(name, TypeError, "compute_grad", compute_grad=1)
+    prediction, target = valid_call(name)
+    loss, grad = loss_function(name)(prediction, target, compute_grad=np.bool_(False))
+    assert grad is None
+    assert loss == loss_function(name)(prediction, target)[0]
+
+
+@pytest.mark.parametrize("name", LOSSES)
 def test_rejects_bad_num_threads(name):
     check_rejected(name, ValueError, "num_threads", num_threads=0)
     check_rejected(name, ValueError, "num_threads", num_threads=-2)

@@ -25,6 +25,14 @@ Reduction parse_reduction(py::handle obj) {
   value_fail("reduction", "expected 'mean', 'sum' or 'none', got '" + text + "'");
 }
 
+// True or False (a Python or NumPy bool).
+bool parse_flag(py::handle obj, const char* name) {
+  const std::string type = type_name(obj);
+  if (!py::isinstance<py::bool_>(obj) && type != "bool_" && type != "bool")
+    type_fail(name, "expected True or False, got " + type);
+  return obj.cast<bool>();
+}
+
 double parse_delta(py::handle obj) {
   const double delta = real_number(obj, "delta");
   if (!(delta > 0.0)) value_fail("delta", "expected a number > 0, got " + std::to_string(delta));
@@ -77,7 +85,7 @@ struct LossCall {
 
 // Checks the arguments common to every loss; `target` is already checked (for overlap).
 void finish_call(LossCall* call, const py::array& target, py::handle reduction,
-                 py::handle sample_weight, bool compute_grad, py::handle grad_out,
+                 py::handle sample_weight, py::handle compute_grad, py::handle grad_out,
                  py::handle num_threads) {
   call->options.reduction = parse_reduction(reduction);
   call->has_weight = !sample_weight.is_none();
@@ -86,9 +94,9 @@ void finish_call(LossCall* call, const py::array& target, py::handle reduction,
     require_shape(call->weight, "sample_weight", {call->n}, "one weight per sample");
   }
   call->threads = resolve_num_threads(thread_count(num_threads));
-  call->compute_grad = compute_grad;
+  call->compute_grad = parse_flag(compute_grad, "compute_grad");
   const auto shape = shape_of(call->prediction);
-  if (!compute_grad) {
+  if (!call->compute_grad) {
     if (!grad_out.is_none()) value_fail("grad_out", "given, but compute_grad is False");
   } else if (out_array(grad_out, "grad_out", call->dtype, shape, &call->grad)) {
     require_no_overlap(call->grad, "grad_out",
@@ -104,7 +112,8 @@ void finish_call(LossCall* call, const py::array& target, py::handle reduction,
 
 // mse, mae, huber, sigmoid_binary_cross_entropy: prediction and target (n,) or (n, d).
 py::tuple elementwise_loss_py(LossKind kind, py::handle prediction_obj, py::handle target_obj,
-                              py::handle reduction, py::handle sample_weight, bool compute_grad,
+                              py::handle reduction, py::handle sample_weight,
+                              py::handle compute_grad,
                               py::handle grad_out, py::handle num_threads,
                               const LossOptions& params) {
   LossCall call;
@@ -154,7 +163,7 @@ void check_labels(const py::array& labels, index_t c) {
 // prediction: logits (n, c); target: labels (n,) int32/int64 or probabilities (n, c).
 py::tuple softmax_cross_entropy_py(py::handle prediction_obj, py::handle target_obj,
                                    py::handle reduction, py::handle sample_weight,
-                                   bool compute_grad, py::handle grad_out,
+                                   py::handle compute_grad, py::handle grad_out,
                                    py::handle num_threads, py::handle label_smoothing) {
   LossCall call;
   call.prediction = float_array(prediction_obj, "prediction", &call.dtype);
@@ -225,7 +234,7 @@ const char* const kCommonDoc =
 void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) {
   const std::string doc = summary + kCommonDoc;
   auto common = [kind](py::handle prediction, py::handle target, py::handle reduction,
-                       py::handle sample_weight, bool compute_grad, py::handle grad_out,
+                       py::handle sample_weight, py::handle compute_grad, py::handle grad_out,
                        py::handle num_threads, const LossOptions& params) {
     return elementwise_loss_py(kind, prediction, target, reduction, sample_weight, compute_grad,
                                grad_out, num_threads, params);
@@ -234,7 +243,7 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
   if (kind == LossKind::huber) {
     m.def(
         name,
-        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, bool grad,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
                  py::handle grad_out, py::handle threads, py::handle delta) {
           LossOptions params;
           params.delta = parse_delta(delta);
@@ -247,7 +256,7 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
   } else if (kind == LossKind::sigmoid_binary_cross_entropy) {
     m.def(
         name,
-        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, bool grad,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
                  py::handle grad_out, py::handle threads, py::handle label_smoothing) {
           LossOptions params;
           params.label_smoothing = parse_label_smoothing(label_smoothing);
@@ -260,7 +269,7 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
   } else {
     m.def(
         name,
-        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, bool grad,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
                  py::handle grad_out, py::handle threads) {
           return common(p, t, reduction, w, grad, grad_out, threads, LossOptions{});
         },
