@@ -161,7 +161,8 @@ inline double exp_nonpositive(double x) {
   constexpr double kRoundShift = 6755399441055744.0;  // 1.5 * 2^52
   constexpr std::int32_t kInfinityHigh = 0x7ff00000;
   const auto bits = bit_cast<std::int64_t>(x);
-  // The tests run on 32-bit words: 64-bit integer comparisons do not vectorise before SSE4.2.
+  // The range tests use 32-bit words (64-bit integer comparisons do not vectorise before
+  // SSE4.2): the high word, and the low word to tell -inf from a NaN.
   const auto high = static_cast<std::int32_t>(bits >> 32);
   const auto low = static_cast<std::int32_t>(bits);
   const std::int32_t magnitude = high & 0x7fffffff;
