@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._core import (
     ACTIVATIONS,
+    LOSSES,
     OPTIMIZERS,
     activation_backward,
     activation_forward,
@@ -19,12 +20,18 @@ from ._core import (
     clip_by_global_norm,
     dense_backward,
     dense_forward,
+    huber,
+    mae,
+    mse,
     rmsprop_step,
     sgd_step,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "LOSSES",
     "OPTIMIZERS",
     "activation_backward",
     "activation_forward",
@@ -33,6 +40,11 @@ __all__ = [
     "clip_by_global_norm",
     "dense_backward",
     "dense_forward",
+    "huber",
+    "mae",
+    "mse",
     "rmsprop_step",
     "sgd_step",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
 ]
