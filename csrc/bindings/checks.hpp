@@ -140,7 +140,7 @@ inline bool memory_overlaps(const py::array& a, const py::array& b) {
          b0 < a0 + static_cast<std::uintptr_t>(a.nbytes());
 }
 
-struct Named {
+struct __attribute__((visibility("hidden"))) Named {
   const py::array* array;
   const char* name;
 };
