@@ -568,6 +568,23 @@ def test_sample_weights_of_zero_remove_samples():
         np.testing.assert_allclose(a, b / 2, rtol=1e-12, atol=1e-15)
 
 
+def test_class_weight_scales_the_samples_of_each_class():
+    rng = np.random.default_rng(20)
+    x, y = classification_data(rng, n=24)
+    model = mlp(12, [5], 4)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    weights = {0: 2.0, 1: 0.0, 2: 1.0, 3: 0.5}
+    expected = model._gradients(x, y, sample_weight=np.array([weights[c] for c in y]))[1]
+    history = model.fit(x, y, batch_size=24, class_weight=weights, shuffle=False, verbose=0)
+    assert history.history["loss"][0] > 0
+    other = mlp(12, [5], 4)
+    other.compile(optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    before = other.get_weights()
+    other.fit(x, np.eye(4)[y].argmax(1), batch_size=24, class_weight=weights, verbose=0)
+    for old, new, grad in zip(before, other.get_weights(), expected):
+        np.testing.assert_allclose(old - new, 0.01 * grad, rtol=1e-9, atol=1e-15)
+
+
 def test_validation_data_and_validation_freq():
     rng = np.random.default_rng(14)
     x, y = classification_data(rng, n=40)

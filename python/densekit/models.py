@@ -493,6 +493,7 @@ class Sequential:
         seed=None,
         validation_batch_size=None,
         validation_freq=1,
+        class_weight=None,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs (from ``initial_epoch``) on ``x`` and ``y``.
 
@@ -500,6 +501,8 @@ class Sequential:
         resumed with ``initial_epoch`` and the same seed sees the same batches. ``seed=None``
         draws one (reproducible after ``densekit.set_random_seed``). The last fraction
         ``validation_split`` of the samples (before shuffling) is held out, as in Keras.
+        ``class_weight`` ({class: weight}) multiplies the training samples' weights by the
+        weight of their class (the label, the argmax of a one-hot row, or a 0/1 target).
         """
         self._require_compiled("fit")
         batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
@@ -513,6 +516,8 @@ class Sequential:
             )
         if validation_split and validation_data is not None:
             raise ValueError("validation_split, validation_data: give at most one of them")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
         if seed is None:
             seed = _random.draw_seed()
         else:
@@ -532,6 +537,8 @@ class Sequential:
             validation = self._validation_data(validation_data)
         else:
             validation = None
+        if class_weight is not None:
+            sample_weight = self._class_weighted(class_weight, y, sample_weight)
         n = x.shape[0]
         if n == 0:
             raise ValueError("x: no samples to train on")
@@ -611,6 +618,26 @@ class Sequential:
                 break
         hooks.on_train_end(logs)
         return history
+
+    def _class_weighted(self, class_weight, y, sample_weight) -> np.ndarray:
+        if not isinstance(class_weight, dict):
+            raise TypeError(
+                f"class_weight: expected a dict {{class: weight}}, got {class_weight!r}"
+            )
+        if y.ndim == 1:
+            classes = y
+        elif y.shape[1] > 1:
+            classes = np.argmax(y, axis=1)
+        else:
+            classes = np.rint(y[:, 0]).astype(np.int64)
+        weights = np.ones(len(y), self._np_dtype)
+        for label, weight in class_weight.items():
+            if not (isinstance(weight, (int, float, np.number)) and weight >= 0):
+                raise ValueError(
+                    f"class_weight: weight of class {label!r} must be >= 0, got {weight!r}"
+                )
+            weights[classes == label] = weight
+        return weights if sample_weight is None else weights * sample_weight
 
     def _validation_data(self, data):
         if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
