@@ -22,9 +22,14 @@ import contextlib
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
+
+# OpenBLAS's idle workers spin ~0.1 s after each call and slow whichever library runs next on
+# a 2-core machine by 10x (see bench/__init__.py); set before NumPy loads.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 import numpy as np
 
@@ -266,7 +271,52 @@ def bench_step(sizes, batch, timing, have_torch):
     times = time_interleaved(impls, timing["min_sample_s"], timing["repeats"])
     kernels = time_interleaved(kernel_calls, timing["min_sample_s"], timing["repeats"])
     times["kernels"] = sum(kernels.values())
+    times.update(python_overhead(sizes, batches, timing))
     return times
+
+
+KERNEL_NAMES = [
+    "dense_forward",
+    "dense_backward",
+    "activation_forward",
+    "softmax_cross_entropy",
+    "adam_step",
+    "clip_by_global_norm",
+]
+
+
+@contextlib.contextmanager
+def kernels_replaced_by_no_ops():
+    """Every kernel a step calls becomes a Python function that returns at once."""
+    saved = {name: getattr(densekit.kernels, name) for name in KERNEL_NAMES}
+    result = (0.0, None)
+
+    def no_op(*args, **kwargs):
+        return result
+
+    for name in KERNEL_NAMES:
+        setattr(densekit.kernels, name, no_op)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(densekit.kernels, name, function)
+
+
+def python_overhead(sizes, batches, timing):
+    """Seconds per step of the model layer's own Python: train_on_batch and the fit loop's
+    step with every kernel call replaced by a no-op (what is left is the arranging)."""
+    batch = batches[0][0].shape[0]
+    with kernels_replaced_by_no_ops():
+        model = densekit_model(sizes, initial_weights(sizes, "float32"), "float32")
+        model.train_on_batch(*batches[0])
+        plan = model._workspace("train", batch).plan(batch, False)
+        next_batch = cycling(batches)
+        impls = {
+            "python train_on_batch": lambda: model.train_on_batch(*next_batch()),
+            "python step": lambda: model._train_step(plan),
+        }
+        return time_interleaved(impls, timing["min_sample_s"], timing["repeats"])
 
 
 def bench_epoch(sizes, batch, timing, have_torch):
@@ -340,11 +390,13 @@ HEADER = (
     f"{'case':34} {'densekit':>9} {'torch':>9} {'numpy':>9} {'vs torch':>9} {'vs numpy':>9} "
     f"{'target':>7}"
 )
-STEP_NOTE = (
-    "densekit = train_on_batch (input checks + copy into the step's buffers + step); step only "
-    "= the fit loop's step on buffers already filled; kernels = sum of its kernel calls timed "
-    "one by one; overhead = densekit - kernels."
-)
+STEP_COLUMNS = ["step", "kernels", "overhead", "py tob", "py step"]
+STEP_NOTE = """\
+densekit = train_on_batch (input checks, copy into the step's buffers, the step); step = the
+fit loop's step on buffers already filled; kernels = the sum of the step's kernel calls, each
+timed alone; overhead = densekit - kernels (it includes the cache misses a whole step has and
+a kernel repeated alone does not); py tob / py step = train_on_batch / step with every kernel
+replaced by a Python no-op: the model layer's own Python per step."""
 
 
 def row(label, times, scale, mine="densekit", target=None, extra=()):
@@ -405,11 +457,17 @@ def main(argv=None) -> int:
                 return 1
 
         print("\ntraining step (us, median)")
-        print(HEADER + f" {'kernels':>9} {'overhead':>9} {'step only':>9}")
+        print(HEADER + "".join(f" {name:>9}" for name in STEP_COLUMNS))
         for sizes, batch in STEP_CASES:
             times = bench_step(sizes, batch, timing, have_torch)
             label = "-".join(map(str, sizes)) + f" batch {batch}"
-            extra = (times["kernels"], times["densekit"] - times["kernels"], times["densekit step"])
+            extra = (
+                times["densekit step"],
+                times["kernels"],
+                times["densekit"] - times["kernels"],
+                times["python train_on_batch"],
+                times["python step"],
+            )
             target = TARGETS.get(("step", sizes, batch))
             print(row(label, times, 1e6, target=target, extra=extra))
             results["cases"].append(

@@ -891,3 +891,11 @@ def test_array_likes_are_converted_once(classifier):
     classifier.fit(x, y, verbose=0)
     assert classifier.predict(np.asfortranarray(np.array(x))).shape == (2, 3)
     assert layers.Input(5).shape == (5,)
+
+
+def test_the_demo_reaches_96_percent_on_digits():
+    pytest.importorskip("sklearn")
+    from densekit import demo
+
+    result = demo.train(verbose=0)
+    assert result["accuracy"] >= 0.96
