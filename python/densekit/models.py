@@ -14,10 +14,11 @@ import math
 
 import numpy as np
 
-from . import _random, kernels, layers, losses, metrics, optimizers
+from . import _random, kernels, layers, losses, optimizers
 from . import callbacks as callbacks_module
+from . import metrics as metrics_module
 from ._plan import Workspace, build_ops
-from .layers import InputLayer, Layer
+from .layers import InputLayer, Layer, _unique_name
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
 
@@ -36,7 +37,7 @@ class Sequential:
     """
 
     def __init__(self, layers=None, name=None, dtype=None):
-        self.name = name or layers_module_unique("sequential")
+        self.name = name or _unique_name("sequential")
         self._dtype = None if dtype is None else _float_dtype(dtype, "dtype")
         self._layers: list[Layer] = []
         self.built = False
@@ -198,10 +199,8 @@ class Sequential:
         """Print each layer's name, type, output shape and parameter count."""
         print_fn = print_fn or print
         rows = [("Layer (type)", "Output Shape", "Param #")]
-        width = self.input_dim
         for layer in self.layers:
-            width = layer.output_dim if layer.built else None
-            shape = f"(None, {width})" if width is not None else "?"
+            shape = f"(None, {layer.output_dim})" if layer.built else "?"
             count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
             rows.append((f"{layer.name} ({type(layer).__name__})", shape, count))
         widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
@@ -844,7 +843,3 @@ def _float_dtype(dtype, name: str) -> str:
     if resolved not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}")
     return resolved.name
-
-
-metrics_module = metrics
-layers_module_unique = layers._unique_name
