@@ -34,7 +34,14 @@ PRODUCT_TOLERANCE = {
     "float32": Tolerance(rtol=1e-4, atol=1e-5),
     "float64": Tolerance(rtol=1e-10, atol=1e-12),
 }
-QUICK_MAX_FLOP = {"float32": 20e9, "float64": 4e9}
+QUICK_MAX_FLOP = {"float32": 3e9, "float64": 1e9}
+
+
+def in_quick(n: int, k: int, m: int, dtype: str) -> bool:
+    """--quick keeps the float32 squares up to 2048 and other shapes up to QUICK_MAX_FLOP."""
+    if dtype == "float32" and n == k == m:
+        return n <= 2048
+    return 2.0 * n * k * m <= QUICK_MAX_FLOP[dtype]
 
 
 def shape_name(n: int, k: int, m: int) -> str:
@@ -83,7 +90,7 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
     shapes = [(s, s, s) for s in SQUARE] + list(MLP_SHAPES)
     for dtype in settings.dtypes(quick_default=("float32", "float64")):
         for n, k, m in shapes:
-            if settings.quick and 2.0 * n * k * m > QUICK_MAX_FLOP[dtype]:
+            if settings.quick and not in_quick(n, k, m, dtype):
                 yield Skip(FAMILY, f"matmul {shape_name(n, k, m)} {dtype}", "--quick")
                 continue
             yield matmul_case(n, k, m, dtype, settings.threads, ("numpy", "torch"))

@@ -131,6 +131,7 @@ class Record:
     checks: dict[str, Check] = field(default_factory=dict)  # by peer
     timings: dict[str, Timing] = field(default_factory=dict)  # by library
     error: str | None = None  # densekit raised: nothing was timed
+    wall_s: float = 0.0  # verification, warm-up and timing together
 
     @property
     def failed(self) -> bool:
@@ -159,6 +160,7 @@ class Record:
             "tolerance": self.tolerance,
             "notes": self.notes,
             "error": self.error,
+            "wall_s": self.wall_s,
             "checks": {peer: {"ok": c.ok, "detail": c.detail} for peer, c in self.checks.items()},
             "timings": {lib: t.to_dict(self.work) for lib, t in self.timings.items()},
             "ratios": {peer: self.ratio(peer) for peer in self.timings if peer != DENSEKIT},
@@ -210,6 +212,13 @@ def _error_line(exc: BaseException) -> str:
 
 
 def measure(case: Case, settings: TimingSettings) -> Record:
+    start = time.perf_counter()
+    record = _measure(case, settings)
+    record.wall_s = time.perf_counter() - start
+    return record
+
+
+def _measure(case: Case, settings: TimingSettings) -> Record:
     record = Record(
         family=case.family,
         name=case.name,
