@@ -183,7 +183,7 @@ def snapshot(outputs: Any) -> list[np.ndarray]:
 def compare(mine: list[np.ndarray], theirs: list[np.ndarray], tol: Tolerance) -> Check:
     if len(mine) != len(theirs):
         return Check(False, f"{len(mine)} outputs vs {len(theirs)}")
-    worst = 0.0
+    worst, worst_output, worst_diff = 0.0, 0, 0.0
     for i, (a, b) in enumerate(zip(mine, theirs)):
         if a.shape != b.shape:
             return Check(False, f"output {i}: shape {a.shape} vs {b.shape}")
@@ -192,12 +192,16 @@ def compare(mine: list[np.ndarray], theirs: list[np.ndarray], tol: Tolerance) ->
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         if not np.isfinite(a64).all() or not np.isfinite(b64).all():
             return Check(False, f"output {i}: non-finite values")
+        diff = np.abs(a64 - b64)
         allowed = tol.atol * float(np.max(np.abs(b64))) + tol.rtol * np.abs(b64)
-        excess = np.abs(a64 - b64) / np.maximum(allowed, np.finfo(np.float64).tiny)
-        worst = max(worst, float(np.max(excess)))
+        excess = float(np.max(diff / np.maximum(allowed, np.finfo(np.float64).tiny)))
+        if excess > worst:
+            worst, worst_output, worst_diff = excess, i, float(np.max(diff))
     if worst <= 1.0:
         return Check(True, f"ok ({worst:.2g} of tol)")
-    return Check(False, f"error {worst:.3g}x tol")
+    return Check(
+        False, f"error {worst:.3g}x tol in output {worst_output} (max |a-b| {worst_diff:.3g})"
+    )
 
 
 def _timed_call(impl: Impl) -> tuple[Any, float]:

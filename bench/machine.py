@@ -20,6 +20,15 @@ import densekit
 from . import peers
 
 COPY_BYTES = 256 * 2**20
+ENVIRONMENT = (  # variables that change how the libraries thread
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "OMP_PROC_BIND",
+    "GOMP_SPINCOUNT",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_THREAD_TIMEOUT",
+)
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
 
@@ -81,11 +90,7 @@ def facts(argv: list[str]) -> dict[str, Any]:
         "densekit_cpu_info": cpu_info() if cpu_info else None,
         "numpy_blas": peers.blas_info(),
         "threads": peers.thread_counts(),
-        "environment": {
-            k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "MKL_NUM_THREADS")
-            if k in os.environ
-        },
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
         "git_commit": _git_commit(),
     }
 

@@ -127,16 +127,14 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def skip_lines(skips: list[Skip]) -> list[str]:
-    """One line per skipped kernel, and the --quick skips folded into one line per family."""
-    lines, quick = [], {}
+    """The skipped cases, one line per family and reason."""
+    grouped: dict[tuple[str, str], list[str]] = {}
     for skip in skips:
-        if skip.reason == "--quick":
-            quick.setdefault(skip.family, []).append(skip.name)
-        else:
-            lines.append(f"skipped {skip.family}/{skip.name}: {skip.reason}")
-    for family, names in quick.items():
-        lines.append(f"skipped under --quick ({family}): " + ", ".join(names))
-    return lines
+        grouped.setdefault((skip.family, skip.reason), []).append(skip.name)
+    return [
+        f"skipped ({family}: {reason}): " + ", ".join(names)
+        for (family, reason), names in grouped.items()
+    ]
 
 
 def chart(

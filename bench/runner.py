@@ -99,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         for item in module.cases(settings):
             if isinstance(item, Skip):
                 skips.append(item)
-                if item.reason != "--quick":
-                    print(f"   (skipped {item.family}/{item.name}: {item.reason})", flush=True)
                 continue
             record = measure(item, settings.timing)
             del item  # free the case's arrays before the next one is built
@@ -169,6 +167,12 @@ def _print_preamble(facts: dict, copy: dict, threaded_copy: dict | None) -> None
         print(f"densekit cpu_info: {facts['densekit_cpu_info']}")
     if peers.torch is None:
         print("torch is not importable: NumPy is the only peer")
+    if peers.scipy_special is None:
+        print("scipy is not importable: NumPy's gelu is the tanh approximation (tolerance 1e-3)")
+    else:
+        print("NumPy's gelu: exact, with scipy.special.erf")
+    env = ", ".join(f"{k}={v}" for k, v in facts["environment"].items())
+    print(f"environment: {env or '(none of the threading variables set)'}")
     line = f"copy bandwidth, 256 MiB, read + write: np.copyto {copy['gb_per_s']:.1f} GB/s"
     if threaded_copy is not None:
         threads, rate = threaded_copy["threads"], threaded_copy["gb_per_s"]
