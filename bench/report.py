@@ -159,10 +159,11 @@ def chart(
         heights.append(3.2)
     if not heights:
         return "nothing was timed: no chart"
+    fig_height = sum(heights) + 0.8
     fig, axes = plt.subplots(
         len(heights),
         1,
-        figsize=(11, sum(heights) + 0.8),
+        figsize=(11, fig_height),
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
@@ -172,7 +173,7 @@ def chart(
     if scaling:
         _scaling_panel(axes[-1], scaling)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.995))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig_height))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
