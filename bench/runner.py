@@ -48,15 +48,22 @@ def parse_args(argv: list[str]) -> Settings:
         "interleaved in one process.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer shapes and repeats: about two minutes"
+        "--quick",
+        action="store_true",
+        help="fewer shapes and repeats: under two minutes on 2 cores",
     )
     parser.add_argument(
-        "--only", type=_comma_list(FAMILIES), default=FAMILIES, help=",".join(FAMILIES)
+        "--only",
+        type=_comma_list(FAMILIES),
+        default=FAMILIES,
+        metavar="FAMILY,...",
+        help="among " + ",".join(FAMILIES),
     )
     parser.add_argument(
         "--dtype",
         type=_comma_list(DTYPES),
         default=None,
+        metavar="DTYPE,...",
         help="float32,float64 (default: both; under --quick float32 except for gemm)",
     )
     parser.add_argument(
