@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 DENSEKIT = "densekit"
+OVERRUN = 4  # how far past its plan a sample or a case may run before it is cut short
 
 
 @dataclass(frozen=True)
@@ -272,23 +273,38 @@ def _time_interleaved(
     repeats = int(settings.case_budget_s / max(round_cost, 1e-9))
     repeats = min(max(repeats, settings.min_repeats), settings.max_repeats)
     timings = {impl.library: Timing(impl.library, calls[impl.library], []) for impl in impls}
+    # On a loaded machine a call can take 1000x its calibrated time: a sample then stops after
+    # OVERRUN x min_sample_s, and the rounds after OVERRUN x the case budget (min_repeats done).
+    sample_limit = OVERRUN * settings.min_sample_s
+    case_limit = time.perf_counter() + OVERRUN * settings.case_budget_s
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for r in range(repeats):
             for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
-                count = calls[impl.library]
-                run = impl.run
-                if count > 1:
-                    run()
-                start = time.perf_counter()
-                for _ in range(count):
-                    run()
-                timings[impl.library].samples.append((time.perf_counter() - start) / count)
+                timings[impl.library].samples.append(
+                    _sample(impl.run, calls[impl.library], sample_limit)
+                )
+            if r + 1 >= settings.min_repeats and time.perf_counter() > case_limit:
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
     return timings
+
+
+def _sample(run: Callable[[], Any], count: int, limit_s: float) -> float:
+    """Seconds per call over up to count back-to-back calls (fewer past limit_s)."""
+    if count > 1:
+        run()
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        run()
+        done += 1
+        if time.perf_counter() - start > limit_s:
+            break
+    return (time.perf_counter() - start) / done
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
