@@ -138,7 +138,11 @@ def skip_lines(skips: list[Skip]) -> list[str]:
 
 
 def chart(
-    records: list[Record], scaling: list[dict[str, Any]], path: Path, title: str
+    records: list[Record],
+    scaling: list[dict[str, Any]],
+    path: Path,
+    title: str,
+    copy_gbs: float | None = None,
 ) -> str | None:
     """A bar panel of rates per (family, case) and a thread-scaling panel; None when written,
     else why not."""
@@ -169,18 +173,19 @@ def chart(
     )
     axes = list(axes[:, 0])
     for ax, ((family, name), group) in zip(axes, groups.items()):
-        _bar_panel(ax, f"{family}: {name}", group)
+        _bar_panel(ax, f"{family}: {name}", group, copy_gbs)
     if scaling:
         _scaling_panel(axes[-1], scaling)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig_height))  # room for the title
+    # the title's room is fixed in inches, whatever the figure's height
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / fig_height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig_height))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
 
 
-def _bar_panel(ax: Any, title: str, group: list[Record]) -> None:
+def _bar_panel(ax: Any, title: str, group: list[Record], copy_gbs: float | None) -> None:
     libraries = [DENSEKIT, *sorted({lib for r in group for lib in r.timings} - {DENSEKIT})]
     bar = 0.8 / len(libraries)
     rates = []
@@ -202,6 +207,9 @@ def _bar_panel(ax: Any, title: str, group: list[Record]) -> None:
         if record.failed:
             tick.set_color("red")
     ax.invert_yaxis()
+    if group[0].unit == "GB/s" and copy_gbs:
+        ax.axvline(copy_gbs, linestyle=":", color="gray", label="np.copyto")
+        rates.append(copy_gbs)
     if rates and max(rates) / min(rates) > 30:
         ax.set_xscale("log")
     ax.set_xlim(right=max(rates) * (2.5 if ax.get_xscale() == "log" else 1.15))

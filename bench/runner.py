@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         png_path = json_path.with_suffix(".png")
         title = f"densekit {densekit.__version__} vs peers: {facts['cpu']['model']}, "
         title += f"{settings.threads} threads, {facts['date']}"
-        why_not = report.chart(records, scaling, png_path, title)
+        why_not = report.chart(records, scaling, png_path, title, copy["gb_per_s"])
         print(why_not or f"wrote {png_path}")
     print(f"{len(records)} cases in {elapsed:.0f} s")
     if failed:
