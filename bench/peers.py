@@ -81,7 +81,3 @@ def versions() -> dict[str, str | None]:
         module = optional_import(name)
         found[name] = getattr(module, "__version__", None) if module else None
     return found
-
-
-def torch_missing(family: str, name: str) -> str:
-    return f"{family}/{name}: torch is not importable, NumPy is the only peer"
