@@ -236,7 +236,7 @@ def _scaling_panel(ax: Any, scaling: list[dict[str, Any]]) -> None:
             color=LIBRARY_COLORS.get(row["library"]),
             label=f"{row['library']} {row['case']} {row['shape']}",
         )
-        top = max(top, *threads, *speedup)
+        top = max(top, *threads)
     ax.plot([1, top], [1, top], ":", color="gray", label="linear")
     ax.set_xlabel("threads", fontsize=8)
     ax.set_ylabel("speed-up over 1 thread", fontsize=8)
