@@ -110,4 +110,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   bind::bind_dense(m);
   bind::bind_losses(m);
   bind::bind_optim(m);
+  bind::bind_data(m);
 }

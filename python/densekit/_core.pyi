@@ -179,6 +179,13 @@ def rmsprop_step(
 def clip_by_global_norm(
     grads: Sequence[FloatArray], max_norm: SupportsFloat, *, num_threads: int | None = None
 ) -> float: ...
+def take_rows(
+    source: npt.NDArray[np.generic],
+    indices: LabelArray,
+    *,
+    out: npt.NDArray[np.generic] | None = None,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.generic]: ...
 def _raise_in_parallel_region(n_tasks: int, num_threads: int, failing_task: int) -> None: ...
 def _probe_region_threads(
     n_tasks: int, num_threads: int | None = None, sleep_ms: int = 0
