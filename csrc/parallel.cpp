@@ -45,7 +45,17 @@ int initial_threads() {
 }
 
 std::atomic<int> g_default_threads{0};
+std::atomic<bool> g_default_explicit{false};
 std::atomic<bool> g_forked_child{false};
+std::atomic<int> g_budgeted_regions{0};
+// Whether the call running on this OS thread takes the shared budget (set per call).
+thread_local bool t_call_budgeted = false;
+
+#if defined(_OPENMP)
+// omp_get_max_threads() as the process started; a different value on some thread means
+// someone (threadpoolctl's threadpool_limits) called omp_set_num_threads there.
+const int g_initial_omp_max_threads = omp_get_max_threads();
+#endif
 
 #if defined(__linux__)
 void after_fork_in_child() { g_forked_child.store(true); }
@@ -58,9 +68,12 @@ const bool g_atfork_registered = [] {
 }  // namespace
 
 int hardware_threads() {
-  const int from_env = env_num_threads();
-  const int cpus = affinity_cpus();
-  return from_env > 0 ? std::min(from_env, cpus) : cpus;
+  static const int cached = [] {
+    const int from_env = env_num_threads();
+    const int cpus = affinity_cpus();
+    return from_env > 0 ? std::min(from_env, cpus) : cpus;
+  }();
+  return cached;
 }
 
 int default_num_threads() {
@@ -75,7 +88,15 @@ int default_num_threads() {
 void set_default_num_threads(int n) {
   if (n < 1) throw ArgumentError("num_threads must be >= 1, got " + std::to_string(n));
   g_default_threads.store(n, std::memory_order_relaxed);
+  g_default_explicit.store(true, std::memory_order_relaxed);
 }
+
+void reset_default_num_threads() {
+  g_default_threads.store(initial_threads(), std::memory_order_relaxed);
+  g_default_explicit.store(false, std::memory_order_relaxed);
+}
+
+bool default_is_explicit() { return g_default_explicit.load(std::memory_order_relaxed); }
 
 bool openmp_enabled() {
 #if defined(_OPENMP)
@@ -86,8 +107,28 @@ bool openmp_enabled() {
 }
 
 int resolve_num_threads(int requested) {
+  t_call_budgeted = false;
   if (g_forked_child.load(std::memory_order_relaxed)) return 1;
-  return requested > 0 ? requested : default_num_threads();
+  if (requested > 0) return requested;
+  int threads = default_num_threads();
+#if defined(_OPENMP)
+  const int omp_limit = omp_get_max_threads();
+  if (omp_limit != g_initial_omp_max_threads) threads = std::min(threads, std::max(omp_limit, 1));
+#endif
+  t_call_budgeted = !default_is_explicit();
+  return threads;
+}
+
+RegionThreads::RegionThreads(int wanted) : granted_(std::max(wanted, 1)) {
+  if (!t_call_budgeted || granted_ == 1) return;
+  counted_ = true;
+  const int running = g_budgeted_regions.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const int share = std::max(1, hardware_threads() / running);
+  granted_ = std::min(granted_, share);
+}
+
+RegionThreads::~RegionThreads() {
+  if (counted_) g_budgeted_regions.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 }  // namespace densekit

@@ -25,11 +25,36 @@ int hardware_threads();
 // The process-wide default used when a kernel gets num_threads <= 0.
 int default_num_threads();
 void set_default_num_threads(int n);
+// Back to the automatic default (OMP_NUM_THREADS or the affinity), which is budgeted.
+void reset_default_num_threads();
 // True when OpenMP is compiled in.
 bool openmp_enabled();
-// requested <= 0 means the default. The result is at least 1. After fork() the child
-// runs single-threaded (libgomp's pool does not survive fork).
+// The thread count of one kernel call, resolved on the calling thread before the GIL is
+// released. requested > 0 is an explicit per-call count and is honoured as given. Otherwise
+// the call takes the process default, lowered by threadpoolctl's limit when one was applied
+// to this thread, and is marked "budgeted" for the parallel regions it runs on this thread.
+// After fork() the child runs single-threaded (libgomp's pool does not survive fork).
 int resolve_num_threads(int requested);
+// True when set_num_threads() has been called (an explicit default is not budgeted).
+bool default_is_explicit();
+
+// A share of the process's cores for one parallel region. Regions of budgeted calls (see
+// resolve_num_threads) that overlap in time split the cores between them, so several Python
+// threads calling kernels at once do not oversubscribe the machine: each region gets
+// max(1, min(wanted, cores / regions running)). Explicit counts are granted as asked.
+// The grant only changes how many threads work, never the results.
+class RegionThreads {
+ public:
+  explicit RegionThreads(int wanted);
+  ~RegionThreads();
+  RegionThreads(const RegionThreads&) = delete;
+  RegionThreads& operator=(const RegionThreads&) = delete;
+  int count() const { return granted_; }
+
+ private:
+  int granted_ = 1;
+  bool counted_ = false;
+};
 // Do not wake more threads than there are tasks of about `grain` units of work.
 inline int threads_for_work(int num_threads, double work, double grain) {
   const double useful = work / grain;
@@ -42,7 +67,13 @@ inline int threads_for_work(int num_threads, double work, double grain) {
 template <class Task>
 void parallel_for(index_t n_tasks, int num_threads, Task&& task) {
   if (n_tasks <= 0) return;
-  const int threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks));
+  const int wanted = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks));
+  if (wanted == 1) {
+    for (index_t i = 0; i < n_tasks; ++i) task(i);
+    return;
+  }
+  const RegionThreads region(wanted);
+  const int threads = region.count();
   if (threads == 1) {
     for (index_t i = 0; i < n_tasks; ++i) task(i);
     return;

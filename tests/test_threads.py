@@ -29,8 +29,19 @@ def run_python(code: str, env: dict | None = None) -> str:
     return result.stdout.strip()
 
 
+@pytest.fixture(autouse=True)
+def automatic_thread_default():
+    """Every test starts and ends with the automatic (shared) default."""
+    densekit.set_num_threads(None)
+    yield
+    densekit.set_num_threads(None)
+
+
 def test_set_get_and_context_manager_restore():
-    before = densekit.get_num_threads()
+    automatic = densekit.get_num_threads()
+    with densekit.num_threads(2):
+        assert _core.num_threads_is_explicit()
+    assert not _core.num_threads_is_explicit() and densekit.get_num_threads() == automatic
     try:
         densekit.set_num_threads(3)
         assert densekit.get_num_threads() == 3
@@ -41,11 +52,10 @@ def test_set_get_and_context_manager_restore():
             raise RuntimeError("inside")
         assert densekit.get_num_threads() == 3
     finally:
-        densekit.set_num_threads(before)
+        densekit.set_num_threads(None)
 
 
 def test_setting_is_seen_from_other_python_threads():
-    before = densekit.get_num_threads()
     seen = []
     try:
         densekit.set_num_threads(5)
@@ -53,7 +63,7 @@ def test_setting_is_seen_from_other_python_threads():
         worker.start()
         worker.join()
     finally:
-        densekit.set_num_threads(before)
+        densekit.set_num_threads(None)
     assert seen == [5]
 
 
@@ -191,3 +201,54 @@ def test_forked_child_does_not_hang():
         pytest.fail("forked child hung in a kernel")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == 64.0**3
+
+
+def probe_concurrently(callers: int, **kwargs) -> list[int]:
+    barrier = threading.Barrier(callers)
+    results = [0] * callers
+
+    def call(index):
+        barrier.wait()
+        results[index] = _core._probe_region_threads(16, sleep_ms=60, **kwargs)
+
+    pool = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return results
+
+
+def test_a_lone_caller_gets_every_core():
+    cores = _core.hardware_threads()
+    assert _core._probe_region_threads(16, sleep_ms=5) == min(cores, 16)
+
+
+def test_concurrent_callers_share_the_cores():
+    cores = _core.hardware_threads()
+    results = probe_concurrently(4)
+    # Each region gets cores / (regions running); a caller that started before the others
+    # arrived may hold more, but the sum stays near the core count, not 4 x cores.
+    assert sum(results) <= cores + 3, results
+    assert all(r >= 1 for r in results)
+
+
+def test_explicit_thread_counts_override_the_budget():
+    results = probe_concurrently(4, num_threads=2)
+    assert results == [2, 2, 2, 2]
+    densekit.set_num_threads(2)
+    assert probe_concurrently(3) == [2, 2, 2]
+
+
+def test_threadpoolctl_limit_is_honoured():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    code = (
+        "import threadpoolctl, densekit\n"
+        "from densekit import _core\n"
+        "with threadpoolctl.threadpool_limits(1, user_api='openmp'):\n"
+        "    print(_core._probe_region_threads(16, sleep_ms=2))\n"
+        "print(_core._probe_region_threads(16, sleep_ms=2))\n"
+    )
+    del threadpoolctl
+    inside, after = run_python(code, {"OMP_NUM_THREADS": "2"}).split()
+    assert (inside, after) == ("1", "2")

@@ -9,5 +9,6 @@ void bind_activations(pybind11::module_& m);
 void bind_dense(pybind11::module_& m);
 void bind_losses(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
+void bind_data(pybind11::module_& m);
 
 }  // namespace densekit::bind

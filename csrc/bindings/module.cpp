@@ -3,7 +3,11 @@
 // The binding files are the only code that includes pybind11.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <chrono>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "bindings.hpp"
 #include "checks.hpp"
@@ -55,10 +59,17 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       "set_num_threads",
       [](py::handle n) {
         const int value = bind::thread_count(n, "n");
-        if (value == 0) bind::value_fail("n", "expected an int >= 1, got None");
-        set_default_num_threads(value);
+        if (value == 0) {
+          reset_default_num_threads();
+        } else {
+          set_default_num_threads(value);
+        }
       },
-      py::arg("n"), "Set the process-wide default number of threads (honoured in every thread).");
+      py::arg("n"),
+      "Set the process-wide default number of threads (honoured in every thread); None goes "
+      "back to the automatic default, which concurrent callers share.");
+  m.def("num_threads_is_explicit", &default_is_explicit,
+        "Whether set_num_threads(n) fixed the default (else it is automatic and shared).");
   m.def("hardware_threads", &hardware_threads,
         "CPUs this process may run on (affinity), capped by OMP_NUM_THREADS when set.");
   m.def("build_info", &bind::build_info, "Facts about this build: OpenMP, kernels in use.");
@@ -76,8 +87,28 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       },
       py::arg("n_tasks"), py::arg("num_threads"), py::arg("failing_task"));
 
+  // Test hook: how many distinct threads ran the tasks of one region of a kernel-like call
+  // (each task sleeps, so overlapping callers really overlap).
+  m.def(
+      "_probe_region_threads",
+      [](index_t n_tasks, py::handle num_threads, int sleep_ms) {
+        const int threads = resolve_num_threads(bind::thread_count(num_threads));
+        py::gil_scoped_release nogil;
+        std::vector<int> ran(static_cast<size_t>(std::max<index_t>(n_tasks, 0)), 0);
+        parallel_for(n_tasks, threads, [&](index_t task) {
+#if defined(_OPENMP)
+          ran[static_cast<size_t>(task)] = omp_get_thread_num();
+#endif
+          std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+        });
+        std::sort(ran.begin(), ran.end());
+        return static_cast<int>(std::unique(ran.begin(), ran.end()) - ran.begin());
+      },
+      py::arg("n_tasks"), py::arg("num_threads") = py::none(), py::arg("sleep_ms") = 0);
+
   bind::bind_activations(m);
   bind::bind_dense(m);
   bind::bind_losses(m);
   bind::bind_optim(m);
+  bind::bind_data(m);
 }

@@ -21,8 +21,13 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def set_num_threads(n: int) -> None:
-    """Set the process-wide default thread count of densekit's kernels (n >= 1)."""
+def set_num_threads(n: int | None) -> None:
+    """Set the process-wide default thread count of densekit's kernels (n >= 1).
+
+    ``None`` returns to the automatic default (OMP_NUM_THREADS or the CPUs in the affinity
+    mask). Only the automatic default is shared out between Python threads calling kernels
+    at the same time; a count set here, or passed as ``num_threads=``, is used as given.
+    """
     _core.set_num_threads(n)
 
 
@@ -34,7 +39,7 @@ def num_threads(n: int) -> Iterator[int]:
     other Python threads during the block see it too.
     """
     with _lock:
-        previous = _core.get_num_threads()
+        previous = _core.get_num_threads() if _core.num_threads_is_explicit() else None
         _core.set_num_threads(n)
     try:
         yield n

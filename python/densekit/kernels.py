@@ -27,6 +27,7 @@ from ._core import (
     sgd_step,
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
+    take_rows,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "sgd_step",
     "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
+    "take_rows",
 ]

@@ -1,0 +1,138 @@
+"""Facts about the machine and the run, and the measured copy bandwidth that memory-bound
+kernels are compared with."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import densekit
+
+from . import peers
+
+COPY_BYTES = 256 * 2**20
+ENVIRONMENT = (  # variables that change how the libraries thread
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "OMP_PROC_BIND",
+    "GOMP_SPINCOUNT",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_THREAD_TIMEOUT",
+)
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+
+def _cpuinfo() -> dict[str, Any]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "isa_flags": []}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name", platform.machine()),
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+    }
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def facts(argv: list[str]) -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpu_info = getattr(densekit, "cpu_info", None)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": [sys.executable, "-m", "bench", *argv],
+        "cpu": _cpuinfo(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "memory_gib": _memory_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": peers.versions(),
+        "densekit_build_info": densekit.build_info(),
+        "densekit_cpu_info": cpu_info() if cpu_info else None,
+        "numpy_blas": peers.blas_info(),
+        "threads": peers.thread_counts(),
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
+        "git_commit": _git_commit(),
+    }
+
+
+def copy_bandwidth(repeats: int) -> dict[str, Any]:
+    """np.copyto of a 256 MiB array: GB/s counting bytes read + bytes written, median."""
+    src = np.ones(COPY_BYTES // 8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return {
+        "bytes": 2 * COPY_BYTES,
+        "formula": "2 * 256 MiB (read + write) / median time of np.copyto",
+        "median_s": median,
+        "min_s": min(seconds),
+        "gb_per_s": 2 * COPY_BYTES / median / 1e9,
+    }
+
+
+def threaded_copy_bandwidth(repeats: int) -> dict[str, Any] | None:
+    """torch's copy_ of 256 MiB, which uses torch's threads: the same count as the kernels."""
+    torch = peers.torch
+    if torch is None:
+        return None
+    src = torch.ones(COPY_BYTES // 8, dtype=torch.float64)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return {
+        "bytes": 2 * COPY_BYTES,
+        "formula": "2 * 256 MiB (read + write) / median time of torch copy_",
+        "threads": torch.get_num_threads(),
+        "median_s": median,
+        "gb_per_s": 2 * COPY_BYTES / median / 1e9,
+    }

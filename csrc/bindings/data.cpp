@@ -1,0 +1,80 @@
+// Binding of take_rows: numpy.take(source, indices, axis=0, out=out) without the GIL.
+#include "data.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "checks.hpp"
+#include "parallel.hpp"
+
+namespace densekit::bind {
+namespace {
+
+py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle out_obj,
+                       py::handle threads_obj) {
+  py::array source = require_array(source_obj, "source", "any dtype");
+  require_c_contiguous(source, "source");
+  if (source.ndim() < 1) value_fail("source", "expected at least one axis, got a 0-d array");
+  if (source.dtype().kind() == 'O')
+    type_fail("source", "object arrays hold references and cannot be copied without the GIL");
+  py::array indices = require_array(indices_obj, "indices", "int32 or int64");
+  const bool int64 = indices.dtype().num() == py::dtype::of<std::int64_t>().num() ||
+                     (indices.dtype().kind() == 'i' && indices.itemsize() == 8);
+  const bool int32 = indices.dtype().kind() == 'i' && indices.itemsize() == 4;
+  if (!int64 && !int32)
+    type_fail("indices", "expected dtype int32 or int64, got " + dtype_string(indices));
+  require_c_contiguous(indices, "indices");
+  require_ndim(indices, "indices", 1);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  const index_t rows = static_cast<index_t>(source.shape(0));
+  const index_t count = static_cast<index_t>(indices.shape(0));
+  const index_t bad = int64 ? first_index_out_of_range(cptr<std::int64_t>(indices), count, rows)
+                            : first_index_out_of_range(cptr<std::int32_t>(indices), count, rows);
+  if (bad >= 0) {
+    const long long value = int64 ? cptr<std::int64_t>(indices)[bad]
+                                  : cptr<std::int32_t>(indices)[bad];
+    value_fail("indices", "expected values in [0, " + std::to_string(rows) + "), got " +
+                              std::to_string(value) + " at position " + std::to_string(bad));
+  }
+  std::vector<py::ssize_t> shape(source.shape(), source.shape() + source.ndim());
+  shape[0] = count;
+  py::array out;
+  if (out_obj.is_none()) {
+    out = py::array(source.dtype(), shape);
+  } else {
+    out = require_array(out_obj, "out", "the dtype of source");
+    if (!out.dtype().is(source.dtype()) && !(out.dtype().num() == source.dtype().num() &&
+                                             out.itemsize() == source.itemsize()))
+      type_fail("out", "expected dtype " + dtype_string(source) + " (the dtype of source), got " +
+                           dtype_string(out) + " (out= arrays are never converted)");
+    require_c_contiguous(out, "out");
+    require_shape(out, "out", std::vector<index_t>(shape.begin(), shape.end()));
+    require_writeable(out, "out");
+    require_no_overlap(out, "out", {{&source, "source"}, {&indices, "indices"}});
+  }
+  const index_t row_bytes = count == 0 ? 0 : static_cast<index_t>(out.nbytes()) / count;
+  void* dst = out.mutable_data();
+  const void* src = source.data();
+  const void* idx = indices.data();
+  py::gil_scoped_release nogil;
+  if (int64) {
+    take_rows(dst, src, static_cast<const std::int64_t*>(idx), count, row_bytes, threads);
+  } else {
+    take_rows(dst, src, static_cast<const std::int32_t*>(idx), count, row_bytes, threads);
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_data(py::module_& m) {
+  m.def("take_rows", &take_rows_py, py::arg("source"), py::arg("indices"), py::kw_only(),
+        py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+        "out[i] = source[indices[i]] along the first axis (numpy.take(..., axis=0)), with the "
+        "GIL released; indices are checked first.");
+}
+
+}  // namespace densekit::bind
