@@ -3,8 +3,8 @@
 All weights live in one flat parameter buffer (each layer's kernel and bias are views into
 it), all gradients in a second one with the same layout, so one optimizer kernel call updates
 the whole model. fit/evaluate run prebuilt kernel-call plans on buffers made once per batch
-shape (``_plan.py``); shuffled batches are gathered into those buffers with ``np.take(...,
-out=...)``. A training step allocates no arrays.
+shape (``_plan.py``); shuffled batches are gathered into those buffers by the ``take_rows``
+kernel (without the GIL). A training step allocates no arrays.
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ class Sequential:
         )
         order = np.arange(n)
         identity = order.copy()
-        take = np.take
+        take_rows = kernels.take_rows
         train_step = self._train_step
 
         loss_total, seen = 0.0, 0
@@ -593,10 +593,10 @@ class Sequential:
                 plan = full_plan if rows.shape[0] == full_plan.n else last_plan
                 if batch_hooks:
                     hooks.on_train_batch_begin(step, {})
-                take(x, rows, axis=0, out=plan.x, mode="clip")
-                take(y, rows, axis=0, out=plan.y, mode="clip")
+                take_rows(x, rows, out=plan.x)
+                take_rows(y, rows, out=plan.y)
                 if weighted:
-                    take(sample_weight, rows, axis=0, out=plan.sample_weight, mode="clip")
+                    take_rows(sample_weight, rows, out=plan.sample_weight)
                 loss = train_step(plan)
                 loss_total += loss * plan.n
                 seen += plan.n
