@@ -42,9 +42,14 @@ class DenseOp:
     def with_activation(self, activation: Activation) -> DenseOp:
         return DenseOp(self.layer, activation)
 
-    def infer(self, x, y):
-        layer, act = self.layer, self.activation
-        kernels.dense_forward(x, layer.kernel, layer.bias, act.name, out=y, alpha=act.alpha)
+    def infer(self, x, y, weights=None):
+        """y = the layer of x, with the live weights or ``weights`` ([kernel(, bias)])."""
+        act = self.activation
+        if weights is None:
+            kernel, bias = self.layer.kernel, self.layer.bias
+        else:
+            kernel, bias = weights[0], weights[1] if len(weights) > 1 else None
+        kernels.dense_forward(x, kernel, bias, act.name, out=y, alpha=act.alpha)
 
     def forward(self, x, y, preact):
         options = _with_alpha({"out": y}, self.activation)
@@ -81,7 +86,7 @@ class ActivationOp:
     def __init__(self, layer, activation: Activation, width: int):
         self.layer, self.activation, self.width = layer, activation, width
 
-    def infer(self, x, y):
+    def infer(self, x, y, weights=None):
         kernels.activation_forward(x, self.activation.name, out=y, alpha=self.activation.alpha)
 
     def forward(self, x, y, preact):
@@ -182,8 +187,11 @@ class Plan:
 class Workspace:
     """Buffers of one mode ("train" or "evaluate") at one batch capacity, and their plans."""
 
-    def __init__(self, model, mode: str, capacity: int):
+    def __init__(self, model, mode: str, capacity: int, layer_grads=None, metrics=None):
         self.model, self.mode, self.capacity = model, mode, capacity
+        # A hogwild worker brings its own gradient buffers and metrics; else the model's.
+        self.layer_grads = model._layer_grads if layer_grads is None else layer_grads
+        self.metrics = model._metrics if metrics is None else metrics
         self.training = mode == "train"
         self.ops = model._ops[mode]
         dtype = model._np_dtype
@@ -258,7 +266,14 @@ class Workspace:
             for i in range(len(self.ops) - 1, self.first_trained - 1, -1):
                 op = self.ops[i]
                 dx = grads[i - 1] if i > self.first_trained else None
-                args = (grads[i], inputs[i], acts[i], preacts[i], dx, model._op_grads(op))
+                args = (
+                    grads[i],
+                    inputs[i],
+                    acts[i],
+                    preacts[i],
+                    dx,
+                    self.layer_grads[id(op.layer)],
+                )
                 if isinstance(op, DropoutOp):
                     backward.append(op.backward(*args, scratch[i]))
                 else:
@@ -275,7 +290,7 @@ class Workspace:
                         kernels.activation_forward, output, model._absorbed, out=predictions
                     )
                 )
-        for metric in model._metrics:
+        for metric in self.metrics:
             if metric.needs_probabilities:
                 metric_updates.append(metric.bind(plan.y, predictions, "probabilities"))
             else:

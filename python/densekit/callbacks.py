@@ -193,8 +193,9 @@ class ProgbarLogger(Callback):
         )
         self._next_postfix = time.perf_counter() + self.refresh
 
-    def advance(self, logs_of) -> None:
-        """One step done; ``logs_of()`` gives the running logs when the postfix is redrawn."""
+    def advance(self, logs_of, steps: int = 1) -> None:
+        """``steps`` steps done; ``logs_of()`` gives the running logs when the postfix is
+        redrawn."""
         bar = self._bar
         if bar is None:
             return
@@ -202,7 +203,7 @@ class ProgbarLogger(Callback):
         if now >= self._next_postfix:
             self._next_postfix = now + self.refresh
             bar.set_postfix_str(_format_logs(logs_of()), refresh=False)
-        bar.update(1)
+        bar.update(steps)
 
     def _close(self, logs):
         if self._bar is not None:

@@ -5,18 +5,25 @@ it), all gradients in a second one with the same layout, so one optimizer kernel
 the whole model. fit/evaluate run prebuilt kernel-call plans on buffers made once per batch
 shape (``_plan.py``); shuffled batches are gathered into those buffers by the ``take_rows``
 kernel (without the GIL). A training step allocates no arrays.
+
+Threads: one thread at a time trains a model (fit, or the thread of a ``fit_async`` job);
+``predict`` and ``get_weights`` from other threads meanwhile read a snapshot of the weights
+taken at a step boundary (``_guard.py``); calls that would change the model or its metrics
+from another thread while it trains raise RuntimeError. The training loop is in ``_fit.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numpy as np
 
-from . import _random, kernels, layers, losses, optimizers
+from . import _fit, jobs, kernels, layers, losses, optimizers
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
+from ._guard import WeightGuard
 from ._plan import Workspace, build_ops
 from .layers import InputLayer, Layer, _unique_name
 
@@ -51,7 +58,11 @@ class Sequential:
         self._metric_identifiers: list = []
         self._params = np.zeros(0, np.float32)
         self._ready = False
-        self._predict_workspaces: dict[int, list[np.ndarray]] = {}
+        self._guard = WeightGuard()
+        # Free predict buffers by batch rows: each predict call takes its own, so calls from
+        # several threads never share one.
+        self._predict_buffers_lock = threading.Lock()
+        self._free_predict_buffers: dict[int, list[list[np.ndarray]]] = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -75,6 +86,7 @@ class Sequential:
         return np.dtype(self.dtype)
 
     def add(self, layer: Layer) -> None:
+        self._refuse_while_training("add")
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a densekit.layers.Layer, got {layer!r}")
         if isinstance(layer, InputLayer) and self._layers:
@@ -88,6 +100,7 @@ class Sequential:
             self.build()  # as Keras: a model that starts with an Input is built at once
 
     def pop(self) -> Layer:
+        self._refuse_while_training("pop")
         if not self.layers:
             raise IndexError("pop: the model has no layers")
         layer = self._layers.pop()
@@ -128,6 +141,7 @@ class Sequential:
         self._build(features)
 
     def _build(self, features: int) -> None:
+        self._refuse_while_training("build")
         declared = self._declared_input_dim()
         if declared is not None and declared != features:
             raise ValueError(f"input_shape: the model declares {declared} features, got {features}")
@@ -142,17 +156,21 @@ class Sequential:
             (layer, shape, init) for layer in self.layers for _, shape, init in layer._weight_specs
         ]
         params = np.zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
-        views, offset = [], 0
+        views, offset, slices = [], 0, []
         for _, shape, init in specs:
             size = math.prod(shape)
             view = params[offset : offset + size].reshape(shape)
             view[...] = init(shape, dtype)
             views.append(view)
+            slices.append((offset, size, shape))
             offset += size
         position = 0
+        self._weight_slices = slices  # (offset, size, shape) of each weight in the buffer
+        self._layer_slices = {}
         for layer in self.layers:
             count = len(layer._weight_specs)
             layer._attach(views[position : position + count])
+            self._layer_slices[id(layer)] = slices[position : position + count]
             position += count
             kept = previous.get(id(layer))
             if kept is not None and [w.shape for w in kept] == [w.shape for w in layer.weights]:
@@ -167,7 +185,30 @@ class Sequential:
         """Forget plans and buffers (after a change of layers or of compile settings)."""
         self._ready = False
         self._workspaces: dict[tuple[str, int], Workspace] = {}
-        self._predict_workspaces = {}
+        with self._predict_buffers_lock:
+            self._free_predict_buffers = {}
+
+    # -- threads -------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """Whether a fit (or a fit_async job) is training the model now."""
+        return self._guard.training
+
+    def _refuse_while_training(self, what: str) -> None:
+        """Changes of structure or settings are refused during training (from any thread);
+        a callback may still read, predict and save."""
+        if self._guard.training:
+            raise RuntimeError(
+                f"{what}: model {self.name!r} is training; wait for its fit (or fit_async "
+                "job) to end, or stop it first"
+            )
+
+    def _refuse_from_other_threads(self, what: str) -> None:
+        if self._guard.busy_elsewhere():
+            raise RuntimeError(
+                f"{what}: model {self.name!r} is training on another thread; call it from a "
+                "callback (they run on the training thread) or after the job ends"
+            )
 
     # -- weights -----------------------------------------------------------------------
     @property
@@ -178,9 +219,21 @@ class Sequential:
     trainable_weights = weights
 
     def get_weights(self) -> list[np.ndarray]:
-        return [w.copy() for w in self.weights]
+        """Copies of the weights; from another thread while the model trains, those after
+        some whole step (a snapshot)."""
+        if not self.built:
+            return []
+        params, counted = self._guard.begin_read(self._params)
+        try:
+            return [
+                params[offset : offset + size].reshape(shape).copy()
+                for offset, size, shape in self._weight_slices
+            ]
+        finally:
+            self._guard.end_read(counted)
 
     def set_weights(self, weights) -> None:
+        self._refuse_from_other_threads("set_weights")
         own = self.weights
         weights = list(weights)
         if len(weights) != len(own):
@@ -189,8 +242,18 @@ class Sequential:
         for i, (target, array) in enumerate(zip(own, arrays)):
             if array.shape != target.shape:
                 raise ValueError(f"weights[{i}]: expected shape {target.shape}, got {array.shape}")
-        for target, array in zip(own, arrays):
-            np.copyto(target, array, casting="same_kind")
+        guard = self._guard
+        claimed = not guard.training  # a callback on the training thread writes directly
+        if claimed:
+            guard.claim("set_weights", self.name)  # waits for predictions in flight
+        try:
+            with guard.lock:
+                for target, array in zip(own, arrays):
+                    np.copyto(target, array, casting="same_kind")
+                guard.version += 1
+        finally:
+            if claimed:
+                guard.release()
 
     def count_params(self) -> int:
         return int(self._params.size) if self.built else 0
@@ -238,6 +301,7 @@ class Sequential:
     # -- compile -----------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
         """Choose the optimizer, the loss and the metrics (Keras's names and classes)."""
+        self._refuse_while_training("compile")
         if loss is None:
             raise ValueError("loss: compile needs a loss, e.g. loss='mse'")
         optimizer = optimizers.get(optimizer)
@@ -309,41 +373,52 @@ class Sequential:
         else:
             self._target_template = np.zeros((0, self.output_dim), self._np_dtype)
 
-        self._grads = np.zeros_like(self._params)
-        grad_views, offset = [], 0
-        for view in self._weight_views:
-            grad_views.append(self._grads[offset : offset + view.size].reshape(view.shape))
-            offset += view.size
+        self._grads, grad_views, self._layer_grads = self._new_gradients()
         self._grad_views = grad_views
-        self._layer_grads, position = {}, 0
-        for layer in self.layers:
-            count = len(layer._weight_specs)
-            self._layer_grads[id(layer)] = grad_views[position : position + count]
-            position += count
         self.optimizer.build(self._params, self._grads, grad_views)
         self._prepare_regularization()
         self._workspaces = {}
         self._ready = True
 
-    def _prepare_regularization(self) -> None:
-        """L2 penalties: gradient ``dw += 2 * l2 * w`` as one kernel call per kernel (the SGD
-        kernel with maximize=True computes ``param += lr * grad``), penalty value from the
-        norm of all kernels that share a factor."""
-        self._regularization_grads, groups = [], {}
+    def _new_gradients(self):
+        """A flat gradient buffer shaped like the parameters, its views in Keras's order, and
+        the views of each layer (by layer id)."""
+        grads = np.zeros_like(self._params)
+        grad_views = [grads[o : o + size].reshape(shape) for o, size, shape in self._weight_slices]
+        layer_grads, position = {}, 0
+        for layer in self.layers:
+            count = len(layer._weight_specs)
+            layer_grads[id(layer)] = grad_views[position : position + count]
+            position += count
+        return grads, grad_views, layer_grads
+
+    def _regularization_calls(self, layer_grads) -> list:
+        """L2 penalties' gradients ``dw += 2 * l2 * w``, one kernel call per kernel (the SGD
+        kernel with maximize=True computes ``param += lr * grad``) into ``layer_grads``."""
+        calls = []
         for layer in self.layers:
             regularizer = getattr(layer, "kernel_regularizer", None)
             if regularizer is None or regularizer.l2 == 0:
                 continue
-            kernel_grad = self._layer_grads[id(layer)][0]
-            self._regularization_grads.append(
+            calls.append(
                 functools.partial(
                     kernels.sgd_step,
-                    kernel_grad,
+                    layer_grads[id(layer)][0],
                     layer.kernel,
                     lr=2.0 * regularizer.l2,
                     maximize=True,
                 )
             )
+        return calls
+
+    def _prepare_regularization(self) -> None:
+        """L2 penalties: the gradient calls, and the penalty value from the norm of all
+        kernels that share a factor."""
+        self._regularization_grads, groups = self._regularization_calls(self._layer_grads), {}
+        for layer in self.layers:
+            regularizer = getattr(layer, "kernel_regularizer", None)
+            if regularizer is None or regularizer.l2 == 0:
+                continue
             groups.setdefault(regularizer.l2, []).append(layer.kernel)
         self._regularization_norms = [
             (factor, functools.partial(kernels.clip_by_global_norm, arrays, _BIG_NORM))
@@ -358,9 +433,6 @@ class Sequential:
             if op.has_weights:
                 return i
         return None
-
-    def _op_grads(self, op) -> list[np.ndarray]:
-        return self._layer_grads[id(op.layer)]
 
     def _workspace(self, mode: str, rows: int) -> Workspace:
         """The buffers for batches of up to ``rows`` rows: an existing workspace that is big
@@ -439,7 +511,10 @@ class Sequential:
             for call in self._regularization_grads:
                 call()
             loss += self._regularization_penalty()
-        self.optimizer.apply()
+        guard = self._guard
+        with guard.lock:  # the only write to the weights: readers copy between two steps
+            self.optimizer.apply()
+            guard.version += 1
         for update in plan.metric_updates:
             update()
         return loss
@@ -493,130 +568,68 @@ class Sequential:
         validation_batch_size=None,
         validation_freq=1,
         class_weight=None,
+        steps_per_epoch=None,
+        workers=1,
+        strategy=None,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs (from ``initial_epoch``) on ``x`` and ``y``.
 
-        Batches are shuffled each epoch by a generator seeded with ``(seed, epoch)``, so a run
-        resumed with ``initial_epoch`` and the same seed sees the same batches. ``seed=None``
-        draws one (reproducible after ``densekit.set_random_seed``). The last fraction
-        ``validation_split`` of the samples (before shuffling) is held out, as in Keras.
-        ``class_weight`` ({class: weight}) multiplies the training samples' weights by the
-        weight of their class (the label, the argmax of a one-hot row, or a 0/1 target).
+        ``x`` is an array (with targets ``y``), or a ``densekit.data.Dataset`` or an iterator
+        of (x, y[, sample_weight]) batches (prepared on a background thread: see
+        ``densekit.data``); ``steps_per_epoch`` cuts an endless or one-shot iterator into
+        epochs. Array batches are shuffled each epoch by a generator seeded with
+        ``(seed, epoch)``, so a run resumed with ``initial_epoch`` and the same seed sees the
+        same batches. ``seed=None`` draws one (reproducible after
+        ``densekit.set_random_seed``). The last fraction ``validation_split`` of the samples
+        (before shuffling) is held out, as in Keras. ``class_weight`` ({class: weight})
+        multiplies the training samples' weights by the weight of their class (the label, the
+        argmax of a one-hot row, or a 0/1 target). ``workers=k, strategy="hogwild"`` trains
+        with k lock-free threads (see ``densekit._hogwild``). Callbacks run on the thread
+        that trains. A model trains one fit at a time: a second raises RuntimeError.
         """
-        self._require_compiled("fit")
-        batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
-        epochs = _int_at_least(epochs, 0, "epochs")
-        initial_epoch = _int_at_least(initial_epoch, 0, "initial_epoch")
-        validation_freq = _int_at_least(validation_freq, 1, "validation_freq")
-        verbose = callbacks_module.resolve_verbose(verbose)
-        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
-            raise ValueError(
-                f"validation_split: expected a number in [0, 1), got {validation_split!r}"
-            )
-        if validation_split and validation_data is not None:
-            raise ValueError("validation_split, validation_data: give at most one of them")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
-        if seed is None:
-            seed = _random.draw_seed()
-        else:
-            seed = _int_at_least(seed, 0, "seed")
-
-        x, y, sample_weight = self._dataset(x, y, sample_weight)
-        if validation_split:
-            split = int(x.shape[0] * (1.0 - validation_split))
-            validation = (
-                x[split:],
-                y[split:],
-                None if sample_weight is None else sample_weight[split:],
-            )
-            x, y = x[:split], y[:split]
-            sample_weight = None if sample_weight is None else sample_weight[:split]
-        elif validation_data is not None:
-            validation = self._validation_data(validation_data)
-        else:
-            validation = None
-        if class_weight is not None:
-            sample_weight = self._class_weighted(class_weight, y, sample_weight)
-        n = x.shape[0]
-        if n == 0:
-            raise ValueError("x: no samples to train on")
-        if self._first_weighted_op("train") is None:
-            raise ValueError("The model has no weights to train")
-        validation_batch_size = (
-            batch_size if validation_batch_size is None else validation_batch_size
+        setup = _fit.setup(
+            self,
+            x,
+            y,
+            batch_size,
+            epochs,
+            verbose,
+            callbacks,
+            validation_split,
+            validation_data,
+            shuffle,
+            sample_weight,
+            initial_epoch,
+            seed,
+            validation_batch_size,
+            validation_freq,
+            class_weight,
+            steps_per_epoch,
+            workers,
+            strategy,
         )
+        self._guard.claim("fit", self.name)
+        try:
+            return _fit.run(self, setup)
+        finally:
+            self._guard.release()
 
-        steps = -(-n // batch_size)
-        history = callbacks_module.History()
-        callback_objects = list(callbacks or [])
-        progress = None
-        if verbose:
-            progress = callbacks_module.ProgbarLogger(verbose)
-            callback_objects.append(progress)
-        callback_objects.append(history)
-        params = {"verbose": verbose, "epochs": epochs, "steps": steps, "mode": "fit"}
-        hooks = callbacks_module.CallbackList(callback_objects, self, params)
-        batch_hooks = hooks.batch_hooks["train"]
-        self.history = history
-
-        workspace = self._workspace("train", min(batch_size, n))
-        weighted = sample_weight is not None
-        full_plan = workspace.plan(min(batch_size, n), weighted)
-        last_rows = n % batch_size
-        last_plan = (
-            workspace.plan(last_rows, weighted) if last_rows and n > batch_size else full_plan
-        )
-        order = np.arange(n)
-        identity = order.copy()
-        take_rows = kernels.take_rows
-        train_step = self._train_step
-
-        loss_total, seen = 0.0, 0
-
-        def running():  # the progress bar reads the running logs only when it redraws
-            return self._logs(loss_total, seen)
-
-        self.stop_training = False
-        hooks.on_train_begin()
-        logs: dict = {}
-        for epoch in range(initial_epoch, epochs):
-            self._reset_metrics()
-            hooks.on_epoch_begin(epoch)
-            if shuffle:
-                np.copyto(order, identity)
-                np.random.default_rng((seed, epoch)).shuffle(order)
-            loss_total, seen = 0.0, 0
-            for step in range(steps):
-                start = step * batch_size
-                rows = order[start : start + batch_size]
-                plan = full_plan if rows.shape[0] == full_plan.n else last_plan
-                if batch_hooks:
-                    hooks.on_train_batch_begin(step, {})
-                take_rows(x, rows, out=plan.x)
-                take_rows(y, rows, out=plan.y)
-                if weighted:
-                    take_rows(sample_weight, rows, out=plan.sample_weight)
-                loss = train_step(plan)
-                loss_total += loss * plan.n
-                seen += plan.n
-                if batch_hooks:
-                    hooks.on_train_batch_end(step, self._logs(loss_total, seen))
-                if progress is not None:
-                    progress.advance(running)
-                if self.stop_training:
-                    break
-            logs = self._logs(loss_total, seen)
-            if validation is not None and (epoch + 1) % validation_freq == 0:
-                hooks.on_test_begin()
-                val_logs = self._evaluate_arrays(*validation, validation_batch_size, hooks, None)
-                hooks.on_test_end(val_logs)
-                logs.update({"val_" + key: value for key, value in val_logs.items()})
-            hooks.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        hooks.on_train_end(logs)
-        return history
+    def fit_async(self, *args, **kwargs) -> jobs.TrainingJob:
+        """``fit`` in the background: takes fit's arguments, checks them (raising at once on
+        bad ones) and returns a running ``densekit.jobs.TrainingJob``, a
+        ``concurrent.futures.Future`` of the History that asyncio code can ``await``. Training
+        and its callbacks run on the job's thread; meanwhile ``predict`` from other threads
+        sees the weights after some whole step. ``job.stop()`` / ``job.cancel()`` end it at
+        the next batch boundary."""
+        setup = _fit.setup(self, *args, **kwargs)
+        self._guard.claim("fit_async", self.name, for_job=True)
+        try:
+            job = jobs.TrainingJob(self, lambda job: _fit.run(self, setup, job), setup.epochs)
+            job._start()
+        except BaseException:
+            self._guard.release()
+            raise
+        return job
 
     def _class_weighted(self, class_weight, y, sample_weight) -> np.ndarray:
         if not isinstance(class_weight, dict):
@@ -655,18 +668,23 @@ class Sequential:
         """One training step on this batch. Returns its loss (with metrics: [loss, *metrics],
         or a dict with ``return_dict``); metrics cover this batch only."""
         self._require_compiled("train_on_batch")
+        self._refuse_while_training("train_on_batch")
         x, y, sample_weight = self._dataset(x, y, sample_weight)
         n = x.shape[0]
         if n == 0:
             raise ValueError("x: empty batch")
-        plan = self._workspace("train", n).plan(n, sample_weight is not None)
-        np.copyto(plan.x, x)
-        np.copyto(plan.y, y)
-        if sample_weight is not None:
-            np.copyto(plan.sample_weight, sample_weight)
-        self._reset_metrics()
-        loss = self._train_step(plan)
-        return self._result(self._logs(loss * n, n), return_dict)
+        self._guard.claim("train_on_batch", self.name)
+        try:
+            plan = self._workspace("train", n).plan(n, sample_weight is not None)
+            np.copyto(plan.x, x)
+            np.copyto(plan.y, y)
+            if sample_weight is not None:
+                np.copyto(plan.sample_weight, sample_weight)
+            self._reset_metrics()
+            loss = self._train_step(plan)
+            return self._result(self._logs(loss * n, n), return_dict)
+        finally:
+            self._guard.release()
 
     def _result(self, logs: dict, return_dict: bool):
         if return_dict:
@@ -719,6 +737,7 @@ class Sequential:
     ):
         """The loss (and metrics) over ``x`` and ``y``: a float, [loss, *metrics], or a dict."""
         self._require_compiled("evaluate")
+        self._refuse_from_other_threads("evaluate")
         batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
         verbose = callbacks_module.resolve_verbose(verbose)
         x, y, sample_weight = self._dataset(x, y, sample_weight)
@@ -738,25 +757,46 @@ class Sequential:
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """The loss (and metrics) of one batch, without training."""
         self._require_compiled("test_on_batch")
+        self._refuse_from_other_threads("test_on_batch")
         x, y, sample_weight = self._dataset(x, y, sample_weight)
         return self._result(
             self._evaluate_arrays(x, y, sample_weight, max(1, x.shape[0]), None, None), return_dict
         )
 
-    def _predict_buffers(self, rows: int) -> list[np.ndarray]:
-        buffers = self._predict_workspaces.get(rows)
-        if buffers is None:
-            if len(self._predict_workspaces) >= 4:
-                self._predict_workspaces.clear()
-            dtype = self._np_dtype
-            buffers = [np.empty((rows, op.width), dtype) for op in self._predict_ops[:-1]]
-            self._predict_workspaces[rows] = buffers
-        return buffers
+    def _take_predict_buffers(self, rows: int) -> list[np.ndarray]:
+        with self._predict_buffers_lock:
+            free = self._free_predict_buffers.get(rows)
+            if free:
+                return free.pop()
+        dtype = self._np_dtype
+        return [np.empty((rows, op.width), dtype) for op in self._predict_ops[:-1]]
+
+    def _give_back_predict_buffers(self, rows: int, buffers: list[np.ndarray]) -> None:
+        with self._predict_buffers_lock:
+            if rows not in self._free_predict_buffers and len(self._free_predict_buffers) >= 4:
+                self._free_predict_buffers.clear()
+            free = self._free_predict_buffers.setdefault(rows, [])
+            if len(free) < 8 and (not buffers or buffers[0].dtype == self._np_dtype):
+                free.append(buffers)
+
+    def _snapshot_weights(self, params: np.ndarray) -> list:
+        """Per predict op, its weights as views into ``params`` (a snapshot), or None."""
+        return [
+            [
+                params[o : o + size].reshape(shape)
+                for o, size, shape in self._layer_slices[id(op.layer)]
+            ]
+            if op.has_weights
+            else None
+            for op in self._predict_ops
+        ]
 
     def predict(self, x, batch_size=None, verbose=0, callbacks=None) -> np.ndarray:
         """The model's outputs for ``x``, (n, outputs), computed ``batch_size`` rows at a time
         (default 32). ``verbose=1`` shows a progress bar (default 0, unlike Keras's "auto",
-        so that calls in a serving loop print nothing)."""
+        so that calls in a serving loop print nothing). Safe from several threads at once;
+        while the model trains on another thread, it computes with the weights after some
+        whole step (a snapshot copied between two steps)."""
         batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
         x = self._inputs(x)
         verbose = callbacks_module.resolve_verbose(verbose)
@@ -785,12 +825,27 @@ class Sequential:
         if not ops:
             np.copyto(outputs, x)
             return outputs
-        buffers = self._predict_buffers(min(batch_size, n)) if n else []
+        params, counted = self._guard.begin_read(self._params)
+        rows = min(batch_size, n)
+        buffers = self._take_predict_buffers(rows) if n else []
+        try:
+            weights = [None] * len(ops)
+            if params is not self._params:
+                weights = self._snapshot_weights(params)
+            self._predict_batches(x, outputs, batch_size, buffers, weights, hooks, progress)
+        finally:
+            self._guard.end_read(counted)
+            if n:
+                self._give_back_predict_buffers(rows, buffers)
+        return outputs
+
+    def _predict_batches(self, x, outputs, batch_size, buffers, weights, hooks, progress):
+        n, ops = x.shape[0], self._predict_ops
         if n and n <= batch_size and hooks is None:  # one batch: the latency path
-            for op, target in zip(ops, [*buffers, outputs]):
-                op.infer(x, target)
+            for op, target, own in zip(ops, [*buffers, outputs], weights):
+                op.infer(x, target, own)
                 x = target
-            return outputs
+            return
         batch_hooks = hooks is not None and hooks.batch_hooks["predict"]
         last = len(ops) - 1
         for step, start in enumerate(range(0, n, batch_size)):
@@ -800,18 +855,25 @@ class Sequential:
             source = x[start:stop]
             for i, op in enumerate(ops):
                 target = outputs[start:stop] if i == last else buffers[i][: stop - start]
-                op.infer(source, target)
+                op.infer(source, target, weights[i])
                 source = target
             if batch_hooks:
                 hooks.on_predict_batch_end(step, {"outputs": outputs[start:stop]})
             if progress is not None:
                 progress.advance(dict)
-        return outputs
 
     def predict_on_batch(self, x) -> np.ndarray:
         """The outputs for one batch, in one pass."""
         x = self._inputs(x)
         return self._predict_arrays(x, max(1, x.shape[0]), None, None)
+
+    def predict_async(self, x, batch_size=None) -> jobs.AsyncFuture:
+        """``predict`` on densekit's inference threads: returns at once a
+        ``concurrent.futures.Future`` of the outputs that asyncio code can ``await``. ``x``
+        is checked (and converted) now; do not change it until the future is done."""
+        batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
+        x = self._inputs(x)
+        return jobs.submit(self._predict_arrays, x, batch_size, None, None)
 
     # -- saving --------------------------------------------------------------------------
     def save(self, filepath, include_optimizer=True) -> None:
@@ -819,11 +881,13 @@ class Sequential:
         atomically. Load it with ``densekit.load_model``."""
         from . import saving
 
+        self._refuse_from_other_threads("save")
         saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath) -> None:
         from . import saving
 
+        self._refuse_from_other_threads("save_weights")
         saving.save_weights(self, filepath)
 
     def load_weights(self, filepath) -> None:

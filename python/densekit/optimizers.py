@@ -130,10 +130,13 @@ class Optimizer:
         """A callable ``update(step=t, lr=rate)`` running the kernel over the flat buffers."""
         raise NotImplementedError
 
-    def apply(self) -> None:
-        """One update of the parameters from the gradients in the model's buffers."""
+    def apply(self, schedule_step: int | None = None) -> None:
+        """One update of the parameters from the gradients in the model's buffers. The rate
+        of a schedule is taken at ``schedule_step`` (default: this optimizer's step count;
+        hogwild workers pass the global one)."""
         step = self.iterations + 1
-        rate = self._learning_rate if self._schedule is None else float(self._schedule(step - 1))
+        at = step - 1 if schedule_step is None else schedule_step
+        rate = self._learning_rate if self._schedule is None else float(self._schedule(at))
         if self._clip is not None:
             self._clip()
         self._update(step=step, lr=rate)

@@ -1,0 +1,176 @@
+"""Hogwild! (Recht, Re, Wright and Niu, 2011): ``fit(..., workers=k, strategy="hogwild")``.
+
+Each epoch the shuffled rows are dealt into k shards; k threads each train on their own shard
+with their own activations, gradients and optimizer state (as PyTorch's hogwild example gives
+each process its own optimizer), and apply their updates to the model's one parameter buffer
+without any lock: an update may land between another worker's forward and backward, and two
+updates of one weight may race. For sparse or small, noisy gradients that costs little
+accuracy, and the workers never wait for each other. The kernels release the GIL, so the
+workers really run at once; their kernels share the cores through the thread budget.
+
+The learning-rate schedule follows the global step count (all workers together). When the
+fit ends, the model's optimizer holds the total step count and the mean of the workers'
+states. Epoch-level callbacks run on the training thread between epochs (the workers are
+idle then); batch-level callbacks are refused. Weights read from another thread during an
+epoch (predict, get_weights) are a copy taken while the workers run: every value is one
+some worker wrote, but not all from one step.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+
+import numpy as np
+
+from . import kernels, optimizers
+from ._plan import Workspace
+
+
+def check(model, s) -> None:
+    hooks = [c for c in s.callbacks if _has_batch_hooks(c)]
+    if hooks:
+        raise ValueError(
+            f"callbacks: {type(hooks[0]).__name__} has batch hooks, which strategy='hogwild' "
+            "does not run (its workers step at once); use epoch hooks"
+        )
+
+
+def _has_batch_hooks(callback) -> bool:
+    from .callbacks import _BATCH_HOOKS, _overrides
+
+    return any(_overrides(callback, hook) for hook in _BATCH_HOOKS["train"])
+
+
+class _Worker:
+    """One hogwild thread's buffers: gradients, optimizer state, metrics, workspace."""
+
+    def __init__(self, model, s, global_steps):
+        self.model, self.s, self.global_steps = model, s, global_steps
+        grads, grad_views, layer_grads = model._new_gradients()
+        optimizer = optimizers.deserialize(optimizers.serialize(model.optimizer))
+        optimizer.build(model._params, grads, grad_views)
+        for name, state in model.optimizer.variables.items():
+            np.copyto(optimizer.variables[name], state)
+        optimizer.iterations = model.optimizer.iterations
+        self.optimizer = optimizer
+        self.regularization = model._regularization_calls(layer_grads)
+        self.metrics = [copy.copy(metric) for metric in model._metrics]
+        capacity = min(s.batch_size, s.x.shape[0])
+        self.workspace = Workspace(model, "train", capacity, layer_grads, self.metrics)
+        self.error: BaseException | None = None
+        self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
+
+    def run(self, shard: np.ndarray, stop: threading.Event) -> None:
+        try:
+            self._run(shard, stop)
+        except BaseException as error:
+            self.error = error
+            stop.set()
+
+    def _run(self, shard, stop) -> None:
+        model, s = self.model, self.s
+        x, y, sample_weight = s.x, s.y, s.sample_weight
+        weighted = sample_weight is not None
+        take_rows, plan_of = kernels.take_rows, self.workspace.plan
+        regularization, apply = self.regularization, self.optimizer.apply
+        global_steps, guard = self.global_steps, model._guard
+        for metric in self.metrics:
+            metric.reset_state()
+        self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
+        for start in range(0, shard.shape[0], s.batch_size):
+            rows = shard[start : start + s.batch_size]
+            plan = plan_of(rows.shape[0], weighted)
+            take_rows(x, rows, out=plan.x)
+            take_rows(y, rows, out=plan.y)
+            if weighted:
+                take_rows(sample_weight, rows, out=plan.sample_weight)
+            for call in plan.forward:
+                call()
+            loss = plan.loss()[0]
+            for call in plan.backward:
+                call()
+            if regularization:
+                for call in regularization:
+                    call()
+                loss += model._regularization_penalty()
+            step = next(global_steps)
+            apply(schedule_step=step)  # no lock: the point of hogwild
+            guard.version = step + 1
+            for update in plan.metric_updates:
+                update()
+            self.loss_total += loss * plan.n
+            self.seen += plan.n
+            self.steps_done += 1
+            if stop.is_set() or model.stop_training:
+                break
+
+
+class HogwildEpochs:
+    """The epochs of a hogwild fit, run from the training thread."""
+
+    exhausted = False
+
+    def __init__(self, model, s, progress, job):
+        self.model, self.s, self.progress, self.job = model, s, progress, job
+        self.start_step = model.optimizer.iterations
+        self.global_steps = itertools.count(self.start_step)
+        self.workers = [_Worker(model, s, self.global_steps) for _ in range(s.workers)]
+        self.order = np.arange(s.x.shape[0])
+
+    def __call__(self, epoch: int) -> tuple[float, int]:
+        s, model = self.s, self.model
+        order = self.order
+        if s.shuffle:
+            order = np.random.default_rng((s.seed, epoch)).permutation(order.shape[0])
+        shards = np.array_split(order, len(self.workers))
+        stop = threading.Event()
+        threads = [
+            threading.Thread(
+                target=worker.run, args=(shard, stop), name=f"densekit-hogwild-{i}", daemon=True
+            )
+            for i, (worker, shard) in enumerate(zip(self.workers, shards))
+        ]
+        for thread in threads:
+            thread.start()
+        shown = 0
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.1)
+                shown = self._show_progress(epoch, shown)
+        self._show_progress(epoch, shown)
+        for worker in self.workers:
+            if worker.error is not None:
+                raise worker.error
+        for metric in model._metrics:
+            metric.reset_state()
+        for worker in self.workers:
+            for metric, own in zip(model._metrics, worker.metrics):
+                metric.total += own.total
+                metric.count += own.count
+        return (
+            sum(worker.loss_total for worker in self.workers),
+            sum(worker.seen for worker in self.workers),
+        )
+
+    def _show_progress(self, epoch: int, shown: int) -> int:
+        done = sum(worker.steps_done for worker in self.workers)
+        if self.progress is not None and done > shown:
+            self.progress.advance(dict, steps=done - shown)
+        if self.job is not None:
+            self.job._position = (epoch, done)
+        return done
+
+    def close(self) -> None:
+        """Hand the step count and the mean of the workers' states to the model's optimizer."""
+        optimizer = self.model.optimizer
+        steps = sum(worker.optimizer.iterations - self.start_step for worker in self.workers)
+        if steps == 0:
+            return
+        optimizer.iterations = self.start_step + steps
+        for name, state in optimizer.variables.items():
+            state[...] = 0
+            for worker in self.workers:
+                state += worker.optimizer.variables[name]
+            state /= len(self.workers)

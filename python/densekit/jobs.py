@@ -1,0 +1,255 @@
+"""Background training and inference: ``TrainingJob`` (what ``fit_async`` returns) and the
+futures of ``predict_async``.
+
+Both are ``concurrent.futures.Future`` objects (``result()``, ``exception()``,
+``add_done_callback``, ``concurrent.futures.wait``) that asyncio code can also ``await``
+without blocking its event loop. A TrainingJob runs ``fit`` on a thread of its own, where the
+callbacks run too. ``stop()`` ends training at the next batch boundary (the job's result is
+the History so far); ``cancel()`` does the same but the job ends cancelled. Either way the
+weights and the optimizer state are those after a whole step. Progress is readable from any
+thread (``progress``, ``history``), and ``async for epoch, logs in job`` yields each epoch's
+logs as it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import os
+import threading
+from concurrent.futures import _base
+from typing import NamedTuple
+
+from . import callbacks as callbacks_module
+
+
+class AsyncFuture(concurrent.futures.Future):
+    """A concurrent.futures.Future that asyncio code can await."""
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+
+
+class Progress(NamedTuple):
+    """Where a job stands: ``epoch`` (0-based, None before the first), ``step`` (batches done
+    in that epoch), ``steps`` per epoch (None if unknown), ``epochs`` (the last epoch + 1)."""
+
+    epoch: int | None
+    step: int
+    steps: int | None
+    epochs: int
+
+
+_DONE = object()
+
+
+class TrainingJob(AsyncFuture):
+    """A fit running on its own thread; see the module docstring. Create with
+    ``model.fit_async(...)``."""
+
+    def __init__(self, model, run, epochs: int):
+        super().__init__()
+        self.model = model
+        self._run = run  # run(job) -> History, on the job's thread
+        self._epochs = epochs
+        self._stop_requested = False
+        self._cancel_requested = False
+        self._lock = threading.Lock()
+        self._epoch_logs: list[tuple[int, dict]] = []
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._ended = False
+        self._history: callbacks_module.History | None = None
+        self._position: tuple[int | None, int] = (None, 0)
+        self._steps: int | None = None
+        name = f"densekit-fit-{model.name}"
+        # Not a daemon: like an executor's worker, a running job keeps the interpreter alive
+        # at exit until it ends (stop() it to end sooner).
+        self._thread = threading.Thread(target=self._main, name=name)
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    # -- control -------------------------------------------------------------------------
+    def stop(self) -> bool:
+        """End training at the next batch boundary; ``result()`` is then the History so far.
+        Returns False if the job had already ended."""
+        if self.done():
+            return False
+        self._stop_requested = True
+        self.model.stop_training = True
+        return True
+
+    def cancel(self) -> bool:
+        """Stop at the next batch boundary and end the job cancelled (``result()`` raises
+        CancelledError, ``await job`` asyncio.CancelledError). Unlike a plain Future, a
+        running job can be cancelled: this returns True at once and the job becomes
+        ``cancelled()`` when training has stopped. Returns False if the job had ended."""
+        if self.done():
+            return False
+        self._cancel_requested = True
+        return self.stop() or self.cancelled()
+
+    def _end_cancelled(self) -> None:
+        # concurrent.futures has no public way to cancel a running future; this is what
+        # Future.cancel followed by set_running_or_notify_cancel does.
+        with self._condition:
+            self._state = _base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    def _main(self) -> None:
+        guard = self.model._guard
+        if not self.set_running_or_notify_cancel():  # never running: cancel() is not
+            guard.release()  # called on a pending job, but stay correct if it is
+            return
+        try:
+            guard.handover()
+            if self._stop_requested and self._cancel_requested:
+                history = None
+            else:
+                history = self._run(self)
+        except BaseException as error:
+            guard.release()
+            self._end_listeners()
+            self.set_exception(error)
+            return
+        guard.release()  # before the job is done: job.result() then model.fit() works
+        self._end_listeners()
+        if self._cancel_requested:
+            self._end_cancelled()
+        else:
+            self.set_result(history)
+
+    # -- progress ------------------------------------------------------------------------
+    @property
+    def progress(self) -> Progress:
+        epoch, step = self._position
+        return Progress(epoch, step, self._steps, self._epochs)
+
+    @property
+    def epoch(self) -> int | None:
+        return self._position[0]
+
+    @property
+    def step(self) -> int:
+        return self._position[1]
+
+    @property
+    def history(self) -> callbacks_module.History:
+        """A copy of the History so far (the epochs that have ended)."""
+        history = callbacks_module.History()
+        with self._lock:
+            history.epoch = [epoch for epoch, _ in self._epoch_logs]
+            for _, logs in self._epoch_logs:
+                for key, value in logs.items():
+                    history.history.setdefault(key, []).append(value)
+        history.model = self.model
+        return history
+
+    def __aiter__(self):
+        return self._epoch_stream()
+
+    async def _epoch_stream(self):
+        """(epoch, logs) for every epoch, those already ended first, then as they end."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            past = list(self._epoch_logs)
+            listening = not self._ended
+            if listening:
+                self._listeners.append((loop, updates))
+        try:
+            for item in past:
+                yield item
+            while listening:
+                item = await updates.get()
+                if item is _DONE:
+                    break
+                yield item
+        finally:
+            with self._lock:
+                if (loop, updates) in self._listeners:
+                    self._listeners.remove((loop, updates))
+
+    def _publish(self, item) -> None:
+        with self._lock:
+            if item is not _DONE:
+                self._epoch_logs.append(item)
+            listeners = list(self._listeners)
+        for loop, updates in listeners:
+            try:
+                loop.call_soon_threadsafe(updates.put_nowait, item)
+            except RuntimeError:  # that event loop is closed
+                pass
+
+    def _end_listeners(self) -> None:
+        with self._lock:
+            self._ended = True
+        self._publish(_DONE)
+
+    def __repr__(self) -> str:
+        epoch, step = self._position
+        state = "cancelled" if self.cancelled() else "done" if self.done() else "running"
+        return f"<TrainingJob model={self.model.name!r} {state} epoch={epoch} step={step}>"
+
+
+class JobProgress(callbacks_module.Callback):
+    """Feeds a job's progress from the training thread (epoch hooks only: no per-step cost)."""
+
+    def __init__(self, job: TrainingJob):
+        super().__init__()
+        self.job = job
+
+    def on_train_begin(self, logs=None):
+        self.job._steps = self.params.get("steps")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.job._position = (epoch, 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.job._publish((epoch, copy.copy(logs or {})))
+
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _inference_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            workers = max(2, min(8, os.cpu_count() or 2))
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="densekit-predict"
+            )
+        return _executor
+
+
+def submit(function, *args) -> AsyncFuture:
+    """Run ``function(*args)`` on densekit's inference threads; an awaitable future."""
+    future = AsyncFuture()
+
+    def run():
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(*args)
+        except BaseException as error:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    _inference_executor().submit(run)
+    return future
+
+
+def _reset_after_fork() -> None:
+    global _executor
+    _executor = None  # its threads did not survive the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
