@@ -5,6 +5,9 @@ The compute core is ``densekit._core`` (C++); :mod:`densekit.kernels` is its doc
 
 from __future__ import annotations
 
+from . import _openmp_env  # noqa: F401 - first: loads _core with densekit's OpenMP wait policy
+
+# isort: split
 # The Keras-style model layer (its progress bar imports tqdm lazily).
 from . import (
     activations,

@@ -10,23 +10,36 @@ for one optimizer kernel call and by a reader for one copy, never longer.
 
 When no one trains, readers use the live weights and are counted; a new claim waits until
 they are done, so a first training step never overwrites weights a prediction is reading.
+
+After fork() the child has only the forking thread: every guard is reset there (no trainer,
+fresh locks), so a child can predict and train whatever the parent's threads were doing.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 
 import numpy as np
 
 _PENDING = -1  # claimed for a job whose thread has not started yet
 
 
+_guards: weakref.WeakSet = weakref.WeakSet()
+
+
 class WeightGuard:
     def __init__(self):
+        self._reset()
+        self.version = 0
+        _guards.add(self)
+
+    def _reset(self) -> None:
         self.lock = threading.Lock()
         self._readers_done = threading.Condition(self.lock)
+        self.buffers_lock = threading.Lock()  # the model's pool of predict buffers
         self.trainer: int | None = None  # thread ident of the trainer, or _PENDING
-        self.version = 0
         self._snapshot: tuple[int, np.ndarray] | None = None
         self._live_readers = 0
 
@@ -87,3 +100,12 @@ class WeightGuard:
             self._live_readers -= 1
             if not self._live_readers:
                 self._readers_done.notify_all()
+
+
+def _reset_after_fork() -> None:
+    for guard in list(_guards):
+        guard._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import numpy as np
 
@@ -61,7 +60,6 @@ class Sequential:
         self._guard = WeightGuard()
         # Free predict buffers by batch rows: each predict call takes its own, so calls from
         # several threads never share one.
-        self._predict_buffers_lock = threading.Lock()
         self._free_predict_buffers: dict[int, list[list[np.ndarray]]] = {}
         for layer in layers or []:
             self.add(layer)
@@ -185,7 +183,7 @@ class Sequential:
         """Forget plans and buffers (after a change of layers or of compile settings)."""
         self._ready = False
         self._workspaces: dict[tuple[str, int], Workspace] = {}
-        with self._predict_buffers_lock:
+        with self._guard.buffers_lock:
             self._free_predict_buffers = {}
 
     # -- threads -------------------------------------------------------------------------
@@ -764,7 +762,7 @@ class Sequential:
         )
 
     def _take_predict_buffers(self, rows: int) -> list[np.ndarray]:
-        with self._predict_buffers_lock:
+        with self._guard.buffers_lock:
             free = self._free_predict_buffers.get(rows)
             if free:
                 return free.pop()
@@ -772,7 +770,7 @@ class Sequential:
         return [np.empty((rows, op.width), dtype) for op in self._predict_ops[:-1]]
 
     def _give_back_predict_buffers(self, rows: int, buffers: list[np.ndarray]) -> None:
-        with self._predict_buffers_lock:
+        with self._guard.buffers_lock:
             if rows not in self._free_predict_buffers and len(self._free_predict_buffers) >= 4:
                 self._free_predict_buffers.clear()
             free = self._free_predict_buffers.setdefault(rows, [])
