@@ -1,0 +1,299 @@
+"""Background training and inference: fit_async futures and asyncio, cancel/stop consistency,
+predict during training, the training claim, the OpenMP wait policy and fork safety.
+Every wait has a timeout, and a hang guard ends a stuck run (asyncutil.fail_on_hang)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from densekit import callbacks
+
+from .asyncutil import (
+    assert_same_state,
+    classification,
+    densekit_threads,
+    fail_on_hang,  # noqa: F401 - autouse fixture
+    small_model,
+)
+
+TIMEOUT = 60
+
+
+class Gate(callbacks.Callback):
+    """Holds the training thread at the end of epoch ``at`` until the test opens it."""
+
+    def __init__(self, at=0):
+        super().__init__()
+        self.at, self.reached, self.opened = at, threading.Event(), threading.Event()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            self.reached.set()
+            assert self.opened.wait(TIMEOUT)
+
+
+class StopAfterSteps(callbacks.Callback):
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.done = steps, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if self.done >= self.steps:
+            self.model.stop_training = True
+
+
+def test_fit_async_is_a_future_of_the_same_history_as_fit():
+    x, y = classification()
+    background, foreground = small_model(), small_model()
+    job = background.fit_async(x, y, batch_size=50, epochs=3, seed=4, verbose=0)
+    assert isinstance(job, concurrent.futures.Future)
+    history = job.result(timeout=TIMEOUT)
+    expected = foreground.fit(x, y, batch_size=50, epochs=3, seed=4, verbose=0)
+    assert history.history == expected.history and history.epoch == [0, 1, 2]
+    assert_same_state(background, foreground)
+    assert job.done() and not job.cancelled() and not background.training
+    assert densekit_threads() == []
+
+
+def test_errors_propagate_and_release_the_model():
+    x, y = classification()
+    model = small_model()
+
+    class Boom(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyError("boom in a callback")
+
+    job = model.fit_async(x, y, epochs=2, verbose=0, callbacks=[Boom()])
+    assert isinstance(job.exception(timeout=TIMEOUT), KeyError)
+    with pytest.raises(KeyError, match="boom"):
+        job.result()
+    model.fit(x, y, epochs=1, verbose=0)  # the model is free again
+    with pytest.raises(ValueError, match="batch_size"):  # bad arguments raise at once
+        model.fit_async(x, y, batch_size=0)
+    assert not model.training
+
+
+def test_a_second_fit_and_changes_from_other_threads_are_refused():
+    x, y = classification()
+    model = small_model()
+    gate = Gate()
+    job = model.fit_async(x, y, epochs=2, verbose=0, callbacks=[gate])
+    try:
+        assert gate.reached.wait(TIMEOUT)
+        assert model.training
+        for call in (
+            lambda: model.fit(x, y, verbose=0),
+            lambda: model.fit_async(x, y, verbose=0),
+            lambda: model.train_on_batch(x[:8], y[:8]),
+            lambda: model.compile("sgd", "mse"),
+            lambda: model.evaluate(x, y, verbose=0),
+            lambda: model.set_weights(model.get_weights()),
+            lambda: model.save_weights("unused.weights.npz"),
+        ):
+            with pytest.raises(RuntimeError, match="training"):
+                call()
+        predictions = model.predict(x[:10])  # reading is fine
+        assert predictions.shape == (10, 4)
+    finally:
+        gate.opened.set()
+    job.result(timeout=TIMEOUT)
+
+
+def test_progress_history_and_epoch_logs_are_live():
+    x, y = classification()
+    model = small_model()
+    gate = Gate(at=1)
+    job = model.fit_async(x, y, batch_size=100, epochs=3, verbose=0, callbacks=[gate])
+    assert gate.reached.wait(TIMEOUT)
+    assert job.progress == (1, 6, 6, 3) and (job.epoch, job.step) == (1, 6)
+    assert job.history.epoch == [0] and len(job.history.history["loss"]) == 1
+    assert "running" in repr(job)
+    gate.opened.set()
+    history = job.result(timeout=TIMEOUT)
+    assert job.history.history == history.history
+
+
+def test_await_does_not_block_the_event_loop_and_epoch_logs_stream():
+    x, y = classification(n=2000)
+    model = small_model()
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        counting = asyncio.create_task(ticker())
+        job = model.fit_async(x, y, batch_size=16, epochs=3, verbose=0)
+        epochs = [epoch async for epoch, _ in job]
+        history = await asyncio.wait_for(job, TIMEOUT)
+        outputs = await model.predict_async(x[:7])
+        counting.cancel()
+        return epochs, history, outputs, ticks
+
+    epochs, history, outputs, ticks = asyncio.run(main())
+    assert epochs == [0, 1, 2] and history.epoch == [0, 1, 2]
+    np.testing.assert_array_equal(outputs, model.predict(x[:7]))
+    assert ticks >= 5  # the loop ran while the model trained
+
+
+@pytest.mark.parametrize("how", ["cancel", "stop"])
+def test_cancel_and_stop_leave_the_state_of_a_whole_step(how):
+    x, y = classification(n=800)
+    model = small_model()
+    job = model.fit_async(x, y, batch_size=8, epochs=200, seed=3, verbose=0)
+    deadline = time.monotonic() + TIMEOUT
+    while job.step < 5 and job.epoch in (None, 0) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert getattr(job, how)()
+    concurrent.futures.wait([job], timeout=TIMEOUT)
+    if how == "cancel":
+        assert job.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            job.result()
+    else:
+        assert not job.cancelled() and job.result().epoch is not None
+    steps = model.optimizer.iterations
+    assert 0 < steps < 200 * 100
+    replay = small_model()
+    replay.fit(x, y, batch_size=8, epochs=200, seed=3, verbose=0, callbacks=[StopAfterSteps(steps)])
+    assert_same_state(model, replay)
+    assert not job.cancel() and not job.stop()  # a finished job cannot be stopped again
+
+
+def test_cancelling_the_awaiting_task_cancels_the_job():
+    x, y = classification(n=800)
+    model = small_model()
+
+    async def main():
+        job = model.fit_async(x, y, batch_size=8, epochs=500, verbose=0)
+        task = asyncio.ensure_future(job)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return job
+
+    job = asyncio.run(main())
+    concurrent.futures.wait([job], timeout=TIMEOUT)
+    assert job.cancelled() and not model.training
+
+
+def test_predict_during_training_sees_the_weights_of_a_whole_step():
+    x, y = classification(n=400)
+    probe = x[:64]
+    model = small_model(hidden=64)
+
+    class Record(callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.states = [model.get_weights()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.states.append(self.model.get_weights())
+
+    record = Record()
+    job = model.fit_async(x, y, batch_size=20, epochs=4, verbose=0, callbacks=[record])
+    seen = []
+    while not job.done():
+        seen.append(model.predict(probe, batch_size=64))
+        seen.append(model.get_weights())
+    job.result(timeout=TIMEOUT)
+    reference = small_model(hidden=64)
+    valid_outputs, valid_weights = set(), set()
+    for state in record.states:
+        reference.set_weights(state)
+        valid_outputs.add(reference.predict(probe, batch_size=64).tobytes())
+        valid_weights.add(b"".join(w.tobytes() for w in state))
+    assert len(seen) >= 2
+    for item in seen:
+        if isinstance(item, np.ndarray):
+            assert item.tobytes() in valid_outputs
+        else:
+            assert b"".join(w.tobytes() for w in item) in valid_weights
+
+
+def test_predict_from_many_threads_at_once_is_correct():
+    x, _ = classification(n=300)
+    model = small_model(hidden=48)
+    expected = {rows: model.predict(x[:rows], batch_size=32) for rows in (1, 32, 77, 300)}
+
+    def work(seed):
+        rows = [1, 32, 77, 300][seed % 4]
+        for _ in range(30):
+            if not np.array_equal(model.predict(x[:rows], batch_size=32), expected[rows]):
+                return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(work, range(12), timeout=TIMEOUT))
+    futures = [model.predict_async(x[:rows], batch_size=32) for rows in expected]
+    for future, rows in zip(futures, expected):
+        np.testing.assert_array_equal(future.result(timeout=TIMEOUT), expected[rows])
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+    }
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_openmp_workers_spin_briefly_unless_the_user_chose():
+    code = (
+        "import os, densekit, densekit._openmp_env as e\n"
+        "print(e.status, os.environ.get('GOMP_SPINCOUNT'))\n"
+    )
+    ours = run_python(code, {"OMP_DISPLAY_ENV": "VERBOSE"})
+    assert ours.returncode == 0, ours.stderr
+    assert "GOMP_SPINCOUNT = '1000'" in ours.stderr  # what libgomp read when it loaded
+    assert ours.stdout.split() == ["GOMP_SPINCOUNT=1000", "None"]  # and the env is restored
+    theirs = run_python(code, {"OMP_DISPLAY_ENV": "VERBOSE", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert theirs.returncode == 0 and "GOMP_SPINCOUNT = '30000000000'" in theirs.stderr
+
+
+def _child_trains(queue, inherited):
+    x, y = classification(n=200)
+    model = small_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    inherited.fit(x, y, epochs=1, verbose=0)  # its parent's job thread is not in the child
+    queue.put((model.predict(x[:3]).shape, inherited.predict(x[:3]).shape))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_child_forked_during_background_training_trains_and_predicts():
+    x, y = classification(n=2000)
+    model = small_model()
+    job = model.fit_async(x, y, batch_size=8, epochs=100, verbose=0)
+    try:
+        time.sleep(0.05)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_child_trains, args=(queue, model))
+        child.start()
+        child.join(timeout=TIMEOUT)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung")
+        assert child.exitcode == 0 and queue.get(timeout=5) == ((3, 4), (3, 4))
+    finally:
+        job.stop()
+    job.result(timeout=TIMEOUT)
