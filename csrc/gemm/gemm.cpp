@@ -1,9 +1,20 @@
 // Blocking, packing, task split and epilogue of the matrix product (see gemm.hpp).
+//
+// C is cut into tasks (a block of row tiles x a block of column panels); threads take tasks
+// from a shared counter, so there are no barriers and a thread slowed by another process on
+// its core just takes fewer tasks. Each task runs, with buffers of its thread:
+//   for each k block of kc (kc from k alone)
+//     pack its B block (kc x up to nc_max columns: stays in L2), unless it is small and
+//       read once per row tile, when it is read in place
+//     for each row tile (up to mr rows; A micro-panel packed or read in place: in L1)
+//       for each nr-column panel: microkernel, bias and activation on the last k block
+// None of these choices changes a bit of C (see microkernels.hpp).
 #include "gemm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
-#include <memory>
+#include <cstring>
 #include <new>
 
 #include "microkernels.hpp"
@@ -12,115 +23,104 @@
 namespace densekit::gemm {
 namespace {
 
-// kc is fixed by k alone (never by threads): it fixes the order of the k-sum for each element.
-constexpr index_t kKc = 256;
-constexpr index_t kMc = 96;
-constexpr index_t kNc = 1024;
 constexpr size_t kAlign = 64;
 
-template <typename T>
-const Microkernel<T>& active_microkernel();
-
-template <>
-const Microkernel<float>& active_microkernel<float>() {
-  static const Microkernel<float> kernel = portable_microkernel_f32();
-  return kernel;
-}
-
-template <>
-const Microkernel<double>& active_microkernel<double>() {
-  static const Microkernel<double> kernel = portable_microkernel_f64();
-  return kernel;
-}
-
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
+// Development knobs, read once from DENSEKIT_GEMM_TUNE="kc=256,nc=1024,...".
+struct Tuning {
+  index_t kc_max = 256;
+  index_t nc_max = 512;
+  double grain = 1 << 20;  // flops
+  int pack_b = -1;   // -1 auto, 0 never, 1 always
+  int pack_a = -1;
 };
 
-template <typename T>
-std::unique_ptr<T, AlignedFree> aligned_buffer(size_t count) {
-  const size_t bytes = ((count * sizeof(T) + kAlign - 1) / kAlign) * kAlign;
-  void* p = std::aligned_alloc(kAlign, std::max<size_t>(bytes, kAlign));
-  if (p == nullptr) throw std::bad_alloc();
-  return std::unique_ptr<T, AlignedFree>(static_cast<T*>(p));
+const Tuning& tuning() {
+  static const Tuning t = [] {
+    Tuning t;
+    const char* env = std::getenv("DENSEKIT_GEMM_TUNE");
+    if (env == nullptr) return t;
+    std::string s(env);
+    size_t pos = 0;
+    while (pos < s.size()) {
+      size_t end = s.find(',', pos);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = s.substr(pos, end - pos);
+      const size_t eq = item.find('=');
+      if (eq != std::string::npos) {
+        const std::string key = item.substr(0, eq);
+        const double value = std::atof(item.c_str() + eq + 1);
+        if (key == "kc") t.kc_max = static_cast<index_t>(value);
+        if (key == "nc") t.nc_max = static_cast<index_t>(value);
+        if (key == "grain") t.grain = value;
+        if (key == "packb") t.pack_b = static_cast<int>(value);
+        if (key == "packa") t.pack_a = static_cast<int>(value);
+      }
+      pos = end + 1;
+    }
+    return t;
+  }();
+  return t;
 }
 
+template <typename T>
+const KernelFamily<T>& family(Isa isa);
+
+template <>
+const KernelFamily<float>& family<float>(Isa isa) {
+  static const KernelFamily<float> portable = portable_kernels_f32();
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  static const KernelFamily<float> avx2 = avx2_kernels_f32();
+  static const KernelFamily<float> avx512 = avx512_kernels_f32();
+  if (isa == Isa::avx512) return avx512;
+  if (isa == Isa::avx2) return avx2;
+#endif
+  (void)isa;
+  return portable;
+}
+
+template <>
+const KernelFamily<double>& family<double>(Isa isa) {
+  static const KernelFamily<double> portable = portable_kernels_f64();
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  static const KernelFamily<double> avx2 = avx2_kernels_f64();
+  static const KernelFamily<double> avx512 = avx512_kernels_f64();
+  if (isa == Isa::avx512) return avx512;
+  if (isa == Isa::avx2) return avx2;
+#endif
+  (void)isa;
+  return portable;
+}
+
+// Scratch memory of the calling thread, kept between calls so that small products pay no
+// allocation. Each calling thread has its own; a call uses it only while it runs.
+class Scratch {
+ public:
+  ~Scratch() { std::free(data_); }
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      data_ = nullptr;
+      size_ = 0;
+      const size_t rounded = ((bytes + kAlign - 1) / kAlign) * kAlign;
+      data_ = std::aligned_alloc(kAlign, rounded);
+      if (data_ == nullptr) throw std::bad_alloc();
+      size_ = rounded;
+    }
+    return data_;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+thread_local Scratch t_scratch;
+
+inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 template <typename T>
 inline T element(const Operand<T>& x, index_t i, index_t j) {
   return x.transposed ? x.data[j * x.ld + i] : x.data[i * x.ld + j];
-}
-
-// Rows [i0, i0 + rows) x cols [p0, p0 + kc) of A into panels of mr rows, zero-padded.
-template <typename T>
-void pack_a(const Operand<T>& a, index_t i0, index_t rows, index_t p0, index_t kc, int mr,
-            T* out) {
-  for (index_t ir = 0; ir < rows; ir += mr) {
-    const index_t h = std::min<index_t>(mr, rows - ir);
-    if (!a.transposed) {
-      for (index_t p = 0; p < kc; ++p) {
-        T* dst = out + p * mr;
-        for (index_t i = 0; i < h; ++i) dst[i] = a.data[(i0 + ir + i) * a.ld + p0 + p];
-        for (index_t i = h; i < mr; ++i) dst[i] = T(0);
-      }
-    } else {
-      for (index_t p = 0; p < kc; ++p) {
-        const T* src = a.data + (p0 + p) * a.ld + i0 + ir;
-        T* dst = out + p * mr;
-        for (index_t i = 0; i < h; ++i) dst[i] = src[i];
-        for (index_t i = h; i < mr; ++i) dst[i] = T(0);
-      }
-    }
-    out += kc * mr;
-  }
-}
-
-// Rows [p0, p0 + kc) x cols [j0, j0 + cols) of B into panels of nr columns, zero-padded.
-template <typename T>
-void pack_b(const Operand<T>& b, index_t p0, index_t kc, index_t j0, index_t cols, int nr,
-            T* out) {
-  for (index_t jr = 0; jr < cols; jr += nr) {
-    const index_t w = std::min<index_t>(nr, cols - jr);
-    if (!b.transposed) {
-      for (index_t p = 0; p < kc; ++p) {
-        const T* src = b.data + (p0 + p) * b.ld + j0 + jr;
-        T* dst = out + p * nr;
-        for (index_t j = 0; j < w; ++j) dst[j] = src[j];
-        for (index_t j = w; j < nr; ++j) dst[j] = T(0);
-      }
-    } else {
-      for (index_t p = 0; p < kc; ++p) {
-        T* dst = out + p * nr;
-        for (index_t j = 0; j < w; ++j) dst[j] = b.data[(j0 + jr + j) * b.ld + p0 + p];
-        for (index_t j = w; j < nr; ++j) dst[j] = T(0);
-      }
-    }
-    out += kc * nr;
-  }
-}
-
-// Folds one computed tile into C; on the last k-block also applies bias and activation.
-template <typename T>
-void store_tile(const T* tile, int nr, index_t rows, index_t cols, index_t i0, index_t j0,
-                bool load_c, bool last, T* c, index_t ldc, const Epilogue<T>& ep) {
-  const T alpha = static_cast<T>(ep.activation.alpha);
-  for (index_t i = 0; i < rows; ++i) {
-    T* crow = c + (i0 + i) * ldc + j0;
-    const T* trow = tile + i * nr;
-    if (!last) {
-      if (load_c) {
-        for (index_t j = 0; j < cols; ++j) crow[j] += trow[j];
-      } else {
-        for (index_t j = 0; j < cols; ++j) crow[j] = trow[j];
-      }
-      continue;
-    }
-    for (index_t j = 0; j < cols; ++j) {
-      T v = load_c ? crow[j] + trow[j] : trow[j];
-      if (ep.bias != nullptr) v += ep.bias[j0 + j];
-      if (ep.preact != nullptr) ep.preact[(i0 + i) * ep.ld_preact + j0 + j] = v;
-      crow[j] = scalar::forward(ep.activation.kind, alpha, v);
-    }
-  }
 }
 
 // C = (accumulate ? C : 0) with the epilogue, for k == 0.
@@ -139,16 +139,210 @@ void epilogue_only(index_t m, index_t n, T* c, index_t ldc, const Epilogue<T>& e
   });
 }
 
-}  // namespace
+// Everything a call decides before its threads start. The output is cut into tasks of
+// m_tiles_per_task row tiles x panels_per_task column panels; threads take tasks from a
+// shared counter (a thread slowed by another process on its core simply takes fewer).
+template <typename T>
+struct Plan {
+  const KernelFamily<T>* kernels = nullptr;
+  index_t m = 0, n = 0, k = 0;
+  int mr = 1, nr = 1;         // tile class in use
+  index_t m_tiles = 0;        // row tiles of near-equal height (<= mr)
+  index_t n_panels = 0;       // column panels of nr (the last may be narrower)
+  index_t kc = 0;             // k block (the last may be shorter)
+  index_t tiles_per_task = 1;
+  index_t panels_per_task = 1;
+  index_t tasks_m = 1, tasks_n = 1;
+  bool pack_a = true;
+  bool pack_b = true;
+  int threads = 1;
+  TileActivation tile_act = TileActivation::linear;
+  bool slow_act = false;      // activation applied by the driver after the tile is stored
+  size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
+  size_t b_buffer = 0;
+  size_t edge_buffer = 0;
+};
 
 template <typename T>
-const char* gemm_kernel_name() {
-  return active_microkernel<T>().name;
+void tile_rows(const Plan<T>& plan, index_t tile, index_t* i0, int* rows) {
+  const index_t base = plan.m / plan.m_tiles;
+  const index_t extra = plan.m % plan.m_tiles;
+  *i0 = tile * base + std::min(tile, extra);
+  *rows = static_cast<int>(base + (tile < extra ? 1 : 0));
+}
+
+inline size_t whole_lines(size_t elements, size_t element_size) {
+  const size_t per_line = kAlign / element_size;
+  return (elements + per_line - 1) / per_line * per_line;
 }
 
 template <typename T>
-void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
-          const Epilogue<T>& ep, int num_threads) {
+Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+                  const Operand<T>& a, const Operand<T>& b, const Epilogue<T>& ep,
+                  int num_threads) {
+  const Tuning& tune = tuning();
+  Plan<T> plan;
+  plan.kernels = &kernels;
+  plan.m = m;
+  plan.n = n;
+  plan.k = k;
+  const bool wide = m <= kernels.wide_mr;
+  plan.mr = wide ? kernels.wide_mr : kernels.mr;
+  plan.nr = wide ? kernels.wide_nr : kernels.nr;
+  plan.m_tiles = ceil_div(m, plan.mr);
+  plan.n_panels = ceil_div(n, plan.nr);
+  // kc depends on k alone: near-equal blocks of at most kc_max.
+  plan.kc = ceil_div(k, ceil_div(k, tune.kc_max));
+
+  // B is packed when a task reuses it over several row tiles, or when its rows are a
+  // multiple of 4 KiB apart (read in place they would fight over the same cache sets).
+  const bool aliasing_b = (b.ld * index_t(sizeof(T))) % 4096 == 0;
+  plan.pack_b = b.transposed || plan.m_tiles >= 8 || (plan.m_tiles > 1 && aliasing_b);
+  if (tune.pack_b >= 0) plan.pack_b = b.transposed || tune.pack_b != 0;
+  plan.pack_a = a.transposed ? plan.n_panels > 1 : (m > 1 && plan.n_panels > 1);
+  if (tune.pack_a >= 0) plan.pack_a = tune.pack_a != 0;
+
+  // Tasks: column blocks of at most nc_max (a packed B block stays in L2), row blocks of
+  // at least 8 tiles when B is packed (to spread its packing), and about four tasks per
+  // thread when there is enough work.
+  int threads = threads_for_work(num_threads, 2.0 * double(m) * double(n) * double(k), tune.grain);
+  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
+  plan.panels_per_task = std::min(plan.n_panels, max_panels);
+  plan.tasks_n = ceil_div(plan.n_panels, plan.panels_per_task);
+  const index_t wanted = threads > 1 ? 4 * index_t(threads) : 1;
+  const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
+  index_t tasks_m = std::max<index_t>(1, ceil_div(wanted, plan.tasks_n));
+  plan.tiles_per_task = std::max(min_tiles, ceil_div(plan.m_tiles, tasks_m));
+  plan.tasks_m = ceil_div(plan.m_tiles, plan.tiles_per_task);
+  if (plan.tasks_m * plan.tasks_n < wanted) {
+    const index_t tasks_n = std::min(plan.n_panels, ceil_div(wanted, plan.tasks_m));
+    plan.panels_per_task = ceil_div(plan.n_panels, tasks_n);
+    plan.tasks_n = ceil_div(plan.n_panels, plan.panels_per_task);
+  }
+  const index_t tasks = plan.tasks_m * plan.tasks_n;
+  plan.threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, tasks)));
+
+  switch (ep.activation.kind) {
+    case ActivationKind::linear: plan.tile_act = TileActivation::linear; break;
+    case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
+    case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
+    default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
+  }
+  const size_t kc = size_t(plan.kc);
+  plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
+  plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
+  plan.edge_buffer = plan.pack_b ? 0 : whole_lines(plan.nr * kc, sizeof(T));
+  return plan;
+}
+
+// One task: rows tiles [tile_begin, tile_end) x panels [panel_begin, panel_end) of C over
+// all of k. `a_buffer`, `b_buffer`, `edge_buffer` belong to the thread running it.
+template <typename T>
+void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* c,
+              index_t ldc, const Epilogue<T>& ep, index_t task, T* a_buffer, T* b_buffer,
+              T* edge_buffer) {
+  const KernelFamily<T>& kernels = *plan.kernels;
+  const int lanes = kernels.lanes;
+  const index_t tile_begin = (task / plan.tasks_n) * plan.tiles_per_task;
+  const index_t tile_end = std::min(plan.m_tiles, tile_begin + plan.tiles_per_task);
+  const index_t panel_begin = (task % plan.tasks_n) * plan.panels_per_task;
+  const index_t panel_end = std::min(plan.n_panels, panel_begin + plan.panels_per_task);
+  const index_t j_begin = panel_begin * plan.nr;
+  const index_t j_end = std::min(plan.n, panel_end * plan.nr);
+  const T alpha = static_cast<T>(ep.activation.alpha);
+
+  TileArgs<T> args;
+  args.ldc = ldc;
+  args.ld_preact = ep.ld_preact;
+  args.act = plan.tile_act;
+  args.alpha = alpha;
+
+  for (index_t pc = 0; pc < plan.k; pc += plan.kc) {
+    const index_t kc = std::min(plan.kc, plan.k - pc);
+    const bool last = pc + kc >= plan.k;
+    args.kc = kc;
+    args.load_c = ep.accumulate || pc > 0;
+    args.last = last;
+
+    // B panels of this task: packed (zero-padded to whole vectors), or read in place
+    // except a last panel that ends inside a vector, which is packed.
+    const index_t edge_j0 = (panel_end - 1) * plan.nr;
+    const bool edge_packed = !plan.pack_b && (j_end - edge_j0) % lanes != 0;
+    if (plan.pack_b) {
+      if (!b.transposed) {
+        kernels.pack_panels(b.data + pc * b.ld + j_begin, b.ld, kc, j_end - j_begin, plan.nr,
+                            b_buffer);
+      } else {
+        T* out = b_buffer;
+        for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr, out += kc * plan.nr) {
+          const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
+          kernels.pack_transposed(b.data + j0 * b.ld + pc, b.ld, kc, cols,
+                                  static_cast<int>(round_up(cols, lanes)), out);
+        }
+      }
+    } else if (edge_packed) {
+      kernels.pack_panels(b.data + pc * b.ld + edge_j0, b.ld, kc, j_end - edge_j0, plan.nr,
+                          edge_buffer);
+    }
+
+    for (index_t tile = tile_begin; tile < tile_end; ++tile) {
+      index_t i0;
+      int rows;
+      tile_rows(plan, tile, &i0, &rows);
+      args.rows = rows;
+      if (plan.pack_a && a.transposed) {
+        const int width = static_cast<int>(round_up(rows, lanes));
+        kernels.pack_panels(a.data + pc * a.ld + i0, a.ld, kc, rows, width, a_buffer);
+        args.a = a_buffer;
+        args.a_stride = width;
+        args.a_rows = false;
+      } else if (plan.pack_a) {
+        kernels.pack_transposed(a.data + i0 * a.ld + pc, a.ld, kc, rows, rows, a_buffer);
+        args.a = a_buffer;
+        args.a_stride = rows;
+        args.a_rows = false;
+      } else if (a.transposed) {
+        args.a = a.data + pc * a.ld + i0;
+        args.a_stride = a.ld;
+        args.a_rows = false;
+      } else {
+        args.a = a.data + i0 * a.ld + pc;
+        args.a_stride = a.ld;
+        args.a_rows = true;
+      }
+      for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr) {
+        const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
+        args.cols = cols;
+        if (plan.pack_b) {
+          args.b = b_buffer + (j0 - j_begin) * kc;
+          args.ldb = round_up(cols, lanes);
+        } else if (edge_packed && j0 == edge_j0) {
+          args.b = edge_buffer;
+          args.ldb = round_up(cols, lanes);
+        } else {
+          args.b = b.data + pc * b.ld + j0;
+          args.ldb = b.ld;
+        }
+        args.c = c + i0 * ldc + j0;
+        args.bias = (last && ep.bias != nullptr) ? ep.bias + j0 : nullptr;
+        args.preact = (last && ep.preact != nullptr) ? ep.preact + i0 * ep.ld_preact + j0 : nullptr;
+        kernels.tile(args);
+        if (last && plan.slow_act) {
+          for (int i = 0; i < rows; ++i) {
+            T* row = c + (i0 + i) * ldc + j0;
+            for (int j = 0; j < cols; ++j)
+              row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+              const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
+              const Epilogue<T>& ep, int num_threads) {
   if (ep.activation.kind == ActivationKind::softmax)
     throw ArgumentError("gemm epilogue: softmax is a row operation, not elementwise");
   if (m <= 0 || n <= 0) return;
@@ -156,48 +350,56 @@ void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, ind
     epilogue_only(m, n, c, ldc, ep, num_threads);
     return;
   }
-  const Microkernel<T>& kernel = active_microkernel<T>();
-  const int mr = kernel.mr;
-  const int nr = kernel.nr;
-  const index_t kc_max = std::min(k, kKc);
-  const index_t mc = std::min(((kMc + mr - 1) / mr) * mr, ((m + mr - 1) / mr) * mr);
+  const Plan<T> plan = make_plan(kernels, m, n, k, a, b, ep, std::max(num_threads, 1));
+  const size_t per_thread = plan.a_buffer + plan.b_buffer + plan.edge_buffer;
+  T* scratch = static_cast<T*>(t_scratch.get(sizeof(T) * per_thread * size_t(plan.threads)));
+  const index_t tasks = plan.tasks_m * plan.tasks_n;
+  auto worker = [&](int thread, std::atomic<index_t>* next) {
+    T* a_buffer = scratch + size_t(thread) * per_thread;
+    T* b_buffer = a_buffer + plan.a_buffer;
+    T* edge_buffer = b_buffer + plan.b_buffer;
+    for (index_t task = next->fetch_add(1, std::memory_order_relaxed); task < tasks;
+         task = next->fetch_add(1, std::memory_order_relaxed))
+      run_task(plan, a, b, c, ldc, ep, task, a_buffer, b_buffer, edge_buffer);
+  };
+  std::atomic<index_t> next{0};
+  if (plan.threads == 1) {
+    worker(0, &next);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(plan.threads)
+  worker(omp_get_thread_num(), &next);
+#else
+  worker(0, &next);
+#endif
+}
 
-  // Tile widths only change which task computes an element, never its value, so they may
-  // depend on the thread count: narrow the column blocks until every thread has work.
-  const int threads = threads_for_work(num_threads, 2.0 * m * n * k, 1 << 20);
-  const index_t m_blocks = (m + mc - 1) / mc;
-  index_t nc = std::min(kNc, ((n + nr - 1) / nr) * nr);
-  while (nc > nr && m_blocks * ((n + nc - 1) / nc) < 2 * threads)
-    nc = std::max<index_t>(nr, ((nc / 2 + nr - 1) / nr) * nr);
-  const index_t n_blocks = (n + nc - 1) / nc;
+}  // namespace
 
-  parallel_for(m_blocks * n_blocks, threads, [&](index_t task) {
-    const index_t i0 = (task / n_blocks) * mc;
-    const index_t j0 = (task % n_blocks) * nc;
-    const index_t rows = std::min(mc, m - i0);
-    const index_t cols = std::min(nc, n - j0);
-    const index_t rows_padded = ((rows + mr - 1) / mr) * mr;
-    const index_t cols_padded = ((cols + nr - 1) / nr) * nr;
-    auto a_pack = aligned_buffer<T>(static_cast<size_t>(rows_padded * kc_max));
-    auto b_pack = aligned_buffer<T>(static_cast<size_t>(cols_padded * kc_max));
-    T tile[64 * 64];
-    for (index_t p0 = 0; p0 < k; p0 += kKc) {
-      const index_t kc = std::min(kKc, k - p0);
-      const bool load_c = ep.accumulate || p0 > 0;
-      const bool last = p0 + kc >= k;
-      pack_a(a, i0, rows, p0, kc, mr, a_pack.get());
-      pack_b(b, p0, kc, j0, cols, nr, b_pack.get());
-      for (index_t jr = 0; jr < cols; jr += nr) {
-        const T* bp = b_pack.get() + (jr / nr) * kc * nr;
-        for (index_t ir = 0; ir < rows; ir += mr) {
-          const T* ap = a_pack.get() + (ir / mr) * kc * mr;
-          kernel.fn(kc, ap, bp, tile);
-          store_tile(tile, nr, std::min<index_t>(mr, rows - ir), std::min<index_t>(nr, cols - jr),
-                     i0 + ir, j0 + jr, load_c, last, c, ldc, ep);
-        }
-      }
-    }
-  });
+template <typename T>
+const char* gemm_kernel_name() {
+  return family<T>(isa_choice().isa).name;
+}
+
+template <typename T>
+const char* gemm_kernel_name(Isa isa) {
+  return family<T>(isa).name;
+}
+
+template <typename T>
+void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
+          const Epilogue<T>& ep, int num_threads) {
+  run_gemm(family<T>(isa_choice().isa), m, n, k, a, b, c, ldc, ep, num_threads);
+}
+
+template <typename T>
+void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
+                   index_t ldc, const Epilogue<T>& ep, int num_threads) {
+  if (!isa_supported(isa))
+    throw ArgumentError(std::string("gemm: ISA '") + isa_name(isa) +
+                        "' is not supported by this CPU/build");
+  run_gemm(family<T>(isa), m, n, k, a, b, c, ldc, ep, num_threads);
 }
 
 template <typename T>
@@ -219,9 +421,12 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
 #define DENSEKIT_INSTANTIATE(T)                                                             \
   template void gemm<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*, index_t,     \
                         const Epilogue<T>&, int);                                           \
+  template void gemm_with_isa<T>(Isa, index_t, index_t, index_t, Operand<T>, Operand<T>, T*, \
+                                 index_t, const Epilogue<T>&, int);                         \
   template void gemm_reference<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*,    \
                                   index_t, const Epilogue<T>&);                             \
-  template const char* gemm_kernel_name<T>();
+  template const char* gemm_kernel_name<T>();                                               \
+  template const char* gemm_kernel_name<T>(Isa);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

@@ -1,15 +1,18 @@
 // The one matrix-product entry point under every dense kernel:
 //   C (m, n) [+]= op(A) (m, k) @ op(B) (k, n), then bias and an elementwise activation.
 //
-// BLIS-style: panels of A and B are packed into contiguous buffers (per task), a register-
-// blocked microkernel computes an mr x nr tile, and an epilogue folds the tile into C.
-// The reduction over k runs in fixed blocks of kc in a fixed order, and every tile uses the
-// same microkernel (edges are zero-padded), so each element of C gets the same bits for any
-// thread count and any split of the output into tasks.
+// BLIS-style: B is packed in blocks of kc rows x nc columns (shared by the threads of a
+// call, or owned by one thread when threads split the columns), A in micro-panels of up to
+// mr rows, and a register-blocked microkernel of the ISA chosen at start-up (isa.hpp)
+// computes each tile, applying bias and activation before the tile is stored.
+// Each element of C is one multiply-add chain over k in increasing order (partial sums
+// between k blocks go through C exactly), so its bits do not depend on the thread count,
+// the tiling or the packing: only on the ISA (see microkernels.hpp).
 #pragma once
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "isa.hpp"
 
 namespace densekit::gemm {
 
@@ -38,13 +41,21 @@ template <typename T>
 void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
           const Epilogue<T>& epilogue, int num_threads);
 
+// The same with a given ISA instead of the process-wide choice (tests and benchmarks).
+// Throws ArgumentError when the ISA is not usable on this CPU.
+template <typename T>
+void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
+                   index_t ldc, const Epilogue<T>& epilogue, int num_threads);
+
 // A slow, obvious triple loop with the same epilogue, for tests and as a reference.
 template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
-// The name of the microkernel family in use for T (e.g. "portable 6x8").
+// The name of the microkernel family in use for T (e.g. "avx512 12x32"), or of an ISA's.
 template <typename T>
 const char* gemm_kernel_name();
+template <typename T>
+const char* gemm_kernel_name(Isa isa);
 
 }  // namespace densekit::gemm

@@ -1,0 +1,103 @@
+// AVX2+FMA microkernels. This file alone is compiled with -mavx2 -mfma; it is entered only
+// after the CPU check in isa.cpp.
+//   float32: 6x16 (12 ymm accumulators, 2 loads of B and 6 broadcasts of A per k step), and
+//            2x32 for m <= 2.
+//   float64: 6x8 and 2x16.
+#include <immintrin.h>
+
+#include <utility>
+
+#include "microkernels.hpp"
+
+namespace densekit::gemm {
+namespace {
+
+// Lane i is selected when i < n (the sign bit of each 32/64-bit lane drives maskload).
+inline __m256i mask_epi32(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i mask_epi64(int n) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+struct F32x8 {
+  using T = float;
+  using R = __m256;
+  static constexpr int W = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static R load_part(const T* p, int n) { return _mm256_maskload_ps(p, mask_epi32(n)); }
+  static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store_part(T* p, R v, int n) { _mm256_maskstore_ps(p, mask_epi32(n), v); }
+  static R set1(T x) { return _mm256_set1_ps(x); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  // max(v, 0) returns its second operand for NaN and zeros: v > 0 ? v : +0, as the scalar.
+  static R relu(R v) { return _mm256_max_ps(v, zero()); }
+  static R leaky(R v, R alpha) {
+    const R positive = _mm256_cmp_ps(v, zero(), _CMP_GT_OQ);
+    return _mm256_blendv_ps(_mm256_mul_ps(v, alpha), v, positive);
+  }
+  static void transpose(R (&r)[8]) {
+    R t[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // u[4g + c], 128-bit lane L: rows 4g..4g+3 at column 4L + c.
+    R u[8];
+    for (int g = 0; g < 8; g += 4) {
+      u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+      u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+      u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+      u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+      r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+      r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+  }
+};
+
+struct F64x4 {
+  using T = double;
+  using R = __m256d;
+  static constexpr int W = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static R load_part(const T* p, int n) { return _mm256_maskload_pd(p, mask_epi64(n)); }
+  static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+  static void store_part(T* p, R v, int n) { _mm256_maskstore_pd(p, mask_epi64(n), v); }
+  static R set1(T x) { return _mm256_set1_pd(x); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R relu(R v) { return _mm256_max_pd(v, zero()); }
+  static R leaky(R v, R alpha) {
+    const R positive = _mm256_cmp_pd(v, zero(), _CMP_GT_OQ);
+    return _mm256_blendv_pd(_mm256_mul_pd(v, alpha), v, positive);
+  }
+  static void transpose(R (&r)[4]) {
+    const R t0 = _mm256_unpacklo_pd(r[0], r[1]);
+    const R t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const R t2 = _mm256_unpacklo_pd(r[2], r[3]);
+    const R t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
+};
+
+#include "microkernel_body.inc"
+
+}  // namespace
+
+KernelFamily<float> avx2_kernels_f32() {
+  return make_family<F32x8, 6, 2, 2, 4>(Isa::avx2, "avx2 6x16");
+}
+
+KernelFamily<double> avx2_kernels_f64() {
+  return make_family<F64x4, 6, 2, 2, 4>(Isa::avx2, "avx2 6x8");
+}
+
+}  // namespace densekit::gemm
