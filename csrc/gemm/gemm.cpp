@@ -29,9 +29,10 @@ constexpr size_t kAlign = 64;
 struct Tuning {
   index_t kc_max = 256;
   index_t nc_max = 512;
-  double grain = 1 << 20;  // flops
+  double grain = 5000;  // ns of work per thread
   int pack_b = -1;   // -1 auto, 0 never, 1 always
   int pack_a = -1;
+  int swap = 1;
 };
 
 const Tuning& tuning() {
@@ -54,6 +55,7 @@ const Tuning& tuning() {
         if (key == "grain") t.grain = value;
         if (key == "packb") t.pack_b = static_cast<int>(value);
         if (key == "packa") t.pack_a = static_cast<int>(value);
+        if (key == "swap") t.swap = static_cast<int>(value);
       }
       pos = end + 1;
     }
@@ -115,12 +117,27 @@ class Scratch {
 };
 
 thread_local Scratch t_scratch;
+thread_local Scratch t_swap_scratch;  // C^T of a swapped product (see run_gemm)
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 template <typename T>
 inline T element(const Operand<T>& x, index_t i, index_t j) {
   return x.transposed ? x.data[j * x.ld + i] : x.data[i * x.ld + j];
+}
+
+static_assert(static_cast<int>(Scale::positive) == 1 && static_cast<int>(Scale::sigmoid_y) == 2 &&
+                  static_cast<int>(Scale::tanh_y) == 3,
+              "PackScale::kind numbers Scale");
+
+// The packing view of an operand's scaling, for the element at `offset` of its data.
+template <typename T>
+PackScale<T> pack_scale(const Scaling<T>& scale, index_t offset) {
+  PackScale<T> out;
+  out.kind = static_cast<int>(scale.kind);
+  out.from = scale.kind == Scale::none ? nullptr : scale.from + offset;
+  out.alpha = scale.alpha;
+  return out;
 }
 
 // C = (accumulate ? C : 0) with the epilogue, for k == 0.
@@ -137,6 +154,12 @@ void epilogue_only(index_t m, index_t n, T* c, index_t ldc, const Epilogue<T>& e
       crow[j] = scalar::forward(ep.activation.kind, alpha, v);
     }
   });
+}
+
+template <typename T>
+bool plain_epilogue(const Epilogue<T>& ep) {
+  return ep.bias == nullptr && ep.preact == nullptr && !ep.accumulate && ep.b_sums == nullptr &&
+         ep.activation.kind == ActivationKind::linear;
 }
 
 // Everything a call decides before its threads start. The output is cut into tasks of
@@ -188,7 +211,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   plan.k = k;
   const bool wide = m <= kernels.wide_mr;
   plan.mr = wide ? kernels.wide_mr : kernels.mr;
-  plan.nr = wide ? kernels.wide_nr : kernels.nr;
+  plan.nr = wide ? kernels.wide_nr[m] : kernels.nr;
   plan.m_tiles = ceil_div(m, plan.mr);
   plan.n_panels = ceil_div(n, plan.nr);
   // kc depends on k alone: near-equal blocks of at most kc_max.
@@ -201,11 +224,19 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   if (tune.pack_b >= 0) plan.pack_b = b.transposed || tune.pack_b != 0;
   plan.pack_a = a.transposed ? plan.n_panels > 1 : (m > 1 && plan.n_panels > 1);
   if (tune.pack_a >= 0) plan.pack_a = tune.pack_a != 0;
+  // Scaling and sums happen while packing.
+  if (a.scale.kind != Scale::none) plan.pack_a = true;
+  if (b.scale.kind != Scale::none || ep.b_sums != nullptr) plan.pack_b = true;
 
   // Tasks: column blocks of at most nc_max (a packed B block stays in L2), row blocks of
   // at least 8 tiles when B is packed (to spread its packing), and about four tasks per
   // thread when there is enough work.
-  int threads = threads_for_work(num_threads, 2.0 * double(m) * double(n) * double(k), tune.grain);
+  // Threads are woken only for work of at least `grain` ns each. Time estimate: the larger
+  // of the multiply-adds (~150 GFLOP/s per core) and the stream of B (~80 GB/s per core from
+  // L2): batch-1 products are bandwidth-bound and still gain from a second core.
+  const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
+  const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
+  int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
   const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
   plan.panels_per_task = std::min(plan.n_panels, max_panels);
   plan.tasks_n = ceil_div(plan.n_panels, plan.panels_per_task);
@@ -270,19 +301,23 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
     const bool edge_packed = !plan.pack_b && (j_end - edge_j0) % lanes != 0;
     if (plan.pack_b) {
       if (!b.transposed) {
-        kernels.pack_panels(b.data + pc * b.ld + j_begin, b.ld, kc, j_end - j_begin, plan.nr,
-                            b_buffer);
+        const index_t offset = pc * b.ld + j_begin;
+        double* sums = (ep.b_sums != nullptr && tile_begin == 0) ? ep.b_sums + j_begin : nullptr;
+        kernels.pack_panels(b.data + offset, b.ld, kc, j_end - j_begin, plan.nr, b_buffer,
+                            pack_scale(b.scale, offset), sums);
       } else {
         T* out = b_buffer;
         for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr, out += kc * plan.nr) {
           const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
-          kernels.pack_transposed(b.data + j0 * b.ld + pc, b.ld, kc, cols,
-                                  static_cast<int>(round_up(cols, lanes)), out);
+          const index_t offset = j0 * b.ld + pc;
+          const int width = static_cast<int>(round_up(cols, lanes));
+          kernels.pack_transposed(b.data + offset, b.ld, kc, cols, width, out, width,
+                                  pack_scale(b.scale, offset));
         }
       }
     } else if (edge_packed) {
       kernels.pack_panels(b.data + pc * b.ld + edge_j0, b.ld, kc, j_end - edge_j0, plan.nr,
-                          edge_buffer);
+                          edge_buffer, PackScale<T>{}, nullptr);
     }
 
     for (index_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -292,12 +327,16 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
       args.rows = rows;
       if (plan.pack_a && a.transposed) {
         const int width = static_cast<int>(round_up(rows, lanes));
-        kernels.pack_panels(a.data + pc * a.ld + i0, a.ld, kc, rows, width, a_buffer);
+        const index_t offset = pc * a.ld + i0;
+        kernels.pack_panels(a.data + offset, a.ld, kc, rows, width, a_buffer,
+                            pack_scale(a.scale, offset), nullptr);
         args.a = a_buffer;
         args.a_stride = width;
         args.a_rows = false;
       } else if (plan.pack_a) {
-        kernels.pack_transposed(a.data + i0 * a.ld + pc, a.ld, kc, rows, rows, a_buffer);
+        const index_t offset = i0 * a.ld + pc;
+        kernels.pack_transposed(a.data + offset, a.ld, kc, rows, rows, a_buffer, rows,
+                                pack_scale(a.scale, offset));
         args.a = a_buffer;
         args.a_stride = rows;
         args.a_rows = false;
@@ -345,9 +384,58 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
               const Epilogue<T>& ep, int num_threads) {
   if (ep.activation.kind == ActivationKind::softmax)
     throw ArgumentError("gemm epilogue: softmax is a row operation, not elementwise");
+  if (ep.b_sums != nullptr && b.transposed)
+    throw ArgumentError("gemm: column sums of B need B not transposed");
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     epilogue_only(m, n, c, ldc, ep, num_threads);
+    return;
+  }
+  // A short A against a transposed B (batch 1..4 of dx = dz @ w^T): dot products along the
+  // rows of B, read once in place; columns split in chunks among threads. A scaled A (dz) is
+  // scaled into a small buffer first.
+  if (b.transposed && !a.transposed && m <= 4 && plain_epilogue(ep) && tuning().swap != 0) {
+    const T* a_rows = a.data;
+    index_t lda = a.ld;
+    if (a.scale.kind != Scale::none) {
+      // Each row is written rounded up to whole vectors; the next row overwrites the excess.
+      const int width = static_cast<int>(round_up(k, kernels.lanes));
+      T* scaled = static_cast<T*>(t_swap_scratch.get(sizeof(T) * size_t(m * k + width)));
+      for (index_t i = 0; i < m; ++i)
+        kernels.pack_panels(a.data + i * a.ld, a.ld, 1, k, width, scaled + i * k,
+                            pack_scale(a.scale, i * a.ld), nullptr);
+      a_rows = scaled;
+      lda = k;
+    }
+    const index_t chunk = 64;
+    const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
+    parallel_for(ceil_div(n, chunk), threads_for_work(num_threads, stream_ns, tuning().grain),
+                 [&](index_t task) {
+                   const index_t j0 = task * chunk;
+                   kernels.dot(a_rows, lda, static_cast<int>(m), b.data + j0 * b.ld, b.ld,
+                               std::min(chunk, n - j0), k, c + j0, ldc);
+                 });
+    return;
+  }
+  // A transposed B must be transposed while packed (k x n elements). When A is much smaller
+  // (a short batch times a large weight: dense backward's dx = dz @ w^T), compute
+  // C^T = op(B)^T op(A)^T instead, reading B in place, and transpose C^T into C. Since
+  // fma(a, b, c) == fma(b, a, c), every element gets the same bits either way.
+  if (b.transposed && !a.transposed && ldc == n && plain_epilogue(ep) &&
+      2 * m * (k + n) < k * n && tuning().swap != 0) {
+    T* ct = static_cast<T*>(t_swap_scratch.get(sizeof(T) * size_t(m) * size_t(n)));
+    const Operand<T> a_swapped{b.data, b.ld, false, b.scale};
+    const Operand<T> b_swapped{a.data, a.ld, true, a.scale};
+    run_gemm(kernels, n, m, k, a_swapped, b_swapped, ct, m, Epilogue<T>{}, num_threads);
+    const index_t chunk = 256;
+    parallel_for(ceil_div(n, chunk), threads_for_work(num_threads, double(m) * n, 1 << 16),
+                 [&](index_t task) {
+                   const index_t j0 = task * chunk;
+                   const int rows = static_cast<int>(std::min(chunk, n - j0));
+                   // Rows j0.. of C^T (m values each) become columns j0.. of C.
+                   kernels.pack_transposed(ct + j0 * m, m, m, rows, rows, c + j0, ldc,
+                                           PackScale<T>{});
+                 });
     return;
   }
   const Plan<T> plan = make_plan(kernels, m, n, k, a, b, ep, std::max(num_threads, 1));

@@ -16,18 +16,37 @@
 
 namespace densekit::gemm {
 
+// An elementwise factor an operand is multiplied by as it is packed, read from `from` at the
+// same place (same ld and layout as the operand): dense backward passes dy this way, with
+// from = y or z, so that dz = dy * f'(.) is never stored. Only derivatives that cost a compare
+// or two multiplies are offered; the arithmetic is that of scalar::derivative_from_*:
+//   positive: from > 0 ? 1 : alpha (relu with alpha 0, leaky_relu)
+//   sigmoid_y: from * (1 - from)    tanh_y: 1 - from * from
+enum class Scale { none, positive, sigmoid_y, tanh_y };
+
+template <typename T>
+struct Scaling {
+  Scale kind = Scale::none;
+  const T* from = nullptr;
+  T alpha = T(0);
+};
+
 // A logical (rows, cols) view of a row-major matrix, optionally transposed:
-// element (i, j) is data[i * ld + j], or data[j * ld + i] when transposed.
+// element (i, j) is data[i * ld + j], or data[j * ld + i] when transposed; optionally scaled.
 template <typename T>
 struct Operand {
   const T* data = nullptr;
   index_t ld = 0;
   bool transposed = false;
+  Scaling<T> scale{};
 };
 
 // What happens to each finished element v = (accumulate ? C : 0) + sum_p A(i,p) B(p,j):
 // v += bias[j]; preact[i, j] = v; C[i, j] = act(v). Softmax is not elementwise and is
 // rejected here (the dense kernel runs it as a row pass).
+// b_sums, when given (B not transposed), receives b_sums[j] += sum_p op(B)(p, j) over p in
+// increasing order, in double, after scaling: the bias gradient of a dense layer in the same
+// sweep as its weight gradient. It needs room for n rounded up to 64 columns.
 template <typename T>
 struct Epilogue {
   const T* bias = nullptr;
@@ -35,6 +54,7 @@ struct Epilogue {
   index_t ld_preact = 0;
   Activation activation{};
   bool accumulate = false;
+  double* b_sums = nullptr;
 };
 
 template <typename T>

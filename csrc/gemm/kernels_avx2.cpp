@@ -24,6 +24,7 @@ struct F32x8 {
   using T = float;
   using R = __m256;
   static constexpr int W = 8;
+  static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_ps(); }
   static R load(const T* p) { return _mm256_loadu_ps(p); }
   static R load_part(const T* p, int n) { return _mm256_maskload_ps(p, mask_epi32(n)); }
@@ -32,6 +33,22 @@ struct F32x8 {
   static R set1(T x) { return _mm256_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static T reduce_add(R v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R select_positive(R f, R a, R b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(f, zero(), _CMP_GT_OQ));
+  }
+  static void add_to(double* sums, R v) {
+    const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_loadu_pd(sums), low));
+    _mm256_storeu_pd(sums + 4, _mm256_add_pd(_mm256_loadu_pd(sums + 4), high));
+  }
   // max(v, 0) returns its second operand for NaN and zeros: v > 0 ? v : +0, as the scalar.
   static R relu(R v) { return _mm256_max_ps(v, zero()); }
   static R leaky(R v, R alpha) {
@@ -63,6 +80,7 @@ struct F64x4 {
   using T = double;
   using R = __m256d;
   static constexpr int W = 4;
+  static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_pd(); }
   static R load(const T* p) { return _mm256_loadu_pd(p); }
   static R load_part(const T* p, int n) { return _mm256_maskload_pd(p, mask_epi64(n)); }
@@ -71,6 +89,18 @@ struct F64x4 {
   static R set1(T x) { return _mm256_set1_pd(x); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static T reduce_add(R v) {
+    const __m128d x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+  }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R select_positive(R f, R a, R b) {
+    return _mm256_blendv_pd(b, a, _mm256_cmp_pd(f, zero(), _CMP_GT_OQ));
+  }
+  static void add_to(double* sums, R v) {
+    _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_loadu_pd(sums), v));
+  }
   static R relu(R v) { return _mm256_max_pd(v, zero()); }
   static R leaky(R v, R alpha) {
     const R positive = _mm256_cmp_pd(v, zero(), _CMP_GT_OQ);
@@ -93,11 +123,11 @@ struct F64x4 {
 }  // namespace
 
 KernelFamily<float> avx2_kernels_f32() {
-  return make_family<F32x8, 6, 2, 2, 4>(Isa::avx2, "avx2 6x16");
+  return make_family<F32x8, 6, 2, 4, 16>(Isa::avx2, "avx2 6x16");
 }
 
 KernelFamily<double> avx2_kernels_f64() {
-  return make_family<F64x4, 6, 2, 2, 4>(Isa::avx2, "avx2 6x8");
+  return make_family<F64x4, 6, 2, 4, 16>(Isa::avx2, "avx2 6x8");
 }
 
 }  // namespace densekit::gemm

@@ -24,6 +24,7 @@ struct F32x16 {
   using T = float;
   using R = __m512;
   static constexpr int W = 16;
+  static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_ps(); }
   static R load(const T* p) { return _mm512_loadu_ps(p); }
   static R load_part(const T* p, int n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
@@ -32,6 +33,25 @@ struct F32x16 {
   static R set1(T x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static T reduce_add(R v) {
+    const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R select_positive(R f, R a, R b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, zero(), _CMP_GT_OQ), b, a);
+  }
+  static void add_to(double* sums, R v) {
+    const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d high =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm512_storeu_pd(sums, _mm512_add_pd(_mm512_loadu_pd(sums), low));
+    _mm512_storeu_pd(sums + 8, _mm512_add_pd(_mm512_loadu_pd(sums + 8), high));
+  }
   // v > 0 ? v : +0, as the scalar (NaN and -0 give +0).
   static R relu(R v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, zero(), _CMP_GT_OQ), v); }
   static R leaky(R v, R alpha) {
@@ -69,6 +89,7 @@ struct F64x8 {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
+  static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_pd(); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }
   static R load_part(const T* p, int n) { return _mm512_maskz_loadu_pd(mask8(n), p); }
@@ -77,6 +98,19 @@ struct F64x8 {
   static R set1(T x) { return _mm512_set1_pd(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static T reduce_add(R v) {
+    const __m256d half = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    const __m128d x = _mm_add_pd(_mm256_castpd256_pd128(half), _mm256_extractf128_pd(half, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+  }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R select_positive(R f, R a, R b) {
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(f, zero(), _CMP_GT_OQ), b, a);
+  }
+  static void add_to(double* sums, R v) {
+    _mm512_storeu_pd(sums, _mm512_add_pd(_mm512_loadu_pd(sums), v));
+  }
   static R relu(R v) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ), v); }
   static R leaky(R v, R alpha) {
     const __mmask8 positive = _mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ);
@@ -108,11 +142,11 @@ struct F64x8 {
 }  // namespace
 
 KernelFamily<float> avx512_kernels_f32() {
-  return make_family<F32x16, 12, 2, 4, 4>(Isa::avx512, "avx512 12x32");
+  return make_family<F32x16, 12, 2, 4, 32>(Isa::avx512, "avx512 12x32");
 }
 
 KernelFamily<double> avx512_kernels_f64() {
-  return make_family<F64x8, 12, 2, 4, 4>(Isa::avx512, "avx512 12x16");
+  return make_family<F64x8, 12, 2, 4, 32>(Isa::avx512, "avx512 12x16");
 }
 
 }  // namespace densekit::gemm

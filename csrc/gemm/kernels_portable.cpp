@@ -22,6 +22,7 @@ struct Portable {
   };
 #endif
   static constexpr int W = Lanes;
+  static void pin(R&) {}
   static R zero() {
     R r;
     for (int i = 0; i < W; ++i) r[i] = T(0);
@@ -62,6 +63,29 @@ struct Portable {
     for (int i = 0; i < W; ++i) r[i] = a[i] + b[i];
     return r;
   }
+  static R mul(R a, R b) {
+    R r;
+    for (int i = 0; i < W; ++i) r[i] = a[i] * b[i];
+    return r;
+  }
+  static R sub(R a, R b) {
+    R r;
+    for (int i = 0; i < W; ++i) r[i] = a[i] - b[i];
+    return r;
+  }
+  static R select_positive(R f, R a, R b) {
+    R r;
+    for (int i = 0; i < W; ++i) r[i] = f[i] > T(0) ? a[i] : b[i];
+    return r;
+  }
+  static T reduce_add(R v) {
+    T total = v[0];
+    for (int i = 1; i < W; ++i) total += v[i];
+    return total;
+  }
+  static void add_to(double* sums, R v) {
+    for (int i = 0; i < W; ++i) sums[i] += static_cast<double>(v[i]);
+  }
   static R relu(R v) {
     for (int i = 0; i < W; ++i) v[i] = v[i] > T(0) ? v[i] : T(0);
     return v;
@@ -84,11 +108,11 @@ struct Portable {
 }  // namespace
 
 KernelFamily<float> portable_kernels_f32() {
-  return make_family<Portable<float, 4>, 6, 2, 2, 4>(Isa::portable, "portable 6x8");
+  return make_family<Portable<float, 4>, 6, 2, 4, 16>(Isa::portable, "portable 6x8");
 }
 
 KernelFamily<double> portable_kernels_f64() {
-  return make_family<Portable<double, 2>, 6, 2, 2, 4>(Isa::portable, "portable 6x4");
+  return make_family<Portable<double, 2>, 6, 2, 4, 16>(Isa::portable, "portable 6x4");
 }
 
 }  // namespace densekit::gemm

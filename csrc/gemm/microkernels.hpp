@@ -48,6 +48,15 @@ struct TileArgs {
 template <typename T>
 using TileFn = void (*)(const TileArgs<T>&);
 
+// The packing view of gemm.hpp's Scaling: the factor for source element src[i] is read from
+// from[i] (from is offset like src). kind: 0 none, 1 positive, 2 sigmoid_y, 3 tanh_y.
+template <typename T>
+struct PackScale {
+  int kind = 0;
+  const T* from = nullptr;
+  T alpha = T(0);
+};
+
 template <typename T>
 struct KernelFamily {
   Isa isa = Isa::portable;
@@ -55,16 +64,23 @@ struct KernelFamily {
   int lanes = 1;          // elements per vector register
   int mr = 1;             // main tile: up to mr rows, nr columns
   int nr = 1;
-  int wide_mr = 1;        // tile for m <= wide_mr: up to wide_nr columns
-  int wide_nr = 1;
+  static constexpr int kMaxWideMr = 4;
+  int wide_mr = 1;        // for m <= wide_mr, one row tile of m rows and wide_nr[m] columns
+  int wide_nr[kMaxWideMr + 1] = {};
   TileFn<T> tile = nullptr;
-  // Packing, vectorised with the family's ISA (see microkernel_body.inc):
-  // rows [0, kc) x cols of row-major (src, ld) as nr-column panels, zero-padded to vectors.
-  void (*pack_panels)(const T* src, index_t ld, index_t kc, index_t cols, int nr,
-                      T* out) = nullptr;
-  // `count` rows of kc contiguous elements transposed: out[p * width + r].
-  void (*pack_transposed)(const T* src, index_t ld, index_t kc, int count, int width,
-                          T* out) = nullptr;
+  // Packing, vectorised with the family's ISA (see microkernel_body.inc); `scale` multiplies
+  // each element by a factor read at the same offset from scale.from (see gemm.hpp):
+  // rows [0, kc) x cols of row-major (src, ld) as nr-column panels, zero-padded to vectors,
+  // adding each column's sum over the rows into sums[j] (double, row order) when sums != null.
+  void (*pack_panels)(const T* src, index_t ld, index_t kc, index_t cols, int nr, T* out,
+                      const PackScale<T>& scale, double* sums) = nullptr;
+  // `count` rows of kc contiguous elements transposed: out[p * out_stride + r] for r < width
+  // (count <= width <= count rounded up to lanes; zero past count).
+  void (*pack_transposed)(const T* src, index_t ld, index_t kc, int count, int width, T* out,
+                          index_t out_stride, const PackScale<T>& scale) = nullptr;
+  // rows <= 4: c[i * ldc + j] = sum_p a[i * lda + p] * b[j * ldb + p], j < n (see the body).
+  void (*dot)(const T* a, index_t lda, int rows, const T* b, index_t ldb, index_t n, index_t k,
+              T* c, index_t ldc) = nullptr;
 };
 
 KernelFamily<float> portable_kernels_f32();

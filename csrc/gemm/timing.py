@@ -51,9 +51,11 @@ def race(contenders, flops, rounds, budget=0.25):
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            # Let the previous contender's idle workers park first: OpenBLAS's spin for
+            # about 2**28 cycles (~0.1 s) after a call, OpenMP's for ~1 ms.
+            time.sleep(0.15)
             contenders[name]()
             samples[name] += timed(contenders[name], calls)
-            time.sleep(0.002)
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
