@@ -31,7 +31,8 @@ DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 # (m, n, k): empty, single, primes, tile edges (mr 12/6, nr 32/16/8, wide tiles for m <= 4),
-# several k blocks (kc <= 256), several column blocks (nc 512), enough row tiles to pack B.
+# several k blocks (kc <= 256), several column blocks (nc 512), enough row tiles to pack B;
+# with B transposed and no epilogue, m <= 4 takes the dot-product path.
 SHAPES = [
     (0, 5, 3),
     (4, 0, 3),
@@ -51,6 +52,7 @@ SHAPES = [
     (257, 31, 63),
     (1, 600, 257),
     (3, 1100, 40),
+    (7, 300, 200),  # with B transposed and no epilogue: computed as C^T = B^T A^T
 ]
 
 
@@ -165,13 +167,14 @@ def test_gemm_matches_reference(isa, dtype, trans, epilogue):
 
 
 # Shapes that use several tasks, k blocks, packed and unpacked panels, wide and main tiles.
-THREAD_SHAPES = [(1, 300, 70), (3, 257, 65), (33, 127, 257), (130, 70, 300), (17, 1100, 31)]
+THREAD_SHAPES = [(1, 300, 70), (3, 257, 65), (33, 127, 257), (130, 70, 300), (7, 1100, 200)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("isa", ISAS)
 def test_gemm_bitwise_across_threads(isa, dtype):
     epilogues = [
+        {},
         {"bias": True, "preact": True, "activation": "relu"},
         {"accumulate": True, "bias": True, "activation": "tanh"},
     ]
