@@ -1,8 +1,8 @@
 // AVX2+FMA microkernels. This file alone is compiled with -mavx2 -mfma; it is entered only
 // after the CPU check in isa.cpp.
 //   float32: 6x16 (12 ymm accumulators, 2 loads of B and 6 broadcasts of A per k step), and
-//            2x32 for m <= 2.
-//   float64: 6x8 and 2x16.
+//            for m <= 4: 1x64, 2x40, 3x32, 4x24 (see TileTable::wide_nv).
+//   float64: 6x8, and 1x32 .. 4x12.
 #include <immintrin.h>
 
 #include <utility>

@@ -1,9 +1,9 @@
 // AVX-512F microkernels. This file alone is compiled with -mavx512f -mavx2 -mfma; it is
 // entered only after the CPU check in isa.cpp.
-//   float32: 12x32 (24 zmm accumulators; per k step 2 vector loads of B, 12 broadcasts of A
-//            folded into the fma), and 4x64 for m <= 4 (batch 1..4: enough independent
-//            chains to cover the fma latency).
-//   float64: 12x16 and 4x32, the same shapes in vectors.
+//   float32: 12x32 (24 zmm accumulators; per k step 2 vector loads of B, 12 broadcasts of A)
+//            and, for m <= 4 (batch 1..4), m x 128 (m <= 3) or 4x96: wide rows of B read
+//            contiguously, >= 8 independent fma chains.
+//   float64: 12x16, m x 64, 4x48: the same shapes in vectors.
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized in their own shuffle/max wrappers.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

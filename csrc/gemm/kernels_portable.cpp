@@ -1,7 +1,7 @@
 // Portable microkernels: the baseline ISA only (SSE2 on x86-64), through GCC/Clang vector
 // extensions where available. No fma: each step rounds the product, then the sum
 // (-ffp-contract=off keeps the compiler from fusing them). The fallback on any CPU.
-//   float32: 6x8 (two 4-lane vectors per row), 2x16 for m <= 2.  float64: 6x4, 2x8.
+//   float32: 6x8 (two 4-lane vectors per row), 1x32 .. 4x12 for m <= 4; float64: 6x4, 1x16 ..
 #include <utility>
 
 #include "microkernels.hpp"
