@@ -192,6 +192,41 @@ def test_gemm_bitwise_across_threads(isa, dtype):
                     assert got == first, (isa, dtype, (m, n, k), trans_a, trans_b, threads)
 
 
+def ulp_distance(a, b):
+    """|a - b| in float32 units in the last place (0 where both are NaN)."""
+    ai, bi = (v.astype(np.float32).view(np.int32).astype(np.int64) for v in (a, b))
+    ai = np.where(ai < 0, -(ai & 0x7FFFFFFF), ai)
+    bi = np.where(bi < 0, -(bi & 0x7FFFFFFF), bi)
+    return np.where(np.isnan(a) & np.isnan(b), 0, np.abs(ai - bi))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_activations_within_2_ulp_of_scalar(isa):
+    """float32 elu/sigmoid/tanh applied by the ISA's vector math (z = x @ I exactly) stay
+    within 2 ulp of scalar::forward (activation_forward); gelu_tanh within 2e-5 relative of
+    float64 (scalar::forward cancels in 1 + tanh(u) for z << 0: the vector form does not).
+    The portable ISA has no vector math and must match scalar::forward exactly."""
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal(4000) * s for s in (0.01, 0.3, 1.0, 3.0, 10.0, 40.0)]
+    specials = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 0.625, -0.625, -0.5, 88.4, -104.0]
+    values = np.concatenate([*parts, np.linspace(-110, 100, 4001), specials]).astype(np.float32)
+    x = np.resize(values, (len(values) + 15) // 16 * 16).reshape(-1, 16)
+    eye = np.eye(16, dtype=np.float32)
+    for act in ("elu", "sigmoid", "tanh", "gelu_tanh"):
+        y = np.empty_like(x)
+        _core._gemm_isa_test(isa, x, eye, y, activation=act)
+        if isa == "portable":  # no vector math: scalar::forward itself
+            assert ulp_distance(y, K.activation_forward(x, act)).max() == 0, act
+        elif act == "gelu_tanh":
+            z = x.astype(np.float64)
+            u = math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)
+            with np.errstate(over="ignore"):
+                truth = z / (1 + np.exp(-2 * u))
+            assert np.all(np.abs(y - truth) <= 2e-5 * np.abs(truth) + 1e-30), isa
+        else:
+            assert ulp_distance(y, K.activation_forward(x, act)).max() <= 2, (isa, act)
+
+
 def test_hook_rejects_bad_isa():
     a = np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError, match="isa"):

@@ -180,7 +180,9 @@ struct Plan {
   bool pack_b = true;
   int threads = 1;
   TileActivation tile_act = TileActivation::linear;
-  bool slow_act = false;      // activation applied by the driver after the tile is stored
+  bool slow_act = false;      // activation applied by the driver after the tile is stored:
+  VectorActivation vector_act = VectorActivation::none;  // with the family's vector math, or
+                                                         // (none) with scalar::forward
   size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
   size_t b_buffer = 0;
   size_t edge_buffer = 0;
@@ -268,6 +270,15 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
     case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
     default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
+  }
+  if (plan.slow_act && kernels.activate != nullptr) {
+    switch (ep.activation.kind) {
+      case ActivationKind::elu: plan.vector_act = VectorActivation::elu; break;
+      case ActivationKind::sigmoid: plan.vector_act = VectorActivation::sigmoid; break;
+      case ActivationKind::tanh: plan.vector_act = VectorActivation::tanh; break;
+      case ActivationKind::gelu_tanh: plan.vector_act = VectorActivation::gelu_tanh; break;
+      default: break;
+    }
   }
   const size_t kc = size_t(plan.kc);
   plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
@@ -376,7 +387,9 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         args.bias = (last && ep.bias != nullptr) ? ep.bias + j0 : nullptr;
         args.preact = (last && ep.preact != nullptr) ? ep.preact + i0 * ep.ld_preact + j0 : nullptr;
         kernels.tile(args);
-        if (last && plan.slow_act) {
+        if (last && plan.vector_act != VectorActivation::none) {
+          kernels.activate(args.c, ldc, rows, cols, plan.vector_act, alpha);
+        } else if (last && plan.slow_act) {
           for (int i = 0; i < rows; ++i) {
             T* row = c + (i0 + i) * ldc + j0;
             for (int j = 0; j < cols; ++j)

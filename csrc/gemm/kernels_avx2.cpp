@@ -24,6 +24,33 @@ struct F32x8 {
   using T = float;
   using R = __m256;
   static constexpr int W = 8;
+  static constexpr bool kVectorMath = true;
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R abs(R v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+  // Cephes expf as in kernels_avx512.cpp; 2^n applied as two normal factors 2^(n/2) so that a
+  // denormal result is rounded once.
+  static R exp(R x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-103.972084f), x);
+    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
+    const R n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    R p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const R y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i half = _mm256_srai_epi32(ni, 1);
+    const __m256i rest = _mm256_sub_epi32(ni, half);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const R f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
+    const R f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(rest, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(y, f1), f2);
+  }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_ps(); }
   static R load(const T* p) { return _mm256_loadu_ps(p); }
@@ -80,6 +107,7 @@ struct F64x4 {
   using T = double;
   using R = __m256d;
   static constexpr int W = 4;
+  static constexpr bool kVectorMath = false;  // float64 activations use scalar::forward
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_pd(); }
   static R load(const T* p) { return _mm256_loadu_pd(p); }

@@ -24,6 +24,31 @@ struct F32x16 {
   using T = float;
   using R = __m512;
   static constexpr int W = 16;
+  static constexpr bool kVectorMath = true;
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R abs(R v) {
+    return _mm512_castsi512_ps(
+        _mm512_and_epi32(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+  }
+  // Cephes expf: 2^n p(r), n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts), p of
+  // degree 7; ~1 ulp. Clamped to [-103.97, 88.38] (0 .. 2^127.5); NaN passes through
+  // (max/min return their second operand for NaN); scalef rounds denormal results once.
+  static R exp(R x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-103.972084f), x);
+    x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x);
+    const R n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    R p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const R y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_ps(); }
   static R load(const T* p) { return _mm512_loadu_ps(p); }
@@ -89,6 +114,7 @@ struct F64x8 {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
+  static constexpr bool kVectorMath = false;  // float64 activations use scalar::forward
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_pd(); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }

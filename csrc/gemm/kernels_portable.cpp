@@ -22,6 +22,7 @@ struct Portable {
   };
 #endif
   static constexpr int W = Lanes;
+  static constexpr bool kVectorMath = false;  // activations use scalar::forward
   static void pin(R&) {}
   static R zero() {
     R r;

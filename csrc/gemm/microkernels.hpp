@@ -48,6 +48,10 @@ struct TileArgs {
 template <typename T>
 using TileFn = void (*)(const TileArgs<T>&);
 
+// Activations a family may apply with vector math to a tile just stored (still in L1); the
+// others go through scalar::forward. Values are float32 within ~2 ulp of scalar::forward.
+enum class VectorActivation : int { none = 0, elu = 1, sigmoid = 2, tanh = 3, gelu_tanh = 4 };
+
 // The packing view of gemm.hpp's Scaling: the factor for source element src[i] is read from
 // from[i] (from is offset like src). kind: 0 none, 1 positive, 2 sigmoid_y, 3 tanh_y.
 template <typename T>
@@ -78,6 +82,9 @@ struct KernelFamily {
   // (count <= width <= count rounded up to lanes; zero past count).
   void (*pack_transposed)(const T* src, index_t ld, index_t kc, int count, int width, T* out,
                           index_t out_stride, const PackScale<T>& scale) = nullptr;
+  // In place, rows x cols of (c, ldc); null when the family has no vector math for T.
+  void (*activate)(T* c, index_t ldc, int rows, int cols, VectorActivation kind,
+                   T alpha) = nullptr;
   // rows <= 4: c[i * ldc + j] = sum_p a[i * lda + p] * b[j * ldb + p], j < n (see the body).
   void (*dot)(const T* a, index_t lda, int rows, const T* b, index_t ldb, index_t n, index_t k,
               T* c, index_t ldc) = nullptr;
