@@ -94,10 +94,19 @@ const KernelFamily<double>& family<double>(Isa isa) {
 }
 
 // Scratch memory of the calling thread, kept between calls so that small products pay no
-// allocation. Each calling thread has its own; a call uses it only while it runs.
+// allocation. Each calling thread has its own; a call uses it only while it runs. Buffers
+// above kMaxKept bytes (huge thread counts) are given back after the call.
 class Scratch {
  public:
+  static constexpr size_t kMaxKept = size_t(64) << 20;
   ~Scratch() { std::free(data_); }
+  void trim() {
+    if (size_ > kMaxKept) {
+      std::free(data_);
+      data_ = nullptr;
+      size_ = 0;
+    }
+  }
   void* get(size_t bytes) {
     if (bytes > size_) {
       std::free(data_);
@@ -459,6 +468,7 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
                    kernels.pack_transposed(ct + j0 * m, m, m, rows, rows, c + j0, ldc,
                                            PackScale<T>{});
                  });
+    t_swap_scratch.trim();
     return;
   }
   const Plan<T> plan = make_plan(kernels, m, n, k, a, b, ep, std::max(num_threads, 1));
@@ -476,14 +486,15 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
   std::atomic<index_t> next{0};
   if (plan.threads == 1) {
     worker(0, &next);
-    return;
-  }
+  } else {
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(plan.threads)
-  worker(omp_get_thread_num(), &next);
+    worker(omp_get_thread_num(), &next);
 #else
-  worker(0, &next);
+    worker(0, &next);
 #endif
+  }
+  t_scratch.trim();
 }
 
 }  // namespace
