@@ -64,32 +64,42 @@ const Tuning& tuning() {
   return t;
 }
 
+// The kernel family of an ISA, built on first use. Only an ISA the CPU supports may be asked
+// for: even building a family runs code compiled with that ISA's flags.
 template <typename T>
 const KernelFamily<T>& family(Isa isa);
 
 template <>
 const KernelFamily<float>& family<float>(Isa isa) {
-  static const KernelFamily<float> portable = portable_kernels_f32();
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
-  static const KernelFamily<float> avx2 = avx2_kernels_f32();
-  static const KernelFamily<float> avx512 = avx512_kernels_f32();
-  if (isa == Isa::avx512) return avx512;
-  if (isa == Isa::avx2) return avx2;
+  if (isa == Isa::avx512) {
+    static const KernelFamily<float> avx512 = avx512_kernels_f32();
+    return avx512;
+  }
+  if (isa == Isa::avx2) {
+    static const KernelFamily<float> avx2 = avx2_kernels_f32();
+    return avx2;
+  }
 #endif
   (void)isa;
+  static const KernelFamily<float> portable = portable_kernels_f32();
   return portable;
 }
 
 template <>
 const KernelFamily<double>& family<double>(Isa isa) {
-  static const KernelFamily<double> portable = portable_kernels_f64();
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
-  static const KernelFamily<double> avx2 = avx2_kernels_f64();
-  static const KernelFamily<double> avx512 = avx512_kernels_f64();
-  if (isa == Isa::avx512) return avx512;
-  if (isa == Isa::avx2) return avx2;
+  if (isa == Isa::avx512) {
+    static const KernelFamily<double> avx512 = avx512_kernels_f64();
+    return avx512;
+  }
+  if (isa == Isa::avx2) {
+    static const KernelFamily<double> avx2 = avx2_kernels_f64();
+    return avx2;
+  }
 #endif
   (void)isa;
+  static const KernelFamily<double> portable = portable_kernels_f64();
   return portable;
 }
 
@@ -506,6 +516,7 @@ const char* gemm_kernel_name() {
 
 template <typename T>
 const char* gemm_kernel_name(Isa isa) {
+  if (!isa_supported(isa)) return "";
   return family<T>(isa).name;
 }
 

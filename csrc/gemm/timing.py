@@ -10,6 +10,7 @@ median is reported, with ratios computed from those medians. Usage (see README.m
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -38,8 +39,22 @@ def timed(fn, calls):
     return out
 
 
-def race(contenders, flops, rounds, budget=0.25):
-    """Median seconds per call of each contender, interleaved in rounds."""
+def others_cpu_seconds():
+    """CPU seconds used so far by all processes but this one (from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    busy = sum(fields[i] for i in (0, 1, 2, 5, 6))  # user nice system irq softirq
+    own = sum(os.times()[:2])
+    return busy / os.sysconf("SC_CLK_TCK") - own
+
+
+def race(contenders, flops, rounds, budget=0.4, max_others=0.02):
+    """Median seconds per call of each contender, interleaved in rounds. A block of calls
+    during which other processes used more than max_others CPU seconds is run again (up to
+    five times): this machine is shared, and a busy neighbour halves a 2-thread product."""
     for fn in contenders.values():
         fn()
     t = time.perf_counter()
@@ -51,11 +66,16 @@ def race(contenders, flops, rounds, budget=0.25):
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            # Let the previous contender's idle workers park first: OpenBLAS's spin for
-            # about 2**28 cycles (~0.1 s) after a call, OpenMP's for ~1 ms.
-            time.sleep(0.15)
-            contenders[name]()
-            samples[name] += timed(contenders[name], calls)
+            for _attempt in range(5):
+                # Let the previous contender's idle workers park first: OpenBLAS's spin for
+                # about 2**28 cycles (~0.1 s) after a call, OpenMP's for ~1 ms.
+                time.sleep(0.15)
+                contenders[name]()
+                before = others_cpu_seconds()
+                block = timed(contenders[name], calls)
+                if others_cpu_seconds() - before <= max_others:
+                    break
+            samples[name] += block
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
