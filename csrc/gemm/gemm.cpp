@@ -1,68 +1,20 @@
-// Blocking, packing, task split and epilogue of the matrix product (see gemm.hpp).
-//
-// C is cut into tasks (a block of row tiles x a block of column panels); threads take tasks
-// from a shared counter, so there are no barriers and a thread slowed by another process on
-// its core just takes fewer tasks. Each task runs, with buffers of its thread:
-//   for each k block of kc (kc from k alone)
-//     pack its B block (kc x up to nc_max columns: stays in L2), unless it is small and
-//       read once per row tile, when it is read in place
-//     for each row tile (up to mr rows; A micro-panel packed or read in place: in L1)
-//       for each nr-column panel: microkernel, bias and activation on the last k block
-// None of these choices changes a bit of C (see microkernels.hpp).
+// The matrix-product entry points (see gemm.hpp): ISA families, argument checks, k == 0, the
+// paths for a transposed B (dot products for a short A; C^T = B^T A^T for a short A against a
+// large B), and the blocked product (blocked.cpp) for everything else.
 #include "gemm.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
-#include <new>
+#include <string>
 
+#include "blocked.hpp"
 #include "microkernels.hpp"
 #include "parallel.hpp"
+#include "scratch.hpp"
 
 namespace densekit::gemm {
 namespace {
 
-constexpr size_t kAlign = 64;
-
-// Development knobs, read once from DENSEKIT_GEMM_TUNE="kc=256,nc=1024,...".
-struct Tuning {
-  index_t kc_max = 256;
-  index_t nc_max = 512;
-  double grain = 5000;  // ns of work per thread
-  int pack_b = -1;   // -1 auto, 0 never, 1 always
-  int pack_a = -1;
-  int swap = 1;
-};
-
-const Tuning& tuning() {
-  static const Tuning t = [] {
-    Tuning t;
-    const char* env = std::getenv("DENSEKIT_GEMM_TUNE");
-    if (env == nullptr) return t;
-    std::string s(env);
-    size_t pos = 0;
-    while (pos < s.size()) {
-      size_t end = s.find(',', pos);
-      if (end == std::string::npos) end = s.size();
-      const std::string item = s.substr(pos, end - pos);
-      const size_t eq = item.find('=');
-      if (eq != std::string::npos) {
-        const std::string key = item.substr(0, eq);
-        const double value = std::atof(item.c_str() + eq + 1);
-        if (key == "kc") t.kc_max = static_cast<index_t>(value);
-        if (key == "nc") t.nc_max = static_cast<index_t>(value);
-        if (key == "grain") t.grain = value;
-        if (key == "packb") t.pack_b = static_cast<int>(value);
-        if (key == "packa") t.pack_a = static_cast<int>(value);
-        if (key == "swap") t.swap = static_cast<int>(value);
-      }
-      pos = end + 1;
-    }
-    return t;
-  }();
-  return t;
-}
+thread_local Scratch t_swap_scratch;  // C^T of a swapped product, or a scaled short A
 
 // The kernel family of an ISA, built on first use. Only an ISA the CPU supports may be asked
 // for: even building a family runs code compiled with that ISA's flags.
@@ -103,60 +55,9 @@ const KernelFamily<double>& family<double>(Isa isa) {
   return portable;
 }
 
-// Scratch memory of the calling thread, kept between calls so that small products pay no
-// allocation. Each calling thread has its own; a call uses it only while it runs. Buffers
-// above kMaxKept bytes (huge thread counts) are given back after the call.
-class Scratch {
- public:
-  static constexpr size_t kMaxKept = size_t(64) << 20;
-  ~Scratch() { std::free(data_); }
-  void trim() {
-    if (size_ > kMaxKept) {
-      std::free(data_);
-      data_ = nullptr;
-      size_ = 0;
-    }
-  }
-  void* get(size_t bytes) {
-    if (bytes > size_) {
-      std::free(data_);
-      data_ = nullptr;
-      size_ = 0;
-      const size_t rounded = ((bytes + kAlign - 1) / kAlign) * kAlign;
-      data_ = std::aligned_alloc(kAlign, rounded);
-      if (data_ == nullptr) throw std::bad_alloc();
-      size_ = rounded;
-    }
-    return data_;
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
-
-thread_local Scratch t_scratch;
-thread_local Scratch t_swap_scratch;  // C^T of a swapped product (see run_gemm)
-
-inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
-inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 template <typename T>
 inline T element(const Operand<T>& x, index_t i, index_t j) {
   return x.transposed ? x.data[j * x.ld + i] : x.data[i * x.ld + j];
-}
-
-static_assert(static_cast<int>(Scale::positive) == 1 && static_cast<int>(Scale::sigmoid_y) == 2 &&
-                  static_cast<int>(Scale::tanh_y) == 3,
-              "PackScale::kind numbers Scale");
-
-// The packing view of an operand's scaling, for the element at `offset` of its data.
-template <typename T>
-PackScale<T> pack_scale(const Scaling<T>& scale, index_t offset) {
-  PackScale<T> out;
-  out.kind = static_cast<int>(scale.kind);
-  out.from = scale.kind == Scale::none ? nullptr : scale.from + offset;
-  out.alpha = scale.alpha;
-  return out;
 }
 
 // C = (accumulate ? C : 0) with the epilogue, for k == 0.
@@ -179,245 +80,6 @@ template <typename T>
 bool plain_epilogue(const Epilogue<T>& ep) {
   return ep.bias == nullptr && ep.preact == nullptr && !ep.accumulate && ep.b_sums == nullptr &&
          ep.activation.kind == ActivationKind::linear;
-}
-
-// Everything a call decides before its threads start. The output is cut into tasks of
-// m_tiles_per_task row tiles x panels_per_task column panels; threads take tasks from a
-// shared counter (a thread slowed by another process on its core simply takes fewer).
-template <typename T>
-struct Plan {
-  const KernelFamily<T>* kernels = nullptr;
-  index_t m = 0, n = 0, k = 0;
-  int mr = 1, nr = 1;         // tile class in use
-  index_t m_tiles = 0;        // row tiles of near-equal height (<= mr)
-  index_t n_panels = 0;       // column panels of nr (the last may be narrower)
-  index_t kc = 0;             // k block (the last may be shorter)
-  index_t tiles_per_task = 1;
-  index_t panels_per_task = 1;
-  index_t tasks_m = 1, tasks_n = 1;
-  bool pack_a = true;
-  bool pack_b = true;
-  int threads = 1;
-  TileActivation tile_act = TileActivation::linear;
-  bool slow_act = false;      // activation applied by the driver after the tile is stored:
-  VectorActivation vector_act = VectorActivation::none;  // with the family's vector math, or
-                                                         // (none) with scalar::forward
-  size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
-  size_t b_buffer = 0;
-  size_t edge_buffer = 0;
-};
-
-template <typename T>
-void tile_rows(const Plan<T>& plan, index_t tile, index_t* i0, int* rows) {
-  const index_t base = plan.m / plan.m_tiles;
-  const index_t extra = plan.m % plan.m_tiles;
-  *i0 = tile * base + std::min(tile, extra);
-  *rows = static_cast<int>(base + (tile < extra ? 1 : 0));
-}
-
-inline size_t whole_lines(size_t elements, size_t element_size) {
-  const size_t per_line = kAlign / element_size;
-  return (elements + per_line - 1) / per_line * per_line;
-}
-
-template <typename T>
-Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
-                  const Operand<T>& a, const Operand<T>& b, const Epilogue<T>& ep,
-                  int num_threads) {
-  const Tuning& tune = tuning();
-  Plan<T> plan;
-  plan.kernels = &kernels;
-  plan.m = m;
-  plan.n = n;
-  plan.k = k;
-  const bool wide = m <= kernels.wide_mr;
-  plan.mr = wide ? kernels.wide_mr : kernels.mr;
-  plan.nr = wide ? kernels.wide_nr[m] : kernels.nr;
-  plan.m_tiles = ceil_div(m, plan.mr);
-  plan.n_panels = ceil_div(n, plan.nr);
-  // kc depends on k alone: near-equal blocks of at most kc_max.
-  plan.kc = ceil_div(k, ceil_div(k, tune.kc_max));
-
-  // B is read in place when each of its elements is used by one row tile, or when its rows
-  // are at most 1 KiB apart (a panel then spans few pages and stays in L2 between row tiles)
-  // and there are not very many row tiles; otherwise packed. Measured on Sapphire Rapids,
-  // one thread, float32, k = 784: with 256 columns (1 KiB rows) reading in place is 10-30%
-  // faster up to ~200 rows and even at 1024 rows; with 512 columns packing wins by 5% at 256
-  // rows and 14% at 8192 rows; with 1000-4096 columns by 20-110% from 64 rows up.
-  const index_t b_row_bytes = b.ld * index_t(sizeof(T));
-  plan.pack_b = b.transposed || (plan.m_tiles > 1 && (b_row_bytes > 1024 || plan.m_tiles > 64));
-  if (tune.pack_b >= 0) plan.pack_b = b.transposed || tune.pack_b != 0;
-  // A micro-panels are packed when reused over several panels and either read transposed,
-  // or many, or with rows a multiple of 1 KiB apart (the 12 rows read in place would share
-  // L1 sets): packing gains 5-10% at 1024^3 and 8192x512x512 and is within noise below
-  // ~100 rows, where reading in place saves the transposing copy.
-  const index_t a_row_bytes = a.ld * index_t(sizeof(T));
-  plan.pack_a = plan.n_panels > 1 && m > 1 &&
-                (a.transposed || plan.m_tiles >= 8 || a_row_bytes % 1024 == 0);
-  if (tune.pack_a >= 0) plan.pack_a = tune.pack_a != 0;
-  // Scaling and sums happen while packing.
-  if (a.scale.kind != Scale::none) plan.pack_a = true;
-  if (b.scale.kind != Scale::none || ep.b_sums != nullptr) plan.pack_b = true;
-
-  // Tasks: column blocks of at most nc_max (a packed B block stays in L2), row blocks of
-  // at least 8 tiles when B is packed (to spread its packing), and about four tasks per
-  // thread when there is enough work.
-  // Threads are woken only for work of at least `grain` ns each. Time estimate: the larger
-  // of the multiply-adds (~150 GFLOP/s per core) and the stream of B (~80 GB/s per core from
-  // L2): batch-1 products are bandwidth-bound and still gain from a second core.
-  const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
-  const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
-  int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
-  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
-  plan.panels_per_task = std::min(plan.n_panels, max_panels);
-  plan.tasks_n = ceil_div(plan.n_panels, plan.panels_per_task);
-  const index_t wanted = threads > 1 ? 4 * index_t(threads) : 1;
-  const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
-  index_t tasks_m = std::max<index_t>(1, ceil_div(wanted, plan.tasks_n));
-  plan.tiles_per_task = std::max(min_tiles, ceil_div(plan.m_tiles, tasks_m));
-  plan.tasks_m = ceil_div(plan.m_tiles, plan.tiles_per_task);
-  if (plan.tasks_m * plan.tasks_n < wanted) {
-    const index_t tasks_n = std::min(plan.n_panels, ceil_div(wanted, plan.tasks_m));
-    plan.panels_per_task = ceil_div(plan.n_panels, tasks_n);
-    plan.tasks_n = ceil_div(plan.n_panels, plan.panels_per_task);
-  }
-  const index_t tasks = plan.tasks_m * plan.tasks_n;
-  plan.threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, tasks)));
-
-  switch (ep.activation.kind) {
-    case ActivationKind::linear: plan.tile_act = TileActivation::linear; break;
-    case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
-    case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
-    default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
-  }
-  if (plan.slow_act && kernels.activate != nullptr) {
-    switch (ep.activation.kind) {
-      case ActivationKind::elu: plan.vector_act = VectorActivation::elu; break;
-      case ActivationKind::sigmoid: plan.vector_act = VectorActivation::sigmoid; break;
-      case ActivationKind::tanh: plan.vector_act = VectorActivation::tanh; break;
-      case ActivationKind::gelu_tanh: plan.vector_act = VectorActivation::gelu_tanh; break;
-      default: break;
-    }
-  }
-  const size_t kc = size_t(plan.kc);
-  plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
-  plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
-  plan.edge_buffer = plan.pack_b ? 0 : whole_lines(plan.nr * kc, sizeof(T));
-  return plan;
-}
-
-// One task: rows tiles [tile_begin, tile_end) x panels [panel_begin, panel_end) of C over
-// all of k. `a_buffer`, `b_buffer`, `edge_buffer` belong to the thread running it.
-template <typename T>
-void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* c,
-              index_t ldc, const Epilogue<T>& ep, index_t task, T* a_buffer, T* b_buffer,
-              T* edge_buffer) {
-  const KernelFamily<T>& kernels = *plan.kernels;
-  const int lanes = kernels.lanes;
-  const index_t tile_begin = (task / plan.tasks_n) * plan.tiles_per_task;
-  const index_t tile_end = std::min(plan.m_tiles, tile_begin + plan.tiles_per_task);
-  const index_t panel_begin = (task % plan.tasks_n) * plan.panels_per_task;
-  const index_t panel_end = std::min(plan.n_panels, panel_begin + plan.panels_per_task);
-  const index_t j_begin = panel_begin * plan.nr;
-  const index_t j_end = std::min(plan.n, panel_end * plan.nr);
-  const T alpha = static_cast<T>(ep.activation.alpha);
-
-  TileArgs<T> args;
-  args.ldc = ldc;
-  args.ld_preact = ep.ld_preact;
-  args.act = plan.tile_act;
-  args.alpha = alpha;
-
-  for (index_t pc = 0; pc < plan.k; pc += plan.kc) {
-    const index_t kc = std::min(plan.kc, plan.k - pc);
-    const bool last = pc + kc >= plan.k;
-    args.kc = kc;
-    args.load_c = ep.accumulate || pc > 0;
-    args.last = last;
-
-    // B panels of this task: packed (zero-padded to whole vectors), or read in place
-    // except a last panel that ends inside a vector, which is packed.
-    const index_t edge_j0 = (panel_end - 1) * plan.nr;
-    const bool edge_packed = !plan.pack_b && (j_end - edge_j0) % lanes != 0;
-    if (plan.pack_b) {
-      if (!b.transposed) {
-        const index_t offset = pc * b.ld + j_begin;
-        double* sums = (ep.b_sums != nullptr && tile_begin == 0) ? ep.b_sums + j_begin : nullptr;
-        kernels.pack_panels(b.data + offset, b.ld, kc, j_end - j_begin, plan.nr, b_buffer,
-                            pack_scale(b.scale, offset), sums);
-      } else {
-        T* out = b_buffer;
-        for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr, out += kc * plan.nr) {
-          const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
-          const index_t offset = j0 * b.ld + pc;
-          const int width = static_cast<int>(round_up(cols, lanes));
-          kernels.pack_transposed(b.data + offset, b.ld, kc, cols, width, out, width,
-                                  pack_scale(b.scale, offset));
-        }
-      }
-    } else if (edge_packed) {
-      kernels.pack_panels(b.data + pc * b.ld + edge_j0, b.ld, kc, j_end - edge_j0, plan.nr,
-                          edge_buffer, PackScale<T>{}, nullptr);
-    }
-
-    for (index_t tile = tile_begin; tile < tile_end; ++tile) {
-      index_t i0;
-      int rows;
-      tile_rows(plan, tile, &i0, &rows);
-      args.rows = rows;
-      if (plan.pack_a && a.transposed) {
-        const int width = static_cast<int>(round_up(rows, lanes));
-        const index_t offset = pc * a.ld + i0;
-        kernels.pack_panels(a.data + offset, a.ld, kc, rows, width, a_buffer,
-                            pack_scale(a.scale, offset), nullptr);
-        args.a = a_buffer;
-        args.a_stride = width;
-        args.a_rows = false;
-      } else if (plan.pack_a) {
-        const index_t offset = i0 * a.ld + pc;
-        kernels.pack_transposed(a.data + offset, a.ld, kc, rows, rows, a_buffer, rows,
-                                pack_scale(a.scale, offset));
-        args.a = a_buffer;
-        args.a_stride = rows;
-        args.a_rows = false;
-      } else if (a.transposed) {
-        args.a = a.data + pc * a.ld + i0;
-        args.a_stride = a.ld;
-        args.a_rows = false;
-      } else {
-        args.a = a.data + i0 * a.ld + pc;
-        args.a_stride = a.ld;
-        args.a_rows = true;
-      }
-      for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr) {
-        const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
-        args.cols = cols;
-        if (plan.pack_b) {
-          args.b = b_buffer + (j0 - j_begin) * kc;
-          args.ldb = round_up(cols, lanes);
-        } else if (edge_packed && j0 == edge_j0) {
-          args.b = edge_buffer;
-          args.ldb = round_up(cols, lanes);
-        } else {
-          args.b = b.data + pc * b.ld + j0;
-          args.ldb = b.ld;
-        }
-        args.c = c + i0 * ldc + j0;
-        args.bias = (last && ep.bias != nullptr) ? ep.bias + j0 : nullptr;
-        args.preact = (last && ep.preact != nullptr) ? ep.preact + i0 * ep.ld_preact + j0 : nullptr;
-        kernels.tile(args);
-        if (last && plan.vector_act != VectorActivation::none) {
-          kernels.activate(args.c, ldc, rows, cols, plan.vector_act, alpha);
-        } else if (last && plan.slow_act) {
-          for (int i = 0; i < rows; ++i) {
-            T* row = c + (i0 + i) * ldc + j0;
-            for (int j = 0; j < cols; ++j)
-              row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);
-          }
-        }
-      }
-    }
-  }
 }
 
 template <typename T>
@@ -481,30 +143,7 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
     t_swap_scratch.trim();
     return;
   }
-  const Plan<T> plan = make_plan(kernels, m, n, k, a, b, ep, std::max(num_threads, 1));
-  const size_t per_thread = plan.a_buffer + plan.b_buffer + plan.edge_buffer;
-  T* scratch = static_cast<T*>(t_scratch.get(sizeof(T) * per_thread * size_t(plan.threads)));
-  const index_t tasks = plan.tasks_m * plan.tasks_n;
-  auto worker = [&](int thread, std::atomic<index_t>* next) {
-    T* a_buffer = scratch + size_t(thread) * per_thread;
-    T* b_buffer = a_buffer + plan.a_buffer;
-    T* edge_buffer = b_buffer + plan.b_buffer;
-    for (index_t task = next->fetch_add(1, std::memory_order_relaxed); task < tasks;
-         task = next->fetch_add(1, std::memory_order_relaxed))
-      run_task(plan, a, b, c, ldc, ep, task, a_buffer, b_buffer, edge_buffer);
-  };
-  std::atomic<index_t> next{0};
-  if (plan.threads == 1) {
-    worker(0, &next);
-  } else {
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(plan.threads)
-    worker(omp_get_thread_num(), &next);
-#else
-    worker(0, &next);
-#endif
-  }
-  t_scratch.trim();
+  blocked_gemm(kernels, m, n, k, a, b, c, ldc, ep, num_threads);
 }
 
 }  // namespace
