@@ -16,6 +16,7 @@ struct Tuning {
   int pack_b = -1;   // -1 auto, 0 never, 1 always
   int pack_a = -1;
   int swap = 1;
+  int tasks_per_thread = 4;  // at most
 };
 
 const Tuning& tuning();
