@@ -192,6 +192,47 @@ def test_gemm_bitwise_across_threads(isa, dtype):
                     assert got == first, (isa, dtype, (m, n, k), trans_a, trans_b, threads)
 
 
+def at_offset(array, offset):
+    """A C-contiguous copy of `array` starting `offset` elements past a 64-byte boundary."""
+    itemsize = array.dtype.itemsize
+    buffer = np.empty(array.size + 64 // itemsize + offset, array.dtype)
+    start = (-buffer.ctypes.data % 64) // itemsize + offset
+    view = buffer[start : start + array.size].reshape(array.shape)
+    view[...] = array
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_bitwise_across_alignments(isa, dtype):
+    """Panels are shifted to align loads or stores to cache lines; no bit may move."""
+    rng = np.random.default_rng(5)
+    for m, n, k in [(3, 256, 70), (33, 256, 100), (130, 256, 300), (40, 96, 64)]:
+        for trans_a, trans_b in TRANSPOSES:
+            a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            first = None
+            for offsets in [(0, 0, 0), (1, 3, 5), (4, 4, 4), (3, 0, 12), (0, 7, 2)]:
+                for threads in (1, 2):
+                    a_, b_, c = (at_offset(v, o) for v, o in zip((a, b, c0), offsets))
+                    _core._gemm_isa_test(
+                        isa,
+                        a_,
+                        b_,
+                        c,
+                        trans_a=trans_a,
+                        trans_b=trans_b,
+                        bias=bias,
+                        activation="relu",
+                        accumulate=True,
+                        num_threads=threads,
+                    )
+                    if first is None:
+                        first = c.tobytes()
+                    assert c.tobytes() == first, (isa, (m, n, k), trans_a, trans_b, offsets)
+
+
 def ulp_distance(a, b):
     """|a - b| in float32 units in the last place (0 where both are NaN)."""
     ai, bi = (v.astype(np.float32).view(np.int32).astype(np.int64) for v in (a, b))

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -43,6 +44,7 @@ const Tuning& tuning() {
         if (key == "packa") t.pack_a = static_cast<int>(value);
         if (key == "swap") t.swap = static_cast<int>(value);
         if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
+        if (key == "align") t.align = static_cast<int>(value);
       }
       pos = end + 1;
     }
@@ -66,7 +68,8 @@ struct Plan {
   index_t m = 0, n = 0, k = 0;
   int mr = 1, nr = 1;         // tile class in use
   index_t m_tiles = 0;        // row tiles of near-equal height (<= mr)
-  index_t n_panels = 0;       // column panels of nr (the last may be narrower)
+  index_t n_panels = 0;       // column panels of nr (the first and last may be narrower)
+  index_t lead = 0;           // columns of a narrow first panel that 64-byte-aligns the rest
   index_t kc = 0;             // k block (the last may be shorter)
   index_t tiles_per_task = 1;
   index_t panels_per_task = 1;
@@ -91,6 +94,74 @@ void tile_rows(const Plan<T>& plan, index_t tile, index_t* i0, int* rows) {
   *rows = static_cast<int>(base + (tile < extra ? 1 : 0));
 }
 
+inline index_t panel_count(index_t n, index_t nr, index_t lead) {
+  return lead == 0 ? ceil_div(n, nr) : 1 + ceil_div(n - lead, nr);
+}
+
+inline index_t start_of_panel(index_t p, index_t n, index_t nr, index_t lead) {
+  const index_t start = lead == 0 ? p * nr : (p == 0 ? 0 : lead + (p - 1) * nr);
+  return std::min(start, n);
+}
+
+// The task grid (tasks_m row blocks x tasks_n column blocks, near-equal numbers of tiles and
+// panels) for a given lead: column blocks of at most nc_max columns (a packed B block stays
+// in L2), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
+// block), at most tasks_per_thread tasks per thread. Returns the load of the busiest thread
+// in tile x column units, the smallest found; ties go to fewer tasks (less packing), then
+// to more column blocks (less of B per core). Measured at (256, 784, 256) and
+// (64, 784, 256) on two threads: one balanced task per thread beats four (+5-10%); 22 tiles
+// in 8 tasks of 3 cost 9% through 12:10 imbalance.
+template <typename T>
+index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* tasks_m_out,
+                     index_t* tasks_n_out) {
+  const Tuning& tune = tuning();
+  const index_t n_panels = panel_count(plan.n, plan.nr, lead);
+  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
+  const index_t min_tasks_n = ceil_div(n_panels, max_panels);
+  const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
+  const index_t max_tasks =
+      std::max(min_tasks_n, std::max<index_t>(1, index_t(tune.tasks_per_thread) * threads));
+  index_t best_cost = -1, best_m = 1, best_n = min_tasks_n;
+  for (index_t tasks_m = 1; tasks_m <= std::max<index_t>(1, plan.m_tiles / min_tiles); ++tasks_m) {
+    for (index_t tasks_n = min_tasks_n; tasks_n <= n_panels; ++tasks_n) {
+      const index_t tasks = tasks_m * tasks_n;
+      if (tasks > max_tasks) break;
+      index_t widest = 0;
+      for (index_t block = 0; block < tasks_n; ++block) {
+        const index_t begin = start_of_panel(n_panels * block / tasks_n, plan.n, plan.nr, lead);
+        const index_t end = start_of_panel(n_panels * (block + 1) / tasks_n, plan.n, plan.nr, lead);
+        widest = std::max(widest, end - begin);
+      }
+      const index_t cost = ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * widest;
+      const index_t best_tasks = best_m * best_n;
+      if (best_cost < 0 || cost < best_cost ||
+          (cost == best_cost && (tasks < best_tasks || (tasks == best_tasks && tasks_n > best_n)))) {
+        best_cost = cost;
+        best_m = tasks_m;
+        best_n = tasks_n;
+      }
+    }
+  }
+  *tasks_m_out = best_m;
+  *tasks_n_out = best_n;
+  return best_cost;
+}
+
+// First column of panel p (p <= n_panels; panel n_panels starts at n).
+template <typename T>
+index_t panel_start(const Plan<T>& plan, index_t p) {
+  return start_of_panel(p, plan.n, plan.nr, plan.lead);
+}
+
+// Columns to skip so that row-major data with `ld` starts on a 64-byte line (numpy gives 16):
+// -1 when its rows do not all share one alignment.
+template <typename T>
+index_t columns_to_line(const T* data, index_t ld) {
+  const std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(data) % 64;
+  if ((ld * index_t(sizeof(T))) % 64 != 0 || offset % sizeof(T) != 0) return -1;
+  return index_t((64 - offset) % 64 / sizeof(T));
+}
+
 inline size_t whole_lines(size_t elements, size_t element_size) {
   const size_t per_line = kAlign / element_size;
   return (elements + per_line - 1) / per_line * per_line;
@@ -98,8 +169,8 @@ inline size_t whole_lines(size_t elements, size_t element_size) {
 
 template <typename T>
 Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
-                  const Operand<T>& a, const Operand<T>& b, const Epilogue<T>& ep,
-                  int num_threads) {
+                  const Operand<T>& a, const Operand<T>& b, const T* c, index_t ldc,
+                  const Epilogue<T>& ep, int num_threads) {
   const Tuning& tune = tuning();
   Plan<T> plan;
   plan.kernels = &kernels;
@@ -140,35 +211,30 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   // L2): batch-1 products are bandwidth-bound and still gain from a second core.
   const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
   const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
-  int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
-  // The task grid: column blocks of at most nc_max (a packed B block stays in L2), row blocks
-  // of at least 8 tiles when B is packed (its packing is repeated per row block), blocks of
-  // near-equal size. Among grids of up to tasks_per_thread tasks per thread, the one whose
-  // busiest thread has the fewest tile x panel units wins; then the one with fewer tasks
-  // (less packing), then the one with more column blocks (less of B per core). Measured at
-  // (256, 784, 256) and (64, 784, 256) on two threads: one balanced task per thread beats
-  // four (+5-10%); 22 tiles in 8 tasks of 3 cost 9% through 12:10 imbalance.
-  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
-  const index_t min_tasks_n = ceil_div(plan.n_panels, max_panels);
-  const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
-  const index_t max_tasks = std::max<index_t>(1, index_t(tune.tasks_per_thread) * threads);
-  index_t best_cost = -1;
-  for (index_t tasks_m = 1; tasks_m <= std::max<index_t>(1, plan.m_tiles / min_tiles); ++tasks_m) {
-    for (index_t tasks_n = min_tasks_n; tasks_n <= plan.n_panels; ++tasks_n) {
-      const index_t tasks = tasks_m * tasks_n;
-      if (tasks > std::max(max_tasks, min_tasks_n)) break;
-      const index_t rounds = ceil_div(tasks, threads);
-      const index_t cost = rounds * ceil_div(plan.m_tiles, tasks_m) * ceil_div(plan.n_panels, tasks_n);
-      const index_t best_tasks = plan.tasks_m * plan.tasks_n;
-      if (best_cost < 0 || cost < best_cost ||
-          (cost == best_cost && (tasks < best_tasks ||
-                                 (tasks == best_tasks && tasks_n > plan.tasks_n)))) {
-        best_cost = cost;
-        plan.tasks_m = tasks_m;
-        plan.tasks_n = tasks_n;
-      }
+  const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
+
+  // A narrow first panel ("lead") makes the vector loads of B read in place, or else the
+  // stores of C, whole 64-byte lines: numpy arrays are 16-byte aligned, and split loads or
+  // stores cost 9% each at (256, 784, 256) on two threads (misaligned 229 GFLOP/s, with a
+  // lead 266). It adds a panel, which may unbalance the threads: it is taken when the best
+  // task grid with it is within 5% of the best without (at (32, 784, 256) it is not: 15%).
+  const bool align_b = !plan.pack_b && tune.align != 2;
+  index_t lead = align_b ? columns_to_line(b.data, b.ld) : columns_to_line(c, ldc);
+  if (tune.align == 0 || lead <= 0 || lead >= plan.nr || lead >= n) lead = 0;
+  index_t tasks_m = 1, tasks_n = 1;
+  const index_t plain_cost = choose_tasks(plan, 0, threads, &tasks_m, &tasks_n);
+  if (lead > 0) {
+    index_t lead_m = 1, lead_n = 1;
+    const index_t lead_cost = choose_tasks(plan, lead, threads, &lead_m, &lead_n);
+    if (lead_cost * 20 <= plain_cost * 21) {
+      plan.lead = lead;
+      tasks_m = lead_m;
+      tasks_n = lead_n;
     }
   }
+  plan.n_panels = panel_count(plan.n, plan.nr, plan.lead);
+  plan.tasks_m = tasks_m;
+  plan.tasks_n = tasks_n;
   plan.tiles_per_task = ceil_div(plan.m_tiles, plan.tasks_m);
   plan.panels_per_task = ceil_div(plan.n_panels, plan.tasks_n);
   const index_t tasks = plan.tasks_m * plan.tasks_n;
@@ -192,7 +258,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const size_t kc = size_t(plan.kc);
   plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
   plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
-  plan.edge_buffer = plan.pack_b ? 0 : whole_lines(plan.nr * kc, sizeof(T));
+  plan.edge_buffer = plan.pack_b ? 0 : 2 * whole_lines(plan.nr * kc, sizeof(T));
   return plan;
 }
 
@@ -210,9 +276,15 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
   const index_t tile_end = plan.m_tiles * (row_block + 1) / plan.tasks_m;
   const index_t panel_begin = plan.n_panels * column_block / plan.tasks_n;
   const index_t panel_end = plan.n_panels * (column_block + 1) / plan.tasks_n;
-  const index_t j_begin = panel_begin * plan.nr;
-  const index_t j_end = std::min(plan.n, panel_end * plan.nr);
+  const index_t j_begin = panel_start(plan, panel_begin);
+  const index_t j_end = panel_start(plan, panel_end);
   const T alpha = static_cast<T>(ep.activation.alpha);
+  // Panels narrower than a vector multiple: the lead panel, the last panel of C.
+  const bool lead_in_task = plan.lead > 0 && panel_begin == 0;
+  const index_t last_j0 = panel_start(plan, panel_end - 1);
+  const bool last_partial = (j_end - last_j0) % lanes != 0;
+  T* const lead_edge = edge_buffer;
+  T* const last_edge = edge_buffer + plan.edge_buffer / 2;
 
   TileArgs<T> args;
   args.ldc = ldc;
@@ -227,29 +299,44 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
     args.load_c = ep.accumulate || pc > 0;
     args.last = last;
 
-    // B panels of this task: packed (zero-padded to whole vectors), or read in place
-    // except a last panel that ends inside a vector, which is packed.
-    const index_t edge_j0 = (panel_end - 1) * plan.nr;
-    const bool edge_packed = !plan.pack_b && (j_end - edge_j0) % lanes != 0;
-    if (plan.pack_b) {
-      if (!b.transposed) {
-        const index_t offset = pc * b.ld + j_begin;
-        double* sums = (ep.b_sums != nullptr && tile_begin == 0) ? ep.b_sums + j_begin : nullptr;
-        kernels.pack_panels(b.data + offset, b.ld, kc, j_end - j_begin, plan.nr, b_buffer,
-                            pack_scale(b.scale, offset), sums);
-      } else {
-        T* out = b_buffer;
-        for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr, out += kc * plan.nr) {
-          const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
-          const index_t offset = j0 * b.ld + pc;
-          const int width = static_cast<int>(round_up(cols, lanes));
-          kernels.pack_transposed(b.data + offset, b.ld, kc, cols, width, out, width,
-                                  pack_scale(b.scale, offset));
-        }
+    // B panels of this task: packed (zero-padded to whole vectors; panel p of the task at
+    // b_buffer + (p - panel_begin) kc nr), or read in place except panels narrower than a
+    // vector multiple, which are packed.
+    if (plan.pack_b && !b.transposed) {
+      index_t j0 = j_begin;
+      T* out = b_buffer;
+      const bool with_sums = ep.b_sums != nullptr && tile_begin == 0;
+      if (lead_in_task) {
+        const index_t offset = pc * b.ld;
+        kernels.pack_panels(b.data + offset, b.ld, kc, plan.lead,
+                            static_cast<int>(round_up(plan.lead, lanes)), out,
+                            pack_scale(b.scale, offset), with_sums ? ep.b_sums : nullptr);
+        j0 = plan.lead;
+        out += kc * plan.nr;
       }
-    } else if (edge_packed) {
-      kernels.pack_panels(b.data + pc * b.ld + edge_j0, b.ld, kc, j_end - edge_j0, plan.nr,
-                          edge_buffer, PackScale<T>{}, nullptr);
+      if (j_end > j0) {
+        const index_t offset = pc * b.ld + j0;
+        kernels.pack_panels(b.data + offset, b.ld, kc, j_end - j0, plan.nr, out,
+                            pack_scale(b.scale, offset), with_sums ? ep.b_sums + j0 : nullptr);
+      }
+    } else if (plan.pack_b) {
+      T* out = b_buffer;
+      for (index_t p = panel_begin; p < panel_end; ++p, out += kc * plan.nr) {
+        const index_t j0 = panel_start(plan, p);
+        const int cols = static_cast<int>(panel_start(plan, p + 1) - j0);
+        const index_t offset = j0 * b.ld + pc;
+        const int width = static_cast<int>(round_up(cols, lanes));
+        kernels.pack_transposed(b.data + offset, b.ld, kc, cols, width, out, width,
+                                pack_scale(b.scale, offset));
+      }
+    } else {
+      if (lead_in_task)
+        kernels.pack_panels(b.data + pc * b.ld, b.ld, kc, plan.lead,
+                            static_cast<int>(round_up(plan.lead, lanes)), lead_edge,
+                            PackScale<T>{}, nullptr);
+      if (last_partial && !(lead_in_task && panel_end - panel_begin == 1))
+        kernels.pack_panels(b.data + pc * b.ld + last_j0, b.ld, kc, j_end - last_j0,
+                            plan.nr, last_edge, PackScale<T>{}, nullptr);
     }
 
     for (index_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -281,14 +368,18 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         args.a_stride = a.ld;
         args.a_rows = true;
       }
-      for (index_t j0 = j_begin; j0 < j_end; j0 += plan.nr) {
-        const int cols = static_cast<int>(std::min<index_t>(plan.nr, j_end - j0));
+      for (index_t p = panel_begin; p < panel_end; ++p) {
+        const index_t j0 = panel_start(plan, p);
+        const int cols = static_cast<int>(panel_start(plan, p + 1) - j0);
         args.cols = cols;
         if (plan.pack_b) {
-          args.b = b_buffer + (j0 - j_begin) * kc;
+          args.b = b_buffer + (p - panel_begin) * kc * plan.nr;
           args.ldb = round_up(cols, lanes);
-        } else if (edge_packed && j0 == edge_j0) {
-          args.b = edge_buffer;
+        } else if (lead_in_task && p == 0) {
+          args.b = lead_edge;
+          args.ldb = round_up(cols, lanes);
+        } else if (last_partial && p == panel_end - 1) {
+          args.b = last_edge;
           args.ldb = round_up(cols, lanes);
         } else {
           args.b = b.data + pc * b.ld + j0;
@@ -318,7 +409,7 @@ template <typename T>
 void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
                   const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
                   const Epilogue<T>& ep, int num_threads) {
-  const Plan<T> plan = make_plan(kernels, m, n, k, a, b, ep, std::max(num_threads, 1));
+  const Plan<T> plan = make_plan(kernels, m, n, k, a, b, c, ldc, ep, std::max(num_threads, 1));
   const size_t per_thread = plan.a_buffer + plan.b_buffer + plan.edge_buffer;
   T* scratch = static_cast<T*>(t_scratch.get(sizeof(T) * per_thread * size_t(plan.threads)));
   const index_t tasks = plan.tasks_m * plan.tasks_n;

@@ -8,7 +8,8 @@
 namespace densekit::gemm {
 
 // Knobs for measurements, not API: read once from DENSEKIT_GEMM_TUNE, e.g.
-// "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0" (grain in ns; -1 means automatic).
+// "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0,tasks=1,align=2" (grain in ns; -1 means
+// automatic).
 struct Tuning {
   index_t kc_max = 256;
   index_t nc_max = 512;
@@ -17,6 +18,7 @@ struct Tuning {
   int pack_a = -1;
   int swap = 1;
   int tasks_per_thread = 4;  // at most
+  int align = 1;             // 0 off, 1 auto, 2 always to C
 };
 
 const Tuning& tuning();

@@ -46,7 +46,7 @@ struct Operand {
 // rejected here (the dense kernel runs it as a row pass).
 // b_sums, when given (B not transposed), receives b_sums[j] += sum_p op(B)(p, j) over p in
 // increasing order, in double, after scaling: the bias gradient of a dense layer in the same
-// sweep as its weight gradient. It needs room for n rounded up to 64 columns.
+// sweep as its weight gradient.
 template <typename T>
 struct Epilogue {
   const T* bias = nullptr;
