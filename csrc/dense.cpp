@@ -2,6 +2,7 @@
 #include "dense.hpp"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "gemm/gemm.hpp"
@@ -48,26 +49,71 @@ void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t 
   if (row_softmax) activation_forward(y, y, n, m, act, num_threads);
 }
 
+// dz = dy * f'(.) folded into the packing of dy when f' costs a compare or two multiplies:
+// returns false (dz must be stored) for the others.
+template <typename T>
+bool fold_derivative(const Activation& act, const T* y, const T* z, gemm::Scaling<T>* scale) {
+  const bool use_y = derivative_from_output(act) && y != nullptr;
+  switch (act.kind) {
+    case ActivationKind::linear: scale->kind = gemm::Scale::none; return true;
+    case ActivationKind::relu:
+    case ActivationKind::leaky_relu:
+      scale->kind = gemm::Scale::positive;
+      scale->from = use_y ? y : z;
+      scale->alpha = act.kind == ActivationKind::relu ? T(0) : static_cast<T>(act.alpha);
+      return scale->from != nullptr;
+    case ActivationKind::sigmoid:
+    case ActivationKind::tanh:
+      if (!use_y) return false;
+      scale->kind = act.kind == ActivationKind::sigmoid ? gemm::Scale::sigmoid_y : gemm::Scale::tanh_y;
+      scale->from = y;
+      return true;
+    default: return false;
+  }
+}
+
 template <typename T>
 void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* y,
                     const T* preact, index_t n, index_t k, index_t m, const Activation& act,
                     bool accumulate, int num_threads) {
+  // dz is dy scaled while it is packed (both products), or stored once when f' is costly.
+  gemm::Scaling<T> scale;
   const T* dz = dy;
-  std::vector<T> dz_buffer;
-  if (!derivative_is_one(act)) {
-    dz_buffer.resize(static_cast<size_t>(n * m));
-    activation_backward(dz_buffer.data(), dy, y, preact, n, m, act, num_threads);
-    dz = dz_buffer.data();
+  std::unique_ptr<T[]> dz_buffer;
+  if (!fold_derivative(act, y, preact, &scale)) {
+    scale = gemm::Scaling<T>{};
+    dz_buffer.reset(new T[static_cast<size_t>(n * m)]);
+    activation_backward(dz_buffer.get(), dy, y, preact, n, m, act, num_threads);
+    dz = dz_buffer.get();
   }
-  if (db != nullptr) column_sums(db, dz, n, m, accumulate, num_threads);
+  const gemm::Operand<T> dz_operand{dz, m, false, scale};
+
+  // db in the weight gradient's sweep over dz: per column, in row order, in double.
+  const bool db_in_sweep = db != nullptr && dw != nullptr && k > 0;
+  std::vector<double> sums;
+  if (db_in_sweep) sums.assign(static_cast<size_t>(m + 64), 0.0);
   if (dw != nullptr) {
     gemm::Epilogue<T> ep;
     ep.accumulate = accumulate;
-    gemm::gemm<T>(k, m, n, {x, k, true}, {dz, m, false}, dw, m, ep, num_threads);
+    ep.b_sums = db_in_sweep ? sums.data() : nullptr;
+    gemm::gemm<T>(k, m, n, {x, k, true}, dz_operand, dw, m, ep, num_threads);
+  }
+  if (db_in_sweep) {
+    for (index_t c = 0; c < m; ++c) {
+      const double total = accumulate ? static_cast<double>(db[c]) + sums[c] : sums[c];
+      db[c] = static_cast<T>(total);
+    }
+  } else if (db != nullptr) {
+    if (scale.kind != gemm::Scale::none) {
+      dz_buffer.reset(new T[static_cast<size_t>(n * m)]);
+      activation_backward(dz_buffer.get(), dy, y, preact, n, m, act, num_threads);
+      dz = dz_buffer.get();
+    }
+    column_sums(db, dz, n, m, accumulate, num_threads);
   }
   if (dx != nullptr) {
     gemm::Epilogue<T> ep;
-    gemm::gemm<T>(n, k, m, {dz, m, false}, {w, m, true}, dx, k, ep, num_threads);
+    gemm::gemm<T>(n, k, m, dz_operand, {w, m, true}, dx, k, ep, num_threads);
   }
 }
 

@@ -31,6 +31,36 @@ py::dict build_info() {
   info["hardware_threads"] = hardware_threads();
   info["gemm_kernel_float32"] = gemm::gemm_kernel_name<float>();
   info["gemm_kernel_float64"] = gemm::gemm_kernel_name<double>();
+  // The matrix-product engine's ISA: chosen once (at import) from the CPU's features,
+  // lowered by DENSEKIT_ISA when set; gemm_isa_note says why a request was not honoured.
+  const gemm::IsaChoice& choice = gemm::isa_choice();
+  const gemm::CpuFeatures& cpu = gemm::cpu_features();
+  info["gemm_isa"] = gemm::isa_name(choice.isa);
+  info["gemm_isa_best"] = gemm::isa_name(choice.best);
+  info["gemm_isa_forced"] = choice.forced;
+  info["gemm_isa_requested"] = choice.requested.empty() ? py::object(py::none())
+                                                        : py::object(py::str(choice.requested));
+  info["gemm_isa_note"] = choice.note;
+  py::list available;
+  py::dict kernels;
+  for (gemm::Isa isa : {gemm::Isa::avx512, gemm::Isa::avx2, gemm::Isa::portable}) {
+    if (!gemm::isa_supported(isa)) continue;
+    available.append(gemm::isa_name(isa));
+    kernels[gemm::isa_name(isa)] = py::make_tuple(gemm::gemm_kernel_name<float>(isa),
+                                                  gemm::gemm_kernel_name<double>(isa));
+  }
+  info["gemm_isas_available"] = available;
+  info["gemm_kernels_by_isa"] = kernels;
+  py::dict features;
+  features["sse2"] = cpu.sse2;
+  features["avx"] = cpu.avx;
+  features["avx2"] = cpu.avx2;
+  features["fma"] = cpu.fma;
+  features["avx512f"] = cpu.avx512f;
+  features["avx512bw"] = cpu.avx512bw;
+  features["avx512vl"] = cpu.avx512vl;
+  features["amx_tile"] = cpu.amx_tile;
+  info["cpu_features"] = features;
 #if defined(__VERSION__)
   info["compiler"] = __VERSION__;
 #endif
@@ -108,6 +138,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 
   bind::bind_activations(m);
   bind::bind_dense(m);
+  bind::bind_gemm_testing(m);
   bind::bind_losses(m);
   bind::bind_optim(m);
   bind::bind_data(m);

@@ -1,126 +1,63 @@
-// Blocking, packing, task split and epilogue of the matrix product (see gemm.hpp).
+// The matrix-product entry points (see gemm.hpp): ISA families, argument checks, k == 0, the
+// paths for a transposed B (dot products for a short A; C^T = B^T A^T for a short A against a
+// large B), and the blocked product (blocked.cpp) for everything else.
 #include "gemm.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
-#include <new>
+#include <string>
 
+#include "blocked.hpp"
 #include "microkernels.hpp"
 #include "parallel.hpp"
+#include "scratch.hpp"
 
 namespace densekit::gemm {
 namespace {
 
-// kc is fixed by k alone (never by threads): it fixes the order of the k-sum for each element.
-constexpr index_t kKc = 256;
-constexpr index_t kMc = 96;
-constexpr index_t kNc = 1024;
-constexpr size_t kAlign = 64;
+thread_local Scratch t_swap_scratch;  // C^T of a swapped product, or a scaled short A
 
+// The kernel family of an ISA, built on first use. Only an ISA the CPU supports may be asked
+// for: even building a family runs code compiled with that ISA's flags.
 template <typename T>
-const Microkernel<T>& active_microkernel();
+const KernelFamily<T>& family(Isa isa);
 
 template <>
-const Microkernel<float>& active_microkernel<float>() {
-  static const Microkernel<float> kernel = portable_microkernel_f32();
-  return kernel;
+const KernelFamily<float>& family<float>(Isa isa) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  if (isa == Isa::avx512) {
+    static const KernelFamily<float> avx512 = avx512_kernels_f32();
+    return avx512;
+  }
+  if (isa == Isa::avx2) {
+    static const KernelFamily<float> avx2 = avx2_kernels_f32();
+    return avx2;
+  }
+#endif
+  (void)isa;
+  static const KernelFamily<float> portable = portable_kernels_f32();
+  return portable;
 }
 
 template <>
-const Microkernel<double>& active_microkernel<double>() {
-  static const Microkernel<double> kernel = portable_microkernel_f64();
-  return kernel;
-}
-
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
-};
-
-template <typename T>
-std::unique_ptr<T, AlignedFree> aligned_buffer(size_t count) {
-  const size_t bytes = ((count * sizeof(T) + kAlign - 1) / kAlign) * kAlign;
-  void* p = std::aligned_alloc(kAlign, std::max<size_t>(bytes, kAlign));
-  if (p == nullptr) throw std::bad_alloc();
-  return std::unique_ptr<T, AlignedFree>(static_cast<T*>(p));
+const KernelFamily<double>& family<double>(Isa isa) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  if (isa == Isa::avx512) {
+    static const KernelFamily<double> avx512 = avx512_kernels_f64();
+    return avx512;
+  }
+  if (isa == Isa::avx2) {
+    static const KernelFamily<double> avx2 = avx2_kernels_f64();
+    return avx2;
+  }
+#endif
+  (void)isa;
+  static const KernelFamily<double> portable = portable_kernels_f64();
+  return portable;
 }
 
 template <typename T>
 inline T element(const Operand<T>& x, index_t i, index_t j) {
   return x.transposed ? x.data[j * x.ld + i] : x.data[i * x.ld + j];
-}
-
-// Rows [i0, i0 + rows) x cols [p0, p0 + kc) of A into panels of mr rows, zero-padded.
-template <typename T>
-void pack_a(const Operand<T>& a, index_t i0, index_t rows, index_t p0, index_t kc, int mr,
-            T* out) {
-  for (index_t ir = 0; ir < rows; ir += mr) {
-    const index_t h = std::min<index_t>(mr, rows - ir);
-    if (!a.transposed) {
-      for (index_t p = 0; p < kc; ++p) {
-        T* dst = out + p * mr;
-        for (index_t i = 0; i < h; ++i) dst[i] = a.data[(i0 + ir + i) * a.ld + p0 + p];
-        for (index_t i = h; i < mr; ++i) dst[i] = T(0);
-      }
-    } else {
-      for (index_t p = 0; p < kc; ++p) {
-        const T* src = a.data + (p0 + p) * a.ld + i0 + ir;
-        T* dst = out + p * mr;
-        for (index_t i = 0; i < h; ++i) dst[i] = src[i];
-        for (index_t i = h; i < mr; ++i) dst[i] = T(0);
-      }
-    }
-    out += kc * mr;
-  }
-}
-
-// Rows [p0, p0 + kc) x cols [j0, j0 + cols) of B into panels of nr columns, zero-padded.
-template <typename T>
-void pack_b(const Operand<T>& b, index_t p0, index_t kc, index_t j0, index_t cols, int nr,
-            T* out) {
-  for (index_t jr = 0; jr < cols; jr += nr) {
-    const index_t w = std::min<index_t>(nr, cols - jr);
-    if (!b.transposed) {
-      for (index_t p = 0; p < kc; ++p) {
-        const T* src = b.data + (p0 + p) * b.ld + j0 + jr;
-        T* dst = out + p * nr;
-        for (index_t j = 0; j < w; ++j) dst[j] = src[j];
-        for (index_t j = w; j < nr; ++j) dst[j] = T(0);
-      }
-    } else {
-      for (index_t p = 0; p < kc; ++p) {
-        T* dst = out + p * nr;
-        for (index_t j = 0; j < w; ++j) dst[j] = b.data[(j0 + jr + j) * b.ld + p0 + p];
-        for (index_t j = w; j < nr; ++j) dst[j] = T(0);
-      }
-    }
-    out += kc * nr;
-  }
-}
-
-// Folds one computed tile into C; on the last k-block also applies bias and activation.
-template <typename T>
-void store_tile(const T* tile, int nr, index_t rows, index_t cols, index_t i0, index_t j0,
-                bool load_c, bool last, T* c, index_t ldc, const Epilogue<T>& ep) {
-  const T alpha = static_cast<T>(ep.activation.alpha);
-  for (index_t i = 0; i < rows; ++i) {
-    T* crow = c + (i0 + i) * ldc + j0;
-    const T* trow = tile + i * nr;
-    if (!last) {
-      if (load_c) {
-        for (index_t j = 0; j < cols; ++j) crow[j] += trow[j];
-      } else {
-        for (index_t j = 0; j < cols; ++j) crow[j] = trow[j];
-      }
-      continue;
-    }
-    for (index_t j = 0; j < cols; ++j) {
-      T v = load_c ? crow[j] + trow[j] : trow[j];
-      if (ep.bias != nullptr) v += ep.bias[j0 + j];
-      if (ep.preact != nullptr) ep.preact[(i0 + i) * ep.ld_preact + j0 + j] = v;
-      crow[j] = scalar::forward(ep.activation.kind, alpha, v);
-    }
-  }
 }
 
 // C = (accumulate ? C : 0) with the epilogue, for k == 0.
@@ -139,65 +76,102 @@ void epilogue_only(index_t m, index_t n, T* c, index_t ldc, const Epilogue<T>& e
   });
 }
 
-}  // namespace
-
 template <typename T>
-const char* gemm_kernel_name() {
-  return active_microkernel<T>().name;
+bool plain_epilogue(const Epilogue<T>& ep) {
+  return ep.bias == nullptr && ep.preact == nullptr && !ep.accumulate && ep.b_sums == nullptr &&
+         ep.activation.kind == ActivationKind::linear;
 }
 
 template <typename T>
-void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
-          const Epilogue<T>& ep, int num_threads) {
+void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+              const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
+              const Epilogue<T>& ep, int num_threads) {
   if (ep.activation.kind == ActivationKind::softmax)
     throw ArgumentError("gemm epilogue: softmax is a row operation, not elementwise");
+  if (ep.b_sums != nullptr && b.transposed)
+    throw ArgumentError("gemm: column sums of B need B not transposed");
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     epilogue_only(m, n, c, ldc, ep, num_threads);
     return;
   }
-  const Microkernel<T>& kernel = active_microkernel<T>();
-  const int mr = kernel.mr;
-  const int nr = kernel.nr;
-  const index_t kc_max = std::min(k, kKc);
-  const index_t mc = std::min(((kMc + mr - 1) / mr) * mr, ((m + mr - 1) / mr) * mr);
-
-  // Tile widths only change which task computes an element, never its value, so they may
-  // depend on the thread count: narrow the column blocks until every thread has work.
-  const int threads = threads_for_work(num_threads, 2.0 * m * n * k, 1 << 20);
-  const index_t m_blocks = (m + mc - 1) / mc;
-  index_t nc = std::min(kNc, ((n + nr - 1) / nr) * nr);
-  while (nc > nr && m_blocks * ((n + nc - 1) / nc) < 2 * threads)
-    nc = std::max<index_t>(nr, ((nc / 2 + nr - 1) / nr) * nr);
-  const index_t n_blocks = (n + nc - 1) / nc;
-
-  parallel_for(m_blocks * n_blocks, threads, [&](index_t task) {
-    const index_t i0 = (task / n_blocks) * mc;
-    const index_t j0 = (task % n_blocks) * nc;
-    const index_t rows = std::min(mc, m - i0);
-    const index_t cols = std::min(nc, n - j0);
-    const index_t rows_padded = ((rows + mr - 1) / mr) * mr;
-    const index_t cols_padded = ((cols + nr - 1) / nr) * nr;
-    auto a_pack = aligned_buffer<T>(static_cast<size_t>(rows_padded * kc_max));
-    auto b_pack = aligned_buffer<T>(static_cast<size_t>(cols_padded * kc_max));
-    T tile[64 * 64];
-    for (index_t p0 = 0; p0 < k; p0 += kKc) {
-      const index_t kc = std::min(kKc, k - p0);
-      const bool load_c = ep.accumulate || p0 > 0;
-      const bool last = p0 + kc >= k;
-      pack_a(a, i0, rows, p0, kc, mr, a_pack.get());
-      pack_b(b, p0, kc, j0, cols, nr, b_pack.get());
-      for (index_t jr = 0; jr < cols; jr += nr) {
-        const T* bp = b_pack.get() + (jr / nr) * kc * nr;
-        for (index_t ir = 0; ir < rows; ir += mr) {
-          const T* ap = a_pack.get() + (ir / mr) * kc * mr;
-          kernel.fn(kc, ap, bp, tile);
-          store_tile(tile, nr, std::min<index_t>(mr, rows - ir), std::min<index_t>(nr, cols - jr),
-                     i0 + ir, j0 + jr, load_c, last, c, ldc, ep);
-        }
-      }
+  // A short A against a transposed B (batch 1..4 of dx = dz @ w^T): dot products along the
+  // rows of B, read once in place; columns split in chunks among threads. A scaled A (dz) is
+  // scaled into a small buffer first.
+  if (b.transposed && !a.transposed && m <= 4 && plain_epilogue(ep) && tuning().swap != 0) {
+    const T* a_rows = a.data;
+    index_t lda = a.ld;
+    if (a.scale.kind != Scale::none) {
+      // Each row is written rounded up to whole vectors; the next row overwrites the excess.
+      const int width = static_cast<int>(round_up(k, kernels.lanes));
+      T* scaled = static_cast<T*>(t_swap_scratch.get(sizeof(T) * size_t(m * k + width)));
+      for (index_t i = 0; i < m; ++i)
+        kernels.pack_panels(a.data + i * a.ld, a.ld, 1, k, width, scaled + i * k,
+                            pack_scale(a.scale, i * a.ld), nullptr);
+      a_rows = scaled;
+      lda = k;
     }
-  });
+    const index_t chunk = 64;
+    const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
+    parallel_for(ceil_div(n, chunk), threads_for_work(num_threads, stream_ns, tuning().grain),
+                 [&](index_t task) {
+                   const index_t j0 = task * chunk;
+                   kernels.dot(a_rows, lda, static_cast<int>(m), b.data + j0 * b.ld, b.ld,
+                               std::min(chunk, n - j0), k, c + j0, ldc);
+                 });
+    return;
+  }
+  // A transposed B must be transposed while packed (k x n elements). When A is much smaller
+  // (a short batch times a large weight: dense backward's dx = dz @ w^T), compute
+  // C^T = op(B)^T op(A)^T instead, reading B in place, and transpose C^T into C. Since
+  // fma(a, b, c) == fma(b, a, c), every element gets the same bits either way.
+  if (b.transposed && !a.transposed && ldc == n && plain_epilogue(ep) &&
+      2 * m * (k + n) < k * n && tuning().swap != 0) {
+    T* ct = static_cast<T*>(t_swap_scratch.get(sizeof(T) * size_t(m) * size_t(n)));
+    const Operand<T> a_swapped{b.data, b.ld, false, b.scale};
+    const Operand<T> b_swapped{a.data, a.ld, true, a.scale};
+    run_gemm(kernels, n, m, k, a_swapped, b_swapped, ct, m, Epilogue<T>{}, num_threads);
+    const index_t chunk = 256;
+    parallel_for(ceil_div(n, chunk), threads_for_work(num_threads, double(m) * n, 1 << 16),
+                 [&](index_t task) {
+                   const index_t j0 = task * chunk;
+                   const int rows = static_cast<int>(std::min(chunk, n - j0));
+                   // Rows j0.. of C^T (m values each) become columns j0.. of C.
+                   kernels.pack_transposed(ct + j0 * m, m, m, rows, rows, c + j0, ldc,
+                                           PackScale<T>{});
+                 });
+    t_swap_scratch.trim();
+    return;
+  }
+  blocked_gemm(kernels, m, n, k, a, b, c, ldc, ep, num_threads);
+}
+
+}  // namespace
+
+template <typename T>
+const char* gemm_kernel_name() {
+  return family<T>(isa_choice().isa).name;
+}
+
+template <typename T>
+const char* gemm_kernel_name(Isa isa) {
+  if (!isa_supported(isa)) return "";
+  return family<T>(isa).name;
+}
+
+template <typename T>
+void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
+          const Epilogue<T>& ep, int num_threads) {
+  run_gemm(family<T>(isa_choice().isa), m, n, k, a, b, c, ldc, ep, num_threads);
+}
+
+template <typename T>
+void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
+                   index_t ldc, const Epilogue<T>& ep, int num_threads) {
+  if (!isa_supported(isa))
+    throw ArgumentError(std::string("gemm: ISA '") + isa_name(isa) +
+                        "' is not supported by this CPU/build");
+  run_gemm(family<T>(isa), m, n, k, a, b, c, ldc, ep, num_threads);
 }
 
 template <typename T>
@@ -219,9 +193,12 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
 #define DENSEKIT_INSTANTIATE(T)                                                             \
   template void gemm<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*, index_t,     \
                         const Epilogue<T>&, int);                                           \
+  template void gemm_with_isa<T>(Isa, index_t, index_t, index_t, Operand<T>, Operand<T>, T*, \
+                                 index_t, const Epilogue<T>&, int);                         \
   template void gemm_reference<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*,    \
                                   index_t, const Epilogue<T>&);                             \
-  template const char* gemm_kernel_name<T>();
+  template const char* gemm_kernel_name<T>();                                               \
+  template const char* gemm_kernel_name<T>(Isa);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

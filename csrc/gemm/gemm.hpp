@@ -1,30 +1,52 @@
 // The one matrix-product entry point under every dense kernel:
 //   C (m, n) [+]= op(A) (m, k) @ op(B) (k, n), then bias and an elementwise activation.
 //
-// BLIS-style: panels of A and B are packed into contiguous buffers (per task), a register-
-// blocked microkernel computes an mr x nr tile, and an epilogue folds the tile into C.
-// The reduction over k runs in fixed blocks of kc in a fixed order, and every tile uses the
-// same microkernel (edges are zero-padded), so each element of C gets the same bits for any
-// thread count and any split of the output into tasks.
+// BLIS-style: B is packed in blocks of kc rows x nc columns (shared by the threads of a
+// call, or owned by one thread when threads split the columns), A in micro-panels of up to
+// mr rows, and a register-blocked microkernel of the ISA chosen at start-up (isa.hpp)
+// computes each tile, applying bias and activation before the tile is stored.
+// Each element of C is one multiply-add chain over k in increasing order (partial sums
+// between k blocks go through C exactly), so its bits do not depend on the thread count,
+// the tiling or the packing: only on the ISA (see microkernels.hpp).
 #pragma once
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "isa.hpp"
 
 namespace densekit::gemm {
 
+// An elementwise factor an operand is multiplied by as it is packed, read from `from` at the
+// same place (same ld and layout as the operand): dense backward passes dy this way, with
+// from = y or z, so that dz = dy * f'(.) is never stored. Only derivatives that cost a compare
+// or two multiplies are offered; the arithmetic is that of scalar::derivative_from_*:
+//   positive: from > 0 ? 1 : alpha (relu with alpha 0, leaky_relu)
+//   sigmoid_y: from * (1 - from)    tanh_y: 1 - from * from
+enum class Scale { none, positive, sigmoid_y, tanh_y };
+
+template <typename T>
+struct Scaling {
+  Scale kind = Scale::none;
+  const T* from = nullptr;
+  T alpha = T(0);
+};
+
 // A logical (rows, cols) view of a row-major matrix, optionally transposed:
-// element (i, j) is data[i * ld + j], or data[j * ld + i] when transposed.
+// element (i, j) is data[i * ld + j], or data[j * ld + i] when transposed; optionally scaled.
 template <typename T>
 struct Operand {
   const T* data = nullptr;
   index_t ld = 0;
   bool transposed = false;
+  Scaling<T> scale{};
 };
 
 // What happens to each finished element v = (accumulate ? C : 0) + sum_p A(i,p) B(p,j):
 // v += bias[j]; preact[i, j] = v; C[i, j] = act(v). Softmax is not elementwise and is
 // rejected here (the dense kernel runs it as a row pass).
+// b_sums, when given (B not transposed), receives b_sums[j] += sum_p op(B)(p, j) over p in
+// increasing order, in double, after scaling: the bias gradient of a dense layer in the same
+// sweep as its weight gradient.
 template <typename T>
 struct Epilogue {
   const T* bias = nullptr;
@@ -32,19 +54,28 @@ struct Epilogue {
   index_t ld_preact = 0;
   Activation activation{};
   bool accumulate = false;
+  double* b_sums = nullptr;
 };
 
 template <typename T>
 void gemm(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c, index_t ldc,
           const Epilogue<T>& epilogue, int num_threads);
 
+// The same with a given ISA instead of the process-wide choice (tests and benchmarks).
+// Throws ArgumentError when the ISA is not usable on this CPU.
+template <typename T>
+void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
+                   index_t ldc, const Epilogue<T>& epilogue, int num_threads);
+
 // A slow, obvious triple loop with the same epilogue, for tests and as a reference.
 template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
-// The name of the microkernel family in use for T (e.g. "portable 6x8").
+// The name of the microkernel family in use for T (e.g. "avx512 12x32"), or of an ISA's.
 template <typename T>
 const char* gemm_kernel_name();
+template <typename T>
+const char* gemm_kernel_name(Isa isa);
 
 }  // namespace densekit::gemm

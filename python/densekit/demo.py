@@ -66,7 +66,7 @@ class EpochTimer(callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def train(epochs=30, batch_size=32, seed=0, verbose=1) -> dict:
+def train(epochs=30, batch_size=32, seed=0, verbose="auto") -> dict:
     """Train on the digits and return the test accuracy, loss and timings."""
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     one_hot = np.eye(10, dtype=np.float32)  # the smoothed loss takes class probabilities
@@ -108,11 +108,17 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    parser.add_argument(
+        "--verbose",
+        default="auto",
+        choices=["auto", "0", "1", "2"],
+        help="1: progress bar, 2: a line per epoch, auto: a bar on a terminal, else lines",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         densekit.set_num_threads(args.threads)
-    result = train(args.epochs, args.batch_size, args.seed, args.verbose)
+    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
+    result = train(args.epochs, args.batch_size, args.seed, verbose)
     print(f"test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f})")
     print(
         f"training: {result['seconds']:.2f} s, {result['seconds_per_epoch'] * 1e3:.1f} ms per "

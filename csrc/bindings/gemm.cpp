@@ -1,0 +1,78 @@
+// Test and benchmark hook of the matrix-product engine: one product with a chosen ISA, so
+// tests can check every ISA the CPU runs against a reference in one process. Not public API.
+#include <string>
+
+#include "bindings.hpp"
+#include "checks.hpp"
+#include "gemm/gemm.hpp"
+#include "parallel.hpp"
+
+namespace densekit::bind {
+namespace {
+
+// c (m, n) [+]= op(a) @ op(b) with the epilogue; op(a) = a.T when trans_a (likewise b).
+void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_obj,
+                   py::handle c_obj, bool trans_a, bool trans_b, py::handle bias_obj,
+                   py::handle preact_obj, py::handle activation, py::handle alpha,
+                   bool accumulate, py::handle threads_obj) {
+  gemm::Isa isa;
+  if (!gemm::isa_from_name(isa_text, &isa))
+    value_fail("isa", "expected 'avx512', 'avx2' or 'portable', got '" + isa_text + "'");
+  if (!gemm::isa_supported(isa))
+    value_fail("isa", "'" + isa_text + "' is not supported by this CPU/build");
+  DType dtype;
+  py::array a = float_array(a_obj, "a", &dtype);
+  py::array b = float_array_like(b_obj, "b", dtype, "a");
+  require_ndim(a, "a", 2);
+  require_ndim(b, "b", 2);
+  const index_t m = a.shape(trans_a ? 1 : 0);
+  const index_t k = a.shape(trans_a ? 0 : 1);
+  const index_t n = b.shape(trans_b ? 0 : 1);
+  if (b.shape(trans_b ? 1 : 0) != k) value_fail("b", "inner dimensions do not match a");
+  py::array c;
+  if (!out_array(c_obj, "c", dtype, {m, n}, &c)) value_fail("c", "expected an array, got None");
+  py::array bias, preact;
+  const bool has_bias = !bias_obj.is_none();
+  if (has_bias) {
+    bias = float_array_like(bias_obj, "bias", dtype, "a");
+    require_shape(bias, "bias", {n});
+  }
+  const bool has_preact = out_array(preact_obj, "preact", dtype, {m, n}, &preact);
+  const Activation act = parse_activation(activation, alpha);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  require_no_overlap(c, "c", {{&a, "a"}, {&b, "b"}, {has_bias ? &bias : nullptr, "bias"},
+                              {has_preact ? &preact : nullptr, "preact"}});
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    gemm::Epilogue<T> ep;
+    ep.bias = has_bias ? cptr<T>(bias) : nullptr;
+    ep.preact = has_preact ? mptr<T>(preact) : nullptr;
+    ep.ld_preact = n;
+    ep.activation = act;
+    ep.accumulate = accumulate;
+    const gemm::Operand<T> op_a{cptr<T>(a), static_cast<index_t>(a.shape(1)), trans_a};
+    const gemm::Operand<T> op_b{cptr<T>(b), static_cast<index_t>(b.shape(1)), trans_b};
+    T* cp = mptr<T>(c);
+    py::gil_scoped_release nogil;
+    gemm::gemm_with_isa<T>(isa, m, n, k, op_a, op_b, cp, n, ep, threads);
+  };
+  if (dtype == DType::float32) {
+    run(float{});
+  } else {
+    run(double{});
+  }
+}
+
+}  // namespace
+
+void bind_gemm_testing(py::module_& m) {
+  m.def("_gemm_isa_test", &gemm_isa_test, py::arg("isa"), py::arg("a"), py::arg("b"),
+        py::arg("c"), py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("bias") = py::none(), py::arg("preact") = py::none(),
+        py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+        py::arg("accumulate") = false, py::arg("num_threads") = py::none(),
+        "Test hook: c (m, n) [+]= op(a) @ op(b) with bias/preact/activation on a given ISA.");
+}
+
+}  // namespace densekit::bind

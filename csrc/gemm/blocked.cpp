@@ -1,0 +1,450 @@
+// The blocked product: blocking, packing, task split and epilogue (see gemm.hpp).
+//
+// C is cut into tasks (a block of row tiles x a block of column panels); threads take tasks
+// from a shared counter, so there are no barriers and a thread slowed by another process on
+// its core just takes fewer tasks. Each task runs, with buffers of its thread:
+//   for each k block of kc (kc from k alone)
+//     pack its B block (kc x up to nc_max columns: stays in L2), unless it is small and
+//       read once per row tile, when it is read in place
+//     for each row tile (up to mr rows; A micro-panel packed or read in place: in L1)
+//       for each nr-column panel: microkernel, bias and activation on the last k block
+// None of these choices changes a bit of C (see microkernels.hpp).
+#include "blocked.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "parallel.hpp"
+#include "scratch.hpp"
+
+namespace densekit::gemm {
+
+const Tuning& tuning() {
+  static const Tuning t = [] {
+    Tuning t;
+    const char* env = std::getenv("DENSEKIT_GEMM_TUNE");
+    if (env == nullptr) return t;
+    std::string s(env);
+    size_t pos = 0;
+    while (pos < s.size()) {
+      size_t end = s.find(',', pos);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = s.substr(pos, end - pos);
+      const size_t eq = item.find('=');
+      if (eq != std::string::npos) {
+        const std::string key = item.substr(0, eq);
+        const double value = std::atof(item.c_str() + eq + 1);
+        if (key == "kc") t.kc_max = static_cast<index_t>(value);
+        if (key == "nc") t.nc_max = static_cast<index_t>(value);
+        if (key == "grain") t.grain = value;
+        if (key == "packb") t.pack_b = static_cast<int>(value);
+        if (key == "packa") t.pack_a = static_cast<int>(value);
+        if (key == "swap") t.swap = static_cast<int>(value);
+        if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
+        if (key == "align") t.align = static_cast<int>(value);
+      }
+      pos = end + 1;
+    }
+    return t;
+  }();
+  return t;
+}
+
+namespace {
+
+constexpr size_t kAlign = 64;
+thread_local Scratch t_scratch;
+
+// Everything a call decides before its threads start. The output is cut into tasks_m x
+// tasks_n tasks of near-equal numbers of row tiles and column panels (at most
+// tiles_per_task and panels_per_task); threads take tasks from a shared counter (a thread
+// slowed by another process on its core simply takes fewer).
+template <typename T>
+struct Plan {
+  const KernelFamily<T>* kernels = nullptr;
+  index_t m = 0, n = 0, k = 0;
+  int mr = 1, nr = 1;         // tile class in use
+  index_t m_tiles = 0;        // row tiles of near-equal height (<= mr)
+  index_t n_panels = 0;       // column panels of nr (the first and last may be narrower)
+  index_t lead = 0;           // columns of a narrow first panel that 64-byte-aligns the rest
+  index_t kc = 0;             // k block (the last may be shorter)
+  index_t tiles_per_task = 1;
+  index_t panels_per_task = 1;
+  index_t tasks_m = 1, tasks_n = 1;
+  bool pack_a = true;
+  bool pack_b = true;
+  int threads = 1;
+  TileActivation tile_act = TileActivation::linear;
+  bool slow_act = false;      // activation applied by the driver after the tile is stored:
+  VectorActivation vector_act = VectorActivation::none;  // with the family's vector math, or
+                                                         // (none) with scalar::forward
+  size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
+  size_t b_buffer = 0;
+  size_t edge_buffer = 0;
+};
+
+template <typename T>
+void tile_rows(const Plan<T>& plan, index_t tile, index_t* i0, int* rows) {
+  const index_t base = plan.m / plan.m_tiles;
+  const index_t extra = plan.m % plan.m_tiles;
+  *i0 = tile * base + std::min(tile, extra);
+  *rows = static_cast<int>(base + (tile < extra ? 1 : 0));
+}
+
+inline index_t panel_count(index_t n, index_t nr, index_t lead) {
+  return lead == 0 ? ceil_div(n, nr) : 1 + ceil_div(n - lead, nr);
+}
+
+inline index_t start_of_panel(index_t p, index_t n, index_t nr, index_t lead) {
+  const index_t start = lead == 0 ? p * nr : (p == 0 ? 0 : lead + (p - 1) * nr);
+  return std::min(start, n);
+}
+
+// The task grid (tasks_m row blocks x tasks_n column blocks, near-equal numbers of tiles and
+// panels) for a given lead: column blocks of at most nc_max columns (a packed B block stays
+// in L2), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
+// block), at most tasks_per_thread tasks per thread. Returns the load of the busiest thread
+// in tile x column units, the smallest found; ties go to fewer tasks (less packing), then
+// to more column blocks (less of B per core). Measured at (256, 784, 256) and
+// (64, 784, 256) on two threads: one balanced task per thread beats four (+5-10%); 22 tiles
+// in 8 tasks of 3 cost 9% through 12:10 imbalance.
+template <typename T>
+index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* tasks_m_out,
+                     index_t* tasks_n_out) {
+  const Tuning& tune = tuning();
+  const index_t n_panels = panel_count(plan.n, plan.nr, lead);
+  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
+  const index_t min_tasks_n = ceil_div(n_panels, max_panels);
+  const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
+  const index_t max_tasks =
+      std::max(min_tasks_n, std::max<index_t>(1, index_t(tune.tasks_per_thread) * threads));
+  index_t best_cost = -1, best_m = 1, best_n = min_tasks_n;
+  for (index_t tasks_m = 1; tasks_m <= std::max<index_t>(1, plan.m_tiles / min_tiles); ++tasks_m) {
+    for (index_t tasks_n = min_tasks_n; tasks_n <= n_panels; ++tasks_n) {
+      const index_t tasks = tasks_m * tasks_n;
+      if (tasks > max_tasks) break;
+      index_t widest = 0;
+      for (index_t block = 0; block < tasks_n; ++block) {
+        const index_t begin = start_of_panel(n_panels * block / tasks_n, plan.n, plan.nr, lead);
+        const index_t end = start_of_panel(n_panels * (block + 1) / tasks_n, plan.n, plan.nr, lead);
+        widest = std::max(widest, end - begin);
+      }
+      const index_t cost = ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * widest;
+      const index_t best_tasks = best_m * best_n;
+      if (best_cost < 0 || cost < best_cost ||
+          (cost == best_cost && (tasks < best_tasks || (tasks == best_tasks && tasks_n > best_n)))) {
+        best_cost = cost;
+        best_m = tasks_m;
+        best_n = tasks_n;
+      }
+    }
+  }
+  *tasks_m_out = best_m;
+  *tasks_n_out = best_n;
+  return best_cost;
+}
+
+// First column of panel p (p <= n_panels; panel n_panels starts at n).
+template <typename T>
+index_t panel_start(const Plan<T>& plan, index_t p) {
+  return start_of_panel(p, plan.n, plan.nr, plan.lead);
+}
+
+// Columns to skip so that row-major data with `ld` starts on a 64-byte line (numpy gives 16):
+// -1 when its rows do not all share one alignment.
+template <typename T>
+index_t columns_to_line(const T* data, index_t ld) {
+  const std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(data) % 64;
+  if ((ld * index_t(sizeof(T))) % 64 != 0 || offset % sizeof(T) != 0) return -1;
+  return index_t((64 - offset) % 64 / sizeof(T));
+}
+
+inline size_t whole_lines(size_t elements, size_t element_size) {
+  const size_t per_line = kAlign / element_size;
+  return (elements + per_line - 1) / per_line * per_line;
+}
+
+template <typename T>
+Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+                  const Operand<T>& a, const Operand<T>& b, const T* c, index_t ldc,
+                  const Epilogue<T>& ep, int num_threads) {
+  const Tuning& tune = tuning();
+  Plan<T> plan;
+  plan.kernels = &kernels;
+  plan.m = m;
+  plan.n = n;
+  plan.k = k;
+  const bool wide = m <= kernels.wide_mr;
+  plan.mr = wide ? kernels.wide_mr : kernels.mr;
+  plan.nr = wide ? kernels.wide_nr[m] : kernels.nr;
+  plan.m_tiles = ceil_div(m, plan.mr);
+  plan.n_panels = ceil_div(n, plan.nr);
+  // kc depends on k alone: near-equal blocks of at most kc_max.
+  plan.kc = ceil_div(k, ceil_div(k, tune.kc_max));
+
+  // B is read in place when each of its elements is used by one row tile, or when its rows
+  // are at most 1 KiB apart (a panel then spans few pages and stays in L2 between row tiles)
+  // and there are not very many row tiles; otherwise packed. Measured on Sapphire Rapids,
+  // one thread, float32, k = 784: with 256 columns (1 KiB rows) reading in place is 10-30%
+  // faster up to ~200 rows and even at 1024 rows; with 512 columns packing wins by 5% at 256
+  // rows and 14% at 8192 rows; with 1000-4096 columns by 20-110% from 64 rows up.
+  const index_t b_row_bytes = b.ld * index_t(sizeof(T));
+  plan.pack_b = b.transposed || (plan.m_tiles > 1 && (b_row_bytes > 1024 || plan.m_tiles > 64));
+  if (tune.pack_b >= 0) plan.pack_b = b.transposed || tune.pack_b != 0;
+  // A micro-panels are packed when reused over several panels and either read transposed,
+  // or many, or with rows a multiple of 1 KiB apart (the 12 rows read in place would share
+  // L1 sets): packing gains 5-10% at 1024^3 and 8192x512x512 and is within noise below
+  // ~100 rows, where reading in place saves the transposing copy.
+  const index_t a_row_bytes = a.ld * index_t(sizeof(T));
+  plan.pack_a = plan.n_panels > 1 && m > 1 &&
+                (a.transposed || plan.m_tiles >= 8 || a_row_bytes % 1024 == 0);
+  if (tune.pack_a >= 0) plan.pack_a = tune.pack_a != 0;
+  // Scaling and sums happen while packing.
+  if (a.scale.kind != Scale::none) plan.pack_a = true;
+  if (b.scale.kind != Scale::none || ep.b_sums != nullptr) plan.pack_b = true;
+
+  // Threads are woken only for work of at least `grain` ns each. Time estimate: the larger
+  // of the multiply-adds (~150 GFLOP/s per core) and the stream of B (~80 GB/s per core from
+  // L2): batch-1 products are bandwidth-bound and still gain from a second core.
+  const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
+  const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
+  const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
+
+  // A narrow first panel ("lead") makes the vector loads of B read in place, or else the
+  // stores of C, whole 64-byte lines: numpy arrays are 16-byte aligned, and split loads or
+  // stores cost 9% each at (256, 784, 256) on two threads (misaligned 229 GFLOP/s, with a
+  // lead 266). It adds a panel, which may unbalance the threads: it is taken when the best
+  // task grid with it is within 5% of the best without (at (32, 784, 256) it is not: 15%).
+  const bool align_b = !plan.pack_b && tune.align != 2;
+  index_t lead = align_b ? columns_to_line(b.data, b.ld) : columns_to_line(c, ldc);
+  if (tune.align == 0 || lead <= 0 || lead >= plan.nr || lead >= n) lead = 0;
+  index_t tasks_m = 1, tasks_n = 1;
+  const index_t plain_cost = choose_tasks(plan, 0, threads, &tasks_m, &tasks_n);
+  if (lead > 0) {
+    index_t lead_m = 1, lead_n = 1;
+    const index_t lead_cost = choose_tasks(plan, lead, threads, &lead_m, &lead_n);
+    if (lead_cost * 20 <= plain_cost * 21) {
+      plan.lead = lead;
+      tasks_m = lead_m;
+      tasks_n = lead_n;
+    }
+  }
+  plan.n_panels = panel_count(plan.n, plan.nr, plan.lead);
+  plan.tasks_m = tasks_m;
+  plan.tasks_n = tasks_n;
+  plan.tiles_per_task = ceil_div(plan.m_tiles, plan.tasks_m);
+  plan.panels_per_task = ceil_div(plan.n_panels, plan.tasks_n);
+  const index_t tasks = plan.tasks_m * plan.tasks_n;
+  plan.threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, tasks)));
+
+  switch (ep.activation.kind) {
+    case ActivationKind::linear: plan.tile_act = TileActivation::linear; break;
+    case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
+    case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
+    default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
+  }
+  if (plan.slow_act && kernels.activate != nullptr) {
+    switch (ep.activation.kind) {
+      case ActivationKind::elu: plan.vector_act = VectorActivation::elu; break;
+      case ActivationKind::sigmoid: plan.vector_act = VectorActivation::sigmoid; break;
+      case ActivationKind::tanh: plan.vector_act = VectorActivation::tanh; break;
+      case ActivationKind::gelu_tanh: plan.vector_act = VectorActivation::gelu_tanh; break;
+      default: break;
+    }
+  }
+  const size_t kc = size_t(plan.kc);
+  plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
+  plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
+  plan.edge_buffer = plan.pack_b ? 0 : 2 * whole_lines(plan.nr * kc, sizeof(T));
+  return plan;
+}
+
+// One task: rows tiles [tile_begin, tile_end) x panels [panel_begin, panel_end) of C over
+// all of k. `a_buffer`, `b_buffer`, `edge_buffer` belong to the thread running it.
+template <typename T>
+void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* c,
+              index_t ldc, const Epilogue<T>& ep, index_t task, T* a_buffer, T* b_buffer,
+              T* edge_buffer) {
+  const KernelFamily<T>& kernels = *plan.kernels;
+  const int lanes = kernels.lanes;
+  const index_t row_block = task / plan.tasks_n;
+  const index_t column_block = task % plan.tasks_n;
+  const index_t tile_begin = plan.m_tiles * row_block / plan.tasks_m;
+  const index_t tile_end = plan.m_tiles * (row_block + 1) / plan.tasks_m;
+  const index_t panel_begin = plan.n_panels * column_block / plan.tasks_n;
+  const index_t panel_end = plan.n_panels * (column_block + 1) / plan.tasks_n;
+  const index_t j_begin = panel_start(plan, panel_begin);
+  const index_t j_end = panel_start(plan, panel_end);
+  const T alpha = static_cast<T>(ep.activation.alpha);
+  // Panels narrower than a vector multiple: the lead panel, the last panel of C.
+  const bool lead_in_task = plan.lead > 0 && panel_begin == 0;
+  const index_t last_j0 = panel_start(plan, panel_end - 1);
+  const bool last_partial = (j_end - last_j0) % lanes != 0;
+  T* const lead_edge = edge_buffer;
+  T* const last_edge = edge_buffer + plan.edge_buffer / 2;
+
+  TileArgs<T> args;
+  args.ldc = ldc;
+  args.ld_preact = ep.ld_preact;
+  args.act = plan.tile_act;
+  args.alpha = alpha;
+
+  for (index_t pc = 0; pc < plan.k; pc += plan.kc) {
+    const index_t kc = std::min(plan.kc, plan.k - pc);
+    const bool last = pc + kc >= plan.k;
+    args.kc = kc;
+    args.load_c = ep.accumulate || pc > 0;
+    args.last = last;
+
+    // B panels of this task: packed (zero-padded to whole vectors; panel p of the task at
+    // b_buffer + (p - panel_begin) kc nr), or read in place except panels narrower than a
+    // vector multiple, which are packed.
+    if (plan.pack_b && !b.transposed) {
+      index_t j0 = j_begin;
+      T* out = b_buffer;
+      const bool with_sums = ep.b_sums != nullptr && tile_begin == 0;
+      if (lead_in_task) {
+        const index_t offset = pc * b.ld;
+        kernels.pack_panels(b.data + offset, b.ld, kc, plan.lead,
+                            static_cast<int>(round_up(plan.lead, lanes)), out,
+                            pack_scale(b.scale, offset), with_sums ? ep.b_sums : nullptr);
+        j0 = plan.lead;
+        out += kc * plan.nr;
+      }
+      if (j_end > j0) {
+        const index_t offset = pc * b.ld + j0;
+        kernels.pack_panels(b.data + offset, b.ld, kc, j_end - j0, plan.nr, out,
+                            pack_scale(b.scale, offset), with_sums ? ep.b_sums + j0 : nullptr);
+      }
+    } else if (plan.pack_b) {
+      T* out = b_buffer;
+      for (index_t p = panel_begin; p < panel_end; ++p, out += kc * plan.nr) {
+        const index_t j0 = panel_start(plan, p);
+        const int cols = static_cast<int>(panel_start(plan, p + 1) - j0);
+        const index_t offset = j0 * b.ld + pc;
+        const int width = static_cast<int>(round_up(cols, lanes));
+        kernels.pack_transposed(b.data + offset, b.ld, kc, cols, width, out, width,
+                                pack_scale(b.scale, offset));
+      }
+    } else {
+      if (lead_in_task)
+        kernels.pack_panels(b.data + pc * b.ld, b.ld, kc, plan.lead,
+                            static_cast<int>(round_up(plan.lead, lanes)), lead_edge,
+                            PackScale<T>{}, nullptr);
+      if (last_partial && !(lead_in_task && panel_end - panel_begin == 1))
+        kernels.pack_panels(b.data + pc * b.ld + last_j0, b.ld, kc, j_end - last_j0,
+                            plan.nr, last_edge, PackScale<T>{}, nullptr);
+    }
+
+    for (index_t tile = tile_begin; tile < tile_end; ++tile) {
+      index_t i0;
+      int rows;
+      tile_rows(plan, tile, &i0, &rows);
+      args.rows = rows;
+      if (plan.pack_a && a.transposed) {
+        const int width = static_cast<int>(round_up(rows, lanes));
+        const index_t offset = pc * a.ld + i0;
+        kernels.pack_panels(a.data + offset, a.ld, kc, rows, width, a_buffer,
+                            pack_scale(a.scale, offset), nullptr);
+        args.a = a_buffer;
+        args.a_stride = width;
+        args.a_rows = false;
+      } else if (plan.pack_a) {
+        const index_t offset = i0 * a.ld + pc;
+        kernels.pack_transposed(a.data + offset, a.ld, kc, rows, rows, a_buffer, rows,
+                                pack_scale(a.scale, offset));
+        args.a = a_buffer;
+        args.a_stride = rows;
+        args.a_rows = false;
+      } else if (a.transposed) {
+        args.a = a.data + pc * a.ld + i0;
+        args.a_stride = a.ld;
+        args.a_rows = false;
+      } else {
+        args.a = a.data + i0 * a.ld + pc;
+        args.a_stride = a.ld;
+        args.a_rows = true;
+      }
+      for (index_t p = panel_begin; p < panel_end; ++p) {
+        const index_t j0 = panel_start(plan, p);
+        const int cols = static_cast<int>(panel_start(plan, p + 1) - j0);
+        args.cols = cols;
+        if (plan.pack_b) {
+          args.b = b_buffer + (p - panel_begin) * kc * plan.nr;
+          args.ldb = round_up(cols, lanes);
+        } else if (lead_in_task && p == 0) {
+          args.b = lead_edge;
+          args.ldb = round_up(cols, lanes);
+        } else if (last_partial && p == panel_end - 1) {
+          args.b = last_edge;
+          args.ldb = round_up(cols, lanes);
+        } else {
+          args.b = b.data + pc * b.ld + j0;
+          args.ldb = b.ld;
+        }
+        args.c = c + i0 * ldc + j0;
+        args.bias = (last && ep.bias != nullptr) ? ep.bias + j0 : nullptr;
+        args.preact = (last && ep.preact != nullptr) ? ep.preact + i0 * ep.ld_preact + j0 : nullptr;
+        kernels.tile(args);
+        if (last && plan.vector_act != VectorActivation::none) {
+          kernels.activate(args.c, ldc, rows, cols, plan.vector_act, alpha);
+        } else if (last && plan.slow_act) {
+          for (int i = 0; i < rows; ++i) {
+            T* row = c + (i0 + i) * ldc + j0;
+            for (int j = 0; j < cols; ++j)
+              row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+                  const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
+                  const Epilogue<T>& ep, int num_threads) {
+  const Plan<T> plan = make_plan(kernels, m, n, k, a, b, c, ldc, ep, std::max(num_threads, 1));
+  const size_t per_thread = plan.a_buffer + plan.b_buffer + plan.edge_buffer;
+  T* scratch = static_cast<T*>(t_scratch.get(sizeof(T) * per_thread * size_t(plan.threads)));
+  const index_t tasks = plan.tasks_m * plan.tasks_n;
+  auto worker = [&](int thread, std::atomic<index_t>* next) {
+    T* a_buffer = scratch + size_t(thread) * per_thread;
+    T* b_buffer = a_buffer + plan.a_buffer;
+    T* edge_buffer = b_buffer + plan.b_buffer;
+    for (index_t task = next->fetch_add(1, std::memory_order_relaxed); task < tasks;
+         task = next->fetch_add(1, std::memory_order_relaxed))
+      run_task(plan, a, b, c, ldc, ep, task, a_buffer, b_buffer, edge_buffer);
+  };
+  std::atomic<index_t> next{0};
+  // The process-wide budget may grant fewer threads than planned (other callers are busy);
+  // tasks are claimed from a counter, so any team size computes the same bits.
+  const RegionThreads region(plan.threads);
+  if (region.count() == 1) {
+    worker(0, &next);
+  } else {
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(region.count())
+    worker(omp_get_thread_num(), &next);
+#else
+    worker(0, &next);
+#endif
+  }
+  t_scratch.trim();
+}
+
+
+#define DENSEKIT_INSTANTIATE(T)                                                              \
+  template void blocked_gemm<T>(const KernelFamily<T>&, index_t, index_t, index_t,           \
+                                const Operand<T>&, const Operand<T>&, T*, index_t,           \
+                                const Epilogue<T>&, int);
+DENSEKIT_INSTANTIATE(float)
+DENSEKIT_INSTANTIATE(double)
+#undef DENSEKIT_INSTANTIATE
+
+}  // namespace densekit::gemm

@@ -1,0 +1,49 @@
+// The blocked product under gemm(): plan (tile class, blocking, packing, tasks, threads) and
+// the task loop (see blocked.cpp). Internal to csrc/gemm.
+#pragma once
+
+#include "gemm.hpp"
+#include "microkernels.hpp"
+
+namespace densekit::gemm {
+
+// Knobs for measurements, not API: read once from DENSEKIT_GEMM_TUNE, e.g.
+// "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0,tasks=1,align=2" (grain in ns; -1 means
+// automatic).
+struct Tuning {
+  index_t kc_max = 256;
+  index_t nc_max = 512;
+  double grain = 5000;  // ns of work per thread
+  int pack_b = -1;   // -1 auto, 0 never, 1 always
+  int pack_a = -1;
+  int swap = 1;
+  int tasks_per_thread = 4;  // at most
+  int align = 1;             // 0 off, 1 auto, 2 always to C
+};
+
+const Tuning& tuning();
+
+inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+static_assert(static_cast<int>(Scale::positive) == 1 && static_cast<int>(Scale::sigmoid_y) == 2 &&
+                  static_cast<int>(Scale::tanh_y) == 3,
+              "PackScale::kind numbers Scale");
+
+// The packing view of an operand's scaling, for the element at `offset` of its data.
+template <typename T>
+PackScale<T> pack_scale(const Scaling<T>& scale, index_t offset) {
+  PackScale<T> out;
+  out.kind = static_cast<int>(scale.kind);
+  out.from = scale.kind == Scale::none ? nullptr : scale.from + offset;
+  out.alpha = scale.alpha;
+  return out;
+}
+
+// C (m, n) [+]= op(A) op(B) with the epilogue, on `kernels`; m, n, k > 0, no softmax.
+template <typename T>
+void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
+                  const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
+                  const Epilogue<T>& ep, int num_threads);
+
+}  // namespace densekit::gemm

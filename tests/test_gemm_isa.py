@@ -1,0 +1,442 @@
+"""The matrix-product engine on every ISA this CPU runs, against a float64 NumPy reference.
+
+Every ISA (AVX-512F, AVX2+FMA, portable) x dtype x (trans_a, trans_b) x epilogue is run
+in-process through the test hook ``_core._gemm_isa_test`` on awkward shapes; bitwise
+equality across thread counts is checked per ISA; dense_forward / dense_backward are checked
+per ISA in a subprocess that forces the ISA with ``DENSEKIT_ISA``.
+
+Tolerance: float32 results are within 4 * eps32 * sqrt(k + 2) * (|A| @ |B| + |C| + |bias|)
+(+ a few ulp of the output for the activation) of the float64 reference; float64 likewise
+with eps64.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import densekit
+from densekit import _core
+from densekit import kernels as K
+
+ISAS = list(densekit.build_info()["gemm_isas_available"])
+ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
+DTYPES = [np.float32, np.float64]
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+
+# (m, n, k): empty, single, primes, tile edges (mr 12/6, nr 32/16/8, wide tiles for m <= 4),
+# several k blocks (kc <= 256), several column blocks (nc 512), enough row tiles to pack B;
+# with B transposed and no epilogue, m <= 4 takes the dot-product path.
+SHAPES = [
+    (0, 5, 3),
+    (4, 0, 3),
+    (3, 5, 0),
+    (1, 1, 1),
+    (1, 7, 13),
+    (2, 33, 17),
+    (4, 65, 31),
+    (5, 17, 7),
+    (7, 13, 17),
+    (13, 31, 33),
+    (17, 63, 65),
+    (31, 1, 127),
+    (33, 127, 257),
+    (63, 65, 300),
+    (127, 33, 13),
+    (257, 31, 63),
+    (1, 600, 257),
+    (3, 1100, 40),
+    (7, 300, 200),  # with B transposed and no epilogue: computed as C^T = B^T A^T
+]
+
+
+def act_reference(name, z, alpha=None):
+    """float64 activation."""
+    if name == "linear":
+        return z
+    if name == "relu":
+        return np.where(z > 0, z, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, (0.01 if alpha is None else alpha) * z)
+    if name == "elu":
+        return np.where(z > 0, z, (1.0 if alpha is None else alpha) * np.expm1(np.minimum(z, 0)))
+    if name == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "softplus":
+        return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+    if name == "gelu":
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+    raise AssertionError(name)
+
+
+def tolerance(dtype, k, scale, out):
+    eps = np.finfo(dtype).eps
+    return 4 * eps * math.sqrt(k + 2) * scale + 4 * eps * np.abs(out) + np.finfo(dtype).tiny
+
+
+def operands(rng, m, n, k, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = (rng.standard_normal((n, k) if trans_b else (k, n)) / math.sqrt(max(k, 1))).astype(dtype)
+    return a, b
+
+
+def run_gemm_case(isa, dtype, trans_a, trans_b, epilogue, m, n, k, seed=0, num_threads=None):
+    rng = np.random.default_rng(seed + 7919 * m + 104729 * n + k)
+    a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    bias = rng.standard_normal(n).astype(dtype) if epilogue.get("bias") else None
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    c = c0.copy()
+    preact = np.full((m, n), np.nan, dtype) if epilogue.get("preact") else None
+    activation = epilogue.get("activation", "linear")
+    accumulate = epilogue.get("accumulate", False)
+    _core._gemm_isa_test(
+        isa,
+        a,
+        b,
+        c,
+        trans_a=trans_a,
+        trans_b=trans_b,
+        bias=bias,
+        preact=preact,
+        activation=activation,
+        accumulate=accumulate,
+        num_threads=num_threads,
+    )
+    return a, b, bias, c0, c, preact
+
+
+def check_gemm(isa, dtype, trans_a, trans_b, epilogue, m, n, k):
+    a, b, bias, c0, c, preact = run_gemm_case(isa, dtype, trans_a, trans_b, epilogue, m, n, k)
+    a64 = (a.T if trans_a else a).astype(np.float64)
+    b64 = (b.T if trans_b else b).astype(np.float64)
+    z = a64 @ b64
+    scale = np.abs(a64) @ np.abs(b64)
+    if epilogue.get("accumulate"):
+        z = z + c0
+        scale = scale + np.abs(c0)
+    if bias is not None:
+        z = z + bias
+        scale = scale + np.abs(bias)
+    y = act_reference(epilogue.get("activation", "linear"), z)
+    err = np.abs(c.astype(np.float64) - y)
+    tol = 2 * tolerance(dtype, k, scale, y)
+    assert np.all(err <= tol), (
+        f"{isa} {dtype.__name__} {(m, n, k)}: max error {err.max():.3g}, "
+        f"worst ratio {np.max(err / tol):.3g}"
+    )
+    if preact is not None:
+        assert np.all(np.abs(preact - z) <= tolerance(dtype, k, scale, z))
+
+
+EPILOGUES = (
+    [{"name": "none"}, {"name": "bias", "bias": True}]
+    + [{"name": f"bias+{a}", "bias": True, "activation": a} for a in ELEMENTWISE if a != "linear"]
+    + [
+        {"name": "preact", "bias": True, "preact": True, "activation": "relu"},
+        {"name": "preact+gelu", "preact": True, "activation": "gelu"},
+        {"name": "accumulate", "accumulate": True},
+        {
+            "name": "accumulate+bias+leaky",
+            "accumulate": True,
+            "bias": True,
+            "activation": "leaky_relu",
+            "preact": True,
+        },
+    ]
+)
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: e["name"])
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=lambda t: f"tA{int(t[0])}tB{int(t[1])}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_matches_reference(isa, dtype, trans, epilogue):
+    for m, n, k in SHAPES:
+        check_gemm(isa, dtype, trans[0], trans[1], epilogue, m, n, k)
+
+
+# Shapes that use several tasks, k blocks, packed and unpacked panels, wide and main tiles.
+THREAD_SHAPES = [(1, 300, 70), (3, 257, 65), (33, 127, 257), (130, 70, 300), (7, 1100, 200)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_bitwise_across_threads(isa, dtype):
+    epilogues = [
+        {},
+        {"bias": True, "preact": True, "activation": "relu"},
+        {"accumulate": True, "bias": True, "activation": "tanh"},
+    ]
+    for m, n, k in THREAD_SHAPES:
+        for trans_a, trans_b in TRANSPOSES:
+            for epilogue in epilogues:
+                first = None
+                for threads in (1, 2, 3, 7):
+                    *_, c, preact = run_gemm_case(
+                        isa, dtype, trans_a, trans_b, epilogue, m, n, k, num_threads=threads
+                    )
+                    got = (c.tobytes(), None if preact is None else preact.tobytes())
+                    if first is None:
+                        first = got
+                    assert got == first, (isa, dtype, (m, n, k), trans_a, trans_b, threads)
+
+
+def at_offset(array, offset):
+    """A C-contiguous copy of `array` starting `offset` elements past a 64-byte boundary."""
+    itemsize = array.dtype.itemsize
+    buffer = np.empty(array.size + 64 // itemsize + offset, array.dtype)
+    start = (-buffer.ctypes.data % 64) // itemsize + offset
+    view = buffer[start : start + array.size].reshape(array.shape)
+    view[...] = array
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_bitwise_across_alignments(isa, dtype):
+    """Panels are shifted to align loads or stores to cache lines; no bit may move."""
+    rng = np.random.default_rng(5)
+    for m, n, k in [(3, 256, 70), (33, 256, 100), (130, 256, 300), (40, 96, 64)]:
+        for trans_a, trans_b in TRANSPOSES:
+            a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            first = None
+            for offsets in [(0, 0, 0), (1, 3, 5), (4, 4, 4), (3, 0, 12), (0, 7, 2)]:
+                for threads in (1, 2):
+                    a_, b_, c = (at_offset(v, o) for v, o in zip((a, b, c0), offsets))
+                    _core._gemm_isa_test(
+                        isa,
+                        a_,
+                        b_,
+                        c,
+                        trans_a=trans_a,
+                        trans_b=trans_b,
+                        bias=bias,
+                        activation="relu",
+                        accumulate=True,
+                        num_threads=threads,
+                    )
+                    if first is None:
+                        first = c.tobytes()
+                    assert c.tobytes() == first, (isa, (m, n, k), trans_a, trans_b, offsets)
+
+
+def ulp_distance(a, b):
+    """|a - b| in float32 units in the last place (0 where both are NaN)."""
+    ai, bi = (v.astype(np.float32).view(np.int32).astype(np.int64) for v in (a, b))
+    ai = np.where(ai < 0, -(ai & 0x7FFFFFFF), ai)
+    bi = np.where(bi < 0, -(bi & 0x7FFFFFFF), bi)
+    return np.where(np.isnan(a) & np.isnan(b), 0, np.abs(ai - bi))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_activations_within_2_ulp_of_scalar(isa):
+    """float32 elu/sigmoid/tanh applied by the ISA's vector math (z = x @ I exactly) stay
+    within 2 ulp of scalar::forward (activation_forward); gelu_tanh within 2e-5 relative of
+    float64 (scalar::forward cancels in 1 + tanh(u) for z << 0: the vector form does not).
+    The portable ISA has no vector math and must match scalar::forward exactly."""
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal(4000) * s for s in (0.01, 0.3, 1.0, 3.0, 10.0, 40.0)]
+    specials = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 0.625, -0.625, -0.5, 88.4, -104.0]
+    values = np.concatenate([*parts, np.linspace(-110, 100, 4001), specials]).astype(np.float32)
+    x = np.resize(values, (len(values) + 15) // 16 * 16).reshape(-1, 16)
+    eye = np.eye(16, dtype=np.float32)
+    for act in ("elu", "sigmoid", "tanh", "gelu_tanh"):
+        y = np.empty_like(x)
+        _core._gemm_isa_test(isa, x, eye, y, activation=act)
+        if isa == "portable":  # no vector math: scalar::forward itself
+            assert ulp_distance(y, K.activation_forward(x, act)).max() == 0, act
+        elif act == "gelu_tanh":
+            z = x.astype(np.float64)
+            u = math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)
+            with np.errstate(over="ignore"):
+                truth = z / (1 + np.exp(-2 * u))
+            assert np.all(np.abs(y - truth) <= 2e-5 * np.abs(truth) + 1e-30), isa
+        else:
+            assert ulp_distance(y, K.activation_forward(x, act)).max() <= 2, (isa, act)
+
+
+def test_hook_rejects_bad_isa():
+    a = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="isa"):
+        _core._gemm_isa_test("sse9", a, a, a.copy())
+
+
+def test_cpu_info_reports_choice():
+    info = densekit.cpu_info()
+    assert info["isa"]["float32"] in ISAS
+    assert info["available_isas"] == ISAS
+    assert info["best_isa"] == ISAS[0]
+    assert info["microkernels"]["float32"].startswith(info["isa"]["float32"])
+    assert info["microkernels"]["float64"].startswith(info["isa"]["float64"])
+    assert isinstance(info["features"], dict) and "avx2" in info["features"]
+    assert isinstance(info["forced"], bool)
+
+
+# ---- dense kernels per ISA, in a subprocess that forces the ISA ----------------------
+
+
+def derivative_reference(name, z):
+    """float64 f'(z) of an elementwise activation (default alpha)."""
+    if name == "linear":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, 0.01)
+    if name == "elu":
+        return np.where(z > 0, 1.0, np.exp(np.minimum(z, 0)))
+    if name == "sigmoid":
+        s = act_reference("sigmoid", z)
+        return s * (1 - s)
+    if name == "softplus":
+        return act_reference("sigmoid", z)
+    if name == "tanh":
+        return 1 - np.tanh(z) ** 2
+    if name == "gelu":
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        return 0.5 * (1 + erf(z / math.sqrt(2))) + z * pdf
+    if name == "gelu_tanh":
+        c = math.sqrt(2 / math.pi)
+        t = np.tanh(c * (z + 0.044715 * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+    raise AssertionError(name)
+
+
+def dense_failures():
+    """dense_forward / dense_backward on the ISA in use, for every activation: bitwise the
+    same for 1, 2, 3 and 7 threads, and within tolerance of the float64 reference (the
+    derivative is taken at densekit's own pre-activation, so only roundings differ)."""
+    failures = []
+    rng = np.random.default_rng(1)
+    for dtype in DTYPES:
+        for n, k, m in [(1, 784, 40), (5, 33, 17), (37, 65, 129), (130, 300, 70)]:
+            x = rng.standard_normal((n, k)).astype(dtype)
+            w = (rng.standard_normal((k, m)) / math.sqrt(k)).astype(dtype)
+            b = rng.standard_normal(m).astype(dtype)
+            dy = rng.standard_normal((n, m)).astype(dtype)
+            for act in K.ACTIVATIONS:
+                where = f"{dtype.__name__} {(n, k, m)} {act}"
+                z = np.empty((n, m), dtype)
+                runs = []
+                for threads in (1, 2, 3, 7):
+                    y = K.dense_forward(x, w, b, act, preact_out=z, num_threads=threads)
+                    dx, dw, db = K.dense_backward(
+                        dy, x, w, y=y, preact=z, activation=act, num_threads=threads
+                    )
+                    dw2, db2 = dw.copy(), db.copy()
+                    K.dense_backward(
+                        dy,
+                        x,
+                        w,
+                        y=y,
+                        preact=z,
+                        activation=act,
+                        need_dx=False,
+                        dw_out=dw2,
+                        db_out=db2,
+                        accumulate=True,
+                        num_threads=threads,
+                    )
+                    runs.append([v.tobytes() for v in (y, z, dx, dw, db, dw2, db2)])
+                if any(r != runs[0] for r in runs):
+                    failures.append(f"{where}: bits differ across thread counts")
+                x64, w64, z64 = (v.astype(np.float64) for v in (x, w, z))
+                z_ref = x64 @ w64 + b
+                scale = np.abs(x64) @ np.abs(w64) + np.abs(b)
+                if not np.all(np.abs(z64 - z_ref) <= tolerance(dtype, k, scale, z_ref)):
+                    failures.append(f"{where}: preact")
+                # dz's own rounding (derivative, softmax row product) is relative to the size
+                # of its terms, not of dz: dz_scale is that size.
+                if act == "softmax":
+                    e = np.exp(z64 - z64.max(1, keepdims=True))
+                    y_ref = e / e.sum(1, keepdims=True)
+                    dz = y_ref * (dy - (dy * y_ref).sum(1, keepdims=True))
+                    dz_scale = y_ref * (np.abs(dy) + (np.abs(dy) * y_ref).sum(1, keepdims=True))
+                else:
+                    y_ref = act_reference(act, z64)
+                    slope = derivative_reference(act, z64)
+                    dz = dy * slope
+                    dz_scale = np.abs(dy) * (np.abs(slope) + 1)
+                if not np.all(np.abs(y - y_ref) <= 4 * tolerance(dtype, k, scale, y_ref)):
+                    failures.append(f"{where}: y")
+                checks = [
+                    ("dx", dx, dz @ w64.T, dz_scale @ np.abs(w64.T), m),
+                    ("dw", dw, x64.T @ dz, np.abs(x64.T) @ dz_scale, n),
+                    ("db", db, dz.sum(0), dz_scale.sum(0), n),
+                    ("dw acc", dw2, 2 * (x64.T @ dz), 2 * (np.abs(x64.T) @ dz_scale), n),
+                    ("db acc", db2, 2 * dz.sum(0), 2 * dz_scale.sum(0), n),
+                ]
+                for label, got, want, size, depth in checks:
+                    err = np.abs(got - want)
+                    if not np.all(err <= 8 * tolerance(dtype, depth, size, want)):
+                        failures.append(f"{where}: {label} max error {err.max():.3g}")
+    return failures
+
+
+DENSE_SCRIPT = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import densekit, test_gemm_isa; "
+    "print(json.dumps({'isa': densekit.cpu_info()['isa']['float32'], "
+    "'forced': densekit.cpu_info()['forced'], 'failures': test_gemm_isa.dense_failures()}))"
+)
+
+
+def run_with_isa(isa_env, script, *args):
+    env = dict(os.environ)
+    if isa_env is None:
+        env.pop("DENSEKIT_ISA", None)
+    else:
+        env["DENSEKIT_ISA"] = isa_env
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_forward_backward_per_isa(isa):
+    result = run_with_isa(isa, DENSE_SCRIPT, os.path.dirname(__file__))
+    assert result["isa"] == isa
+    assert result["forced"]
+    assert result["failures"] == []
+
+
+INFO_SCRIPT = "import json, densekit; print(json.dumps(densekit.cpu_info()))"
+
+
+def test_environment_lowers_isa_and_reports_fallbacks():
+    for isa in ISAS:
+        info = run_with_isa(isa, INFO_SCRIPT)
+        assert info["isa"] == {"float32": isa, "float64": isa}
+        assert info["forced"] and info["note"] == ""
+        assert info["requested"] == isa
+    bogus = run_with_isa("sse9", INFO_SCRIPT)
+    assert not bogus["forced"] and bogus["isa"]["float32"] == ISAS[0]
+    assert "sse9" in bogus["note"]
+    unset = run_with_isa(None, INFO_SCRIPT)
+    assert not unset["forced"] and unset["requested"] is None
+    assert unset["isa"]["float32"] == ISAS[0]
+    for higher in ("avx512", "avx2"):
+        if higher not in ISAS:
+            info = run_with_isa(higher, INFO_SCRIPT)
+            assert not info["forced"] and info["isa"]["float32"] == ISAS[0]
+            assert "not supported" in info["note"]
