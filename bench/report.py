@@ -10,8 +10,8 @@ from typing import Any
 from .harness import DENSEKIT, Check, Record, Skip, Timing
 
 COLUMNS = (  # title, width; the last one is not padded
-    ("case", 20),
-    ("shape", 14),
+    ("case", 23),
+    ("shape", 18),
     ("dtype", 7),
     ("thr", 3),
     ("peer", 14),
@@ -72,7 +72,7 @@ def _check_cell(check: Check, *timings: Timing | None) -> str:
 
 def _rate_cell(record: Record, library: str, copy_gbs: float | None) -> str:
     rate = record.rate(library)
-    if rate is None:
+    if rate is None or not record.work:  # no work: a timing of overhead alone
         return "-"
     cell = f"{rate:.4g} {SHORT_UNIT.get(record.unit, record.unit)}"
     if record.unit == "GB/s" and copy_gbs:
@@ -156,7 +156,7 @@ def chart(
 
     groups: dict[tuple[str, str], list[Record]] = {}
     for record in records:
-        if record.timings and record.family != "threads":
+        if record.timings and record.work and record.family != "threads":
             groups.setdefault((record.family, record.name), []).append(record)
     heights = [0.9 + sum(0.13 * len(r.timings) + 0.12 for r in group) for group in groups.values()]
     if scaling:

@@ -1,48 +1,91 @@
-"""Training benchmarks of the model layer: densekit vs torch eager vs a hand-written NumPy MLP.
+"""Training with the model layer: densekit.Sequential against torch eager and a hand-written
+NumPy MLP, the "train" family of the suite.
 
-Cases (float32, relu hidden layers, softmax output, sparse categorical cross-entropy, Adam):
-- one training step (forward + backward + Adam) of 784-256-128-10 at batch 64 and 512 and of
-  the tiny 64-32-10 at batch 32, where per-call overhead dominates;
-- one epoch of 100 steps (fit with shuffling vs the equivalent torch / NumPy loops);
-- batch-1 predict latency of 784-256-128-10.
-Every implementation starts from the same weights and sees the same batches; before timing,
-each peer's weights after 3 steps in float64 are checked against densekit's. Timing is
-interleaved round-robin in one process (order rotated each round, one untimed call before
-each sample), medians reported. densekit's per-step Python overhead is its step time minus
-the sum of its kernel calls, each timed on its own.
+Networks: relu hidden layers, softmax output, sparse categorical cross-entropy, Adam (lr 1e-3,
+eps 1e-8, torch's rule); shapes are written batch x layer widths, e.g. 64x784-256-128-10.
+Cases (float32 unless --dtype says otherwise):
+- step: one training step (forward, backward, Adam) of 784-256-128-10 at batch 64 and 512 and
+  of the tiny 64-32-10 at batch 32, where per-call overhead dominates; densekit is
+  train_on_batch, torch zero_grad + cross_entropy + backward + Adam.step, NumPy the textbook
+  MLP. Every implementation starts from the same weights and cycles over the same 8 batches;
+- fit step, py train_on_batch, py fit step (densekit only): the step fit's loop runs on buffers
+  already filled, and train_on_batch and that step with every kernel call replaced by a Python
+  no-op: the model layer's own Python per step;
+- epoch: one epoch of 100 steps, densekit's fit (shuffled, a new seed each call) against the
+  equivalent torch and NumPy loops over the same data;
+- predict, predict_on_batch: batch-1 inference latency of 784-256-128-10.
 
-Run: ``python -m bench.train`` or ``python bench/train.py`` (``--quick``, ``--threads N``,
-``--json PATH``).
+Verification: a step (fit step) case's first call returns, for each library, the weights after
+3 float64 steps from the same initial weights on the same batches (train_on_batch; for epochs,
+fit over 3 batches unshuffled against the peers' loops), computed when the case is built, and
+the harness compares them to densekit's; a predict case compares the probabilities. The
+summary says whether the issue's targets over torch eager are met.
+Run alone: python -m bench.train [options].
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import gc
-import json
 import math
-import os
-import statistics
-import sys
-import time
-
-# OpenBLAS's idle workers spin ~0.1 s after each call and slow whichever library runs next on
-# a 2-core machine by 10x (see bench/__init__.py); set before NumPy loads.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 import densekit
 from densekit import layers, optimizers
 
-STEP_CASES = [((784, 256, 128, 10), 64), ((784, 256, 128, 10), 512), ((64, 32, 10), 32)]
-TARGETS = {  # the issue's speed-up targets over torch eager
-    ("step", (784, 256, 128, 10), 64): 3.0,
-    ("step", (64, 32, 10), 32): 10.0,
-    ("predict", (784, 256, 128, 10), 1): 4.0,
-}
+from . import peers
+from .config import Settings
+from .harness import DENSEKIT, Case, Impl, Record, Skip, Tolerance
+
+FAMILY = "train"
+MLP, TINY = (784, 256, 128, 10), (64, 32, 10)
+STEP_CASES = ((MLP, 64), (MLP, 512), (TINY, 32))
+QUICK_STEP_CASES = ((MLP, 64), (TINY, 32))
+QUICK_EPOCH_CASES = ((TINY, 32),)  # a 784-256-128-10 epoch takes seconds per call in torch
+PREDICT_SIZES = MLP
 EPOCH_STEPS = 100
+VERIFY_STEPS = 3
+STEP_BATCHES = 8  # each implementation cycles over the same batches
+TARGETS = (  # the issue's speed-ups over torch eager, float32: (case, shape, target)
+    ("step", "64x784-256-128-10", 3.0),
+    ("step", "32x64-32-10", 10.0),
+    ("predict", "1x784-256-128-10", 4.0),
+)
+# float64 weights after 3 Adam steps agree to ~1e-15 relative; float32 would not verify Adam,
+# whose first steps move each weight by about lr * sign(gradient).
+WEIGHT_TOLERANCE = Tolerance(rtol=1e-9, atol=1e-10)
+PREDICT_TOLERANCE = {
+    "float32": Tolerance(rtol=1e-4, atol=1e-5),
+    "float64": Tolerance(rtol=1e-10, atol=1e-12),
+}
+KERNEL_NAMES = (  # what a step of the model layer calls
+    "dense_forward",
+    "dense_backward",
+    "activation_forward",
+    "activation_backward",
+    "softmax_cross_entropy",
+    "adam_step",
+    "clip_by_global_norm",
+)
+
+
+def shape_name(sizes: tuple[int, ...], batch: int) -> str:
+    return f"{batch}x" + "-".join(map(str, sizes))
+
+
+def step_flop(sizes: tuple[int, ...], batch: int) -> float:
+    """Forward 2 n k m per layer, backward 4 n k m (dx and dw) except the input layer's dx."""
+    products = sum(k * m for k, m in zip(sizes[:-1], sizes[1:]))
+    return 6.0 * batch * products - 2.0 * batch * sizes[0] * sizes[1]
+
+
+def predict_flop(sizes: tuple[int, ...], batch: int) -> float:
+    return 2.0 * batch * sum(k * m for k, m in zip(sizes[:-1], sizes[1:]))
+
+
+STEP_FORMULA = "6n*sum(k*m) - 2n*k0*m0 (forward, backward without the input layer's dx)"
 
 
 # -- the three implementations ---------------------------------------------------------------
@@ -61,6 +104,16 @@ def initial_weights(sizes, dtype, seed=0):
     return weights
 
 
+def random_batches(rng, sizes, batch, dtype, count):
+    return [
+        (
+            rng.standard_normal((batch, sizes[0])).astype(dtype),
+            rng.integers(0, sizes[-1], batch),
+        )
+        for _ in range(count)
+    ]
+
+
 def densekit_model(sizes, weights, dtype):
     stack = [layers.Input((sizes[0],))]
     stack += [layers.Dense(units, "relu") for units in sizes[1:-1]]
@@ -73,8 +126,9 @@ def densekit_model(sizes, weights, dtype):
 
 
 def torch_model(sizes, weights, dtype):
-    import torch
-
+    """A torch.nn.Sequential with these weights, its training step and its weights (Keras
+    layout)."""
+    torch = peers.torch
     modules = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         linear = torch.nn.Linear(fan_in, fan_out, dtype=getattr(torch, dtype))
@@ -98,10 +152,7 @@ def torch_model(sizes, weights, dtype):
         out = []
         for module in modules:
             if isinstance(module, torch.nn.Linear):
-                out += [
-                    module.weight.detach().numpy().T.copy(),
-                    module.bias.detach().numpy().copy(),
-                ]
+                out += [module.weight.detach().numpy().T.copy(), module.bias.detach().numpy()]
         return out
 
     return model, step, weights_now
@@ -157,68 +208,69 @@ class NumpyMLP:
         return loss
 
 
-# -- verification ----------------------------------------------------------------------------
+# -- verification: float64 weights after a few steps ------------------------------------------
 
 
-def verify(sizes, batch, steps=3):
-    """Max relative difference of the weights after ``steps`` float64 steps, per peer."""
-    rng = np.random.default_rng(1)
+def weight_checks(sizes, batch, with_fit=False) -> dict[str, Callable[[], list[np.ndarray]]]:
+    """Per library, a function giving the weights after VERIFY_STEPS float64 steps from the same
+    weights on the same batches; densekit steps with train_on_batch, or with fit over those
+    batches unshuffled when with_fit."""
     weights = initial_weights(sizes, "float64")
-    batches = [
-        (rng.standard_normal((batch, sizes[0])), rng.integers(0, sizes[-1], batch))
-        for _ in range(steps)
-    ]
-    model = densekit_model(sizes, weights, "float64")
-    reference = NumpyMLP(weights)
-    results = {}
-    for x, y in batches:
-        model.train_on_batch(x, y)
-        reference.step(x, y)
-    mine = model.get_weights()
-    results["numpy"] = max(rel(a, b) for a, b in zip(mine, reference.params))
-    with contextlib.suppress(ImportError):
-        import torch
+    batches = random_batches(np.random.default_rng(1), sizes, batch, "float64", VERIFY_STEPS)
 
-        _, step, weights_now = torch_model(sizes, weights, "float64")
+    def densekit_weights():
+        model = densekit_model(sizes, weights, "float64")
+        if with_fit:
+            x = np.concatenate([x for x, _ in batches])
+            y = np.concatenate([y for _, y in batches])
+            model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        else:
+            for x, y in batches:
+                model.train_on_batch(x, y)
+        return model.get_weights()
+
+    def numpy_weights():
+        mlp = NumpyMLP(weights)
         for x, y in batches:
-            step(torch.from_numpy(x), torch.from_numpy(y))
-        results["torch"] = max(rel(a, b) for a, b in zip(mine, weights_now()))
-    return results
+            mlp.step(x, y)
+        return mlp.params
+
+    checks = {DENSEKIT: densekit_weights, "numpy": numpy_weights}
+    if peers.torch is not None:
+
+        def torch_weights():
+            _, step, weights_now = torch_model(sizes, weights, "float64")
+            for x, y in batches:
+                step(peers.torch.from_numpy(x), peers.torch.from_numpy(y))
+            return weights_now()
+
+        checks["torch"] = torch_weights
+    return checks
 
 
-def rel(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-# -- timing ------------------------------------------------------------------------------------
-
-
-def time_interleaved(impls: dict, min_sample_s: float, repeats: int) -> dict:
-    """Median seconds per call of each zero-argument callable, timed round-robin."""
-    per_call = {}
-    for name, run in impls.items():
-        run()  # warm-up
-        start = time.perf_counter()
-        run()
-        per_call[name] = time.perf_counter() - start
-    calls = {name: max(1, math.ceil(min_sample_s / max(t, 1e-9))) for name, t in per_call.items()}
-    samples = {name: [] for name in impls}
-    names = list(impls)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
+def verified(check: Callable[[], Any], run: Callable[[], Any]) -> Callable[[], Any]:
+    """A callable for the harness: its first call (the one the harness verifies) warms run()
+    and returns check()'s outputs, computed now, or raises what check raised; later calls are
+    run()."""
     try:
-        for r in range(repeats):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                run, count = impls[name], calls[name]
-                run()  # so the previous library's spinning threads are not counted here
-                start = time.perf_counter()
-                for _ in range(count):
-                    run()
-                samples[name].append((time.perf_counter() - start) / count)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {name: statistics.median(s) for name, s in samples.items()}
+        outputs, error = check(), None
+    except Exception as exc:  # reported by the harness at the first call
+        outputs, error = None, exc
+    first = [True]
+
+    def call():
+        if first[0]:
+            first[0] = False
+            if error is not None:
+                raise error
+            run()
+            return outputs
+        return run()
+
+    return call
+
+
+# -- cases -------------------------------------------------------------------------------------
 
 
 def cycling(batches):
@@ -232,69 +284,70 @@ def cycling(batches):
     return next_batch
 
 
-def bench_step(sizes, batch, timing, have_torch):
-    rng = np.random.default_rng(2)
-    weights = initial_weights(sizes, "float32")
-    batches = [
-        (
-            rng.standard_normal((batch, sizes[0]), dtype=np.float32),
-            rng.integers(0, sizes[-1], batch),
-        )
-        for _ in range(8)
-    ]
-    model = densekit_model(sizes, weights, "float32")
-    model.train_on_batch(*batches[0])
-    plan = model._workspace("train", batch).plan(batch, False)
-    np.copyto(plan.x, batches[0][0])
-    np.copyto(plan.y, batches[0][1])
-    update = model.optimizer._update
-    kernel_calls = {f"forward {i}": call for i, call in enumerate(plan.forward)}
-    kernel_calls["loss"] = plan.loss
-    kernel_calls.update({f"backward {i}": call for i, call in enumerate(plan.backward)})
-    kernel_calls["adam"] = lambda: update(step=10, lr=1e-3)
+def _case(name, sizes, batch, dtype, threads, work, formula, tolerance, densekit_impl, peer_impls):
+    return Case(
+        family=FAMILY,
+        name=name,
+        shape=shape_name(sizes, batch),
+        dtype=dtype,
+        threads=threads,
+        work=work,
+        unit="GFLOP/s",
+        work_formula=formula,
+        tolerance=tolerance,
+        densekit=densekit_impl,
+        peers=peer_impls,
+    )
 
+
+def step_case(sizes, batch, dtype, threads) -> Case:
+    weights = initial_weights(sizes, dtype)
+    batches = random_batches(np.random.default_rng(2), sizes, batch, dtype, STEP_BATCHES)
+    checks = weight_checks(sizes, batch)
+
+    model = densekit_model(sizes, weights, dtype)
     next_dk = cycling(batches)
-    impls = {
-        "densekit": lambda: model.train_on_batch(*next_dk()),
-        "densekit step": lambda: model._train_step(plan),
-    }
-    numpy_mlp = NumpyMLP(weights)
+    densekit_impl = Impl(
+        DENSEKIT, verified(checks[DENSEKIT], lambda: model.train_on_batch(*next_dk()))
+    )
+    mlp = NumpyMLP(weights)
     next_np = cycling(batches)
-    impls["numpy"] = lambda: numpy_mlp.step(*next_np())
-    if have_torch:
-        import torch
-
-        _, torch_step, _ = torch_model(sizes, weights, "float32")
-        torch_batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+    peer_impls = [Impl("numpy", verified(checks["numpy"], lambda: mlp.step(*next_np())))]
+    if peers.torch is not None:
+        _, torch_step, _ = torch_model(sizes, weights, dtype)
+        torch_batches = [(peers.torch.from_numpy(x), peers.torch.from_numpy(y)) for x, y in batches]
         next_torch = cycling(torch_batches)
-        impls["torch"] = lambda: torch_step(*next_torch())
-    times = time_interleaved(impls, timing["min_sample_s"], timing["repeats"])
-    kernels = time_interleaved(kernel_calls, timing["min_sample_s"], timing["repeats"])
-    times["kernels"] = sum(kernels.values())
-    times.update(python_overhead(sizes, batches, timing))
-    return times
-
-
-KERNEL_NAMES = [
-    "dense_forward",
-    "dense_backward",
-    "activation_forward",
-    "softmax_cross_entropy",
-    "adam_step",
-    "clip_by_global_norm",
-]
+        peer_impls.append(
+            Impl("torch", verified(checks["torch"], lambda: torch_step(*next_torch())))
+        )
+    case = _case(
+        "step",
+        sizes,
+        batch,
+        dtype,
+        threads,
+        step_flop(sizes, batch),
+        STEP_FORMULA,
+        WEIGHT_TOLERANCE,
+        densekit_impl,
+        peer_impls,
+    )
+    case.notes.append(f"checked: weights after {VERIFY_STEPS} float64 steps (train_on_batch)")
+    return case
 
 
 @contextlib.contextmanager
-def kernels_replaced_by_no_ops():
-    """Every kernel a step calls becomes a Python function that returns at once."""
-    saved = {name: getattr(densekit.kernels, name) for name in KERNEL_NAMES}
+def kernels_replaced_by_no_ops() -> Iterator[None]:
+    """Every kernel a step calls becomes a Python function that returns at once (a model built
+    inside keeps them: its calls are bound when its step is planned)."""
+    names = [name for name in KERNEL_NAMES if hasattr(densekit.kernels, name)]
+    saved = {name: getattr(densekit.kernels, name) for name in names}
     result = (0.0, None)
 
     def no_op(*args, **kwargs):
         return result
 
-    for name in KERNEL_NAMES:
+    for name in names:
         setattr(densekit.kernels, name, no_op)
     try:
         yield
@@ -303,48 +356,80 @@ def kernels_replaced_by_no_ops():
             setattr(densekit.kernels, name, function)
 
 
-def python_overhead(sizes, batches, timing):
-    """Seconds per step of the model layer's own Python: train_on_batch and the fit loop's
-    step with every kernel call replaced by a no-op (what is left is the arranging)."""
-    batch = batches[0][0].shape[0]
-    with kernels_replaced_by_no_ops():
-        model = densekit_model(sizes, initial_weights(sizes, "float32"), "float32")
-        model.train_on_batch(*batches[0])
-        plan = model._workspace("train", batch).plan(batch, False)
-        next_batch = cycling(batches)
-        impls = {
-            "python train_on_batch": lambda: model.train_on_batch(*next_batch()),
-            "python step": lambda: model._train_step(plan),
-        }
-        return time_interleaved(impls, timing["min_sample_s"], timing["repeats"])
+def _fit_step(model, batches):
+    """The step fit's loop runs, on the plan's buffers filled with the first batch (private
+    API of the model layer: AttributeError when it changes)."""
+    x, y = batches[0]
+    model.train_on_batch(x, y)  # builds the workspace and the plan
+    plan = model._workspace("train", len(x)).plan(len(x), False)
+    np.copyto(plan.x, x)
+    np.copyto(plan.y, y)
+    return lambda: model._train_step(plan)
 
 
-def bench_epoch(sizes, batch, timing, have_torch):
+def breakdown_cases(sizes, batch, dtype, threads) -> Iterator[Case | Skip]:
+    """densekit only: fit's step with real kernels, then train_on_batch and fit's step with
+    every kernel a no-op (the model layer's own Python)."""
+    label = f"{shape_name(sizes, batch)} {dtype}"
+    weights = initial_weights(sizes, dtype)
+    batches = random_batches(np.random.default_rng(2), sizes, batch, dtype, STEP_BATCHES)
+    try:
+        fit_step = _fit_step(densekit_model(sizes, weights, dtype), batches)
+        with kernels_replaced_by_no_ops():
+            model = densekit_model(sizes, weights, dtype)
+            idle_step = _fit_step(model, batches)
+    except AttributeError as exc:
+        yield Skip(FAMILY, f"fit step, py {label}", f"model layer internals changed ({exc})")
+        return
+    next_batch = cycling(batches)
+    no_kernels = "none: the model layer's Python alone, every kernel call a no-op"
+    parts = (
+        ("fit step", fit_step, step_flop(sizes, batch), STEP_FORMULA),
+        ("py train_on_batch", lambda: model.train_on_batch(*next_batch()), 0.0, no_kernels),
+        ("py fit step", idle_step, 0.0, no_kernels),
+    )
+    for name, run, work, formula in parts:
+        case = _case(
+            name,
+            sizes,
+            batch,
+            dtype,
+            threads,
+            work,
+            formula,
+            WEIGHT_TOLERANCE,
+            Impl(DENSEKIT, run),
+            [],
+        )
+        if not work:
+            case.context = kernels_replaced_by_no_ops
+        yield case
+
+
+def epoch_case(sizes, batch, dtype, threads) -> Case:
     n = batch * EPOCH_STEPS
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+    x = rng.standard_normal((n, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], n)
-    weights = initial_weights(sizes, "float32")
-    model = densekit_model(sizes, weights, "float32")
-    numpy_mlp = NumpyMLP(weights)
+    weights = initial_weights(sizes, dtype)
+    checks = weight_checks(sizes, batch, with_fit=True)
+    model = densekit_model(sizes, weights, dtype)
+    mlp = NumpyMLP(weights)
     epoch_seed = iter(range(10**9))
+
+    def densekit_epoch():
+        return model.fit(x, y, batch_size=batch, epochs=1, verbose=0, seed=next(epoch_seed))
 
     def numpy_epoch():
         order = np.random.default_rng(next(epoch_seed)).permutation(n)
         for start in range(0, n, batch):
             rows = order[start : start + batch]
-            numpy_mlp.step(x[rows], y[rows])
+            mlp.step(x[rows], y[rows])
 
-    impls = {
-        "densekit": lambda: model.fit(
-            x, y, batch_size=batch, epochs=1, verbose=0, seed=next(epoch_seed)
-        ),
-        "numpy": numpy_epoch,
-    }
-    if have_torch:
-        import torch
-
-        _, torch_step, _ = torch_model(sizes, weights, "float32")
+    peer_impls = [Impl("numpy", verified(checks["numpy"], numpy_epoch))]
+    if peers.torch is not None:
+        torch = peers.torch
+        _, torch_step, _ = torch_model(sizes, weights, dtype)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
         def torch_epoch():
@@ -353,152 +438,129 @@ def bench_epoch(sizes, batch, timing, have_torch):
                 rows = order[start : start + batch]
                 torch_step(xt[rows], yt[rows])
 
-        impls["torch"] = torch_epoch
-    return time_interleaved(impls, timing["min_sample_s"], max(3, timing["repeats"] // 3))
+        peer_impls.append(Impl("torch", verified(checks["torch"], torch_epoch)))
+    case = _case(
+        "epoch",
+        sizes,
+        batch,
+        dtype,
+        threads,
+        EPOCH_STEPS * step_flop(sizes, batch),
+        f"{EPOCH_STEPS} steps x ({STEP_FORMULA})",
+        WEIGHT_TOLERANCE,
+        Impl(DENSEKIT, verified(checks[DENSEKIT], densekit_epoch)),
+        peer_impls,
+    )
+    case.notes.append(
+        f"an epoch is {EPOCH_STEPS} steps of batch n, shuffled; checked: weights after "
+        f"{VERIFY_STEPS} float64 steps (densekit: fit unshuffled)"
+    )
+    return case
 
 
-def bench_predict(sizes, timing, have_torch):
-    weights = initial_weights(sizes, "float32")
-    model = densekit_model(sizes, weights, "float32")
-    x = np.random.default_rng(4).standard_normal((1, sizes[0]), dtype=np.float32)
-    numpy_mlp = NumpyMLP(weights)
-    impls = {
-        "densekit": lambda: model.predict(x),
-        "densekit predict_on_batch": lambda: model.predict_on_batch(x),
-        "numpy": lambda: numpy_mlp.predict(x),
-    }
-    expected = numpy_mlp.predict(x)
-    assert rel(model.predict(x), expected) < 1e-5, "predict disagrees with NumPy"
-    if have_torch:
-        import torch
-
-        torch_net, _, _ = torch_model(sizes, weights, "float32")
+def predict_case(name, sizes, dtype, threads) -> Case:
+    weights = initial_weights(sizes, dtype)
+    model = densekit_model(sizes, weights, dtype)
+    x = np.random.default_rng(4).standard_normal((1, sizes[0])).astype(dtype)
+    mlp = NumpyMLP(weights)
+    run = model.predict if name == "predict" else model.predict_on_batch
+    peer_impls = [Impl("numpy", lambda: mlp.predict(x))]
+    if peers.torch is not None:
+        torch = peers.torch
+        torch_net, _, _ = torch_model(sizes, weights, dtype)
         xt = torch.from_numpy(x)
 
         def torch_predict():
             with torch.inference_mode():
                 return torch.softmax(torch_net(xt), dim=1)
 
-        assert rel(torch_predict().numpy(), expected) < 1e-5, "torch disagrees with NumPy"
-        impls["torch"] = torch_predict
-    return time_interleaved(impls, timing["min_sample_s"], timing["repeats"])
+        peer_impls.append(Impl("torch", torch_predict))
+    return _case(
+        name,
+        sizes,
+        1,
+        dtype,
+        threads,
+        predict_flop(sizes, 1),
+        "2n*sum(k*m)",
+        PREDICT_TOLERANCE[dtype],
+        Impl(DENSEKIT, lambda: run(x)),
+        peer_impls,
+    )
 
 
-# -- report ------------------------------------------------------------------------------------
-
-HEADER = (
-    f"{'case':34} {'densekit':>9} {'torch':>9} {'numpy':>9} {'vs torch':>9} {'vs numpy':>9} "
-    f"{'target':>7}"
-)
-STEP_COLUMNS = ["step", "kernels", "overhead", "py tob", "py step"]
-STEP_NOTE = """\
-densekit = train_on_batch (input checks, copy into the step's buffers, the step); step = the
-fit loop's step on buffers already filled; kernels = the sum of the step's kernel calls, each
-timed alone; overhead = densekit - kernels (it includes the cache misses a whole step has and
-a kernel repeated alone does not); py tob / py step = train_on_batch / step with every kernel
-replaced by a Python no-op: the model layer's own Python per step."""
-
-
-def row(label, times, scale, mine="densekit", target=None, extra=()):
-    """One table line: times in microseconds (scale 1e6) or milliseconds (1e3)."""
-
-    def cell(seconds):
-        return f"{seconds * scale:9.1f}" if seconds is not None else f"{'-':>9}"
-
-    def speedup(peer):
-        value = times[peer] / times[mine] if peer in times else None
-        return f"{value:8.2f}x" if value is not None else f"{'-':>9}"
-
-    target_text = f"{target}x" if target else ""
-    cells = [cell(times[mine]), cell(times.get("torch")), cell(times.get("numpy"))]
-    cells += [speedup("torch"), speedup("numpy"), f"{target_text:>7}"]
-    cells += [cell(value) for value in extra]
-    return (f"{label:34} " + " ".join(cells)).rstrip()
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="densekit training benchmarks vs torch and NumPy")
-    parser.add_argument("--threads", type=int, default=None, help="threads for every library")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
-    parser.add_argument("--json", type=str, default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    threads = args.threads or densekit.get_num_threads()
-    densekit.set_num_threads(threads)
-    limits = contextlib.nullcontext()
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        limits = threadpool_limits(threads)
-    versions = f"densekit {densekit.__version__}, numpy {np.__version__}"
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-        have_torch = True
-        versions += f", torch {torch.__version__}"
-    except ImportError:
-        have_torch = False
-    timing = {"min_sample_s": 0.03, "repeats": 21}
-    if args.quick:
-        timing = {"min_sample_s": 0.01, "repeats": 7}
-    results = {"threads": threads, "versions": versions, "cases": []}
-    print(f"{versions}; {threads} threads")
-
-    with limits:
-        print("\nverification: relative weight difference after 3 float64 Adam steps")
+def cases(settings: Settings) -> Iterator[Case | Skip]:
+    # float32 (the issue's targets) unless --dtype asks otherwise
+    dtypes = settings.requested_dtypes or ("float32",)
+    step_cases = QUICK_STEP_CASES if settings.quick else STEP_CASES
+    epoch_cases = QUICK_EPOCH_CASES if settings.quick else STEP_CASES
+    threads = settings.threads
+    for dtype in dtypes:
         for sizes, batch in STEP_CASES:
-            checks = verify(sizes, batch)
-            shape = "-".join(map(str, sizes))
-            print(
-                f"  {shape} batch {batch}: " + ", ".join(f"{k} {v:.1e}" for k, v in checks.items())
-            )
-            if any(v > 1e-9 for v in checks.values()):
-                print("  VERIFICATION FAILED")
-                return 1
-
-        print("\ntraining step (us, median)")
-        print(HEADER + "".join(f" {name:>9}" for name in STEP_COLUMNS))
+            if (sizes, batch) not in step_cases:
+                yield Skip(FAMILY, f"step {shape_name(sizes, batch)} {dtype}", "--quick")
+                continue
+            yield step_case(sizes, batch, dtype, threads)
+            yield from breakdown_cases(sizes, batch, dtype, threads)
         for sizes, batch in STEP_CASES:
-            times = bench_step(sizes, batch, timing, have_torch)
-            label = "-".join(map(str, sizes)) + f" batch {batch}"
-            extra = (
-                times["densekit step"],
-                times["kernels"],
-                times["densekit"] - times["kernels"],
-                times["python train_on_batch"],
-                times["python step"],
-            )
-            target = TARGETS.get(("step", sizes, batch))
-            print(row(label, times, 1e6, target=target, extra=extra))
-            results["cases"].append(
-                {"case": "step", "sizes": sizes, "batch": batch, "seconds": times, "target": target}
-            )
+            if (sizes, batch) not in epoch_cases:
+                yield Skip(FAMILY, f"epoch {shape_name(sizes, batch)} {dtype}", "--quick")
+                continue
+            yield epoch_case(sizes, batch, dtype, threads)
+        for name in ("predict", "predict_on_batch"):
+            yield predict_case(name, PREDICT_SIZES, dtype, threads)
 
-        print(f"\none epoch of {EPOCH_STEPS} steps (ms, median; densekit: fit with shuffling)")
-        print(HEADER)
-        for sizes, batch in STEP_CASES:
-            times = bench_epoch(sizes, batch, timing, have_torch)
-            print(row("-".join(map(str, sizes)) + f" batch {batch}", times, 1e3))
-            results["cases"].append(
-                {"case": "epoch", "sizes": sizes, "batch": batch, "seconds": times}
-            )
 
-        print("\nbatch-1 predict (us, median)")
-        print(HEADER)
-        sizes = (784, 256, 128, 10)
-        times = bench_predict(sizes, timing, have_torch)
-        print(row("784-256-128-10 predict", times, 1e6, target=4.0))
-        print(row("784-256-128-10 predict_on_batch", times, 1e6, mine="densekit predict_on_batch"))
-        results["cases"].append(
-            {"case": "predict", "sizes": sizes, "batch": 1, "seconds": times, "target": 4.0}
+# -- summary -----------------------------------------------------------------------------------
+
+
+def _find(records: list[Record], name: str, shape: str, dtype: str = "float32") -> Record | None:
+    for record in records:
+        if (record.family, record.name, record.shape, record.dtype) == (FAMILY, name, shape, dtype):
+            return record
+    return None
+
+
+def _us(record: Record | None) -> float | None:
+    if record is None or DENSEKIT not in record.timings:
+        return None
+    return record.timings[DENSEKIT].median * 1e6
+
+
+def summarize(records: list[Record]) -> list[str]:
+    if not any(record.family == FAMILY for record in records):
+        return []
+    lines = ["training targets (densekit speed / torch eager speed, float32):"]
+    for name, shape, target in TARGETS:
+        record = _find(records, name, shape)
+        ratio = None if record is None else record.ratio("torch")
+        if ratio is None:
+            verdict = "not measured"
+        else:
+            verdict = f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
+            if record.failed:
+                verdict += " (verification failed)"
+        lines.append(f"  {name:<8} {shape:<18} target >= {target:g}x: {verdict}")
+    overhead = []
+    for record in records:
+        if record.family != FAMILY or record.name != "step":
+            continue
+        step = _us(record)
+        tob = _us(_find(records, "py train_on_batch", record.shape, record.dtype))
+        fit = _us(_find(records, "py fit step", record.shape, record.dtype))
+        if step is None or tob is None or fit is None:
+            continue
+        overhead.append(
+            f"  {record.shape:<18} {record.dtype:<8} train_on_batch {tob:6.1f} us "
+            f"({100 * tob / step:4.1f}% of its {step:.1f} us step), fit's step {fit:6.1f} us"
         )
-
-    print("\n" + STEP_NOTE)
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1, default=list)
-    return 0
+    if overhead:
+        lines.append("densekit per-step Python overhead (every kernel call a no-op):")
+        lines += overhead
+    return lines
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .runner import run_family_script
+
+    run_family_script(FAMILY)
