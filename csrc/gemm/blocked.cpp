@@ -45,6 +45,8 @@ const Tuning& tuning() {
         if (key == "swap") t.swap = static_cast<int>(value);
         if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
         if (key == "align") t.align = static_cast<int>(value);
+        if (key == "columns") t.split_columns = static_cast<int>(value);
+        if (key == "even") t.even_tiles = static_cast<int>(value);
       }
       pos = end + 1;
     }
@@ -108,9 +110,10 @@ inline index_t start_of_panel(index_t p, index_t n, index_t nr, index_t lead) {
 // in L2), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
 // block), at most tasks_per_thread tasks per thread. Returns the load of the busiest thread
 // in tile x column units, the smallest found; ties go to fewer tasks (less packing), then
-// to more column blocks (less of B per core). Measured at (256, 784, 256) and
-// (64, 784, 256) on two threads: one balanced task per thread beats four (+5-10%); 22 tiles
-// in 8 tasks of 3 cost 9% through 12:10 imbalance.
+// to fewer column blocks (each A micro-panel then serves more panels: at (256, 784, 256) a
+// thread's half runs 10% faster as 11 tiles x 256 columns than as 22 tiles x 128 columns).
+// Measured at (256, 784, 256) and (64, 784, 256) on two threads: one balanced task per
+// thread beats four (+5-10%); 22 tiles in 8 tasks of 3 cost 9% through 12:10 imbalance.
 template <typename T>
 index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* tasks_m_out,
                      index_t* tasks_n_out) {
@@ -132,10 +135,14 @@ index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* ta
         const index_t end = start_of_panel(n_panels * (block + 1) / tasks_n, plan.n, plan.nr, lead);
         widest = std::max(widest, end - begin);
       }
-      const index_t cost = ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * widest;
+      // A row tile costs about half a panel besides its panels (its A micro-panel, calls).
+      const index_t cost =
+          ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * (widest + plan.nr / 2);
       const index_t best_tasks = best_m * best_n;
       if (best_cost < 0 || cost < best_cost ||
-          (cost == best_cost && (tasks < best_tasks || (tasks == best_tasks && tasks_n > best_n)))) {
+          (cost == best_cost &&
+           (tasks < best_tasks ||
+            (tasks == best_tasks && (tune.split_columns ? tasks_n > best_n : tasks_n < best_n))))) {
         best_cost = cost;
         best_m = tasks_m;
         best_n = tasks_n;
@@ -212,6 +219,13 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
   const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
   const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
+  // Row tiles in a multiple of the thread count when they stay at least 2/3 of mr tall
+  // (128 rows on two threads: 12 tiles of 10-11 rows, not 11 tiles split 6:5). Tile heights
+  // change no bit (see microkernels.hpp).
+  if (threads > 1 && plan.m_tiles % threads != 0 && tune.even_tiles != 0) {
+    const index_t even = round_up(plan.m_tiles, threads);
+    if (3 * m >= 2 * plan.mr * even) plan.m_tiles = even;
+  }
 
   // A narrow first panel ("lead") makes the vector loads of B read in place, or else the
   // stores of C, whole 64-byte lines: numpy arrays are 16-byte aligned, and split loads or
