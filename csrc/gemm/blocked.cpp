@@ -58,6 +58,7 @@ const Tuning& tuning() {
 namespace {
 
 constexpr size_t kAlign = 64;
+constexpr index_t kTileGroup = 8;  // row tiles of a transposed A packed together
 thread_local Scratch t_scratch;
 
 // Everything a call decides before its threads start. The output is cut into tasks_m x
@@ -270,7 +271,9 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     }
   }
   const size_t kc = size_t(plan.kc);
-  plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
+  const size_t a_panels = a.transposed ? kTileGroup : 1;
+  plan.a_buffer =
+      plan.pack_a ? whole_lines(a_panels * round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
   plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
   plan.edge_buffer = plan.pack_b ? 0 : 2 * whole_lines(plan.nr * kc, sizeof(T));
   return plan;
@@ -359,11 +362,23 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
       tile_rows(plan, tile, &i0, &rows);
       args.rows = rows;
       if (plan.pack_a && a.transposed) {
-        const int width = static_cast<int>(round_up(rows, lanes));
-        const index_t offset = pc * a.ld + i0;
-        kernels.pack_panels(a.data + offset, a.ld, kc, rows, width, a_buffer,
-                            pack_scale(a.scale, offset), nullptr);
-        args.a = a_buffer;
+        // Row tiles of a transposed A are packed kTileGroup at a time: the rows of its source
+        // are then read in runs of ~100 elements, not 12 (dw = x^T dz at 1024^3: pack 20% ->
+        // a few % of the time).
+        const int width = static_cast<int>(round_up(plan.mr, lanes));
+        const index_t group_index = (tile - tile_begin) % kTileGroup;
+        if (group_index == 0) {
+          int heights[kTileGroup];
+          const int count = static_cast<int>(std::min<index_t>(kTileGroup, tile_end - tile));
+          for (int t = 0; t < count; ++t) {
+            index_t unused;
+            tile_rows(plan, tile + t, &unused, &heights[t]);
+          }
+          const index_t offset = pc * a.ld + i0;
+          kernels.pack_row_tiles(a.data + offset, a.ld, kc, heights, count, width, a_buffer,
+                                 pack_scale(a.scale, offset));
+        }
+        args.a = a_buffer + group_index * kc * width;
         args.a_stride = width;
         args.a_rows = false;
       } else if (plan.pack_a) {
