@@ -12,7 +12,7 @@ namespace densekit::gemm {
 // automatic).
 struct Tuning {
   index_t kc_max = 256;
-  index_t nc_max = 512;
+  index_t nc_max = 1024;  // float32 columns per task (half as many float64): B block ~1 MiB
   double grain = 5000;  // ns of work per thread
   int pack_b = -1;   // -1 auto, 0 never, 1 always
   int pack_a = -1;
