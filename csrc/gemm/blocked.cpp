@@ -45,6 +45,8 @@ const Tuning& tuning() {
         if (key == "swap") t.swap = static_cast<int>(value);
         if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
         if (key == "align") t.align = static_cast<int>(value);
+        if (key == "columns") t.split_columns = static_cast<int>(value);
+        if (key == "even") t.even_tiles = static_cast<int>(value);
       }
       pos = end + 1;
     }
@@ -56,6 +58,7 @@ const Tuning& tuning() {
 namespace {
 
 constexpr size_t kAlign = 64;
+constexpr index_t kTileGroup = 8;  // row tiles of a transposed A packed together
 thread_local Scratch t_scratch;
 
 // Everything a call decides before its threads start. The output is cut into tasks_m x
@@ -104,19 +107,22 @@ inline index_t start_of_panel(index_t p, index_t n, index_t nr, index_t lead) {
 }
 
 // The task grid (tasks_m row blocks x tasks_n column blocks, near-equal numbers of tiles and
-// panels) for a given lead: column blocks of at most nc_max columns (a packed B block stays
-// in L2), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
+// panels) for a given lead: column blocks of at most nc_max columns (a packed B block of
+// 256 x 1024 floats, 1 MiB, stays in L2; 1024 rather than 512 columns: +8-12% at 1024^3 on
+// two threads, +3-8% at 2048^3), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
 // block), at most tasks_per_thread tasks per thread. Returns the load of the busiest thread
 // in tile x column units, the smallest found; ties go to fewer tasks (less packing), then
-// to more column blocks (less of B per core). Measured at (256, 784, 256) and
-// (64, 784, 256) on two threads: one balanced task per thread beats four (+5-10%); 22 tiles
-// in 8 tasks of 3 cost 9% through 12:10 imbalance.
+// to fewer column blocks (each A micro-panel then serves more panels: at (256, 784, 256) a
+// thread's half runs 10% faster as 11 tiles x 256 columns than as 22 tiles x 128 columns).
+// Measured at (256, 784, 256) and (64, 784, 256) on two threads: one balanced task per
+// thread beats four (+5-10%); 22 tiles in 8 tasks of 3 cost 9% through 12:10 imbalance.
 template <typename T>
 index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* tasks_m_out,
                      index_t* tasks_n_out) {
   const Tuning& tune = tuning();
   const index_t n_panels = panel_count(plan.n, plan.nr, lead);
-  const index_t max_panels = std::max<index_t>(1, tune.nc_max / plan.nr);
+  const index_t nc_max = tune.nc_max * 4 / index_t(sizeof(T));
+  const index_t max_panels = std::max<index_t>(1, nc_max / plan.nr);
   const index_t min_tasks_n = ceil_div(n_panels, max_panels);
   const index_t min_tiles = plan.pack_b ? std::min<index_t>(8, plan.m_tiles) : 1;
   const index_t max_tasks =
@@ -132,10 +138,14 @@ index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* ta
         const index_t end = start_of_panel(n_panels * (block + 1) / tasks_n, plan.n, plan.nr, lead);
         widest = std::max(widest, end - begin);
       }
-      const index_t cost = ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * widest;
+      // A row tile costs about half a panel besides its panels (its A micro-panel, calls).
+      const index_t cost =
+          ceil_div(tasks, threads) * ceil_div(plan.m_tiles, tasks_m) * (widest + plan.nr / 2);
       const index_t best_tasks = best_m * best_n;
       if (best_cost < 0 || cost < best_cost ||
-          (cost == best_cost && (tasks < best_tasks || (tasks == best_tasks && tasks_n > best_n)))) {
+          (cost == best_cost &&
+           (tasks < best_tasks ||
+            (tasks == best_tasks && (tune.split_columns ? tasks_n > best_n : tasks_n < best_n))))) {
         best_cost = cost;
         best_m = tasks_m;
         best_n = tasks_n;
@@ -212,6 +222,13 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
   const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
   const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
+  // Row tiles in a multiple of the thread count when they stay at least 2/3 of mr tall
+  // (128 rows on two threads: 12 tiles of 10-11 rows, not 11 tiles split 6:5). Tile heights
+  // change no bit (see microkernels.hpp).
+  if (threads > 1 && plan.m_tiles % threads != 0 && tune.even_tiles != 0) {
+    const index_t even = round_up(plan.m_tiles, threads);
+    if (3 * m >= 2 * plan.mr * even) plan.m_tiles = even;
+  }
 
   // A narrow first panel ("lead") makes the vector loads of B read in place, or else the
   // stores of C, whole 64-byte lines: numpy arrays are 16-byte aligned, and split loads or
@@ -256,7 +273,9 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     }
   }
   const size_t kc = size_t(plan.kc);
-  plan.a_buffer = plan.pack_a ? whole_lines(round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
+  const size_t a_panels = a.transposed ? kTileGroup : 1;
+  plan.a_buffer =
+      plan.pack_a ? whole_lines(a_panels * round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
   plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
   plan.edge_buffer = plan.pack_b ? 0 : 2 * whole_lines(plan.nr * kc, sizeof(T));
   return plan;
@@ -345,11 +364,23 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
       tile_rows(plan, tile, &i0, &rows);
       args.rows = rows;
       if (plan.pack_a && a.transposed) {
-        const int width = static_cast<int>(round_up(rows, lanes));
-        const index_t offset = pc * a.ld + i0;
-        kernels.pack_panels(a.data + offset, a.ld, kc, rows, width, a_buffer,
-                            pack_scale(a.scale, offset), nullptr);
-        args.a = a_buffer;
+        // Row tiles of a transposed A are packed kTileGroup at a time: the rows of its source
+        // are then read in runs of ~100 elements, not 12 (dw = x^T dz at 1024^3: pack 20% ->
+        // a few % of the time).
+        const int width = static_cast<int>(round_up(plan.mr, lanes));
+        const index_t group_index = (tile - tile_begin) % kTileGroup;
+        if (group_index == 0) {
+          int heights[kTileGroup];
+          const int count = static_cast<int>(std::min<index_t>(kTileGroup, tile_end - tile));
+          for (int t = 0; t < count; ++t) {
+            index_t unused;
+            tile_rows(plan, tile + t, &unused, &heights[t]);
+          }
+          const index_t offset = pc * a.ld + i0;
+          kernels.pack_row_tiles(a.data + offset, a.ld, kc, heights, count, width, a_buffer,
+                                 pack_scale(a.scale, offset));
+        }
+        args.a = a_buffer + group_index * kc * width;
         args.a_stride = width;
         args.a_rows = false;
       } else if (plan.pack_a) {

@@ -12,13 +12,15 @@ namespace densekit::gemm {
 // automatic).
 struct Tuning {
   index_t kc_max = 256;
-  index_t nc_max = 512;
+  index_t nc_max = 1024;  // float32 columns per task (half as many float64): B block ~1 MiB
   double grain = 5000;  // ns of work per thread
   int pack_b = -1;   // -1 auto, 0 never, 1 always
   int pack_a = -1;
   int swap = 1;
   int tasks_per_thread = 4;  // at most
   int align = 1;             // 0 off, 1 auto, 2 always to C
+  int split_columns = 0;     // ties between task grids: 0 fewer, 1 more column blocks
+  int even_tiles = 1;        // row tiles in a multiple of the thread count
 };
 
 const Tuning& tuning();

@@ -85,6 +85,10 @@ struct KernelFamily {
   // In place, rows x cols of (c, ldc); null when the family has no vector math for T.
   void (*activate)(T* c, index_t ldc, int rows, int cols, VectorActivation kind,
                    T alpha) = nullptr;
+  // Consecutive row tiles of a transposed A: tile t (rows[t] columns of src) at
+  // out + t * kc * width, row stride width (a multiple of lanes).
+  void (*pack_row_tiles)(const T* src, index_t ld, index_t kc, const int* rows, int tiles,
+                         int width, T* out, const PackScale<T>& scale) = nullptr;
   // rows <= 4: c[i * ldc + j] = sum_p a[i * lda + p] * b[j * ldb + p], j < n (see the body).
   void (*dot)(const T* a, index_t lda, int rows, const T* b, index_t ldb, index_t n, index_t k,
               T* c, index_t ldc) = nullptr;
