@@ -2,6 +2,7 @@
 #include "parallel.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -48,6 +49,20 @@ std::atomic<int> g_default_threads{0};
 std::atomic<bool> g_default_explicit{false};
 std::atomic<bool> g_forked_child{false};
 std::atomic<int> g_budgeted_regions{0};
+// steady_clock nanoseconds until which a Python thread counts as busy.
+std::atomic<long long> g_python_busy_until{0};
+// A reacquire slower than this had to wait for another thread (an uncontended one takes
+// well under a microsecond; the interpreter hands the GIL over every 5 ms by default).
+constexpr double kGilWaitSeconds = 50e-6;
+// How long one observed wait keeps a core for Python: long enough to span the gaps between
+// the GIL hand-overs of a busy thread, short enough to give the core back soon after.
+constexpr long long kPythonBusyNanoseconds = 100'000'000;
+
+long long now_nanoseconds() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 // Whether the call running on this OS thread takes the shared budget (set per call).
 thread_local bool t_call_budgeted = false;
 
@@ -119,11 +134,24 @@ int resolve_num_threads(int requested) {
   return threads;
 }
 
+void note_gil_reacquire_wait(double seconds) {
+  if (seconds < 0.0) {  // forget
+    g_python_busy_until.store(0, std::memory_order_relaxed);
+  } else if (seconds > kGilWaitSeconds)
+    g_python_busy_until.store(now_nanoseconds() + kPythonBusyNanoseconds,
+                              std::memory_order_relaxed);
+}
+
+bool python_thread_busy() {
+  return now_nanoseconds() < g_python_busy_until.load(std::memory_order_relaxed);
+}
+
 RegionThreads::RegionThreads(int wanted) : granted_(std::max(wanted, 1)) {
   if (!t_call_budgeted || granted_ == 1) return;
   counted_ = true;
   const int running = g_budgeted_regions.fetch_add(1, std::memory_order_acq_rel) + 1;
-  const int share = std::max(1, hardware_threads() / running);
+  const int cores = std::max(1, hardware_threads() - (python_thread_busy() ? 1 : 0));
+  const int share = std::max(1, cores / running);
   granted_ = std::min(granted_, share);
 }
 

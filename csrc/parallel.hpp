@@ -38,10 +38,18 @@ int resolve_num_threads(int requested);
 // True when set_num_threads() has been called (an explicit default is not budgeted).
 bool default_is_explicit();
 
+// Python threads that run Python code need a core too. The bindings report how long each
+// kernel call waited to take the GIL back; a wait means another Python thread held it, i.e.
+// was running Python beside the kernels. For a short while after such a wait, budgeted
+// regions leave one core to Python (max(1, cores - 1)).
+void note_gil_reacquire_wait(double seconds);
+bool python_thread_busy();
+
 // A share of the process's cores for one parallel region. Regions of budgeted calls (see
 // resolve_num_threads) that overlap in time split the cores between them, so several Python
 // threads calling kernels at once do not oversubscribe the machine: each region gets
-// max(1, min(wanted, cores / regions running)). Explicit counts are granted as asked.
+// max(1, min(wanted, cores / regions running)), one core fewer while a Python thread is
+// busy (see note_gil_reacquire_wait). Explicit counts are granted as asked.
 // The grant only changes how many threads work, never the results.
 class RegionThreads {
  public:

@@ -33,6 +33,7 @@ def run_python(code: str, env: dict | None = None) -> str:
 def automatic_thread_default():
     """Every test starts and ends with the automatic (shared) default."""
     densekit.set_num_threads(None)
+    _core._forget_busy_python()
     yield
     densekit.set_num_threads(None)
 
@@ -252,3 +253,31 @@ def test_threadpoolctl_limit_is_honoured():
     del threadpoolctl
     inside, after = run_python(code, {"OMP_NUM_THREADS": "2"}).split()
     assert (inside, after) == ("1", "2")
+
+
+def test_a_busy_python_thread_keeps_a_core():
+    cores = _core.hardware_threads()
+    stop = threading.Event()
+    running = threading.Event()
+
+    def spin():
+        running.set()
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        assert running.wait(10)
+        x = np.ones((512, 512), np.float32)
+        seen = []
+        for _ in range(4):
+            kernels.dense_forward(x, x.T.copy())  # returns through a GIL held by the spinner
+            seen.append(_core._probe_region_threads(16, sleep_ms=1))
+    finally:
+        stop.set()
+        spinner.join()
+    # The first call may return before the spinner holds the GIL; later ones see it.
+    assert max(seen[1:]) <= max(1, cores - 1), seen
+    time.sleep(0.25)  # the signal fades once Python goes quiet
+    assert _core._probe_region_threads(16, sleep_ms=1) == min(cores, 16)

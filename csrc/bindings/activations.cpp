@@ -78,12 +78,12 @@ py::array activation_forward_py(py::handle z_obj, py::handle name, py::handle ou
   if (dtype == DType::float32) {
     const float* zp = cptr<float>(z);
     float* yp = mptr<float>(out);
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     activation_forward<float>(yp, zp, rows, cols, act, threads);
   } else {
     const double* zp = cptr<double>(z);
     double* yp = mptr<double>(out);
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     activation_forward<double>(yp, zp, rows, cols, act, threads);
   }
   return out;
@@ -136,7 +136,7 @@ py::array activation_backward_py(py::handle dy_obj, py::handle name, py::handle 
     const T* yp = use_y ? cptr<T>(y) : nullptr;
     const T* zp = has_z ? cptr<T>(z) : nullptr;
     T* dzp = mptr<T>(out);
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     activation_backward<T>(dzp, dyp, yp, zp, rows, cols, act, threads);
   };
   if (dtype == DType::float32) {

@@ -7,19 +7,40 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "parallel.hpp"
 
 namespace densekit::bind {
 
 namespace py = pybind11;
 
 enum class DType { float32, float64 };
+
+// Releases the GIL for a kernel call and, on the way back, tells the thread budget how long
+// taking the GIL again took (a wait means another Python thread was running Python).
+class GilRelease {
+ public:
+  GilRelease() { release_.emplace(); }
+  ~GilRelease() {
+    const auto start = std::chrono::steady_clock::now();
+    release_.reset();
+    note_gil_reacquire_wait(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  std::optional<py::gil_scoped_release> release_;
+};
 
 inline std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();

@@ -59,7 +59,7 @@ py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle
   void* dst = out.mutable_data();
   const void* src = source.data();
   const void* idx = indices.data();
-  py::gil_scoped_release nogil;
+  const GilRelease nogil;
   if (int64) {
     take_rows(dst, src, static_cast<const std::int64_t*>(idx), count, row_bytes, threads);
   } else {

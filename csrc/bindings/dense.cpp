@@ -71,7 +71,7 @@ py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
     const T* bp = has_b ? cptr<T>(b) : nullptr;
     T* yp = mptr<T>(out);
     T* zp = has_preact ? mptr<T>(preact) : nullptr;
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     dense_forward<T>(yp, zp, xp, wp, bp, s.n, s.k, s.m, act, threads);
   };
   if (dtype == DType::float32) {
@@ -155,7 +155,7 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
     const T* wp = cptr<T>(w);
     const T* yp = use_y ? cptr<T>(y) : nullptr;
     const T* zp = has_preact ? cptr<T>(preact) : nullptr;
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     dense_backward<T>(dxp, dwp, dbp, dyp, xp, wp, yp, zp, s.n, s.k, s.m, act, accumulate,
                       threads);
   };

@@ -54,7 +54,7 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
     const gemm::Operand<T> op_a{cptr<T>(a), static_cast<index_t>(a.shape(1)), trans_a};
     const gemm::Operand<T> op_b{cptr<T>(b), static_cast<index_t>(b.shape(1)), trans_b};
     T* cp = mptr<T>(c);
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     gemm::gemm_with_isa<T>(isa, m, n, k, op_a, op_b, cp, n, ep, threads);
   };
   if (dtype == DType::float32) {

@@ -134,7 +134,7 @@ py::tuple elementwise_loss_py(LossKind kind, py::handle prediction_obj, py::hand
     const T* w = call.weight_ptr<T>();
     T* g = call.grad_ptr<T>();
     T* per_sample = call.per_sample_ptr<T>();
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     return elementwise_loss<T>(g, per_sample, p, t, w, call.n, d, kind, call.options,
                                call.threads);
   };
@@ -204,18 +204,18 @@ py::tuple softmax_cross_entropy_py(py::handle prediction_obj, py::handle target_
     T* per_sample = call.per_sample_ptr<T>();
     if (!labels) {
       const T* t = cptr<T>(target);
-      py::gil_scoped_release nogil;
+      const GilRelease nogil;
       return softmax_cross_entropy_probs<T>(g, per_sample, z, t, w, call.n, c, call.options,
                                             call.threads);
     }
     if (target.itemsize() == 4) {
       const auto* t = cptr<std::int32_t>(target);
-      py::gil_scoped_release nogil;
+      const GilRelease nogil;
       return softmax_cross_entropy_labels<T>(g, per_sample, z, t, w, call.n, c, call.options,
                                              call.threads);
     }
     const auto* t = cptr<std::int64_t>(target);
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     return softmax_cross_entropy_labels<T>(g, per_sample, z, t, w, call.n, c, call.options,
                                            call.threads);
   };

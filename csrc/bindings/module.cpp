@@ -109,7 +109,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.def(
       "_raise_in_parallel_region",
       [](index_t n_tasks, int num_threads, index_t failing_task) {
-        py::gil_scoped_release nogil;
+        const bind::GilRelease nogil;
         parallel_for(n_tasks, num_threads, [&](index_t task) {
           if (task == failing_task)
             throw ArgumentError("task " + std::to_string(task) + " failed on purpose");
@@ -123,7 +123,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       "_probe_region_threads",
       [](index_t n_tasks, py::handle num_threads, int sleep_ms) {
         const int threads = resolve_num_threads(bind::thread_count(num_threads));
-        py::gil_scoped_release nogil;
+        const bind::GilRelease nogil;
         std::vector<int> ran(static_cast<size_t>(std::max<index_t>(n_tasks, 0)), 0);
         parallel_for(n_tasks, threads, [&](index_t task) {
 #if defined(_OPENMP)
@@ -135,6 +135,10 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         return static_cast<int>(std::unique(ran.begin(), ran.end()) - ran.begin());
       },
       py::arg("n_tasks"), py::arg("num_threads") = py::none(), py::arg("sleep_ms") = 0);
+
+  m.def(
+      "_forget_busy_python", [] { note_gil_reacquire_wait(-1.0); },
+      "Test hook: forget that a Python thread was seen busy.");
 
   bind::bind_activations(m);
   bind::bind_dense(m);

@@ -157,7 +157,7 @@ void sgd_step_py(py::handle param_obj, py::handle grad_obj, py::handle lr, py::h
     T* buf = state_ptr<T>(velocity, use_momentum);
     const T* g = arrays.grad<T>();
     const index_t n = arrays.size();
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     sgd_step<T>(p, buf, g, n, hyper, threads);
   };
   if (arrays.dtype() == DType::float32) {
@@ -195,7 +195,7 @@ void adam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, p
     T* vmaxp = state_ptr<T>(v_max, amsgrad);
     const T* g = arrays.grad<T>();
     const index_t n = arrays.size();
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     adam_step<T>(p, mp, vp, vmaxp, g, n, hyper, threads);
   };
   if (arrays.dtype() == DType::float32) {
@@ -243,7 +243,7 @@ void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle squar
     T* buf = state_ptr<T>(velocity, use_momentum);
     const T* g = arrays.grad<T>();
     const index_t n = arrays.size();
-    py::gil_scoped_release nogil;
+    const GilRelease nogil;
     rmsprop_step<T>(p, sq, mean, buf, g, n, hyper, threads);
   };
   if (arrays.dtype() == DType::float32) {
@@ -297,7 +297,7 @@ double clip_by_global_norm_py(py::handle grads_obj, py::handle max_norm_obj,
     }
   }
 
-  py::gil_scoped_release nogil;
+  const GilRelease nogil;
   return clip_by_global_norm(views.data(), views.size(), max_norm, threads);
 }
 
