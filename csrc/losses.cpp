@@ -9,6 +9,8 @@
 // AVX-512, AVX2 and the baseline, one picked per call from the CPU's features.
 #include "losses.hpp"
 
+#include "gemm/isa.hpp"
+
 #include <cstring>
 #include <limits>
 #include <string>
@@ -224,11 +226,14 @@ enum class Isa { baseline, avx2, avx512 };
 
 Isa detected_isa() {
 #if defined(DENSEKIT_X86_VARIANTS)
+  // The engine's one choice (CPU features, lowered by DENSEKIT_ISA), so forcing an ISA
+  // forces it for the losses too.
   static const Isa isa = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
-    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-    return Isa::baseline;
+    switch (gemm::isa_choice().isa) {
+      case gemm::Isa::avx512: return Isa::avx512;
+      case gemm::Isa::avx2: return Isa::avx2;
+      default: return Isa::baseline;
+    }
   }();
   return isa;
 #else
