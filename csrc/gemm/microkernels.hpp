@@ -50,7 +50,14 @@ using TileFn = void (*)(const TileArgs<T>&);
 
 // Activations a family may apply with vector math to a tile just stored (still in L1); the
 // others go through scalar::forward. Values are float32 within ~2 ulp of scalar::forward.
-enum class VectorActivation : int { none = 0, elu = 1, sigmoid = 2, tanh = 3, gelu_tanh = 4 };
+enum class VectorActivation : int {
+  none = 0,
+  elu = 1,
+  sigmoid = 2,
+  tanh = 3,
+  gelu_tanh = 4,
+  gelu = 5,
+};
 
 // The packing view of gemm.hpp's Scaling: the factor for source element src[i] is read from
 // from[i] (from is offset like src). kind: 0 none, 1 positive, 2 sigmoid_y, 3 tanh_y.
