@@ -111,7 +111,7 @@ void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Acti
         if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
         break;
       case ActivationKind::relu:
-        for (index_t i = 0; i < count; ++i) yout[i] = zin[i] > T(0) ? zin[i] : T(0);
+        for (index_t i = 0; i < count; ++i) yout[i] = scalar::relu(zin[i]);
         break;
       default:
         for (index_t i = 0; i < count; ++i) yout[i] = scalar::forward(act.kind, alpha, zin[i]);

@@ -89,12 +89,19 @@ inline T gelu_tanh_derivative(T z) {
   return s + T(2) * z * s * (T(1) - s) * dinner;
 }
 
+// max(z, 0) that keeps NaN (as torch.relu does): a NaN pre-activation must not vanish into a
+// finite output. -0 and negatives give +0.
+template <typename T>
+inline T relu(T z) {
+  return z > T(0) || z != z ? z : T(0);
+}
+
 // y = f(z) for every elementwise activation (softmax is handled per row elsewhere).
 template <typename T>
 inline T forward(ActivationKind kind, T alpha, T z) {
   switch (kind) {
     case ActivationKind::linear: return z;
-    case ActivationKind::relu: return z > T(0) ? z : T(0);
+    case ActivationKind::relu: return relu(z);
     case ActivationKind::leaky_relu: return z > T(0) ? z : alpha * z;
     case ActivationKind::elu: return z > T(0) ? z : alpha * std::expm1(z);
     case ActivationKind::sigmoid: return sigmoid(z);

@@ -32,7 +32,7 @@ def activation(z, name, alpha=None):
     if name == "linear":
         return z.copy()
     if name == "relu":
-        return np.where(z > 0, z, 0.0)
+        return np.where((z > 0) | np.isnan(z), z, 0.0)
     if name == "leaky_relu":
         return np.where(z > 0, z, alpha * z)
     if name == "elu":

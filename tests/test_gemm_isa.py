@@ -446,3 +446,20 @@ def test_environment_lowers_isa_and_reports_fallbacks():
             info = run_with_isa(higher, INFO_SCRIPT)
             assert not info["forced"] and info["isa"]["float32"] == ISAS[0]
             assert "not supported" in info["note"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_keeps_nan_like_torch(isa, dtype):
+    """A NaN pre-activation stays NaN through relu (torch.relu keeps it), in the fused epilogue
+    of every ISA and in activation_forward; negatives and -0 give +0."""
+    bias = np.array([np.nan, -1.0, -0.0, 0.0, 2.0, np.inf, -np.inf, np.nan], dtype)
+    x = np.repeat(bias[None, :], 3, axis=0)
+    expected = np.array([np.nan, 0.0, 0.0, 0.0, 2.0, np.inf, 0.0, np.nan], dtype)
+    y = np.empty_like(x)
+    # z = 0 @ 0 + bias: the values reach the epilogue through the bias, exactly.
+    zeros = np.zeros((3, 4), dtype)
+    _core._gemm_isa_test(isa, zeros, np.zeros((4, 8), dtype), y, bias=bias, activation="relu")
+    for result in (y, K.activation_forward(x, "relu")):
+        np.testing.assert_array_equal(result, np.broadcast_to(expected, x.shape))
+        assert not np.signbit(result[:, 1:4]).any()

@@ -76,8 +76,8 @@ struct F32x8 {
     _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_loadu_pd(sums), low));
     _mm256_storeu_pd(sums + 4, _mm256_add_pd(_mm256_loadu_pd(sums + 4), high));
   }
-  // max(v, 0) returns its second operand for NaN and zeros: v > 0 ? v : +0, as the scalar.
-  static R relu(R v) { return _mm256_max_ps(v, zero()); }
+  // v > 0 or NaN ? v : +0, as scalar::relu (NaN kept, -0 gives +0).
+  static R relu(R v) { return _mm256_and_ps(v, _mm256_cmp_ps(v, zero(), _CMP_NLE_UQ)); }
   static R leaky(R v, R alpha) {
     const R positive = _mm256_cmp_ps(v, zero(), _CMP_GT_OQ);
     return _mm256_blendv_ps(_mm256_mul_ps(v, alpha), v, positive);
@@ -129,7 +129,7 @@ struct F64x4 {
   static void add_to(double* sums, R v) {
     _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_loadu_pd(sums), v));
   }
-  static R relu(R v) { return _mm256_max_pd(v, zero()); }
+  static R relu(R v) { return _mm256_and_pd(v, _mm256_cmp_pd(v, zero(), _CMP_NLE_UQ)); }
   static R leaky(R v, R alpha) {
     const R positive = _mm256_cmp_pd(v, zero(), _CMP_GT_OQ);
     return _mm256_blendv_pd(_mm256_mul_pd(v, alpha), v, positive);

@@ -77,8 +77,8 @@ struct F32x16 {
     _mm512_storeu_pd(sums, _mm512_add_pd(_mm512_loadu_pd(sums), low));
     _mm512_storeu_pd(sums + 8, _mm512_add_pd(_mm512_loadu_pd(sums + 8), high));
   }
-  // v > 0 ? v : +0, as the scalar (NaN and -0 give +0).
-  static R relu(R v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, zero(), _CMP_GT_OQ), v); }
+  // v > 0 or NaN ? v : +0, as scalar::relu (NaN kept, -0 gives +0).
+  static R relu(R v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, zero(), _CMP_NLE_UQ), v); }
   static R leaky(R v, R alpha) {
     const __mmask16 positive = _mm512_cmp_ps_mask(v, zero(), _CMP_GT_OQ);
     return _mm512_mask_blend_ps(positive, _mm512_mul_ps(v, alpha), v);
@@ -137,7 +137,7 @@ struct F64x8 {
   static void add_to(double* sums, R v) {
     _mm512_storeu_pd(sums, _mm512_add_pd(_mm512_loadu_pd(sums), v));
   }
-  static R relu(R v) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ), v); }
+  static R relu(R v) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(v, zero(), _CMP_NLE_UQ), v); }
   static R leaky(R v, R alpha) {
     const __mmask8 positive = _mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ);
     return _mm512_mask_blend_pd(positive, _mm512_mul_pd(v, alpha), v);

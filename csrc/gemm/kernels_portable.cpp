@@ -88,7 +88,7 @@ struct Portable {
     for (int i = 0; i < W; ++i) sums[i] += static_cast<double>(v[i]);
   }
   static R relu(R v) {
-    for (int i = 0; i < W; ++i) v[i] = v[i] > T(0) ? v[i] : T(0);
+    for (int i = 0; i < W; ++i) v[i] = v[i] > T(0) || v[i] != v[i] ? v[i] : T(0);
     return v;
   }
   static R leaky(R v, R alpha) {
