@@ -124,8 +124,11 @@ bool openmp_enabled() {
 int resolve_num_threads(int requested) {
   t_call_budgeted = false;
   if (g_forked_child.load(std::memory_order_relaxed)) return 1;
-  if (requested > 0) return requested;
-  int threads = default_num_threads();
+  // More threads than 4 per CPU only add switching, and thousands could exhaust the process's
+  // thread limit (libgomp aborts when it cannot create one): cap every count there.
+  const int cap = std::max(64, 4 * hardware_threads());
+  if (requested > 0) return std::min(requested, cap);
+  int threads = std::min(default_num_threads(), cap);
 #if defined(_OPENMP)
   const int omp_limit = omp_get_max_threads();
   if (omp_limit != g_initial_omp_max_threads) threads = std::min(threads, std::max(omp_limit, 1));

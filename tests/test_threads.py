@@ -281,3 +281,11 @@ def test_a_busy_python_thread_keeps_a_core():
     assert max(seen[1:]) <= max(1, cores - 1), seen
     time.sleep(0.25)  # the signal fades once Python goes quiet
     assert _core._probe_region_threads(16, sleep_ms=1) == min(cores, 16)
+
+
+def test_absurd_thread_counts_are_capped():
+    cores = _core.hardware_threads()
+    cap = max(64, 4 * cores)
+    assert _core._probe_region_threads(100_000, num_threads=1_000_000) <= cap
+    z = np.ones(1 << 20, np.float32)
+    np.testing.assert_array_equal(kernels.activation_forward(z, "relu", num_threads=50_000), z)
