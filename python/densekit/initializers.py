@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import _random
+from . import _random, _registry
 
 # Standard deviation of a unit normal truncated to [-2, 2] (Keras's correction constant).
 _TRUNCATED_STDDEV = 0.87962566103423978
@@ -215,11 +215,8 @@ def get(identifier, name: str = "initializer") -> Initializer:
 
 
 def serialize(initializer: Initializer) -> dict:
-    return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
+    return _registry.serialize(initializer)
 
 
 def deserialize(config: dict) -> Initializer:
-    cls = _BY_CLASS.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown initializer class {config.get('class_name')!r}")
-    return cls.from_config(config.get("config", {}))
+    return _registry.deserialize(config, _BY_CLASS, "initializer class")

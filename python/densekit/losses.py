@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import _registry, kernels
 
 _REDUCTIONS = {"sum_over_batch_size": "mean", "sum": "sum", "none": "none", None: "none"}
 _EPSILON = 1e-7
@@ -249,11 +249,8 @@ def get(identifier) -> Loss:
 
 
 def serialize(loss: Loss) -> dict:
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return _registry.serialize(loss)
 
 
 def deserialize(config: dict) -> Loss:
-    cls = _BY_CLASS.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown loss class {config.get('class_name')!r}")
-    return cls.from_config(config.get("config", {}))
+    return _registry.deserialize(config, _BY_CLASS, "loss class")

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import _registry, kernels
 
 
 class Metric:
@@ -216,11 +216,8 @@ def get(identifier, loss=None, output_width: int | None = None) -> Metric:
 
 
 def serialize(metric: Metric) -> dict:
-    return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    return _registry.serialize(metric)
 
 
 def deserialize(config: dict) -> Metric:
-    cls = _BY_CLASS.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown metric class {config.get('class_name')!r}")
-    return cls.from_config(config.get("config", {}))
+    return _registry.deserialize(config, _BY_CLASS, "metric class")

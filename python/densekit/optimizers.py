@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from . import kernels, schedules
+from . import _registry, kernels, schedules
 from .schedules import LearningRateSchedule  # noqa: F401 - Keras: optimizers.schedules
 
 _BIG_NORM = 1e300  # a clipping bound never reached: clip_by_global_norm then only measures
@@ -320,11 +320,8 @@ def get(identifier) -> Optimizer:
 
 
 def serialize(optimizer: Optimizer) -> dict:
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+    return _registry.serialize(optimizer)
 
 
 def deserialize(config: dict) -> Optimizer:
-    cls = _BY_CLASS.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown optimizer class {config.get('class_name')!r}")
-    return cls.from_config(config.get("config", {}))
+    return _registry.deserialize(config, _BY_CLASS, "optimizer class")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from . import _registry
+
 
 class LearningRateSchedule:
     def __call__(self, step: int) -> float:
@@ -113,11 +115,8 @@ _BY_CLASS = {cls.__name__: cls for cls in (ExponentialDecay, CosineDecay)}
 
 
 def serialize(schedule: LearningRateSchedule) -> dict:
-    return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
+    return _registry.serialize(schedule)
 
 
 def deserialize(config: dict) -> LearningRateSchedule:
-    cls = _BY_CLASS.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"unknown learning-rate schedule {config.get('class_name')!r}")
-    return cls.from_config(config.get("config", {}))
+    return _registry.deserialize(config, _BY_CLASS, "learning-rate schedule")
