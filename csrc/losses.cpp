@@ -401,14 +401,19 @@ double elementwise_rows(T* grad, T* per_sample, const T* prediction, const T* ta
   return total.total();
 }
 
+// Rows with no elements (d = 0 or no classes): every per-sample loss is 0, the empty sum
+// (or the empty mean, 0 as with Keras's divide_no_nan).
+template <typename T>
+double empty_rows(T* per_sample, index_t n) {
+  if (per_sample != nullptr) std::fill(per_sample, per_sample + n, T(0));
+  return 0.0;
+}
+
 template <typename T, class Op>
 double elementwise_run(T* grad, T* per_sample, const T* prediction, const T* target,
                        const T* sample_weight, index_t n, index_t d, const Op& op,
                        const LossOptions& options, int num_threads) {
-  if (d == 0) {  // an empty mean: every per-sample loss is 0, as with divide_no_nan
-    if (per_sample != nullptr) std::fill(per_sample, per_sample + n, T(0));
-    return 0.0;
-  }
+  if (d == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const index_t loop_bytes = (d == 1 ? kBlock : d) * static_cast<index_t>(sizeof(T));
   return reduce_rows(n, d, options, num_threads, [&](index_t begin, index_t end) {
@@ -538,13 +543,6 @@ Smoothing smoothing_for(double label_smoothing, index_t classes) {
   return {1.0 - label_smoothing, label_smoothing / static_cast<double>(classes)};
 }
 
-// No classes: every per-sample loss is an empty sum.
-template <typename T>
-double no_classes(T* per_sample, index_t n) {
-  if (per_sample != nullptr) std::fill(per_sample, per_sample + n, T(0));
-  return 0.0;
-}
-
 }  // namespace
 
 const char* loss_name(LossKind kind) {
@@ -600,7 +598,7 @@ double softmax_cross_entropy_labels(T* grad, T* per_sample, const T* logits, con
     throw ArgumentError("target: label " + std::to_string(static_cast<int64_t>(labels[bad])) +
                         " at index " + std::to_string(bad) + " is outside [0, " +
                         std::to_string(c) + ")");
-  if (c == 0) return no_classes(per_sample, n);
+  if (c == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
   const index_t row_bytes = c * static_cast<index_t>(sizeof(T));
@@ -619,7 +617,7 @@ template <typename T>
 double softmax_cross_entropy_probs(T* grad, T* per_sample, const T* logits, const T* target,
                                    const T* sample_weight, index_t n, index_t c,
                                    const LossOptions& options, int num_threads) {
-  if (c == 0) return no_classes(per_sample, n);
+  if (c == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
   const index_t row_bytes = c * static_cast<index_t>(sizeof(T));

@@ -75,17 +75,13 @@ py::array activation_forward_py(py::handle z_obj, py::handle name, py::handle ou
   }
   index_t rows, cols;
   rows_and_cols(z, row_wise, &rows, &cols);
-  if (dtype == DType::float32) {
-    const float* zp = cptr<float>(z);
-    float* yp = mptr<float>(out);
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* zp = cptr<T>(z);
+    T* yp = mptr<T>(out);
     const GilRelease nogil;
-    activation_forward<float>(yp, zp, rows, cols, act, threads);
-  } else {
-    const double* zp = cptr<double>(z);
-    double* yp = mptr<double>(out);
-    const GilRelease nogil;
-    activation_forward<double>(yp, zp, rows, cols, act, threads);
-  }
+    activation_forward<T>(yp, zp, rows, cols, act, threads);
+  });
   return out;
 }
 
@@ -139,11 +135,7 @@ py::array activation_backward_py(py::handle dy_obj, py::handle name, py::handle 
     const GilRelease nogil;
     activation_backward<T>(dzp, dyp, yp, zp, rows, cols, act, threads);
   };
-  if (dtype == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(dtype, run);
   return out;
 }
 

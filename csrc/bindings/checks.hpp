@@ -109,6 +109,12 @@ inline py::array float_array(py::handle obj, const char* name, DType* dtype) {
   return a;
 }
 
+// run(float{}) or run(double{}) for the dtype: one generic body serves both element types.
+template <class Run>
+decltype(auto) for_dtype(DType dtype, Run&& run) {
+  return dtype == DType::float32 ? run(float{}) : run(double{});
+}
+
 inline const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
 
 // A C-contiguous array with the same float dtype as an earlier argument.

@@ -74,11 +74,7 @@ py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
     const GilRelease nogil;
     dense_forward<T>(yp, zp, xp, wp, bp, s.n, s.k, s.m, act, threads);
   };
-  if (dtype == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(dtype, run);
   return out;
 }
 
@@ -159,11 +155,7 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
     dense_backward<T>(dxp, dwp, dbp, dyp, xp, wp, yp, zp, s.n, s.k, s.m, act, accumulate,
                       threads);
   };
-  if (dtype == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(dtype, run);
   return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dw,
                         need_db ? py::object(db) : py::object(py::none()));
 }

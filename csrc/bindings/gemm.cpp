@@ -57,11 +57,7 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
     const GilRelease nogil;
     gemm::gemm_with_isa<T>(isa, m, n, k, op_a, op_b, cp, n, ep, threads);
   };
-  if (dtype == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(dtype, run);
 }
 
 }  // namespace

@@ -138,7 +138,7 @@ py::tuple elementwise_loss_py(LossKind kind, py::handle prediction_obj, py::hand
     return elementwise_loss<T>(g, per_sample, p, t, w, call.n, d, kind, call.options,
                                call.threads);
   };
-  const double value = call.dtype == DType::float32 ? run(float{}) : run(double{});
+  const double value = for_dtype(call.dtype, run);
   return call.result(value);
 }
 
@@ -219,7 +219,7 @@ py::tuple softmax_cross_entropy_py(py::handle prediction_obj, py::handle target_
     return softmax_cross_entropy_labels<T>(g, per_sample, z, t, w, call.n, c, call.options,
                                            call.threads);
   };
-  const double value = call.dtype == DType::float32 ? run(float{}) : run(double{});
+  const double value = for_dtype(call.dtype, run);
   return call.result(value);
 }
 

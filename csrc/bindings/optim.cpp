@@ -160,11 +160,7 @@ void sgd_step_py(py::handle param_obj, py::handle grad_obj, py::handle lr, py::h
     const GilRelease nogil;
     sgd_step<T>(p, buf, g, n, hyper, threads);
   };
-  if (arrays.dtype() == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(arrays.dtype(), run);
 }
 
 void adam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, py::handle v_obj,
@@ -198,11 +194,7 @@ void adam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, p
     const GilRelease nogil;
     adam_step<T>(p, mp, vp, vmaxp, g, n, hyper, threads);
   };
-  if (arrays.dtype() == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(arrays.dtype(), run);
 }
 
 void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle square_avg_obj,
@@ -246,11 +238,7 @@ void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle squar
     const GilRelease nogil;
     rmsprop_step<T>(p, sq, mean, buf, g, n, hyper, threads);
   };
-  if (arrays.dtype() == DType::float32) {
-    run(float{});
-  } else {
-    run(double{});
-  }
+  for_dtype(arrays.dtype(), run);
 }
 
 double clip_by_global_norm_py(py::handle grads_obj, py::handle max_norm_obj,
