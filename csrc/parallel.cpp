@@ -137,10 +137,10 @@ int resolve_num_threads(int requested) {
   return threads;
 }
 
+void forget_python_thread_busy() { g_python_busy_until.store(0, std::memory_order_relaxed); }
+
 void note_gil_reacquire_wait(double seconds) {
-  if (seconds < 0.0) {  // forget
-    g_python_busy_until.store(0, std::memory_order_relaxed);
-  } else if (seconds > kGilWaitSeconds)
+  if (seconds > kGilWaitSeconds)
     g_python_busy_until.store(now_nanoseconds() + kPythonBusyNanoseconds,
                               std::memory_order_relaxed);
 }

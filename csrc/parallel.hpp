@@ -44,6 +44,7 @@ bool default_is_explicit();
 // regions leave one core to Python (max(1, cores - 1)).
 void note_gil_reacquire_wait(double seconds);
 bool python_thread_busy();
+void forget_python_thread_busy();
 
 // A share of the process's cores for one parallel region. Regions of budgeted calls (see
 // resolve_num_threads) that overlap in time split the cores between them, so several Python

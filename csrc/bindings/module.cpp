@@ -137,7 +137,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       py::arg("n_tasks"), py::arg("num_threads") = py::none(), py::arg("sleep_ms") = 0);
 
   m.def(
-      "_forget_busy_python", [] { note_gil_reacquire_wait(-1.0); },
+      "_forget_busy_python", &forget_python_thread_busy,
       "Test hook: forget that a Python thread was seen busy.");
 
   bind::bind_activations(m);

@@ -89,6 +89,19 @@ class StepArrays {
     return obj.is_none() ? py::array() : add_state(obj, name);
   }
 
+  // A state array that is required exactly when `needed` (e.g. velocity with momentum): a
+  // missing one and an unused one are both errors naming the setting that decides.
+  py::array state_if(py::handle obj, const char* name, bool needed, const std::string& needed_by,
+                     const char* unused_because) {
+    if (needed && obj.is_none())
+      value_fail(name, needed_by + " needs a " + name +
+                           " array shaped like param (zeros before the first step)");
+    if (!needed && !obj.is_none())
+      value_fail(name, std::string("given, but ") + unused_because +
+                           " (it would never be updated)");
+    return optional_state(obj, name);
+  }
+
   template <typename T>
   T* param() {
     return mptr<T>(param_);
@@ -143,13 +156,9 @@ void sgd_step_py(py::handle param_obj, py::handle grad_obj, py::handle lr, py::h
                            "momentum=" + number_string(hyper.momentum) +
                                ", dampening=" + number_string(hyper.dampening));
   const bool use_momentum = hyper.momentum != 0.0;
-  if (use_momentum && velocity_obj.is_none())
-    value_fail("velocity", "momentum=" + number_string(hyper.momentum) +
-                               " needs a velocity array shaped like param (zeros before the "
-                               "first step)");
-  if (!use_momentum && !velocity_obj.is_none())
-    value_fail("velocity", "given, but momentum is 0 (it would never be updated)");
-  py::array velocity = arrays.optional_state(velocity_obj, "velocity");
+  py::array velocity =
+      arrays.state_if(velocity_obj, "velocity", use_momentum,
+                      "momentum=" + number_string(hyper.momentum), "momentum is 0");
 
   auto run = [&](auto tag) {
     using T = decltype(tag);
@@ -213,19 +222,11 @@ void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle squar
   hyper.maximize = flag(maximize, "maximize");
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const bool use_momentum = hyper.momentum > 0.0;
-  if (use_momentum && velocity_obj.is_none())
-    value_fail("velocity", "momentum=" + number_string(hyper.momentum) +
-                               " needs a velocity array shaped like param (zeros before the "
-                               "first step)");
-  if (!use_momentum && !velocity_obj.is_none())
-    value_fail("velocity", "given, but momentum is 0 (it would never be updated)");
-  if (hyper.centered && grad_avg_obj.is_none())
-    value_fail("grad_avg", "centered=True needs a grad_avg array shaped like param (zeros "
-                           "before the first step)");
-  if (!hyper.centered && !grad_avg_obj.is_none())
-    value_fail("grad_avg", "given, but centered is False (it would never be updated)");
-  py::array velocity = arrays.optional_state(velocity_obj, "velocity");
-  py::array grad_avg = arrays.optional_state(grad_avg_obj, "grad_avg");
+  py::array velocity =
+      arrays.state_if(velocity_obj, "velocity", use_momentum,
+                      "momentum=" + number_string(hyper.momentum), "momentum is 0");
+  py::array grad_avg = arrays.state_if(grad_avg_obj, "grad_avg", hyper.centered, "centered=True",
+                                       "centered is False");
 
   auto run = [&](auto tag) {
     using T = decltype(tag);
