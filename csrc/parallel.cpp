@@ -3,8 +3,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <thread>
 
 #if defined(__linux__)
 #include <pthread.h>
@@ -71,6 +74,165 @@ thread_local bool t_call_budgeted = false;
 // someone (threadpoolctl's threadpool_limits) called omp_set_num_threads there.
 const int g_initial_omp_max_threads = omp_get_max_threads();
 #endif
+
+
+// -- the pool -------------------------------------------------------------------------------
+
+Threading read_threading() {
+  const char* text = std::getenv("DENSEKIT_THREADING");
+  if (text != nullptr && std::strcmp(text, "openmp") == 0) return Threading::openmp;
+  return Threading::pool;
+}
+
+// Long enough to span the Python between two kernel calls of a training loop (a few to a
+// few tens of microseconds), short enough to give the core back soon after the last call.
+constexpr int kDefaultSpinMicroseconds = 200;
+
+int read_spin_microseconds() {
+  const char* text = std::getenv("DENSEKIT_SPIN_US");
+  if (text == nullptr) return kDefaultSpinMicroseconds;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || value < 0) return kDefaultSpinMicroseconds;
+  return static_cast<int>(std::min<long>(value, 1'000'000));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Lets another runnable thread on this core run (another library's pool, a Python thread)
+// while a worker or a caller waits; returns at once when there is none.
+inline void yield_core() {
+#if defined(__linux__)
+  sched_yield();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Workers wait for jobs; a job is one region: its body, the number of workers it still wants
+// and those running it. The caller publishes its job, runs body(0), withdraws the job so that
+// no further worker joins, and waits for the workers that joined. The pool is never
+// destroyed (workers may be blocked in it while the process exits).
+class Pool {
+ public:
+  void run(int participants, const RegionBody& body) {
+    Job job{&body, participants - 1};
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      open_.push_back(&job);
+      open_count_.fetch_add(1, std::memory_order_release);
+      wanted_ += job.slots;
+      const int cap = std::max(64, 4 * hardware_threads());
+      while (wanted_ > idle_ && workers_ < cap && start_worker()) {
+      }
+      wake = sleeping_ > 0;
+    }
+    // Outside the lock: a woken worker then takes it at once instead of blocking on it.
+    if (wake) work_cv_.notify_all();
+    body(0);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (job.joined < job.slots) withdraw(&job);
+    }
+    // The workers that joined are running claimed work and finish soon: spin, then sleep.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    while (job.running.load(std::memory_order_acquire) != 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_cv_.wait(lock, [&] { return job.running.load(std::memory_order_acquire) == 0; });
+        break;
+      }
+      cpu_relax();
+      yield_core();
+    }
+  }
+
+ private:
+  struct Job {
+    const RegionBody* body;
+    int slots;     // workers wanted
+    int joined = 0;  // workers that took a participant index (under mutex_)
+    std::atomic<int> running{0};  // workers inside body (raised under mutex_)
+  };
+
+  void withdraw(Job* job) {
+    open_.erase(std::find(open_.begin(), open_.end(), job));
+    open_count_.fetch_sub(1, std::memory_order_relaxed);
+    wanted_ -= job->slots - job->joined;
+  }
+
+  // False when the OS refuses a thread: the regions then run with the workers there are.
+  bool start_worker() {
+    try {
+      std::thread([this] { work(); }).detach();
+    } catch (...) {
+      return false;
+    }
+    ++workers_;
+    ++idle_;
+    return true;
+  }
+
+  void work() {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "densekit");
+#endif
+    const auto spin = std::chrono::microseconds(spin_microseconds());
+    for (;;) {
+      // Spin a while for the next job, yielding the core at every turn to any other
+      // runnable thread (another library's pool, a Python thread), then sleep.
+      const auto deadline = std::chrono::steady_clock::now() + spin;
+      while (open_count_.load(std::memory_order_acquire) == 0 &&
+             std::chrono::steady_clock::now() < deadline) {
+        cpu_relax();
+        yield_core();
+      }
+      Job* job;
+      int participant;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        while (open_.empty()) {
+          ++sleeping_;
+          work_cv_.wait(lock);
+          --sleeping_;
+        }
+        job = open_.front();
+        participant = ++job->joined;
+        job->running.fetch_add(1, std::memory_order_relaxed);
+        --wanted_;
+        --idle_;
+        if (job->joined == job->slots) {
+          open_.erase(open_.begin());
+          open_count_.fetch_sub(1, std::memory_order_relaxed);
+        }
+      }
+      (*job->body)(participant);
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++idle_;
+      // The job may be gone as soon as running reaches 0: touch nothing of it after.
+      if (job->running.fetch_sub(1, std::memory_order_acq_rel) == 1) done_cv_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable work_cv_, done_cv_;
+  std::vector<Job*> open_;  // jobs that still want workers, oldest first
+  std::atomic<int> open_count_{0};
+  int wanted_ = 0;    // worker places the open jobs still want
+  int workers_ = 0;   // threads started
+  int idle_ = 0;      // workers not running a job
+  int sleeping_ = 0;  // idle workers blocked on work_cv_
+};
+
+Pool& pool() {
+  static Pool* const instance = new Pool();  // never destroyed, see Pool
+  return *instance;
+}
 
 #if defined(__linux__)
 void after_fork_in_child() { g_forked_child.store(true); }
@@ -160,6 +322,32 @@ RegionThreads::RegionThreads(int wanted) : granted_(std::max(wanted, 1)) {
 
 RegionThreads::~RegionThreads() {
   if (counted_) g_budgeted_regions.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+Threading threading() {
+  static const Threading value = read_threading();
+  return value;
+}
+
+int spin_microseconds() {
+  static const int value = read_spin_microseconds();
+  return value;
+}
+
+void run_region(int participants, const RegionBody& body) noexcept {
+  // A forked child has none of the parent's threads (nor a usable pool): run alone.
+  if (participants <= 1 || g_forked_child.load(std::memory_order_relaxed)) {
+    body(0);
+    return;
+  }
+#if defined(_OPENMP)
+  if (threading() == Threading::openmp) {
+#pragma omp parallel num_threads(participants)
+    body(omp_get_thread_num());
+    return;
+  }
+#endif
+  pool().run(participants, body);
 }
 
 }  // namespace densekit

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <mutex>
 #include <vector>
@@ -71,38 +72,91 @@ inline int threads_for_work(int num_threads, double work, double grain) {
   return static_cast<int>(std::min<double>(num_threads, useful));
 }
 
-// Runs task(i) for i in [0, n_tasks) on up to num_threads threads (static schedule).
-// An exception thrown by any task is rethrown on the caller's thread after the region.
+// How parallel regions run. The default is densekit's own pool: a region's caller works
+// too, and when it runs out of work it waits only for the workers that joined, never for one
+// the OS has not scheduled yet (beside another busy thread pool, such as NumPy's OpenBLAS
+// spinning on the other core, an OpenMP region's closing barrier waits a whole time slice for
+// that worker). Idle workers spin for a short while, yielding the core to any other runnable
+// thread, then sleep. DENSEKIT_THREADING=openmp runs regions as OpenMP parallel regions
+// instead (same results: work is claimed from shared cursors, see parallel_tasks).
+enum class Threading { pool, openmp };
+Threading threading();
+// Microseconds an idle pool worker spins (yielding) before it sleeps: DENSEKIT_SPIN_US, else
+// a default that spans the gaps of a Python training loop between two kernel calls.
+int spin_microseconds();
+
+// A non-owning reference to a callable taking the participant index.
+class RegionBody {
+ public:
+  template <class F>
+  explicit RegionBody(F& f) : object_(&f), call_([](void* o, int p) { (*static_cast<F*>(o))(p); }) {}
+  void operator()(int participant) const { call_(object_, participant); }
+
+ private:
+  void* object_;
+  void (*call_)(void*, int);
+};
+// Runs body(p) on the calling thread (p = 0) and on up to participants - 1 other threads
+// (p = 1, 2, ...; each index once at most). Returns when every started body(p) returned.
+// Bodies that never start are skipped, so each body must claim its work from shared state
+// and the work must be done by whoever is present (parallel_tasks does both).
+// body must not throw.
+void run_region(int participants, const RegionBody& body) noexcept;
+
+// Runs task(participant, i) for every i in [0, n_tasks) on up to num_threads threads.
+// Participant p starts with the p-th contiguous share of the tasks (so consecutive calls
+// give a thread the same data, still in its cache) and then takes tasks left in the other
+// shares, so a thread that starts late or never costs no waiting. The tasks' outputs must
+// not depend on which thread runs them. participant < the region's thread count, e.g. for
+// per-thread scratch. An exception thrown by a task is rethrown on the caller's thread
+// after the region (the other tasks still run).
 template <class Task>
-void parallel_for(index_t n_tasks, int num_threads, Task&& task) {
+void parallel_tasks(index_t n_tasks, int num_threads, Task&& task) {
   if (n_tasks <= 0) return;
   const int wanted = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks));
   if (wanted == 1) {
-    for (index_t i = 0; i < n_tasks; ++i) task(i);
+    for (index_t i = 0; i < n_tasks; ++i) task(0, i);
     return;
   }
   const RegionThreads region(wanted);
   const int threads = region.count();
   if (threads == 1) {
-    for (index_t i = 0; i < n_tasks; ++i) task(i);
+    for (index_t i = 0; i < n_tasks; ++i) task(0, i);
     return;
   }
-#if defined(_OPENMP)
+  struct alignas(64) Share {
+    std::atomic<index_t> next{0};
+    index_t end = 0;
+  };
+  std::vector<Share> shares(static_cast<size_t>(threads));
+  for (int p = 0; p < threads; ++p) {
+    shares[size_t(p)].next.store(n_tasks * p / threads, std::memory_order_relaxed);
+    shares[size_t(p)].end = n_tasks * (p + 1) / threads;
+  }
   std::exception_ptr error;
   std::mutex error_mutex;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (index_t i = 0; i < n_tasks; ++i) {
-    try {
-      task(i);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
+  auto body = [&](int participant) {
+    for (int r = 0; r < threads; ++r) {
+      Share& share = shares[size_t((participant + r) % threads)];
+      for (index_t i = share.next.fetch_add(1, std::memory_order_relaxed); i < share.end;
+           i = share.next.fetch_add(1, std::memory_order_relaxed)) {
+        try {
+          task(participant, i);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+        }
+      }
     }
-  }
+  };
+  run_region(threads, RegionBody(body));
   if (error) std::rethrow_exception(error);
-#else
-  for (index_t i = 0; i < n_tasks; ++i) task(i);
-#endif
+}
+
+// Runs task(i) for i in [0, n_tasks) on up to num_threads threads (see parallel_tasks).
+template <class Task>
+void parallel_for(index_t n_tasks, int num_threads, Task&& task) {
+  parallel_tasks(n_tasks, num_threads, [&](int, index_t i) { task(i); });
 }
 
 // Sum of partial(begin, end) over [0, n) cut into chunks of `chunk` items. The chunking is

@@ -289,3 +289,53 @@ def test_absurd_thread_counts_are_capped():
     assert _core._probe_region_threads(100_000, num_threads=1_000_000) <= cap
     z = np.ones(1 << 20, np.float32)
     np.testing.assert_array_equal(kernels.activation_forward(z, "relu", num_threads=50_000), z)
+
+
+_SAME_BITS_CODE = """
+import hashlib, numpy as np
+from densekit import kernels
+rng = np.random.default_rng(5)
+digest = hashlib.sha256()
+for n, k, m in ((1, 300, 70), (37, 129, 65), (256, 256, 256), (300, 1000, 40)):
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    y = kernels.dense_forward(x, w, b, "gelu", num_threads=THREADS)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = kernels.dense_backward(dy, x, w, activation="relu", y=np.maximum(y, 0),
+                                        num_threads=THREADS)
+    loss, grad = kernels.softmax_cross_entropy(y, rng.integers(0, m, n), num_threads=THREADS)
+    for part in (y, dx, dw, db, grad, np.float64(loss)):
+        digest.update(np.ascontiguousarray(part).tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_pool_and_openmp_regions_compute_the_same_bits(threads):
+    """Regions on densekit's pool (default, with and without spinning) and on OpenMP give the
+    same bits as one thread: work is claimed from shared cursors, whoever runs it."""
+    code = _SAME_BITS_CODE.replace("THREADS", str(threads))
+    one = run_python(_SAME_BITS_CODE.replace("THREADS", "1"))
+    assert run_python(code) == one
+    assert run_python(code, {"DENSEKIT_SPIN_US": "0"}) == one
+    if _core.build_info()["openmp"]:
+        assert run_python(code, {"DENSEKIT_THREADING": "openmp"}) == one
+
+
+def test_build_info_reports_the_threading():
+    code = "from densekit import _core; i = _core.build_info(); print(i['threading'], i['spin_us'])"
+    assert run_python(code, {"DENSEKIT_SPIN_US": "35"}) == "pool 35"
+    if _core.build_info()["openmp"]:
+        assert run_python(code, {"DENSEKIT_THREADING": "openmp"}).split()[0] == "openmp"
+
+
+def test_many_more_threads_than_cores_give_the_same_bits():
+    """Explicit counts far above the cores: most workers start late; the caller never waits
+    for one that has not started, and the bits stay those of one thread."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 200)).astype(np.float32)
+    w = rng.standard_normal((200, 500)).astype(np.float32)
+    expected = kernels.dense_forward(x, w, num_threads=1)
+    for _ in range(20):
+        np.testing.assert_array_equal(kernels.dense_forward(x, w, num_threads=48), expected)

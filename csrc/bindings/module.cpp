@@ -29,6 +29,10 @@ py::dict build_info() {
   info["openmp_version"] = py::none();
 #endif
   info["hardware_threads"] = hardware_threads();
+  // Parallel regions: densekit's own pool (default) or OpenMP (DENSEKIT_THREADING=openmp,
+  // possible only when OpenMP is compiled in); spin_us: how long idle pool workers spin.
+  info["threading"] = threading() == Threading::openmp && openmp_enabled() ? "openmp" : "pool";
+  info["spin_us"] = spin_microseconds();
   info["gemm_kernel_float32"] = gemm::gemm_kernel_name<float>();
   info["gemm_kernel_float64"] = gemm::gemm_kernel_name<double>();
   // The matrix-product engine's ISA: chosen once (at import) from the CPU's features,
@@ -125,10 +129,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         const int threads = resolve_num_threads(bind::thread_count(num_threads));
         const bind::GilRelease nogil;
         std::vector<int> ran(static_cast<size_t>(std::max<index_t>(n_tasks, 0)), 0);
-        parallel_for(n_tasks, threads, [&](index_t task) {
-#if defined(_OPENMP)
-          ran[static_cast<size_t>(task)] = omp_get_thread_num();
-#endif
+        parallel_tasks(n_tasks, threads, [&](int participant, index_t task) {
+          ran[static_cast<size_t>(task)] = participant;
           std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
         });
         std::sort(ran.begin(), ran.end());

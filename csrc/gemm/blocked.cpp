@@ -444,29 +444,14 @@ void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const Plan<T> plan = make_plan(kernels, m, n, k, a, b, c, ldc, ep, std::max(num_threads, 1));
   const size_t per_thread = plan.a_buffer + plan.b_buffer + plan.edge_buffer;
   T* scratch = static_cast<T*>(t_scratch.get(sizeof(T) * per_thread * size_t(plan.threads)));
-  const index_t tasks = plan.tasks_m * plan.tasks_n;
-  auto worker = [&](int thread, std::atomic<index_t>* next) {
+  // Tasks are claimed from shared cursors (see parallel_tasks): the budget may grant fewer
+  // threads than planned, a thread may start late, and any team computes the same bits.
+  parallel_tasks(plan.tasks_m * plan.tasks_n, plan.threads, [&](int thread, index_t task) {
     T* a_buffer = scratch + size_t(thread) * per_thread;
     T* b_buffer = a_buffer + plan.a_buffer;
     T* edge_buffer = b_buffer + plan.b_buffer;
-    for (index_t task = next->fetch_add(1, std::memory_order_relaxed); task < tasks;
-         task = next->fetch_add(1, std::memory_order_relaxed))
-      run_task(plan, a, b, c, ldc, ep, task, a_buffer, b_buffer, edge_buffer);
-  };
-  std::atomic<index_t> next{0};
-  // The process-wide budget may grant fewer threads than planned (other callers are busy);
-  // tasks are claimed from a counter, so any team size computes the same bits.
-  const RegionThreads region(plan.threads);
-  if (region.count() == 1) {
-    worker(0, &next);
-  } else {
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(region.count())
-    worker(omp_get_thread_num(), &next);
-#else
-    worker(0, &next);
-#endif
-  }
+    run_task(plan, a, b, c, ldc, ep, task, a_buffer, b_buffer, edge_buffer);
+  });
   t_scratch.trim();
 }
 
