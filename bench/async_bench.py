@@ -4,14 +4,16 @@
    aggregate throughput with the thread budget against the naive behaviour (every call asks
    for all the cores), and the rate a pure-Python thread keeps beside the kernels.
 2. Living beside other thread pools: densekit and NumPy (and torch) products alternated in one
-   thread against the sum of their separate times, under densekit's OpenMP spin setting and
-   libgomp's default; and what the short spin costs back-to-back kernels (a training step).
+   thread against the sum of their separate times: on densekit's own pool (default, and
+   without spinning) and on OpenMP regions (DENSEKIT_THREADING=openmp, with densekit's short
+   libgomp spin and libgomp's default); and what each costs back-to-back kernels (a training
+   step).
 3. The prefetching input pipeline: epoch time with a per-batch preprocessing cost close to the
    step time, without and with prefetch, against max(compute, preprocessing).
 4. Hyperparameter search: four models trained one after another and at once from a pool.
 5. Hogwild on the digits: throughput and test accuracy against synchronous training.
 Medians of repeated runs; ratios are taken within one run. Section 2 runs each setting in a
-fresh process (libgomp reads its spin count when it loads).
+fresh process (both read their settings once, when they load).
 """
 
 from __future__ import annotations
@@ -196,9 +198,15 @@ print(json.dumps(result))
 
 def peers(quick: bool) -> dict:
     settings = {
-        f"densekit (GOMP_SPINCOUNT={densekit._openmp_env.SPIN_COUNT})": {},
-        "libgomp default (300000)": {"GOMP_SPINCOUNT": "300000"},
-        "passive (0)": {"OMP_WAIT_POLICY": "PASSIVE"},
+        f"densekit's pool (spin {densekit._core.build_info()['spin_us']} us)": {},
+        "pool, no spin (DENSEKIT_SPIN_US=0)": {"DENSEKIT_SPIN_US": "0"},
+        f"OpenMP regions (GOMP_SPINCOUNT={densekit._openmp_env.SPIN_COUNT})": {
+            "DENSEKIT_THREADING": "openmp"
+        },
+        "OpenMP, libgomp default (300000)": {
+            "DENSEKIT_THREADING": "openmp",
+            "GOMP_SPINCOUNT": "300000",
+        },
     }
     repeats = 100 if quick else 300
     rounds = 1 if quick else 3
@@ -208,7 +216,13 @@ def peers(quick: bool) -> dict:
             full_env = {
                 k: v
                 for k, v in os.environ.items()
-                if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+                if k
+                not in (
+                    "GOMP_SPINCOUNT",
+                    "OMP_WAIT_POLICY",
+                    "DENSEKIT_THREADING",
+                    "DENSEKIT_SPIN_US",
+                )
             }
             full_env.update(env)
             code = _PEERS_CODE.replace("REPEATS", str(repeats))
@@ -421,6 +435,7 @@ def main(argv=None) -> int:
     info = kernels.build_info()
     print(
         f"densekit {densekit.__version__}, {CORES} threads, gemm {info['gemm_kernel_float32']}, "
+        f"regions: {info['threading']} (spin {info['spin_us']} us), "
         f"OpenMP wait: {densekit._openmp_env.status}"
     )
     results = {}

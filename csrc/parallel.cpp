@@ -87,6 +87,8 @@ Threading read_threading() {
 // Long enough to span the Python between two kernel calls of a training loop (a few to a
 // few tens of microseconds), short enough to give the core back soon after the last call.
 constexpr int kDefaultSpinMicroseconds = 200;
+// Idle workers spin only while the jobs' gaps average less than this (see Pool::work).
+constexpr double kSpinGapMicroseconds = 50.0;
 
 int read_spin_microseconds() {
   const char* text = std::getenv("DENSEKIT_SPIN_US");
@@ -182,15 +184,24 @@ class Pool {
 #if defined(__linux__)
     pthread_setname_np(pthread_self(), "densekit");
 #endif
+    using Clock = std::chrono::steady_clock;
     const auto spin = std::chrono::microseconds(spin_microseconds());
+    double gap_us = 0.0;  // moving average of the idle time before each job
+    auto idle_since = Clock::now();
     for (;;) {
-      // Spin a while for the next job, yielding the core at every turn to any other
-      // runnable thread (another library's pool, a Python thread), then sleep.
-      const auto deadline = std::chrono::steady_clock::now() + spin;
-      while (open_count_.load(std::memory_order_acquire) == 0 &&
-             std::chrono::steady_clock::now() < deadline) {
-        cpu_relax();
-        yield_core();
+      // Spin a while for the next job, yielding the core at every turn to any other runnable
+      // thread, but only while jobs come back to back (a training loop's kernel calls). When
+      // the gaps are long, another library's calls may be filling them (NumPy's OpenBLAS):
+      // its spinning workers would hold the core, a spinning worker here would queue behind
+      // them, while a sleeping one is woken with priority. Measured on 2 cores: alternating
+      // with NumPy 1.45x the separate times when spinning, 1.05x when sleeping; a small
+      // training step 123 us spinning, 184 us sleeping.
+      if (gap_us < kSpinGapMicroseconds) {
+        const auto deadline = Clock::now() + spin;
+        while (open_count_.load(std::memory_order_acquire) == 0 && Clock::now() < deadline) {
+          cpu_relax();
+          yield_core();
+        }
       }
       Job* job;
       int participant;
@@ -211,7 +222,10 @@ class Pool {
           open_count_.fetch_sub(1, std::memory_order_relaxed);
         }
       }
+      const double gap = std::chrono::duration<double, std::micro>(Clock::now() - idle_since).count();
+      gap_us = 0.75 * gap_us + 0.25 * std::min(gap, 1e4);
       (*job->body)(participant);
+      idle_since = Clock::now();
       std::lock_guard<std::mutex> lock(mutex_);
       ++idle_;
       // The job may be gone as soon as running reaches 0: touch nothing of it after.
