@@ -88,7 +88,7 @@ Threading read_threading() {
 // few tens of microseconds), short enough to give the core back soon after the last call.
 constexpr int kDefaultSpinMicroseconds = 200;
 // Idle workers spin only while the jobs' gaps average less than this (see Pool::work).
-constexpr double kSpinGapMicroseconds = 50.0;
+constexpr long long kSpinGapNanoseconds = 50'000;
 
 int read_spin_microseconds() {
   const char* text = std::getenv("DENSEKIT_SPIN_US");
@@ -123,6 +123,11 @@ class Pool {
  public:
   void run(int participants, const RegionBody& body) {
     Job job{&body, participants - 1};
+    // The gap since the last region ended, averaged: workers spin while it is short.
+    const long long start = now_nanoseconds();
+    const long long gap = std::min(start - last_end_ns_.load(std::memory_order_relaxed), kMaxGap);
+    gap_ns_.store((3 * gap_ns_.load(std::memory_order_relaxed) + gap) / 4,
+                  std::memory_order_relaxed);
     bool wake = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -152,6 +157,7 @@ class Pool {
       cpu_relax();
       yield_core();
     }
+    last_end_ns_.store(now_nanoseconds(), std::memory_order_relaxed);
   }
 
  private:
@@ -186,8 +192,6 @@ class Pool {
 #endif
     using Clock = std::chrono::steady_clock;
     const auto spin = std::chrono::microseconds(spin_microseconds());
-    double gap_us = 0.0;  // moving average of the idle time before each job
-    auto idle_since = Clock::now();
     for (;;) {
       // Spin a while for the next job, yielding the core at every turn to any other runnable
       // thread, but only while jobs come back to back (a training loop's kernel calls). When
@@ -196,17 +200,21 @@ class Pool {
       // them, while a sleeping one is woken with priority. Measured on 2 cores: alternating
       // with NumPy 1.45x the separate times when spinning, 1.05x when sleeping; a small
       // training step 123 us spinning, 184 us sleeping.
-      if (gap_us < kSpinGapMicroseconds) {
-        const auto deadline = Clock::now() + spin;
-        while (open_count_.load(std::memory_order_acquire) == 0 && Clock::now() < deadline) {
-          cpu_relax();
-          yield_core();
-        }
-      }
+      const bool back_to_back = gap_ns_.load(std::memory_order_relaxed) < kSpinGapNanoseconds;
+      const auto deadline = Clock::now() + (back_to_back ? spin : spin * 0);
       Job* job;
       int participant;
-      {
+      for (;;) {
+        for (unsigned turn = 1; open_count_.load(std::memory_order_acquire) == 0; ++turn) {
+          cpu_relax();
+          if (turn % 8 == 0) {
+            if (Clock::now() >= deadline) break;
+            yield_core();
+          }
+        }
         std::unique_lock<std::mutex> lock(mutex_);
+        // A job seen while spinning may be gone already (its caller did the work): spin on.
+        if (open_.empty() && Clock::now() < deadline) continue;
         while (open_.empty()) {
           ++sleeping_;
           work_cv_.wait(lock);
@@ -221,11 +229,9 @@ class Pool {
           open_.erase(open_.begin());
           open_count_.fetch_sub(1, std::memory_order_relaxed);
         }
+        break;
       }
-      const double gap = std::chrono::duration<double, std::micro>(Clock::now() - idle_since).count();
-      gap_us = 0.75 * gap_us + 0.25 * std::min(gap, 1e4);
       (*job->body)(participant);
-      idle_since = Clock::now();
       std::lock_guard<std::mutex> lock(mutex_);
       ++idle_;
       // The job may be gone as soon as running reaches 0: touch nothing of it after.
@@ -237,6 +243,10 @@ class Pool {
   std::condition_variable work_cv_, done_cv_;
   std::vector<Job*> open_;  // jobs that still want workers, oldest first
   std::atomic<int> open_count_{0};
+  // Moving average of the gaps between regions (racy updates from concurrent callers are
+  // fine: it only decides whether idle workers spin), and when the last region ended.
+  static constexpr long long kMaxGap = 10'000'000;
+  std::atomic<long long> gap_ns_{0}, last_end_ns_{0};
   int wanted_ = 0;    // worker places the open jobs still want
   int workers_ = 0;   // threads started
   int idle_ = 0;      // workers not running a job
