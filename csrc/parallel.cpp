@@ -244,8 +244,9 @@ class Pool {
   std::vector<Job*> open_;  // jobs that still want workers, oldest first
   std::atomic<int> open_count_{0};
   // Moving average of the gaps between regions (racy updates from concurrent callers are
-  // fine: it only decides whether idle workers spin), and when the last region ended.
-  static constexpr long long kMaxGap = 10'000'000;
+  // fine: it only decides whether idle workers spin), and when the last region ended. A gap
+  // counts at most kMaxGap: after a pause, two quick regions bring the spin back.
+  static constexpr long long kMaxGap = 4 * kSpinGapNanoseconds;
   std::atomic<long long> gap_ns_{0}, last_end_ns_{0};
   int wanted_ = 0;    // worker places the open jobs still want
   int workers_ = 0;   // threads started
