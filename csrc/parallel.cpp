@@ -33,15 +33,19 @@ int affinity_cpus() {
 #endif
 }
 
-// OMP_NUM_THREADS may be a list ("4,2"); the first entry is the outer level.
-int env_num_threads() {
-  const char* text = std::getenv("OMP_NUM_THREADS");
-  if (text == nullptr) return 0;
+// The leading integer of environment variable `name`, capped at `most`; `fallback` when it is
+// unset, not a number or below `least`. (OMP_NUM_THREADS may be a list, "4,2": its first
+// entry is the outer level.)
+int env_int(const char* name, long least, long most, int fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr) return fallback;
   char* end = nullptr;
   const long value = std::strtol(text, &end, 10);
-  if (end == text || value < 1) return 0;
-  return static_cast<int>(std::min<long>(value, 1 << 16));
+  if (end == text || value < least) return fallback;
+  return static_cast<int>(std::min(value, most));
 }
+
+int env_num_threads() { return env_int("OMP_NUM_THREADS", 1, 1 << 16, 0); }
 
 int initial_threads() {
   const int from_env = env_num_threads();
@@ -90,14 +94,6 @@ constexpr int kDefaultSpinMicroseconds = 200;
 // Idle workers spin only while the jobs' gaps average less than this (see Pool::work).
 constexpr long long kSpinGapNanoseconds = 50'000;
 
-int read_spin_microseconds() {
-  const char* text = std::getenv("DENSEKIT_SPIN_US");
-  if (text == nullptr) return kDefaultSpinMicroseconds;
-  char* end = nullptr;
-  const long value = std::strtol(text, &end, 10);
-  if (end == text || value < 0) return kDefaultSpinMicroseconds;
-  return static_cast<int>(std::min<long>(value, 1'000'000));
-}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -120,6 +116,8 @@ inline void yield_core() {
 // no further worker joins, and waits for the workers that joined. The pool is never
 // destroyed (workers may be blocked in it while the process exits).
 class Pool {
+  using Clock = std::chrono::steady_clock;
+
  public:
   void run(int participants, const RegionBody& body) {
     Job job{&body, participants - 1};
@@ -147,9 +145,9 @@ class Pool {
       if (job.joined < job.slots) withdraw(&job);
     }
     // The workers that joined are running claimed work and finish soon: spin, then sleep.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    const auto deadline = Clock::now() + std::chrono::microseconds(50);
     while (job.running.load(std::memory_order_acquire) != 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
+      if (Clock::now() > deadline) {
         std::unique_lock<std::mutex> lock(mutex_);
         done_cv_.wait(lock, [&] { return job.running.load(std::memory_order_acquire) == 0; });
         break;
@@ -190,7 +188,6 @@ class Pool {
 #if defined(__linux__)
     pthread_setname_np(pthread_self(), "densekit");
 #endif
-    using Clock = std::chrono::steady_clock;
     const auto spin = std::chrono::microseconds(spin_microseconds());
     for (;;) {
       // Spin a while for the next job, yielding the core at every turn to any other runnable
@@ -201,7 +198,7 @@ class Pool {
       // with NumPy 1.45x the separate times when spinning, 1.05x when sleeping; a small
       // training step 123 us spinning, 184 us sleeping.
       const bool back_to_back = gap_ns_.load(std::memory_order_relaxed) < kSpinGapNanoseconds;
-      const auto deadline = Clock::now() + (back_to_back ? spin : spin * 0);
+      const auto deadline = Clock::now() + (back_to_back ? spin : Clock::duration::zero());
       Job* job;
       int participant;
       for (;;) {
@@ -355,7 +352,7 @@ Threading threading() {
 }
 
 int spin_microseconds() {
-  static const int value = read_spin_microseconds();
+  static const int value = env_int("DENSEKIT_SPIN_US", 0, 1'000'000, kDefaultSpinMicroseconds);
   return value;
 }
 

@@ -113,12 +113,8 @@ void run_region(int participants, const RegionBody& body) noexcept;
 template <class Task>
 void parallel_tasks(index_t n_tasks, int num_threads, Task&& task) {
   if (n_tasks <= 0) return;
-  const int wanted = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks));
-  if (wanted == 1) {
-    for (index_t i = 0; i < n_tasks; ++i) task(0, i);
-    return;
-  }
-  const RegionThreads region(wanted);
+  const RegionThreads region(
+      static_cast<int>(std::min<index_t>(std::max(num_threads, 1), n_tasks)));
   const int threads = region.count();
   if (threads == 1) {
     for (index_t i = 0; i < n_tasks; ++i) task(0, i);

@@ -76,7 +76,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   using namespace densekit;
-  m.doc() = "densekit compute core: OpenMP C++ kernels; every compute call releases the GIL.";
+  m.doc() = "densekit compute core: multi-threaded C++ kernels; every compute call releases the GIL.";
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -12,7 +12,6 @@
 #include "blocked.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
