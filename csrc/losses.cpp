@@ -409,22 +409,33 @@ double empty_rows(T* per_sample, index_t n) {
   return 0.0;
 }
 
+// What every loss runs: nothing for rows without elements, else reduce_rows's chunks, each
+// computed by rows(with_grad, begin, end) in the best ISA for loops over loop_bytes, with_grad
+// a std::bool_constant: whether a gradient is written.
+template <typename T, class Rows>
+double loss_rows(const T* grad, T* per_sample, index_t n, index_t width, index_t loop_bytes,
+                 const LossOptions& options, int num_threads, const Rows& rows) {
+  if (width == 0) return empty_rows(per_sample, n);
+  return reduce_rows(n, width, options, num_threads, [&](index_t begin, index_t end) {
+    return run_best_isa(loop_bytes, [&] {
+      if (grad != nullptr) return rows(std::true_type{}, begin, end);
+      return rows(std::false_type{}, begin, end);
+    });
+  });
+}
+
 template <typename T, class Op>
 double elementwise_run(T* grad, T* per_sample, const T* prediction, const T* target,
                        const T* sample_weight, index_t n, index_t d, const Op& op,
                        const LossOptions& options, int num_threads) {
-  if (d == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const index_t loop_bytes = (d == 1 ? kBlock : d) * static_cast<index_t>(sizeof(T));
-  return reduce_rows(n, d, options, num_threads, [&](index_t begin, index_t end) {
-    return run_best_isa(loop_bytes, [&] {
-      if (grad != nullptr)
-        return elementwise_rows<T, true>(grad, per_sample, prediction, target, sample_weight,
-                                         begin, end, d, scale, op);
-      return elementwise_rows<T, false>(grad, per_sample, prediction, target, sample_weight,
-                                        begin, end, d, scale, op);
-    });
-  });
+  return loss_rows(grad, per_sample, n, d, loop_bytes, options, num_threads,
+                   [&](auto with_grad, index_t begin, index_t end) {
+                     return elementwise_rows<T, decltype(with_grad)::value>(
+                         grad, per_sample, prediction, target, sample_weight, begin, end, d,
+                         scale, op);
+                   });
 }
 
 // ---- Softmax cross-entropy: one row at a time, the row staying in cache between sweeps ----
@@ -598,38 +609,28 @@ double softmax_cross_entropy_labels(T* grad, T* per_sample, const T* logits, con
     throw ArgumentError("target: label " + std::to_string(static_cast<int64_t>(labels[bad])) +
                         " at index " + std::to_string(bad) + " is outside [0, " +
                         std::to_string(c) + ")");
-  if (c == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
-  const index_t row_bytes = c * static_cast<index_t>(sizeof(T));
-  return reduce_rows(n, c, options, num_threads, [&](index_t begin, index_t end) {
-    return run_best_isa(row_bytes, [&] {
-      if (grad != nullptr)
-        return softmax_label_rows<T, true>(grad, per_sample, logits, labels, sample_weight,
-                                           begin, end, c, scale, smoothing);
-      return softmax_label_rows<T, false>(grad, per_sample, logits, labels, sample_weight,
-                                          begin, end, c, scale, smoothing);
-    });
-  });
+  return loss_rows(grad, per_sample, n, c, c * index_t(sizeof(T)), options, num_threads,
+                   [&](auto with_grad, index_t begin, index_t end) {
+                     return softmax_label_rows<T, decltype(with_grad)::value>(
+                         grad, per_sample, logits, labels, sample_weight, begin, end, c, scale,
+                         smoothing);
+                   });
 }
 
 template <typename T>
 double softmax_cross_entropy_probs(T* grad, T* per_sample, const T* logits, const T* target,
                                    const T* sample_weight, index_t n, index_t c,
                                    const LossOptions& options, int num_threads) {
-  if (c == 0) return empty_rows(per_sample, n);
   const double scale = reduction_scale(n, options);
   const Smoothing smoothing = smoothing_for(options.label_smoothing, c);
-  const index_t row_bytes = c * static_cast<index_t>(sizeof(T));
-  return reduce_rows(n, c, options, num_threads, [&](index_t begin, index_t end) {
-    return run_best_isa(row_bytes, [&] {
-      if (grad != nullptr)
-        return softmax_prob_rows<T, true>(grad, per_sample, logits, target, sample_weight, begin,
-                                          end, c, scale, smoothing);
-      return softmax_prob_rows<T, false>(grad, per_sample, logits, target, sample_weight, begin,
-                                         end, c, scale, smoothing);
-    });
-  });
+  return loss_rows(grad, per_sample, n, c, c * index_t(sizeof(T)), options, num_threads,
+                   [&](auto with_grad, index_t begin, index_t end) {
+                     return softmax_prob_rows<T, decltype(with_grad)::value>(
+                         grad, per_sample, logits, target, sample_weight, begin, end, c, scale,
+                         smoothing);
+                   });
 }
 
 #define DENSEKIT_INSTANTIATE_LABEL(T, L)                                                     \
