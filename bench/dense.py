@@ -19,7 +19,7 @@ from densekit import kernels
 
 from . import peers
 from .config import Settings
-from .gemm import MLP_SHAPES, PRODUCT_TOLERANCE, shape_name
+from .gemm import MLP_SHAPES, PRODUCT_TOLERANCE, product_case, shape_name
 from .harness import Case, Impl, Skip, Tolerance, grid_array, random_array
 
 FAMILY = "dense"
@@ -96,19 +96,20 @@ def fused_forward_case(
 
         case_peers.append(Impl("torch", run_torch))
 
-    return Case(
-        family=FAMILY,
-        name=f"dense {activation}",
-        shape=shape_name(n, k, m),
-        dtype=dtype,
-        threads=threads,
-        work=2.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="2*n*k*m",
-        tolerance=tolerance,
-        densekit=Impl("densekit", run_densekit),
-        peers=case_peers,
-        notes=notes,
+    return product_case(
+        FAMILY,
+        f"dense {activation}",
+        n,
+        k,
+        m,
+        dtype,
+        threads,
+        2,
+        "2*n*k*m",
+        Impl("densekit", run_densekit),
+        case_peers,
+        tolerance,
+        notes,
     )
 
 
@@ -148,18 +149,18 @@ def backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> Case:
         np.sum(dz, axis=0, out=db["numpy"])
         return dx["numpy"], dw["numpy"], db["numpy"]
 
-    return Case(
-        family=FAMILY,
-        name="backward relu",
-        shape=shape_name(n, k, m),
-        dtype=dtype,
-        threads=threads,
-        work=4.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="4*n*k*m (dx, dw)",
-        tolerance=PRODUCT_TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=[Impl("numpy", run_numpy)],
+    return product_case(
+        FAMILY,
+        "backward relu",
+        n,
+        k,
+        m,
+        dtype,
+        threads,
+        4,
+        "4*n*k*m (dx, dw)",
+        Impl("densekit", run_densekit),
+        [Impl("numpy", run_numpy)],
     )
 
 
@@ -205,18 +206,18 @@ def forward_backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> C
         y_t.backward(dy_t)
         return y_t, x_t.grad, w_t.grad.T, b_t.grad
 
-    return Case(
-        family=FAMILY,
-        name=name,
-        shape=shape_name(n, k, m),
-        dtype=dtype,
-        threads=threads,
-        work=6.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="6*n*k*m (y, dx, dw)",
-        tolerance=PRODUCT_TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=[Impl("torch-autograd", run_torch)],
+    return product_case(
+        FAMILY,
+        name,
+        n,
+        k,
+        m,
+        dtype,
+        threads,
+        6,
+        "6*n*k*m (y, dx, dw)",
+        Impl("densekit", run_densekit),
+        [Impl("torch-autograd", run_torch)],
         notes=["torch: grads set to None each call; inputs on a 1/8 grid"],
     )
 

@@ -48,6 +48,39 @@ def shape_name(n: int, k: int, m: int) -> str:
     return f"{n}x{k}x{m}"
 
 
+def product_case(
+    family: str,
+    name: str,
+    n: int,
+    k: int,
+    m: int,
+    dtype: str,
+    threads: int,
+    flops_per_nkm: int,
+    work_formula: str,
+    densekit: Impl,
+    case_peers: list[Impl],
+    tolerance: Tolerance | None = None,
+    notes: list[str] | None = None,
+) -> Case:
+    """A case on an (n, k) x (k, m) product shape, rated in GFLOP/s (flops_per_nkm * n*k*m);
+    the tolerance defaults to PRODUCT_TOLERANCE."""
+    return Case(
+        family=family,
+        name=name,
+        shape=shape_name(n, k, m),
+        dtype=dtype,
+        threads=threads,
+        work=float(flops_per_nkm) * n * k * m,
+        unit="GFLOP/s",
+        work_formula=work_formula,
+        tolerance=PRODUCT_TOLERANCE[dtype] if tolerance is None else tolerance,
+        densekit=densekit,
+        peers=case_peers,
+        notes=notes or [],
+    )
+
+
 def matmul_case(
     n: int, k: int, m: int, dtype: str, threads: int, peer_names: tuple[str, ...]
 ) -> Case:
@@ -71,18 +104,18 @@ def matmul_case(
         matmul = peers.torch.matmul
         case_peers.append(Impl("torch", lambda: matmul(x_t, w_t, out=y_t)))
 
-    return Case(
-        family=FAMILY,
-        name="matmul",
-        shape=shape_name(n, k, m),
-        dtype=dtype,
-        threads=threads,
-        work=2.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="2*n*k*m",
-        tolerance=PRODUCT_TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=case_peers,
+    return product_case(
+        FAMILY,
+        "matmul",
+        n,
+        k,
+        m,
+        dtype,
+        threads,
+        2,
+        "2*n*k*m",
+        Impl("densekit", run_densekit),
+        case_peers,
     )
 
 
