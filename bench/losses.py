@@ -29,6 +29,24 @@ LOSS_TOLERANCE = {
 }
 
 
+def torch_loss(name: str, prediction: np.ndarray, target: np.ndarray) -> list[Impl]:
+    """torch's F.<name> forward + backward as a peer (none without torch): returns the loss
+    and the prediction's gradient."""
+    if peers.torch is None:
+        return []
+    loss_function = getattr(peers.torch.nn.functional, name)
+    prediction_t = peers.torch.from_numpy(prediction).requires_grad_()
+    target_t = peers.torch.from_numpy(target)
+
+    def run_torch():
+        prediction_t.grad = None
+        loss = loss_function(prediction_t, target_t)
+        loss.backward()
+        return loss, prediction_t.grad
+
+    return [Impl("torch", run_torch)]
+
+
 def cross_entropy_case(n: int, c: int, dtype: str, threads: int) -> Case:
     rng = np.random.default_rng(n + c)
     logits = random_array(rng, (n, c), dtype) * 4
@@ -56,19 +74,7 @@ def cross_entropy_case(n: int, c: int, dtype: str, threads: int) -> Case:
         g *= 1 / n
         return loss, g
 
-    case_peers = [Impl("numpy", run_numpy)]
-    if peers.torch is not None:
-        functional = peers.torch.nn.functional
-        logits_t = peers.torch.from_numpy(logits).requires_grad_()
-        labels_t = peers.torch.from_numpy(labels)
-
-        def run_torch():
-            logits_t.grad = None
-            loss = functional.cross_entropy(logits_t, labels_t)
-            loss.backward()
-            return loss, logits_t.grad
-
-        case_peers.append(Impl("torch", run_torch))
+    case_peers = [Impl("numpy", run_numpy), *torch_loss("cross_entropy", logits, labels)]
 
     itemsize = np.dtype(dtype).itemsize
     return Case(
@@ -104,19 +110,7 @@ def mse_case(size: int, dtype: str, threads: int) -> Case:
         g *= 2 / size
         return loss, g
 
-    case_peers = [Impl("numpy", run_numpy)]
-    if peers.torch is not None:
-        functional = peers.torch.nn.functional
-        prediction_t = peers.torch.from_numpy(prediction).requires_grad_()
-        target_t = peers.torch.from_numpy(target)
-
-        def run_torch():
-            prediction_t.grad = None
-            loss = functional.mse_loss(prediction_t, target_t)
-            loss.backward()
-            return loss, prediction_t.grad
-
-        case_peers.append(Impl("torch", run_torch))
+    case_peers = [Impl("numpy", run_numpy), *torch_loss("mse_loss", prediction, target)]
 
     return Case(
         family=FAMILY,
