@@ -233,6 +233,37 @@ def _ran_out(epoch: int, s: FitSetup) -> None:
     )
 
 
+class EpochTally:
+    """One epoch's running loss, and what follows each training step: the callbacks' batch
+    hooks, the progress bar, the job's position, the stop flag."""
+
+    def __init__(self, model, hooks, progress, job, epoch: int):
+        self.model, self.hooks, self.progress, self.job = model, hooks, progress, job
+        self.epoch = epoch
+        self.batch_hooks = hooks.batch_hooks["train"]
+        self.loss_total, self.seen = 0.0, 0
+
+    def logs(self) -> dict:  # the progress bar reads the running logs only when it redraws
+        return self.model._logs(self.loss_total, self.seen)
+
+    def begin(self, step: int) -> None:
+        if self.batch_hooks:
+            self.hooks.on_train_batch_begin(step, {})
+
+    def train(self, step: int, plan) -> bool:
+        """Step ``step`` on ``plan``'s buffers, then its hooks; True when training stops."""
+        loss = self.model._train_step(plan)
+        self.loss_total += loss * plan.n
+        self.seen += plan.n
+        if self.batch_hooks:
+            self.hooks.on_train_batch_end(step, self.logs())
+        if self.progress is not None:
+            self.progress.advance(self.logs)
+        if self.job is not None:
+            self.job._position = (self.epoch, step + 1)
+        return self.model.stop_training
+
+
 class ArrayEpochs:
     """Epochs over arrays: rows gathered into the plan's buffers by take_rows."""
 
@@ -254,42 +285,28 @@ class ArrayEpochs:
         self.identity = self.order.copy()
 
     def __call__(self, epoch: int) -> tuple[float, int]:
-        model, s, hooks, progress, job = self.model, self.s, self.hooks, self.progress, self.job
+        s = self.s
         x, y, sample_weight, weighted = s.x, s.y, s.sample_weight, self.weighted
         batch_size, order = s.batch_size, self.order
         full_plan, last_plan = self.full_plan, self.last_plan
-        batch_hooks = hooks.batch_hooks["train"]
-        take_rows, train_step = kernels.take_rows, model._train_step
+        take_rows = kernels.take_rows
         if s.shuffle:
             np.copyto(order, self.identity)
             np.random.default_rng((s.seed, epoch)).shuffle(order)
-        loss_total, seen = 0.0, 0
-
-        def running():  # the progress bar reads the running logs only when it redraws
-            return model._logs(loss_total, seen)
-
+        tally = EpochTally(self.model, self.hooks, self.progress, self.job, epoch)
+        begin, train = tally.begin, tally.train
         for step in range(s.steps):
             start = step * batch_size
             rows = order[start : start + batch_size]
             plan = full_plan if rows.shape[0] == full_plan.n else last_plan
-            if batch_hooks:
-                hooks.on_train_batch_begin(step, {})
+            begin(step)
             take_rows(x, rows, out=plan.x)
             take_rows(y, rows, out=plan.y)
             if weighted:
                 take_rows(sample_weight, rows, out=plan.sample_weight)
-            loss = train_step(plan)
-            loss_total += loss * plan.n
-            seen += plan.n
-            if batch_hooks:
-                hooks.on_train_batch_end(step, model._logs(loss_total, seen))
-            if progress is not None:
-                progress.advance(running)
-            if job is not None:
-                job._position = (epoch, step + 1)
-            if model.stop_training:
+            if train(step, plan):
                 break
-        return loss_total, seen
+        return tally.loss_total, tally.seen
 
     def close(self) -> None:
         pass
@@ -333,15 +350,10 @@ class StreamEpochs:
         return plan
 
     def __call__(self, epoch: int) -> tuple[float, int]:
-        model, hooks, progress, job = self.model, self.hooks, self.progress, self.job
         steps = self.s.steps_per_epoch
-        batch_hooks = hooks.batch_hooks["train"]
-        source, load, train_step = self.source, self.load, model._train_step
-        loss_total, seen, step = 0.0, 0, 0
-
-        def running():
-            return model._logs(loss_total, seen)
-
+        source, load = self.source, self.load
+        tally = EpochTally(self.model, self.hooks, self.progress, self.job, epoch)
+        step = 0
         while steps is None or step < steps:
             batch = source.next()
             if batch is data.END_OF_PASS:
@@ -351,22 +363,12 @@ class StreamEpochs:
             if batch is data.EXHAUSTED:
                 self.exhausted = True
                 break
-            if batch_hooks:
-                hooks.on_train_batch_begin(step, {})
-            plan = load(batch)
-            loss = train_step(plan)
-            loss_total += loss * plan.n
-            seen += plan.n
-            if batch_hooks:
-                hooks.on_train_batch_end(step, model._logs(loss_total, seen))
-            if progress is not None:
-                progress.advance(running)
+            tally.begin(step)
+            stop = tally.train(step, load(batch))
             step += 1
-            if job is not None:
-                job._position = (epoch, step)
-            if model.stop_training:
+            if stop:
                 break
-        return loss_total, seen
+        return tally.loss_total, tally.seen
 
     def close(self) -> None:
         self.source.close()
