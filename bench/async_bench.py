@@ -33,7 +33,8 @@ import numpy as np
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")  # as bench/__init__.py
 
 import densekit
-from densekit import callbacks, data, kernels, layers, losses, optimizers
+from densekit import data, kernels, layers, losses, optimizers
+from densekit.demo import EpochTimer, load_digits_split
 
 CORES = densekit.get_num_threads()
 
@@ -312,8 +313,25 @@ def pipeline(quick: bool) -> dict:
 
 
 # -- 4. hyperparameter search ------------------------------------------------------------------
+def digits_model(rate: float) -> densekit.Sequential:
+    """The demo's MLP (64-256-128-10, logits), Adam at ``rate``, with accuracy."""
+    model = densekit.Sequential(
+        [
+            layers.Input((64,)),
+            layers.Dense(256, "relu"),
+            layers.Dense(128, "relu"),
+            layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizers.Adam(rate),
+        losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
 def search(quick: bool) -> dict:
-    from densekit.demo import load_digits_split
 
     x_train, y_train, x_test, y_test = load_digits_split(0)
     rates = [0.0003, 0.001, 0.003, 0.01]
@@ -321,20 +339,7 @@ def search(quick: bool) -> dict:
 
     def build(rate):
         densekit.set_random_seed(0)  # process-wide: models are built one at a time
-        model = densekit.Sequential(
-            [
-                layers.Input((64,)),
-                layers.Dense(256, "relu"),
-                layers.Dense(128, "relu"),
-                layers.Dense(10),
-            ]
-        )
-        model.compile(
-            optimizers.Adam(rate),
-            losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        return model
+        return digits_model(rate)
 
     def train(model):
         model.fit(x_train, y_train, batch_size=32, epochs=epochs, seed=0, verbose=0)
@@ -365,7 +370,6 @@ def search(quick: bool) -> dict:
 
 # -- 5. hogwild ------------------------------------------------------------------------------
 def hogwild(quick: bool) -> dict:
-    from densekit.demo import load_digits_split
 
     x_train, y_train, x_test, y_test = load_digits_split(0)
     epochs = 5 if quick else 15
@@ -373,20 +377,8 @@ def hogwild(quick: bool) -> dict:
     for batch_size in (8, 32):
         for workers in (1, 2, 4):
             densekit.set_random_seed(0)
-            model = densekit.Sequential(
-                [
-                    layers.Input((64,)),
-                    layers.Dense(256, "relu"),
-                    layers.Dense(128, "relu"),
-                    layers.Dense(10),
-                ]
-            )
-            model.compile(
-                optimizers.Adam(0.001),
-                losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"],
-            )
-            timer = _EpochTimer()
+            model = digits_model(0.001)
+            timer = EpochTimer()
             model.fit(
                 x_train,
                 y_train,
@@ -404,17 +396,6 @@ def hogwild(quick: bool) -> dict:
                 "test_accuracy": model.evaluate(x_test, y_test, verbose=0)[1],
             }
     return results
-
-
-class _EpochTimer(callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 SECTIONS = {
