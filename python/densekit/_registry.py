@@ -4,6 +4,22 @@ optimizers, schedules): ``{"class_name": ..., "config": ...}``."""
 from __future__ import annotations
 
 
+class Configurable:
+    """What every configurable object has, as in Keras: ``get_config`` (each class's own),
+    ``from_config`` (the class called with that config) and a repr showing the config."""
+
+    def get_config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
 def serialize(obj) -> dict:
     return {"class_name": type(obj).__name__, "config": obj.get_config()}
 

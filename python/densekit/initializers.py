@@ -18,7 +18,7 @@ from . import _random, _registry
 _TRUNCATED_STDDEV = 0.87962566103423978
 
 
-class Initializer:
+class Initializer(_registry.Configurable):
     """Base class: subclasses implement ``_draw(shape, rng) -> float64 ndarray``."""
 
     def __init__(self, seed=None):
@@ -34,14 +34,6 @@ class Initializer:
 
     def get_config(self) -> dict:
         return {"seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _fans(shape) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from . import _random, activations, initializers, regularizers
+from . import _random, _registry, activations, initializers, regularizers
 
 _name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
@@ -44,7 +44,7 @@ def _feature_shape(shape, name: str) -> tuple[int]:
     return (_positive_int(shape[0], name),)
 
 
-class Layer:
+class Layer(_registry.Configurable):
     """Base class. Subclasses set ``_weight_specs`` in ``_build`` and say what they compute."""
 
     def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None):
@@ -116,10 +116,6 @@ class Layer:
         if self._input_shape is not None:
             config["input_shape"] = list(self._input_shape)
         return config
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"

@@ -19,7 +19,7 @@ _REDUCTIONS = {"sum_over_batch_size": "mean", "sum": "sum", "none": "none", None
 _EPSILON = 1e-7
 
 
-class Loss:
+class Loss(_registry.Configurable):
     """Base class. ``__call__(y_true, y_pred, sample_weight=None)`` returns the loss."""
 
     kernel_name: str = ""
@@ -89,14 +89,6 @@ class Loss:
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _as_array(y, name: str) -> np.ndarray:

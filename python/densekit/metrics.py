@@ -20,7 +20,7 @@ import numpy as np
 from . import _registry, kernels
 
 
-class Metric:
+class Metric(_registry.Configurable):
     """A running mean: ``total / count`` since the last ``reset_state``."""
 
     # "labels": integer labels (n,); "dense": floats shaped like the prediction.
@@ -60,10 +60,6 @@ class Metric:
 
     def get_config(self) -> dict:
         return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} result={self.result():.6g}>"

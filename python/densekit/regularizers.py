@@ -6,14 +6,11 @@ penalty to the reported loss, both with kernel calls (see ``models.py``).
 
 from __future__ import annotations
 
+from . import _registry
 
-class Regularizer:
-    def get_config(self) -> dict:
-        raise NotImplementedError
 
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
+class Regularizer(_registry.Configurable):
+    """A weight penalty: its config is its factors."""
 
 
 class L2(Regularizer):
@@ -24,9 +21,6 @@ class L2(Regularizer):
 
     def get_config(self) -> dict:
         return {"l2": self.l2}
-
-    def __repr__(self) -> str:
-        return f"L2(l2={self.l2!r})"
 
 
 l2 = L2

@@ -11,20 +11,9 @@ import math
 from . import _registry
 
 
-class LearningRateSchedule:
+class LearningRateSchedule(_registry.Configurable):
     def __call__(self, step: int) -> float:
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _positive(value, name: str) -> float:
