@@ -13,6 +13,7 @@ import densekit
 from densekit import layers, losses
 
 HANG_SECONDS = 120  # a whole test file never takes this long; a hang does
+TIMEOUT = 60  # for one wait on a job, a thread or an event
 
 
 @pytest.fixture(autouse=True)

@@ -20,14 +20,13 @@ from densekit import callbacks
 from densekit._openmp_env import SPIN_COUNT
 
 from .asyncutil import (
+    TIMEOUT,
     assert_same_state,
     classification,
     densekit_threads,
     fail_on_hang,  # noqa: F401 - autouse fixture
     small_model,
 )
-
-TIMEOUT = 60
 
 
 class Gate(callbacks.Callback):

@@ -14,14 +14,13 @@ from densekit import callbacks
 from densekit.data import Dataset
 
 from .asyncutil import (
+    TIMEOUT,
     assert_same_state,
     classification,
     densekit_threads,
     fail_on_hang,  # noqa: F401 - autouse fixture
     small_model,
 )
-
-TIMEOUT = 60
 
 
 def test_batches_shuffle_and_map():
