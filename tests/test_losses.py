@@ -90,7 +90,23 @@ class Problem:
         return reference_loss(self.name, self.prediction, self.target, **self.kwargs())
 
 
-def build_problem(name, *, n, cols, dtype, scale, kind, reduction, weighted, params, seed):
+def build_problem(
+    name,
+    *,
+    n,
+    cols,
+    dtype,
+    seed,
+    scale=1.0,
+    kind=None,
+    reduction="mean",
+    weighted=False,
+    params=None,
+):
+    """A problem of n rows (cols per row, or 1-D when None); kind defaults to the loss's first
+    target kind."""
+    kind = TARGET_KINDS[name][0] if kind is None else kind
+    params = {} if params is None else params
     rng = np.random.default_rng(seed)
     shape = (n,) if cols is None else (n, cols)
     prediction = (rng.standard_normal(shape) * scale).astype(dtype)
@@ -181,11 +197,8 @@ def test_empty_batch(name, reduction, dtype):
         n=0,
         cols=cols,
         dtype=dtype,
-        scale=1.0,
-        kind=TARGET_KINDS[name][0],
         reduction=reduction,
         weighted=True,
-        params={},
         seed=0,
     )
     loss, grad = problem.run()
@@ -298,11 +311,7 @@ def test_read_only_inputs_are_accepted(name, weighted):
         n=19,
         cols=6,
         dtype=np.float64,
-        scale=1.0,
-        kind=TARGET_KINDS[name][0],
-        reduction="mean",
         weighted=weighted,
-        params={},
         seed=2,
     )
     expected = problem.run()
@@ -321,11 +330,8 @@ def test_nan_is_data(name):
         n=4,
         cols=3,
         dtype=np.float64,
-        scale=1.0,
         kind=TARGET_KINDS[name][-1],
         reduction="none",
-        weighted=False,
-        params={},
         seed=3,
     )
     problem.prediction[1, 2] = np.nan
@@ -563,11 +569,6 @@ def test_concurrent_python_threads_agree(name):
         n=3001,
         cols=33,
         dtype=np.float32,
-        scale=1.0,
-        kind=TARGET_KINDS[name][0],
-        reduction="mean",
-        weighted=False,
-        params={},
         seed=6,
     )
     expected_loss, expected_grad = problem.run(num_threads=1)
