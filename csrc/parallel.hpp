@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -124,16 +125,21 @@ void parallel_tasks(index_t n_tasks, int num_threads, Task&& task) {
     std::atomic<index_t> next{0};
     index_t end = 0;
   };
-  std::vector<Share> shares(static_cast<size_t>(threads));
+  // On the stack up to kLocalShares threads (no allocation per region), else on the heap.
+  constexpr int kLocalShares = 16;
+  Share local[kLocalShares];
+  std::unique_ptr<Share[]> heap;
+  Share* shares = local;
+  if (threads > kLocalShares) shares = (heap = std::make_unique<Share[]>(size_t(threads))).get();
   for (int p = 0; p < threads; ++p) {
-    shares[size_t(p)].next.store(n_tasks * p / threads, std::memory_order_relaxed);
-    shares[size_t(p)].end = n_tasks * (p + 1) / threads;
+    shares[p].next.store(n_tasks * p / threads, std::memory_order_relaxed);
+    shares[p].end = n_tasks * (p + 1) / threads;
   }
   std::exception_ptr error;
   std::mutex error_mutex;
   auto body = [&](int participant) {
     for (int r = 0; r < threads; ++r) {
-      Share& share = shares[size_t((participant + r) % threads)];
+      Share& share = shares[(participant + r) % threads];
       for (index_t i = share.next.fetch_add(1, std::memory_order_relaxed); i < share.end;
            i = share.next.fetch_add(1, std::memory_order_relaxed)) {
         try {
