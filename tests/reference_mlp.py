@@ -93,6 +93,14 @@ def loss_and_grad(name, prediction, target, sample_weight=None, delta=1.0, label
     return loss, dper * weights[:, None] / n
 
 
+def gradients(layers, x, name, target, sample_weight=None, **options):
+    """The loss of the network's last activation and the gradients [dkernel, dbias, ...]:
+    forward, loss_and_grad, backward."""
+    preacts, acts = forward(layers, x)
+    loss, doutput = loss_and_grad(name, acts[-1], target, sample_weight, **options)
+    return loss, backward(layers, preacts, acts, doutput)
+
+
 def l2_penalty(layers, factors):
     return sum(f * float((w * w).sum()) for (w, _, _, _), f in zip(layers, factors) if f)
 

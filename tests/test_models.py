@@ -230,13 +230,12 @@ def test_gradients_of_every_activation_match_the_reference(activation):
     model.compile("sgd", "mse")
     loss, grads = model._gradients(x, y)
     ref = reference_layers(model)
-    preacts, acts = reference_mlp.forward(ref, x)
-    ref_loss, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
-    expected = reference_mlp.backward(ref, preacts, acts, dout)
+    ref_loss, expected = reference_mlp.gradients(ref, x, "mse", y)
     assert math.isclose(loss, ref_loss, rel_tol=1e-12)
     for a, b in zip(grads, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
-    np.testing.assert_allclose(model.predict(x), acts[-1], rtol=1e-12, atol=1e-13)
+    outputs = reference_mlp.forward(ref, x)[1][-1]
+    np.testing.assert_allclose(model.predict(x), outputs, rtol=1e-12, atol=1e-13)
 
 
 LOSS_CASES = [
@@ -289,12 +288,10 @@ def test_every_loss_with_sample_weights_matches_the_reference(name, loss, out, t
         (w, b, "linear" if fused and i == len(ref) - 1 else a, al)
         for i, (w, b, a, al) in enumerate(ref)
     ]
-    preacts, acts = reference_mlp.forward(ref_train, x)
     options = {"delta": loss.delta} if name == "huber" else {}
     if hasattr(loss, "label_smoothing"):
         options["label_smoothing"] = loss.label_smoothing
-    ref_value, dout = reference_mlp.loss_and_grad(name, acts[-1], y, weights, **options)
-    expected = reference_mlp.backward(ref_train, preacts, acts, dout)
+    ref_value, expected = reference_mlp.gradients(ref_train, x, name, y, weights, **options)
     assert math.isclose(value, ref_value, rel_tol=1e-11)
     for a, b in zip(grads, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
@@ -329,9 +326,7 @@ def test_l2_regularizer_adds_penalty_and_gradient():
     model.compile("sgd", "mse")
     loss, grads = model._gradients(x, y)
     ref = reference_layers(model)
-    preacts, acts = reference_mlp.forward(ref, x)
-    ref_loss, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
-    expected = reference_mlp.backward(ref, preacts, acts, dout)
+    ref_loss, expected = reference_mlp.gradients(ref, x, "mse", y)
     reference_mlp.add_l2_grads(ref, expected, [0.05, 0.05])
     assert math.isclose(loss, ref_loss + reference_mlp.l2_penalty(ref, [0.05, 0.05]), rel_tol=1e-12)
     for a, b in zip(grads, expected):
@@ -632,9 +627,7 @@ def test_dropout_is_seeded_scaled_and_off_at_inference():
     np.testing.assert_allclose(dropped[kept], x[kept] / 0.75, rtol=1e-15)
     # reference: the dense layer applied to the masked input
     ref = [(model.layers[1].kernel, model.layers[1].bias, "linear", None)]
-    preacts, acts = reference_mlp.forward(ref, x * mask)
-    _, dout = reference_mlp.loss_and_grad("mse", acts[-1], y)
-    for a, b in zip(grads, reference_mlp.backward(ref, preacts, acts, dout)):
+    for a, b in zip(grads, reference_mlp.gradients(ref, x * mask, "mse", y)[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     # a same-seeded model draws the same masks
     again = densekit.Sequential(
