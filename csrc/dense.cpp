@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gemm/gemm.hpp"
+#include "gemm/scratch.hpp"
 #include "parallel.hpp"
 
 namespace densekit {
@@ -14,6 +15,8 @@ namespace {
 // Columns per task of the bias-gradient sum; each task sums its columns over all rows in
 // row order, so the result does not depend on the thread count.
 constexpr index_t kColumnBlock = 64;
+
+thread_local gemm::Scratch t_chain_scratch;  // two intermediate outputs of a chain
 
 template <typename T>
 void column_sums(T* db, const T* dz, index_t n, index_t m, bool accumulate, int num_threads) {
@@ -118,6 +121,29 @@ void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, co
 }
 
 template <typename T>
+void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps, int count,
+                         int num_threads) {
+  if (count <= 0) return;
+  index_t widest = 0;
+  for (int s = 0; s + 1 < count; ++s) widest = std::max(widest, steps[s].m);
+  const size_t buffer = (size_t(n) * size_t(widest) + 15) / 16 * 16;  // whole cache lines
+  T* scratch =
+      count > 1 ? static_cast<T*>(t_chain_scratch.get(2 * buffer * sizeof(T))) : nullptr;
+  const T* source = x;
+  for (int s = 0; s < count; ++s) {
+    const DenseStep<T>& step = steps[s];
+    T* target = s + 1 == count ? y : scratch + size_t(s % 2) * buffer;
+    if (step.w != nullptr)
+      dense_forward<T>(target, nullptr, source, step.w, step.b, n, step.k, step.m, step.act,
+                       num_threads);
+    else
+      activation_forward<T>(target, source, n, step.m, step.act, num_threads);
+    source = target;
+  }
+  t_chain_scratch.trim();
+}
+
+template <typename T>
 void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b, index_t n,
                              index_t k, index_t m, const Activation& act) {
   gemm::Epilogue<T> ep;
@@ -136,6 +162,7 @@ void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b
   template void dense_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
                                   const T*, index_t, index_t, index_t, const Activation&,     \
                                   bool, int);                                                 \
+  template void dense_chain_forward<T>(T*, const T*, index_t, const DenseStep<T>*, int, int); \
   template void dense_forward_reference<T>(T*, T*, const T*, const T*, const T*, index_t,     \
                                            index_t, index_t, const Activation&);
 DENSEKIT_INSTANTIATE(float)

@@ -22,6 +22,25 @@ void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, co
                     const T* preact, index_t n, index_t k, index_t m, const Activation& act,
                     bool accumulate, int num_threads);
 
+// One step of an inference chain: y = act(x @ w + b) with w (k, m), or, with w null, the
+// activation alone (m == k). b may be null.
+template <typename T>
+struct DenseStep {
+  const T* w = nullptr;
+  const T* b = nullptr;
+  index_t k = 0;
+  index_t m = 0;
+  Activation act;
+};
+
+// y (n, steps[count - 1].m) = the steps applied in order to x (n, steps[0].k): a model's
+// inference in one call. Intermediate outputs live in scratch memory of the calling thread
+// (kept between calls), so a batch-1 predict pays no allocation and no crossing per layer.
+// Every step gives the bits dense_forward / activation_forward give.
+template <typename T>
+void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps, int count,
+                         int num_threads);
+
 // The slow, obvious versions (one thread, triple loops), kept beside the fast ones.
 template <typename T>
 void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b, index_t n,

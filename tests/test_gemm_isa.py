@@ -233,6 +233,53 @@ def test_gemm_bitwise_across_alignments(isa, dtype):
                     assert c.tobytes() == first, (isa, (m, n, k), trans_a, trans_b, offsets)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "sigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("isa", ISAS)
+def test_short_products_read_b_in_place_at_any_alignment(isa, dtype, activation):
+    """m <= 4 reads B in place with masked first and last vectors, shifted to B's cache lines
+    (C, bias and preact shifted alike): every offset gives the same bits as the reference
+    within tolerance and as each other exactly, and nothing outside C or preact is written."""
+    rng = np.random.default_rng(6)
+    for m, n, k in [(1, 256, 70), (1, 300, 9), (2, 17, 33), (3, 129, 5), (4, 100, 260), (1, 5, 3)]:
+        a, b = operands(rng, m, n, k, False, False, dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        expected = None
+        for offsets in [(0, 0, 0, 0), (1, 3, 5, 7), (2, 15, 1, 9), (0, 7, 2, 3), (5, 1, 0, 14)]:
+            for threads in (1, 2):
+                a_, b_, bias_ = (at_offset(v, o) for v, o in zip((a, b, bias), offsets))
+                # C and preact inside guard bands that must stay untouched
+                c_band = at_offset(np.full(m * n + 32, 7.0, dtype), offsets[3])
+                z_band = at_offset(np.full(m * n + 32, 7.0, dtype), offsets[0])
+                c = c_band[16 : 16 + m * n].reshape(m, n)
+                z = z_band[16 : 16 + m * n].reshape(m, n)
+                c[...] = c0
+                _core._gemm_isa_test(
+                    isa,
+                    a_,
+                    b_,
+                    c,
+                    bias=bias_,
+                    preact=z,
+                    activation=activation,
+                    accumulate=True,
+                    num_threads=threads,
+                )
+                for band in (c_band, z_band):
+                    assert (band[:16] == 7.0).all() and (band[16 + m * n :] == 7.0).all()
+                if expected is None:
+                    reference = a.astype(np.float64) @ b.astype(np.float64) + c0 + bias
+                    np.testing.assert_allclose(
+                        z,
+                        reference,
+                        rtol=1e-4 if dtype == np.float32 else 1e-12,
+                        atol=1e-4 if dtype == np.float32 else 1e-12,
+                    )
+                    expected = (c.tobytes(), z.tobytes())
+                assert (c.tobytes(), z.tobytes()) == expected, (isa, (m, n, k), offsets, threads)
+
+
 def ulp_distance(a, b):
     """|a - b| in float32 units in the last place (0 where both are NaN)."""
     ai, bi = (v.astype(np.float32).view(np.int32).astype(np.int64) for v in (a, b))

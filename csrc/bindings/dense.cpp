@@ -160,9 +160,177 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
                         need_db ? py::object(db) : py::object(py::none()));
 }
 
+// A model's inference as one call (see dense_chain_forward): the steps' arrays are checked
+// once when the chain is made and held; each call checks again, cheaply, that none of them
+// changed dtype, shape or layout since (NumPy lets a shape or dtype be reassigned in place).
+class DenseChain {
+ public:
+  explicit DenseChain(py::handle steps_obj) {
+    if (!py::isinstance<py::sequence>(steps_obj) || py::isinstance<py::str>(steps_obj))
+      type_fail("steps", "expected a sequence of (w, b, activation[, alpha]) tuples, got " +
+                             type_name(steps_obj));
+    const auto steps = py::reinterpret_borrow<py::sequence>(steps_obj);
+    if (steps.size() == 0) value_fail("steps", "expected at least one step, got none");
+    index_t width = -1;  // input width of the next step (-1: set by the first weight)
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const std::string name = "steps[" + std::to_string(i) + "]";
+      names_.push_back(name);
+      py::handle item = steps[i];
+      if (!py::isinstance<py::tuple>(item) || py::len(item) < 3 || py::len(item) > 4)
+        type_fail(name.c_str(), "expected a tuple (w, b, activation[, alpha]), got " +
+                                    (py::isinstance<py::tuple>(item)
+                                         ? "a tuple of " + std::to_string(py::len(item))
+                                         : type_name(item)));
+      const auto step = py::reinterpret_borrow<py::tuple>(item);
+      Held held;
+      held.act = parse_activation(step[2], step.size() == 4 ? step[3] : py::handle(py::none()),
+                                  (name + " activation").c_str());
+      if (step[0].is_none()) {
+        if (!step[1].is_none())
+          value_fail(name.c_str(), "a step without w (an activation alone) takes no b");
+        held.k = held.m = width;
+      } else {
+        const std::string w_name = name + " w";
+        held.has_w = true;
+        held.w = has_dtype_ ? float_array_like(step[0], w_name.c_str(), dtype_, "the first w")
+                            : float_array(step[0], w_name.c_str(), &dtype_);
+        has_dtype_ = true;
+        require_ndim(held.w, w_name.c_str(), 2);
+        held.k = held.w.shape(0);
+        held.m = held.w.shape(1);
+        if (width >= 0 && held.k != width)
+          value_fail(w_name.c_str(), "expected " + std::to_string(width) +
+                                         " rows (the previous step's width), got shape " +
+                                         shape_string(held.w));
+        if (width < 0) {
+          for (Held& earlier : held_) earlier.k = earlier.m = held.k;
+          input_width_ = held.k;
+        }
+        width = held.m;
+        if (!step[1].is_none()) {
+          const std::string b_name = name + " b";
+          held.b = float_array_like(step[1], b_name.c_str(), dtype_, "w");
+          require_shape(held.b, b_name.c_str(), {held.m}, "w.shape[1]");
+          held.has_b = true;
+        }
+      }
+      held_.push_back(std::move(held));
+    }
+    output_width_ = width;
+  }
+
+  // Input and output widths; -1 for a chain of activations alone (any width).
+  index_t input_width() const { return input_width_; }
+  index_t output_width() const { return output_width_; }
+  size_t size() const { return held_.size(); }
+
+  py::array call(py::handle x_obj, py::handle out_obj, py::handle threads_obj) {
+    DType dtype = dtype_;
+    py::array x = has_dtype_ ? float_array_like(x_obj, "x", dtype, "the chain's weights")
+                             : float_array(x_obj, "x", &dtype);
+    if (x.ndim() < 1) value_fail("x", "expected an array of shape (..., k), got a 0-d array");
+    const index_t k = x.shape(x.ndim() - 1);
+    if (input_width_ >= 0 && k != input_width_)
+      value_fail("x", "expected shape (..., " + std::to_string(input_width_) +
+                          ") for the chain's first weight, got " + shape_string(x));
+    std::vector<index_t> out_shape(x.shape(), x.shape() + x.ndim() - 1);
+    out_shape.push_back(output_width_ >= 0 ? output_width_ : k);
+    index_t n = 1;
+    for (py::ssize_t d = 0; d + 1 < x.ndim(); ++d) n *= x.shape(d);
+    const int threads = resolve_num_threads(thread_count(threads_obj));
+    for (size_t i = 0; i < held_.size(); ++i) recheck(i, dtype);
+    py::array out;
+    if (out_array(out_obj, "out", dtype, out_shape, &out)) {
+      if (memory_overlaps(out, x)) value_fail("out", "must not share memory with x");
+      for (size_t i = 0; i < held_.size(); ++i) {
+        const Held& held = held_[i];
+        if ((held.has_w && memory_overlaps(out, held.w)) ||
+            (held.has_b && memory_overlaps(out, held.b)))
+          value_fail("out", "must not share memory with the weights of " + names_[i]);
+      }
+    } else {
+      out = new_array(dtype, out_shape);
+    }
+    for_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      DenseStep<T> local[8];
+      std::vector<DenseStep<T>> heap;
+      DenseStep<T>* steps = local;
+      if (held_.size() > 8) {
+        heap.resize(held_.size());
+        steps = heap.data();
+      }
+      for (size_t i = 0; i < held_.size(); ++i) {
+        const Held& held = held_[i];
+        steps[i].w = held.has_w ? cptr<T>(held.w) : nullptr;
+        steps[i].b = held.has_b ? cptr<T>(held.b) : nullptr;
+        steps[i].k = held.k >= 0 ? held.k : k;
+        steps[i].m = held.m >= 0 ? held.m : k;
+        steps[i].act = held.act;
+      }
+      const T* xp = cptr<T>(x);
+      T* yp = mptr<T>(out);
+      const GilRelease nogil;
+      dense_chain_forward<T>(yp, xp, n, steps, static_cast<int>(held_.size()), threads);
+    });
+    return out;
+  }
+
+ private:
+  struct Held {
+    py::array w;
+    py::array b;
+    bool has_w = false;  // false: an activation alone
+    bool has_b = false;
+    index_t k = -1, m = -1;
+    Activation act;
+  };
+
+  static bool unchanged(const py::array& a, int dtype_num, std::initializer_list<index_t> shape) {
+    if (a.dtype().num() != dtype_num || !(a.flags() & py::array::c_style) ||
+        a.ndim() != static_cast<py::ssize_t>(shape.size()))
+      return false;
+    py::ssize_t d = 0;
+    for (index_t extent : shape)
+      if (a.shape(d++) != extent) return false;
+    return true;
+  }
+
+  void recheck(size_t i, DType dtype) const {
+    const Held& held = held_[i];
+    if (!held.has_w) return;
+    const int num = dtype == DType::float32 ? py::dtype::of<float>().num()
+                                            : py::dtype::of<double>().num();
+    const bool ok = unchanged(held.w, num, {held.k, held.m}) &&
+                    (!held.has_b || unchanged(held.b, num, {held.m}));
+    if (!ok)
+      value_fail(names_[i].c_str(), "its w or b changed dtype, shape or layout after the "
+                                    "chain was made (expected " + std::string(dtype_name(dtype)) +
+                                    " w of shape " + shape_string({held.k, held.m}) +
+                                    ", C-contiguous); make a new chain");
+  }
+
+  std::vector<Held> held_;
+  std::vector<std::string> names_;
+  DType dtype_ = DType::float32;
+  bool has_dtype_ = false;
+  index_t input_width_ = -1;
+  index_t output_width_ = -1;
+};
+
 }  // namespace
 
 void bind_dense(py::module_& m) {
+  py::class_<DenseChain>(m, "DenseChain",
+                         "A model's inference as one kernel call: steps (w, b, activation"
+                         "[, alpha]) applied in order, w None for an activation alone.")
+      .def(py::init<py::handle>(), py::arg("steps"))
+      .def("__call__", &DenseChain::call, py::arg("x"), py::kw_only(),
+           py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+           "y = the steps applied in order to x (..., k); one GIL release for all of them.")
+      .def("__len__", &DenseChain::size)
+      .def_property_readonly("input_width", &DenseChain::input_width)
+      .def_property_readonly("output_width", &DenseChain::output_width);
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("w"),
         py::arg("b") = py::none(), py::arg("activation") = "linear", py::kw_only(),
         py::arg("out") = py::none(), py::arg("preact_out") = py::none(),

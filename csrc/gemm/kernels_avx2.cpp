@@ -19,6 +19,13 @@ inline __m256i mask_epi32(int n) {
 inline __m256i mask_epi64(int n) {
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
+// Lanes lo <= i < hi.
+inline __m256i mask_epi32(int lo, int hi) {
+  return _mm256_andnot_si256(mask_epi32(lo), mask_epi32(hi));
+}
+inline __m256i mask_epi64(int lo, int hi) {
+  return _mm256_andnot_si256(mask_epi64(lo), mask_epi64(hi));
+}
 
 struct F32x8 {
   using T = float;
@@ -57,6 +64,12 @@ struct F32x8 {
   static R load_part(const T* p, int n) { return _mm256_maskload_ps(p, mask_epi32(n)); }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
   static void store_part(T* p, R v, int n) { _mm256_maskstore_ps(p, mask_epi32(n), v); }
+  static R load_lanes(const T* p, int lo, int hi) {
+    return _mm256_maskload_ps(p, mask_epi32(lo, hi));
+  }
+  static void store_lanes(T* p, R v, int lo, int hi) {
+    _mm256_maskstore_ps(p, mask_epi32(lo, hi), v);
+  }
   static R set1(T x) { return _mm256_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
@@ -114,6 +127,12 @@ struct F64x4 {
   static R load_part(const T* p, int n) { return _mm256_maskload_pd(p, mask_epi64(n)); }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
   static void store_part(T* p, R v, int n) { _mm256_maskstore_pd(p, mask_epi64(n), v); }
+  static R load_lanes(const T* p, int lo, int hi) {
+    return _mm256_maskload_pd(p, mask_epi64(lo, hi));
+  }
+  static void store_lanes(T* p, R v, int lo, int hi) {
+    _mm256_maskstore_pd(p, mask_epi64(lo, hi), v);
+  }
   static R set1(T x) { return _mm256_set1_pd(x); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }

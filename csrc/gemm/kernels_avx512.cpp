@@ -19,6 +19,11 @@ namespace {
 
 inline __mmask16 mask16(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
 inline __mmask8 mask8(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
+// Lanes lo <= i < hi.
+inline __mmask16 mask16(int lo, int hi) {
+  return static_cast<__mmask16>(mask16(hi) & ~mask16(lo));
+}
+inline __mmask8 mask8(int lo, int hi) { return static_cast<__mmask8>(mask8(hi) & ~mask8(lo)); }
 
 struct F32x16 {
   using T = float;
@@ -55,6 +60,12 @@ struct F32x16 {
   static R load_part(const T* p, int n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
   static void store_part(T* p, R v, int n) { _mm512_mask_storeu_ps(p, mask16(n), v); }
+  static R load_lanes(const T* p, int lo, int hi) {
+    return _mm512_maskz_loadu_ps(mask16(lo, hi), p);
+  }
+  static void store_lanes(T* p, R v, int lo, int hi) {
+    _mm512_mask_storeu_ps(p, mask16(lo, hi), v);
+  }
   static R set1(T x) { return _mm512_set1_ps(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
@@ -121,6 +132,12 @@ struct F64x8 {
   static R load_part(const T* p, int n) { return _mm512_maskz_loadu_pd(mask8(n), p); }
   static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
   static void store_part(T* p, R v, int n) { _mm512_mask_storeu_pd(p, mask8(n), v); }
+  static R load_lanes(const T* p, int lo, int hi) {
+    return _mm512_maskz_loadu_pd(mask8(lo, hi), p);
+  }
+  static void store_lanes(T* p, R v, int lo, int hi) {
+    _mm512_mask_storeu_pd(p, mask8(lo, hi), v);
+  }
   static R set1(T x) { return _mm512_set1_pd(x); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }

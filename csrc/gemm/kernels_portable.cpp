@@ -45,6 +45,14 @@ struct Portable {
   static void store_part(T* p, R v, int n) {
     for (int i = 0; i < n; ++i) p[i] = v[i];
   }
+  static R load_lanes(const T* p, int lo, int hi) {
+    R r = zero();
+    for (int i = lo; i < hi; ++i) r[i] = p[i];
+    return r;
+  }
+  static void store_lanes(T* p, R v, int lo, int hi) {
+    for (int i = lo; i < hi; ++i) p[i] = v[i];
+  }
   static R set1(T x) {
     R r;
     for (int i = 0; i < W; ++i) r[i] = x;

@@ -29,9 +29,15 @@ struct TileArgs {
   index_t a_stride = 0;
   bool a_rows = false;
   // B(p, j) = b[p * ldb + j]; the vectors covering [0, cols) must be readable (packed
-  // panels are zero-padded to whole vectors).
+  // panels are zero-padded to whole vectors). With edges (rows <= the family's wide_mr: B
+  // read in place), b, c, bias and preact point `head` (< lanes) elements before the tile's
+  // first column and the tile covers lanes [head, head + cols) of its vectors: the first and
+  // last vectors are read and written with masks, so that the vectors between fall on whole
+  // cache lines of B.
   const T* b = nullptr;
   index_t ldb = 0;
+  bool edges = false;
+  int head = 0;
   T* c = nullptr;
   index_t ldc = 0;
   int rows = 0;

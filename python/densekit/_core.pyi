@@ -59,6 +59,28 @@ def dense_forward(
     alpha: float | None = None,
     num_threads: int | None = None,
 ) -> FloatArray: ...
+
+class DenseChain:
+    """A model's inference as one kernel call: each step is ``(w, b, activation)`` or
+    ``(w, b, activation, alpha)``, ``w`` None for an activation alone. The arrays are held
+    (not copied): changes of their values show in the next call."""
+
+    def __init__(
+        self,
+        steps: Sequence[
+            tuple[FloatArray | None, FloatArray | None, ActivationName | None]
+            | tuple[FloatArray | None, FloatArray | None, ActivationName | None, float | None]
+        ],
+    ) -> None: ...
+    def __call__(
+        self, x: FloatArray, *, out: FloatArray | None = None, num_threads: int | None = None
+    ) -> FloatArray: ...
+    def __len__(self) -> int: ...
+    @property
+    def input_width(self) -> int: ...
+    @property
+    def output_width(self) -> int: ...
+
 def dense_backward(
     dy: FloatArray,
     x: FloatArray,

@@ -38,7 +38,6 @@ class WeightGuard:
     def _reset(self) -> None:
         self.lock = threading.Lock()
         self._readers_done = threading.Condition(self.lock)
-        self.buffers_lock = threading.Lock()  # the model's pool of predict buffers
         self.trainer: int | None = None  # thread ident of the trainer, or _PENDING
         self._snapshot: tuple[int, np.ndarray] | None = None
         self._live_readers = 0

@@ -42,14 +42,14 @@ class DenseOp:
     def with_activation(self, activation: Activation) -> DenseOp:
         return DenseOp(self.layer, activation)
 
-    def infer(self, x, y, weights=None):
-        """y = the layer of x, with the live weights or ``weights`` ([kernel(, bias)])."""
-        act = self.activation
+    def inference_step(self, weights=None):
+        """This layer as a DenseChain step, with the live weights or ``weights``
+        ([kernel(, bias)])."""
         if weights is None:
             kernel, bias = self.layer.kernel, self.layer.bias
         else:
             kernel, bias = weights[0], weights[1] if len(weights) > 1 else None
-        kernels.dense_forward(x, kernel, bias, act.name, out=y, alpha=act.alpha)
+        return (kernel, bias, self.activation.name, self.activation.alpha)
 
     def forward(self, x, y, preact):
         options = _with_alpha({"out": y}, self.activation)
@@ -86,8 +86,8 @@ class ActivationOp:
     def __init__(self, layer, activation: Activation, width: int):
         self.layer, self.activation, self.width = layer, activation, width
 
-    def infer(self, x, y, weights=None):
-        kernels.activation_forward(x, self.activation.name, out=y, alpha=self.activation.alpha)
+    def inference_step(self, weights=None):
+        return (None, None, self.activation.name, self.activation.alpha)
 
     def forward(self, x, y, preact):
         options = _with_alpha({"out": y}, self.activation)
@@ -134,6 +134,13 @@ class DropoutOp:
 
     def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
         return functools.partial(np.multiply, dy, scratch["mask"], out=dx)
+
+
+def inference_chain(ops, weights=None) -> kernels.DenseChain:
+    """The inference ops as one kernel call, with the live weights or, per op, ``weights``
+    (a snapshot: [kernel(, bias)], or None for an op without weights)."""
+    weights = weights or [None] * len(ops)
+    return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
 
 
 def build_ops(layers, input_width: int, training: bool, absorbed: str | None):

