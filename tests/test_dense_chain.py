@@ -162,7 +162,7 @@ def rejection_cases():
         ),
         ("out", lambda: chain(np.ones((1, 3), np.float32), out=b32.reshape(1, 2)), ValueError),
         ("num_threads", lambda: chain(np.ones((1, 3), np.float32), num_threads=0), ValueError),
-        ("steps[0]", reshape_then_call, ValueError),
+        ("steps[0] w (changed since the chain was made)", reshape_then_call, ValueError),
     ]
 
 

@@ -173,8 +173,7 @@ class DenseChain {
     if (steps.size() == 0) value_fail("steps", "expected at least one step, got none");
     index_t width = -1;  // input width of the next step (-1: set by the first weight)
     for (size_t i = 0; i < steps.size(); ++i) {
-      const std::string name = "steps[" + std::to_string(i) + "]";
-      names_.push_back(name);
+      const std::string name = step_name(i);
       py::handle item = steps[i];
       if (!py::isinstance<py::tuple>(item) || py::len(item) < 3 || py::len(item) > 4)
         type_fail(name.c_str(), "expected a tuple (w, b, activation[, alpha]), got " +
@@ -246,7 +245,7 @@ class DenseChain {
         const Held& held = held_[i];
         if ((held.has_w && memory_overlaps(out, held.w)) ||
             (held.has_b && memory_overlaps(out, held.b)))
-          value_fail("out", "must not share memory with the weights of " + names_[i]);
+          value_fail("out", "must not share memory with the weights of " + step_name(i));
       }
     } else {
       out = new_array(dtype, out_shape);
@@ -286,6 +285,8 @@ class DenseChain {
     Activation act;
   };
 
+  static std::string step_name(size_t i) { return "steps[" + std::to_string(i) + "]"; }
+
   static bool unchanged(const py::array& a, int dtype_num, std::initializer_list<index_t> shape) {
     if (a.dtype().num() != dtype_num || !(a.flags() & py::array::c_style) ||
         a.ndim() != static_cast<py::ssize_t>(shape.size()))
@@ -296,22 +297,26 @@ class DenseChain {
     return true;
   }
 
+  // A cheap test of the held arrays on every call; a change is reported by the boundary
+  // checks themselves, naming the step's w or b.
   void recheck(size_t i, DType dtype) const {
     const Held& held = held_[i];
     if (!held.has_w) return;
     const int num = dtype == DType::float32 ? py::dtype::of<float>().num()
                                             : py::dtype::of<double>().num();
-    const bool ok = unchanged(held.w, num, {held.k, held.m}) &&
-                    (!held.has_b || unchanged(held.b, num, {held.m}));
-    if (!ok)
-      value_fail(names_[i].c_str(), "its w or b changed dtype, shape or layout after the "
-                                    "chain was made (expected " + std::string(dtype_name(dtype)) +
-                                    " w of shape " + shape_string({held.k, held.m}) +
-                                    ", C-contiguous); make a new chain");
+    if (unchanged(held.w, num, {held.k, held.m}) &&
+        (!held.has_b || unchanged(held.b, num, {held.m})))
+      return;
+    const std::string w_name = step_name(i) + " w (changed since the chain was made)";
+    float_array_like(held.w, w_name.c_str(), dtype, "the chain's weights");
+    require_shape(held.w, w_name.c_str(), {held.k, held.m});
+    if (!held.has_b) return;
+    const std::string b_name = step_name(i) + " b (changed since the chain was made)";
+    float_array_like(held.b, b_name.c_str(), dtype, "the chain's weights");
+    require_shape(held.b, b_name.c_str(), {held.m});
   }
 
   std::vector<Held> held_;
-  std::vector<std::string> names_;
   DType dtype_ = DType::float32;
   bool has_dtype_ = false;
   index_t input_width_ = -1;

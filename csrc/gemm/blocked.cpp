@@ -164,13 +164,13 @@ index_t panel_start(const Plan<T>& plan, index_t p) {
   return start_of_panel(p, plan.n, plan.nr, plan.lead);
 }
 
-// Columns to skip so that row-major data with `ld` starts on a 64-byte line (numpy gives 16):
-// -1 when its rows do not all share one alignment.
+// Columns to skip so that row-major data with `ld` starts on a `bytes` boundary (a 64-byte
+// line, or a vector; numpy gives 16): -1 when its rows do not all share one alignment.
 template <typename T>
-index_t columns_to_line(const T* data, index_t ld) {
-  const std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(data) % 64;
-  if ((ld * index_t(sizeof(T))) % 64 != 0 || offset % sizeof(T) != 0) return -1;
-  return index_t((64 - offset) % 64 / sizeof(T));
+index_t columns_to_boundary(const T* data, index_t ld, index_t bytes) {
+  const index_t offset = index_t(reinterpret_cast<std::uintptr_t>(data) % std::uintptr_t(bytes));
+  if ((ld * index_t(sizeof(T))) % bytes != 0 || offset % index_t(sizeof(T)) != 0) return -1;
+  return (bytes - offset) % bytes / index_t(sizeof(T));
 }
 
 inline size_t whole_lines(size_t elements, size_t element_size) {
@@ -237,7 +237,6 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   // lead 266). It adds a panel, which may unbalance the threads: it is taken when the best
   // task grid with it is within 5% of the best without (at (32, 784, 256) it is not: 15%).
   //
-  //
   // Short products (m <= wide_mr: one row tile) read each element of B once, in place: edge
   // panels are not packed (a copy to read once) nor narrow (a panel costs kc chained
   // multiply-adds, however narrow): the tiles mask their first and last vectors instead, and
@@ -246,29 +245,27 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   // 9.7 us with a masked tail alone (B 16 bytes off a line: 92 GB/s from L2), about 6 us
   // aligned (150 GB/s).
   plan.edges = wide && !plan.pack_b;
-  index_t lead = 0;
+  index_t tasks_m = 1, tasks_n = 1;
   if (plan.edges) {
-    const index_t offset = index_t(reinterpret_cast<std::uintptr_t>(b.data) % 64);
-    if (tune.align != 0 && b.ld % kernels.lanes == 0 && offset % index_t(sizeof(T)) == 0)
-      plan.head = static_cast<int>(offset / index_t(sizeof(T)) % kernels.lanes);
-    if (plan.head > 0 && plan.nr - plan.head < n) lead = plan.nr - plan.head;
+    const index_t vector_bytes = kernels.lanes * index_t(sizeof(T));
+    const index_t skip = tune.align != 0 ? columns_to_boundary(b.data, b.ld, vector_bytes) : 0;
+    plan.head = skip > 0 ? static_cast<int>(kernels.lanes - skip) : 0;
+    if (plan.head > 0 && plan.nr - plan.head < n) plan.lead = plan.nr - plan.head;
+    choose_tasks(plan, plan.lead, threads, &tasks_m, &tasks_n);
   } else {
     const bool align_b = !plan.pack_b && tune.align != 2;
-    lead = align_b ? columns_to_line(b.data, b.ld) : columns_to_line(c, ldc);
+    index_t lead =
+        align_b ? columns_to_boundary(b.data, b.ld, 64) : columns_to_boundary(c, ldc, 64);
     if (tune.align == 0 || lead <= 0 || lead >= plan.nr || lead >= n) lead = 0;
-  }
-  index_t tasks_m = 1, tasks_n = 1;
-  const index_t plain_cost = choose_tasks(plan, 0, threads, &tasks_m, &tasks_n);
-  if (lead > 0 && plan.edges) {
-    choose_tasks(plan, lead, threads, &tasks_m, &tasks_n);
-    plan.lead = lead;
-  } else if (lead > 0) {
-    index_t lead_m = 1, lead_n = 1;
-    const index_t lead_cost = choose_tasks(plan, lead, threads, &lead_m, &lead_n);
-    if (lead_cost * 20 <= plain_cost * 21) {
-      plan.lead = lead;
-      tasks_m = lead_m;
-      tasks_n = lead_n;
+    const index_t plain_cost = choose_tasks(plan, 0, threads, &tasks_m, &tasks_n);
+    if (lead > 0) {
+      index_t lead_m = 1, lead_n = 1;
+      const index_t lead_cost = choose_tasks(plan, lead, threads, &lead_m, &lead_n);
+      if (lead_cost * 20 <= plain_cost * 21) {
+        plan.lead = lead;
+        tasks_m = lead_m;
+        tasks_n = lead_n;
+      }
     }
   }
   plan.n_panels = panel_count(plan.n, plan.nr, plan.lead);

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import densekit
 from densekit import kernels as K
 
-MLP = [
-    (1, 784, 256),
-    (32, 784, 256),
-    (64, 784, 256),
-    (256, 784, 256),
-    (1024, 1024, 1024),
-    (8192, 512, 512),
-    (64, 4096, 4096),
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for bench/
+from bench.gemm import MLP_SHAPES as MLP  # the MLP shapes: one list
+
 LARGE = [(1024, 1024, 1024), (2048, 2048, 2048), (8192, 512, 512)]
 
 
