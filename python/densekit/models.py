@@ -811,22 +811,22 @@ class Sequential:
 
     def _predict_arrays(self, x, batch_size, hooks, progress) -> np.ndarray:
         n = x.shape[0]
-        outputs = np.empty((n, self.output_dim), self._np_dtype)
         if self._predict_chain is None:
-            np.copyto(outputs, x)
-            return outputs
+            return x.copy()
         params, counted = self._guard.begin_read(self._params)
         try:
             chain = self._predict_chain
             if params is not self._params:  # training on another thread: a snapshot
                 chain = inference_chain(self._predict_ops, self._snapshot_weights(params))
-            if n <= batch_size and hooks is None:  # one batch: the latency path
-                chain(x, out=outputs)
-            else:
-                self._predict_batches(chain, x, outputs, batch_size, hooks, progress)
+            if n <= batch_size and hooks is None:
+                # one batch, the latency path: the kernel allocates the outputs (checking an
+                # out= array against every weight would cost ~1 us of a 10 us batch-1 call)
+                return chain(x)
+            outputs = np.empty((n, self.output_dim), self._np_dtype)
+            self._predict_batches(chain, x, outputs, batch_size, hooks, progress)
+            return outputs
         finally:
             self._guard.end_read(counted)
-        return outputs
 
     def _predict_batches(self, chain, x, outputs, batch_size, hooks, progress):
         batch_hooks = hooks is not None and hooks.batch_hooks["predict"]
