@@ -293,7 +293,10 @@ def test_vector_activations_within_2_ulp_of_scalar(isa):
     """float32 elu/sigmoid/tanh applied by the ISA's vector math (z = x @ I exactly) stay
     within 2 ulp of scalar::forward (activation_forward); gelu_tanh within 2e-5 relative of
     float64 (scalar::forward cancels in 1 + tanh(u) for z << 0: the vector form does not).
-    The portable ISA has no vector math and must match scalar::forward exactly."""
+    The vector math never makes a subnormal (each costs a microcode assist): where
+    scalar::forward's result is subnormal it may give 0, and from a normal input it gives no
+    subnormal output. The portable ISA has no vector math and must match scalar::forward
+    exactly."""
     rng = np.random.default_rng(3)
     parts = [rng.standard_normal(4000) * s for s in (0.01, 0.3, 1.0, 3.0, 10.0, 40.0)]
     specials = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 0.625, -0.625, -0.5, 88.4, -104.0]
@@ -303,13 +306,16 @@ def test_vector_activations_within_2_ulp_of_scalar(isa):
     for act in ("elu", "sigmoid", "tanh", "gelu_tanh", "gelu"):
         y = np.empty_like(x)
         _core._gemm_isa_test(isa, x, eye, y, activation=act)
+        tiny = np.finfo(np.float32).tiny  # below it float32 has no relative precision
+        if isa != "portable":
+            made = (np.abs(y) < tiny) & (y != 0) & ((np.abs(x) >= tiny) | (x == 0))
+            assert not made.any(), (isa, act, x[made][:4], y[made][:4])
         if isa == "portable":  # no vector math: scalar::forward itself
             assert ulp_distance(y, K.activation_forward(x, act)).max() == 0, act
         elif act == "gelu":  # erfc by polynomials: a few 1e-7 relative of float64
             z = x.astype(np.float64)
             cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in z.ravel()])
             truth = z * cdf.reshape(z.shape)
-            tiny = np.finfo(np.float32).tiny  # below it float32 has no relative precision
             assert np.all(np.abs(y - truth) <= 2e-6 * np.abs(truth) + tiny), isa
         elif act == "gelu_tanh":
             z = x.astype(np.float64)
@@ -318,7 +324,9 @@ def test_vector_activations_within_2_ulp_of_scalar(isa):
                 truth = z / (1 + np.exp(-2 * u))
             assert np.all(np.abs(y - truth) <= 2e-5 * np.abs(truth) + 1e-30), isa
         else:
-            assert ulp_distance(y, K.activation_forward(x, act)).max() <= 2, (isa, act)
+            reference = K.activation_forward(x, act)
+            flushed = (y == 0) & (np.abs(reference) < tiny)
+            assert ulp_distance(np.where(flushed, reference, y), reference).max() <= 2, (isa, act)
 
 
 def test_hook_rejects_bad_isa():

@@ -34,10 +34,11 @@ struct F32x8 {
   static constexpr bool kVectorMath = true;
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
   static R abs(R v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-  // Cephes expf as in kernels_avx512.cpp; 2^n applied as two normal factors 2^(n/2) so that a
-  // denormal result is rounded once.
+  // Cephes expf as in kernels_avx512.cpp, 0 below -126 ln 2 (no subnormal results); 2^n
+  // applied as two factors 2^(n/2), each normal.
   static R exp(R x) {
-    x = _mm256_max_ps(_mm256_set1_ps(-103.972084f), x);
+    const R normal = _mm256_cmp_ps(x, _mm256_set1_ps(kExpNormalLimit), _CMP_NLT_UQ);
+    x = _mm256_and_ps(normal, x);  // exp(0) in the lanes cleared below
     x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
     const R n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -56,7 +57,7 @@ struct F32x8 {
     const __m256i bias = _mm256_set1_epi32(127);
     const R f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
     const R f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(rest, bias), 23));
-    return _mm256_mul_ps(_mm256_mul_ps(y, f1), f2);
+    return _mm256_and_ps(normal, _mm256_mul_ps(_mm256_mul_ps(y, f1), f2));
   }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_ps(); }

@@ -74,6 +74,9 @@ struct PackScale {
   T alpha = T(0);
 };
 
+// -126 ln 2: below it float32 exp is subnormal, and the vector math (V::exp) returns 0.
+constexpr float kExpNormalLimit = -87.33654475f;
+
 template <typename T>
 struct KernelFamily {
   Isa isa = Isa::portable;
