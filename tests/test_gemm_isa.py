@@ -290,7 +290,7 @@ def ulp_distance(a, b):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_vector_activations_within_2_ulp_of_scalar(isa):
-    """float32 elu/sigmoid/tanh applied by the ISA's vector math (z = x @ I exactly) stay
+    """float32 elu/sigmoid/tanh/softplus applied by the ISA's vector math (z = x @ I exactly) stay
     within 2 ulp of scalar::forward (activation_forward); gelu_tanh within 2e-5 relative of
     float64 (scalar::forward cancels in 1 + tanh(u) for z << 0: the vector form does not).
     The vector math never makes a subnormal (each costs a microcode assist): where
@@ -303,7 +303,7 @@ def test_vector_activations_within_2_ulp_of_scalar(isa):
     values = np.concatenate([*parts, np.linspace(-110, 100, 4001), specials]).astype(np.float32)
     x = np.resize(values, (len(values) + 15) // 16 * 16).reshape(-1, 16)
     eye = np.eye(16, dtype=np.float32)
-    for act in ("elu", "sigmoid", "tanh", "gelu_tanh", "gelu"):
+    for act in ("elu", "sigmoid", "tanh", "gelu_tanh", "gelu", "softplus"):
         y = np.empty_like(x)
         _core._gemm_isa_test(isa, x, eye, y, activation=act)
         tiny = np.finfo(np.float32).tiny  # below it float32 has no relative precision

@@ -289,6 +289,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
       case ActivationKind::tanh: plan.vector_act = VectorActivation::tanh; break;
       case ActivationKind::gelu_tanh: plan.vector_act = VectorActivation::gelu_tanh; break;
       case ActivationKind::gelu: plan.vector_act = VectorActivation::gelu; break;
+      case ActivationKind::softplus: plan.vector_act = VectorActivation::softplus; break;
       default: break;
     }
   }

@@ -63,6 +63,7 @@ enum class VectorActivation : int {
   tanh = 3,
   gelu_tanh = 4,
   gelu = 5,
+  softplus = 6,
 };
 
 // The packing view of gemm.hpp's Scaling: the factor for source element src[i] is read from
