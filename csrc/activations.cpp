@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "gemm/gemm.hpp"
 #include "parallel.hpp"
 
 namespace densekit {
@@ -161,7 +162,7 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
     } else if (use_y) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);
-    } else {
+    } else if (!gemm::vector_derivative(dz + begin, dy + begin, z + begin, end - begin, act)) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_z(act.kind, alpha, z[i]);
     }

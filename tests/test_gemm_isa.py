@@ -329,6 +329,76 @@ def test_vector_activations_within_2_ulp_of_scalar(isa):
             assert ulp_distance(np.where(flushed, reference, y), reference).max() <= 2, (isa, act)
 
 
+def float64_derivative(act, z, alpha=1.0):
+    """f'(z) in float64, and what float32 rounding of its terms scales with (1 - s, 1 - tanh^2
+    and the gelu forms cancel)."""
+
+    def s(v):  # sigmoid, without overflow or cancellation
+        e = np.exp(-np.abs(v))
+        return np.where(v >= 0, 1 / (1 + e), e / (1 + e))
+
+    if act == "elu":
+        d = np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0)))
+        return d, np.abs(d)
+    if act == "sigmoid":  # 1 - s loses s's rounding relative to itself
+        return s(z) * (1 - s(z)), s(z)
+    if act == "tanh":
+        t = np.tanh(z)
+        return 1 - t * t, 1 + t * t
+    if act == "softplus":
+        return s(z), s(z)
+    if act == "gelu":
+        cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in z.ravel()]).reshape(z.shape)
+        z_pdf = z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        return cdf + z_pdf, cdf + np.abs(z_pdf)
+    assert act == "gelu_tanh"
+    c = math.sqrt(2 / math.pi)
+    u2 = 2 * c * (z + 0.044715 * z**3)  # rounded in float32: s(u2) inherits |u2| roundings
+    sg = s(u2)
+    du = c * (1 + 3 * 0.044715 * z * z)
+    return sg + 2 * z * sg * (1 - sg) * du, (sg + np.abs(2 * z * sg * du)) * (1 + np.abs(u2))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_derivatives_match_float64(isa):
+    """dz = dy * f'(z) by the ISA's vector math (what activation_backward and dense_backward
+    use for f' from z) is within a few float32 roundings of float64, at every length (masked
+    tails), and makes no subnormal where the result is normal; the portable ISA and those with
+    no vector form report False and write nothing."""
+    rng = np.random.default_rng(11)
+    parts = [rng.standard_normal(3000) * s for s in (0.01, 0.5, 1.0, 3.0, 10.0, 40.0)]
+    specials = [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, -0.7518, 9.0, -9.0, 13.0, -13.2, -14.0]
+    z = np.concatenate([*parts, np.linspace(-110, 100, 4001), specials]).astype(np.float32)
+    dy = (rng.uniform(0.5, 2.0, z.size) * rng.choice([-1, 1], z.size)).astype(np.float32)
+    tiny = np.finfo(np.float32).tiny
+    for act, alpha in [("elu", 0.7), ("sigmoid", None), ("tanh", None), ("softplus", None),
+                       ("gelu", None), ("gelu_tanh", None)]:  # fmt: skip
+        for count in (z.size, 1, 15, 17):  # masked tails
+            dz = np.full(count, 7.0, np.float32)
+            done = _core._derivative_isa_test(
+                isa, dz, dy[:count], z[:count], activation=act, alpha=alpha
+            )
+            if isa == "portable":
+                assert not done and np.all(dz == 7.0), act
+                continue
+            assert done, (isa, act)
+            d, scale = float64_derivative(act, z[:count].astype(np.float64), alpha or 1.0)
+            truth = dy[:count] * d
+            # + 1e-35: sigmoid(2u) of gelu_tanh is 0 below float32's smallest normal number,
+            # and 2 z u' (up to ~300 there) scales that.
+            bound = 8 * 2.0**-24 * np.abs(dy[:count]) * scale + 1e-35
+            bad = ~(np.abs(dz - truth) <= bound)
+            assert not bad.any(), (isa, act, z[:count][bad][:4], dz[bad][:4], truth[bad][:4])
+            made = (np.abs(dz) < tiny) & (dz != 0) & (np.abs(truth) >= tiny)
+            assert not made.any(), (isa, act, z[:count][made][:4])
+    for act in ("linear", "relu", "leaky_relu", "softmax"):
+        dz = np.full(16, 7.0, np.float32)
+        assert not _core._derivative_isa_test(isa, dz, dy[:16], z[:16], activation=act)
+        assert np.all(dz == 7.0)
+    dz64 = np.zeros(16)
+    assert not _core._derivative_isa_test(isa, dz64, dz64.copy(), dz64.copy(), activation="gelu")
+
+
 def test_hook_rejects_bad_isa():
     a = np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError, match="isa"):

@@ -1,6 +1,7 @@
 // Test and benchmark hook of the matrix-product engine: one product with a chosen ISA, so
 // tests can check every ISA the CPU runs against a reference in one process. Not public API.
 #include <string>
+#include <vector>
 
 #include "bindings.hpp"
 #include "checks.hpp"
@@ -60,9 +61,41 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   for_dtype(dtype, run);
 }
 
+// dz = dy * f'(z) with a chosen ISA's vector math; returns False (dz untouched) where that
+// ISA has none for this dtype and activation.
+bool derivative_isa_test(const std::string& isa_text, py::handle dz_obj, py::handle dy_obj,
+                         py::handle z_obj, py::handle activation, py::handle alpha) {
+  gemm::Isa isa;
+  if (!gemm::isa_from_name(isa_text, &isa))
+    value_fail("isa", "expected 'avx512', 'avx2' or 'portable', got '" + isa_text + "'");
+  if (!gemm::isa_supported(isa))
+    value_fail("isa", "'" + isa_text + "' is not supported by this CPU/build");
+  DType dtype;
+  py::array z = float_array(z_obj, "z", &dtype);
+  py::array dy = float_array_like(dy_obj, "dy", dtype, "z");
+  const std::vector<index_t> shape(z.shape(), z.shape() + z.ndim());
+  require_shape(dy, "dy", shape);
+  py::array dz;
+  if (!out_array(dz_obj, "dz", dtype, shape, &dz)) value_fail("dz", "expected an array, got None");
+  require_no_overlap(dz, "dz", {{&z, "z"}, {&dy, "dy"}});
+  const Activation act = parse_activation(activation, alpha);
+  bool done = false;
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const GilRelease nogil;
+    done = gemm::vector_derivative_with_isa<T>(isa, mptr<T>(dz), cptr<T>(dy), cptr<T>(z),
+                                               static_cast<index_t>(z.size()), act);
+  });
+  return done;
+}
+
 }  // namespace
 
 void bind_gemm_testing(py::module_& m) {
+  m.def("_derivative_isa_test", &derivative_isa_test, py::arg("isa"), py::arg("dz"),
+        py::arg("dy"), py::arg("z"), py::kw_only(), py::arg("activation"),
+        py::arg("alpha") = py::none(),
+        "Test hook: dz = dy * f'(z) with a given ISA's vector math; False where it has none.");
   m.def("_gemm_isa_test", &gemm_isa_test, py::arg("isa"), py::arg("a"), py::arg("b"),
         py::arg("c"), py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("preact") = py::none(),

@@ -282,17 +282,8 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
     default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
   }
-  if (plan.slow_act && kernels.activate != nullptr) {
-    switch (ep.activation.kind) {
-      case ActivationKind::elu: plan.vector_act = VectorActivation::elu; break;
-      case ActivationKind::sigmoid: plan.vector_act = VectorActivation::sigmoid; break;
-      case ActivationKind::tanh: plan.vector_act = VectorActivation::tanh; break;
-      case ActivationKind::gelu_tanh: plan.vector_act = VectorActivation::gelu_tanh; break;
-      case ActivationKind::gelu: plan.vector_act = VectorActivation::gelu; break;
-      case ActivationKind::softplus: plan.vector_act = VectorActivation::softplus; break;
-      default: break;
-    }
-  }
+  if (plan.slow_act && kernels.activate != nullptr)
+    plan.vector_act = vector_activation(ep.activation.kind);
   const size_t kc = size_t(plan.kc);
   const size_t a_panels = a.transposed ? kTileGroup : 1;
   plan.a_buffer =

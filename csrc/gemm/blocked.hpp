@@ -7,6 +7,20 @@
 
 namespace densekit::gemm {
 
+// The vector form of an activation (none: relu and the like, applied exactly in the tile, or
+// softmax).
+inline VectorActivation vector_activation(ActivationKind kind) {
+  switch (kind) {
+    case ActivationKind::elu: return VectorActivation::elu;
+    case ActivationKind::sigmoid: return VectorActivation::sigmoid;
+    case ActivationKind::tanh: return VectorActivation::tanh;
+    case ActivationKind::gelu_tanh: return VectorActivation::gelu_tanh;
+    case ActivationKind::gelu: return VectorActivation::gelu;
+    case ActivationKind::softplus: return VectorActivation::softplus;
+    default: return VectorActivation::none;
+  }
+}
+
 // Knobs for measurements, not API: read once from DENSEKIT_GEMM_TUNE, e.g.
 // "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0,tasks=1,align=2" (grain in ns; -1 means
 // automatic).

@@ -4,9 +4,11 @@
 //            and, for m <= 4 (batch 1..4), m x 128 (m <= 3) or 4x96: wide rows of B read
 //            contiguously, >= 8 independent fma chains.
 //   float64: 12x16, m x 64, 4x48: the same shapes in vectors.
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized in their own shuffle/max wrappers.
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized and -Wuninitialized (GCC bug 105593:
+// _mm512_undefined_ps) in their own shuffle/max/min/scalef wrappers.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 

@@ -102,6 +102,9 @@ struct KernelFamily {
   // In place, rows x cols of (c, ldc); null when the family has no vector math for T.
   void (*activate)(T* c, index_t ldc, int rows, int cols, VectorActivation kind,
                    T alpha) = nullptr;
+  // dz[i] = dy[i] * f'(z[i]) for i < count; null when the family has no vector math for T.
+  void (*derivative)(T* dz, const T* dy, const T* z, index_t count, VectorActivation kind,
+                     T alpha) = nullptr;
   // Consecutive row tiles of a transposed A: tile t (rows[t] columns of src) at
   // out + t * kc * width, row stride width (a multiple of lanes).
   void (*pack_row_tiles)(const T* src, index_t ld, index_t kc, const int* rows, int tiles,
