@@ -1,5 +1,5 @@
 """Dense layer y = act(x @ w + b): the fused forward (bias + relu, bias + gelu), the backward
-(dx, dw, db) with relu, and forward + backward together against torch's autograd.
+(dx, dw, db) with relu, and forward + backward together (relu, gelu) against torch's autograd.
 
 Shapes are (n, k, m): x is (n, k), w is (k, m) (Keras layout), b is (m,), y is (n, m).
 FLOPs: forward 2 n k m, backward 4 n k m (dx and dw), forward + backward 6 n k m; the bias,
@@ -164,9 +164,13 @@ def backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> Case:
     )
 
 
-def forward_backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> Case | Skip:
-    """densekit forward + backward against torch's relu(F.linear) with y.backward(dy)."""
-    name = "fwd+bwd relu"
+def forward_backward_case(
+    n: int, k: int, m: int, dtype: str, threads: int, activation: str
+) -> Case | Skip:
+    """densekit forward + backward against torch's act(F.linear) with y.backward(dy): relu
+    (derivative from y, folded into the products) or gelu (from the pre-activation z, which
+    the forward stores)."""
+    name = f"fwd+bwd {activation}"
     if peers.torch is None:
         return Skip(FAMILY, f"{name} {shape_name(n, k, m)}", "torch is not importable")
     torch, functional = peers.torch, peers.torch.nn.functional
@@ -178,16 +182,18 @@ def forward_backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> C
     b = grid_array(rng, (m,), dtype)
     dy = grid_array(rng, (n, m), dtype)
     y = np.empty((n, m), dtype)
+    z = np.empty((n, m), dtype) if activation != "relu" else None
     dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
 
     def run_densekit():
-        kernels.dense_forward(x, w, b, "relu", out=y, num_threads=threads)
+        kernels.dense_forward(x, w, b, activation, out=y, preact_out=z, num_threads=threads)
         kernels.dense_backward(
             dy,
             x,
             w,
             y=y,
-            activation="relu",
+            preact=z,
+            activation=activation,
             dx_out=dx,
             dw_out=dw,
             db_out=db,
@@ -199,10 +205,11 @@ def forward_backward_case(n: int, k: int, m: int, dtype: str, threads: int) -> C
     w_t = torch.from_numpy(np.ascontiguousarray(w.T)).requires_grad_()
     b_t = torch.from_numpy(b).requires_grad_()
     dy_t = torch.from_numpy(dy)
+    torch_act = functional.relu if activation == "relu" else functional.gelu
 
     def run_torch():
         x_t.grad = w_t.grad = b_t.grad = None
-        y_t = functional.relu(functional.linear(x_t, w_t, b_t))
+        y_t = torch_act(functional.linear(x_t, w_t, b_t))
         y_t.backward(dy_t)
         return y_t, x_t.grad, w_t.grad.T, b_t.grad
 
@@ -226,7 +233,8 @@ CASE_KINDS = (  # name, FLOPs per n*k*m, builder(n, k, m, dtype, threads=)
     ("dense relu", 2, functools.partial(fused_forward_case, activation="relu")),
     ("dense gelu", 2, functools.partial(fused_forward_case, activation="gelu")),
     ("backward relu", 4, backward_case),
-    ("fwd+bwd relu", 6, forward_backward_case),
+    ("fwd+bwd relu", 6, functools.partial(forward_backward_case, activation="relu")),
+    ("fwd+bwd gelu", 6, functools.partial(forward_backward_case, activation="gelu")),
 )
 
 
