@@ -25,20 +25,29 @@ namespace py = pybind11;
 enum class DType { float32, float64 };
 
 // Releases the GIL for a kernel call and, on the way back, tells the thread budget how long
-// taking the GIL again took (a wait means another Python thread was running Python).
+// taking the GIL again took (a wait means another Python thread was running Python). With no
+// other Python thread there is nothing to leave a core to: a slow retake is then the OS
+// scheduling this process late on a loaded machine, and is not reported.
 class GilRelease {
  public:
   GilRelease() { release_.emplace(); }
   ~GilRelease() {
     const auto start = std::chrono::steady_clock::now();
     release_.reset();
-    note_gil_reacquire_wait(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (other_python_threads()) note_gil_reacquire_wait(waited);
   }
   GilRelease(const GilRelease&) = delete;
   GilRelease& operator=(const GilRelease&) = delete;
 
  private:
+  // With the GIL held: whether this interpreter has a thread state besides this one.
+  static bool other_python_threads() {
+    const PyThreadState* head = PyInterpreterState_ThreadHead(PyInterpreterState_Get());
+    return head != nullptr && PyThreadState_Next(const_cast<PyThreadState*>(head)) != nullptr;
+  }
+
   std::optional<py::gil_scoped_release> release_;
 };
 
