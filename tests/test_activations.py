@@ -234,3 +234,18 @@ def test_rejections_name_the_argument(case):
         or f"'{argument}'" in str(info.value)
         or (argument in str(info.value))
     )
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name, slope", [("relu", 0.0), ("leaky_relu", 0.01), ("leaky_relu", 0.3)])
+def test_relu_backward_from_y_special_values(name, slope, dtype):
+    """dz = dy * (y > 0 ? 1 : slope) exactly, the comparison made on y's bits: +-0, the
+    smallest subnormal, +-inf and NaN (which takes the slope) at every position of a vector."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    specials = np.array([0.0, -0.0, tiny, -tiny, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan])
+    y = np.resize(specials, 37).astype(dtype)
+    dy = np.linspace(-3, 3, y.size).astype(dtype)
+    alpha = {} if name == "relu" else {"alpha": slope}
+    dz = kernels.activation_backward(dy, name, y=y, **alpha)
+    factor = np.where(y > 0, dtype(1), dtype(slope)).astype(dtype)
+    assert dz.tobytes() == (dy * factor).tobytes()

@@ -61,10 +61,10 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   for_dtype(dtype, run);
 }
 
-// dz = dy * f'(z) with a chosen ISA's vector math; returns False (dz untouched) where that
-// ISA has none for this dtype and activation.
-bool derivative_isa_test(const std::string& isa_text, py::handle dz_obj, py::handle dy_obj,
-                         py::handle z_obj, py::handle activation, py::handle alpha) {
+// A chosen ISA's vector math over z: out = f(z), or out = dy * f'(z) when dy is given.
+// Returns False (out untouched) where that ISA has none for this dtype and activation.
+bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::handle z_obj,
+                          py::handle activation, py::handle alpha, py::handle dy_obj) {
   gemm::Isa isa;
   if (!gemm::isa_from_name(isa_text, &isa))
     value_fail("isa", "expected 'avx512', 'avx2' or 'portable', got '" + isa_text + "'");
@@ -72,19 +72,24 @@ bool derivative_isa_test(const std::string& isa_text, py::handle dz_obj, py::han
     value_fail("isa", "'" + isa_text + "' is not supported by this CPU/build");
   DType dtype;
   py::array z = float_array(z_obj, "z", &dtype);
-  py::array dy = float_array_like(dy_obj, "dy", dtype, "z");
   const std::vector<index_t> shape(z.shape(), z.shape() + z.ndim());
-  require_shape(dy, "dy", shape);
-  py::array dz;
-  if (!out_array(dz_obj, "dz", dtype, shape, &dz)) value_fail("dz", "expected an array, got None");
-  require_no_overlap(dz, "dz", {{&z, "z"}, {&dy, "dy"}});
+  py::array dy;
+  const bool has_dy = !dy_obj.is_none();
+  if (has_dy) {
+    dy = float_array_like(dy_obj, "dy", dtype, "z");
+    require_shape(dy, "dy", shape);
+  }
+  py::array out;
+  if (!out_array(out_obj, "out", dtype, shape, &out))
+    value_fail("out", "expected an array, got None");
+  require_no_overlap(out, "out", {{&z, "z"}, {has_dy ? &dy : nullptr, "dy"}});
   const Activation act = parse_activation(activation, alpha);
   bool done = false;
   for_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const GilRelease nogil;
-    done = gemm::vector_derivative_with_isa<T>(isa, mptr<T>(dz), cptr<T>(dy), cptr<T>(z),
-                                               static_cast<index_t>(z.size()), act);
+    done = gemm::vector_activation_with_isa<T>(isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr,
+                                               cptr<T>(z), static_cast<index_t>(z.size()), act);
   });
   return done;
 }
@@ -92,10 +97,11 @@ bool derivative_isa_test(const std::string& isa_text, py::handle dz_obj, py::han
 }  // namespace
 
 void bind_gemm_testing(py::module_& m) {
-  m.def("_derivative_isa_test", &derivative_isa_test, py::arg("isa"), py::arg("dz"),
-        py::arg("dy"), py::arg("z"), py::kw_only(), py::arg("activation"),
-        py::arg("alpha") = py::none(),
-        "Test hook: dz = dy * f'(z) with a given ISA's vector math; False where it has none.");
+  m.def("_vector_math_isa_test", &vector_math_isa_test, py::arg("isa"), py::arg("out"),
+        py::arg("z"), py::kw_only(), py::arg("activation"), py::arg("alpha") = py::none(),
+        py::arg("dy") = py::none(),
+        "Test hook: out = f(z), or dy * f'(z), by a given ISA's vector math; False where it "
+        "has none.");
   m.def("_gemm_isa_test", &gemm_isa_test, py::arg("isa"), py::arg("a"), py::arg("b"),
         py::arg("c"), py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("preact") = py::none(),

@@ -175,18 +175,22 @@ void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Opera
 }
 
 template <typename T>
-bool vector_derivative_with_isa(Isa isa, T* dz, const T* dy, const T* z, index_t count,
+bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act) {
   const KernelFamily<T>& kernels = family<T>(isa);
   const VectorActivation kind = vector_activation(act.kind);
-  if (kernels.derivative == nullptr || kind == VectorActivation::none) return false;
-  kernels.derivative(dz, dy, z, count, kind, static_cast<T>(act.alpha));
+  if (kernels.apply == nullptr || kind == VectorActivation::none) return false;
+  const T alpha = static_cast<T>(act.alpha);
+  if (dy == nullptr)
+    kernels.apply(out, z, count, kind, alpha);
+  else
+    kernels.derivative(out, dy, z, count, kind, alpha);
   return true;
 }
 
 template <typename T>
-bool vector_derivative(T* dz, const T* dy, const T* z, index_t count, const Activation& act) {
-  return vector_derivative_with_isa(isa_choice().isa, dz, dy, z, count, act);
+bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act) {
+  return vector_activation_with_isa(isa_choice().isa, out, dy, z, count, act);
 }
 
 template <typename T>
@@ -212,8 +216,8 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
                                  index_t, const Epilogue<T>&, int);                         \
   template void gemm_reference<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*,    \
                                   index_t, const Epilogue<T>&);                             \
-  template bool vector_derivative<T>(T*, const T*, const T*, index_t, const Activation&);   \
-  template bool vector_derivative_with_isa<T>(Isa, T*, const T*, const T*, index_t,        \
+  template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
+  template bool vector_activation_with_isa<T>(Isa, T*, const T*, const T*, index_t,        \
                                               const Activation&);                           \
   template const char* gemm_kernel_name<T>();                                               \
   template const char* gemm_kernel_name<T>(Isa);

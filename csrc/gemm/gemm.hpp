@@ -72,15 +72,17 @@ template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
-// dz[i] = dy[i] * f'(z[i]) for i < count with the vector math of the ISA in use (float32
-// elu, sigmoid, tanh, softplus, gelu, gelu_tanh; f' from the pre-activation z, within a few
-// ulp of scalar::derivative_from_z, no subnormal made): false, and nothing written, where
-// that ISA has none for T and this activation. vector_derivative_with_isa: a given ISA
-// (tests; it must be supported).
+// The vector math of the ISA in use (float32 elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
+// within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
+// result is normal), over `count` contiguous elements:
+//   dy == nullptr: out[i] = f(z[i]) (out may be z);
+//   else:          out[i] = dy[i] * f'(z[i]), f' from the pre-activation.
+// Returns false, and writes nothing, where that ISA has none for T and this activation.
+// vector_activation_with_isa: a given ISA (tests; it must be supported).
 template <typename T>
-bool vector_derivative(T* dz, const T* dy, const T* z, index_t count, const Activation& act);
+bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act);
 template <typename T>
-bool vector_derivative_with_isa(Isa isa, T* dz, const T* dy, const T* z, index_t count,
+bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act);
 
 // The name of the microkernel family in use for T (e.g. "avx512 12x32"), or of an ISA's.

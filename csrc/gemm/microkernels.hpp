@@ -102,6 +102,8 @@ struct KernelFamily {
   // In place, rows x cols of (c, ldc); null when the family has no vector math for T.
   void (*activate)(T* c, index_t ldc, int rows, int cols, VectorActivation kind,
                    T alpha) = nullptr;
+  // y[i] = f(z[i]) for i < count (y may be z); null when the family has no vector math for T.
+  void (*apply)(T* y, const T* z, index_t count, VectorActivation kind, T alpha) = nullptr;
   // dz[i] = dy[i] * f'(z[i]) for i < count; null when the family has no vector math for T.
   void (*derivative)(T* dz, const T* dy, const T* z, index_t count, VectorActivation kind,
                      T alpha) = nullptr;
