@@ -100,6 +100,7 @@ bool derivative_is_one(const Activation& act) { return act.kind == ActivationKin
 
 template <typename T>
 void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
+  if (gemm::vector_softmax(v, rows, cols, ld)) return;
   for (index_t r = 0; r < rows; ++r) {
     T* row = v + r * ld;
     T max_value = row[0];

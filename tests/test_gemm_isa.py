@@ -405,12 +405,45 @@ def test_vector_derivatives_match_float64(isa):
     for act in ("linear", "relu", "leaky_relu", "softmax"):
         dz = np.full(16, 7.0, np.float32)
         assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act, dy=dy[:16])
-        assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act)
+        if act != "softmax":  # softmax forward: see test_vector_softmax_matches_float64
+            assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act)
         assert np.all(dz == 7.0)
     dz64 = np.zeros(16)
     assert not _core._vector_math_isa_test(
         isa, dz64, np.ones(16), activation="gelu", dy=np.ones(16)
     )
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_softmax_matches_float64(isa):
+    """Row softmax by the ISA's vector math (activation_forward's float32 path): within a few
+    roundings of float64 at every row length (masked tails), 0 where exp(z - max) is below
+    float32's normal range, and a row with NaN or +inf is NaN; the portable ISA has none."""
+    rng = np.random.default_rng(4)
+    for cols in (1, 2, 10, 15, 16, 17, 33, 1000):
+        z = (rng.standard_normal((7, cols)) * rng.choice([0.1, 3, 30, 100], (7, 1))).astype(
+            np.float32
+        )
+        if cols > 2:
+            z[1, 1] = -np.inf
+            z[2, cols // 2] = np.nan
+            z[3, -1] = np.inf
+        out = np.full_like(z, 7.0)
+        done = _core._vector_math_isa_test(isa, out, z, activation="softmax")
+        assert done == (isa != "portable"), isa
+        if not done:
+            assert np.all(out == 7.0)
+            continue
+        z64 = z.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            e = np.exp(z64 - z64.max(axis=1, keepdims=True))
+            truth = e / e.sum(axis=1, keepdims=True)
+        bad_rows = ~np.isfinite(z).all(axis=1) & (np.isnan(z) | (z == np.inf)).any(axis=1)
+        assert np.all(np.isnan(out[bad_rows])), (isa, cols)
+        good = ~bad_rows
+        tiny = np.finfo(np.float32).tiny
+        err = np.abs(out[good] - truth[good])
+        assert np.all(err <= 8 * 2.0**-24 * (truth[good] + 1 / cols) * 4 + tiny), (isa, cols)
 
 
 def test_hook_rejects_bad_isa():

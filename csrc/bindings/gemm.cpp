@@ -1,5 +1,6 @@
 // Test and benchmark hook of the matrix-product engine: one product with a chosen ISA, so
 // tests can check every ISA the CPU runs against a reference in one process. Not public API.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,8 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   for_dtype(dtype, run);
 }
 
-// A chosen ISA's vector math over z: out = f(z), or out = dy * f'(z) when dy is given.
+// A chosen ISA's vector math over z: out = f(z) (softmax: over the last axis), or
+// out = dy * f'(z) when dy is given.
 // Returns False (out untouched) where that ISA has none for this dtype and activation.
 bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::handle z_obj,
                           py::handle activation, py::handle alpha, py::handle dy_obj) {
@@ -87,9 +89,18 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
   bool done = false;
   for_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
+    const index_t size = static_cast<index_t>(z.size());
     const GilRelease nogil;
+    if (act.kind == ActivationKind::softmax && !has_dy) {  // over the last axis
+      const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
+      if (cols == 0) return;
+      std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
+      done = gemm::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
+      if (done) std::copy(rows.begin(), rows.end(), mptr<T>(out));
+      return;
+    }
     done = gemm::vector_activation_with_isa<T>(isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr,
-                                               cptr<T>(z), static_cast<index_t>(z.size()), act);
+                                               cptr<T>(z), size, act);
   });
   return done;
 }

@@ -194,6 +194,19 @@ bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Act
 }
 
 template <typename T>
+bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
+  const KernelFamily<T>& kernels = family<T>(isa);
+  if (kernels.softmax == nullptr) return false;
+  kernels.softmax(v, rows, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
+  return vector_softmax_with_isa(isa_choice().isa, v, rows, cols, ld);
+}
+
+template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& ep) {
   const T alpha = static_cast<T>(ep.activation.alpha);
@@ -219,6 +232,8 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
   template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
   template bool vector_activation_with_isa<T>(Isa, T*, const T*, const T*, index_t,        \
                                               const Activation&);                           \
+  template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
+  template bool vector_softmax_with_isa<T>(Isa, T*, index_t, index_t, index_t);            \
   template const char* gemm_kernel_name<T>();                                               \
   template const char* gemm_kernel_name<T>(Isa);
 DENSEKIT_INSTANTIATE(float)

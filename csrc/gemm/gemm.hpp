@@ -85,6 +85,13 @@ template <typename T>
 bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act);
 
+// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use (float32:
+// V::exp, lane sums); false, and nothing written, where it has none for T.
+template <typename T>
+bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
+template <typename T>
+bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+
 // The name of the microkernel family in use for T (e.g. "avx512 12x32"), or of an ISA's.
 template <typename T>
 const char* gemm_kernel_name();

@@ -11,6 +11,8 @@
 // (The portable family has no fma: it rounds the product and the sum separately.)
 #pragma once
 
+#include <limits>
+
 #include "common.hpp"
 #include "isa.hpp"
 
@@ -104,6 +106,8 @@ struct KernelFamily {
                    T alpha) = nullptr;
   // y[i] = f(z[i]) for i < count (y may be z); null when the family has no vector math for T.
   void (*apply)(T* y, const T* z, index_t count, VectorActivation kind, T alpha) = nullptr;
+  // Softmax of rows x cols of (v, ld) in place; null when the family has no vector math.
+  void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
   // dz[i] = dy[i] * f'(z[i]) for i < count; null when the family has no vector math for T.
   void (*derivative)(T* dz, const T* dy, const T* z, index_t count, VectorActivation kind,
                      T alpha) = nullptr;
