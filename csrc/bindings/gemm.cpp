@@ -12,16 +12,22 @@
 namespace densekit::bind {
 namespace {
 
-// c (m, n) [+]= op(a) @ op(b) with the epilogue; op(a) = a.T when trans_a (likewise b).
-void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_obj,
-                   py::handle c_obj, bool trans_a, bool trans_b, py::handle bias_obj,
-                   py::handle preact_obj, py::handle activation, py::handle alpha,
-                   bool accumulate, py::handle threads_obj) {
+// The `isa` argument of the hooks: a name, of an ISA this CPU and build run.
+gemm::Isa usable_isa(const std::string& isa_text) {
   gemm::Isa isa;
   if (!gemm::isa_from_name(isa_text, &isa))
     value_fail("isa", "expected 'avx512', 'avx2' or 'portable', got '" + isa_text + "'");
   if (!gemm::isa_supported(isa))
     value_fail("isa", "'" + isa_text + "' is not supported by this CPU/build");
+  return isa;
+}
+
+// c (m, n) [+]= op(a) @ op(b) with the epilogue; op(a) = a.T when trans_a (likewise b).
+void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_obj,
+                   py::handle c_obj, bool trans_a, bool trans_b, py::handle bias_obj,
+                   py::handle preact_obj, py::handle activation, py::handle alpha,
+                   bool accumulate, py::handle threads_obj) {
+  const gemm::Isa isa = usable_isa(isa_text);
   DType dtype;
   py::array a = float_array(a_obj, "a", &dtype);
   py::array b = float_array_like(b_obj, "b", dtype, "a");
@@ -67,11 +73,7 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
 // Returns False (out untouched) where that ISA has none for this dtype and activation.
 bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::handle z_obj,
                           py::handle activation, py::handle alpha, py::handle dy_obj) {
-  gemm::Isa isa;
-  if (!gemm::isa_from_name(isa_text, &isa))
-    value_fail("isa", "expected 'avx512', 'avx2' or 'portable', got '" + isa_text + "'");
-  if (!gemm::isa_supported(isa))
-    value_fail("isa", "'" + isa_text + "' is not supported by this CPU/build");
+  const gemm::Isa isa = usable_isa(isa_text);
   DType dtype;
   py::array z = float_array(z_obj, "z", &dtype);
   const std::vector<index_t> shape(z.shape(), z.shape() + z.ndim());
