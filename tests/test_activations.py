@@ -249,3 +249,15 @@ def test_relu_backward_from_y_special_values(name, slope, dtype):
     dz = kernels.activation_backward(dy, name, y=y, **alpha)
     factor = np.where(y > 0, dtype(1), dtype(slope)).astype(dtype)
     assert dz.tobytes() == (dy * factor).tobytes()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("slope", [0.01, 0.3, -0.5])
+def test_leaky_relu_forward_special_values(slope, dtype):
+    """leaky_relu(z) = z > 0 ? z : alpha z bit for bit (NaN stays NaN, -0 gives alpha -0)."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    specials = np.array([0.0, -0.0, tiny, -tiny, 1.5, -1.5, np.inf, -np.inf, np.nan, 3e38])
+    z = np.resize(specials, 41).astype(dtype)
+    y = kernels.activation_forward(z, "leaky_relu", alpha=slope)
+    expected = np.where(z > 0, z, dtype(slope) * z).astype(dtype)
+    assert y.tobytes() == expected.tobytes()
