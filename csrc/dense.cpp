@@ -2,7 +2,6 @@
 #include "dense.hpp"
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "gemm/gemm.hpp"

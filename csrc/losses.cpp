@@ -9,6 +9,7 @@
 // AVX-512, AVX2 and the baseline, one picked per call from the CPU's features.
 #include "losses.hpp"
 
+#include "float_bits.hpp"
 #include "gemm/isa.hpp"
 
 #include <cstring>
@@ -89,40 +90,6 @@ double reduction_scale(index_t n, const LossOptions& options) {
 template <typename T>
 inline double weight_at(const T* sample_weight, index_t i) {
   return sample_weight != nullptr ? static_cast<double>(sample_weight[i]) : 1.0;
-}
-
-// ---- Branch-free arithmetic on float bits ----
-
-template <typename To, typename From>
-inline To bit_cast(From value) {
-  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
-  To result;
-  std::memcpy(&result, &value, sizeof result);
-  return result;
-}
-
-// The signed integer of a float type's width, and its sign and magnitude masks.
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-template <typename T>
-constexpr Bits<T> kSignBit = std::numeric_limits<Bits<T>>::min();
-template <typename T>
-constexpr Bits<T> kMagnitudeBits = std::numeric_limits<Bits<T>>::max();
-template <typename T>
-constexpr Bits<T> kInfinityBits = sizeof(T) == 4 ? Bits<T>{0x7f800000}
-                                                 : static_cast<Bits<T>>(0x7ff0000000000000);
-
-// All ones where the condition holds, else 0.
-template <typename T>
-inline Bits<T> mask_if(bool condition) {
-  return -static_cast<Bits<T>>(condition);
-}
-
-// if_set where mask is all ones, otherwise where it is 0.
-template <typename T>
-inline T select(Bits<T> mask, T if_set, T otherwise) {
-  return bit_cast<T>((bit_cast<Bits<T>>(if_set) & mask) |
-                     (bit_cast<Bits<T>>(otherwise) & ~mask));
 }
 
 // exp(x) for x <= 0, -inf (0) and NaN (NaN). Range reduction x = n ln2 + r with |r| <= ln2 / 2

@@ -282,7 +282,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
     default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
   }
-  if (plan.slow_act && kernels.activate != nullptr)
+  if (plan.slow_act && kernels.apply != nullptr)
     plan.vector_act = vector_activation(ep.activation.kind);
   const size_t kc = size_t(plan.kc);
   const size_t a_panels = a.transposed ? kTileGroup : 1;
@@ -437,13 +437,14 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         args.preact = (last && ep.preact != nullptr)
                           ? ep.preact + i0 * ep.ld_preact + j0 - shift : nullptr;
         kernels.tile(args);
-        if (last && plan.vector_act != VectorActivation::none) {
-          kernels.activate(c + i0 * ldc + j0, ldc, rows, cols, plan.vector_act, alpha);
-        } else if (last && plan.slow_act) {
+        if (last && plan.slow_act) {
           for (int i = 0; i < rows; ++i) {
             T* row = c + (i0 + i) * ldc + j0;
-            for (int j = 0; j < cols; ++j)
-              row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);
+            if (plan.vector_act != VectorActivation::none)
+              kernels.apply(row, row, cols, plan.vector_act, alpha);
+            else
+              for (int j = 0; j < cols; ++j)
+                row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);
           }
         }
       }

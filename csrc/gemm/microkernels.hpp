@@ -101,9 +101,6 @@ struct KernelFamily {
   // (count <= width <= count rounded up to lanes; zero past count).
   void (*pack_transposed)(const T* src, index_t ld, index_t kc, int count, int width, T* out,
                           index_t out_stride, const PackScale<T>& scale) = nullptr;
-  // In place, rows x cols of (c, ldc); null when the family has no vector math for T.
-  void (*activate)(T* c, index_t ldc, int rows, int cols, VectorActivation kind,
-                   T alpha) = nullptr;
   // y[i] = f(z[i]) for i < count (y may be z); null when the family has no vector math for T.
   void (*apply)(T* y, const T* z, index_t count, VectorActivation kind, T alpha) = nullptr;
   // Softmax of rows x cols of (v, ld) in place; null when the family has no vector math.
