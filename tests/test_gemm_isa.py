@@ -408,10 +408,99 @@ def test_vector_derivatives_match_float64(isa):
         if act != "softmax":  # softmax forward: see test_vector_softmax_matches_float64
             assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act)
         assert np.all(dz == 7.0)
-    dz64 = np.zeros(16)
-    assert not _core._vector_math_isa_test(
-        isa, dz64, np.ones(16), activation="gelu", dy=np.ones(16)
-    )
+
+
+FLOAT64_ACTIVATIONS = ("elu", "sigmoid", "tanh", "gelu_tanh", "gelu", "softplus")
+
+
+def float64_inputs(seed):
+    """Values across float64's range of interest: tails where exp, erfc and the sigmoid
+    leave the normal range (|z| ~ 37-38 for gelu, ~708 for exp), the polynomial seams (0.625,
+    |z / sqrt 2| = 1 and 8), signed zeros and subnormal inputs."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal(2000) * s for s in (1e-3, 0.3, 1.0, 3.0, 10.0, 40.0, 400.0)]
+    seams = [0.625, -0.625, math.sqrt(2), -math.sqrt(2), 8 * math.sqrt(2), -8 * math.sqrt(2)]
+    specials = [0.0, -0.0, 1e-300, -1e-300, 5e-324, -0.5, 19.1, -19.1, 708.4, -745.0, -37.7]
+    seams = [v * f for v in seams for f in (1 - 2e-16, 1.0, 1 + 2e-16)]
+    values = [*parts, np.linspace(-800, 800, 4001), np.linspace(-39, -36, 1001), seams, specials]
+    return np.concatenate(values)
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "portable"])
+def test_float64_vector_activations(isa):
+    """float64 activations by the ISA's vector math (exp by its Taylor series, Cephes's tanh,
+    log and erf/erfc rationals): within 3 ulp of scalar::forward (std::exp, std::log1p...);
+    gelu within (16 + z^2) ulp: 1 - erf loses ~3 bits near |z / sqrt 2| = 1, and
+    scalar::forward's erfc(-z / sqrt 2) inherits the rounding of its argument times 2 a^2 (the
+    vector form takes a^2 from z; against 40-digit mpmath it was within 7 ulp everywhere);
+    gelu_tanh within 1e-12 relative of float64 (scalar::forward cancels for z << 0); no
+    subnormal output from a normal input; activation_forward's path gives the epilogue's bits
+    at every length."""
+    values = float64_inputs(5)
+    x = np.resize(values, (len(values) + 7) // 8 * 8).reshape(-1, 8)
+    eye = np.eye(8)
+    tiny = np.finfo(np.float64).tiny
+    eps = np.finfo(np.float64).eps
+    for act in FLOAT64_ACTIVATIONS:
+        y = np.empty_like(x)
+        _core._gemm_isa_test(isa, x, eye, y, activation=act)
+        scalar = np.empty_like(x)
+        _core._gemm_isa_test("portable", x, eye, scalar, activation=act)
+        z = (x + 0.0).ravel()
+        for count in (x.size, 1, 7, 9):
+            alone = np.full(count, 7.0)
+            assert _core._vector_math_isa_test(isa, alone, z[:count], activation=act)
+            assert alone.tobytes() == y.ravel()[:count].tobytes(), (isa, act, count)
+        made = (np.abs(y) < tiny) & (y != 0) & ((np.abs(x) >= tiny) | (x == 0))
+        assert not made.any(), (isa, act, x[made][:4], y[made][:4])
+        if act == "gelu_tanh":
+            u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+            with np.errstate(over="ignore"):
+                truth = x / (1 + np.exp(-2 * u))
+            bound = 1e-12 * np.abs(truth) + tiny
+        else:
+            truth = scalar
+            bound = ((16 + x * x) if act == "gelu" else 3) * eps * np.abs(truth)
+        flushed = (y == 0) & (np.abs(truth) < 2 * tiny)  # at or below the normal range
+        bad = ~((np.abs(y - truth) <= bound) | flushed)
+        assert not bad.any(), (isa, act, x[bad][:4], y[bad][:4], truth[bad][:4])
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "portable"])
+def test_float64_vector_derivatives_and_softmax(isa):
+    """float64 dz = dy * f'(z) and row softmax by the ISA's vector math: within a few float64
+    roundings of the NumPy formulas (for gelu, whose reference rounds exp's argument -z^2 / 2,
+    times 1 + z^2 / 2), at every length (masked tails), with no subnormal where the result is
+    normal."""
+    rng = np.random.default_rng(12)
+    z = float64_inputs(6)
+    dy = rng.uniform(0.5, 2.0, z.size) * rng.choice([-1, 1], z.size)
+    tiny = np.finfo(np.float64).tiny
+    for act, alpha in [("elu", 0.7), ("sigmoid", None), ("tanh", None), ("softplus", None),
+                       ("gelu", None), ("gelu_tanh", None)]:  # fmt: skip
+        for count in (z.size, 1, 7, 9):
+            dz = np.full(count, 7.0)
+            assert _core._vector_math_isa_test(
+                isa, dz, z[:count], activation=act, alpha=alpha, dy=dy[:count]
+            ), (isa, act)
+            with np.errstate(over="ignore", invalid="ignore"):
+                d, scale = float64_derivative(act, z[:count], alpha or 1.0)
+            truth = dy[:count] * d
+            scale = scale * (1 + z[:count] ** 2 / 2) if act == "gelu" else scale
+            bound = 16 * 2.0**-53 * np.abs(dy[:count]) * scale + 1e-300
+            bad = ~(np.abs(dz - truth) <= bound)
+            assert not bad.any(), (isa, act, z[:count][bad][:4], dz[bad][:4], truth[bad][:4])
+            made = (np.abs(dz) < tiny) & (dz != 0) & (np.abs(truth) >= 2 * tiny)
+            assert not made.any(), (isa, act, z[:count][made][:4])
+    for cols in (1, 7, 8, 9, 1000):
+        z2 = rng.standard_normal((5, cols)) * rng.choice([0.1, 3, 30, 1000], (5, 1))
+        out = np.full_like(z2, 7.0)
+        assert _core._vector_math_isa_test(isa, out, z2, activation="softmax")
+        e = np.exp(z2 - z2.max(axis=1, keepdims=True))
+        truth = e / e.sum(axis=1, keepdims=True)
+        err = np.abs(out - truth)
+        assert np.all(err <= 32 * 2.0**-53 * (truth + 1 / cols) + 2 * tiny), (isa, cols)
+        assert not ((np.abs(out) < tiny) & (out != 0)).any(), (isa, cols)
 
 
 @pytest.mark.parametrize("isa", ISAS)

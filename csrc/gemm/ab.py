@@ -5,8 +5,11 @@ two contenders in one process by about 1%. Not a test and not the benchmark suit
     python csrc/gemm/ab.py --b-so build/other/_core...so   [--a-so ...] --shapes 8192x512x512
     python csrc/gemm/ab.py --b-tune kc=384 --shapes 1024x1024x1024,256x784x256 --threads 1
 
-Each contender is a copy of a _core shared object loaded under its own path (so each has its
-own globals, thread pool and tuning, read from DENSEKIT_GEMM_TUNE at its first product).
+Each contender is a copy of a _core shared object loaded under its own path and its own module
+name (so each has its own globals, thread pool and tuning, read from DENSEKIT_GEMM_TUNE at its
+first product). The names must differ: CPython keeps one extension module per name, and a
+second load under "densekit._core" returned the first module, so that until 2026-11-27 every
+A/B made with this script compared a build with itself.
 Reports the medians of dense_forward calls per shape and B's speed over A's.
 """
 
@@ -25,13 +28,14 @@ import numpy as np
 import densekit
 
 
-def load(path: str, tune: str):
+def load(path: str, tune: str, label: str):
     """A fresh copy of the extension at `path`, its tuning fixed to `tune`."""
     folder = tempfile.mkdtemp(prefix="densekit-ab-")
     copy = os.path.join(folder, os.path.basename(path))
     shutil.copy(path, copy)
-    loader = importlib.machinery.ExtensionFileLoader("densekit._core", copy)
-    spec = importlib.util.spec_from_file_location("densekit._core", copy, loader=loader)
+    name = f"densekit_ab_{label}._core"  # its own name: see the module docstring
+    loader = importlib.machinery.ExtensionFileLoader(name, copy)
+    spec = importlib.util.spec_from_file_location(name, copy, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     os.environ["DENSEKIT_GEMM_TUNE"] = tune
@@ -55,9 +59,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     contenders = {
-        "A": load(args.a_so, args.a_tune),
-        "B": load(args.b_so, args.b_tune),
+        "A": load(args.a_so, args.a_tune, "a"),
+        "B": load(args.b_so, args.b_tune, "b"),
     }
+    assert contenders["A"] is not contenders["B"]
+    assert contenders["A"].__file__ != contenders["B"].__file__
     rng = np.random.default_rng(0)
     for shape in args.shapes.split(","):
         n, k, m = (int(v) for v in shape.split("x"))

@@ -72,7 +72,7 @@ template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
-// The vector math of the ISA in use (float32 elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
+// The vector math of the ISA in use (elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
 // within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
 // result is normal), over `count` contiguous elements:
 //   dy == nullptr: out[i] = f(z[i]) (out may be z);
@@ -85,8 +85,8 @@ template <typename T>
 bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act);
 
-// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use (float32:
-// V::exp, lane sums); false, and nothing written, where it has none for T.
+// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use (V::exp,
+// lane sums); false, and nothing written, where it has none for T.
 template <typename T>
 bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>

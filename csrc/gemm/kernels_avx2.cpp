@@ -121,7 +121,29 @@ struct F64x4 {
   using T = double;
   using R = __m256d;
   static constexpr int W = 4;
-  static constexpr bool kVectorMath = false;  // float64 activations use scalar::forward
+  static constexpr bool kVectorMath = true;
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R abs(R v) {
+    return _mm256_and_pd(v, _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL)));
+  }
+  // exp as in kernels_avx512.cpp; 2^n (-1022 <= n <= 1023 after the clamps) from its
+  // exponent bits.
+  static R exp(R x) {
+    const R normal = _mm256_cmp_pd(x, _mm256_set1_pd(kExpNormalLimit64), _CMP_NLT_UQ);
+    x = _mm256_and_pd(normal, x);  // exp(0) in the lanes cleared below
+    x = _mm256_min_pd(_mm256_set1_pd(709.0), x);
+    const R n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634074)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93145751953125e-1), x);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.42860682030941723212e-6), r);
+    R p = _mm256_set1_pd(kExpTaylor[0]);
+    for (int i = 1; i < kExpTerms; ++i) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(kExpTaylor[i]));
+    const R y = _mm256_add_pd(_mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r), _mm256_set1_pd(1.0));
+    const __m256i ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+    const R scale = _mm256_castsi256_pd(
+        _mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
+    return _mm256_and_pd(normal, _mm256_mul_pd(y, scale));
+  }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_pd(); }
   static R load(const T* p) { return _mm256_loadu_pd(p); }

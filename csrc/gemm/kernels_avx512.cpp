@@ -133,7 +133,29 @@ struct F64x8 {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
-  static constexpr bool kVectorMath = false;  // float64 activations use scalar::forward
+  static constexpr bool kVectorMath = true;
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R abs(R v) {
+    return _mm512_castsi512_pd(
+        _mm512_and_epi64(_mm512_castpd_si512(v), _mm512_set1_epi64(0x7fffffffffffffffLL)));
+  }
+  // exp as 2^n e^r, n = round(x / ln 2), r = x - n ln 2 (ln 2 in Cephes's two parts, the
+  // first exact in n ln 2), e^r by its Taylor series to r^13 / 13! (|r| <= ln 2 / 2: the
+  // remainder is below 0.05 ulp); ~1 ulp. 0 below -1022 ln 2 (no subnormal results), capped
+  // at 709; NaN passes.
+  static R exp(R x) {
+    const __mmask8 normal = _mm512_cmp_pd_mask(x, _mm512_set1_pd(kExpNormalLimit64), _CMP_NLT_UQ);
+    x = _mm512_maskz_mov_pd(normal, x);
+    x = _mm512_min_pd(_mm512_set1_pd(709.0), x);
+    const R n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634074)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93145751953125e-1), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.42860682030941723212e-6), r);
+    R p = _mm512_set1_pd(kExpTaylor[0]);
+    for (int i = 1; i < kExpTerms; ++i) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(kExpTaylor[i]));
+    const R y = _mm512_add_pd(_mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r), _mm512_set1_pd(1.0));
+    return _mm512_maskz_mov_pd(normal, _mm512_scalef_pd(y, n));
+  }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_pd(); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }
