@@ -16,6 +16,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "parallel.hpp"
 
@@ -30,6 +31,8 @@ constexpr index_t kChunkElements = index_t{1} << 14;
 constexpr double kGrainElements = 32768.0;
 // Values are computed into stack buffers of this many, then summed.
 constexpr index_t kBlock = 256;
+// Softmax rows longer than this take the online sweep (see softmax_label_rows).
+constexpr index_t kOnlineColumns = 2 * kBlock;
 
 // ---- Sums ----
 
@@ -410,6 +413,13 @@ double elementwise_run(T* grad, T* per_sample, const T* prediction, const T* tar
 // target sums), storing e_j in the gradient row; sweep 3 turns e_j into the gradient in place.
 // With t the smoothed target and T = sum_j t_j, the loss is sum_j t_j (m - z_j) + T log s and
 // the gradient scale * (T e_j / s - t_j).
+//
+// Rows longer than two blocks (c > kOnlineColumns) fuse sweeps 1 and 2 ("online" softmax): block by
+// block, the block's maximum (the block then stays in L1), the running maximum m_b and the
+// partial sums rescaled by exp(m_old - m_b) when it grows, then e_j = exp(z_j - m_b); sweep 3
+// scales block b by exp(m_b - m). The logits are read from memory once instead of twice:
+// 512 x 32000 float32, 2 threads, 7.7 -> 6.1 ms; 8192 x 1000 3.3 -> 3.0 ms (at
+// 10 classes the bookkeeping cost 7%, at 300 4%: hence the plain sweeps up to two blocks).
 
 // Row maximum, compared as integers that order like the floats (sign-magnitude turned into
 // two's complement). A NaN with the sign bit clear wins and makes the row NaN; one with it
@@ -443,6 +453,75 @@ inline double exp_sum(T* e_row, const T* z, T m, index_t c) {
   return sum.total();
 }
 
+// Row maximum by row_max's order, combined with a maximum so far (NaN with the sign bit clear
+// wins, as there).
+template <typename T>
+inline bool grows(T candidate, T current) {
+  constexpr int kSignShift = 8 * sizeof(T) - 1;
+  auto order_key = [](Bits<T> bits) {
+    return bits ^ ((bits >> kSignShift) & kMagnitudeBits<T>);
+  };
+  return order_key(bit_cast<Bits<T>>(candidate)) > order_key(bit_cast<Bits<T>>(current));
+}
+
+// The online sweep: s = sum_j exp(z_j - m) over the row, block by block with the running
+// maximum; block b's exponentials, relative to block_max[b] (the running maximum after block
+// b), go to the gradient row (or, for the value only, to a stack buffer). Returns s relative
+// to the final maximum *m_out. Blocks of -inf before any finite logit hold exact zeros.
+template <typename T, bool with_grad>
+inline double online_exp_sum(T* e_row, T* block_max, const T* z, index_t c, T* m_out) {
+  T buffer[with_grad ? 1 : kBlock];
+  double lanes[kLanes] = {};
+  T m = -std::numeric_limits<T>::infinity();
+  for (index_t j0 = 0, b = 0; j0 < c; j0 += kBlock, ++b) {
+    const index_t count = std::min(kBlock, c - j0);
+    const T* zb = z + j0;
+    T* e = with_grad ? e_row + j0 : buffer;
+    const T local = row_max(zb, count);
+    if (grows(local, m)) {
+      const double rescale = static_cast<double>(exp_nonpositive(m - local));
+      for (double& lane : lanes) lane *= rescale;
+      m = local;
+    }
+    if (with_grad) block_max[b] = m;
+    if (m == -std::numeric_limits<T>::infinity()) {  // every logit so far is -inf
+      if (with_grad) std::fill(e, e + count, T(0));
+      continue;
+    }
+    for (index_t j = 0; j < count; ++j) e[j] = exp_nonpositive(zb[j] - m);
+    index_t j = 0;
+    for (; j + kLanes <= count; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) lanes[k] += static_cast<double>(e[j + k]);
+    for (int k = 0; j + k < count; ++k) lanes[k] += static_cast<double>(e[j + k]);
+  }
+  *m_out = m;
+  return fold_lanes(lanes);
+}
+
+// Row maximum m and s = sum_j exp(z_j - m), the exponentials kept in e_row (with_grad), by
+// the plain sweeps (one block) or the online sweep (block_max: its per-block maxima).
+template <typename T, bool with_grad>
+inline double row_exp_sum(T* e_row, T* block_max, const T* z, index_t c, T* m) {
+  if (c > kOnlineColumns) return online_exp_sum<T, with_grad>(e_row, block_max, z, c, m);
+  *m = row_max(z, c);
+  return exp_sum<T, with_grad>(e_row, z, *m, c);
+}
+
+// g_j = g_j * factor_b - offset_j block by block, factor_b = factor * exp(block_max[b] - m)
+// (the online sweep's blocks), or factor for the plain sweeps.
+template <typename T, class Offset>
+inline void scale_gradient(T* g, const T* block_max, T m, index_t c, double factor,
+                           const Offset& offset) {
+  for (index_t j0 = 0, b = 0; j0 < c; j0 += kBlock, ++b) {
+    const index_t count = std::min(kBlock, c - j0);
+    const double shift =
+        c > kOnlineColumns ? static_cast<double>(block_max[b]) - static_cast<double>(m) : 0.0;
+    const T f = static_cast<T>(shift == 0.0 ? factor : factor * std::exp(shift));
+    T* gb = g + j0;
+    for (index_t j = 0; j < count; ++j) gb[j] = gb[j] * f - offset(j0 + j);
+  }
+}
+
 // Smoothing of one row: t -> t keep + spread.
 struct Smoothing {
   double keep;    // 1 - ls
@@ -454,12 +533,13 @@ double softmax_label_rows(T* grad, T* per_sample, const T* logits, const Label* 
                           const T* sample_weight, index_t begin, index_t end, index_t c,
                           double scale, Smoothing smoothing) {
   double total = 0.0;
+  std::vector<T> block_max(with_grad ? static_cast<size_t>((c + kBlock - 1) / kBlock) : 0);
   for (index_t i = begin; i < end; ++i) {
     const T* z = logits + i * c;
     T* g = with_grad ? grad + i * c : nullptr;
     const index_t label = static_cast<index_t>(labels[i]);
-    const T m = row_max(z, c);
-    const double s = exp_sum<T, with_grad>(g, z, m, c);
+    T m;
+    const double s = row_exp_sum<T, with_grad>(g, block_max.data(), z, c, &m);
     const double log_s = std::log(s);
     const double md = static_cast<double>(m);
     // sum_j t_j (m - z_j) with t = keep one_hot(label) + spread.
@@ -471,9 +551,9 @@ double softmax_label_rows(T* grad, T* per_sample, const T* logits, const Label* 
     const double loss = w * (gap + target_sum * log_s);
     if constexpr (with_grad) {
       const double factor = w * scale;
-      const T softmax_factor = static_cast<T>(factor * target_sum / s);
       const T offset = static_cast<T>(factor * smoothing.spread);
-      for (index_t j = 0; j < c; ++j) g[j] = g[j] * softmax_factor - offset;
+      scale_gradient(g, block_max.data(), m, c, factor * target_sum / s,
+                     [offset](index_t) { return offset; });
       g[label] -= static_cast<T>(factor * smoothing.keep);
     }
     if (per_sample != nullptr) per_sample[i] = static_cast<T>(loss);
@@ -487,12 +567,13 @@ double softmax_prob_rows(T* grad, T* per_sample, const T* logits, const T* targe
                          const T* sample_weight, index_t begin, index_t end, index_t c,
                          double scale, Smoothing smoothing) {
   double total = 0.0;
+  std::vector<T> block_max(with_grad ? static_cast<size_t>((c + kBlock - 1) / kBlock) : 0);
   for (index_t i = begin; i < end; ++i) {
     const T* z = logits + i * c;
     const T* t = target + i * c;
     T* g = with_grad ? grad + i * c : nullptr;
-    const T m = row_max(z, c);
-    const double s = exp_sum<T, with_grad>(g, z, m, c);
+    T m;
+    const double s = row_exp_sum<T, with_grad>(g, block_max.data(), z, c, &m);
     const double log_s = std::log(s);
     const double md = static_cast<double>(m);
     const double target_sum = lane_sum(c, [&](index_t j) {
@@ -506,10 +587,10 @@ double softmax_prob_rows(T* grad, T* per_sample, const T* logits, const T* targe
     const double loss = w * (gap + target_sum * log_s);
     if constexpr (with_grad) {
       const double factor = w * scale;
-      const T softmax_factor = static_cast<T>(factor * target_sum / s);
       const T keep = static_cast<T>(factor * smoothing.keep);
       const T offset = static_cast<T>(factor * smoothing.spread);
-      for (index_t j = 0; j < c; ++j) g[j] = g[j] * softmax_factor - (t[j] * keep + offset);
+      scale_gradient(g, block_max.data(), m, c, factor * target_sum / s,
+                     [t, keep, offset](index_t j) { return t[j] * keep + offset; });
     }
     if (per_sample != nullptr) per_sample[i] = static_cast<T>(loss);
     total += loss;

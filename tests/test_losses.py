@@ -509,6 +509,73 @@ def test_softmax_cross_entropy_masked_logits(dtype):
     np.testing.assert_array_equal(grad[1], [0.0, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy_long_rows(dtype, kind, smoothing):
+    # Rows longer than two blocks of 256 take the online sweep (running maximum, sums
+    # rescaled as it grows, blocks rescaled in the gradient sweep): the maximum growing in
+    # every block or only in the last, leading blocks all -inf (masked), a -inf row tail,
+    # widths that are not multiples of a block; bitwise the same on 1 and 2 threads.
+    rng = np.random.default_rng(8)
+    for c in (513, 1000, 2049):
+        z = rng.standard_normal((8, c)) * 3
+        z[1] = np.linspace(-50, 50, c)  # grows in every block
+        z[2, -1] = 40.0  # grows in the last block only
+        masked = c // 2 + 40
+        z[3, :masked] = -np.inf  # masked leading blocks
+        z[4, 300:] = -np.inf
+        z[5] *= 300
+        z = z.astype(dtype)
+        labels = rng.integers(0, c, 8)
+        labels[3] = c - 2
+        labels[4] = 5
+        target = labels if kind == "labels" else np.eye(c, dtype=dtype)[labels]
+        results = [
+            kernels.softmax_cross_entropy(
+                z, target, reduction="none", label_smoothing=smoothing, num_threads=threads
+            )
+            for threads in (1, 2)
+        ]
+        assert results[0][0].tobytes() == results[1][0].tobytes()
+        assert results[0][1].tobytes() == results[1][1].tobytes()
+        per_sample, grad = results[0]
+        plain = [0, 1, 2, 5, 6, 7]
+        ref_loss, ref_grad = reference_loss(
+            SOFTMAX, z[plain], target[plain], reduction="none", label_smoothing=smoothing
+        )
+        np.testing.assert_allclose(per_sample[plain], ref_loss, rtol=RTOL[dtype], atol=RTOL[dtype])
+        np.testing.assert_allclose(grad[plain], ref_grad, rtol=0, atol=RTOL[dtype] / 8)
+        # The masked rows: their unmasked classes alone (masked ones have probability 0); with
+        # smoothing the masked classes' target mass makes the loss infinite. (Probability
+        # targets give NaN there, 0 * inf, as in torch and Keras.)
+        for row, keep in ((3, slice(masked, None)), (4, slice(0, 300))):
+            if kind != "labels":
+                assert np.isnan(per_sample[row]) or smoothing != 0.0
+                continue
+            assert np.all(grad[row][np.isinf(z[row])] == 0.0) or smoothing != 0.0
+            if smoothing != 0.0:
+                assert per_sample[row] == np.inf
+                continue
+            sub_target = target[row : row + 1] - keep.start
+            sub_loss, sub_grad = reference_loss(
+                SOFTMAX, z[row : row + 1, keep], sub_target, reduction="none"
+            )
+            assert per_sample[row] == pytest.approx(sub_loss[0], rel=RTOL[dtype])
+            np.testing.assert_allclose(grad[row, keep], sub_grad[0], rtol=0, atol=RTOL[dtype] / 8)
+
+
+@pytest.mark.parametrize("nan", [np.nan, -np.nan], ids=["nan", "negative_nan"])
+@pytest.mark.parametrize("c", [5, 1500])
+def test_softmax_cross_entropy_long_row_nan(nan, c):
+    z = np.zeros((2, c))
+    z[0, c - 3] = nan  # in the last block of a long row
+    per_sample, grad = kernels.softmax_cross_entropy(z, np.array([0, 0]), reduction="none")
+    assert np.isnan(per_sample[0])
+    assert np.all(np.isnan(grad[0]))
+    assert per_sample[1] == pytest.approx(np.log(c))
+
+
 @pytest.mark.parametrize("nan", [np.nan, -np.nan], ids=["nan", "negative_nan"])
 def test_softmax_cross_entropy_nan_of_either_sign_propagates(nan):
     z = np.zeros((2, 5))
