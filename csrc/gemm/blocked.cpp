@@ -194,7 +194,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   plan.m_tiles = ceil_div(m, plan.mr);
   plan.n_panels = ceil_div(n, plan.nr);
   // kc depends on k alone: near-equal blocks of at most kc_max (float64: 3/4 of it, 192, so
-  // that the 12 x kc A micro-panel, 18 KiB, and the B micro-panel streaming past it fit in
+  // that the 14 x kc A micro-panel, 21 KiB, and the B micro-panel streaming past it fit in
   // L1 together: +1-4% at 1024^3, 2048^3 and 8192x512x512 against 256 in csrc/gemm/ab.py;
   // float32 kc 192 or 384 is within 1.5% of 256).
   const index_t kc_max = sizeof(T) == 8 ? tune.kc_max * 3 / 4 : tune.kc_max;
@@ -227,12 +227,13 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const double flops_ns = 2.0 * double(m) * double(n) * double(k) / 150.0;
   const double stream_ns = double(k) * double(n) * double(sizeof(T)) / 80.0;
   const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
-  // Row tiles in a multiple of the thread count when they stay at least 2/3 of mr tall
-  // (128 rows on two threads: 12 tiles of 10-11 rows, not 11 tiles split 6:5). Tile heights
-  // change no bit (see microkernels.hpp).
+  // Row tiles in a multiple of the thread count when they stay at least half of mr tall
+  // (128 rows on two threads: 10 tiles of 12-13 rows, not 9 split 5:4; 32 rows: 4 tiles of 8,
+  // not 3 split 2:1, which cost 11% at (32, 784, 256) with 14-row tiles). Tile heights change
+  // no bit (see microkernels.hpp).
   if (threads > 1 && plan.m_tiles % threads != 0 && tune.even_tiles != 0) {
     const index_t even = round_up(plan.m_tiles, threads);
-    if (3 * m >= 2 * plan.mr * even) plan.m_tiles = even;
+    if (2 * m >= plan.mr * even) plan.m_tiles = even;
   }
 
   // A narrow first panel ("lead") makes the vector loads of B read in place, or else the

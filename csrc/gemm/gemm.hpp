@@ -92,7 +92,7 @@ bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>
 bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld);
 
-// The name of the microkernel family in use for T (e.g. "avx512 12x32"), or of an ISA's.
+// The name of the microkernel family in use for T (e.g. "avx512 14x32"), or of an ISA's.
 template <typename T>
 const char* gemm_kernel_name();
 template <typename T>

@@ -92,7 +92,7 @@ constexpr double kExpTaylor[kExpTerms] = {
 template <typename T>
 struct KernelFamily {
   Isa isa = Isa::portable;
-  const char* name = "";  // "<isa> <mr>x<nr>", e.g. "avx512 12x32"
+  const char* name = "";  // "<isa> <mr>x<nr>", e.g. "avx512 14x32"
   int lanes = 1;          // elements per vector register
   int mr = 1;             // main tile: up to mr rows, nr columns
   int nr = 1;
