@@ -236,11 +236,14 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     if (2 * m >= plan.mr * even) plan.m_tiles = even;
   }
 
-  // A narrow first panel ("lead") makes the vector loads of B read in place, or else the
-  // stores of C, whole 64-byte lines: numpy arrays are 16-byte aligned, and split loads or
-  // stores cost 9% each at (256, 784, 256) on two threads (misaligned 229 GFLOP/s, with a
-  // lead 266). It adds a panel, which may unbalance the threads: it is taken when the best
-  // task grid with it is within 5% of the best without (at (32, 784, 256) it is not: 15%).
+  // A narrow first panel ("lead") makes the vector loads of B read in place whole 64-byte
+  // lines: numpy arrays are 16-byte aligned (large ones 32 bytes off a line), and split loads
+  // cost 9% at (256, 784, 256) on two threads (misaligned 229 GFLOP/s, with a lead 266). It
+  // adds a panel, which may unbalance the threads: it is taken when the best task grid with
+  // it is within 5% of the best without (at (32, 784, 256) it is not: 15%). With B packed,
+  // no lead aligns the stores of C (`align=2` forces one): C is stored once per tile and k
+  // block, and the lead's narrow panel ran a whole k loop at half width per tile; without
+  // it (8192, 512, 512) +3-4% and dense_backward there +4%, other shapes within 1-2%.
   //
   // Short products (m <= wide_mr: one row tile) read each element of B once, in place: edge
   // panels are not packed (a copy to read once) nor narrow (a panel costs kc chained
@@ -259,8 +262,9 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     choose_tasks(plan, plan.lead, threads, &tasks_m, &tasks_n);
   } else {
     const bool align_b = !plan.pack_b && tune.align != 2;
-    index_t lead =
-        align_b ? columns_to_boundary(b.data, b.ld, 64) : columns_to_boundary(c, ldc, 64);
+    index_t lead = align_b              ? columns_to_boundary(b.data, b.ld, 64)
+                   : tune.align == 2    ? columns_to_boundary(c, ldc, 64)
+                                        : 0;
     if (tune.align == 0 || lead <= 0 || lead >= plan.nr || lead >= n) lead = 0;
     const index_t plain_cost = choose_tasks(plan, 0, threads, &tasks_m, &tasks_n);
     if (lead > 0) {

@@ -32,7 +32,7 @@ struct Tuning {
   int pack_a = -1;
   int swap = 1;
   int tasks_per_thread = 4;  // at most
-  int align = 1;             // 0 off, 1 auto, 2 always to C
+  int align = 1;             // 0 off, 1 B read in place, 2 also C (B packed)
   int split_columns = 0;     // ties between task grids: 0 fewer, 1 more column blocks
   int even_tiles = 1;        // row tiles in a multiple of the thread count
 };
