@@ -421,6 +421,7 @@ def float64_inputs(seed):
     parts = [rng.standard_normal(2000) * s for s in (1e-3, 0.3, 1.0, 3.0, 10.0, 40.0, 400.0)]
     seams = [0.625, -0.625, math.sqrt(2), -math.sqrt(2), 8 * math.sqrt(2), -8 * math.sqrt(2)]
     specials = [0.0, -0.0, 1e-300, -1e-300, 5e-324, -0.5, 19.1, -19.1, 708.4, -745.0, -37.7]
+    specials += [1e60, -1e60, 1e150, -1e150]
     seams = [v * f for v in seams for f in (1 - 2e-16, 1.0, 1 + 2e-16)]
     values = [*parts, np.linspace(-800, 800, 4001), np.linspace(-39, -36, 1001), seams, specials]
     return np.concatenate(values)
@@ -453,16 +454,27 @@ def test_float64_vector_activations(isa):
             assert alone.tobytes() == y.ravel()[:count].tobytes(), (isa, act, count)
         made = (np.abs(y) < tiny) & (y != 0) & ((np.abs(x) >= tiny) | (x == 0))
         assert not made.any(), (isa, act, x[made][:4], y[made][:4])
-        if act == "gelu_tanh":
-            u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-            with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            if act == "gelu_tanh":
+                u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
                 truth = x / (1 + np.exp(-2 * u))
-            bound = 1e-12 * np.abs(truth) + tiny
-        else:
-            truth = scalar
-            bound = ((16 + x * x) if act == "gelu" else 3) * eps * np.abs(truth)
+                bound = 1e-12 * np.abs(truth) + tiny
+            else:
+                truth = scalar
+                bound = ((16 + x * x) if act == "gelu" else 3) * eps * np.abs(truth)
         flushed = (y == 0) & (np.abs(truth) < 2 * tiny)  # at or below the normal range
-        bad = ~((np.abs(y - truth) <= bound) | flushed)
+        # Overflowing values and infinities: as the float64 formulas (gelu(-inf) and
+        # gelu_tanh(-inf) are -inf * 0 = NaN there, as in torch).
+        extreme = np.array([1e308, -1e308, np.inf, -np.inf, np.nan, -np.nan])
+        got = np.empty_like(extreme)
+        assert _core._vector_math_isa_test(isa, got, extreme, activation=act)
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = act_reference(act, extreme)
+        close = np.isclose(got, want, rtol=1e-14, atol=0) | (np.isnan(got) & np.isnan(want))
+        assert close.all(), (isa, act, got, want)
+        same = (y == truth) | (np.isnan(y) & np.isnan(truth))  # infinities, NaN
+        with np.errstate(invalid="ignore"):
+            bad = ~((np.abs(y - truth) <= bound) | flushed | same)
         assert not bad.any(), (isa, act, x[bad][:4], y[bad][:4], truth[bad][:4])
 
 
@@ -485,10 +497,11 @@ def test_float64_vector_derivatives_and_softmax(isa):
             ), (isa, act)
             with np.errstate(over="ignore", invalid="ignore"):
                 d, scale = float64_derivative(act, z[:count], alpha or 1.0)
-            truth = dy[:count] * d
-            scale = scale * (1 + z[:count] ** 2 / 2) if act == "gelu" else scale
-            bound = 16 * 2.0**-53 * np.abs(dy[:count]) * scale + 1e-300
-            bad = ~(np.abs(dz - truth) <= bound)
+                truth = dy[:count] * d
+                scale = scale * (1 + z[:count] ** 2 / 2) if act == "gelu" else scale
+                bound = 16 * 2.0**-53 * np.abs(dy[:count]) * scale + 1e-300
+                same = (dz == truth) | (np.isnan(dz) & np.isnan(truth))
+                bad = ~((np.abs(dz - truth) <= bound) | same)
             assert not bad.any(), (isa, act, z[:count][bad][:4], dz[bad][:4], truth[bad][:4])
             made = (np.abs(dz) < tiny) & (dz != 0) & (np.abs(truth) >= 2 * tiny)
             assert not made.any(), (isa, act, z[:count][made][:4])
