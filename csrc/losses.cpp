@@ -414,27 +414,29 @@ double elementwise_run(T* grad, T* per_sample, const T* prediction, const T* tar
 // With t the smoothed target and T = sum_j t_j, the loss is sum_j t_j (m - z_j) + T log s and
 // the gradient scale * (T e_j / s - t_j).
 //
-// Rows longer than two blocks (c > kOnlineColumns) fuse sweeps 1 and 2 ("online" softmax): block by
-// block, the block's maximum (the block then stays in L1), the running maximum m_b and the
-// partial sums rescaled by exp(m_old - m_b) when it grows, then e_j = exp(z_j - m_b); sweep 3
-// scales block b by exp(m_b - m). The logits are read from memory once instead of twice:
-// 512 x 32000 float32, 2 threads, 7.7 -> 6.1 ms; 8192 x 1000 3.3 -> 3.0 ms (at
-// 10 classes the bookkeeping cost 7%, at 300 4%: hence the plain sweeps up to two blocks).
+// Rows longer than two blocks (c > kOnlineColumns) fuse sweeps 1 and 2 ("online" softmax):
+// block by block, the block's maximum (the block then stays in L1), the running maximum m_b
+// and the partial sums rescaled by exp(m_old - m_b) when it grows, then e_j = exp(z_j - m_b);
+// sweep 3 scales block b by exp(m_b - m). The logits are read from memory once instead of
+// twice: 512 x 32000 float32, 2 threads, 7.7 -> 6.1 ms; 8192 x 1000 3.3 -> 3.0 ms (at 10
+// classes the bookkeeping cost 7%, at 300 4%: hence the plain sweeps up to two blocks).
 
-// Row maximum, compared as integers that order like the floats (sign-magnitude turned into
-// two's complement). A NaN with the sign bit clear wins and makes the row NaN; one with it
-// set loses but reaches the loss through exp(NaN) = NaN.
+// Floats compared as integers that order like them (sign-magnitude turned into two's
+// complement). An involution: applied to a key it gives back the float's bits.
+template <typename T>
+inline Bits<T> order_key(Bits<T> bits) {
+  constexpr int kSignShift = 8 * sizeof(T) - 1;
+  return bits ^ ((bits >> kSignShift) & kMagnitudeBits<T>);
+}
+
+// Row maximum by order_key. A NaN with the sign bit clear wins and makes the row NaN; one
+// with it set loses but reaches the loss through exp(NaN) = NaN.
 template <typename T>
 inline T row_max(const T* z, index_t c) {
-  constexpr int kSignShift = 8 * sizeof(T) - 1;
-  // An involution: applied to a key it gives back the float's bits.
-  auto order_key = [](Bits<T> bits) {
-    return bits ^ ((bits >> kSignShift) & kMagnitudeBits<T>);
-  };
-  Bits<T> max_key = order_key(bit_cast<Bits<T>>(-std::numeric_limits<T>::infinity()));
+  Bits<T> max_key = order_key<T>(bit_cast<Bits<T>>(-std::numeric_limits<T>::infinity()));
   for (index_t j = 0; j < c; ++j)
-    max_key = std::max(max_key, order_key(bit_cast<Bits<T>>(z[j])));
-  return bit_cast<T>(order_key(max_key));
+    max_key = std::max(max_key, order_key<T>(bit_cast<Bits<T>>(z[j])));
+  return bit_cast<T>(order_key<T>(max_key));
 }
 
 // s = sum_j exp(z_j - m), block by block: the exponentials go to the gradient row (kept for
@@ -453,15 +455,10 @@ inline double exp_sum(T* e_row, const T* z, T m, index_t c) {
   return sum.total();
 }
 
-// Row maximum by row_max's order, combined with a maximum so far (NaN with the sign bit clear
-// wins, as there).
+// Whether a block's maximum raises the maximum so far, in row_max's order.
 template <typename T>
 inline bool grows(T candidate, T current) {
-  constexpr int kSignShift = 8 * sizeof(T) - 1;
-  auto order_key = [](Bits<T> bits) {
-    return bits ^ ((bits >> kSignShift) & kMagnitudeBits<T>);
-  };
-  return order_key(bit_cast<Bits<T>>(candidate)) > order_key(bit_cast<Bits<T>>(current));
+  return order_key<T>(bit_cast<Bits<T>>(candidate)) > order_key<T>(bit_cast<Bits<T>>(current));
 }
 
 // The online sweep: s = sum_j exp(z_j - m) over the row, block by block with the running
