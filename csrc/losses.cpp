@@ -9,6 +9,7 @@
 // AVX-512, AVX2 and the baseline, one picked per call from the CPU's features.
 #include "losses.hpp"
 
+#include "exp_series.hpp"
 #include "float_bits.hpp"
 #include "gemm/isa.hpp"
 
@@ -95,11 +96,9 @@ inline double weight_at(const T* sample_weight, index_t i) {
   return sample_weight != nullptr ? static_cast<double>(sample_weight[i]) : 1.0;
 }
 
-// exp(x) for x <= 0, -inf (0) and NaN (NaN). Range reduction x = n ln2 + r with |r| <= ln2 / 2
-// (ln2 split in two so that n ln2_hi is exact), a polynomial for exp(r), and 2^n built in the
+// exp(x) for x <= 0, -inf (0) and NaN (NaN), by ExpSeries (exp_series.hpp), 2^n built in the
 // exponent bits. Inputs below kLowest, where 2^n would leave the normal range, give 0 (an
-// absolute error under 2e-38 or 4e-308). Float: Cephes's expf polynomial (max error 1.4 ulp);
-// double: Taylor series to degree 13 (truncation under 1e-17, max error 1.5 ulp).
+// absolute error under 2e-38 or 4e-308). Max error 1.4 ulp (float), 1.5 ulp (double).
 inline float exp_nonpositive(float x) {
   constexpr float kLowest = -87.0f;           // exp(-87) ~ 1.6e-38 > FLT_MIN
   constexpr float kRoundShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
@@ -111,16 +110,13 @@ inline float exp_nonpositive(float x) {
       (bits < 0) & (magnitude > bit_cast<std::int32_t>(-kLowest)) & (magnitude <= kInfinity));
   const auto clamped =
       bit_cast<float>((bits & ~below) | (bit_cast<std::int32_t>(kLowest) & below));
-  const float shifted = clamped * 1.44269504088896341f + kRoundShift;
+  using S = ExpSeries<float>;
+  const float shifted = clamped * S::kLog2e + kRoundShift;
   const float n = shifted - kRoundShift;
-  float r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  float r = clamped - n * S::kLn2Hi;
+  r = r - n * S::kLn2Lo;
+  float p = S::kP[0];
+  for (int k = 1; k < S::kTerms; ++k) p = p * r + S::kP[k];
   p = p * (r * r) + r + 1.0f;
   const std::int32_t exponent =
       bit_cast<std::int32_t>(shifted) - bit_cast<std::int32_t>(kRoundShift) + 127;
@@ -145,17 +141,15 @@ inline double exp_nonpositive(double x) {
       -static_cast<std::int64_t>((high < 0) & (magnitude > lowest_high) & not_nan);
   const auto clamped =
       bit_cast<double>((bits & ~below) | (bit_cast<std::int64_t>(kLowest) & below));
-  const double shifted = clamped * 1.4426950408889634 + kRoundShift;
+  using S = ExpSeries<double>;
+  const double shifted = clamped * S::kLog2e + kRoundShift;
   const double n = shifted - kRoundShift;
-  double r = clamped - n * 6.93147180369123816490e-01;
-  r = r - n * 1.90821492927058770002e-10;
-  constexpr double kInverseFactorials[] = {
-      1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-      1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
-      1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         1.0 / 2.0,
-      1.0,                1.0};
-  double p = kInverseFactorials[0];
-  for (int k = 1; k < 14; ++k) p = p * r + kInverseFactorials[k];
+  double r = clamped - n * S::kLn2Hi;
+  r = r - n * S::kLn2Lo;
+  double p = S::kP[0];
+  for (int k = 1; k < S::kTerms; ++k) p = p * r + S::kP[k];
+  p = p * r + 1.0;  // the series' r and 1 terms, in the same Horner chain
+  p = p * r + 1.0;
   const std::int64_t exponent =
       bit_cast<std::int64_t>(shifted) - bit_cast<std::int64_t>(kRoundShift) + 1023;
   const double result = p * bit_cast<double>(exponent << 52);

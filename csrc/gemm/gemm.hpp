@@ -85,8 +85,8 @@ template <typename T>
 bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act);
 
-// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use (V::exp,
-// lane sums); false, and nothing written, where it has none for T.
+// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
+// (vector_exp, lane sums); false, and nothing written, where it has none for T.
 template <typename T>
 bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>

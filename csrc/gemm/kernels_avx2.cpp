@@ -34,30 +34,21 @@ struct F32x8 {
   static constexpr bool kVectorMath = true;
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
   static R abs(R v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-  // Cephes expf as in kernels_avx512.cpp, 0 below -126 ln 2 (no subnormal results); 2^n
-  // applied as two factors 2^(n/2), each normal.
-  static R exp(R x) {
-    const R normal = _mm256_cmp_ps(x, _mm256_set1_ps(kExpNormalLimit), _CMP_NLT_UQ);
-    x = _mm256_and_ps(normal, x);  // exp(0) in the lanes cleared below
-    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
-    const R n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    R r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    R p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    const R y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  // vector_exp's primitives (microkernel_body.inc), as in kernels_avx512.cpp; y 2^n as two
+  // factors 2^(n/2), each normal (n reaches 128).
+  static R zero_below(R v, R x, R limit) {
+    return _mm256_and_ps(_mm256_cmp_ps(x, limit, _CMP_NLT_UQ), v);
+  }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R round(R v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R scale_pow2(R y, R n) {
     const __m256i ni = _mm256_cvtps_epi32(n);
     const __m256i half = _mm256_srai_epi32(ni, 1);
     const __m256i rest = _mm256_sub_epi32(ni, half);
     const __m256i bias = _mm256_set1_epi32(127);
     const R f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
     const R f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(rest, bias), 23));
-    return _mm256_and_ps(normal, _mm256_mul_ps(_mm256_mul_ps(y, f1), f2));
+    return _mm256_mul_ps(_mm256_mul_ps(y, f1), f2);
   }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_ps(); }
@@ -126,23 +117,16 @@ struct F64x4 {
   static R abs(R v) {
     return _mm256_and_pd(v, _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL)));
   }
-  // exp as in kernels_avx512.cpp; 2^n (-1022 <= n <= 1023 after the clamps) from its
-  // exponent bits.
-  static R exp(R x) {
-    const R normal = _mm256_cmp_pd(x, _mm256_set1_pd(kExpNormalLimit64), _CMP_NLT_UQ);
-    x = _mm256_and_pd(normal, x);  // exp(0) in the lanes cleared below
-    x = _mm256_min_pd(_mm256_set1_pd(709.0), x);
-    const R n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634074)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    R r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93145751953125e-1), x);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.42860682030941723212e-6), r);
-    R p = _mm256_set1_pd(kExpTaylor[0]);
-    for (int i = 1; i < kExpTerms; ++i) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(kExpTaylor[i]));
-    const R y = _mm256_add_pd(_mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r), _mm256_set1_pd(1.0));
+  static R zero_below(R v, R x, R limit) {
+    return _mm256_and_pd(_mm256_cmp_pd(x, limit, _CMP_NLT_UQ), v);
+  }
+  static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R round(R v) { return _mm256_round_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // y 2^n from n's exponent bits (-1022 <= n <= 1023 after vector_exp's clamps).
+  static R scale_pow2(R y, R n) {
     const __m256i ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
-    const R scale = _mm256_castsi256_pd(
-        _mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
-    return _mm256_and_pd(normal, _mm256_mul_pd(y, scale));
+    return _mm256_mul_pd(y, _mm256_castsi256_pd(_mm256_slli_epi64(
+                                _mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52)));
   }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm256_setzero_pd(); }

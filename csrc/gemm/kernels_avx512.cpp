@@ -37,31 +37,16 @@ struct F32x16 {
     return _mm512_castsi512_ps(
         _mm512_and_epi32(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
   }
-  // Cephes expf: 2^n p(r), n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts), p of
-  // degree 7; ~1 ulp. Capped at 88.38 (2^127.5); NaN passes through (min returns its second
-  // operand for NaN).
-  static R exp(R x) {
-    // Below -126 ln 2 the result would be subnormal: it is 0 (a subnormal costs a microcode
-    // assist in every operation that makes or reads one: tanh and gelu_tanh ran 35-45% slower
-    // at |z| ~ 30). Those lanes compute exp(0), then are cleared: clamped to the limit they
-    // would round just below 2^-126. NaN passes (the unordered compare keeps it).
-    const __mmask16 normal =
-        _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpNormalLimit), _CMP_NLT_UQ);
-    x = _mm512_maskz_mov_ps(normal, x);
-    x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x);
-    const R n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    R r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    R p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    const R y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    return _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(y, n));
+  // vector_exp's primitives (microkernel_body.inc): v, or 0 where x < limit (NaN kept);
+  // min returning its second operand for NaN; round to nearest; y 2^n.
+  static R zero_below(R v, R x, R limit) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_NLT_UQ), v);
   }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R round(R v) {
+    return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static R scale_pow2(R y, R n) { return _mm512_scalef_ps(y, n); }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_ps(); }
   static R load(const T* p) { return _mm512_loadu_ps(p); }
@@ -139,23 +124,14 @@ struct F64x8 {
     return _mm512_castsi512_pd(
         _mm512_and_epi64(_mm512_castpd_si512(v), _mm512_set1_epi64(0x7fffffffffffffffLL)));
   }
-  // exp as 2^n e^r, n = round(x / ln 2), r = x - n ln 2 (ln 2 in Cephes's two parts, the
-  // first exact in n ln 2), e^r by its Taylor series to r^13 / 13! (|r| <= ln 2 / 2: the
-  // remainder is below 0.05 ulp); ~1 ulp. 0 below -1022 ln 2 (no subnormal results), capped
-  // at 709; NaN passes.
-  static R exp(R x) {
-    const __mmask8 normal = _mm512_cmp_pd_mask(x, _mm512_set1_pd(kExpNormalLimit64), _CMP_NLT_UQ);
-    x = _mm512_maskz_mov_pd(normal, x);
-    x = _mm512_min_pd(_mm512_set1_pd(709.0), x);
-    const R n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634074)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    R r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93145751953125e-1), x);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.42860682030941723212e-6), r);
-    R p = _mm512_set1_pd(kExpTaylor[0]);
-    for (int i = 1; i < kExpTerms; ++i) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(kExpTaylor[i]));
-    const R y = _mm512_add_pd(_mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r), _mm512_set1_pd(1.0));
-    return _mm512_maskz_mov_pd(normal, _mm512_scalef_pd(y, n));
+  static R zero_below(R v, R x, R limit) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_NLT_UQ), v);
   }
+  static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R round(R v) {
+    return _mm512_roundscale_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static R scale_pow2(R y, R n) { return _mm512_scalef_pd(y, n); }
   static void pin(R& v) { __asm__("" : "+v"(v)); }
   static R zero() { return _mm512_setzero_pd(); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }

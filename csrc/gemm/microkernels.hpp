@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "common.hpp"
+#include "exp_series.hpp"
 #include "isa.hpp"
 
 namespace densekit::gemm {
@@ -77,17 +78,11 @@ struct PackScale {
   T alpha = T(0);
 };
 
-// -126 ln 2: below it float32 exp is subnormal, and the vector math (V::exp) returns 0.
+// -126 ln 2: below it float32 exp is subnormal, and the vector math (vector_exp) returns 0.
 constexpr float kExpNormalLimit = -87.33654475f;
 // -1022 ln 2 (rounded up by 1e-12: exp there is normal by a margin far above its error): the
 // same for float64.
 constexpr double kExpNormalLimit64 = -708.396418532263;
-// 1/13!, 1/12!, ..., 1/2!: float64 exp's series e^r = 1 + r + r^2 (1/2! + r/3! + ...).
-constexpr int kExpTerms = 12;
-constexpr double kExpTaylor[kExpTerms] = {
-    1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-    1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,      1.0 / 720.0,
-    1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,         1.0 / 2.0};
 
 template <typename T>
 struct KernelFamily {
