@@ -67,6 +67,10 @@ class LaneSum {
     for (int k = 0; j + k < count; ++k) lanes_[k] += static_cast<double>(values[j + k]);
   }
   double total() const { return fold_lanes(lanes_); }
+  // Every partial sum times f (the online softmax's rescale when its maximum grows).
+  void scale(double f) {
+    for (double& lane : lanes_) lane *= f;
+  }
 
  private:
   double lanes_[kLanes] = {};
@@ -462,7 +466,7 @@ inline bool grows(T candidate, T current) {
 template <typename T, bool with_grad>
 inline double online_exp_sum(T* e_row, T* block_max, const T* z, index_t c, T* m_out) {
   T buffer[with_grad ? 1 : kBlock];
-  double lanes[kLanes] = {};
+  LaneSum sum;
   T m = -std::numeric_limits<T>::infinity();
   for (index_t j0 = 0, b = 0; j0 < c; j0 += kBlock, ++b) {
     const index_t count = std::min(kBlock, c - j0);
@@ -470,8 +474,7 @@ inline double online_exp_sum(T* e_row, T* block_max, const T* z, index_t c, T* m
     T* e = with_grad ? e_row + j0 : buffer;
     const T local = row_max(zb, count);
     if (grows(local, m)) {
-      const double rescale = static_cast<double>(exp_nonpositive(m - local));
-      for (double& lane : lanes) lane *= rescale;
+      sum.scale(static_cast<double>(exp_nonpositive(m - local)));
       m = local;
     }
     if (with_grad) block_max[b] = m;
@@ -480,13 +483,15 @@ inline double online_exp_sum(T* e_row, T* block_max, const T* z, index_t c, T* m
       continue;
     }
     for (index_t j = 0; j < count; ++j) e[j] = exp_nonpositive(zb[j] - m);
-    index_t j = 0;
-    for (; j + kLanes <= count; j += kLanes)
-      for (int k = 0; k < kLanes; ++k) lanes[k] += static_cast<double>(e[j + k]);
-    for (int k = 0; j + k < count; ++k) lanes[k] += static_cast<double>(e[j + k]);
+    sum.add(e, count);
   }
   *m_out = m;
-  return fold_lanes(lanes);
+  return sum.total();
+}
+
+// Entries of the online sweep's block_max: one per block of a long row with a gradient.
+inline size_t online_blocks(index_t c, bool with_grad) {
+  return with_grad && c > kOnlineColumns ? static_cast<size_t>((c + kBlock - 1) / kBlock) : 0;
 }
 
 // Row maximum m and s = sum_j exp(z_j - m), the exponentials kept in e_row (with_grad), by
@@ -524,7 +529,7 @@ double softmax_label_rows(T* grad, T* per_sample, const T* logits, const Label* 
                           const T* sample_weight, index_t begin, index_t end, index_t c,
                           double scale, Smoothing smoothing) {
   double total = 0.0;
-  std::vector<T> block_max(with_grad ? static_cast<size_t>((c + kBlock - 1) / kBlock) : 0);
+  std::vector<T> block_max(online_blocks(c, with_grad));
   for (index_t i = begin; i < end; ++i) {
     const T* z = logits + i * c;
     T* g = with_grad ? grad + i * c : nullptr;
@@ -558,7 +563,7 @@ double softmax_prob_rows(T* grad, T* per_sample, const T* logits, const T* targe
                          const T* sample_weight, index_t begin, index_t end, index_t c,
                          double scale, Smoothing smoothing) {
   double total = 0.0;
-  std::vector<T> block_max(with_grad ? static_cast<size_t>((c + kBlock - 1) / kBlock) : 0);
+  std::vector<T> block_max(online_blocks(c, with_grad));
   for (index_t i = begin; i < end; ++i) {
     const T* z = logits + i * c;
     const T* t = target + i * c;
