@@ -1,5 +1,5 @@
-"""Facts about the machine and the run, and the measured copy bandwidth that memory-bound
-kernels are compared with."""
+"""Facts about the machine and the run, the measured copy bandwidth that memory-bound kernels
+are compared with, and the measured multiply-add peak that products are compared with."""
 
 from __future__ import annotations
 
@@ -136,3 +136,25 @@ def threaded_copy_bandwidth(repeats: int) -> dict[str, Any] | None:
         "median_s": median,
         "gb_per_s": 2 * COPY_BYTES / median / 1e9,
     }
+
+
+def fma_peak(thread_counts: list[int], repeats: int) -> dict[str, dict[int, float]]:
+    """GFLOP/s of register-only multiply-adds on densekit's kernels in use, per dtype and thread
+    count (median of repeats): the arithmetic peak at the clock the cores run at now, which
+    a product cannot exceed. Each call does ~0.1 s of work per thread."""
+    probe = getattr(densekit._core, "_fma_peak", None)
+    if probe is None:
+        return {}
+    peaks: dict[str, dict[int, float]] = {}
+    for dtype, steps_per_thread in (("float32", 20_000_000), ("float64", 20_000_000)):
+        peaks[dtype] = {}
+        for threads in sorted(set(thread_counts)):
+            steps = steps_per_thread * threads
+            probe(dtype, steps // 100, num_threads=threads)  # wake the threads and the clock
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                flops = probe(dtype, steps, num_threads=threads)
+                rates.append(flops / (time.perf_counter() - start) / 1e9)
+            peaks[dtype][threads] = statistics.median(rates)
+    return peaks

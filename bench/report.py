@@ -70,24 +70,29 @@ def _check_cell(check: Check, *timings: Timing | None) -> str:
     return "ok, noisy" if noisy else "ok"
 
 
-def _rate_cell(record: Record, library: str, copy_gbs: float | None) -> str:
+def _rate_cell(
+    record: Record, library: str, copy_gbs: float | None, peaks: dict | None = None
+) -> str:
     rate = record.rate(library)
     if rate is None or not record.work:  # no work: a timing of overhead alone
         return "-"
     cell = f"{rate:.4g} {SHORT_UNIT.get(record.unit, record.unit)}"
     if record.unit == "GB/s" and copy_gbs:
         cell += f" {100 * rate / copy_gbs:.0f}%"
+    peak = (peaks or {}).get(record.dtype, {}).get(record.threads)
+    if record.unit == "GFLOP/s" and peak:
+        cell += f" {100 * rate / peak:.0f}%"
     return cell
 
 
-def rows(record: Record, copy_gbs: float | None) -> list[str]:
+def rows(record: Record, copy_gbs: float | None, peaks: dict | None = None) -> list[str]:
     case = f"{record.family}/{record.name}"
     start = [case, record.shape, record.dtype, str(record.threads)]
     if record.error is not None:
         return [_line([*start, "-", "-", "-", "-", "-", "-", f"!! DENSEKIT ERROR: {record.error}"])]
     lines = []
     dk_time = _time_cell(record.timings.get(DENSEKIT))
-    dk_rate = _rate_cell(record, DENSEKIT, copy_gbs)
+    dk_rate = _rate_cell(record, DENSEKIT, copy_gbs, peaks)
     for peer, check in record.checks.items():
         ratio = record.ratio(peer)
         lines.append(
@@ -98,7 +103,7 @@ def rows(record: Record, copy_gbs: float | None) -> list[str]:
                     dk_time,
                     _time_cell(record.timings.get(peer)),
                     dk_rate,
-                    _rate_cell(record, peer, copy_gbs),
+                    _rate_cell(record, peer, copy_gbs, peaks),
                     "-" if ratio is None else f"{ratio:.3g}",
                     _check_cell(check, record.timings.get(DENSEKIT), record.timings.get(peer)),
                 ]

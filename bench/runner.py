@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine.facts(argv)
     copy = machine.copy_bandwidth(repeats=3 if settings.quick else 7)
     threaded_copy = machine.threaded_copy_bandwidth(repeats=3 if settings.quick else 7)
-    _print_preamble(facts, copy, threaded_copy)
+    peaks = machine.fma_peak([1, settings.threads], repeats=3 if settings.quick else 5)
+    _print_preamble(facts, copy, threaded_copy, peaks)
 
     records: list[Record] = []
     skips: list[Skip] = []
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             record = measure(item, settings.timing)
             del item  # free the case's arrays before the next one is built
             records.append(record)
-            print("\n".join(report.rows(record, copy["gb_per_s"])), flush=True)
+            print("\n".join(report.rows(record, copy["gb_per_s"], peaks)), flush=True)
         summary = getattr(module, "summarize", None)
         if summary is not None:
             summaries += summary(records)
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "copy_bandwidth": copy,
             "copy_bandwidth_threaded": threaded_copy,
+            "fma_peak_gflops": peaks,
             "elapsed_s": elapsed,
             "records": [r.to_dict() for r in records],
             "thread_scaling": scaling,
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_preamble(facts: dict, copy: dict, threaded_copy: dict | None) -> None:
+def _print_preamble(facts: dict, copy: dict, threaded_copy: dict | None, peaks: dict) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in facts["versions"].items() if v)
     threads = ", ".join(f"{k} {v}" for k, v in facts["threads"].items())
     print(f"cpu: {facts['cpu']['model']} ({facts['cpus_usable']} usable of {facts['cpu_count']})")
@@ -185,6 +187,16 @@ def _print_preamble(facts: dict, copy: dict, threaded_copy: dict | None) -> None
         threads, rate = threaded_copy["threads"], threaded_copy["gb_per_s"]
         line += f"; torch copy_ ({threads} threads) {rate:.1f} GB/s"
     print(line + "; GB/s rows show % of np.copyto's")
+    if peaks:
+        cells = [
+            f"{dtype} " + ", ".join(f"{rate:.0f} on {t}" for t, rate in by_threads.items())
+            for dtype, by_threads in peaks.items()
+        ]
+        print(
+            "multiply-add peak (densekit's kernels, registers only), GFLOP/s on N threads: "
+            + "; ".join(cells)
+            + "; GFLOP/s rows at those thread counts show % of it"
+        )
     print("ratio = densekit speed / peer speed (> 1: densekit faster); times are medians ± IQR/2")
     print()
 

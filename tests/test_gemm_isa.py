@@ -554,6 +554,29 @@ def test_hook_rejects_bad_isa():
         _core._gemm_isa_test("sse9", a, a, a.copy())
 
 
+def test_fma_peak_probe_counts_its_work():
+    """The benchmarks' peak probe: 12 chains of multiply-adds per step, 2 flops per lane, the
+    same count on any thread count; its arguments checked like every kernel's."""
+    lanes = {"avx512": 64, "avx2": 32}  # bytes per vector
+    isa = densekit.cpu_info()["isa"]
+    for dtype, size in (("float32", 4), ("float64", 8)):
+        counts = {_core._fma_peak(dtype, 1000, num_threads=t) for t in (1, 2, 3)}
+        assert len(counts) == 1
+        per_step = counts.pop() / (2 * 12 * 1000)
+        if isa[dtype] in lanes:
+            assert per_step == lanes[isa[dtype]] // size
+        else:
+            assert per_step in (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="dtype"):
+        _core._fma_peak("float16", 10)
+    with pytest.raises(ValueError, match="steps"):
+        _core._fma_peak("float32", 0)
+    with pytest.raises(TypeError, match="steps"):
+        _core._fma_peak("float32", 1.5)
+    with pytest.raises(ValueError, match="num_threads"):
+        _core._fma_peak("float32", 10, num_threads=0)
+
+
 def test_cpu_info_reports_choice():
     info = densekit.cpu_info()
     assert info["isa"]["float32"] in ISAS

@@ -1,4 +1,4 @@
-// Test and benchmark hook of the matrix-product engine: one product with a chosen ISA, so
+// Test and benchmark hooks of the matrix-product engine: one product with a chosen ISA, so
 // tests can check every ISA the CPU runs against a reference in one process. Not public API.
 #include <algorithm>
 #include <string>
@@ -107,9 +107,28 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
   return done;
 }
 
+// Floating-point operations of `steps` rounds of register-only multiply-adds on the kernels
+// in use for `dtype`, shared among num_threads threads; the benchmark times the call.
+double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threads_obj) {
+  if (dtype != "float32" && dtype != "float64")
+    value_fail("dtype", "expected 'float32' or 'float64', got '" + dtype + "'");
+  if (!py::isinstance<py::int_>(steps_obj) || py::isinstance<py::bool_>(steps_obj))
+    type_fail("steps", "expected an int >= 1, got " + type_name(steps_obj));
+  const long long steps = steps_obj.cast<long long>();
+  if (steps < 1) value_fail("steps", "expected an int >= 1, got " + std::to_string(steps));
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const GilRelease nogil;
+  return dtype == "float32" ? gemm::fma_peak_probe<float>(steps, threads)
+                            : gemm::fma_peak_probe<double>(steps, threads);
+}
+
 }  // namespace
 
 void bind_gemm_testing(py::module_& m) {
+  m.def("_fma_peak", &fma_peak, py::arg("dtype"), py::arg("steps"), py::kw_only(),
+        py::arg("num_threads") = py::none(),
+        "Benchmark hook: floating-point operations of `steps` rounds of register-only "
+        "multiply-adds on the kernels in use for dtype (time the call for the peak rate).");
   m.def("_vector_math_isa_test", &vector_math_isa_test, py::arg("isa"), py::arg("out"),
         py::arg("z"), py::kw_only(), py::arg("activation"), py::arg("alpha") = py::none(),
         py::arg("dy") = py::none(),

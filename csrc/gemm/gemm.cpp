@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "blocked.hpp"
 #include "microkernels.hpp"
@@ -149,6 +150,21 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
 }  // namespace
 
 template <typename T>
+double fma_peak_probe(index_t steps, int num_threads) {
+  const KernelFamily<T>& kernels = family<T>(isa_choice().isa);
+  // 16 chunks per thread: however late a thread starts, the others take its share.
+  const int threads = std::max(num_threads, 1);
+  const index_t chunks = index_t(threads) * 16;
+  std::vector<double> flops(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, threads, [&](index_t i) {
+    flops[size_t(i)] = kernels.fma_probe(steps * (i + 1) / chunks - steps * i / chunks);
+  });
+  double total = 0.0;
+  for (const double f : flops) total += f;
+  return total;
+}
+
+template <typename T>
 const char* gemm_kernel_name() {
   return family<T>(isa_choice().isa).name;
 }
@@ -234,6 +250,7 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
                                               const Activation&);                           \
   template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
   template bool vector_softmax_with_isa<T>(Isa, T*, index_t, index_t, index_t);            \
+  template double fma_peak_probe<T>(index_t, int);                                         \
   template const char* gemm_kernel_name<T>();                                               \
   template const char* gemm_kernel_name<T>(Isa);
 DENSEKIT_INSTANTIATE(float)

@@ -92,6 +92,12 @@ bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>
 bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld);
 
+// The arithmetic peak of the microkernel family in use for T on num_threads threads (>= 1):
+// `steps` rounds of register-only multiply-adds shared among them (see KernelFamily::
+// fma_probe). Returns the floating-point operations done; the caller times the call.
+template <typename T>
+double fma_peak_probe(index_t steps, int num_threads);
+
 // The name of the microkernel family in use for T (e.g. "avx512 14x32"), or of an ISA's.
 template <typename T>
 const char* gemm_kernel_name();

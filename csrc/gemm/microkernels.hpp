@@ -119,6 +119,10 @@ struct KernelFamily {
   // rows <= 4: c[i * ldc + j] = sum_p a[i * lda + p] * b[j * ldb + p], j < n (see the body).
   void (*dot)(const T* a, index_t lda, int rows, const T* b, index_t ldb, index_t n, index_t k,
               T* c, index_t ldc) = nullptr;
+  // `steps` rounds of multiply-adds on independent register chains, nothing from memory:
+  // the family's arithmetic peak, for the benchmarks. Returns the floating-point operations
+  // done (2 per lane per multiply-add).
+  double (*fma_probe)(index_t steps) = nullptr;
 };
 
 KernelFamily<float> portable_kernels_f32();
