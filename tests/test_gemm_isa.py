@@ -571,6 +571,8 @@ def test_fma_peak_probe_counts_its_work():
         _core._fma_peak("float16", 10)
     with pytest.raises(ValueError, match="steps"):
         _core._fma_peak("float32", 0)
+    with pytest.raises(ValueError, match="steps"):
+        _core._fma_peak("float32", 2**70)
     with pytest.raises(TypeError, match="steps"):
         _core._fma_peak("float32", 1.5)
     with pytest.raises(ValueError, match="num_threads"):

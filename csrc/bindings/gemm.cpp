@@ -112,10 +112,14 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
 double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threads_obj) {
   if (dtype != "float32" && dtype != "float64")
     value_fail("dtype", "expected 'float32' or 'float64', got '" + dtype + "'");
+  constexpr long long kMaxSteps = 1LL << 40;  // hours of work; steps * chunks stays exact
   if (!py::isinstance<py::int_>(steps_obj) || py::isinstance<py::bool_>(steps_obj))
-    type_fail("steps", "expected an int >= 1, got " + type_name(steps_obj));
-  const long long steps = steps_obj.cast<long long>();
-  if (steps < 1) value_fail("steps", "expected an int >= 1, got " + std::to_string(steps));
+    type_fail("steps", "expected an int in [1, 2**40], got " + type_name(steps_obj));
+  const py::int_ steps_int = py::reinterpret_borrow<py::int_>(steps_obj);
+  if (steps_int < py::int_(1) || steps_int > py::int_(kMaxSteps))
+    value_fail("steps",
+               "expected an int in [1, 2**40], got " + py::str(steps_obj).cast<std::string>());
+  const long long steps = steps_int.cast<long long>();
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const GilRelease nogil;
   return dtype == "float32" ? gemm::fma_peak_probe<float>(steps, threads)
