@@ -44,15 +44,21 @@ void column_sums(T* db, const T* dz, index_t n, index_t m, bool accumulate, int 
 
 template <typename T>
 void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t n, index_t k,
-                   index_t m, const Activation& act, int num_threads) {
+                   index_t m, const Activation& act, int num_threads,
+                   const gemm::PackedB<T>* packed_w) {
   gemm::Epilogue<T> ep;
   ep.bias = b;
   ep.preact = preact;
   ep.ld_preact = m;
   const bool row_softmax = act.kind == ActivationKind::softmax;
   ep.activation = row_softmax ? Activation{} : act;
-  gemm::gemm<T>(n, m, k, {x, k, false}, {w, m, false}, y, m, ep, num_threads);
+  gemm::gemm<T>(n, m, k, {x, k, false}, {w, m, false, {}, packed_w}, y, m, ep, num_threads);
   if (row_softmax) activation_forward(y, y, n, m, act, num_threads);
+}
+
+template <typename T>
+gemm::PackedB<T> pack_weights(const T* w, index_t k, index_t m, int num_threads) {
+  return gemm::pack_b<T>(w, m, k, m, num_threads);
 }
 
 // dz = dy * f'(.) folded into the packing of dy when f' costs a compare or two multiplies:
@@ -160,7 +166,8 @@ void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b
 
 #define DENSEKIT_INSTANTIATE(T)                                                               \
   template void dense_forward<T>(T*, T*, const T*, const T*, const T*, index_t, index_t,      \
-                                 index_t, const Activation&, int);                           \
+                                 index_t, const Activation&, int, const gemm::PackedB<T>*);  \
+  template gemm::PackedB<T> pack_weights<T>(const T*, index_t, index_t, int);                \
   template void dense_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
                                   const T*, index_t, index_t, index_t, const Activation&,     \
                                   bool, int);                                                 \

@@ -7,13 +7,23 @@
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "gemm/gemm.hpp"
 
 namespace densekit {
 
 // preact (n, m) may be null; when given it receives x @ w + b.
+// packed_w, when given, is w packed by pack_weights (read instead of packing w where that
+// pays; w must still be given); the result has the same bits either way.
 template <typename T>
 void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t n, index_t k,
-                   index_t m, const Activation& act, int num_threads);
+                   index_t m, const Activation& act, int num_threads,
+                   const gemm::PackedB<T>* packed_w = nullptr);
+
+// w (k, m) packed for dense_forward on the kernels in use (gemm::pack_b): for inference on
+// batches of up to ~300 rows with weights up to 16 MiB (see csrc/gemm/README.md); it is a
+// copy, to be made again when w changes.
+template <typename T>
+gemm::PackedB<T> pack_weights(const T* w, index_t k, index_t m, int num_threads);
 
 // dx (n, k), dw (k, m), db (m,) may each be null (not computed). y and preact (n, m) may be
 // null where the activation does not need them (see derivative_from_output).

@@ -423,3 +423,73 @@ def test_inputs_may_be_read_only():
     y = kernels.dense_forward(x, w, b, "relu")
     dy = read_only(random_array(rng, (5, 3), np.float32))
     kernels.dense_backward(dy, x, w, y=read_only(y), activation="relu")
+
+
+# ---- weights packed once (pack_weights) -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "n, k, m",
+    [
+        (64, 1024, 1024),  # the packed form is read (a few row tiles, 4 MiB)
+        (300, 257, 515),  # read, ragged panels and k blocks
+        (32, 700, 300),  # read, a partial last panel
+        (1024, 1024, 1024),  # many row tiles: w is packed per call instead
+        (3, 100, 100),  # short products read w in place
+        (0, 10, 10),
+        (7, 0, 5),
+    ],
+)
+def test_packed_weights_give_the_bits_of_w(dtype, n, k, m):
+    """dense_forward with pack_weights(w) in place of w: the same bits for every activation,
+    bias or not, leading axes and thread counts, whether or not the product reads the packed
+    form (a copy made once, to be reused across calls)."""
+    rng = np.random.default_rng(n + k + m)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((k, m)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    packed = kernels.pack_weights(w)
+    assert packed.shape == (k, m) and packed.dtype == w.dtype
+    assert np.array_equal(packed.weights, w) and not packed.weights.flags.writeable
+    for activation in ("linear", "relu", "gelu", "softmax"):
+        for threads in (1, 2, 3):
+            plain = kernels.dense_forward(x, w, b, activation, num_threads=threads)
+            again = kernels.dense_forward(x, packed, b, activation, num_threads=threads)
+            assert again.tobytes() == plain.tobytes(), (activation, threads)
+    z = np.empty((n, m), dtype)
+    y = kernels.dense_forward(
+        x.reshape(1, n, k), packed, None, "tanh", preact_out=z.reshape(1, n, m)
+    )
+    assert np.array_equal(y[0], kernels.dense_forward(x, w, None, "tanh"))
+    assert np.array_equal(z, kernels.dense_forward(x, w))
+
+
+def test_packed_weights_are_a_snapshot():
+    """Changing w after packing changes nothing the packed weights compute (they hold their own
+    copy); packing again picks the change up."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    w = rng.standard_normal((512, 512)).astype(np.float32)
+    packed = kernels.pack_weights(w)
+    before = kernels.dense_forward(x, packed)
+    w *= 2
+    assert np.array_equal(kernels.dense_forward(x, packed), before)
+    assert np.array_equal(kernels.dense_forward(x, kernels.pack_weights(w)), 2 * before)
+
+
+def test_packed_weights_reject_bad_input():
+    x = np.ones((4, 3), np.float32)
+    packed = kernels.pack_weights(np.ones((3, 2), np.float32))
+    with pytest.raises(TypeError, match="w"):
+        kernels.dense_forward(x.astype(np.float64), packed)  # dtype of x against the packed w
+    with pytest.raises(ValueError, match="w"):
+        kernels.dense_forward(np.ones((4, 5), np.float32), packed)  # k does not match
+    with pytest.raises(ValueError, match="w"):
+        kernels.pack_weights(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="w"):
+        kernels.pack_weights([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="w"):
+        kernels.dense_backward(np.ones((4, 2), np.float32), x, packed)  # forward only
+    with pytest.raises(ValueError, match="num_threads"):
+        kernels.pack_weights(np.ones((3, 2), np.float32), num_threads=0)

@@ -2,6 +2,8 @@
 // F.linear and Keras's Dense allow: (..., k) @ (k, m) -> (..., m).
 #include "dense.hpp"
 
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,12 +39,61 @@ DenseShapes dense_shapes(const py::array& x, const py::array& w) {
   return s;
 }
 
+// A weight matrix packed once for dense_forward (densekit's pack_weights): a read-only snapshot
+// of w and its packed copy, so the two cannot diverge whatever happens to the caller's w.
+class PackedWeights {
+ public:
+  PackedWeights(py::handle w_obj, py::handle threads_obj) {
+    py::array w = float_array(w_obj, "w", &dtype_);
+    require_ndim(w, "w", 2);
+    const int threads = resolve_num_threads(thread_count(threads_obj));
+    weights_ = py::array(w.dtype(), std::vector<py::ssize_t>(w.shape(), w.shape() + 2));
+    std::memcpy(weights_.mutable_data(), w.data(), static_cast<size_t>(w.nbytes()));
+    py::detail::array_proxy(weights_.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    const index_t k = static_cast<index_t>(w.shape(0));
+    const index_t m = static_cast<index_t>(w.shape(1));
+    for_dtype(dtype_, [&](auto tag) {
+      using T = decltype(tag);
+      const T* wp = cptr<T>(weights_);
+      auto packed = std::make_shared<gemm::PackedB<T>>();
+      {
+        const GilRelease nogil;
+        *packed = pack_weights<T>(wp, k, m, threads);
+      }
+      packed_ = packed;
+      packed_bytes_ = packed->data.size() * sizeof(T);
+    });
+  }
+  const py::array& weights() const { return weights_; }
+  DType dtype() const { return dtype_; }
+  template <typename T>
+  const gemm::PackedB<T>* packed() const {
+    return static_cast<const gemm::PackedB<T>*>(packed_.get());
+  }
+  py::tuple shape() const { return py::make_tuple(weights_.shape(0), weights_.shape(1)); }
+  size_t packed_bytes() const { return packed_bytes_; }
+  std::string repr() const {
+    return "PackedWeights(shape=(" + std::to_string(weights_.shape(0)) + ", " +
+           std::to_string(weights_.shape(1)) + "), dtype=" + dtype_name(dtype_) + ")";
+  }
+
+ private:
+  py::array weights_;
+  DType dtype_ = DType::float32;
+  std::shared_ptr<const void> packed_;
+  size_t packed_bytes_ = 0;
+};
+
 py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
                            py::handle activation, py::handle out_obj, py::handle preact_obj,
                            py::handle alpha, py::handle threads_obj) {
   DType dtype;
   py::array x = float_array(x_obj, "x", &dtype);
-  py::array w = float_array_like(w_obj, "w", dtype, "x");
+  const PackedWeights* packed = py::isinstance<PackedWeights>(w_obj)
+                                    ? &w_obj.cast<const PackedWeights&>()
+                                    : nullptr;
+  py::array w = float_array_like(packed != nullptr ? py::handle(packed->weights()) : w_obj, "w",
+                                 dtype, "x");
   const DenseShapes s = dense_shapes(x, w);
   py::array b;
   const bool has_b = !b_obj.is_none();
@@ -71,8 +122,9 @@ py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
     const T* bp = has_b ? cptr<T>(b) : nullptr;
     T* yp = mptr<T>(out);
     T* zp = has_preact ? mptr<T>(preact) : nullptr;
+    const gemm::PackedB<T>* pw = packed != nullptr ? packed->packed<T>() : nullptr;
     const GilRelease nogil;
-    dense_forward<T>(yp, zp, xp, wp, bp, s.n, s.k, s.m, act, threads);
+    dense_forward<T>(yp, zp, xp, wp, bp, s.n, s.k, s.m, act, threads, pw);
   };
   for_dtype(dtype, run);
   return out;
@@ -336,6 +388,23 @@ void bind_dense(py::module_& m) {
       .def("__len__", &DenseChain::size)
       .def_property_readonly("input_width", &DenseChain::input_width)
       .def_property_readonly("output_width", &DenseChain::output_width);
+  py::class_<PackedWeights>(m, "PackedWeights",
+                            "A weight matrix packed once for dense_forward: a read-only copy "
+                            "of w and its packed form (see pack_weights).")
+      .def_property_readonly("shape", &PackedWeights::shape)
+      .def_property_readonly("dtype", [](const PackedWeights& p) { return p.weights().dtype(); })
+      .def_property_readonly("weights", &PackedWeights::weights,
+                             "The read-only copy of w the packed form was made from.")
+      .def_property_readonly("packed_nbytes", &PackedWeights::packed_bytes)
+      .def("__repr__", &PackedWeights::repr);
+  m.def(
+      "pack_weights",
+      [](py::handle w, py::handle threads) { return PackedWeights(w, threads); }, py::arg("w"),
+      py::kw_only(), py::arg("num_threads") = py::none(),
+      "w (k, m) packed once for dense_forward: pass the result as its w. Products that pay for "
+      "it (a few hundred rows against up to 16 MiB of weights) read the packed form instead of "
+      "packing w on every call; the results have the same bits as with w itself. A snapshot: "
+      "pack again after w changes.");
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("w"),
         py::arg("b") = py::none(), py::arg("activation") = "linear", py::kw_only(),
         py::arg("out") = py::none(), py::arg("preact_out") = py::none(),

@@ -78,6 +78,7 @@ struct Plan {
   index_t tasks_m = 1, tasks_n = 1;
   bool pack_a = true;
   bool pack_b = true;
+  const PackedB<T>* packed_b = nullptr;  // B packed beforehand (pack_b), read instead of packing
   bool edges = false;         // B in place, tiles with masked edges (see TileArgs)
   int head = 0;               // with edges: lanes before column 0 in its vector of B
   int threads = 1;
@@ -197,8 +198,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   // that the 14 x kc A micro-panel, 21 KiB, and the B micro-panel streaming past it fit in
   // L1 together: +1-4% at 1024^3, 2048^3 and 8192x512x512 against 256 in csrc/gemm/ab.py;
   // float32 kc 192 or 384 is within 1.5% of 256).
-  const index_t kc_max = sizeof(T) == 8 ? tune.kc_max * 3 / 4 : tune.kc_max;
-  plan.kc = ceil_div(k, ceil_div(k, kc_max));
+  plan.kc = k_block(k, sizeof(T));
 
   // B is read in place when each of its elements is used by one row tile, or when its rows
   // are at most 1 KiB apart (a panel then spans few pages and stays in L2 between row tiles)
@@ -278,6 +278,18 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     }
   }
   plan.n_panels = panel_count(plan.n, plan.nr, plan.lead);
+  // A B packed beforehand is read in place of packing it when it was packed for this product
+  // (kernels, k block, panels) and that pays: a few row tiles against a weight of up to
+  // 16 MiB. Measured with ab.py, two threads, against packing per call: (64, 1024, 1024)
+  // +16%, (32, 2048, 2048) +12%, (256, 1024, 1024) +6%; but 1024^3 -6% and 4096-wide weights
+  // -15 to -20%, where streaming the packed panels from L3 or memory in the kernel is slower
+  // than a bandwidth-bound pack phase followed by panels in L2.
+  const PackedB<T>* packed = b.packed;
+  if (packed != nullptr && plan.pack_b && !b.transposed && b.scale.kind == Scale::none &&
+      ep.b_sums == nullptr && plan.lead == 0 && !plan.edges && packed->isa == kernels.isa &&
+      packed->nr == plan.nr && packed->kc == plan.kc && packed->k == k && packed->n == n &&
+      plan.m_tiles <= 24 && double(k) * double(n) * sizeof(T) <= double(16 << 20))
+    plan.packed_b = packed;
   plan.tasks_m = tasks_m;
   plan.tasks_n = tasks_n;
   plan.tiles_per_task = ceil_div(plan.m_tiles, plan.tasks_m);
@@ -297,7 +309,9 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const size_t a_panels = a.transposed ? kTileGroup : 1;
   plan.a_buffer =
       plan.pack_a ? whole_lines(a_panels * round_up(plan.mr, kernels.lanes) * kc, sizeof(T)) : 0;
-  plan.b_buffer = plan.pack_b ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T)) : 0;
+  plan.b_buffer = plan.pack_b && plan.packed_b == nullptr
+                      ? whole_lines(plan.panels_per_task * plan.nr * kc, sizeof(T))
+                      : 0;
   plan.edge_buffer = plan.pack_b || plan.edges ? 0 : 2 * whole_lines(plan.nr * kc, sizeof(T));
   return plan;
 }
@@ -341,7 +355,14 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
     // B panels of this task: packed (zero-padded to whole vectors; panel p of the task at
     // b_buffer + (p - panel_begin) kc nr), or read in place except panels narrower than a
     // vector multiple, which are packed.
-    if (plan.pack_b && !b.transposed) {
+    // This k block of a B packed beforehand: its panels, each kc x nr (see pack_b_for).
+    const T* prepacked =
+        plan.packed_b != nullptr
+            ? plan.packed_b->data.data() + (pc / plan.kc) * plan.kc * plan.n_panels * plan.nr
+            : nullptr;
+    if (prepacked != nullptr) {
+      // nothing to pack
+    } else if (plan.pack_b && !b.transposed) {
       // With b_sums, the row blocks of a column block (which all pack its panels) each sum
       // a near-equal share of them: every column is summed by one task, over k in order,
       // and no thread carries the whole sum (one did: dw of (8192, 512, 512) with db in
@@ -444,7 +465,10 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         // masks only where needed: a masked load costs 20% at (1, 784, 256) from L2
         args.edges = plan.edges && (args.head > 0 || cols % lanes != 0);
         const index_t shift = args.head;  // B, C, bias and preact at column j0 - head
-        if (plan.pack_b) {
+        if (prepacked != nullptr) {
+          args.b = prepacked + p * kc * plan.nr;
+          args.ldb = round_up(cols, lanes);
+        } else if (plan.pack_b) {
           args.b = b_buffer + (p - panel_begin) * kc * plan.nr;
           args.ldb = round_up(cols, lanes);
         } else if (lead_in_task && p == 0) {
@@ -480,6 +504,37 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
 }  // namespace
 
 template <typename T>
+PackedB<T> pack_b_for(const KernelFamily<T>& kernels, const T* b, index_t ld, index_t k,
+                      index_t n, int num_threads) {
+  PackedB<T> packed;
+  packed.k = k;
+  packed.n = n;
+  packed.kc = k_block(k, sizeof(T));
+  packed.nr = kernels.nr;
+  packed.isa = kernels.isa;
+  const index_t panels = ceil_div(n, index_t(kernels.nr));
+  const index_t blocks = ceil_div(k, packed.kc);
+  packed.data.assign(size_t(blocks * packed.kc * panels * kernels.nr), T(0));
+  // One task per k block and group of 8 panels (each reads its source rows once).
+  constexpr index_t kPanelGroup = 8;
+  const index_t groups = ceil_div(panels, kPanelGroup);
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 18);
+  parallel_for(blocks * groups, threads, [&](index_t task) {
+    const index_t block = task / groups;
+    const index_t p0 = (task % groups) * kPanelGroup;
+    const index_t pc = block * packed.kc;
+    const index_t kc = std::min(packed.kc, k - pc);
+    const index_t j0 = p0 * kernels.nr;
+    const index_t cols = std::min(n, j0 + kPanelGroup * kernels.nr) - j0;
+    kernels.pack_panels(b + pc * ld + j0, ld, kc, cols, kernels.nr,
+                        packed.data.data() + block * packed.kc * panels * kernels.nr +
+                            p0 * kc * kernels.nr,
+                        PackScale<T>{}, nullptr);
+  });
+  return packed;
+}
+
+template <typename T>
 void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
                   const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
                   const Epilogue<T>& ep, int num_threads) {
@@ -499,6 +554,8 @@ void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
 
 
 #define DENSEKIT_INSTANTIATE(T)                                                              \
+  template PackedB<T> pack_b_for<T>(const KernelFamily<T>&, const T*, index_t, index_t,      \
+                                    index_t, int);                                           \
   template void blocked_gemm<T>(const KernelFamily<T>&, index_t, index_t, index_t,           \
                                 const Operand<T>&, const Operand<T>&, T*, index_t,           \
                                 const Epilogue<T>&, int);

@@ -56,6 +56,19 @@ PackScale<T> pack_scale(const Scaling<T>& scale, index_t offset) {
   return out;
 }
 
+// The k block of a product with this k: near-equal blocks of at most kc_max (float64: 3/4 of
+// it; see make_plan).
+inline index_t k_block(index_t k, size_t element_size) {
+  const Tuning& tune = tuning();
+  const index_t kc_max = element_size == 8 ? tune.kc_max * 3 / 4 : tune.kc_max;
+  return ceil_div(k, ceil_div(k, kc_max));
+}
+
+// B (k, n) packed for `kernels` as blocked_gemm packs it (see PackedB); k, n > 0.
+template <typename T>
+PackedB<T> pack_b_for(const KernelFamily<T>& kernels, const T* b, index_t ld, index_t k,
+                      index_t n, int num_threads);
+
 // C (m, n) [+]= op(A) op(B) with the epilogue, on `kernels`; m, n, k > 0, no softmax.
 template <typename T>
 void blocked_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,

@@ -150,6 +150,17 @@ void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
 }  // namespace
 
 template <typename T>
+PackedB<T> pack_b(const T* b, index_t ld, index_t k, index_t n, int num_threads) {
+  if (k <= 0 || n <= 0) {
+    PackedB<T> empty;
+    empty.k = std::max<index_t>(k, 0);
+    empty.n = std::max<index_t>(n, 0);
+    return empty;  // never read: a product with k or n 0 packs nothing
+  }
+  return pack_b_for(family<T>(isa_choice().isa), b, ld, k, n, num_threads);
+}
+
+template <typename T>
 double fma_peak_probe(index_t steps, int num_threads) {
   const KernelFamily<T>& kernels = family<T>(isa_choice().isa);
   // 16 chunks per thread: however late a thread starts, the others take its share.
@@ -250,6 +261,7 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
                                               const Activation&);                           \
   template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
   template bool vector_softmax_with_isa<T>(Isa, T*, index_t, index_t, index_t);            \
+  template PackedB<T> pack_b<T>(const T*, index_t, index_t, index_t, int);                 \
   template double fma_peak_probe<T>(index_t, int);                                         \
   template const char* gemm_kernel_name<T>();                                               \
   template const char* gemm_kernel_name<T>(Isa);

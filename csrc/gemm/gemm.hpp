@@ -10,6 +10,8 @@
 // the tiling or the packing: only on the ISA (see microkernels.hpp).
 #pragma once
 
+#include <vector>
+
 #include "activations.hpp"
 #include "common.hpp"
 #include "isa.hpp"
@@ -31,14 +33,34 @@ struct Scaling {
   T alpha = T(0);
 };
 
+// A matrix B (k, n) packed once in the layout the blocked product packs it into per call, for
+// the kernels in use: for each k block, its nr-column panels (zero-padded to whole vectors).
+// Made by pack_b; a product may read it instead of packing B again (see Operand::packed).
+template <typename T>
+struct PackedB {
+  index_t k = 0, n = 0;
+  index_t kc = 0;  // k block, as the product chooses it for this k
+  int nr = 0;      // panel width of the main tile
+  Isa isa = Isa::portable;
+  std::vector<T> data;
+};
+
+// B (k, n) of row-major (b, ld) packed for the kernels in use on up to num_threads threads.
+template <typename T>
+PackedB<T> pack_b(const T* b, index_t ld, index_t k, index_t n, int num_threads);
+
 // A logical (rows, cols) view of a row-major matrix, optionally transposed:
 // element (i, j) is data[i * ld + j], or data[j * ld + i] when transposed; optionally scaled.
+// packed (B only, not transposed, not scaled): the same matrix packed by pack_b, read instead
+// of packing it where that pays (a few row tiles against a weight of up to 16 MiB); data must
+// still point to the matrix, for the products that read it in place.
 template <typename T>
 struct Operand {
   const T* data = nullptr;
   index_t ld = 0;
   bool transposed = false;
   Scaling<T> scale{};
+  const PackedB<T>* packed = nullptr;
 };
 
 // What happens to each finished element v = (accumulate ? C : 0) + sum_p A(i,p) B(p,j):

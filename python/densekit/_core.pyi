@@ -1,6 +1,6 @@
 # Type information for densekit._core, the C++ extension module.
 from collections.abc import Sequence
-from typing import Literal, SupportsFloat, SupportsIndex
+from typing import Any, Literal, SupportsFloat, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -48,9 +48,21 @@ def activation_backward(
     alpha: float | None = None,
     num_threads: int | None = None,
 ) -> FloatArray: ...
+
+class PackedWeights:
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def weights(self) -> FloatArray: ...
+    @property
+    def packed_nbytes(self) -> int: ...
+
+def pack_weights(w: FloatArray, *, num_threads: int | None = None) -> PackedWeights: ...
 def dense_forward(
     x: FloatArray,
-    w: FloatArray,
+    w: FloatArray | PackedWeights,
     b: FloatArray | None = None,
     activation: ActivationName | None = "linear",
     *,
