@@ -54,11 +54,14 @@ def fused_forward_case(
     activation: str,
     threads: int,
     peer_names: tuple[str, ...] = ("numpy", "torch"),
+    packed: bool = False,
 ) -> Case:
+    """packed: densekit gets kernels.pack_weights(w), made once (inference on fixed weights)."""
     rng = np.random.default_rng(n * 31 + k * 7 + m)
     x = random_array(rng, (n, k), dtype)
     w = random_array(rng, (k, m), dtype)
     b = random_array(rng, (m,), dtype)
+    w_densekit = kernels.pack_weights(w, num_threads=threads) if packed else w
     y = {lib: np.empty((n, m), dtype) for lib in ("densekit", *peer_names)}
     notes = []
     tolerance = PRODUCT_TOLERANCE[dtype]
@@ -67,7 +70,9 @@ def fused_forward_case(
         tolerance = GELU_TANH_TOLERANCE
 
     def run_densekit():
-        return kernels.dense_forward(x, w, b, activation, out=y["densekit"], num_threads=threads)
+        return kernels.dense_forward(
+            x, w_densekit, b, activation, out=y["densekit"], num_threads=threads
+        )
 
     def run_numpy():
         z = np.matmul(x, w, out=y["numpy"])
@@ -96,9 +101,11 @@ def fused_forward_case(
 
         case_peers.append(Impl("torch", run_torch))
 
+    if packed:
+        notes.append("densekit: w packed once beforehand (pack_weights), not timed")
     return product_case(
         FAMILY,
-        f"dense {activation}",
+        f"dense {activation}" + (" packed" if packed else ""),
         n,
         k,
         m,
@@ -238,6 +245,11 @@ CASE_KINDS = (  # name, FLOPs per n*k*m, builder(n, k, m, dtype, threads=)
 )
 
 
+# Inference on fixed weights, where packing w once pays (csrc/gemm/README.md): the same
+# forward with w as given and with pack_weights(w).
+PACKED_SHAPES = ((64, 1024, 1024), (256, 1024, 1024), (32, 2048, 2048))
+
+
 def cases(settings: Settings) -> Iterator[Case | Skip]:
     for dtype in settings.dtypes():
         for name, flop_per_nkm, build in CASE_KINDS:
@@ -246,6 +258,15 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
                     yield Skip(FAMILY, f"{name} {shape_name(n, k, m)} {dtype}", "--quick")
                 else:
                     yield build(n, k, m, dtype, threads=settings.threads)
+        for n, k, m in PACKED_SHAPES:
+            for packed in (False, True):
+                if settings.quick and 2 * n * k * m > QUICK_MAX_FLOP:
+                    label = f"dense relu{' packed' if packed else ''} {shape_name(n, k, m)} {dtype}"
+                    yield Skip(FAMILY, label, "--quick")
+                else:
+                    yield fused_forward_case(
+                        n, k, m, dtype, "relu", settings.threads, packed=packed
+                    )
 
 
 if __name__ == "__main__":
