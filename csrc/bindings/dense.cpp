@@ -49,7 +49,7 @@ class PackedWeights {
     const int threads = resolve_num_threads(thread_count(threads_obj));
     weights_ = py::array(w.dtype(), std::vector<py::ssize_t>(w.shape(), w.shape() + 2));
     std::memcpy(weights_.mutable_data(), w.data(), static_cast<size_t>(w.nbytes()));
-    py::detail::array_proxy(weights_.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    weights_.attr("setflags")(py::arg("write") = false);
     const index_t k = static_cast<index_t>(w.shape(0));
     const index_t m = static_cast<index_t>(w.shape(1));
     for_dtype(dtype_, [&](auto tag) {
