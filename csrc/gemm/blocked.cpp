@@ -5,7 +5,8 @@
 // its core just takes fewer tasks. Each task runs, with buffers of its thread:
 //   for each k block of kc (kc from k alone)
 //     pack its B block (kc x up to nc_max columns: stays in L2), unless it is small and
-//       read once per row tile, when it is read in place
+//       read once per row tile, when it is read in place, or was packed beforehand (pack_b)
+//       for a product of a few row tiles, when that copy is read
 //     for each row tile (up to mr rows; A micro-panel packed or read in place: in L1)
 //       for each nr-column panel: microkernel, bias and activation on the last k block
 // None of these choices changes a bit of C (see microkernels.hpp).
