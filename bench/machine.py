@@ -20,6 +20,7 @@ import densekit
 from . import peers
 
 COPY_BYTES = 256 * 2**20
+FMA_STEPS_PER_THREAD = 20_000_000  # ~0.1 s of multiply-adds per thread at ~230 GFLOP/s
 ENVIRONMENT = (  # variables that change how the libraries thread
     "OMP_NUM_THREADS",
     "OMP_WAIT_POLICY",
@@ -142,19 +143,16 @@ def fma_peak(thread_counts: list[int], repeats: int) -> dict[str, dict[int, floa
     """GFLOP/s of register-only multiply-adds on densekit's kernels in use, per dtype and thread
     count (median of repeats): the arithmetic peak at the clock the cores run at now, which
     a product cannot exceed. Each call does ~0.1 s of work per thread."""
-    probe = getattr(densekit._core, "_fma_peak", None)
-    if probe is None:
-        return {}
     peaks: dict[str, dict[int, float]] = {}
-    for dtype, steps_per_thread in (("float32", 20_000_000), ("float64", 20_000_000)):
+    for dtype in ("float32", "float64"):
         peaks[dtype] = {}
         for threads in sorted(set(thread_counts)):
-            steps = steps_per_thread * threads
-            probe(dtype, steps // 100, num_threads=threads)  # wake the threads and the clock
+            steps = FMA_STEPS_PER_THREAD * threads
+            densekit._core._fma_peak(dtype, steps // 100, num_threads=threads)  # wake them up
             rates = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                flops = probe(dtype, steps, num_threads=threads)
+                flops = densekit._core._fma_peak(dtype, steps, num_threads=threads)
                 rates.append(flops / (time.perf_counter() - start) / 1e9)
             peaks[dtype][threads] = statistics.median(rates)
     return peaks

@@ -65,7 +65,6 @@ class PackedWeights {
     });
   }
   const py::array& weights() const { return weights_; }
-  DType dtype() const { return dtype_; }
   template <typename T>
   const gemm::PackedB<T>* packed() const {
     return static_cast<const gemm::PackedB<T>*>(packed_.get());

@@ -285,11 +285,13 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   // +16%, (32, 2048, 2048) +12%, (256, 1024, 1024) +6%; but 1024^3 -6% and 4096-wide weights
   // -15 to -20%, where streaming the packed panels from L3 or memory in the kernel is slower
   // than a bandwidth-bound pack phase followed by panels in L2.
+  constexpr index_t kPackedMaxTiles = 24;
+  constexpr double kPackedMaxBytes = 16 << 20;
   const PackedB<T>* packed = b.packed;
   if (packed != nullptr && plan.pack_b && !b.transposed && b.scale.kind == Scale::none &&
       ep.b_sums == nullptr && plan.lead == 0 && !plan.edges && packed->isa == kernels.isa &&
       packed->nr == plan.nr && packed->kc == plan.kc && packed->k == k && packed->n == n &&
-      plan.m_tiles <= 24 && double(k) * double(n) * sizeof(T) <= double(16 << 20))
+      plan.m_tiles <= kPackedMaxTiles && double(k) * double(n) * sizeof(T) <= kPackedMaxBytes)
     plan.packed_b = packed;
   plan.tasks_m = tasks_m;
   plan.tasks_n = tasks_n;
@@ -356,11 +358,8 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
     // B panels of this task: packed (zero-padded to whole vectors; panel p of the task at
     // b_buffer + (p - panel_begin) kc nr), or read in place except panels narrower than a
     // vector multiple, which are packed.
-    // This k block of a B packed beforehand: its panels, each kc x nr (see pack_b_for).
-    const T* prepacked =
-        plan.packed_b != nullptr
-            ? plan.packed_b->data.data() + (pc / plan.kc) * plan.kc * plan.n_panels * plan.nr
-            : nullptr;
+    // A B packed beforehand (see PackedB::offset) is read where it lies.
+    const PackedB<T>* prepacked = plan.packed_b;
     if (prepacked != nullptr) {
       // nothing to pack
     } else if (plan.pack_b && !b.transposed) {
@@ -467,7 +466,7 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         args.edges = plan.edges && (args.head > 0 || cols % lanes != 0);
         const index_t shift = args.head;  // B, C, bias and preact at column j0 - head
         if (prepacked != nullptr) {
-          args.b = prepacked + p * kc * plan.nr;
+          args.b = prepacked->data.data() + prepacked->offset(pc, p, kc);
           args.ldb = round_up(cols, lanes);
         } else if (plan.pack_b) {
           args.b = b_buffer + (p - panel_begin) * kc * plan.nr;
@@ -514,8 +513,8 @@ PackedB<T> pack_b_for(const KernelFamily<T>& kernels, const T* b, index_t ld, in
   packed.nr = kernels.nr;
   packed.isa = kernels.isa;
   const index_t panels = ceil_div(n, index_t(kernels.nr));
+  packed.data.assign(size_t(packed.offset(k, 0, 0)), T(0));  // the end of the last block
   const index_t blocks = ceil_div(k, packed.kc);
-  packed.data.assign(size_t(blocks * packed.kc * panels * kernels.nr), T(0));
   // One task per k block and group of 8 panels (each reads its source rows once).
   constexpr index_t kPanelGroup = 8;
   const index_t groups = ceil_div(panels, kPanelGroup);
@@ -528,8 +527,7 @@ PackedB<T> pack_b_for(const KernelFamily<T>& kernels, const T* b, index_t ld, in
     const index_t j0 = p0 * kernels.nr;
     const index_t cols = std::min(n, j0 + kPanelGroup * kernels.nr) - j0;
     kernels.pack_panels(b + pc * ld + j0, ld, kc, cols, kernels.nr,
-                        packed.data.data() + block * packed.kc * panels * kernels.nr +
-                            p0 * kc * kernels.nr,
+                        packed.data.data() + packed.offset(pc, p0, kc),
                         PackScale<T>{}, nullptr);
   });
   return packed;

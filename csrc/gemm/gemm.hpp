@@ -43,6 +43,11 @@ struct PackedB {
   int nr = 0;      // panel width of the main tile
   Isa isa = Isa::portable;
   std::vector<T> data;
+  // Offset of panel `panel` of the k block starting at row pc (a multiple of kc, this block
+  // kc_block rows deep): blocks follow each other, full ones kc x all panels.
+  index_t offset(index_t pc, index_t panel, index_t kc_block) const {
+    return (pc * ((n + nr - 1) / nr) + panel * kc_block) * nr;
+  }
 };
 
 // B (k, n) of row-major (b, ld) packed for the kernels in use on up to num_threads threads.
