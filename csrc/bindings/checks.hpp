@@ -9,9 +9,10 @@
 
 #include <chrono>
 #include <cstdint>
-#include <optional>
 #include <initializer_list>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "activations.hpp"
@@ -28,12 +29,20 @@ enum class DType { float32, float64 };
 // taking the GIL again took (a wait means another Python thread was running Python). With no
 // other Python thread there is nothing to leave a core to: a slow retake is then the OS
 // scheduling this process late on a loaded machine, and is not reported.
+//
+// A thread (a daemon thread, say) whose kernel returns while the interpreter finalizes must
+// not take the GIL: CPython ends such a thread with pthread_exit, whose forced unwinding
+// cannot pass a destructor (std::terminate: the process aborts). The thread then stays
+// parked, holding nothing, until the process exits, which is what CPython 3.14 does itself.
+// The destructor is noexcept(false) so that the unwinding passes it in the narrow race where
+// finalization starts between the check and the retake.
 class GilRelease {
  public:
-  GilRelease() { release_.emplace(); }
-  ~GilRelease() {
+  GilRelease() : state_(PyEval_SaveThread()) {}
+  ~GilRelease() noexcept(false) {
+    if (interpreter_finalizing()) park_forever();
     const auto start = std::chrono::steady_clock::now();
-    release_.reset();
+    PyEval_RestoreThread(state_);
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (other_python_threads()) note_gil_reacquire_wait(waited);
@@ -42,13 +51,26 @@ class GilRelease {
   GilRelease& operator=(const GilRelease&) = delete;
 
  private:
+  // Safe without the GIL: an atomic read of the runtime's finalizing state.
+  static bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+  }
+
+  [[noreturn]] static void park_forever() {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
+  }
+
   // With the GIL held: whether this interpreter has a thread state besides this one.
   static bool other_python_threads() {
     const PyThreadState* head = PyInterpreterState_ThreadHead(PyInterpreterState_Get());
     return head != nullptr && PyThreadState_Next(const_cast<PyThreadState*>(head)) != nullptr;
   }
 
-  std::optional<py::gil_scoped_release> release_;
+  PyThreadState* state_;
 };
 
 inline std::string type_name(py::handle obj) {
