@@ -92,7 +92,7 @@ void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, co
   gemm::Scaling<T> scale;
   const T* dz = dy;
   auto store_dz = [&] {
-    T* buffer = static_cast<T*>(t_dz_scratch.get(sizeof(T) * static_cast<size_t>(n * m)));
+    T* buffer = static_cast<T*>(t_dz_scratch.get(buffer_bytes(n, m, sizeof(T))));
     activation_backward(buffer, dy, y, preact, n, m, act, num_threads);
     dz = buffer;
   };
@@ -134,9 +134,11 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   if (count <= 0) return;
   index_t widest = 0;
   for (int s = 0; s + 1 < count; ++s) widest = std::max(widest, steps[s].m);
-  const size_t buffer = (size_t(n) * size_t(widest) + 15) / 16 * 16;  // whole cache lines
-  T* scratch =
-      count > 1 ? static_cast<T*>(t_chain_scratch.get(2 * buffer * sizeof(T))) : nullptr;
+  // Two intermediates of (n, widest), each rounded to whole cache lines; a size that
+  // overflows throws std::bad_alloc instead of wrapping to a small buffer.
+  const size_t buffer = (buffer_bytes(n, widest, 1) + 15) / 16 * 16;
+  T* scratch = count > 1 ? static_cast<T*>(t_chain_scratch.get(buffer_bytes(2, buffer, sizeof(T))))
+                         : nullptr;
   const T* source = x;
   for (int s = 0; s < count; ++s) {
     const DenseStep<T>& step = steps[s];

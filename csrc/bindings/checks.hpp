@@ -250,13 +250,17 @@ T* mptr(py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
-// None -> 0 (the process default); otherwise an int >= 1.
+// None -> 0 (the process default); otherwise an int >= 1, capped at 2**16 (more threads than
+// that are never run; a count beyond 64 bits is capped the same way).
 inline int thread_count(py::handle obj, const char* name = "num_threads") {
   if (obj.is_none()) return 0;
   if (!py::isinstance<py::int_>(obj) || py::isinstance<py::bool_>(obj))
     type_fail(name, "expected an int >= 1 or None, got " + type_name(obj));
-  const long long value = obj.cast<long long>();
-  if (value < 1) value_fail(name, "expected an int >= 1 or None, got " + std::to_string(value));
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(obj.ptr(), &overflow);
+  if (overflow < 0 || (overflow == 0 && value < 1))
+    value_fail(name, "expected an int >= 1 or None, got " + py::str(obj).cast<std::string>());
+  if (overflow > 0) return 1 << 16;
   return static_cast<int>(std::min<long long>(value, 1 << 16));
 }
 
