@@ -65,6 +65,12 @@ def _overrides(callback: Callback, hook: str) -> bool:
     return hook in vars(callback) or getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
+def overrides_batch_hooks(callback: Callback, mode: str) -> bool:
+    """Whether ``callback`` overrides a batch hook of ``mode`` ("train", "test" or
+    "predict")."""
+    return any(_overrides(callback, hook) for hook in _BATCH_HOOKS[mode])
+
+
 class CallbackList:
     """Calls a hook on every callback; ``batch_hooks[mode]`` says whether any overrides the
     batch hooks of that mode (the model skips building batch logs otherwise)."""
@@ -129,6 +135,38 @@ class CallbackList:
 
     def on_predict_batch_end(self, batch, logs=None):
         self._call("on_predict_batch_end", batch, {} if logs is None else logs)
+
+
+def configure(callbacks, model, verbose: int, *, epochs: int, steps, mode: str, after=()):
+    """The hooks of one fit, evaluate or predict run, and its progress logger.
+
+    Parameters
+    ----------
+    callbacks : list of Callback or None
+        The user's callbacks; they run first, in their order.
+    model : densekit.Sequential
+        Given to every callback.
+    verbose : int
+        0, 1 or 2 (resolved): fit shows progress for 1 (a bar) and 2 (a line per epoch),
+        evaluate and predict for 1.
+    epochs, steps, mode
+        The callbacks' ``params``.
+    after : tuple of Callback
+        Callbacks that run after the progress logger (fit's History, a job's progress).
+
+    Returns
+    -------
+    tuple
+        ``(CallbackList, ProgbarLogger or None)``.
+    """
+    objects = list(callbacks or [])
+    progress = None
+    if verbose if mode == "fit" else verbose == 1:
+        progress = ProgbarLogger(verbose)
+        objects.append(progress)
+    objects.extend(after)
+    params = {"verbose": verbose, "epochs": epochs, "steps": steps, "mode": mode}
+    return CallbackList(objects, model, params), progress
 
 
 class History(Callback):
