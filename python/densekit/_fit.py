@@ -230,8 +230,8 @@ class EpochTally:
         return self.state.logs(self.loss_total, self.seen)
 
     def begin(self, step: int) -> None:
-        if self.batch_hooks:
-            self.hooks.on_train_batch_begin(step, {})
+        """The batch-begin hooks; the loops call it only when ``batch_hooks`` is true."""
+        self.hooks.on_train_batch_begin(step, {})
 
     def train(self, step: int, plan) -> bool:
         """Step ``step`` on ``plan``'s buffers, then its hooks; True when training stops."""
@@ -277,12 +277,13 @@ class ArrayEpochs:
             np.copyto(order, self.identity)
             np.random.default_rng((s.seed, epoch)).shuffle(order)
         tally = EpochTally(self.model, self.state, self.hooks, self.progress, self.job, epoch)
-        begin, train = tally.begin, tally.train
+        begin, train, batch_hooks = tally.begin, tally.train, tally.batch_hooks
         for step in range(s.steps):
             start = step * batch_size
             rows = order[start : start + batch_size]
             plan = full_plan if rows.shape[0] == full_plan.n else last_plan
-            begin(step)
+            if batch_hooks:
+                begin(step)
             plan.gather(x, y, sample_weight, rows)
             if train(step, plan):
                 break
@@ -337,7 +338,8 @@ class StreamEpochs:
             if batch is data.EXHAUSTED:
                 self.exhausted = True
                 break
-            tally.begin(step)
+            if tally.batch_hooks:
+                tally.begin(step)
             stop = tally.train(step, load(batch))
             step += 1
             if stop:

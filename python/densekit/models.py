@@ -375,9 +375,6 @@ class Sequential:
             return None
         return optimizer.iterations, dict(optimizer.variables)
 
-    def _inputs(self, x, name: str = "x") -> np.ndarray:
-        return inputs_for(self, x, name)
-
     def fit(
         self,
         x=None,
@@ -529,7 +526,7 @@ class Sequential:
         while the model trains on another thread, it computes with the weights after some
         whole step (a snapshot copied between two steps)."""
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
-        x = self._inputs(x)
+        x = inputs_for(self, x)
         verbose = callbacks_module.resolve_verbose(verbose)
         if verbose or callbacks:
             return self._predict_with_callbacks(x, batch_size, verbose, callbacks)
@@ -556,7 +553,7 @@ class Sequential:
                 chain = inference_chain(self._predict_ops, self._snapshot_weights(params))
             if n <= batch_size and hooks is None:
                 # one batch, the latency path: the kernel allocates the outputs (checking an
-                # out= array against every weight would cost ~1 us of a 10 us batch-1 call)
+                # out= array against every weight is a sizeable part of a batch-1 call)
                 return chain(x)
             outputs = np.empty((n, self.output_dim), self._np_dtype)
             self._predict_batches(chain, x, outputs, batch_size, hooks, progress)
@@ -578,7 +575,7 @@ class Sequential:
 
     def predict_on_batch(self, x) -> np.ndarray:
         """The outputs for one batch, in one pass."""
-        x = self._inputs(x)
+        x = inputs_for(self, x)
         return self._predict_arrays(x, max(1, x.shape[0]), None, None)
 
     def predict_async(self, x, batch_size=None) -> jobs.AsyncFuture:
@@ -586,7 +583,7 @@ class Sequential:
         ``concurrent.futures.Future`` of the outputs that asyncio code can ``await``. ``x``
         is checked (and converted) now; do not change it until the future is done."""
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
-        x = self._inputs(x)
+        x = inputs_for(self, x)
         return jobs.submit(self._predict_arrays, x, batch_size, None, None)
 
     # -- saving --------------------------------------------------------------------------
