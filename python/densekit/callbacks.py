@@ -1,7 +1,7 @@
 """Callbacks with Keras's names and hooks, and the tqdm progress bar of fit/evaluate/predict.
 
-Hooks receive ``logs`` dicts as in Keras: epoch logs hold 'loss', each metric's name and their
-'val_' forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
+Hooks receive ``logs`` dicts as in Keras: epoch logs hold ``loss``, each metric's name and their
+``val_`` forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
 on every step, so the model calls them only when some callback overrides one.
 """
 
@@ -149,8 +149,12 @@ def configure(callbacks, model, verbose: int, *, epochs: int, steps, mode: str, 
     verbose : int
         0, 1 or 2 (resolved): fit shows progress for 1 (a bar) and 2 (a line per epoch),
         evaluate and predict for 1.
-    epochs, steps, mode
-        The callbacks' ``params``.
+    epochs : int
+        The run's epochs (1 for evaluate and predict).
+    steps : int or None
+        Steps per epoch, if known.
+    mode : {"fit", "evaluate", "predict"}
+        The kind of run.
     after : tuple of Callback
         Callbacks that run after the progress logger (fit's History, a job's progress).
 

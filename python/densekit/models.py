@@ -449,7 +449,7 @@ class Sequential:
         return job
 
     def train_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        """One training step on this batch. Returns its loss (with metrics: [loss, *metrics],
+        """One training step on this batch. Returns its loss (with metrics: ``[loss, *metrics]``,
         or a dict with ``return_dict``); metrics cover this batch only."""
         self._require_compiled("train_on_batch")
         self._refuse_while_training("train_on_batch")
@@ -484,7 +484,7 @@ class Sequential:
         callbacks=None,
         return_dict=False,
     ):
-        """The loss (and metrics) over ``x`` and ``y``: a float, [loss, *metrics], or a dict."""
+        """The loss (and metrics) over ``x`` and ``y``: a float, ``[loss, *metrics]``, or a dict."""
         self._require_compiled("evaluate")
         self._refuse_from_other_threads("evaluate")
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
@@ -620,6 +620,18 @@ def load_model(filepath, compile=True) -> Sequential:
     """A model saved with ``model.save``: same config and weights (bitwise), compiled with
     the saved settings and optimizer state (unless ``compile=False``), so training resumes
     where it stopped.
+
+    Parameters
+    ----------
+    filepath : str or os.PathLike
+        A file written by ``Sequential.save``.
+    compile : bool
+        Whether to compile the model with the saved settings and optimizer state.
+
+    Returns
+    -------
+    Sequential
+        The model.
 
     Raises
     ------

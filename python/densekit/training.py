@@ -529,7 +529,13 @@ class TrainingState:
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
 
     def update_metrics(self, plan: Plan) -> None:
-        """Add the batch in ``plan`` (after its forward calls) to the metrics."""
+        """Add the batch in ``plan`` to the metrics.
+
+        Parameters
+        ----------
+        plan : Plan
+            A plan of this state whose forward calls have run.
+        """
         for update in plan.metric_updates:
             update()
 
@@ -593,7 +599,7 @@ class TrainingState:
         seen : int
             The samples seen (NaN loss when 0).
         prefix : str
-            Put before every key (e.g. "val_").
+            Put before every key (e.g. ``"val_"``).
 
         Returns
         -------
