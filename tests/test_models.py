@@ -887,3 +887,75 @@ def test_the_demo_reaches_96_percent_on_digits():
 
     result = demo.train(verbose=0)
     assert result["accuracy"] >= 0.96
+
+
+# -- the training state's seams ------------------------------------------------------------------
+
+
+def regularized_model(dtype="float64", optimizer="adam"):
+    densekit.set_random_seed(21)
+    model = densekit.Sequential(
+        [Input((12,)), Dense(16, "tanh", kernel_regularizer="l2"), Dense(4)], dtype=dtype
+    )
+    model.compile(optimizer, losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model
+
+
+def test_train_step_is_compute_gradients_then_apply_gradients():
+    x, y = classification_data(np.random.default_rng(22))
+    whole, parts = regularized_model(), regularized_model()
+    for _ in range(3):
+        whole.train_on_batch(x, y)
+        state = parts.training_state
+        plan = state.load_batch(*state.dataset(x, y))
+        loss = state.compute_gradients(plan)
+        assert loss == state.batch_gradients(x, y)[0]
+        state.apply_gradients()
+    for a, b in zip(whole.get_weights(), parts.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert whole.optimizer.iterations == parts.optimizer.iterations == 3
+
+
+def test_a_data_parallel_step_from_reduced_gradients_matches_the_whole_batch():
+    """What an allreduce strategy does: each replica computes its slice's gradients into its
+    flat gradient buffer, the buffers are averaged, one replica applies them."""
+    x, y = classification_data(np.random.default_rng(23), n=64)
+    whole, split = regularized_model(optimizer="sgd"), regularized_model(optimizer="sgd")
+    whole.train_on_batch(x, y)
+    state = split.training_state
+    halves = [state.replica(), state.replica()]
+    for replica, rows in zip(halves, (slice(0, 32), slice(32, 64))):
+        replica.compute_gradients(replica.load_batch(*replica.dataset(x[rows], y[rows])))
+    np.copyto(state.gradients, (halves[0].gradients + halves[1].gradients) / 2)
+    state.apply_gradients()
+    for a, b in zip(whole.get_weights(), split.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_parameters_and_optimizer_state_can_be_set_as_a_broadcast_would():
+    x, y = classification_data(np.random.default_rng(24))
+    source, target = regularized_model(), regularized_model()
+    source.fit(x, y, epochs=2, batch_size=16, seed=1, verbose=0)
+    target.training_state.set_parameters(source.training_state.parameters)
+    target.training_state.set_optimizer_state(*source.training_state.optimizer_state())
+    assert target.optimizer.iterations == source.optimizer.iterations
+    source.fit(x, y, epochs=1, batch_size=16, seed=2, verbose=0)
+    target.fit(x, y, epochs=1, batch_size=16, seed=2, verbose=0)
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="variables"):
+        target.training_state.set_optimizer_state(0, {"momentum": np.zeros(3)})
+
+
+def test_the_state_is_remade_after_compile_and_keeps_the_optimizer_state():
+    x, y = classification_data(np.random.default_rng(25))
+    model = regularized_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    state = model.training_state
+    steps, variables = model.optimizer_state()
+    assert steps == model.optimizer.iterations > 0
+    assert variables.keys() == model.optimizer.variables.keys()
+    model.compile(model.optimizer, model.loss, ["accuracy"])
+    assert model.training_state is not state
+    assert model.training_state.optimizer_state()[0] == steps  # same optimizer, same buffer
+    assert regularized_model().optimizer_state() is None  # not bound before any use
