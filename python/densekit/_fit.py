@@ -212,7 +212,7 @@ def _ran_out(epoch: int, s: FitSetup) -> None:
     warnings.warn(
         f"x: the input ran out of data after {epoch - s.initial_epoch} epoch(s); training "
         "stops (give steps_per_epoch with a one-shot iterator, or pass a re-iterable Dataset)",
-        stacklevel=4,
+        stacklevel=5,  # the warning points at the user's fit call
     )
 
 
