@@ -411,6 +411,8 @@ class Sequential:
         with k lock-free threads (see ``densekit._hogwild``). Callbacks run on the thread
         that trains. A model trains one fit at a time: a second raises RuntimeError.
         """
+        # fit's parameters by name, taken first thing: this signature is their only list
+        # (fit_async binds its arguments to it, _fit.setup reads them by name)
         arguments = {name: value for name, value in locals().items() if name != "self"}
         return self._train(arguments, "fit")
 
