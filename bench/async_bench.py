@@ -186,13 +186,12 @@ x = rng.standard_normal((32, 64)).astype(np.float32); y = rng.integers(0, 10, 32
 m = densekit.Sequential([layers.Input((64,)), layers.Dense(256, "relu"),
                          layers.Dense(128, "relu"), layers.Dense(10)])
 m.compile("adam", losses.SparseCategoricalCrossentropy(from_logits=True))
-m.train_on_batch(x, y)
-plan = m._workspace("train", 32).plan(32, False)
-result["train_step_batch32"] = med(lambda: m._train_step(plan))
+state = m.training_state
+plan = state.load_batch(*state.dataset(x, y))
+result["train_step_batch32"] = med(lambda: state.train_step(plan))
 xb = rng.standard_normal((256, 64)).astype(np.float32); yb = rng.integers(0, 10, 256)
-m.train_on_batch(xb, yb)
-plan256 = m._workspace("train", 256).plan(256, False)
-result["train_step_batch256"] = med(lambda: m._train_step(plan256))
+plan256 = state.load_batch(*state.dataset(xb, yb))
+result["train_step_batch256"] = med(lambda: state.train_step(plan256))
 print(json.dumps(result))
 """
 

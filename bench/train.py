@@ -357,30 +357,23 @@ def kernels_replaced_by_no_ops() -> Iterator[None]:
 
 
 def _fit_step(model, batches):
-    """The step fit's loop runs, on the plan's buffers filled with the first batch (private
-    API of the model layer: AttributeError when it changes)."""
+    """The step fit's loop runs (``TrainingState.train_step``), on a plan whose buffers hold
+    the first batch."""
     x, y = batches[0]
-    model.train_on_batch(x, y)  # builds the workspace and the plan
-    plan = model._workspace("train", len(x)).plan(len(x), False)
-    np.copyto(plan.x, x)
-    np.copyto(plan.y, y)
-    return lambda: model._train_step(plan)
+    state = model.training_state
+    plan = state.load_batch(*state.dataset(x, y))
+    return lambda: state.train_step(plan)
 
 
 def breakdown_cases(sizes, batch, dtype, threads) -> Iterator[Case | Skip]:
     """densekit only: fit's step with real kernels, then train_on_batch and fit's step with
     every kernel a no-op (the model layer's own Python)."""
-    label = f"{shape_name(sizes, batch)} {dtype}"
     weights = initial_weights(sizes, dtype)
     batches = random_batches(np.random.default_rng(2), sizes, batch, dtype, STEP_BATCHES)
-    try:
-        fit_step = _fit_step(densekit_model(sizes, weights, dtype), batches)
-        with kernels_replaced_by_no_ops():
-            model = densekit_model(sizes, weights, dtype)
-            idle_step = _fit_step(model, batches)
-    except AttributeError as exc:
-        yield Skip(FAMILY, f"fit step, py {label}", f"model layer internals changed ({exc})")
-        return
+    fit_step = _fit_step(densekit_model(sizes, weights, dtype), batches)
+    with kernels_replaced_by_no_ops():
+        model = densekit_model(sizes, weights, dtype)
+        idle_step = _fit_step(model, batches)
     next_batch = cycling(batches)
     no_kernels = "none: the model layer's Python alone, every kernel call a no-op"
     parts = (

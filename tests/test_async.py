@@ -298,3 +298,29 @@ def test_a_child_forked_during_background_training_trains_and_predicts():
     finally:
         job.stop()
     job.result(timeout=TIMEOUT)
+
+
+def test_a_job_is_running_until_it_ends_and_notifies_waiters_and_callbacks_when_cancelled():
+    x, y = classification(n=800)
+    model = small_model()
+    gate = Gate()
+    called = []
+    job = model.fit_async(x, y, batch_size=8, epochs=50, verbose=0, callbacks=[gate])
+    job.add_done_callback(lambda future: called.append(future.cancelled()))
+    waiter = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        waiting = waiter.submit(
+            concurrent.futures.wait, [job], TIMEOUT, concurrent.futures.FIRST_COMPLETED
+        )
+        assert gate.reached.wait(TIMEOUT)
+        assert job.running() and not job.done() and not called
+        assert job.cancel()
+        gate.opened.set()
+        done, _ = waiting.result(timeout=TIMEOUT)
+    finally:
+        gate.opened.set()
+        waiter.shutdown()
+    assert done == {job} and job.cancelled() and not job.running()
+    assert called == [True]
+    with pytest.raises(concurrent.futures.CancelledError):
+        job.result(timeout=TIMEOUT)

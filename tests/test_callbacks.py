@@ -125,14 +125,18 @@ def test_early_stopping_stops_and_restores_the_best_weights():
 
 
 def test_early_stopping_min_delta_mode_and_baseline():
-    stopper = callbacks.EarlyStopping(monitor="val_accuracy", min_delta=0.1)
-    assert stopper.mode == "max"
-    stopper.on_train_begin()
-    stopper.best = 0.5
-    assert not stopper._improves(0.55, stopper.best) and stopper._improves(0.65, stopper.best)
-
     class Model:
         stop_training = False
+
+    stopper = callbacks.EarlyStopping(monitor="val_accuracy", min_delta=0.1, patience=5)
+    assert stopper.mode == "max"
+    stopper.set_model(Model())
+    stopper.on_train_begin()
+    stopper.best = 0.5
+    stopper.on_epoch_end(0, {"val_accuracy": 0.55})  # within min_delta: no improvement
+    assert stopper.best == 0.5
+    stopper.on_epoch_end(1, {"val_accuracy": 0.65})
+    assert stopper.best == 0.65
 
     stopper = callbacks.EarlyStopping(monitor="loss", patience=3, baseline=0.1)
     stopper.set_model(Model())

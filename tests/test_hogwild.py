@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from densekit import callbacks, optimizers, schedules
+from densekit import callbacks, optimizers, schedules, training
 
 from .asyncutil import (
     assert_same_state,
@@ -96,18 +96,17 @@ def test_refusals():
         )
 
 
-def test_an_error_in_a_worker_surfaces():
+def test_an_error_in_a_worker_surfaces(monkeypatch):
     x, y = classification(n=256)
     model = small_model()
 
     class Failing(callbacks.Callback):
         pass
 
-    def failing_penalty():
+    def failing_step(state, plan):
         raise FloatingPointError("worker failed")
 
-    model._prepare()
-    model._regularization_calls = lambda layer_grads: [failing_penalty]
+    monkeypatch.setattr(training.TrainingState, "compute_gradients", failing_step)
     with pytest.raises(FloatingPointError, match="worker failed"):
         model.fit(x, y, workers=2, strategy="hogwild", verbose=0)
     assert not model.training and densekit_threads() == []

@@ -157,7 +157,7 @@ def test_fused_softmax_cross_entropy_equals_the_separate_path():
     x, y = classification_data(rng)
     model = mlp(12, [20], 4)
     model.compile("sgd", losses.SparseCategoricalCrossentropy())
-    loss, fused = model._gradients(x, y)
+    loss, fused = model.training_state.batch_gradients(x, y)
 
     (w1, b1), (w2, b2) = [(layer.kernel, layer.bias) for layer in model.layers]
     h = kernels.dense_forward(x, w1, b1, "relu")
@@ -178,7 +178,7 @@ def test_fused_softmax_cross_entropy_equals_the_separate_path():
     )
     split.set_weights(model.get_weights())
     split.compile("sgd", "sparse_categorical_crossentropy")
-    _, grads = split._gradients(x, y)
+    _, grads = split.training_state.batch_gradients(x, y)
     for a, b in zip(grads, fused):
         np.testing.assert_array_equal(a, b)
 
@@ -189,7 +189,7 @@ def test_fused_sigmoid_binary_cross_entropy_equals_the_separate_path():
     y = rng.integers(0, 2, (64, 1)).astype(np.float64)
     model = mlp(6, [8], 1, activation="tanh", out_activation="sigmoid")
     model.compile("sgd", "binary_crossentropy")
-    _, fused = model._gradients(x, y)
+    _, fused = model.training_state.batch_gradients(x, y)
     (w1, b1), (w2, b2) = [(layer.kernel, layer.bias) for layer in model.layers]
     h = kernels.dense_forward(x, w1, b1, "tanh")
     p = kernels.dense_forward(h, w2, b2, "sigmoid")
@@ -219,7 +219,7 @@ def test_gradients_of_every_activation_match_the_reference(activation):
     y = rng.standard_normal((20, 3))
     model = mlp(7, [9, 5], 3, activation=activation, out_activation="linear")
     model.compile("sgd", "mse")
-    loss, grads = model._gradients(x, y)
+    loss, grads = model.training_state.batch_gradients(x, y)
     ref = reference_layers(model)
     ref_loss, expected = reference_mlp.gradients(ref, x, "mse", y)
     assert math.isclose(loss, ref_loss, rel_tol=1e-12)
@@ -271,7 +271,7 @@ def test_every_loss_with_sample_weights_matches_the_reference(name, loss, out, t
     weights = rng.uniform(0, 3, n)
     model = mlp(5, [6], classes, activation="elu", out_activation=out)
     model.compile("sgd", loss)
-    value, grads = model._gradients(x, y, sample_weight=weights)
+    value, grads = model.training_state.batch_gradients(x, y, sample_weight=weights)
 
     ref = reference_layers(model)
     fused = not loss.from_logits
@@ -315,7 +315,7 @@ def test_l2_regularizer_adds_penalty_and_gradient():
         4, [5], 2, out_activation="linear", kernel_regularizer=densekit.regularizers.L2(0.05)
     )
     model.compile("sgd", "mse")
-    loss, grads = model._gradients(x, y)
+    loss, grads = model.training_state.batch_gradients(x, y)
     ref = reference_layers(model)
     ref_loss, expected = reference_mlp.gradients(ref, x, "mse", y)
     reference_mlp.add_l2_grads(ref, expected, [0.05, 0.05])
@@ -387,7 +387,7 @@ def test_clipnorm_clips_each_gradient_separately():
     model = mlp(3, [4], 2, out_activation="linear")
     model.compile(optimizers.SGD(1.0, clipnorm=0.01), "mse")
     before = model.get_weights()
-    _, grads = model._gradients(x, y)
+    _, grads = model.training_state.batch_gradients(x, y)
     model.train_on_batch(x, y)
     for old, new, grad in zip(before, model.get_weights(), grads):
         step = old - new
@@ -547,8 +547,8 @@ def test_sample_weights_of_zero_remove_samples():
     model = mlp(3, [4], 2, out_activation="linear")
     model.compile("sgd", "mse")
     weights = np.r_[np.ones(10), np.zeros(10)]
-    weighted, grads = model._gradients(x, y, sample_weight=weights)
-    half, half_grads = model._gradients(x[:10], y[:10])
+    weighted, grads = model.training_state.batch_gradients(x, y, sample_weight=weights)
+    half, half_grads = model.training_state.batch_gradients(x[:10], y[:10])
     assert math.isclose(weighted, half / 2, rel_tol=1e-12)
     for a, b in zip(grads, half_grads):
         np.testing.assert_allclose(a, b / 2, rtol=1e-12, atol=1e-15)
@@ -560,7 +560,9 @@ def test_class_weight_scales_the_samples_of_each_class():
     model = mlp(12, [5], 4)
     model.compile("sgd", "sparse_categorical_crossentropy")
     weights = {0: 2.0, 1: 0.0, 2: 1.0, 3: 0.5}
-    expected = model._gradients(x, y, sample_weight=np.array([weights[c] for c in y]))[1]
+    expected = model.training_state.batch_gradients(
+        x, y, sample_weight=np.array([weights[c] for c in y])
+    )[1]
     history = model.fit(x, y, batch_size=24, class_weight=weights, shuffle=False, verbose=0)
     assert history.history["loss"][0] > 0
     other = mlp(12, [5], 4)
@@ -609,8 +611,8 @@ def test_dropout_is_seeded_scaled_and_off_at_inference():
     )
     model.compile("sgd", "mse")
     np.testing.assert_array_equal(model.predict(x), x @ np.ones((10, 10)))
-    loss, grads = model._gradients(x, y)
-    workspace = model._workspaces[("train", 200)]
+    loss, grads = model.training_state.batch_gradients(x, y)
+    workspace = model.training_state.workspace("train", 200)
     dropped = workspace.acts[0]
     mask = workspace.scratch[0]["mask"]
     kept = dropped != 0
@@ -625,7 +627,7 @@ def test_dropout_is_seeded_scaled_and_off_at_inference():
         [Input((10,)), Dropout(0.25, seed=1), Dense(10, kernel_initializer="ones")], dtype="float64"
     )
     again.compile("sgd", "mse")
-    assert again._gradients(x, y)[0] == loss
+    assert again.training_state.batch_gradients(x, y)[0] == loss
 
 
 def test_a_training_step_allocates_nothing_in_steady_state():
@@ -646,11 +648,11 @@ def test_a_training_step_allocates_nothing_in_steady_state():
     # fit allocates its two index arrays (8 KB each) once; the 32 steps allocate no buffers
     # (one activation buffer of a batch is 96 * 128 * 4 = 48 KB)
     assert peak < 2 * 1000 * 8 + 16384
-    workspace = model._workspaces[("train", 96)]
+    workspace = model.training_state.workspace("train", 96)
     buffers_before = [id(a) for a in workspace.acts]
     model.fit(x, y, batch_size=96, epochs=1, verbose=0)
     assert [id(a) for a in workspace.acts] == buffers_before
-    assert set(workspace._plans) == {(96, False), (40, False)}
+    assert workspace.planned == {(96, False), (40, False)}
 
 
 def test_per_step_tracemalloc_is_flat():
@@ -660,11 +662,12 @@ def test_per_step_tracemalloc_is_flat():
     model = densekit.Sequential([Input((32,)), Dense(256, "gelu"), Dense(10, "softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.train_on_batch(x, y)
-    plan = model._workspace("train", 64).plan(64, False)
+    state = model.training_state
+    plan = state.workspace("train", 64).plan(64, False)
     tracemalloc.start()
     try:
         for _ in range(50):
-            model._train_step(plan)
+            state.train_step(plan)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -884,3 +887,75 @@ def test_the_demo_reaches_96_percent_on_digits():
 
     result = demo.train(verbose=0)
     assert result["accuracy"] >= 0.96
+
+
+# -- the training state's seams ------------------------------------------------------------------
+
+
+def regularized_model(dtype="float64", optimizer="adam"):
+    densekit.set_random_seed(21)
+    model = densekit.Sequential(
+        [Input((12,)), Dense(16, "tanh", kernel_regularizer="l2"), Dense(4)], dtype=dtype
+    )
+    model.compile(optimizer, losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model
+
+
+def test_train_step_is_compute_gradients_then_apply_gradients():
+    x, y = classification_data(np.random.default_rng(22))
+    whole, parts = regularized_model(), regularized_model()
+    for _ in range(3):
+        whole.train_on_batch(x, y)
+        state = parts.training_state
+        plan = state.load_batch(*state.dataset(x, y))
+        loss = state.compute_gradients(plan)
+        assert loss == state.batch_gradients(x, y)[0]
+        state.apply_gradients()
+    for a, b in zip(whole.get_weights(), parts.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert whole.optimizer.iterations == parts.optimizer.iterations == 3
+
+
+def test_a_data_parallel_step_from_reduced_gradients_matches_the_whole_batch():
+    """What an allreduce strategy does: each replica computes its slice's gradients into its
+    flat gradient buffer, the buffers are averaged, one replica applies them."""
+    x, y = classification_data(np.random.default_rng(23), n=64)
+    whole, split = regularized_model(optimizer="sgd"), regularized_model(optimizer="sgd")
+    whole.train_on_batch(x, y)
+    state = split.training_state
+    halves = [state.replica(), state.replica()]
+    for replica, rows in zip(halves, (slice(0, 32), slice(32, 64))):
+        replica.compute_gradients(replica.load_batch(*replica.dataset(x[rows], y[rows])))
+    np.copyto(state.gradients, (halves[0].gradients + halves[1].gradients) / 2)
+    state.apply_gradients()
+    for a, b in zip(whole.get_weights(), split.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_parameters_and_optimizer_state_can_be_set_as_a_broadcast_would():
+    x, y = classification_data(np.random.default_rng(24))
+    source, target = regularized_model(), regularized_model()
+    source.fit(x, y, epochs=2, batch_size=16, seed=1, verbose=0)
+    target.training_state.set_parameters(source.training_state.parameters)
+    target.training_state.set_optimizer_state(*source.training_state.optimizer_state())
+    assert target.optimizer.iterations == source.optimizer.iterations
+    source.fit(x, y, epochs=1, batch_size=16, seed=2, verbose=0)
+    target.fit(x, y, epochs=1, batch_size=16, seed=2, verbose=0)
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="variables"):
+        target.training_state.set_optimizer_state(0, {"momentum": np.zeros(3)})
+
+
+def test_the_state_is_remade_after_compile_and_keeps_the_optimizer_state():
+    x, y = classification_data(np.random.default_rng(25))
+    model = regularized_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    state = model.training_state
+    steps, variables = model.optimizer_state()
+    assert steps == model.optimizer.iterations > 0
+    assert variables.keys() == model.optimizer.variables.keys()
+    model.compile(model.optimizer, model.loss, ["accuracy"])
+    assert model.training_state is not state
+    assert model.training_state.optimizer_state()[0] == steps  # same optimizer, same buffer
+    assert regularized_model().optimizer_state() is None  # not bound before any use

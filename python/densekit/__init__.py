@@ -27,8 +27,7 @@ from ._random import set_random_seed
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .kernels import build_info
 from .layers import Input
-from .models import Sequential
-from .saving import load_model
+from .models import Sequential, load_model
 
 __version__ = build_info()["version"]
 

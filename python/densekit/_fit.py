@@ -16,11 +16,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import _random, data, kernels
+from . import _hogwild, _random, data, jobs
 from . import callbacks as callbacks_module
+from .training import dataset_for
 
 
-def _int_at_least(value, low: int, name: str) -> int:
+def int_at_least(value, low: int, name: str) -> int:
+    """``value`` as an int, checked to be an int (not a bool) >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     return int(value)
@@ -38,53 +40,36 @@ def is_batch_source(x) -> bool:
     return isinstance(x, data.Dataset) or isinstance(x, Iterator)
 
 
-def setup(
-    model,
-    x=None,
-    y=None,
-    batch_size=None,
-    epochs=1,
-    verbose="auto",
-    callbacks=None,
-    validation_split=0.0,
-    validation_data=None,
-    shuffle=True,
-    sample_weight=None,
-    initial_epoch=0,
-    seed=None,
-    validation_batch_size=None,
-    validation_freq=1,
-    class_weight=None,
-    steps_per_epoch=None,
-    workers=1,
-    strategy=None,
-) -> FitSetup:
-    model._require_compiled("fit")
-    model._refuse_while_training("fit")
+def setup(model, arguments: dict) -> FitSetup:
+    """Check ``Sequential.fit``'s arguments (a dict by parameter name, every one present) and
+    convert the data for the compiled ``model``, building it if needed."""
+    a = arguments
     s = FitSetup()
-    s.batch_size = 32 if batch_size is None else _int_at_least(batch_size, 1, "batch_size")
-    s.epochs = _int_at_least(epochs, 0, "epochs")
-    s.initial_epoch = _int_at_least(initial_epoch, 0, "initial_epoch")
-    s.validation_freq = _int_at_least(validation_freq, 1, "validation_freq")
-    s.verbose = callbacks_module.resolve_verbose(verbose)
-    s.workers = _int_at_least(workers, 1, "workers")
+    s.batch_size = 32 if a["batch_size"] is None else int_at_least(a["batch_size"], 1, "batch_size")
+    s.epochs = int_at_least(a["epochs"], 0, "epochs")
+    s.initial_epoch = int_at_least(a["initial_epoch"], 0, "initial_epoch")
+    s.validation_freq = int_at_least(a["validation_freq"], 1, "validation_freq")
+    s.verbose = callbacks_module.resolve_verbose(a["verbose"])
+    s.workers = int_at_least(a["workers"], 1, "workers")
+    steps_per_epoch, strategy = a["steps_per_epoch"], a["strategy"]
     s.steps_per_epoch = (
-        None if steps_per_epoch is None else _int_at_least(steps_per_epoch, 1, "steps_per_epoch")
+        None if steps_per_epoch is None else int_at_least(steps_per_epoch, 1, "steps_per_epoch")
     )
     if strategy not in (None, "hogwild"):
         raise ValueError(f"strategy: expected None or 'hogwild', got {strategy!r}")
     if s.workers > 1 and strategy != "hogwild":
         raise ValueError("workers: several workers need strategy='hogwild'")
     s.hogwild = strategy == "hogwild" and s.workers > 1
+    validation_split, validation_data = a["validation_split"], a["validation_data"]
     if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
         raise ValueError(f"validation_split: expected a number in [0, 1), got {validation_split!r}")
     if validation_split and validation_data is not None:
         raise ValueError("validation_split, validation_data: give at most one of them")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
-    s.shuffle = bool(shuffle)
-    s.seed = _random.draw_seed() if seed is None else _int_at_least(seed, 0, "seed")
-    s.callbacks = list(callbacks or [])
+    if not isinstance(a["shuffle"], (bool, np.bool_)):
+        raise TypeError(f"shuffle: expected True or False, got {a['shuffle']!r}")
+    s.shuffle = bool(a["shuffle"])
+    s.seed = _random.draw_seed() if a["seed"] is None else int_at_least(a["seed"], 0, "seed")
+    s.callbacks = list(a["callbacks"] or [])
     for callback in s.callbacks:
         if not isinstance(callback, callbacks_module.Callback):
             raise TypeError(
@@ -92,32 +77,41 @@ def setup(
             )
     s.validation_batch_size = (
         s.batch_size
-        if validation_batch_size is None
-        else _int_at_least(validation_batch_size, 1, "validation_batch_size")
+        if a["validation_batch_size"] is None
+        else int_at_least(a["validation_batch_size"], 1, "validation_batch_size")
     )
 
+    x, y, sample_weight, class_weight = a["x"], a["y"], a["sample_weight"], a["class_weight"]
     if is_batch_source(x):
         _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
     else:
         _setup_arrays(model, s, x, y, sample_weight, validation_split, class_weight)
     s.validation = None
     if validation_data is not None:
-        s.validation = model._validation_data(validation_data)
+        s.validation = _validation_data(model, validation_data)
     elif validation_split and s.dataset is None:
         s.validation = s.held_out
-    if model._first_weighted_op("train") is None:
+    if not model.training_state.has_trainable_weights:
         raise ValueError("The model has no weights to train")
     if s.hogwild:
-        from . import _hogwild
-
-        _hogwild.check(model, s)
+        _hogwild.check(s.callbacks)
     return s
+
+
+def _validation_data(model, data):
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise ValueError(
+            "validation_data: expected a tuple (x_val, y_val) or (x_val, y_val, sample_weight)"
+        )
+    weights = data[2] if len(data) == 3 else None
+    names = ("validation_data[0]", "validation_data[1]", "validation_data[2]")
+    return dataset_for(model, data[0], data[1], weights, names)
 
 
 def _setup_arrays(model, s, x, y, sample_weight, validation_split, class_weight) -> None:
     if s.steps_per_epoch is not None:
         raise ValueError("steps_per_epoch: only for a Dataset or an iterator of batches")
-    x, y, sample_weight = model._dataset(x, y, sample_weight)
+    x, y, sample_weight = dataset_for(model, x, y, sample_weight)
     if validation_split:
         split = int(x.shape[0] * (1.0 - validation_split))
         weights = None if sample_weight is None else sample_weight[split:]
@@ -125,7 +119,7 @@ def _setup_arrays(model, s, x, y, sample_weight, validation_split, class_weight)
         x, y = x[:split], y[:split]
         sample_weight = None if sample_weight is None else sample_weight[:split]
     if class_weight is not None:
-        sample_weight = model._class_weighted(class_weight, y, sample_weight)
+        sample_weight = model.training_state.class_weighted(class_weight, y, sample_weight)
     if x.shape[0] == 0:
         raise ValueError("x: no samples to train on")
     s.x, s.y, s.sample_weight = x, y, sample_weight
@@ -145,7 +139,7 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
     if s.hogwild:
         raise ValueError("strategy: 'hogwild' trains on arrays x and y")
     dataset = x if isinstance(x, data.Dataset) else data.Dataset.from_batches(x).prefetch(2)
-    if dataset._arrays is not None and dataset._batch_size is None:
+    if not dataset.is_batched:
         dataset = dataset.batch(s.batch_size)
     if not model.built:
         if dataset.feature_count is None:
@@ -154,60 +148,49 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
                 "(start it with Input(shape=...) or call model.build(input_shape))"
             )
         model.build((None, dataset.feature_count))
-    model._prepare()
+    model.training_state  # noqa: B018 - made now, so that a bad compile raises here
     s.dataset = dataset
     s.steps = s.steps_per_epoch or dataset.batches_per_pass()
 
 
 def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     """Train as ``s`` says; ``job`` is the TrainingJob when run by fit_async."""
+    state = model.training_state
     history = callbacks_module.History()
-    callback_objects = list(s.callbacks)
-    progress = None
-    if s.verbose:
-        progress = callbacks_module.ProgbarLogger(s.verbose)
-        callback_objects.append(progress)
-    callback_objects.append(history)
-    if job is not None:
-        from .jobs import JobProgress
-
-        callback_objects.append(JobProgress(job))
-    params = {"verbose": s.verbose, "epochs": s.epochs, "steps": s.steps, "mode": "fit"}
-    hooks = callbacks_module.CallbackList(callback_objects, model, params)
+    after = (history,) if job is None else (history, jobs.JobProgress(job))
+    hooks, progress = callbacks_module.configure(
+        s.callbacks, model, s.verbose, epochs=s.epochs, steps=s.steps, mode="fit", after=after
+    )
     model.history = history
 
     if s.hogwild:
-        from ._hogwild import HogwildEpochs
-
-        train_epoch = HogwildEpochs(model, s, progress, job)
+        train_epoch = _hogwild.HogwildEpochs(model, state, s, progress, job)
     elif s.dataset is not None:
-        train_epoch = StreamEpochs(model, s, hooks, progress, job)
+        train_epoch = StreamEpochs(model, state, s, hooks, progress, job)
     else:
-        train_epoch = ArrayEpochs(model, s, hooks, progress, job)
+        train_epoch = ArrayEpochs(model, state, s, hooks, progress, job)
 
     model.stop_training = False
-    if job is not None and job._stop_requested:
+    if job is not None and job.stop_requested:
         model.stop_training = True
     logs: dict = {}
     try:
         hooks.on_train_begin()
         for epoch in range(s.initial_epoch, s.epochs):
-            if job is not None and job._stop_requested:
+            if job is not None and job.stop_requested:
                 break
-            model._reset_metrics()
+            state.reset_metrics()
             hooks.on_epoch_begin(epoch)
             loss_total, seen = train_epoch(epoch)
-            if job is not None and job._cancel_requested:
+            if job is not None and job.cancel_requested:
                 break
             if seen == 0 and train_epoch.exhausted:
                 _ran_out(epoch, s)
                 break
-            logs = model._logs(loss_total, seen)
+            logs = state.logs(loss_total, seen)
             if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
                 hooks.on_test_begin()
-                val_logs = model._evaluate_arrays(
-                    *s.validation, s.validation_batch_size, hooks, None
-                )
+                val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
                 hooks.on_test_end(val_logs)
                 logs.update({"val_" + key: value for key, value in val_logs.items()})
             hooks.on_epoch_end(epoch, logs)
@@ -216,7 +199,7 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
             if train_epoch.exhausted:
                 _ran_out(epoch + 1, s)
                 break
-        if not (job is not None and job._cancel_requested):
+        if not (job is not None and job.cancel_requested):
             hooks.on_train_end(logs)
     finally:
         train_epoch.close()
@@ -229,7 +212,7 @@ def _ran_out(epoch: int, s: FitSetup) -> None:
     warnings.warn(
         f"x: the input ran out of data after {epoch - s.initial_epoch} epoch(s); training "
         "stops (give steps_per_epoch with a one-shot iterator, or pass a re-iterable Dataset)",
-        stacklevel=4,
+        stacklevel=5,  # the warning points at the user's fit call
     )
 
 
@@ -237,22 +220,22 @@ class EpochTally:
     """One epoch's running loss, and what follows each training step: the callbacks' batch
     hooks, the progress bar, the job's position, the stop flag."""
 
-    def __init__(self, model, hooks, progress, job, epoch: int):
-        self.model, self.hooks, self.progress, self.job = model, hooks, progress, job
-        self.epoch = epoch
+    def __init__(self, model, state, hooks, progress, job, epoch: int):
+        self.model, self.state, self.hooks = model, state, hooks
+        self.progress, self.job, self.epoch = progress, job, epoch
         self.batch_hooks = hooks.batch_hooks["train"]
         self.loss_total, self.seen = 0.0, 0
 
     def logs(self) -> dict:  # the progress bar reads the running logs only when it redraws
-        return self.model._logs(self.loss_total, self.seen)
+        return self.state.logs(self.loss_total, self.seen)
 
     def begin(self, step: int) -> None:
-        if self.batch_hooks:
-            self.hooks.on_train_batch_begin(step, {})
+        """The batch-begin hooks; the loops call it only when ``batch_hooks`` is true."""
+        self.hooks.on_train_batch_begin(step, {})
 
     def train(self, step: int, plan) -> bool:
         """Step ``step`` on ``plan``'s buffers, then its hooks; True when training stops."""
-        loss = self.model._train_step(plan)
+        loss = self.state.train_step(plan)
         self.loss_total += loss * plan.n
         self.seen += plan.n
         if self.batch_hooks:
@@ -260,7 +243,7 @@ class EpochTally:
         if self.progress is not None:
             self.progress.advance(self.logs)
         if self.job is not None:
-            self.job._position = (self.epoch, step + 1)
+            self.job.set_position(self.epoch, step + 1)
         return self.model.stop_training
 
 
@@ -269,10 +252,11 @@ class ArrayEpochs:
 
     exhausted = False
 
-    def __init__(self, model, s: FitSetup, hooks, progress, job):
-        self.model, self.s, self.hooks, self.progress, self.job = model, s, hooks, progress, job
+    def __init__(self, model, state, s: FitSetup, hooks, progress, job):
+        self.model, self.state, self.s = model, state, s
+        self.hooks, self.progress, self.job = hooks, progress, job
         n, batch_size = s.x.shape[0], s.batch_size
-        workspace = model._workspace("train", min(batch_size, n))
+        workspace = state.workspace("train", min(batch_size, n))
         self.weighted = s.sample_weight is not None
         self.full_plan = workspace.plan(min(batch_size, n), self.weighted)
         last_rows = n % batch_size
@@ -286,24 +270,21 @@ class ArrayEpochs:
 
     def __call__(self, epoch: int) -> tuple[float, int]:
         s = self.s
-        x, y, sample_weight, weighted = s.x, s.y, s.sample_weight, self.weighted
+        x, y, sample_weight = s.x, s.y, s.sample_weight
         batch_size, order = s.batch_size, self.order
         full_plan, last_plan = self.full_plan, self.last_plan
-        take_rows = kernels.take_rows
         if s.shuffle:
             np.copyto(order, self.identity)
             np.random.default_rng((s.seed, epoch)).shuffle(order)
-        tally = EpochTally(self.model, self.hooks, self.progress, self.job, epoch)
-        begin, train = tally.begin, tally.train
+        tally = EpochTally(self.model, self.state, self.hooks, self.progress, self.job, epoch)
+        begin, train, batch_hooks = tally.begin, tally.train, tally.batch_hooks
         for step in range(s.steps):
             start = step * batch_size
             rows = order[start : start + batch_size]
             plan = full_plan if rows.shape[0] == full_plan.n else last_plan
-            begin(step)
-            take_rows(x, rows, out=plan.x)
-            take_rows(y, rows, out=plan.y)
-            if weighted:
-                take_rows(sample_weight, rows, out=plan.sample_weight)
+            if batch_hooks:
+                begin(step)
+            plan.gather(x, y, sample_weight, rows)
             if train(step, plan):
                 break
         return tally.loss_total, tally.seen
@@ -317,8 +298,9 @@ class StreamEpochs:
     steps_per_epoch an epoch is one pass over the data; with it, steps_per_epoch batches,
     the data starting over when a pass ends."""
 
-    def __init__(self, model, s: FitSetup, hooks, progress, job):
-        self.model, self.s, self.hooks, self.progress, self.job = model, s, hooks, progress, job
+    def __init__(self, model, state, s: FitSetup, hooks, progress, job):
+        self.model, self.state, self.s = model, state, s
+        self.hooks, self.progress, self.job = hooks, progress, job
         epochs = max(s.epochs - s.initial_epoch, 0)
         if s.steps_per_epoch is None:
             self.source = data.open_source(s.dataset, epochs, None)
@@ -327,32 +309,25 @@ class StreamEpochs:
         self.exhausted = False
 
     def load(self, batch):
-        model = self.model
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
             raise TypeError(
                 "x: each batch must be a tuple (x, y) or (x, y, sample_weight), got "
                 f"{type(batch).__name__}"
             )
-        x, y, weights = model._dataset(
+        x, y, weights = self.state.dataset(
             batch[0],
             batch[1],
             batch[2] if len(batch) == 3 else None,
             ("batch x", "batch y", "batch sample_weight"),
         )
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             raise ValueError("x: a batch has no rows")
-        plan = model._workspace("train", n).plan(n, weights is not None)
-        np.copyto(plan.x, x)
-        np.copyto(plan.y, y)
-        if weights is not None:
-            np.copyto(plan.sample_weight, weights)
-        return plan
+        return self.state.load_batch(x, y, weights)
 
     def __call__(self, epoch: int) -> tuple[float, int]:
         steps = self.s.steps_per_epoch
         source, load = self.source, self.load
-        tally = EpochTally(self.model, self.hooks, self.progress, self.job, epoch)
+        tally = EpochTally(self.model, self.state, self.hooks, self.progress, self.job, epoch)
         step = 0
         while steps is None or step < steps:
             batch = source.next()
@@ -363,7 +338,8 @@ class StreamEpochs:
             if batch is data.EXHAUSTED:
                 self.exhausted = True
                 break
-            tally.begin(step)
+            if tally.batch_hooks:
+                tally.begin(step)
             stop = tally.train(step, load(batch))
             step += 1
             if stop:

@@ -18,18 +18,17 @@ some worker wrote, but not all from one step.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import threading
 
 import numpy as np
 
-from . import kernels, optimizers
-from ._plan import Workspace
+from .callbacks import overrides_batch_hooks
 
 
-def check(model, s) -> None:
-    hooks = [c for c in s.callbacks if _has_batch_hooks(c)]
+def check(callbacks) -> None:
+    """Refuse callbacks with batch hooks: the workers step at once, between no two batches."""
+    hooks = [c for c in callbacks if overrides_batch_hooks(c, "train")]
     if hooks:
         raise ValueError(
             f"callbacks: {type(hooks[0]).__name__} has batch hooks, which strategy='hogwild' "
@@ -37,28 +36,14 @@ def check(model, s) -> None:
         )
 
 
-def _has_batch_hooks(callback) -> bool:
-    from .callbacks import _BATCH_HOOKS, _overrides
-
-    return any(_overrides(callback, hook) for hook in _BATCH_HOOKS["train"])
-
-
 class _Worker:
-    """One hogwild thread's buffers: gradients, optimizer state, metrics, workspace."""
+    """One hogwild thread: a replica of the training state (its own gradients, optimizer
+    state, metrics and workspace) stepping on the model's parameters."""
 
-    def __init__(self, model, s, global_steps):
+    def __init__(self, model, state, s, global_steps):
         self.model, self.s, self.global_steps = model, s, global_steps
-        grads, grad_views, layer_grads = model._new_gradients()
-        optimizer = optimizers.deserialize(optimizers.serialize(model.optimizer))
-        optimizer.build(model._params, grads, grad_views)
-        for name, state in model.optimizer.variables.items():
-            np.copyto(optimizer.variables[name], state)
-        optimizer.iterations = model.optimizer.iterations
-        self.optimizer = optimizer
-        self.regularization = model._regularization_calls(layer_grads)
-        self.metrics = [copy.copy(metric) for metric in model._metrics]
-        capacity = min(s.batch_size, s.x.shape[0])
-        self.workspace = Workspace(model, "train", capacity, layer_grads, self.metrics)
+        self.state = state.replica()
+        self.workspace = self.state.workspace("train", min(s.batch_size, s.x.shape[0]))
         self.error: BaseException | None = None
         self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
 
@@ -70,36 +55,20 @@ class _Worker:
             stop.set()
 
     def _run(self, shard, stop) -> None:
-        model, s = self.model, self.s
+        model, s, state = self.model, self.s, self.state
         x, y, sample_weight = s.x, s.y, s.sample_weight
         weighted = sample_weight is not None
-        take_rows, plan_of = kernels.take_rows, self.workspace.plan
-        regularization, apply = self.regularization, self.optimizer.apply
-        global_steps, guard = self.global_steps, model._guard
-        for metric in self.metrics:
-            metric.reset_state()
+        plan_of, global_steps = self.workspace.plan, self.global_steps
+        compute_gradients, apply_gradients = state.compute_gradients, state.apply_gradients
+        state.reset_metrics()
         self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
         for start in range(0, shard.shape[0], s.batch_size):
             rows = shard[start : start + s.batch_size]
             plan = plan_of(rows.shape[0], weighted)
-            take_rows(x, rows, out=plan.x)
-            take_rows(y, rows, out=plan.y)
-            if weighted:
-                take_rows(sample_weight, rows, out=plan.sample_weight)
-            for call in plan.forward:
-                call()
-            loss = plan.loss()[0]
-            for call in plan.backward:
-                call()
-            if regularization:
-                for call in regularization:
-                    call()
-                loss += model._regularization_penalty()
-            step = next(global_steps)
-            apply(schedule_step=step)  # no lock: the point of hogwild
-            guard.version = step + 1
-            for update in plan.metric_updates:
-                update()
+            plan.gather(x, y, sample_weight, rows)
+            loss = compute_gradients(plan)
+            apply_gradients(schedule_step=next(global_steps))  # no lock: the point of hogwild
+            state.update_metrics(plan)
             self.loss_total += loss * plan.n
             self.seen += plan.n
             self.steps_done += 1
@@ -112,15 +81,15 @@ class HogwildEpochs:
 
     exhausted = False
 
-    def __init__(self, model, s, progress, job):
-        self.model, self.s, self.progress, self.job = model, s, progress, job
-        self.start_step = model.optimizer.iterations
+    def __init__(self, model, state, s, progress, job):
+        self.model, self.state, self.s, self.progress, self.job = model, state, s, progress, job
+        self.start_step = state.optimizer.iterations
         self.global_steps = itertools.count(self.start_step)
-        self.workers = [_Worker(model, s, self.global_steps) for _ in range(s.workers)]
+        self.workers = [_Worker(model, state, s, self.global_steps) for _ in range(s.workers)]
         self.order = np.arange(s.x.shape[0])
 
     def __call__(self, epoch: int) -> tuple[float, int]:
-        s, model = self.s, self.model
+        s = self.s
         order = self.order
         if s.shuffle:
             order = np.random.default_rng((s.seed, epoch)).permutation(order.shape[0])
@@ -143,10 +112,11 @@ class HogwildEpochs:
         for worker in self.workers:
             if worker.error is not None:
                 raise worker.error
-        for metric in model._metrics:
+        metrics = self.state.metrics
+        for metric in metrics:
             metric.reset_state()
         for worker in self.workers:
-            for metric, own in zip(model._metrics, worker.metrics):
+            for metric, own in zip(metrics, worker.state.metrics):
                 metric.total += own.total
                 metric.count += own.count
         return (
@@ -159,18 +129,18 @@ class HogwildEpochs:
         if self.progress is not None and done > shown:
             self.progress.advance(dict, steps=done - shown)
         if self.job is not None:
-            self.job._position = (epoch, done)
+            self.job.set_position(epoch, done)
         return done
 
     def close(self) -> None:
         """Hand the step count and the mean of the workers' states to the model's optimizer."""
-        optimizer = self.model.optimizer
-        steps = sum(worker.optimizer.iterations - self.start_step for worker in self.workers)
+        optimizer = self.state.optimizer
+        steps = sum(w.state.optimizer.iterations - self.start_step for w in self.workers)
         if steps == 0:
             return
         optimizer.iterations = self.start_step + steps
         for name, state in optimizer.variables.items():
             state[...] = 0
             for worker in self.workers:
-                state += worker.optimizer.variables[name]
+                state += worker.state.optimizer.variables[name]
             state /= len(self.workers)

@@ -190,25 +190,83 @@ class Plan:
         "y",
     )
 
+    def load(self, x, y, sample_weight=None) -> None:
+        """Copy a batch of ``n`` rows into this plan's buffers.
+
+        Parameters
+        ----------
+        x, y : numpy.ndarray
+            The inputs and targets, already of the plan's dtypes and shapes.
+        sample_weight : numpy.ndarray or None
+            The samples' weights; given exactly when the plan was made weighted.
+        """
+        np.copyto(self.x, x)
+        np.copyto(self.y, y)
+        if sample_weight is not None:
+            np.copyto(self.sample_weight, sample_weight)
+
+    def gather(self, x, y, sample_weight, rows) -> None:
+        """Gather the rows ``rows`` of a dataset into this plan's buffers (``take_rows``
+        kernel, without the GIL).
+
+        Parameters
+        ----------
+        x, y : numpy.ndarray
+            The whole inputs and targets.
+        sample_weight : numpy.ndarray or None
+            The samples' weights; given exactly when the plan was made weighted.
+        rows : numpy.ndarray
+            ``n`` int64 row indices.
+        """
+        take_rows = kernels.take_rows
+        take_rows(x, rows, out=self.x)
+        take_rows(y, rows, out=self.y)
+        if sample_weight is not None:
+            take_rows(sample_weight, rows, out=self.sample_weight)
+
+
+def first_weighted_op(ops) -> int | None:
+    """The index of the first op with weights (backward stops there), or None."""
+    for i, op in enumerate(ops):
+        if op.has_weights:
+            return i
+    return None
+
 
 class Workspace:
-    """Buffers of one mode ("train" or "evaluate") at one batch capacity, and their plans."""
+    """Buffers of one mode ("train" or "evaluate") at one batch capacity, and their plans.
 
-    def __init__(self, model, mode: str, capacity: int, layer_grads=None, metrics=None):
-        self.model, self.mode, self.capacity = model, mode, capacity
-        # A hogwild worker brings its own gradient buffers and metrics; else the model's.
-        self.layer_grads = model._layer_grads if layer_grads is None else layer_grads
-        self.metrics = model._metrics if metrics is None else metrics
+    ``layer_grads`` maps ``id(layer)`` to the gradient views the backward calls write;
+    ``metrics`` are the metric objects the plans update; ``absorbed`` is the output
+    activation the loss works on logits for (or None).
+    """
+
+    def __init__(
+        self,
+        ops,
+        mode: str,
+        capacity: int,
+        *,
+        dtype,
+        input_width: int,
+        output_width: int,
+        target_template: np.ndarray,
+        loss,
+        absorbed: str | None,
+        layer_grads: dict,
+        metrics: list,
+    ):
+        self.mode, self.capacity = mode, capacity
+        self.layer_grads, self.metrics = layer_grads, metrics
+        self.loss, self.absorbed = loss, absorbed
         self.training = mode == "train"
-        self.ops = model._ops[mode]
-        dtype = model._np_dtype
+        self.ops = ops
         rows = capacity
-        self.x = np.zeros((rows, model.input_dim), dtype)
-        target = model._target_template
-        self.y = np.zeros((rows, *target.shape[1:]), target.dtype)
+        self.x = np.zeros((rows, input_width), dtype)
+        self.y = np.zeros((rows, *target_template.shape[1:]), target_template.dtype)
         self.sample_weight = np.zeros(rows, dtype)
         self.acts, self.preacts, self.grads, self.scratch = [], [], [], []
-        first_trained = model._first_weighted_op(mode)
+        first_trained = first_weighted_op(ops)
         for i, op in enumerate(self.ops):
             shape = (rows, op.width)
             self.acts.append(np.zeros(shape, dtype))
@@ -220,19 +278,26 @@ class Workspace:
             self.scratch.append(op.scratch(shape, dtype) if is_dropout else None)
         self.first_trained = first_trained
         self.probabilities = None
-        if model._absorbed is not None and model._metrics_need_probabilities:
-            self.probabilities = np.zeros((rows, model.output_dim), dtype)
+        if absorbed is not None and any(m.needs_probabilities for m in metrics):
+            self.probabilities = np.zeros((rows, output_width), dtype)
         self._plans: dict[tuple[int, bool], Plan] = {}
 
     def plan(self, n: int, weighted: bool) -> Plan:
+        """The plan for batches of ``n <= capacity`` rows, with or without sample weights
+        (made once, then cached)."""
         key = (n, weighted)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(n, weighted)
         return plan
 
+    @property
+    def planned(self) -> set[tuple[int, bool]]:
+        """The (rows, weighted) keys of the plans made so far."""
+        return set(self._plans)
+
     def _make_plan(self, n: int, weighted: bool) -> Plan:
-        model = self.model
+        loss = self.loss
 
         def rows(a):
             return None if a is None else a[:n]
@@ -259,14 +324,14 @@ class Workspace:
         output = acts[-1] if acts else plan.x
         plan.output = output
 
-        options = {"reduction": model.loss.kernel_reduction, **model.loss.kernel_options()}
+        options = {"reduction": loss.kernel_reduction, **loss.kernel_options()}
         if weighted:
             options["sample_weight"] = plan.sample_weight
         if self.training:
             options["grad_out"] = grads[-1]
         else:
             options["compute_grad"] = False
-        plan.loss = functools.partial(model.loss.kernel, output, plan.y, **options)
+        plan.loss = functools.partial(loss.kernel, output, plan.y, **options)
 
         backward = []
         if self.training:
@@ -288,13 +353,13 @@ class Workspace:
 
         predictions, kind = output, "probabilities"
         metric_updates = []
-        if model._absorbed is not None:
+        if self.absorbed is not None:
             kind = "logits"
             if self.probabilities is not None:
                 predictions = self.probabilities[:n]
                 metric_updates.append(
                     functools.partial(
-                        kernels.activation_forward, output, model._absorbed, out=predictions
+                        kernels.activation_forward, output, self.absorbed, out=predictions
                     )
                 )
         for metric in self.metrics:

@@ -1,7 +1,7 @@
 """Callbacks with Keras's names and hooks, and the tqdm progress bar of fit/evaluate/predict.
 
-Hooks receive ``logs`` dicts as in Keras: epoch logs hold 'loss', each metric's name and their
-'val_' forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
+Hooks receive ``logs`` dicts as in Keras: epoch logs hold ``loss``, each metric's name and their
+``val_`` forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
 on every step, so the model calls them only when some callback overrides one.
 """
 
@@ -63,6 +63,12 @@ class Callback:
 
 def _overrides(callback: Callback, hook: str) -> bool:
     return hook in vars(callback) or getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+def overrides_batch_hooks(callback: Callback, mode: str) -> bool:
+    """Whether ``callback`` overrides a batch hook of ``mode`` ("train", "test" or
+    "predict")."""
+    return any(_overrides(callback, hook) for hook in _BATCH_HOOKS[mode])
 
 
 class CallbackList:
@@ -129,6 +135,42 @@ class CallbackList:
 
     def on_predict_batch_end(self, batch, logs=None):
         self._call("on_predict_batch_end", batch, {} if logs is None else logs)
+
+
+def configure(callbacks, model, verbose: int, *, epochs: int, steps, mode: str, after=()):
+    """The hooks of one fit, evaluate or predict run, and its progress logger.
+
+    Parameters
+    ----------
+    callbacks : list of Callback or None
+        The user's callbacks; they run first, in their order.
+    model : densekit.Sequential
+        Given to every callback.
+    verbose : int
+        0, 1 or 2 (resolved): fit shows progress for 1 (a bar) and 2 (a line per epoch),
+        evaluate and predict for 1.
+    epochs : int
+        The run's epochs (1 for evaluate and predict).
+    steps : int or None
+        Steps per epoch, if known.
+    mode : {"fit", "evaluate", "predict"}
+        The kind of run.
+    after : tuple of Callback
+        Callbacks that run after the progress logger (fit's History, a job's progress).
+
+    Returns
+    -------
+    tuple
+        ``(CallbackList, ProgbarLogger or None)``.
+    """
+    objects = list(callbacks or [])
+    progress = None
+    if verbose if mode == "fit" else verbose == 1:
+        progress = ProgbarLogger(verbose)
+        objects.append(progress)
+    objects.extend(after)
+    params = {"verbose": verbose, "epochs": epochs, "steps": steps, "mode": mode}
+    return CallbackList(objects, model, params), progress
 
 
 class History(Callback):

@@ -123,6 +123,12 @@ class Dataset:
 
     # -- reading -------------------------------------------------------------------------
     @property
+    def is_batched(self) -> bool:
+        """Whether the dataset yields batches (made by ``from_batches``, or ``batch`` was
+        called); rows of ``from_tensor_slices`` need ``batch`` first."""
+        return self._arrays is None or self._batch_size is not None
+
+    @property
     def feature_count(self) -> int | None:
         if self._arrays is None or self._arrays[0].ndim != 2:
             return None

@@ -9,6 +9,12 @@ the History so far); ``cancel()`` does the same but the job ends cancelled. Eith
 weights and the optimizer state are those after a whole step. Progress is readable from any
 thread (``progress``, ``history``), and ``async for epoch, logs in job`` yields each epoch's
 logs as it ends.
+
+A job completes its Future through the public protocol only. It stays pending while it
+trains (so that it can still end cancelled: a running Future cannot), and when training has
+stopped it calls ``Future.cancel`` then ``set_running_or_notify_cancel`` (ended cancelled), or
+``set_running_or_notify_cancel`` then ``set_result``/``set_exception``; ``running()`` is true
+meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import concurrent.futures
 import copy
 import os
 import threading
-from concurrent.futures import _base
 from typing import NamedTuple
 
 from . import callbacks as callbacks_module
@@ -46,20 +51,33 @@ _DONE = object()
 
 class TrainingJob(AsyncFuture):
     """A fit running on its own thread; see the module docstring. Create with
-    ``model.fit_async(...)``."""
+    ``model.fit_async(...)``.
 
-    def __init__(self, model, run, epochs: int):
+    Parameters
+    ----------
+    model : densekit.Sequential
+        The model it trains.
+    run : callable
+        ``run(job)`` trains and returns the History, on the job's thread.
+    epochs : int
+        fit's ``epochs`` (for ``progress``).
+    guard : densekit._guard.WeightGuard
+        The model's weight guard, claimed for this job: the job's thread takes it over
+        (``handover``) and releases it before the job is done.
+    """
+
+    def __init__(self, model, run, epochs: int, guard):
         super().__init__()
         self.model = model
-        self._run = run  # run(job) -> History, on the job's thread
+        self._run = run
         self._epochs = epochs
+        self._guard = guard
         self._stop_requested = False
         self._cancel_requested = False
         self._lock = threading.Lock()
         self._epoch_logs: list[tuple[int, dict]] = []
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
         self._ended = False
-        self._history: callbacks_module.History | None = None
         self._position: tuple[int | None, int] = (None, 0)
         self._steps: int | None = None
         name = f"densekit-fit-{model.name}"
@@ -67,7 +85,8 @@ class TrainingJob(AsyncFuture):
         # at exit until it ends (stop() it to end sooner).
         self._thread = threading.Thread(target=self._main, name=name)
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the job's thread (once, from ``fit_async``)."""
         self._thread.start()
 
     # -- control -------------------------------------------------------------------------
@@ -90,21 +109,27 @@ class TrainingJob(AsyncFuture):
         self._cancel_requested = True
         return self.stop() or self.cancelled()
 
-    def _end_cancelled(self) -> None:
-        # concurrent.futures has no public way to cancel a running future; this is what
-        # Future.cancel followed by set_running_or_notify_cancel does.
-        with self._condition:
-            self._state = _base.CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
+    def running(self) -> bool:
+        """Whether the job is training (its thread started and the job is not done)."""
+        return self._thread.is_alive() and not self.done()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether ``stop`` or ``cancel`` was called; the training loop checks it between
+        steps."""
+        return self._stop_requested
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether ``cancel`` was called."""
+        return self._cancel_requested
+
+    def set_position(self, epoch: int, step: int) -> None:
+        """Record the steps done in ``epoch`` (called by the training loop)."""
+        self._position = (epoch, step)
 
     def _main(self) -> None:
-        guard = self.model._guard
-        if not self.set_running_or_notify_cancel():  # never running: cancel() is not
-            guard.release()  # called on a pending job, but stay correct if it is
-            return
+        guard = self._guard
         try:
             guard.handover()
             if self._stop_requested and self._cancel_requested:
@@ -114,13 +139,16 @@ class TrainingJob(AsyncFuture):
         except BaseException as error:
             guard.release()
             self._end_listeners()
+            self.set_running_or_notify_cancel()
             self.set_exception(error)
             return
         guard.release()  # before the job is done: job.result() then model.fit() works
         self._end_listeners()
         if self._cancel_requested:
-            self._end_cancelled()
+            super().cancel()  # pending still, so this succeeds (and runs done callbacks)
+            self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait
         else:
+            self.set_running_or_notify_cancel()
             self.set_result(history)
 
     # -- progress ------------------------------------------------------------------------
@@ -207,7 +235,7 @@ class JobProgress(callbacks_module.Callback):
         self.job._steps = self.params.get("steps")
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.job._position = (epoch, 0)
+        self.job.set_position(epoch, 0)
 
     def on_epoch_end(self, epoch, logs=None):
         self.job._publish((epoch, copy.copy(logs or {})))

@@ -113,6 +113,10 @@ class Optimizer:
     def built(self) -> bool:
         return self._params is not None
 
+    def is_bound_to(self, params: np.ndarray) -> bool:
+        """Whether ``build`` last bound this optimizer (and so its state) to ``params``."""
+        return self._params is params
+
     def _make_clip(self):
         if self.global_clipnorm is not None:
             return functools.partial(

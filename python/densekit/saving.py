@@ -6,6 +6,10 @@ dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimi
 (flat state arrays). A file is written to a temporary file in the same directory, flushed to
 disk and renamed over the target (``os.replace``), so an interrupted save leaves the previous
 file intact. Anything unreadable raises ``ModelFileError`` (a ValueError) naming the file.
+
+This module works on a model through its public interface and does not import
+``models.py``: ``densekit.load_model`` (in ``models.py``) reads a file with
+``read_model_file`` and fills a new ``Sequential`` with ``restore_model``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import json
 import os
 import tempfile
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
+from . import kernels
 from . import layers as layers_module
-from . import losses, metrics, optimizers
 
 FORMAT_VERSION = 1
 MODEL_FORMAT = "densekit.model"
@@ -109,8 +114,20 @@ def _check_and_set_weights(model, header: dict, arrays: dict, path) -> None:
 
 
 def _weight_name(model, index: int) -> str:
-    names = [f"{layer.name}/{attr}" for layer in model.layers for attr, _, _ in layer._weight_specs]
+    names = [
+        f"{layer.name}/{_attribute_of(layer, weight)}"
+        for layer in model.layers
+        for weight in layer.weights
+    ]
     return names[index] if index < len(names) else "?"
+
+
+def _attribute_of(layer, weight) -> str:
+    """The attribute of ``layer`` that holds ``weight`` ("kernel", "bias")."""
+    for attr in ("kernel", "bias"):
+        if getattr(layer, attr, None) is weight:
+            return attr
+    return "?"
 
 
 def _rng_states(model) -> dict:
@@ -125,78 +142,105 @@ def save_model(model, filepath, include_optimizer=True) -> None:
     """Save ``model`` (built) to ``filepath``; see the module docstring for the format."""
     if not model.built:
         raise ValueError("model: build or fit the model before saving it")
-    from . import __version__
-
     header = {
         "format": MODEL_FORMAT,
         "version": FORMAT_VERSION,
-        "densekit_version": __version__,
+        "densekit_version": kernels.build_info()["version"],
         "model": model.get_config(),
         "weight_count": len(model.weights),
-        "compile": None,
+        "compile": model.get_compile_config(),
         "optimizer_state": None,
         "rng_states": _rng_states(model),
     }
     arrays = _weight_arrays(model)
-    if model.compiled:
-        header["compile"] = {
-            "optimizer": optimizers.serialize(model.optimizer),
-            "loss": losses.serialize(model.loss),
-            "metrics": [
-                m if isinstance(m, str) else metrics.serialize(m) for m in model._metric_identifiers
-            ],
-        }
-        optimizer = model.optimizer
-        if include_optimizer and optimizer.built and optimizer._params is model._params:
-            header["optimizer_state"] = {
-                "iterations": optimizer.iterations,
-                "variables": sorted(optimizer.variables),
-            }
-            for name, array in optimizer.variables.items():
-                arrays[f"optimizer.{name}"] = array
+    optimizer_state = model.optimizer_state() if include_optimizer else None
+    if optimizer_state is not None:
+        iterations, variables = optimizer_state
+        header["optimizer_state"] = {"iterations": iterations, "variables": sorted(variables)}
+        for name, array in variables.items():
+            arrays[f"optimizer.{name}"] = array
     _write_atomically(filepath, header, arrays)
 
 
-def load_model(filepath, compile=True):
-    """A model saved with ``model.save``: same config and weights (bitwise), compiled with
-    the saved settings and optimizer state (unless ``compile=False``), so training resumes
-    where it stopped."""
-    from .models import Sequential
+class ModelFile(NamedTuple):
+    """What a model file holds: ``config`` (the model's), ``header`` (everything else
+    written, see the module docstring) and ``arrays`` (by entry name)."""
 
+    path: str
+    config: dict
+    header: dict
+    arrays: dict
+
+
+def read_model_file(filepath) -> ModelFile:
+    """Read a file written by ``save_model``.
+
+    Parameters
+    ----------
+    filepath : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    ModelFile
+        Its contents.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ModelFileError
+        When it is not a readable densekit model file.
+    """
     header, arrays = _read(filepath, MODEL_FORMAT)
-    try:
-        model = Sequential.from_config(header["model"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{filepath}: invalid model configuration ({error})") from None
-    _check_and_set_weights(model, header, arrays, filepath)
+    config = header.get("model")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{filepath}: invalid model configuration (no model config)")
+    return ModelFile(os.fspath(filepath), config, header, arrays)
+
+
+def restore_model(model, contents: ModelFile, compile=True) -> None:
+    """Give ``model`` (made from ``contents.config``) the saved weights, dropout generator
+    states and, with ``compile``, the compile settings and optimizer state.
+
+    Parameters
+    ----------
+    model : densekit.Sequential
+        A model made from the file's config.
+    contents : ModelFile
+        What ``read_model_file`` returned.
+    compile : bool
+        Whether to compile the model as saved.
+
+    Raises
+    ------
+    ModelFileError
+        When the file's weights or optimizer state do not fit the model.
+    """
+    path, header, arrays = contents.path, contents.header, contents.arrays
+    _check_and_set_weights(model, header, arrays, path)
     for layer in model.layers:
         state = header.get("rng_states", {}).get(layer.name)
         if state is not None and isinstance(layer, layers_module.Dropout):
             layer.rng.bit_generator.state = state
     settings = header.get("compile")
-    if compile and settings:
-        model.compile(
-            optimizer=optimizers.deserialize(settings["optimizer"]),
-            loss=losses.deserialize(settings["loss"]),
-            metrics=[
-                m if isinstance(m, str) else metrics.deserialize(m) for m in settings["metrics"]
-            ],
-        )
-        state = header.get("optimizer_state")
-        if state:
-            model._prepare()
-            optimizer = model.optimizer
-            if sorted(optimizer.variables) != state["variables"]:
-                raise ModelFileError(f"{filepath}: optimizer state does not match the optimizer")
-            for name, target in optimizer.variables.items():
-                array = arrays.get(f"optimizer.{name}")
-                if array is None or array.shape != target.shape:
-                    raise ModelFileError(
-                        f"{filepath}: optimizer state {name!r} is missing or misshapen"
-                    )
-                np.copyto(target, array, casting="same_kind")
-            optimizer.iterations = int(state["iterations"])
-    return model
+    if not (compile and settings):
+        return
+    model.compile_from_config(settings)
+    saved = header.get("optimizer_state")
+    if not saved:
+        return
+    training_state = model.training_state
+    _, own = training_state.optimizer_state()
+    if sorted(own) != saved["variables"]:
+        raise ModelFileError(f"{path}: optimizer state does not match the optimizer")
+    variables = {}
+    for name, target in own.items():
+        array = arrays.get(f"optimizer.{name}")
+        if array is None or array.shape != target.shape:
+            raise ModelFileError(f"{path}: optimizer state {name!r} is missing or misshapen")
+        variables[name] = array
+    training_state.set_optimizer_state(int(saved["iterations"]), variables)
 
 
 def save_weights(model, filepath) -> None:

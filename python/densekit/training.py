@@ -1,0 +1,689 @@
+"""The training state of a compiled, built model, and the seams the training strategies use.
+
+A ``TrainingState`` owns what a training step works on: the kernel-call plans and their
+workspaces (``_plan.py``), the flat gradient buffer (laid out like the flat parameter buffer,
+so that one optimizer kernel call updates the whole model), the optimizer bound to both
+buffers, the L2 regularization calls and the metrics. ``Sequential`` makes one per compile and
+build; fit's loop (``_fit.py``), Hogwild! (``_hogwild.py``: one ``replica`` per worker),
+saving and the benchmarks use it through the methods below. A data-parallel strategy splits a
+step the same way: ``compute_gradients`` of its slice of the batch into ``gradients`` (the one
+buffer to reduce across processes), then ``apply_gradients``; ``set_parameters`` and
+``set_optimizer_state`` bring every process to the same start.
+
+Threads: during training ``apply_gradients`` is the only write to the parameters; it runs under
+the model's weight guard (``_guard.py``), so readers on other threads see whole steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+
+from . import kernels, optimizers
+from . import metrics as metrics_module
+from ._guard import WeightGuard
+from ._plan import Plan, Workspace, build_ops, first_weighted_op
+
+_BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
+_MAX_WORKSPACES = 8  # batch shapes kept at once; a ninth clears them
+
+
+def aligned_zeros(size: int, dtype) -> np.ndarray:
+    """A zero vector starting on a 64-byte cache line (NumPy gives 16 bytes), so that the
+    kernels read weights and gradients in whole lines.
+
+    Parameters
+    ----------
+    size : int
+        The number of elements.
+    dtype : numpy.dtype or str
+        Their type.
+
+    Returns
+    -------
+    numpy.ndarray
+        A 1-D zero array whose data starts on a 64-byte boundary.
+    """
+    dtype = np.dtype(dtype)
+    spare = 64 // dtype.itemsize
+    raw = np.zeros(size + spare, dtype)
+    start = (-raw.ctypes.data % 64) // dtype.itemsize
+    return raw[start : start + size]
+
+
+def as_inputs(x, dtype, name: str = "x") -> np.ndarray:
+    """``x`` as a C-contiguous 2-D array of ``dtype`` (no copy when it is one already).
+
+    Parameters
+    ----------
+    x : array_like
+        The inputs, (samples, features).
+    dtype : numpy.dtype
+        The model's dtype.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The converted inputs.
+
+    Raises
+    ------
+    TypeError
+        When ``x`` is None, complex or not convertible.
+    ValueError
+        When ``x`` is not 2-D.
+    """
+    if not (isinstance(x, np.ndarray) and x.dtype == dtype and x.flags.c_contiguous):
+        if x is None:
+            raise TypeError(f"{name}: expected an array of shape (samples, features), got None")
+        if np.iscomplexobj(x):
+            raise TypeError(f"{name}: expected real numbers, got complex values")
+        try:
+            x = np.ascontiguousarray(x, dtype=dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name}: cannot convert to a {dtype} array ({error})") from None
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {x.shape}")
+    return x
+
+
+def inputs_for(model, x, name: str = "x") -> np.ndarray:
+    """``x`` converted for ``model`` (see ``as_inputs``), building the model from its width
+    if it is not built yet.
+
+    Parameters
+    ----------
+    model : densekit.Sequential
+        The model.
+    x : array_like
+        The inputs, (samples, features).
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The converted inputs.
+    """
+    x = as_inputs(x, np.dtype(model.dtype), name)
+    if not model.built:
+        model.build((None, x.shape[1]))
+    if x.shape[1] != model.input_dim:
+        raise ValueError(f"{name}: expected shape (n, {model.input_dim}), got {x.shape}")
+    return x
+
+
+def dataset_for(model, x, y, sample_weight=None, names=("x", "y", "sample_weight")):
+    """``(x, y, sample_weight)`` converted for the compiled ``model``, building it from the
+    width of ``x`` if needed (see ``TrainingState.dataset``).
+
+    Parameters
+    ----------
+    model : densekit.Sequential
+        The compiled model.
+    x, y : array_like
+        Inputs and targets.
+    sample_weight : array_like or None
+        The samples' weights.
+    names : tuple of str
+        The three arguments' names in error messages.
+
+    Returns
+    -------
+    tuple
+        ``(x, y, sample_weight)``, C-contiguous arrays (``sample_weight`` may be None).
+    """
+    x = inputs_for(model, x, names[0])
+    return model.training_state.dataset(x, y, sample_weight, names)
+
+
+class TrainingState:
+    """Plans, workspaces, gradients, optimizer binding, regularization and metrics of a model.
+
+    Parameters
+    ----------
+    layers : list of densekit.layers.Layer
+        The model's built layers (without the Input), in order.
+    parameters : numpy.ndarray
+        The flat parameter buffer; each layer's weights are views into it.
+    weight_slices : list of tuple
+        ``(offset, size, shape)`` of each weight in ``parameters``, Keras's order.
+    input_dim, output_dim : int
+        The model's input and output widths.
+    loss : densekit.losses.Loss
+        The compiled loss.
+    optimizer : densekit.optimizers.Optimizer
+        The compiled optimizer; it is bound here to ``parameters`` and the new gradient
+        buffer (keeping its state if it was bound to ``parameters`` already).
+    metric_identifiers : list
+        The compiled metrics (names or objects).
+    guard : WeightGuard
+        The model's weight guard, taken around each optimizer step.
+
+    Raises
+    ------
+    ValueError
+        When the loss, the metrics and the model's last layer do not fit together.
+    """
+
+    def __init__(
+        self,
+        layers,
+        parameters: np.ndarray,
+        weight_slices,
+        *,
+        input_dim: int,
+        output_dim: int,
+        loss,
+        optimizer: optimizers.Optimizer,
+        metric_identifiers,
+        guard: WeightGuard,
+    ):
+        self._layers = list(layers)
+        self._parameters, self._weight_slices = parameters, list(weight_slices)
+        self._input_dim, self._output_dim = input_dim, output_dim
+        self._dtype = parameters.dtype
+        self._guard, self._locked = guard, True
+        self.loss = loss
+        absorbed = None if loss.from_logits else loss.fused_activation
+        self._ops = {}
+        for mode in ("train", "evaluate"):
+            ops = build_ops(self._layers, input_dim, mode == "train", absorbed)
+            if ops is None:
+                raise ValueError(
+                    f"loss: {type(loss).__name__}(from_logits=False) takes probabilities from a "
+                    f"{absorbed} output, but the model's last layer is not a {absorbed}; end the "
+                    f"model with activation='{absorbed}' or use from_logits=True"
+                )
+            self._ops[mode] = ops
+        self._absorbed = absorbed
+        self.metrics = [metrics_module.get(i, loss, output_dim) for i in metric_identifiers]
+        kinds = {"labels": "integer labels", "dense": "one target per output"}
+        for metric in self.metrics:
+            if metric.target_kind != loss.target_kind:
+                raise ValueError(
+                    f"metrics: {metric.name!r} needs {kinds[metric.target_kind]}, but "
+                    f"{loss.name} is given {kinds[loss.target_kind]}"
+                )
+        if loss.target_kind == "labels":
+            self._target_template = np.zeros((0,), np.int64)
+            if output_dim < 2:
+                raise ValueError(
+                    f"loss: {loss.name} needs at least 2 outputs, the model has {output_dim}"
+                )
+        else:
+            self._target_template = np.zeros((0, output_dim), self._dtype)
+        self._bind_gradients()
+        self.optimizer = optimizer
+        optimizer.build(parameters, self._gradients, self._gradient_views)
+        self._regularization_grads = self._regularization_calls()
+        groups: dict[float, list] = {}
+        for layer in self._regularized_layers():
+            groups.setdefault(layer.kernel_regularizer.l2, []).append(layer.kernel)
+        self._regularization_norms = [
+            (factor, functools.partial(kernels.clip_by_global_norm, arrays, _BIG_NORM))
+            for factor, arrays in groups.items()
+        ]
+        self._workspaces: dict[tuple[str, int], Workspace] = {}
+
+    def _bind_gradients(self) -> None:
+        """A new flat gradient buffer shaped like the parameters, its views in Keras's order,
+        and each layer's views (by layer id)."""
+        gradients = aligned_zeros(self._parameters.size, self._dtype)
+        views = [gradients[o : o + size].reshape(shape) for o, size, shape in self._weight_slices]
+        layer_grads, position = {}, 0
+        for layer in self._layers:
+            count = len(layer.weights)
+            layer_grads[id(layer)] = views[position : position + count]
+            position += count
+        self._gradients, self._gradient_views, self._layer_grads = gradients, views, layer_grads
+
+    def _regularized_layers(self) -> list:
+        return [
+            layer
+            for layer in self._layers
+            if getattr(layer, "kernel_regularizer", None) is not None
+            and layer.kernel_regularizer.l2 != 0
+        ]
+
+    def _regularization_calls(self) -> list:
+        """L2 penalties' gradients ``dw += 2 * l2 * w``, one kernel call per kernel (the SGD
+        kernel with maximize=True computes ``param += lr * grad``), into this state's
+        gradients."""
+        return [
+            functools.partial(
+                kernels.sgd_step,
+                self._layer_grads[id(layer)][0],
+                layer.kernel,
+                lr=2.0 * layer.kernel_regularizer.l2,
+                maximize=True,
+            )
+            for layer in self._regularized_layers()
+        ]
+
+    # -- buffers -------------------------------------------------------------------------
+    @property
+    def parameters(self) -> np.ndarray:
+        """The flat parameter buffer (every weight is a view into it); write it with
+        ``set_parameters``."""
+        return self._parameters
+
+    @property
+    def gradients(self) -> np.ndarray:
+        """The flat gradient buffer, laid out like ``parameters``: ``compute_gradients``
+        writes it, ``apply_gradients`` reads it (a data-parallel strategy reduces it in
+        between)."""
+        return self._gradients
+
+    @property
+    def has_trainable_weights(self) -> bool:
+        """Whether a training step has any weight to update."""
+        return first_weighted_op(self._ops["train"]) is not None
+
+    def set_parameters(self, values) -> None:
+        """Copy ``values`` into the parameters, as one step (readers on other threads see
+        the values before or after, never a mix).
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            A flat array of ``parameters.size`` values.
+        """
+        guard = self._guard
+        with guard.lock:
+            np.copyto(self._parameters, values, casting="same_kind")
+            guard.version += 1
+
+    def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]]:
+        """The optimizer's step count and state arrays (live, flat, shaped like the
+        parameters).
+
+        Returns
+        -------
+        tuple of (int, dict)
+            ``(iterations, {name: array})``.
+        """
+        return self.optimizer.iterations, dict(self.optimizer.variables)
+
+    def set_optimizer_state(self, iterations: int, variables: dict) -> None:
+        """Set the optimizer's step count and copy its state arrays.
+
+        Parameters
+        ----------
+        iterations : int
+            The step count.
+        variables : dict
+            ``{name: array}`` for exactly the optimizer's state names, each shaped like the
+            parameters.
+
+        Raises
+        ------
+        ValueError
+            When the names or shapes differ from the optimizer's.
+        """
+        own = self.optimizer.variables
+        if sorted(variables) != sorted(own):
+            raise ValueError(
+                f"variables: expected {sorted(own)} for {type(self.optimizer).__name__}, "
+                f"got {sorted(variables)}"
+            )
+        for name, target in own.items():
+            if np.shape(variables[name]) != target.shape:
+                raise ValueError(
+                    f"variables[{name!r}]: expected shape {target.shape}, "
+                    f"got {np.shape(variables[name])}"
+                )
+        for name, target in own.items():
+            np.copyto(target, variables[name], casting="same_kind")
+        self.optimizer.iterations = int(iterations)
+
+    # -- data ----------------------------------------------------------------------------
+    def dataset(self, x, y, sample_weight=None, names=("x", "y", "sample_weight")):
+        """Check and convert a batch or dataset to the model's dtypes and shapes.
+
+        Parameters
+        ----------
+        x : array_like
+            Inputs, (n, input_dim).
+        y : array_like
+            Targets as the loss takes them.
+        sample_weight : array_like or None
+            One finite weight >= 0 per sample.
+        names : tuple of str
+            The three arguments' names in error messages.
+
+        Returns
+        -------
+        tuple
+            ``(x, y, sample_weight)``, C-contiguous arrays (``sample_weight`` may be None).
+        """
+        x = as_inputs(x, self._dtype, names[0])
+        n = x.shape[0]
+        if x.shape[1] != self._input_dim:
+            raise ValueError(f"{names[0]}: expected shape (n, {self._input_dim}), got {x.shape}")
+        if y is None:
+            raise TypeError(f"{names[1]}: the targets are missing")
+        y = self.loss.prepare_target(y, n, self._output_dim, self._dtype, names[1])
+        return x, y, self._sample_weights(sample_weight, n, names[2])
+
+    def _sample_weights(self, sample_weight, n: int, name: str):
+        if sample_weight is None:
+            return None
+        try:
+            weights = np.ascontiguousarray(sample_weight, dtype=self._dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name}: cannot convert to an array ({error})") from None
+        if weights.shape != (n,):
+            raise ValueError(
+                f"{name}: expected one weight per sample, shape ({n},), got {weights.shape}"
+            )
+        if not np.all(np.isfinite(weights)) or (n and weights.min() < 0):
+            raise ValueError(f"{name}: expected finite weights >= 0")
+        return weights
+
+    def class_weighted(self, class_weight, y, sample_weight) -> np.ndarray:
+        """Each sample's weight times the weight of its class.
+
+        Parameters
+        ----------
+        class_weight : dict
+            ``{class: weight >= 0}``; other classes weigh 1.
+        y : numpy.ndarray
+            Converted targets: labels, one-hot rows (the class is the argmax) or 0/1 targets.
+        sample_weight : numpy.ndarray or None
+            Converted sample weights.
+
+        Returns
+        -------
+        numpy.ndarray
+            One weight per sample.
+        """
+        if not isinstance(class_weight, dict):
+            raise TypeError(
+                f"class_weight: expected a dict {{class: weight}}, got {class_weight!r}"
+            )
+        if y.ndim == 1:
+            classes = y
+        elif y.shape[1] > 1:
+            classes = np.argmax(y, axis=1)
+        else:
+            classes = np.rint(y[:, 0]).astype(np.int64)
+        weights = np.ones(len(y), self._dtype)
+        for label, weight in class_weight.items():
+            if not (isinstance(weight, (int, float, np.number)) and weight >= 0):
+                raise ValueError(
+                    f"class_weight: weight of class {label!r} must be >= 0, got {weight!r}"
+                )
+            weights[classes == label] = weight
+        return weights if sample_weight is None else weights * sample_weight
+
+    # -- plans ---------------------------------------------------------------------------
+    def workspace(self, mode: str, rows: int) -> Workspace:
+        """The buffers for batches of up to ``rows`` rows.
+
+        Parameters
+        ----------
+        mode : {"train", "evaluate"}
+            Training (with backward calls) or evaluation buffers.
+        rows : int
+            The largest batch the workspace must hold.
+
+        Returns
+        -------
+        Workspace
+            An existing workspace of that mode that is big enough, else a new one (made
+            once per batch shape); ``workspace.plan(n, weighted)`` gives the calls for a
+            batch of ``n`` rows.
+        """
+        key = (mode, rows)
+        workspace = self._workspaces.get(key)
+        if workspace is None:
+            for (other_mode, capacity), other in self._workspaces.items():
+                if other_mode == mode and capacity >= rows:
+                    return other
+            if len(self._workspaces) >= _MAX_WORKSPACES:
+                self._workspaces.clear()
+            workspace = self._workspaces[key] = Workspace(
+                self._ops[mode],
+                mode,
+                rows,
+                dtype=self._dtype,
+                input_width=self._input_dim,
+                output_width=self._output_dim,
+                target_template=self._target_template,
+                loss=self.loss,
+                absorbed=self._absorbed,
+                layer_grads=self._layer_grads,
+                metrics=self.metrics,
+            )
+        return workspace
+
+    def load_batch(self, x, y, sample_weight=None, mode: str = "train") -> Plan:
+        """Copy one converted batch (see ``dataset``) into a plan of its size.
+
+        Parameters
+        ----------
+        x, y : numpy.ndarray
+            The batch's inputs and targets.
+        sample_weight : numpy.ndarray or None
+            Its weights.
+        mode : {"train", "evaluate"}
+            The plan's mode.
+
+        Returns
+        -------
+        Plan
+            The plan, its buffers holding the batch.
+        """
+        n = x.shape[0]
+        plan = self.workspace(mode, n).plan(n, sample_weight is not None)
+        plan.load(x, y, sample_weight)
+        return plan
+
+    # -- steps ---------------------------------------------------------------------------
+    def compute_gradients(self, plan: Plan) -> float:
+        """Forward, loss, backward and the L2 penalties' gradients of the batch in ``plan``,
+        into ``gradients``; the parameters are not changed.
+
+        Parameters
+        ----------
+        plan : Plan
+            A training plan of this state, its buffers holding the batch.
+
+        Returns
+        -------
+        float
+            The batch's loss (mean over its samples, plus the L2 penalty).
+        """
+        for call in plan.forward:
+            call()
+        loss = plan.loss()[0]
+        for call in plan.backward:
+            call()
+        if self._regularization_grads:
+            for call in self._regularization_grads:
+                call()
+            loss += self.regularization_penalty()
+        return loss
+
+    def apply_gradients(self, schedule_step: int | None = None) -> None:
+        """One optimizer step over the flat buffers, from ``gradients``.
+
+        Parameters
+        ----------
+        schedule_step : int or None
+            The step at which a learning-rate schedule is evaluated (default: the
+            optimizer's own count; Hogwild workers pass the global one).
+        """
+        guard = self._guard
+        if self._locked:
+            with guard.lock:  # readers on other threads copy between two steps
+                self.optimizer.apply(schedule_step)
+                guard.version += 1
+        else:  # a Hogwild replica: no lock, by design
+            self.optimizer.apply(schedule_step)
+            guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
+
+    def update_metrics(self, plan: Plan) -> None:
+        """Add the batch in ``plan`` to the metrics.
+
+        Parameters
+        ----------
+        plan : Plan
+            A plan of this state whose forward calls have run.
+        """
+        for update in plan.metric_updates:
+            update()
+
+    def train_step(self, plan: Plan) -> float:
+        """``compute_gradients``, ``apply_gradients`` and ``update_metrics``: kernel calls
+        only, no allocation.
+
+        Parameters
+        ----------
+        plan : Plan
+            A training plan of this state, its buffers holding the batch.
+
+        Returns
+        -------
+        float
+            The batch's loss (before the update).
+        """
+        loss = self.compute_gradients(plan)
+        self.apply_gradients()
+        for update in plan.metric_updates:
+            update()
+        return loss
+
+    def batch_gradients(self, x, y, sample_weight=None) -> tuple[float, list[np.ndarray]]:
+        """The loss of one batch in training mode and copies of its gradients, without
+        updating anything (for tests and debugging).
+
+        Parameters
+        ----------
+        x, y : array_like
+            The batch.
+        sample_weight : array_like or None
+            Its weights.
+
+        Returns
+        -------
+        tuple
+            ``(loss, [gradient of each weight, Keras's order])``.
+        """
+        plan = self.load_batch(*self.dataset(x, y, sample_weight))
+        loss = self.compute_gradients(plan)
+        return loss, [g.copy() for g in self._gradient_views]
+
+    def regularization_penalty(self) -> float:
+        """The L2 penalty of the current weights (0.0 without regularizers)."""
+        return sum(factor * norm() ** 2 for factor, norm in self._regularization_norms)
+
+    # -- metrics and evaluation ------------------------------------------------------------
+    def reset_metrics(self) -> None:
+        """Start the metrics over."""
+        for metric in self.metrics:
+            metric.reset_state()
+
+    def logs(self, loss_total: float, seen: int, prefix: str = "") -> dict:
+        """The logs dict: the mean loss and each metric's result.
+
+        Parameters
+        ----------
+        loss_total : float
+            The sum of the batches' losses, each times its batch size.
+        seen : int
+            The samples seen (NaN loss when 0).
+        prefix : str
+            Put before every key (e.g. ``"val_"``).
+
+        Returns
+        -------
+        dict
+            ``{"loss": ..., metric name: ...}``.
+        """
+        logs = {prefix + "loss": loss_total / seen if seen else float("nan")}
+        for metric in self.metrics:
+            logs[prefix + metric.name] = metric.result()
+        return logs
+
+    def evaluate(self, x, y, sample_weight, batch_size: int, hooks=None, progress=None) -> dict:
+        """The mean loss (weighted by batch size, plus the L2 penalty) and metrics over a
+        converted dataset.
+
+        Parameters
+        ----------
+        x, y : numpy.ndarray
+            Converted inputs and targets (see ``dataset``).
+        sample_weight : numpy.ndarray or None
+            Converted weights.
+        batch_size : int
+            Rows per kernel call.
+        hooks : densekit.callbacks.CallbackList or None
+            Gets the test batch hooks.
+        progress : densekit.callbacks.ProgbarLogger or None
+            Advanced once per batch.
+
+        Returns
+        -------
+        dict
+            The logs (see ``logs``).
+        """
+        self.reset_metrics()
+        n = x.shape[0]
+        if n == 0:
+            return self.logs(0.0, 0)
+        weighted = sample_weight is not None
+        workspace = self.workspace("evaluate", min(batch_size, n))
+        batch_hooks = hooks is not None and hooks.batch_hooks["test"]
+        loss_total = 0.0
+        for step, start in enumerate(range(0, n, batch_size)):
+            stop = min(start + batch_size, n)
+            plan = workspace.plan(stop - start, weighted)
+            if batch_hooks:
+                hooks.on_test_batch_begin(step, {})
+            plan.load(x[start:stop], y[start:stop], sample_weight[start:stop] if weighted else None)
+            for call in plan.forward:
+                call()
+            loss_total += plan.loss()[0] * plan.n
+            for update in plan.metric_updates:
+                update()
+            if batch_hooks:
+                hooks.on_test_batch_end(step, self.logs(loss_total, stop))
+            if progress is not None:
+                progress.advance(lambda stop=stop, total=loss_total: self.logs(total, stop))
+        logs = self.logs(loss_total, n)
+        if self._regularization_norms:
+            logs["loss"] += self.regularization_penalty()
+        return logs
+
+    # -- strategies ------------------------------------------------------------------------
+    def replica(self) -> TrainingState:
+        """A state for one more trainer of the same parameters (a Hogwild! worker).
+
+        It shares the parameters, the ops and the weight guard, and has its own gradient
+        buffer, optimizer (a copy, with this optimizer's state and step count), metrics
+        (copies) and workspaces. Its ``apply_gradients`` takes no lock.
+
+        Returns
+        -------
+        TrainingState
+            The replica.
+        """
+        other = copy.copy(self)
+        other._bind_gradients()
+        optimizer = optimizers.deserialize(optimizers.serialize(self.optimizer))
+        optimizer.build(self._parameters, other._gradients, other._gradient_views)
+        for name, state in self.optimizer.variables.items():
+            np.copyto(optimizer.variables[name], state)
+        optimizer.iterations = self.optimizer.iterations
+        other.optimizer = optimizer
+        other._regularization_grads = other._regularization_calls()
+        other.metrics = [copy.copy(metric) for metric in self.metrics]
+        other._workspaces = {}
+        other._locked = False
+        return other

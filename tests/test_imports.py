@@ -1,0 +1,111 @@
+"""The package's modules import one way: no import cycles, function-level imports included,
+and every module imports first in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import densekit
+
+PACKAGE = Path(densekit.__file__).resolve().parent
+MODULES = sorted(path.stem for path in PACKAGE.glob("*.py"))
+EXTENSIONS = {"_core"}  # compiled: imports no package module
+INIT = "__init__"
+
+
+def _target(name: str) -> str:
+    """The module a name imported from the package refers to: a submodule, or __init__."""
+    return name if name in MODULES or name in EXTENSIONS else INIT
+
+
+def imports_of(module: str) -> set[str]:
+    """The package modules ``module`` imports, at any level of its code (a function-level
+    import counts as much as one at the top)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.level == 0 and node.module == "densekit"):
+                if node.module and node.level == 1:  # from .x import y
+                    found.add(_target(node.module.split(".")[0]))
+                else:  # from . import x, y / from densekit import x
+                    found.update(_target(alias.name) for alias in node.names)
+            elif node.level == 0 and (node.module or "").startswith("densekit."):
+                found.add(_target(node.module.split(".")[1]))
+            elif node.level > 1:
+                raise AssertionError(f"{module}: relative import beyond the package")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "densekit":
+                    found.add(_target(parts[1]) if len(parts) > 1 else INIT)
+    found.discard(module)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for following in sorted(graph.get(node, ())):
+            if state.get(following) == "open":
+                return [*path[path.index(following) :], following]
+            if following not in state:
+                cycle = visit(following)
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_package_has_no_import_cycles():
+    graph = {module: imports_of(module) for module in MODULES}
+    assert graph["models"] >= {"training", "saving", "_fit"}  # the parser sees imports
+    assert "models" not in graph["saving"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(PACKAGE.parent), *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    names = ["densekit" if module == INIT else f"densekit.{module}" for module in MODULES]
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import {name}"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    }
+    failures = {}
+    for name, run in runs.items():
+        _, errors = run.communicate(timeout=120)
+        if run.returncode:
+            failures[name] = errors.strip().splitlines()[-1:]
+    assert not failures
