@@ -95,9 +95,12 @@ def _core_signature(app, what, name, obj, options, signature, return_annotation)
     if getattr(obj, "__module__", None) != "densekit._core":
         return None
     # pybind11 functions have an odd __qualname__: the name autodoc documents is the reliable one
-    module, _, qualname = name.partition(".kernels.")
-    if module != "densekit":
-        module, _, qualname = name.partition("._core.")
+    for prefix in ("densekit.kernels.", "densekit._core.", "densekit."):
+        if name.startswith(prefix):
+            qualname = name[len(prefix) :]
+            break
+    else:
+        return None
     if what == "class":
         qualname += ".__init__"
     stub = CORE_SIGNATURES.get(qualname)

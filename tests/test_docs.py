@@ -1,0 +1,75 @@
+"""The documentation builds without a warning, and its generated pages match their sources.
+
+Sphinx (numpydoc, autodoc of every public module and of _core through _core.pyi) runs with
+warnings as errors, so a broken docstring fails the suite; the benchmarks page and the
+README's headline are what `python -m bench.report` makes of the reference run's JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "bench" / "results-reference.json"
+
+
+def test_sphinx_build_has_no_warnings(tmp_path):
+    pytest.importorskip("sphinx")
+    pytest.importorskip("numpydoc")
+    pytest.importorskip("myst_parser")
+    pytest.importorskip("pydata_sphinx_theme")
+    import densekit
+
+    environment = dict(os.environ)
+    # densekit as the tests import it (installed, or a source tree on PYTHONPATH)
+    package_parent = str(Path(densekit.__file__).resolve().parent.parent)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [package_parent, *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    command += ["-d", str(tmp_path / "doctrees"), str(ROOT / "docs"), str(tmp_path / "html")]
+    result = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_benchmarks_page_is_generated_from_the_reference_run():
+    from bench import report
+
+    document = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    expected = report.markdown_page(document, "bench/results-reference.json")
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert page == expected, (
+        "docs/benchmarks.md differs from what the reference JSON gives: regenerate it with "
+        "python -m bench.report bench/results-reference.json > docs/benchmarks.md"
+    )
+
+
+def test_readme_headline_is_generated_from_the_reference_run():
+    from bench import report
+
+    document = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert report.update_readme(readme, document) == readme, (
+        "README.md's headline differs from what the reference JSON gives: regenerate it with "
+        "python -m bench.report --readme README.md bench/results-reference.json"
+    )
+
+
+def test_bench_report_command_prints_the_page():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.report", "bench/results-reference.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
