@@ -484,6 +484,15 @@ def update_readme(text: str, document: dict[str, Any]) -> str:
     return pattern.sub(lambda _: block, text, count=1)
 
 
+def _display_path(path: Path) -> str:
+    """The JSON file as the page names it: relative to the repository when it lies inside, so
+    that the page does not depend on where the command ran."""
+    try:
+        return path.resolve().relative_to(Path(__file__).resolve().parent.parent).as_posix()
+    except ValueError:
+        return path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.report",
@@ -498,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         text = args.readme.read_text(encoding="utf-8")
         args.readme.write_text(update_readme(text, document), encoding="utf-8")
         return 0
-    sys.stdout.write(markdown_page(document, args.results.as_posix()))
+    sys.stdout.write(markdown_page(document, _display_path(args.results)))
     return 0
 
 
