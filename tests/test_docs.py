@@ -73,3 +73,33 @@ def test_bench_report_command_prints_the_page():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+
+
+def activation_table() -> list[dict[str, str]]:
+    """The rows of the kernels guide's activations table, as {column title: cell}."""
+    text = (ROOT / "docs" / "guide" / "kernels.md").read_text(encoding="utf-8")
+    block = text.split("<!-- begin activations table -->")[1].split(
+        "<!-- end activations table -->"
+    )
+    lines = [line.strip() for line in block[0].strip().splitlines()]
+    titles = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:  # after the title and the --- row
+        cells = [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        rows.append(dict(zip(titles, cells)))
+    return rows
+
+
+def test_activation_table_lists_the_kernels_activations():
+    from densekit import activations, kernels
+
+    rows = activation_table()
+    assert tuple(row["activation"] for row in rows) == tuple(kernels.ACTIVATIONS)
+    # until a test against _core.ACTIVATION_INFO replaces it: the Python layer's set, if any
+    needs = getattr(activations, "NEEDS_PREACTIVATION", None)
+    if needs is not None:
+        marked = {row["activation"] for row in rows if row[PREACTIVATION] == "yes"}
+        assert marked == set(needs)
+
+
+PREACTIVATION = "derivative needs the pre-activation"
