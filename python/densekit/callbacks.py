@@ -1,7 +1,7 @@
 """Callbacks with Keras's names and hooks, and the tqdm progress bar of fit/evaluate/predict.
 
-Hooks receive ``logs`` dicts as in Keras: epoch logs hold ``loss``, each metric's name and their
-``val_`` forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
+Hooks receive ``logs`` dicts as in Keras: epoch logs hold ``"loss"``, each metric's name and
+their ``"val_"`` forms; batch logs hold the running means of the epoch so far. Batch hooks cost time
 on every step, so the model calls them only when some callback overrides one.
 """
 

@@ -2,7 +2,7 @@
 
 An initializer is called once per weight when a model is built (NumPy, not on any hot
 path): ``init(shape, dtype) -> ndarray``. Fans follow Keras for a Dense kernel of shape
-(in, units): fan_in = in, fan_out = units. The *_normal variance-scaling initializers draw
+(in, units): fan_in = in, fan_out = units. The ``*_normal`` variance-scaling initializers draw
 from a normal truncated at two standard deviations, rescaled to keep the target variance.
 """
 

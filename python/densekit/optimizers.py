@@ -2,6 +2,7 @@
 parameter buffer (every weight of a model is a view into one array, and so is every gradient).
 
 The update rules are torch.optim's (the kernels follow them operation by operation):
+
 - ``Adam``: ``p -= lr / (1 - beta_1**t) * m / (sqrt(v / (1 - beta_2**t)) + epsilon)``, epsilon
   outside the square root's bias correction as in torch (Keras puts the correction on
   epsilon); the default ``epsilon`` is Keras's 1e-7. ``weight_decay`` is decoupled, as Keras 3
@@ -11,6 +12,7 @@ The update rules are torch.optim's (the kernels follow them operation by operati
 - ``RMSprop``: ``p -= lr * g / (sqrt(avg(g**2)) + epsilon)``; ``rho`` is Keras's name for
   torch's ``alpha``.
 - SGD and RMSprop add ``weight_decay * p`` to the gradient (torch's coupled L2 form).
+
 ``clipnorm`` clips each weight's gradient to that norm, ``global_clipnorm`` all of them
 together, before the update (Keras). ``learning_rate`` is a float or a schedule.
 """
