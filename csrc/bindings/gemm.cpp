@@ -8,6 +8,7 @@
 #include "checks.hpp"
 #include "gemm/gemm.hpp"
 #include "parallel.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit::bind {
 namespace {
@@ -97,12 +98,12 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
       const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
       if (cols == 0) return;
       std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
-      done = gemm::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
+      done = vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
       if (done) std::copy(rows.begin(), rows.end(), mptr<T>(out));
       return;
     }
-    done = gemm::vector_activation_with_isa<T>(isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr,
-                                               cptr<T>(z), size, act);
+    done = vecmath::vector_activation_with_isa<T>(
+        isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr, cptr<T>(z), size, act);
   });
   return done;
 }

@@ -19,6 +19,7 @@
 
 #include "parallel.hpp"
 #include "scratch.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit::gemm {
 
@@ -85,8 +86,9 @@ struct Plan {
   int threads = 1;
   TileActivation tile_act = TileActivation::linear;
   bool slow_act = false;      // activation applied by the driver after the tile is stored:
-  VectorActivation vector_act = VectorActivation::none;  // with the family's vector math, or
+  VectorActivation vector_act = VectorActivation::none;  // with the ISA's vector math, or
                                                          // (none) with scalar::forward
+  void (*apply)(T*, const T*, index_t, VectorActivation, T) = nullptr;  // the vector math's
   size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
   size_t b_buffer = 0;
   size_t edge_buffer = 0;
@@ -300,14 +302,16 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const index_t tasks = plan.tasks_m * plan.tasks_n;
   plan.threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, tasks)));
 
-  switch (ep.activation.kind) {
-    case ActivationKind::linear: plan.tile_act = TileActivation::linear; break;
-    case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
-    case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
-    default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
+  plan.tile_act = tile_activation(ep.activation.kind);
+  if (plan.tile_act == TileActivation::none) {
+    plan.tile_act = TileActivation::linear;
+    plan.slow_act = true;
+    const vecmath::VectorMath<T>& math = vecmath::vector_math<T>(kernels.isa);
+    if (math.apply != nullptr && vector_activation(ep.activation.kind) != VectorActivation::none) {
+      plan.vector_act = vector_activation(ep.activation.kind);
+      plan.apply = math.apply;
+    }
   }
-  if (plan.slow_act && kernels.apply != nullptr)
-    plan.vector_act = vector_activation(ep.activation.kind);
   const size_t kc = size_t(plan.kc);
   const size_t a_panels = a.transposed ? kTileGroup : 1;
   plan.a_buffer =
@@ -490,7 +494,7 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
           for (int i = 0; i < rows; ++i) {
             T* row = c + (i0 + i) * ldc + j0;
             if (plan.vector_act != VectorActivation::none)
-              kernels.apply(row, row, cols, plan.vector_act, alpha);
+              plan.apply(row, row, cols, plan.vector_act, alpha);
             else
               for (int j = 0; j < cols; ++j)
                 row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);

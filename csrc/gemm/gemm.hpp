@@ -12,9 +12,10 @@
 
 #include <vector>
 
-#include "activations.hpp"
+#include "activation_table.hpp"
 #include "common.hpp"
 #include "isa.hpp"
+#include "vecmath/scalar_activations.hpp"
 
 namespace densekit::gemm {
 
@@ -98,26 +99,6 @@ void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Opera
 template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
-
-// The vector math of the ISA in use (elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
-// within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
-// result is normal), over `count` contiguous elements:
-//   dy == nullptr: out[i] = f(z[i]) (out may be z);
-//   else:          out[i] = dy[i] * f'(z[i]), f' from the pre-activation.
-// Returns false, and writes nothing, where that ISA has none for T and this activation.
-// vector_activation_with_isa: a given ISA (tests; it must be supported).
-template <typename T>
-bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act);
-template <typename T>
-bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
-                                const Activation& act);
-
-// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
-// (vector_exp, lane sums); false, and nothing written, where it has none for T.
-template <typename T>
-bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
-template <typename T>
-bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld);
 
 // The arithmetic peak of the microkernel family in use for T on num_threads threads (>= 1):
 // `steps` rounds of register-only multiply-adds shared among them (see KernelFamily::
