@@ -95,7 +95,9 @@ template <typename T>
 void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                    index_t ldc, const Epilogue<T>& epilogue, int num_threads);
 
-// A slow, obvious triple loop with the same epilogue, for tests and as a reference.
+// A slow, obvious triple loop with the same epilogue (v = sum over p in increasing order, then
+// C if accumulating, then bias, preact, act), one thread; the tests compare every ISA with it
+// (test hook _gemm_isa_test with isa "reference").
 template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
