@@ -797,3 +797,38 @@ def test_reference_loop_rejects_softmax():
         _core._gemm_isa_test(
             "reference", a, a.T.copy(), np.zeros((2, 2), np.float32), activation="softmax"
         )
+
+
+def import_with_tuning(value):
+    env = dict(os.environ, DENSEKIT_GEMM_TUNE=value)
+    code = (
+        "import densekit, numpy as np; "
+        "print(densekit.kernels.dense_forward(np.ones((2, 3)), np.ones((3, 4))).sum())"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("kc=384,bogus=1", "unknown key 'bogus'"),
+        ("kc=abc", "key 'kc' has value 'abc', expected a number"),
+        ("kc=", "key 'kc' has value '', expected a number"),
+        ("packb", "item 'packb' is not key=value"),
+    ],
+)
+def test_gemm_tune_rejects_unknown_keys_and_junk(value, message):
+    result = import_with_tuning(value)
+    assert result.returncode != 0
+    assert "DENSEKIT_GEMM_TUNE" in result.stderr
+    assert message in result.stderr
+    assert (
+        "known keys: kc, nc, grain, packb, packa, swap, tasks, align, columns, even"
+        in result.stderr
+    )
+
+
+def test_gemm_tune_accepts_known_keys():
+    result = import_with_tuning("kc=128,nc=512,packb=1,swap=0,")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == 24.0

@@ -13,6 +13,7 @@
 #include "blocked.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -23,38 +24,75 @@
 
 namespace densekit::gemm {
 
+namespace {
+
+// DENSEKIT_GEMM_TUNE's keys and the fields they set.
+struct TuningKey {
+  const char* key;
+  void (*set)(Tuning& t, double value);
+};
+
+constexpr TuningKey kTuningKeys[] = {
+    {"kc", [](Tuning& t, double v) { t.kc_max = static_cast<index_t>(v); }},
+    {"nc", [](Tuning& t, double v) { t.nc_max = static_cast<index_t>(v); }},
+    {"grain", [](Tuning& t, double v) { t.grain = v; }},
+    {"packb", [](Tuning& t, double v) { t.pack_b = static_cast<int>(v); }},
+    {"packa", [](Tuning& t, double v) { t.pack_a = static_cast<int>(v); }},
+    {"swap", [](Tuning& t, double v) { t.swap = static_cast<int>(v); }},
+    {"tasks", [](Tuning& t, double v) { t.tasks_per_thread = static_cast<int>(v); }},
+    {"align", [](Tuning& t, double v) { t.align = static_cast<int>(v); }},
+    {"columns", [](Tuning& t, double v) { t.split_columns = static_cast<int>(v); }},
+    {"even", [](Tuning& t, double v) { t.even_tiles = static_cast<int>(v); }},
+};
+
+[[noreturn]] void tuning_fail(const std::string& what) {
+  std::string known;
+  for (const TuningKey& entry : kTuningKeys)
+    known += std::string(known.empty() ? "" : ", ") + entry.key;
+  throw ArgumentError("DENSEKIT_GEMM_TUNE: " + what + " (known keys: " + known +
+                      "; e.g. DENSEKIT_GEMM_TUNE=kc=384,packb=1)");
+}
+
+// "key=value,key=value" (empty items are skipped); an unknown key or a value that is not a
+// number throws ArgumentError.
+Tuning parse_tuning(const std::string& text) {
+  Tuning t;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find(',', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) tuning_fail("item '" + item + "' is not key=value");
+    const std::string key = item.substr(0, eq);
+    const std::string value_text = item.substr(eq + 1);
+    const TuningKey* entry = nullptr;
+    for (const TuningKey& candidate : kTuningKeys)
+      if (key == candidate.key) entry = &candidate;
+    if (entry == nullptr) tuning_fail("unknown key '" + key + "'");
+    char* parsed_end = nullptr;
+    const double value = std::strtod(value_text.c_str(), &parsed_end);
+    if (value_text.empty() || parsed_end != value_text.c_str() + value_text.size() ||
+        !std::isfinite(value))
+      tuning_fail("key '" + key + "' has value '" + value_text + "', expected a number");
+    entry->set(t, value);
+  }
+  return t;
+}
+
+}  // namespace
+
 const Tuning& tuning() {
   static const Tuning t = [] {
-    Tuning t;
     const char* env = std::getenv("DENSEKIT_GEMM_TUNE");
-    if (env == nullptr) return t;
-    std::string s(env);
-    size_t pos = 0;
-    while (pos < s.size()) {
-      size_t end = s.find(',', pos);
-      if (end == std::string::npos) end = s.size();
-      const std::string item = s.substr(pos, end - pos);
-      const size_t eq = item.find('=');
-      if (eq != std::string::npos) {
-        const std::string key = item.substr(0, eq);
-        const double value = std::atof(item.c_str() + eq + 1);
-        if (key == "kc") t.kc_max = static_cast<index_t>(value);
-        if (key == "nc") t.nc_max = static_cast<index_t>(value);
-        if (key == "grain") t.grain = value;
-        if (key == "packb") t.pack_b = static_cast<int>(value);
-        if (key == "packa") t.pack_a = static_cast<int>(value);
-        if (key == "swap") t.swap = static_cast<int>(value);
-        if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
-        if (key == "align") t.align = static_cast<int>(value);
-        if (key == "columns") t.split_columns = static_cast<int>(value);
-        if (key == "even") t.even_tiles = static_cast<int>(value);
-      }
-      pos = end + 1;
-    }
-    return t;
+    return env == nullptr ? Tuning{} : parse_tuning(env);
   }();
   return t;
 }
+
+void read_tuning() { tuning(); }
 
 namespace {
 

@@ -9,7 +9,8 @@ namespace densekit::gemm {
 
 // Knobs for measurements, not API: read once from DENSEKIT_GEMM_TUNE, e.g.
 // "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0,tasks=1,align=2" (grain in ns; -1 means
-// automatic).
+// automatic). The extension module reads them at import (read_tuning, gemm.hpp), so that an
+// unknown key or a bad value fails there, never in a kernel call.
 struct Tuning {
   index_t kc_max = 256;
   index_t nc_max = 1024;  // float32 columns per task (half as many float64): B block ~1 MiB

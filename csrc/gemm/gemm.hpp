@@ -102,6 +102,11 @@ template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
+// Reads the engine's tuning knobs (DENSEKIT_GEMM_TUNE, for measurements) once; throws
+// ArgumentError naming the variable, the key and the known keys for an unknown key or a value
+// that is not a number. Call it before any product (the extension module does, at import).
+void read_tuning();
+
 // The arithmetic peak of the microkernel family in use for T on num_threads threads (>= 1):
 // `steps` rounds of register-only multiply-adds shared among them (see KernelFamily::
 // fma_probe). Returns the floating-point operations done; the caller times the call.
