@@ -30,8 +30,10 @@ ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
-# (m, n, k): empty, single, primes, tile edges (mr 12/6, nr 32/16/8, wide tiles for m <= 4),
-# several k blocks (kc <= 256), several column blocks (nc 512), enough row tiles to pack B;
+# (m, n, k): empty, single, primes, tile edges (main tiles avx512 14x32, avx2 6x16, portable
+# 6x8 in float32, half the columns in float64; wide tiles for m <= 4), several k blocks (kc
+# <= 256, float64 192), several column blocks (nc 1024 float32 columns, 512 float64), enough
+# row tiles to pack B;
 # with B transposed and no epilogue, m <= 4 takes the dot-product path.
 SHAPES = [
     (0, 5, 3),
