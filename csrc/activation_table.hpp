@@ -1,11 +1,12 @@
 // The one table of activations. Each row of DENSEKIT_ACTIVATIONS generates the enumerator
 // ActivationKind::name, the registry entries (activation_from_name, activation_name, alpha),
-// the forms the kernels use (TileActivation, VectorActivation) and, in the bindings,
+// the forms the kernels use (TileActivation, vector math or not) and, in the bindings,
 // _core.ACTIVATIONS and _core.ACTIVATION_INFO. Row order is the order of ACTIVATIONS.
 //
 // Adding an activation: a row here, its scalar formula (scalar::forward and
-// scalar::derivative_from_z in activations.hpp), its vector formula if it has a vector kind
-// (vecmath/vector_math.inc) and its float64 reference (tests/reference.py).
+// scalar::derivative_from_z in vecmath/scalar_activations.hpp), its vector formula if it has
+// vector math (vector_forward and derivative in vecmath/vector_math.inc), its float64
+// reference (tests/reference.py) and its name in python/densekit/_core.pyi's ActivationName.
 #pragma once
 
 #include <string>
@@ -19,20 +20,21 @@ namespace densekit {
 //                 always, never, or alpha_positive (only for alpha > 0)
 //   tile          the form a matrix-product tile applies on registers (TileActivation), or
 //                 none: applied to the stored tile afterwards
-//   vector        the vector-math form (VectorActivation), or none: scalar::forward
+//   vector_math   whether it has vector math (vecmath/vector_math.inc, on ISAs that have any);
+//                 otherwise scalar::forward applies it
 //   elementwise   false for softmax (a row operation)
-#define DENSEKIT_ACTIVATIONS(X)                                                 \
-  /*  name        alpha  default from_output     tile        vector     elementwise */ \
-  X(linear,     false, 0.0,  always,         linear,     none,      true)        \
-  X(relu,       false, 0.0,  always,         relu,       none,      true)        \
-  X(leaky_relu, true,  0.01, alpha_positive, leaky_relu, none,      true)        \
-  X(elu,        true,  1.0,  never,          none,       elu,       true)        \
-  X(sigmoid,    false, 0.0,  always,         none,       sigmoid,   true)        \
-  X(tanh,       false, 0.0,  always,         none,       tanh,      true)        \
-  X(softplus,   false, 0.0,  never,          none,       softplus,  true)        \
-  X(gelu,       false, 0.0,  never,          none,       gelu,      true)        \
-  X(gelu_tanh,  false, 0.0,  never,          none,       gelu_tanh, true)        \
-  X(softmax,    false, 0.0,  always,         none,       none,      false)
+#define DENSEKIT_ACTIVATIONS(X)                                                      \
+  /*  name        alpha  default from_output     tile        vector_math elementwise */ \
+  X(linear,     false, 0.0,  always,         linear,     false,      true)            \
+  X(relu,       false, 0.0,  always,         relu,       false,      true)            \
+  X(leaky_relu, true,  0.01, alpha_positive, leaky_relu, false,      true)            \
+  X(elu,        true,  1.0,  never,          none,       true,       true)            \
+  X(sigmoid,    false, 0.0,  always,         none,       true,       true)            \
+  X(tanh,       false, 0.0,  always,         none,       true,       true)            \
+  X(softplus,   false, 0.0,  never,          none,       true,       true)            \
+  X(gelu,       false, 0.0,  never,          none,       true,       true)            \
+  X(gelu_tanh,  false, 0.0,  never,          none,       true,       true)            \
+  X(softmax,    false, 0.0,  always,         none,       false,      false)
 
 enum class ActivationKind {
 #define DENSEKIT_ENUMERATOR(name, ...) name,
@@ -44,17 +46,6 @@ enum class ActivationKind {
 // applies the activation to the tile just stored, the tile applying linear).
 enum class TileActivation : int { none = -1, linear = 0, relu = 1, leaky_relu = 2 };
 
-// Activations with vector math (vecmath/vector_math.inc); none: scalar::forward.
-enum class VectorActivation : int {
-  none = 0,
-  elu = 1,
-  sigmoid = 2,
-  tanh = 3,
-  gelu_tanh = 4,
-  gelu = 5,
-  softplus = 6,
-};
-
 enum class FromOutput { always, never, alpha_positive };
 
 struct ActivationInfo {
@@ -64,19 +55,20 @@ struct ActivationInfo {
   double default_alpha;
   FromOutput from_output;
   TileActivation tile;
-  VectorActivation vector;
+  bool vector_math;
   bool elementwise;
 };
 
 inline constexpr ActivationInfo kActivationTable[] = {
-#define DENSEKIT_ROW(name, has_alpha, default_alpha, from_output, tile, vector, elementwise) \
+#define DENSEKIT_ROW(name, has_alpha, default_alpha, from_output, tile, vector_math,        \
+                     elementwise)                                                         \
   {#name,                                                                                    \
    ActivationKind::name,                                                                     \
    has_alpha,                                                                                \
    default_alpha,                                                                            \
    FromOutput::from_output,                                                                  \
    TileActivation::tile,                                                                     \
-   VectorActivation::vector,                                                                 \
+   vector_math,                                                                              \
    elementwise},
     DENSEKIT_ACTIVATIONS(DENSEKIT_ROW)
 #undef DENSEKIT_ROW
@@ -128,8 +120,6 @@ inline bool derivative_is_one(const Activation& act) {
 }
 
 inline TileActivation tile_activation(ActivationKind kind) { return activation_info(kind).tile; }
-inline VectorActivation vector_activation(ActivationKind kind) {
-  return activation_info(kind).vector;
-}
+inline bool has_vector_math(ActivationKind kind) { return activation_info(kind).vector_math; }
 
 }  // namespace densekit

@@ -166,7 +166,7 @@ void bind_activations(py::module_& m) {
                                       : row.from_output == FromOutput::never      ? "never"
                                                                                   : "alpha > 0";
     entry["fused_in_tile"] = row.tile != TileActivation::none;
-    entry["vector_math"] = row.vector != VectorActivation::none;
+    entry["vector_math"] = row.vector_math;
     entry["elementwise"] = row.elementwise;
     info[row.name] = entry;
   }

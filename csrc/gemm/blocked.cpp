@@ -124,9 +124,8 @@ struct Plan {
   int threads = 1;
   TileActivation tile_act = TileActivation::linear;
   bool slow_act = false;      // activation applied by the driver after the tile is stored:
-  VectorActivation vector_act = VectorActivation::none;  // with the ISA's vector math, or
-                                                         // (none) with scalar::forward
-  void (*apply)(T*, const T*, index_t, VectorActivation, T) = nullptr;  // the vector math's
+  // with the ISA's vector math (apply), or, when null, with scalar::forward
+  void (*apply)(T*, const T*, index_t, ActivationKind, T) = nullptr;
   size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
   size_t b_buffer = 0;
   size_t edge_buffer = 0;
@@ -332,10 +331,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
     plan.tile_act = TileActivation::linear;
     plan.slow_act = true;
     const vecmath::VectorMath<T>& math = vecmath::vector_math<T>(kernels.isa);
-    if (math.apply != nullptr && vector_activation(ep.activation.kind) != VectorActivation::none) {
-      plan.vector_act = vector_activation(ep.activation.kind);
-      plan.apply = math.apply;
-    }
+    if (has_vector_math(ep.activation.kind)) plan.apply = math.apply;
   }
   const size_t kc = size_t(plan.kc);
   const size_t a_panels = a.transposed ? kTileGroup : 1;
@@ -516,8 +512,8 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         if (last && plan.slow_act) {
           for (int i = 0; i < rows; ++i) {
             T* row = c + (i0 + i) * ldc + j0;
-            if (plan.vector_act != VectorActivation::none)
-              plan.apply(row, row, cols, plan.vector_act, alpha);
+            if (plan.apply != nullptr)
+              plan.apply(row, row, cols, ep.activation.kind, alpha);
             else
               for (int j = 0; j < cols; ++j)
                 row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);

@@ -41,13 +41,12 @@ template <typename T>
 bool vector_activation_with_isa(gemm::Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act) {
   const VectorMath<T>& math = vector_math<T>(isa);
-  const VectorActivation kind = vector_activation(act.kind);
-  if (math.apply == nullptr || kind == VectorActivation::none) return false;
+  if (math.apply == nullptr || !has_vector_math(act.kind)) return false;
   const T alpha = static_cast<T>(act.alpha);
   if (dy == nullptr)
-    math.apply(out, z, count, kind, alpha);
+    math.apply(out, z, count, act.kind, alpha);
   else
-    math.derivative(out, dy, z, count, kind, alpha);
+    math.derivative(out, dy, z, count, act.kind, alpha);
   return true;
 }
 

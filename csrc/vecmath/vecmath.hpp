@@ -22,11 +22,11 @@ template <typename T>
 struct VectorMath {
   gemm::Isa isa = gemm::Isa::portable;
   // y[i] = f(z[i]) for i < count (y may be z).
-  void (*apply)(T* y, const T* z, index_t count, VectorActivation kind, T alpha) = nullptr;
+  void (*apply)(T* y, const T* z, index_t count, ActivationKind kind, T alpha) = nullptr;
   // Softmax of rows x cols of (v, ld) in place.
   void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
   // dz[i] = dy[i] * f'(z[i]) for i < count.
-  void (*derivative)(T* dz, const T* dy, const T* z, index_t count, VectorActivation kind,
+  void (*derivative)(T* dz, const T* dy, const T* z, index_t count, ActivationKind kind,
                      T alpha) = nullptr;
 };
 
