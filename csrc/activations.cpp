@@ -1,28 +1,18 @@
-// Array kernels for the activations; scalar forms live in the header.
+// Array kernels for the activations: vector math where the ISA in use has it (vecmath/),
+// the scalar forms (vecmath/scalar_activations.hpp) otherwise.
 #include "activations.hpp"
 
 #include <algorithm>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "float_bits.hpp"
-#include "gemm/gemm.hpp"
 #include "parallel.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit {
 namespace {
-
-struct NamedActivation {
-  const char* name;
-  ActivationKind kind;
-};
-
-constexpr NamedActivation kActivations[] = {
-    {"linear", ActivationKind::linear},       {"relu", ActivationKind::relu},
-    {"leaky_relu", ActivationKind::leaky_relu}, {"elu", ActivationKind::elu},
-    {"sigmoid", ActivationKind::sigmoid},     {"tanh", ActivationKind::tanh},
-    {"softplus", ActivationKind::softplus},   {"gelu", ActivationKind::gelu},
-    {"gelu_tanh", ActivationKind::gelu_tanh}, {"softmax", ActivationKind::softmax},
-};
 
 // Elementwise work is cut into fixed blocks; each element is independent, so any split
 // gives the same bits, and the block size only keeps small arrays on one thread.
@@ -34,8 +24,8 @@ index_t row_block_for(index_t cols) {
 
 // dz = dy * (y > 0 ? 1 : slope), as scalar::derivative_from_y for relu and leaky_relu (NaN
 // takes the slope); with dy = y, leaky_relu itself. y > 0 is tested on y's bits (0 < bits <=
-// +inf's, see float_bits.hpp): a branch on the sign of y mispredicts half the time (relu's
-// backward ran at 2 ns an element).
+// +inf's, see float_bits.hpp): a branch on the sign of y mispredicts half the time, the
+// test on bits vectorises.
 template <typename T>
 void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
   for (index_t i = 0; i < count; ++i) {
@@ -46,49 +36,9 @@ void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
 
 }  // namespace
 
-bool activation_from_name(const std::string& name, ActivationKind* kind) {
-  for (const auto& entry : kActivations) {
-    if (name == entry.name) {
-      *kind = entry.kind;
-      return true;
-    }
-  }
-  return false;
-}
-
-const char* activation_name(ActivationKind kind) {
-  for (const auto& entry : kActivations)
-    if (entry.kind == kind) return entry.name;
-  return "?";
-}
-
-bool activation_has_alpha(ActivationKind kind) {
-  return kind == ActivationKind::leaky_relu || kind == ActivationKind::elu;
-}
-
-double activation_default_alpha(ActivationKind kind) {
-  if (kind == ActivationKind::leaky_relu) return 0.01;
-  if (kind == ActivationKind::elu) return 1.0;
-  return 0.0;
-}
-
-bool derivative_from_output(const Activation& act) {
-  switch (act.kind) {
-    case ActivationKind::linear:
-    case ActivationKind::relu:
-    case ActivationKind::sigmoid:
-    case ActivationKind::tanh:
-    case ActivationKind::softmax: return true;
-    case ActivationKind::leaky_relu: return act.alpha > 0.0;
-    default: return false;
-  }
-}
-
-bool derivative_is_one(const Activation& act) { return act.kind == ActivationKind::linear; }
-
 template <typename T>
 void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
-  if (gemm::vector_softmax(v, rows, cols, ld)) return;
+  if (vecmath::vector_softmax(v, rows, cols, ld)) return;
   for (index_t r = 0; r < rows; ++r) {
     T* row = v + r * ld;
     T max_value = row[0];
@@ -132,7 +82,7 @@ void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Acti
         positive_slopes(yout, zin, zin, count, alpha);
         break;
       default:
-        if (!gemm::vector_activation<T>(yout, nullptr, zin, count, act))
+        if (!vecmath::vector_activation<T>(yout, nullptr, zin, count, act))
           for (index_t i = 0; i < count; ++i) yout[i] = scalar::forward(act.kind, alpha, zin[i]);
     }
   });
@@ -184,7 +134,7 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
     } else if (use_y) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);
-    } else if (!gemm::vector_activation(dz + begin, dy + begin, z + begin, end - begin, act)) {
+    } else if (!vecmath::vector_activation(dz + begin, dy + begin, z + begin, end - begin, act)) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_z(act.kind, alpha, z[i]);
     }

@@ -153,19 +153,6 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   t_chain_scratch.trim();
 }
 
-template <typename T>
-void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b, index_t n,
-                             index_t k, index_t m, const Activation& act) {
-  gemm::Epilogue<T> ep;
-  ep.bias = b;
-  ep.preact = preact;
-  ep.ld_preact = m;
-  const bool row_softmax = act.kind == ActivationKind::softmax;
-  ep.activation = row_softmax ? Activation{} : act;
-  gemm::gemm_reference<T>(n, m, k, {x, k, false}, {w, m, false}, y, m, ep);
-  if (row_softmax) softmax_rows_inplace(y, n, m, m);
-}
-
 #define DENSEKIT_INSTANTIATE(T)                                                               \
   template void dense_forward<T>(T*, T*, const T*, const T*, const T*, index_t, index_t,      \
                                  index_t, const Activation&, int, const gemm::PackedB<T>*);  \
@@ -173,9 +160,7 @@ void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b
   template void dense_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
                                   const T*, index_t, index_t, index_t, const Activation&,     \
                                   bool, int);                                                 \
-  template void dense_chain_forward<T>(T*, const T*, index_t, const DenseStep<T>*, int, int); \
-  template void dense_forward_reference<T>(T*, T*, const T*, const T*, const T*, index_t,     \
-                                           index_t, index_t, const Activation&);
+  template void dense_chain_forward<T>(T*, const T*, index_t, const DenseStep<T>*, int, int);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

@@ -51,9 +51,4 @@ template <typename T>
 void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps, int count,
                          int num_threads);
 
-// The slow, obvious versions (one thread, triple loops), kept beside the fast ones.
-template <typename T>
-void dense_forward_reference(T* y, T* preact, const T* x, const T* w, const T* b, index_t n,
-                             index_t k, index_t m, const Activation& act);
-
 }  // namespace densekit

@@ -1,7 +1,7 @@
 // The constants of exp(x) = 2^n e^r, n = round(x / ln 2), r = x - n ln2_hi - n ln2_lo
 // (ln 2 in two parts, n ln2_hi exact), e^r = 1 + r + r^2 P(r) with P's coefficients highest
-// degree first, for the scalar exp of the losses (losses.cpp) and the vector exp of the
-// activations (gemm/microkernel_body.inc).
+// degree first, for the scalar exp of the losses (vecmath/exp_nonpositive.inc) and the vector
+// exp of the activations (vecmath/vector_math.inc).
 #pragma once
 
 namespace densekit {

@@ -30,8 +30,10 @@ ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
-# (m, n, k): empty, single, primes, tile edges (mr 12/6, nr 32/16/8, wide tiles for m <= 4),
-# several k blocks (kc <= 256), several column blocks (nc 512), enough row tiles to pack B;
+# (m, n, k): empty, single, primes, tile edges (main tiles avx512 14x32, avx2 6x16, portable
+# 6x8 in float32, half the columns in float64; wide tiles for m <= 4), several k blocks (kc
+# <= 256, float64 192), several column blocks (nc 1024 float32 columns, 512 float64), enough
+# row tiles to pack B;
 # with B transposed and no epilogue, m <= 4 takes the dot-product path.
 SHAPES = [
     (0, 5, 3),
@@ -762,3 +764,73 @@ def test_relu_keeps_nan_like_torch(isa, dtype):
     for result in (y, K.activation_forward(x, "relu")):
         np.testing.assert_array_equal(result, np.broadcast_to(expected, x.shape))
         assert not np.signbit(result[:, 1:4]).any()
+
+
+# The naive triple loop (gemm_reference) beside the fast paths, llm.c-style. The portable
+# family rounds each product and each sum like the loop, in the same order, so it gives the
+# loop's bits wherever it is one multiply-add chain per element started from 0: no
+# accumulate, and not the dot-product path (transposed B with m <= 4, which sums in lanes).
+REFERENCE_SHAPES = [(1, 1, 1), (3, 17, 5), (5, 33, 70), (13, 130, 7), (37, 61, 300), (64, 97, 515)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("activation", ["linear", "relu", "leaky_relu", "tanh", "gelu"])
+@pytest.mark.parametrize(("m", "n", "k"), REFERENCE_SHAPES)
+def test_fast_paths_match_the_reference_loop(dtype, trans_b, activation, m, n, k):
+    epilogue = {"bias": True, "preact": True, "activation": activation}
+    _, _, _, _, expected, expected_preact = run_gemm_case(
+        "reference", dtype, False, trans_b, epilogue, m, n, k
+    )
+    for isa in ISAS:
+        _, _, _, _, c, preact = run_gemm_case(isa, dtype, False, trans_b, epilogue, m, n, k)
+        if isa == "portable" and not (trans_b and m <= 4):
+            assert c.tobytes() == expected.tobytes(), isa
+            assert preact.tobytes() == expected_preact.tobytes(), isa
+        else:
+            tolerance = 64 * np.finfo(dtype).eps * math.sqrt(k + 2)
+            np.testing.assert_allclose(preact, expected_preact, rtol=tolerance, atol=tolerance)
+            np.testing.assert_allclose(c, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_reference_loop_rejects_softmax():
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="activation"):
+        _core._gemm_isa_test(
+            "reference", a, a.T.copy(), np.zeros((2, 2), np.float32), activation="softmax"
+        )
+
+
+def import_with_tuning(value):
+    env = dict(os.environ, DENSEKIT_GEMM_TUNE=value)
+    code = (
+        "import densekit, numpy as np; "
+        "print(densekit.kernels.dense_forward(np.ones((2, 3)), np.ones((3, 4))).sum())"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("kc=384,bogus=1", "unknown key 'bogus'"),
+        ("kc=abc", "key 'kc' has value 'abc', expected a number"),
+        ("kc=", "key 'kc' has value '', expected a number"),
+        ("packb", "item 'packb' is not key=value"),
+    ],
+)
+def test_gemm_tune_rejects_unknown_keys_and_junk(value, message):
+    result = import_with_tuning(value)
+    assert result.returncode != 0
+    assert "DENSEKIT_GEMM_TUNE" in result.stderr
+    assert message in result.stderr
+    assert (
+        "known keys: kc, nc, grain, packb, packa, swap, tasks, align, columns, even"
+        in result.stderr
+    )
+
+
+def test_gemm_tune_accepts_known_keys():
+    result = import_with_tuning("kc=128,nc=512,packb=1,swap=0,")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == 24.0

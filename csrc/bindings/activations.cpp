@@ -17,9 +17,12 @@ Activation parse_activation(py::handle name, py::handle alpha, const char* arg) 
     if (!py::isinstance<py::str>(name))
       type_fail(arg, "expected an activation name (str) or None, got " + type_name(name));
     const std::string text = name.cast<std::string>();
-    if (!activation_from_name(text, &act.kind))
-      value_fail(arg, "expected one of 'linear', 'relu', 'leaky_relu', 'elu', 'sigmoid', 'tanh', "
-                      "'softplus', 'gelu', 'gelu_tanh', 'softmax', got '" + text + "'");
+    if (!activation_from_name(text, &act.kind)) {
+      std::string known;
+      for (const ActivationInfo& row : kActivationTable)
+        known += std::string(known.empty() ? "" : ", ") + "'" + row.name + "'";
+      value_fail(arg, "expected one of " + known + ", got '" + text + "'");
+    }
   }
   act.alpha = activation_default_alpha(act.kind);
   if (!alpha.is_none()) {
@@ -151,14 +154,24 @@ void bind_activations(py::module_& m) {
         py::arg("out") = py::none(), py::arg("alpha") = py::none(),
         py::arg("num_threads") = py::none(),
         "dz = dy * f'(z) (softmax: the row Jacobian-vector product). out may be dy itself.");
+  // The activation table (activation_table.hpp), in its row order.
   py::list names;
-  for (ActivationKind kind :
-       {ActivationKind::linear, ActivationKind::relu, ActivationKind::leaky_relu,
-        ActivationKind::elu, ActivationKind::sigmoid, ActivationKind::tanh,
-        ActivationKind::softplus, ActivationKind::gelu, ActivationKind::gelu_tanh,
-        ActivationKind::softmax})
-    names.append(activation_name(kind));
+  py::dict info;
+  for (const ActivationInfo& row : kActivationTable) {
+    names.append(row.name);
+    py::dict entry;
+    entry["alpha"] = row.has_alpha ? py::object(py::float_(row.default_alpha)) : py::none();
+    entry["needs_preactivation"] = row.from_output == FromOutput::never;
+    entry["derivative_from_output"] = row.from_output == FromOutput::always       ? "always"
+                                      : row.from_output == FromOutput::never      ? "never"
+                                                                                  : "alpha > 0";
+    entry["fused_in_tile"] = row.tile != TileActivation::none;
+    entry["vector_math"] = row.vector_math;
+    entry["elementwise"] = row.elementwise;
+    info[row.name] = entry;
+  }
   m.attr("ACTIVATIONS") = py::tuple(names);
+  m.attr("ACTIVATION_INFO") = info;
 }
 
 }  // namespace densekit::bind

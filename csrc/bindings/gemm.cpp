@@ -8,6 +8,7 @@
 #include "checks.hpp"
 #include "gemm/gemm.hpp"
 #include "parallel.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit::bind {
 namespace {
@@ -22,12 +23,14 @@ gemm::Isa usable_isa(const std::string& isa_text) {
   return isa;
 }
 
-// c (m, n) [+]= op(a) @ op(b) with the epilogue; op(a) = a.T when trans_a (likewise b).
+// c (m, n) [+]= op(a) @ op(b) with the epilogue; op(a) = a.T when trans_a (likewise b). With
+// isa_text "reference": gemm_reference, the triple loop (one thread).
 void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_obj,
                    py::handle c_obj, bool trans_a, bool trans_b, py::handle bias_obj,
                    py::handle preact_obj, py::handle activation, py::handle alpha,
                    bool accumulate, py::handle threads_obj) {
-  const gemm::Isa isa = usable_isa(isa_text);
+  const bool reference = isa_text == "reference";
+  const gemm::Isa isa = reference ? gemm::Isa::portable : usable_isa(isa_text);
   DType dtype;
   py::array a = float_array(a_obj, "a", &dtype);
   py::array b = float_array_like(b_obj, "b", dtype, "a");
@@ -47,6 +50,8 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   }
   const bool has_preact = out_array(preact_obj, "preact", dtype, {m, n}, &preact);
   const Activation act = parse_activation(activation, alpha);
+  if (reference && act.kind == ActivationKind::softmax)
+    value_fail("activation", "softmax is a row operation, not an elementwise epilogue");
   const int threads = resolve_num_threads(thread_count(threads_obj));
   require_no_overlap(c, "c", {{&a, "a"}, {&b, "b"}, {has_bias ? &bias : nullptr, "bias"},
                               {has_preact ? &preact : nullptr, "preact"}});
@@ -63,7 +68,10 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
     const gemm::Operand<T> op_b{cptr<T>(b), static_cast<index_t>(b.shape(1)), trans_b};
     T* cp = mptr<T>(c);
     const GilRelease nogil;
-    gemm::gemm_with_isa<T>(isa, m, n, k, op_a, op_b, cp, n, ep, threads);
+    if (reference)
+      gemm::gemm_reference<T>(m, n, k, op_a, op_b, cp, n, ep);
+    else
+      gemm::gemm_with_isa<T>(isa, m, n, k, op_a, op_b, cp, n, ep, threads);
   };
   for_dtype(dtype, run);
 }
@@ -97,12 +105,12 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
       const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
       if (cols == 0) return;
       std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
-      done = gemm::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
+      done = vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
       if (done) std::copy(rows.begin(), rows.end(), mptr<T>(out));
       return;
     }
-    done = gemm::vector_activation_with_isa<T>(isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr,
-                                               cptr<T>(z), size, act);
+    done = vecmath::vector_activation_with_isa<T>(
+        isa, mptr<T>(out), has_dy ? cptr<T>(dy) : nullptr, cptr<T>(z), size, act);
   });
   return done;
 }
@@ -143,7 +151,8 @@ void bind_gemm_testing(py::module_& m) {
         py::arg("bias") = py::none(), py::arg("preact") = py::none(),
         py::arg("activation") = "linear", py::arg("alpha") = py::none(),
         py::arg("accumulate") = false, py::arg("num_threads") = py::none(),
-        "Test hook: c (m, n) [+]= op(a) @ op(b) with bias/preact/activation on a given ISA.");
+        "Test hook: c (m, n) [+]= op(a) @ op(b) with bias/preact/activation on a given ISA, "
+        "or isa='reference': the slow, obvious triple loop (gemm_reference).");
 }
 
 }  // namespace densekit::bind

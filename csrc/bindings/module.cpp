@@ -142,6 +142,10 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       "_forget_busy_python", &forget_python_thread_busy,
       "Test hook: forget that a Python thread was seen busy.");
 
+  // The engine's tuning knobs are read now: a bad DENSEKIT_GEMM_TUNE fails the import with
+  // its message, instead of a kernel call later with the GIL released.
+  gemm::read_tuning();
+
   bind::bind_activations(m);
   bind::bind_dense(m);
   bind::bind_gemm_testing(m);

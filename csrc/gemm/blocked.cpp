@@ -13,47 +13,86 @@
 #include "blocked.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 
 #include "parallel.hpp"
 #include "scratch.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit::gemm {
 
+namespace {
+
+// DENSEKIT_GEMM_TUNE's keys and the fields they set.
+struct TuningKey {
+  const char* key;
+  void (*set)(Tuning& t, double value);
+};
+
+constexpr TuningKey kTuningKeys[] = {
+    {"kc", [](Tuning& t, double v) { t.kc_max = static_cast<index_t>(v); }},
+    {"nc", [](Tuning& t, double v) { t.nc_max = static_cast<index_t>(v); }},
+    {"grain", [](Tuning& t, double v) { t.grain = v; }},
+    {"packb", [](Tuning& t, double v) { t.pack_b = static_cast<int>(v); }},
+    {"packa", [](Tuning& t, double v) { t.pack_a = static_cast<int>(v); }},
+    {"swap", [](Tuning& t, double v) { t.swap = static_cast<int>(v); }},
+    {"tasks", [](Tuning& t, double v) { t.tasks_per_thread = static_cast<int>(v); }},
+    {"align", [](Tuning& t, double v) { t.align = static_cast<int>(v); }},
+    {"columns", [](Tuning& t, double v) { t.split_columns = static_cast<int>(v); }},
+    {"even", [](Tuning& t, double v) { t.even_tiles = static_cast<int>(v); }},
+};
+
+[[noreturn]] void tuning_fail(const std::string& what) {
+  std::string known;
+  for (const TuningKey& entry : kTuningKeys)
+    known += std::string(known.empty() ? "" : ", ") + entry.key;
+  throw ArgumentError("DENSEKIT_GEMM_TUNE: " + what + " (known keys: " + known +
+                      "; e.g. DENSEKIT_GEMM_TUNE=kc=384,packb=1)");
+}
+
+// "key=value,key=value" (empty items are skipped); an unknown key or a value that is not a
+// number throws ArgumentError.
+Tuning parse_tuning(const std::string& text) {
+  Tuning t;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find(',', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) tuning_fail("item '" + item + "' is not key=value");
+    const std::string key = item.substr(0, eq);
+    const std::string value_text = item.substr(eq + 1);
+    const TuningKey* entry = nullptr;
+    for (const TuningKey& candidate : kTuningKeys)
+      if (key == candidate.key) entry = &candidate;
+    if (entry == nullptr) tuning_fail("unknown key '" + key + "'");
+    char* parsed_end = nullptr;
+    const double value = std::strtod(value_text.c_str(), &parsed_end);
+    if (value_text.empty() || parsed_end != value_text.c_str() + value_text.size() ||
+        !std::isfinite(value))
+      tuning_fail("key '" + key + "' has value '" + value_text + "', expected a number");
+    entry->set(t, value);
+  }
+  return t;
+}
+
+}  // namespace
+
 const Tuning& tuning() {
   static const Tuning t = [] {
-    Tuning t;
     const char* env = std::getenv("DENSEKIT_GEMM_TUNE");
-    if (env == nullptr) return t;
-    std::string s(env);
-    size_t pos = 0;
-    while (pos < s.size()) {
-      size_t end = s.find(',', pos);
-      if (end == std::string::npos) end = s.size();
-      const std::string item = s.substr(pos, end - pos);
-      const size_t eq = item.find('=');
-      if (eq != std::string::npos) {
-        const std::string key = item.substr(0, eq);
-        const double value = std::atof(item.c_str() + eq + 1);
-        if (key == "kc") t.kc_max = static_cast<index_t>(value);
-        if (key == "nc") t.nc_max = static_cast<index_t>(value);
-        if (key == "grain") t.grain = value;
-        if (key == "packb") t.pack_b = static_cast<int>(value);
-        if (key == "packa") t.pack_a = static_cast<int>(value);
-        if (key == "swap") t.swap = static_cast<int>(value);
-        if (key == "tasks") t.tasks_per_thread = static_cast<int>(value);
-        if (key == "align") t.align = static_cast<int>(value);
-        if (key == "columns") t.split_columns = static_cast<int>(value);
-        if (key == "even") t.even_tiles = static_cast<int>(value);
-      }
-      pos = end + 1;
-    }
-    return t;
+    return env == nullptr ? Tuning{} : parse_tuning(env);
   }();
   return t;
 }
+
+void read_tuning() { tuning(); }
 
 namespace {
 
@@ -85,8 +124,8 @@ struct Plan {
   int threads = 1;
   TileActivation tile_act = TileActivation::linear;
   bool slow_act = false;      // activation applied by the driver after the tile is stored:
-  VectorActivation vector_act = VectorActivation::none;  // with the family's vector math, or
-                                                         // (none) with scalar::forward
+  // with the ISA's vector math (apply), or, when null, with scalar::forward
+  void (*apply)(T*, const T*, index_t, ActivationKind, T) = nullptr;
   size_t a_buffer = 0;        // elements per thread, each rounded to whole cache lines
   size_t b_buffer = 0;
   size_t edge_buffer = 0;
@@ -111,14 +150,12 @@ inline index_t start_of_panel(index_t p, index_t n, index_t nr, index_t lead) {
 
 // The task grid (tasks_m row blocks x tasks_n column blocks, near-equal numbers of tiles and
 // panels) for a given lead: column blocks of at most nc_max columns (a packed B block of
-// 256 x 1024 floats, 1 MiB, stays in L2; 1024 rather than 512 columns: +8-12% at 1024^3 on
-// two threads, +3-8% at 2048^3), row blocks of at least 8 tiles when B is packed (its packing is repeated per row
-// block), at most tasks_per_thread tasks per thread. Returns the load of the busiest thread
-// in tile x column units, the smallest found; ties go to fewer tasks (less packing), then
-// to fewer column blocks (each A micro-panel then serves more panels: at (256, 784, 256) a
-// thread's half runs 10% faster as 11 tiles x 256 columns than as 22 tiles x 128 columns).
-// Measured at (256, 784, 256) and (64, 784, 256) on two threads: one balanced task per
-// thread beats four (+5-10%); 22 tiles in 8 tasks of 3 cost 9% through 12:10 imbalance.
+// 256 x 1024 floats, 1 MiB, stays in L2), row blocks of at least 8 tiles when B is packed
+// (its packing is repeated per row block), at most tasks_per_thread tasks per thread.
+// Returns the load of the busiest thread in tile x column units, the smallest found; ties go
+// to fewer tasks (less packing), then to fewer column blocks (each A micro-panel then serves
+// more panels). Balance matters more than task count: one balanced task per thread beats
+// several (README.md, "Measurements behind the plan").
 template <typename T>
 index_t choose_tasks(const Plan<T>& plan, index_t lead, int threads, index_t* tasks_m_out,
                      index_t* tasks_n_out) {
@@ -197,23 +234,19 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   plan.n_panels = ceil_div(n, plan.nr);
   // kc depends on k alone: near-equal blocks of at most kc_max (float64: 3/4 of it, 192, so
   // that the 14 x kc A micro-panel, 21 KiB, and the B micro-panel streaming past it fit in
-  // L1 together: +1-4% at 1024^3, 2048^3 and 8192x512x512 against 256 in csrc/gemm/ab.py;
-  // float32 kc 192 or 384 is within 1.5% of 256).
+  // L1 together).
   plan.kc = k_block(k, sizeof(T));
 
   // B is read in place when each of its elements is used by one row tile, or when its rows
   // are at most 1 KiB apart (a panel then spans few pages and stays in L2 between row tiles)
-  // and there are not very many row tiles; otherwise packed. Measured on Sapphire Rapids,
-  // one thread, float32, k = 784: with 256 columns (1 KiB rows) reading in place is 10-30%
-  // faster up to ~200 rows and even at 1024 rows; with 512 columns packing wins by 5% at 256
-  // rows and 14% at 8192 rows; with 1000-4096 columns by 20-110% from 64 rows up.
+  // and there are not very many row tiles; otherwise packed (the thresholds are measured:
+  // README.md).
   const index_t b_row_bytes = b.ld * index_t(sizeof(T));
   plan.pack_b = b.transposed || (plan.m_tiles > 1 && (b_row_bytes > 1024 || plan.m_tiles > 64));
   if (tune.pack_b >= 0) plan.pack_b = b.transposed || tune.pack_b != 0;
   // A micro-panels are packed when reused over several panels and either read transposed,
-  // or many, or with rows a multiple of 1 KiB apart (the 12 rows read in place would share
-  // L1 sets): packing gains 5-10% at 1024^3 and 8192x512x512 and is within noise below
-  // ~100 rows, where reading in place saves the transposing copy.
+  // or many, or with rows a multiple of 1 KiB apart (the rows of a tile read in place would
+  // share L1 sets); below ~100 rows reading in place saves the transposing copy.
   const index_t a_row_bytes = a.ld * index_t(sizeof(T));
   plan.pack_a = plan.n_panels > 1 && m > 1 &&
                 (a.transposed || plan.m_tiles >= 8 || a_row_bytes % 1024 == 0);
@@ -230,8 +263,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const int threads = threads_for_work(num_threads, std::max(flops_ns, stream_ns), tune.grain);
   // Row tiles in a multiple of the thread count when they stay at least half of mr tall
   // (128 rows on two threads: 10 tiles of 12-13 rows, not 9 split 5:4; 32 rows: 4 tiles of 8,
-  // not 3 split 2:1, which cost 11% at (32, 784, 256) with 14-row tiles). Tile heights change
-  // no bit (see microkernels.hpp).
+  // not 3 split 2:1). Tile heights change no bit (see microkernels.hpp).
   if (threads > 1 && plan.m_tiles % threads != 0 && tune.even_tiles != 0) {
     const index_t even = round_up(plan.m_tiles, threads);
     if (2 * m >= plan.mr * even) plan.m_tiles = even;
@@ -239,20 +271,16 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
 
   // A narrow first panel ("lead") makes the vector loads of B read in place whole 64-byte
   // lines: numpy arrays are 16-byte aligned (large ones 32 bytes off a line), and split loads
-  // cost 9% at (256, 784, 256) on two threads (misaligned 229 GFLOP/s, with a lead 266). It
-  // adds a panel, which may unbalance the threads: it is taken when the best task grid with
-  // it is within 5% of the best without (at (32, 784, 256) it is not: 15%). With B packed,
-  // no lead aligns the stores of C (`align=2` forces one): C is stored once per tile and k
-  // block, and the lead's narrow panel ran a whole k loop at half width per tile; without
-  // it (8192, 512, 512) +3-4% and dense_backward there +4%, other shapes within 1-2%.
+  // are slower. It adds a panel, which may unbalance the threads: it is taken when the best
+  // task grid with it is within 5% of the best without. With B packed, no lead aligns the
+  // stores of C (`align=2` forces one): C is stored once per tile and k block, while the
+  // lead's narrow panel would run a whole k loop at half width per tile.
   //
   // Short products (m <= wide_mr: one row tile) read each element of B once, in place: edge
   // panels are not packed (a copy to read once) nor narrow (a panel costs kc chained
   // multiply-adds, however narrow): the tiles mask their first and last vectors instead, and
   // the first panel is nr - head columns, so that every vector of B between lies on whole
-  // lines. At (1, 784, 256) on one thread: 18.8 us with a packed lead and last panel,
-  // 9.7 us with a masked tail alone (B 16 bytes off a line: 92 GB/s from L2), about 6 us
-  // aligned (150 GB/s).
+  // lines.
   plan.edges = wide && !plan.pack_b;
   index_t tasks_m = 1, tasks_n = 1;
   if (plan.edges) {
@@ -281,9 +309,7 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   plan.n_panels = panel_count(plan.n, plan.nr, plan.lead);
   // A B packed beforehand is read in place of packing it when it was packed for this product
   // (kernels, k block, panels) and that pays: a few row tiles against a weight of up to
-  // 16 MiB. Measured with ab.py, two threads, against packing per call: (64, 1024, 1024)
-  // +16%, (32, 2048, 2048) +12%, (256, 1024, 1024) +6%; but 1024^3 -6% and 4096-wide weights
-  // -15 to -20%, where streaming the packed panels from L3 or memory in the kernel is slower
+  // 16 MiB. Beyond, streaming the packed panels from L3 or memory in the kernel is slower
   // than a bandwidth-bound pack phase followed by panels in L2.
   constexpr index_t kPackedMaxTiles = 24;
   constexpr double kPackedMaxBytes = 16 << 20;
@@ -300,14 +326,13 @@ Plan<T> make_plan(const KernelFamily<T>& kernels, index_t m, index_t n, index_t 
   const index_t tasks = plan.tasks_m * plan.tasks_n;
   plan.threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, tasks)));
 
-  switch (ep.activation.kind) {
-    case ActivationKind::linear: plan.tile_act = TileActivation::linear; break;
-    case ActivationKind::relu: plan.tile_act = TileActivation::relu; break;
-    case ActivationKind::leaky_relu: plan.tile_act = TileActivation::leaky_relu; break;
-    default: plan.tile_act = TileActivation::linear; plan.slow_act = true; break;
+  plan.tile_act = tile_activation(ep.activation.kind);
+  if (plan.tile_act == TileActivation::none) {
+    plan.tile_act = TileActivation::linear;
+    plan.slow_act = true;
+    const vecmath::VectorMath<T>& math = vecmath::vector_math<T>(kernels.isa);
+    if (has_vector_math(ep.activation.kind)) plan.apply = math.apply;
   }
-  if (plan.slow_act && kernels.apply != nullptr)
-    plan.vector_act = vector_activation(ep.activation.kind);
   const size_t kc = size_t(plan.kc);
   const size_t a_panels = a.transposed ? kTileGroup : 1;
   plan.a_buffer =
@@ -365,8 +390,7 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
     } else if (plan.pack_b && !b.transposed) {
       // With b_sums, the row blocks of a column block (which all pack its panels) each sum
       // a near-equal share of them: every column is summed by one task, over k in order,
-      // and no thread carries the whole sum (one did: dw of (8192, 512, 512) with db in
-      // the sweep took 8% longer than without, on one thread of two).
+      // and no thread carries the whole sum.
       index_t sum_begin = panel_begin, sum_end = panel_begin;
       if (ep.b_sums != nullptr) {
         const index_t panels = panel_end - panel_begin;
@@ -423,8 +447,7 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
       args.rows = rows;
       if (plan.pack_a && a.transposed) {
         // Row tiles of a transposed A are packed kTileGroup at a time: the rows of its source
-        // are then read in runs of ~100 elements, not 12 (dw = x^T dz at 1024^3: pack 20% ->
-        // a few % of the time).
+        // are then read in runs of ~100 elements, not 12.
         const int width = static_cast<int>(round_up(plan.mr, lanes));
         const index_t group_index = (tile - tile_begin) % kTileGroup;
         if (group_index == 0) {
@@ -462,7 +485,7 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         const int cols = static_cast<int>(panel_start(plan, p + 1) - j0);
         args.cols = cols;
         args.head = plan.edges && p == 0 ? plan.head : 0;
-        // masks only where needed: a masked load costs 20% at (1, 784, 256) from L2
+        // masks only where needed: a masked load is slower than a plain one
         args.edges = plan.edges && (args.head > 0 || cols % lanes != 0);
         const index_t shift = args.head;  // B, C, bias and preact at column j0 - head
         if (prepacked != nullptr) {
@@ -489,8 +512,8 @@ void run_task(const Plan<T>& plan, const Operand<T>& a, const Operand<T>& b, T* 
         if (last && plan.slow_act) {
           for (int i = 0; i < rows; ++i) {
             T* row = c + (i0 + i) * ldc + j0;
-            if (plan.vector_act != VectorActivation::none)
-              kernels.apply(row, row, cols, plan.vector_act, alpha);
+            if (plan.apply != nullptr)
+              plan.apply(row, row, cols, ep.activation.kind, alpha);
             else
               for (int j = 0; j < cols; ++j)
                 row[j] = scalar::forward(ep.activation.kind, alpha, row[j]);

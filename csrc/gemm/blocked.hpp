@@ -7,23 +7,10 @@
 
 namespace densekit::gemm {
 
-// The vector form of an activation (none: relu and the like, applied exactly in the tile, or
-// softmax).
-inline VectorActivation vector_activation(ActivationKind kind) {
-  switch (kind) {
-    case ActivationKind::elu: return VectorActivation::elu;
-    case ActivationKind::sigmoid: return VectorActivation::sigmoid;
-    case ActivationKind::tanh: return VectorActivation::tanh;
-    case ActivationKind::gelu_tanh: return VectorActivation::gelu_tanh;
-    case ActivationKind::gelu: return VectorActivation::gelu;
-    case ActivationKind::softplus: return VectorActivation::softplus;
-    default: return VectorActivation::none;
-  }
-}
-
 // Knobs for measurements, not API: read once from DENSEKIT_GEMM_TUNE, e.g.
 // "kc=384,nc=1024,grain=2000,packa=0,packb=1,swap=0,tasks=1,align=2" (grain in ns; -1 means
-// automatic).
+// automatic). The extension module reads them at import (read_tuning, gemm.hpp), so that an
+// unknown key or a bad value fails there, never in a kernel call.
 struct Tuning {
   index_t kc_max = 256;
   index_t nc_max = 1024;  // float32 columns per task (half as many float64): B block ~1 MiB
@@ -42,15 +29,11 @@ const Tuning& tuning();
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
-static_assert(static_cast<int>(Scale::positive) == 1 && static_cast<int>(Scale::sigmoid_y) == 2 &&
-                  static_cast<int>(Scale::tanh_y) == 3,
-              "PackScale::kind numbers Scale");
-
 // The packing view of an operand's scaling, for the element at `offset` of its data.
 template <typename T>
 PackScale<T> pack_scale(const Scaling<T>& scale, index_t offset) {
   PackScale<T> out;
-  out.kind = static_cast<int>(scale.kind);
+  out.kind = scale.kind;
   out.from = scale.kind == Scale::none ? nullptr : scale.from + offset;
   out.alpha = scale.alpha;
   return out;

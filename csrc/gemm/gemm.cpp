@@ -202,38 +202,6 @@ void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Opera
 }
 
 template <typename T>
-bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
-                                const Activation& act) {
-  const KernelFamily<T>& kernels = family<T>(isa);
-  const VectorActivation kind = vector_activation(act.kind);
-  if (kernels.apply == nullptr || kind == VectorActivation::none) return false;
-  const T alpha = static_cast<T>(act.alpha);
-  if (dy == nullptr)
-    kernels.apply(out, z, count, kind, alpha);
-  else
-    kernels.derivative(out, dy, z, count, kind, alpha);
-  return true;
-}
-
-template <typename T>
-bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act) {
-  return vector_activation_with_isa(isa_choice().isa, out, dy, z, count, act);
-}
-
-template <typename T>
-bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
-  const KernelFamily<T>& kernels = family<T>(isa);
-  if (kernels.softmax == nullptr) return false;
-  kernels.softmax(v, rows, cols, ld);
-  return true;
-}
-
-template <typename T>
-bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
-  return vector_softmax_with_isa(isa_choice().isa, v, rows, cols, ld);
-}
-
-template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& ep) {
   const T alpha = static_cast<T>(ep.activation.alpha);
@@ -256,11 +224,6 @@ void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b,
                                  index_t, const Epilogue<T>&, int);                         \
   template void gemm_reference<T>(index_t, index_t, index_t, Operand<T>, Operand<T>, T*,    \
                                   index_t, const Epilogue<T>&);                             \
-  template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
-  template bool vector_activation_with_isa<T>(Isa, T*, const T*, const T*, index_t,        \
-                                              const Activation&);                           \
-  template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
-  template bool vector_softmax_with_isa<T>(Isa, T*, index_t, index_t, index_t);            \
   template PackedB<T> pack_b<T>(const T*, index_t, index_t, index_t, int);                 \
   template double fma_peak_probe<T>(index_t, int);                                         \
   template const char* gemm_kernel_name<T>();                                               \

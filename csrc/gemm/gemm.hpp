@@ -12,9 +12,10 @@
 
 #include <vector>
 
-#include "activations.hpp"
+#include "activation_table.hpp"
 #include "common.hpp"
 #include "isa.hpp"
+#include "vecmath/scalar_activations.hpp"
 
 namespace densekit::gemm {
 
@@ -94,30 +95,17 @@ template <typename T>
 void gemm_with_isa(Isa isa, index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                    index_t ldc, const Epilogue<T>& epilogue, int num_threads);
 
-// A slow, obvious triple loop with the same epilogue, for tests and as a reference.
+// A slow, obvious triple loop with the same epilogue (v = sum over p in increasing order, then
+// C if accumulating, then bias, preact, act), one thread; the tests compare every ISA with it
+// (test hook _gemm_isa_test with isa "reference").
 template <typename T>
 void gemm_reference(index_t m, index_t n, index_t k, Operand<T> a, Operand<T> b, T* c,
                     index_t ldc, const Epilogue<T>& epilogue);
 
-// The vector math of the ISA in use (elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
-// within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
-// result is normal), over `count` contiguous elements:
-//   dy == nullptr: out[i] = f(z[i]) (out may be z);
-//   else:          out[i] = dy[i] * f'(z[i]), f' from the pre-activation.
-// Returns false, and writes nothing, where that ISA has none for T and this activation.
-// vector_activation_with_isa: a given ISA (tests; it must be supported).
-template <typename T>
-bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act);
-template <typename T>
-bool vector_activation_with_isa(Isa isa, T* out, const T* dy, const T* z, index_t count,
-                                const Activation& act);
-
-// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
-// (vector_exp, lane sums); false, and nothing written, where it has none for T.
-template <typename T>
-bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
-template <typename T>
-bool vector_softmax_with_isa(Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+// Reads the engine's tuning knobs (DENSEKIT_GEMM_TUNE, for measurements) once; throws
+// ArgumentError naming the variable, the key and the known keys for an unknown key or a value
+// that is not a number. Call it before any product (the extension module does, at import).
+void read_tuning();
 
 // The arithmetic peak of the microkernel family in use for T on num_threads threads (>= 1):
 // `steps` rounds of register-only multiply-adds shared among them (see KernelFamily::

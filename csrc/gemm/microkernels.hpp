@@ -11,17 +11,12 @@
 // (The portable family has no fma: it rounds the product and the sum separately.)
 #pragma once
 
-#include <limits>
-
+#include "activation_table.hpp"
 #include "common.hpp"
-#include "exp_series.hpp"
+#include "gemm.hpp"
 #include "isa.hpp"
 
 namespace densekit::gemm {
-
-// Activations a tile applies on registers; the others are applied by the driver to the
-// tile in cache right after it is stored (the tile then applies `linear`).
-enum class TileActivation : int { linear = 0, relu = 1, leaky_relu = 2 };
 
 template <typename T>
 struct TileArgs {
@@ -57,32 +52,14 @@ struct TileArgs {
 template <typename T>
 using TileFn = void (*)(const TileArgs<T>&);
 
-// Activations a family may apply with vector math to a tile just stored (still in L1); the
-// others go through scalar::forward. Values are within a few ulp of scalar::forward.
-enum class VectorActivation : int {
-  none = 0,
-  elu = 1,
-  sigmoid = 2,
-  tanh = 3,
-  gelu_tanh = 4,
-  gelu = 5,
-  softplus = 6,
-};
-
 // The packing view of gemm.hpp's Scaling: the factor for source element src[i] is read from
-// from[i] (from is offset like src). kind: 0 none, 1 positive, 2 sigmoid_y, 3 tanh_y.
+// from[i] (from is offset like src).
 template <typename T>
 struct PackScale {
-  int kind = 0;
+  Scale kind = Scale::none;
   const T* from = nullptr;
   T alpha = T(0);
 };
-
-// -126 ln 2: below it float32 exp is subnormal, and the vector math (vector_exp) returns 0.
-constexpr float kExpNormalLimit = -87.33654475f;
-// -1022 ln 2 (rounded up by 1e-12: exp there is normal by a margin far above its error): the
-// same for float64.
-constexpr double kExpNormalLimit64 = -708.396418532263;
 
 template <typename T>
 struct KernelFamily {
@@ -105,13 +82,6 @@ struct KernelFamily {
   // (count <= width <= count rounded up to lanes; zero past count).
   void (*pack_transposed)(const T* src, index_t ld, index_t kc, int count, int width, T* out,
                           index_t out_stride, const PackScale<T>& scale) = nullptr;
-  // y[i] = f(z[i]) for i < count (y may be z); null when the family has no vector math for T.
-  void (*apply)(T* y, const T* z, index_t count, VectorActivation kind, T alpha) = nullptr;
-  // Softmax of rows x cols of (v, ld) in place; null when the family has no vector math.
-  void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
-  // dz[i] = dy[i] * f'(z[i]) for i < count; null when the family has no vector math for T.
-  void (*derivative)(T* dz, const T* dy, const T* z, index_t count, VectorActivation kind,
-                     T alpha) = nullptr;
   // Consecutive row tiles of a transposed A: tile t (rows[t] columns of src) at
   // out + t * kc * width, row stride width (a multiple of lanes).
   void (*pack_row_tiles)(const T* src, index_t ld, index_t kc, const int* rows, int tiles,

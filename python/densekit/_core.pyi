@@ -1,6 +1,6 @@
 # Type information for densekit._core, the C++ extension module.
 from collections.abc import Sequence
-from typing import Any, Literal, SupportsFloat, SupportsIndex
+from typing import Any, Literal, SupportsFloat, SupportsIndex, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,17 @@ ActivationName = Literal[
     "softmax",
 ]
 
-ACTIVATIONS: tuple[str, ...]
+class ActivationInfo(TypedDict):
+    alpha: float | None  # the default alpha, None when the activation takes none
+    needs_preactivation: bool  # the derivative needs z (leaky_relu: only for alpha <= 0)
+    derivative_from_output: Literal["always", "never", "alpha > 0"]
+    fused_in_tile: bool  # applied on registers inside the matrix-product tile
+    vector_math: bool  # has a vector form on ISAs with vector math
+    elementwise: bool  # False for softmax (over the last axis)
+
+# The activation table (csrc/activation_table.hpp), in its row order.
+ACTIVATIONS: tuple[ActivationName, ...]
+ACTIVATION_INFO: dict[ActivationName, ActivationInfo]
 LOSSES: tuple[str, ...]
 OPTIMIZERS: tuple[str, ...]
 

@@ -1,13 +1,16 @@
 """Activation names as Keras spells them, resolved to the kernels' names (and their alpha).
 
-The numbers are computed by the kernels (``densekit.kernels.ACTIVATIONS``); this module only
-names them. Keras's defaults are kept: ``leaky_relu`` has negative slope 0.2 and ``gelu`` is
-the exact (erf) form; ``gelu_tanh`` is the tanh approximation.
+The numbers are computed by the kernels; the names, alphas and which derivative needs the
+pre-activation come from their table (``densekit.kernels.ACTIVATION_INFO``). Keras's defaults
+are kept: ``leaky_relu`` has negative slope 0.2 and ``gelu`` is the exact (erf) form;
+``gelu_tanh`` is the tanh approximation.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from ._core import ACTIVATION_INFO
 
 
 class Activation(NamedTuple):
@@ -15,23 +18,20 @@ class Activation(NamedTuple):
     alpha: float | None  # only leaky_relu and elu take one
 
 
+# Keras's defaults where they differ from the kernels' (leaky_relu: 0.2, torch's 0.01).
+_KERAS_ALPHA = {"leaky_relu": 0.2}
+
 _ALIASES = {
-    None: Activation("linear", None),
-    "linear": Activation("linear", None),
-    "relu": Activation("relu", None),
-    "leaky_relu": Activation("leaky_relu", 0.2),
-    "elu": Activation("elu", 1.0),
-    "sigmoid": Activation("sigmoid", None),
-    "tanh": Activation("tanh", None),
-    "softplus": Activation("softplus", None),
-    "gelu": Activation("gelu", None),
-    "gelu_tanh": Activation("gelu_tanh", None),
-    "softmax": Activation("softmax", None),
+    name: Activation(name, _KERAS_ALPHA.get(name, info["alpha"]))
+    for name, info in ACTIVATION_INFO.items()
 }
+_ALIASES[None] = _ALIASES["linear"]
 
 # Activations whose derivative the dense kernel computes from the pre-activation, so the
 # forward pass must keep it.
-NEEDS_PREACTIVATION = frozenset({"elu", "softplus", "gelu", "gelu_tanh"})
+NEEDS_PREACTIVATION = frozenset(
+    name for name, info in ACTIVATION_INFO.items() if info["needs_preactivation"]
+)
 
 
 def get(identifier, name: str = "activation") -> Activation:

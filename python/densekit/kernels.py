@@ -10,6 +10,7 @@ Shapes use Keras's layout: ``x`` is (n, k) for n samples of k features, the weig
 from __future__ import annotations
 
 from ._core import (
+    ACTIVATION_INFO,
     ACTIVATIONS,
     LOSSES,
     OPTIMIZERS,
@@ -35,6 +36,7 @@ from ._core import (
 
 __all__ = [
     "ACTIVATIONS",
+    "ACTIVATION_INFO",
     "LOSSES",
     "OPTIMIZERS",
     "DenseChain",

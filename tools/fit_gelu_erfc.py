@@ -1,4 +1,4 @@
-"""The coefficients of Q in float32 gelu's erfc (microkernel_body.inc, gelu_parts):
+"""The coefficients of Q in float32 gelu's erfc (csrc/vecmath/vector_math.inc, gelu_parts):
 
     erfc(x) = t Q(2t - 1) exp(-x^2),  t = 1 / (1 + x / 2),  x >= 0,
 
@@ -7,7 +7,7 @@ tends to 1 / (2 sqrt(pi))). A degree-10 Chebyshev fit weighted towards equal rel
 (a few Lawson iterations), printed highest degree first as float32, with its relative error
 evaluated exactly. Needs scipy (scipy.special.erfcx). Not part of the build or the tests.
 
-    python csrc/gemm/fit_gelu_erfc.py
+    python -m tools.fit_gelu_erfc    # from the repository root
 """
 
 from __future__ import annotations

@@ -4,24 +4,22 @@ Not a test and not the benchmark suite (bench/ is): a tool for tuning csrc/gemm.
 contender runs in rounds, interleaved, after a warm-up; per-call times are pooled and the
 median is reported, with ratios computed from those medians. Usage (see README.md):
 
-    python csrc/gemm/timing.py [forward|gemm|backward|f64|scaling] [--threads 2] [--rounds 7]
+    python -m tools.gemm_timing [forward|gemm|backward|f64|scaling] [--threads 2] [--rounds 7]
+
+(from the repository root, so that bench/ imports as a package).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import densekit
-from densekit import kernels as K
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for bench/
 from bench.gemm import MLP_SHAPES as MLP  # the issue's MLP shapes: one list
+from densekit import kernels as K
 
 LARGE = [(1024, 1024, 1024), (2048, 2048, 2048), (8192, 512, 512)]
 

@@ -2,14 +2,14 @@
 process, interleaved: on this shared machine two runs in separate processes differ by 3-10%,
 two contenders in one process by about 1%. Not a test and not the benchmark suite.
 
-    python csrc/gemm/ab.py --b-so build/other/_core...so   [--a-so ...] --shapes 8192x512x512
-    python csrc/gemm/ab.py --b-tune kc=384 --shapes 1024x1024x1024,256x784x256 --threads 1
+    python -m tools.gemm_ab --b-so build/other/_core...so [--a-so ...] --shapes 8192x512x512
+    python -m tools.gemm_ab --b-tune kc=384 --shapes 1024x1024x1024,256x784x256 --threads 1
 
 Each contender is a copy of a _core shared object loaded under its own path and its own module
 name (so each has its own globals, thread pool and tuning, read from DENSEKIT_GEMM_TUNE at its
-first product). The names must differ: CPython keeps one extension module per name, and a
-second load under "densekit._core" returned the first module, so that until 2026-11-27 every
-A/B made with this script compared a build with itself.
+import, or at its first product in older builds). The names must differ: CPython keeps one
+extension module per name, and a second load under "densekit._core" returns the first module
+(the two contenders would be one build).
 Reports the medians of dense_forward calls per shape and B's speed over A's.
 """
 
@@ -36,11 +36,11 @@ def load(path: str, tune: str, label: str):
     name = f"densekit_ab_{label}._core"  # its own name: see the module docstring
     loader = importlib.machinery.ExtensionFileLoader(name, copy)
     spec = importlib.util.spec_from_file_location(name, copy, loader=loader)
+    os.environ["DENSEKIT_GEMM_TUNE"] = tune
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
-    os.environ["DENSEKIT_GEMM_TUNE"] = tune
     eye = np.eye(16, dtype=np.float32)
-    module.dense_forward(eye, eye, None, "linear", num_threads=1)  # reads the tuning now
+    module.dense_forward(eye, eye, None, "linear", num_threads=1)  # older builds read it here
     os.environ.pop("DENSEKIT_GEMM_TUNE", None)
     return module
 

@@ -1,0 +1,21 @@
+// The losses' row kernels for avx512, compiled with -mavx512f -mavx2 -mfma and entered only after
+// the CPU check in gemm/isa.cpp.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "exp_series.hpp"
+#include "float_bits.hpp"
+#include "loss_rows.hpp"
+
+namespace densekit {
+namespace {
+
+#include "loss_rows.inc"
+
+}  // namespace
+
+LossKernels<float> avx512_loss_kernels_f32() { return make_loss_kernels<float>(); }
+LossKernels<double> avx512_loss_kernels_f64() { return make_loss_kernels<double>(); }
+
+}  // namespace densekit

@@ -1,0 +1,81 @@
+// The vector math of each ISA, built on first use, and the entry points on the ISA in use.
+#include "vecmath.hpp"
+
+namespace densekit::vecmath {
+
+template <>
+const VectorMath<float>& vector_math<float>(gemm::Isa isa) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  if (isa == gemm::Isa::avx512) {
+    static const VectorMath<float> avx512 = avx512_vector_math_f32();
+    return avx512;
+  }
+  if (isa == gemm::Isa::avx2) {
+    static const VectorMath<float> avx2 = avx2_vector_math_f32();
+    return avx2;
+  }
+#endif
+  (void)isa;
+  static const VectorMath<float> portable{};
+  return portable;
+}
+
+template <>
+const VectorMath<double>& vector_math<double>(gemm::Isa isa) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  if (isa == gemm::Isa::avx512) {
+    static const VectorMath<double> avx512 = avx512_vector_math_f64();
+    return avx512;
+  }
+  if (isa == gemm::Isa::avx2) {
+    static const VectorMath<double> avx2 = avx2_vector_math_f64();
+    return avx2;
+  }
+#endif
+  (void)isa;
+  static const VectorMath<double> portable{};
+  return portable;
+}
+
+template <typename T>
+bool vector_activation_with_isa(gemm::Isa isa, T* out, const T* dy, const T* z, index_t count,
+                                const Activation& act) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.apply == nullptr || !has_vector_math(act.kind)) return false;
+  const T alpha = static_cast<T>(act.alpha);
+  if (dy == nullptr)
+    math.apply(out, z, count, act.kind, alpha);
+  else
+    math.derivative(out, dy, z, count, act.kind, alpha);
+  return true;
+}
+
+template <typename T>
+bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act) {
+  return vector_activation_with_isa(gemm::isa_choice().isa, out, dy, z, count, act);
+}
+
+template <typename T>
+bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.softmax == nullptr) return false;
+  math.softmax(v, rows, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
+  return vector_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
+}
+
+#define DENSEKIT_INSTANTIATE(T)                                                              \
+  template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
+  template bool vector_activation_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t,  \
+                                              const Activation&);                           \
+  template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
+  template bool vector_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);
+DENSEKIT_INSTANTIATE(float)
+DENSEKIT_INSTANTIATE(double)
+#undef DENSEKIT_INSTANTIATE
+
+}  // namespace densekit::vecmath

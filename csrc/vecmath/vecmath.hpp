@@ -1,0 +1,65 @@
+// The vector-math layer: elementwise activations, their derivatives and row softmax over a
+// vector type per ISA (vector_math.inc), each ISA in its own translation unit with that ISA's
+// flags (vector_math_avx512.cpp, vector_math_avx2.cpp), chosen by the same one ISA choice as
+// the matrix-product engine (gemm/isa.hpp). Sits below the kernel families and the engine:
+// it includes neither.
+#pragma once
+
+#include "activation_table.hpp"
+#include "common.hpp"
+#include "gemm/isa.hpp"
+
+namespace densekit::vecmath {
+
+// -126 ln 2: below it float32 exp is subnormal, and the vector math (vector_exp) returns 0.
+constexpr float kExpNormalLimit = -87.33654475f;
+// -1022 ln 2 (rounded up by 1e-12: exp there is normal by a margin far above its error): the
+// same for float64.
+constexpr double kExpNormalLimit64 = -708.396418532263;
+
+// One ISA's vector math for T; the functions are null where it has none (the portable ISA).
+template <typename T>
+struct VectorMath {
+  gemm::Isa isa = gemm::Isa::portable;
+  // y[i] = f(z[i]) for i < count (y may be z).
+  void (*apply)(T* y, const T* z, index_t count, ActivationKind kind, T alpha) = nullptr;
+  // Softmax of rows x cols of (v, ld) in place.
+  void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
+  // dz[i] = dy[i] * f'(z[i]) for i < count.
+  void (*derivative)(T* dz, const T* dy, const T* z, index_t count, ActivationKind kind,
+                     T alpha) = nullptr;
+};
+
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+VectorMath<float> avx2_vector_math_f32();
+VectorMath<double> avx2_vector_math_f64();
+VectorMath<float> avx512_vector_math_f32();
+VectorMath<double> avx512_vector_math_f64();
+#endif
+
+// The vector math of an ISA, built on first use; only an ISA the CPU supports may be asked
+// for (building it runs code compiled with that ISA's flags).
+template <typename T>
+const VectorMath<T>& vector_math(gemm::Isa isa);
+
+// With the vector math of the ISA in use (elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
+// within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
+// result is normal), over `count` contiguous elements:
+//   dy == nullptr: out[i] = f(z[i]) (out may be z);
+//   else:          out[i] = dy[i] * f'(z[i]), f' from the pre-activation.
+// Returns false, and writes nothing, where that ISA has none for T and this activation.
+// vector_activation_with_isa: a given ISA (tests; it must be supported).
+template <typename T>
+bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Activation& act);
+template <typename T>
+bool vector_activation_with_isa(gemm::Isa isa, T* out, const T* dy, const T* z, index_t count,
+                                const Activation& act);
+
+// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
+// (vector_exp, lane sums); false, and nothing written, where it has none for T.
+template <typename T>
+bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
+template <typename T>
+bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+
+}  // namespace densekit::vecmath
