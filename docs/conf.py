@@ -117,10 +117,6 @@ def _core_signature(app, what, name, obj, options, signature, return_annotation)
 # other broken docstring still fails the build; each entry goes once its source quotes such
 # text in double backquotes (the bindings' strings in csrc/bindings, models.py).
 PLAIN_TEXT_DOCSTRINGS = {
-    "densekit.kernels.adam_step",
-    "densekit.kernels.huber",
-    "densekit.kernels.mae",
-    "densekit.kernels.sigmoid_binary_cross_entropy",
     "densekit.Sequential.evaluate",
     "densekit.Sequential.train_on_batch",
 }

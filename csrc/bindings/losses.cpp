@@ -285,11 +285,11 @@ void bind_losses(py::module_& m) {
   def_elementwise(m, LossKind::mse,
                   "Mean squared error: per-sample loss mean_j (prediction - target)^2.");
   def_elementwise(m, LossKind::mae,
-                  "Mean absolute error: per-sample loss mean_j |prediction - target|; the "
+                  "Mean absolute error: per-sample loss mean_j ``|prediction - target|``; the "
                   "gradient uses sign (0 at 0).");
   def_elementwise(m, LossKind::huber,
-                  "Huber loss: per-sample mean_j of 0.5 e^2 for |e| <= delta, else "
-                  "delta (|e| - 0.5 delta), with e = prediction - target and delta > 0.");
+                  "Huber loss: per-sample mean_j of ``0.5 e^2`` for ``|e| <= delta``, else "
+                  "``delta (|e| - 0.5 delta)``, with e = prediction - target and delta > 0.");
   const std::string softmax_doc =
       std::string(
           "Softmax cross-entropy of logits prediction (n, classes), fused with its gradient "
@@ -304,7 +304,7 @@ void bind_losses(py::module_& m) {
         py::arg("label_smoothing") = 0.0, softmax_doc.c_str());
   def_elementwise(m, LossKind::sigmoid_binary_cross_entropy,
                   "Binary cross-entropy of logits: per-sample mean_j of max(z, 0) - z t + "
-                  "log1p(exp(-|z|)); gradient sigmoid(z) - t. label_smoothing ls in [0, 1] "
+                  "``log1p(exp(-|z|))``; gradient sigmoid(z) - t. label_smoothing ls in [0, 1] "
                   "maps t -> t (1 - ls) + ls / 2.");
   py::list names;
   for (LossKind kind : kLossKinds) names.append(loss_name(kind));

@@ -312,7 +312,7 @@ void bind_optim(py::module_& m) {
         py::arg("maximize") = false, py::arg("num_threads") = py::none(),
         "One torch.optim.Adam step, in place on param, m, v (and v_max).\n\n"
         "step is the 1-based count including this step (bias corrections 1 - beta**step).\n"
-        "decoupled_weight_decay=True is AdamW (param *= 1 - lr * weight_decay first); v_max\n"
+        "decoupled_weight_decay=True is AdamW (``param *= 1 - lr * weight_decay`` first); v_max\n"
         "given is AMSGrad (v_max = max(v_max, v) normalises the step). m, v, v_max start at\n"
         "zeros.");
   m.def("rmsprop_step", &rmsprop_step_py, py::arg("param"), py::arg("grad"),
