@@ -5,7 +5,8 @@ host and process id so that a later save can remove the ones a killed process le
 ``os.replace``. A new file gets ``0o666 & ~umask``, a replaced one keeps its mode. Reading
 opens only the entries asked for, checks each one's .npy header (shape, dtype, size) before
 reading any data, and refuses compressed entries and entries claiming more bytes than the
-archive holds, so what a read allocates is bounded by the file's size.
+archive holds, so what a read allocates is bounded by the file's size. The JSON header is
+bounded in size and nesting, and its floats are finite and within float32's range.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 MAX_HEADER_BYTES = 4 * 2**20  # the JSON header entry
 MAX_JSON_DEPTH = 32  # nesting of arrays and objects in the JSON header
+MAX_FLOAT = float(np.finfo(np.float32).max)  # the largest magnitude of a float in a header
 _NPY_HEADER_LIMIT = 10_000  # numpy's own limit for a trusted .npy header
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _NAME_KEPT = 100  # characters of the target's name used in its temporary files' names
@@ -69,13 +71,15 @@ def temporary_pattern(name: str) -> re.Pattern:
     )
 
 
+def temporary_name(name: str, pid: int, host: str = _HOST) -> str:
+    """A fresh name for a temporary file of a save of ``name`` by process ``pid``."""
+    return f".{name[:_NAME_KEPT]}.{host}.{pid}.{secrets.token_hex(8)}.tmp"
+
+
 def _create_temporary(directory: str, name: str) -> tuple[str, int]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
-        temporary = os.path.join(
-            directory,
-            f".{name[:_NAME_KEPT]}.{_HOST}.{os.getpid()}.{secrets.token_hex(8)}.tmp",
-        )
+        temporary = os.path.join(directory, temporary_name(name, os.getpid()))
         try:
             return temporary, os.open(temporary, flags, 0o666)
         except FileExistsError:
@@ -221,7 +225,18 @@ class Archive:
             raise ArchiveError(
                 f"entry {name!r}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})"
             )
-        return json.loads(text)
+        return json.loads(text, parse_float=_bounded_float, parse_constant=_refuse_constant)
+
+
+def _bounded_float(text: str) -> float:
+    value = float(text)
+    if not abs(value) <= MAX_FLOAT:
+        raise ArchiveError(f"header: number {text[:40]} beyond float32's range")
+    return value
+
+
+def _refuse_constant(text: str):
+    raise ArchiveError(f"header: non-finite number {text}")
 
 
 def json_depth(text: str) -> int:

@@ -151,7 +151,20 @@ def _from_config(config, deserialize, serialize, path: str, what: str):
             f"{path}: invalid {what} {_short(config)} ({type(error).__name__}: {error})"
         ) from None
     _expect(_same(again, config), path, f"invalid {what} {_short(config)}")
+    _expect(_names_are_strings(config), path, f"invalid {what}: a name that is not a string")
     return made
+
+
+def _names_are_strings(config) -> bool:
+    """Whether every ``name`` in a config (and the configs it holds) is a str or None."""
+    if isinstance(config, list):
+        return all(_names_are_strings(item) for item in config)
+    if not isinstance(config, dict):
+        return True
+    name = config.get("name")
+    return (name is None or isinstance(name, str)) and all(
+        _names_are_strings(item) for item in config.values()
+    )
 
 
 def _layer_from_config(config, path: str, index: int):
@@ -246,10 +259,14 @@ def _check_model_header(header: dict, path: str) -> _Contents:
 
 
 def _check_rng_states(states, body: list, path: str) -> None:
-    _expect(isinstance(states, dict), path, "invalid rng_states")
     dropouts = {layer.name: layer for layer in body if isinstance(layer, layers_module.Dropout)}
+    _expect(
+        isinstance(states, dict) and set(states) == set(dropouts),
+        path,
+        f"invalid rng_states (expected the states of the Dropout layers {sorted(dropouts)})",
+    )
     for name, state in states.items():
-        _expect(name in dropouts, path, f"rng_states: no Dropout layer named {_short(name)}")
+        _expect(_is_pcg64_state(state), path, f"invalid rng state of {name!r}")
         generator = dropouts[name].rng.bit_generator
         try:
             generator.state = state
@@ -259,6 +276,20 @@ def _check_rng_states(states, body: list, path: str) -> None:
                 f"{path}: invalid rng state of {name!r} ({type(error).__name__}: {error})"
             ) from None
         _expect(_same(again, state), path, f"invalid rng state of {name!r}")
+
+
+def _is_pcg64_state(state) -> bool:
+    """Whether ``state`` is a PCG64 state as ``bit_generator.state`` gives it."""
+    return (
+        isinstance(state, dict)
+        and set(state) == {"bit_generator", "state", "has_uint32", "uinteger"}
+        and state["bit_generator"] == "PCG64"
+        and isinstance(state["state"], dict)
+        and set(state["state"]) == {"state", "inc"}
+        and all(_is_int(state["state"][key], 0, 2**128 - 1) for key in ("state", "inc"))
+        and _is_int(state["has_uint32"], 0, 1)
+        and _is_int(state["uinteger"], 0, 2**32 - 1)
+    )
 
 
 def _check_compile(settings, path: str):
@@ -516,7 +547,12 @@ def load_weights(model, filepath) -> None:
             input_dim = header["model"]["input_dim"]
         else:
             stored = _check_weights_header(header, path)
-            input_dim = stored[0][0] if stored and stored[0] else None
+            input_dim = None
+            if stored and not model.built:
+                _expect(
+                    len(stored[0]) == 2, path, f"weight 0 has shape {stored[0]}, not a kernel's"
+                )
+                input_dim = stored[0][0]
         if model.built:
             expected = [w.shape for w in model.weights]
         elif input_dim is None:
