@@ -9,6 +9,7 @@ import copy
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def test_unused_entries_are_never_read(tmp_path):
     padded.write_bytes(path.read_bytes())
     with zipfile.ZipFile(padded, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         with archive.open("zeros.npy", "w", force_zip64=True) as entry:
-            entry.write(np.lib.format.magic(1, 0))
+            header = {"descr": "|u1", "fortran_order": False, "shape": (128 * 2**20,)}
+            np.lib.format.write_array_header_1_0(entry, header)
             chunk = bytes(2**20)
             for _ in range(128):
                 entry.write(chunk)
@@ -179,6 +181,15 @@ def test_compressed_and_oversized_entries_are_refused(tmp_path):
         write_entries(odd, dict(entries, **{name: buffer.getvalue()}))
         with pytest.raises(saving.ModelFileError, match=rf"odd-{name}\.npz"):
             densekit.load_model(odd)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    (tmp_path / "dir.npz").mkdir()
+    for path in (fifo, tmp_path / "dir.npz"):
+        with pytest.raises(saving.ModelFileError, match=re.escape(str(path))):
+            densekit.load_model(path)
 
 
 def test_deep_or_huge_json_headers_are_refused(tmp_path):

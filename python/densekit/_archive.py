@@ -146,9 +146,13 @@ class Archive:
     """An .npz file opened for bounded reading; use as a context manager."""
 
     def __init__(self, path: str):
-        self._file = open(path, "rb")
+        # O_NONBLOCK: a FIFO planted at the path must not block the open
+        self._file = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
         try:
-            self._size = os.fstat(self._file.fileno()).st_size
+            status = os.fstat(self._file.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise ArchiveError("not a regular file")
+            self._size = status.st_size
             self._zip = zipfile.ZipFile(self._file)
         except BaseException:
             self._file.close()
