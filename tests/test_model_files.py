@@ -504,3 +504,58 @@ def test_concurrent_saves_of_one_path_all_succeed(tmp_path):
     assert [child.wait(timeout=120) for child in children] == [0, 0, 0]
     assert os.listdir(tmp_path) == ["model.npz"]
     densekit.load_model(path)
+
+
+HEADS = {  # a last layer (or two) and targets for each registered loss
+    "MeanSquaredError": ([Dense, 1, None], "values"),
+    "MeanAbsoluteError": ([Dense, 1, None], "values"),
+    "Huber": ([Dense, 1, None], "values"),
+    "BinaryCrossentropy": ([Dense, 1, "sigmoid"], "binary"),
+    "CategoricalCrossentropy": ([Dense, 3, None, "softmax"], "one-hot"),
+    "SparseCategoricalCrossentropy": ([Dense, 3, "softmax"], "labels"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_registered_config_survives_the_checks(tmp_path, dtype):
+    """The header checks rebuild every config and compare: no file densekit writes may fail."""
+    from densekit import losses, metrics
+    from densekit.layers import Activation
+
+    x, y = data(16)
+    targets = {
+        "values": y[:, None].astype(float),
+        "binary": (y[:, None] > 0).astype(float),
+        "one-hot": np.eye(3)[y],
+        "labels": y,
+    }
+    kernels = [cls() for cls in initializers._BY_CLASS.values()]
+    metric_names = {"labels": ["accuracy"], "binary": ["accuracy", "mse"]}
+    metric_objects = {
+        "labels": [metrics.SparseCategoricalAccuracy()],
+        "one-hot": [metrics.CategoricalAccuracy(), metrics.MeanSquaredError()],
+        "binary": [metrics.BinaryAccuracy()],
+    }
+    for index, (name, loss_class) in enumerate(sorted(losses._BY_CLASS.items())):
+        (layer, units, activation, *after), kind = HEADS[name]
+        head = [layer(units, activation), *(Activation(a) for a in after)]
+        body = [
+            Dense(6, "tanh", kernel_initializer=kernels[index], kernel_regularizer="l2"),
+            Dense(4, kernel_initializer=kernels[index + 6], use_bias=False),
+            Dropout(0.1),
+        ]
+        first = [Input((5,))] if index % 2 else []  # half the models are built by fit
+        model = densekit.Sequential(first + body + head, dtype=dtype)
+        model.compile(
+            "rmsprop",
+            loss_class(),
+            metric_names.get(kind, ["mae"])
+            + metric_objects.get(kind, [metrics.MeanAbsoluteError()]),
+        )
+        model.fit(x, targets[kind], batch_size=8, epochs=1, verbose=0)
+        path = tmp_path / f"{name}.npz"
+        model.save(path)
+        again = densekit.load_model(path)
+        assert again.get_config() == model.get_config()
+        assert again.get_compile_config() == model.get_compile_config()
+        np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
