@@ -18,6 +18,7 @@ import secrets
 import socket
 import stat
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -134,12 +135,14 @@ def _sync_directory(directory: str) -> None:
 
 
 # -- reading -------------------------------------------------------------------------------
-class ArrayInfo:
-    """An entry's .npy header: ``shape``, ``dtype``, ``fortran_order`` and where it is."""
+class ArrayInfo(NamedTuple):
+    """An entry's .npy header: its shape, dtype and order, and where its data starts."""
 
-    def __init__(self, member: zipfile.ZipInfo, shape, dtype, fortran_order, data_offset):
-        self.member, self.shape, self.dtype = member, shape, dtype
-        self.fortran_order, self.data_offset = fortran_order, data_offset
+    member: zipfile.ZipInfo
+    shape: tuple
+    dtype: np.dtype
+    fortran_order: bool
+    data_offset: int
 
 
 class Archive:
