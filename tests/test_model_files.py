@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -183,13 +184,40 @@ def test_compressed_and_oversized_entries_are_refused(tmp_path):
             densekit.load_model(odd)
 
 
+def test_entries_claiming_more_than_the_file_holds_are_refused(tmp_path):
+    path = tmp_path / "model.npz"
+    saved_model(path)
+    raw = bytearray(path.read_bytes())
+    record = raw.index(b"PK\x01\x02")
+    while raw[record + 46 : record + 46 + len(b"weight.0.npy")] != b"weight.0.npy":
+        record = raw.index(b"PK\x01\x02", record + 4)
+    for offset in (20, 24):  # the central directory's compressed and uncompressed sizes
+        raw[record + offset : record + offset + 4] = (2**31).to_bytes(4, "little")
+    inflated = tmp_path / "inflated.npz"
+    inflated.write_bytes(bytes(raw))
+    with pytest.raises(saving.ModelFileError, match=r"inflated\.npz: entries claim \d+ bytes"):
+        densekit.load_model(inflated)
+    assert peak_memory_of(lambda: densekit.load_model(inflated)) < 2**20
+
+
 def test_special_files_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
     (tmp_path / "dir.npz").mkdir()
     for path in (fifo, tmp_path / "dir.npz"):
-        with pytest.raises(saving.ModelFileError, match=re.escape(str(path))):
-            densekit.load_model(path)
+        outcome = []
+
+        def load(path=path):
+            try:
+                densekit.load_model(path)
+            except Exception as error:
+                outcome.append(error)
+
+        loader = threading.Thread(target=load, daemon=True)  # a blocked open must not hang pytest
+        loader.start()
+        loader.join(timeout=30)
+        assert not loader.is_alive(), f"load_model({path}) blocked"
+        assert isinstance(outcome[0], saving.ModelFileError) and str(path) in str(outcome[0])
 
 
 def test_deep_or_huge_json_headers_are_refused(tmp_path):
