@@ -9,7 +9,6 @@ import copy
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -207,7 +206,7 @@ def test_special_files_are_refused_without_blocking(tmp_path):
     for path in (fifo, tmp_path / "dir.npz"):
         outcome = []
 
-        def load(path=path):
+        def load(path=path, outcome=outcome):
             try:
                 densekit.load_model(path)
             except Exception as error:
