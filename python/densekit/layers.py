@@ -8,6 +8,7 @@ kernel calls (``_plan.py``). Inputs are (n, features) arrays: n samples, feature
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 
 import numpy as np
@@ -233,3 +234,15 @@ def deserialize(config: dict) -> Layer:
     if cls is None:
         raise ValueError(f"unknown layer {config!r}; expected one of {sorted(_REGISTRY)}")
     return cls.from_config(dict(config.get("config", {})))
+
+
+def weight_shapes(layer_list, input_dim: int) -> list[tuple[int, ...]]:
+    """The shapes (Keras's order) of the weights ``layer_list`` gets on inputs of
+    ``input_dim`` features, worked out without building the layers or allocating anything
+    (the layers are left as they are)."""
+    shapes, width = [], input_dim
+    for layer in layer_list:
+        probe = copy.copy(layer)  # _build sets attributes: on the copy only
+        width = probe._build(width)
+        shapes.extend(shape for _, shape, _ in probe._weight_specs)
+    return shapes
