@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from densekit import callbacks
+import densekit
+from densekit import callbacks, layers, losses
 from densekit._openmp_env import SPIN_COUNT
 
 from .asyncutil import (
@@ -324,3 +325,73 @@ def test_a_job_is_running_until_it_ends_and_notifies_waiters_and_callbacks_when_
     assert called == [True]
     with pytest.raises(concurrent.futures.CancelledError):
         job.result(timeout=TIMEOUT)
+
+
+# -- a model without an Input is built once, by whichever thread comes first ------------------
+def lazy_model(seed=0, compiled=True):
+    """A model without an Input: built by its first fit, evaluate or predict."""
+    densekit.set_random_seed(seed)
+    model = densekit.Sequential([layers.Dense(256, "relu"), layers.Dense(4)])
+    if compiled:
+        model.compile(
+            "adam", losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+        )
+    return model
+
+
+@pytest.fixture
+def frequent_switches():
+    """Switch threads every microsecond, so that unsynchronised code interleaves."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+def race(*calls):
+    """Run the calls on threads released together; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results, errors = [None] * len(calls), []
+
+    def run(i):
+        barrier.wait(TIMEOUT)
+        try:
+            results[i] = calls[i]()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_first_predicts_build_one_model(frequent_switches):
+    x, _ = classification(n=64)
+    expected = lazy_model(compiled=False).predict(x)
+    for _ in range(20):
+        model = lazy_model(compiled=False)
+        first, second = race(
+            lambda model=model: model.predict(x), lambda model=model: model.predict(x)
+        )
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(second, expected)
+        np.testing.assert_array_equal(model.predict(x), expected)
+
+
+def test_a_fit_racing_a_first_predict_trains_the_model(frequent_switches):
+    x, y = classification(n=256)
+    arguments = {"epochs": 2, "batch_size": 32, "seed": 0, "verbose": 0}
+    reference = lazy_model()
+    reference.fit(x, y, **arguments)
+    for _ in range(20):
+        model = lazy_model()
+        history, _ = race(
+            lambda model=model: model.fit(x, y, **arguments),
+            lambda model=model: model.predict(x[:8]),
+        )
+        assert_same_state(model, reference)
+        assert history.history["loss"] == reference.history.history["loss"]

@@ -147,7 +147,7 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
                 "x: build the model before training it from an iterator "
                 "(start it with Input(shape=...) or call model.build(input_shape))"
             )
-        model.build((None, dataset.feature_count))
+        model.ensure_built((None, dataset.feature_count))
     model.training_state  # noqa: B018 - made now, so that a bad compile raises here
     s.dataset = dataset
     s.steps = s.steps_per_epoch or dataset.batches_per_pass()

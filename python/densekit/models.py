@@ -130,7 +130,27 @@ class Sequential:
             features = int_at_least(shape[0], 1, "input_shape")
         self._build(features)
 
+    def ensure_built(self, input_shape) -> None:
+        """Build the model for ``input_shape`` unless it is built: what a first ``fit``,
+        ``evaluate`` or ``predict`` does to a model without an Input. Threads racing to use a
+        new model build it once, whichever comes first, and all use that build.
+
+        Parameters
+        ----------
+        input_shape : tuple or int
+            ``(None, features)`` or ``(features,)``.
+        """
+        if self.built:
+            return
+        with self._guard.build_lock:
+            if not self.built:
+                self.build(input_shape)
+
     def _build(self, features: int) -> None:
+        with self._guard.build_lock:  # one build at a time; re-entrant for training_state
+            self._build_unlocked(features)
+
+    def _build_unlocked(self, features: int) -> None:
         self._refuse_while_training("build")
         declared = self._declared_input_dim()
         if declared is not None and declared != features:
@@ -167,11 +187,11 @@ class Sequential:
                 layer.set_weights(kept)
         self._params, self._weight_views = params, views
         self.input_dim, self.output_dim = features, width
-        self.built = True
         self._predict_ops = build_ops(self.layers, features, training=False, absorbed=None)
         # predict's kernel call, holding the live weights (views into the buffer made above)
         self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
         self._invalidate()
+        self.built = True  # last: a thread that sees it built (without the lock) sees it all
 
     def _invalidate(self) -> None:
         """Forget the training state (after a change of layers or of compile settings)."""
@@ -349,11 +369,16 @@ class Sequential:
         """The training machinery of the compiled, built model (``training.TrainingState``):
         made on first use after each compile or change of layers, building the model if its
         input shape is known."""
-        if self._state is None:
-            self._require_compiled("using the model for training or evaluation")
+        state = self._state
+        if state is not None:
+            return state
+        self._require_compiled("using the model for training or evaluation")
+        with self._guard.build_lock:  # made once: the optimizer is bound to one state
+            if self._state is not None:
+                return self._state
             if not self.built:
                 self.build()
-            self._state = TrainingState(
+            state = self._state = TrainingState(
                 self.layers,
                 self._params,
                 self._weight_slices,
@@ -364,7 +389,7 @@ class Sequential:
                 metric_identifiers=self._metric_identifiers,
                 guard=self._guard,
             )
-        return self._state
+        return state
 
     def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The optimizer's step count and state arrays (live) when they belong to this

@@ -111,7 +111,7 @@ def inputs_for(model, x, name: str = "x") -> np.ndarray:
     """
     x = as_inputs(x, np.dtype(model.dtype), name)
     if not model.built:
-        model.build((None, x.shape[1]))
+        model.ensure_built((None, x.shape[1]))  # once, whichever thread comes first
     if x.shape[1] != model.input_dim:
         raise ValueError(f"{name}: expected shape (n, {model.input_dim}), got {x.shape}")
     return x
