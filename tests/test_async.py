@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -395,3 +396,106 @@ def test_a_fit_racing_a_first_predict_trains_the_model(frequent_switches):
         )
         assert_same_state(model, reference)
         assert history.history["loss"] == reference.history.history["loss"]
+
+
+# -- Ctrl-C while waiting for a job ------------------------------------------------------------
+INTERRUPTED_WAIT = """
+import concurrent.futures, sys, time
+import numpy as np
+import densekit
+from densekit import callbacks, layers, losses
+
+class SlowStep(callbacks.Callback):
+    def __init__(self, work):
+        super().__init__()
+        self.work = work
+    def on_train_batch_end(self, batch, logs=None):
+        if self.work == "sleep":
+            time.sleep(0.5)
+        elif self.work == "kernels":
+            w = np.ones((64, 256), np.float32)
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                densekit.kernels.dense_forward(x, w, None, "gelu")
+
+x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int64)
+model = densekit.Sequential([layers.Input((64,)), layers.Dense(32, "relu"), layers.Dense(2)])
+model.compile("adam", losses.SparseCategoricalCrossentropy(from_logits=True))
+work, catch, detached = sys.argv[1], sys.argv[2] == "catch", sys.argv[3] == "detached"
+options = {"detached": True} if detached else {}
+job = model.fit_async(
+    x, y, epochs=10**6, batch_size=8, verbose=0, callbacks=[SlowStep(work)], **options
+)
+while job.step < 2 and job.epoch in (None, 0):
+    time.sleep(0.001)
+print("waiting", flush=True)
+if not catch:
+    job.result(timeout=120)
+try:
+    job.result(timeout=120)
+except KeyboardInterrupt:
+    print("interrupted", job.cancel_requested, flush=True)
+done, _ = concurrent.futures.wait([job], timeout=0.5 if detached else 60)
+print("cancelled" if job.cancelled() else "done" if done else "training", flush=True)
+job.stop()
+concurrent.futures.wait([job], timeout=60)
+print("steps", model.optimizer.iterations > 0, flush=True)
+"""
+
+
+def interrupt_child(work: str, catch: bool, detached: bool, interrupts: int):
+    """Run INTERRUPTED_WAIT, send SIGINT ``interrupts`` times once it waits for the job (the
+    second after the first's traceback); its returncode, stdout and stderr."""
+    arguments = [work, "catch" if catch else "raise", "detached" if detached else "attached"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_WAIT, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(TIMEOUT, child.kill)  # ends a hung child, whatever blocks
+    watchdog.start()
+    try:
+        assert child.stdout.readline() == "waiting\n"
+        time.sleep(0.2)  # inside job.result()
+        child.send_signal(signal.SIGINT)
+        if interrupts == 2:
+            assert child.stderr.readline().startswith("Traceback")  # the first one's
+            time.sleep(0.1)  # the interpreter is shutting down, waiting for the job
+            child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return child.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["attached", "detached"])
+def test_ctrl_c_in_result_stops_the_job_unless_detached(detached):
+    returncode, stdout, stderr = interrupt_child("none", True, detached, 1)
+    assert returncode == 0, stderr
+    expected = "interrupted False\ntraining\n" if detached else "interrupted True\ncancelled\n"
+    assert stdout == expected + "steps True\n"
+
+
+@pytest.mark.parametrize("work", ["none", "kernels"])
+def test_ctrl_c_ends_a_script_waiting_for_its_job(work):
+    # one Ctrl-C: the KeyboardInterrupt ends the script, and the job stops at its next step
+    # instead of keeping the interpreter alive
+    returncode, _, stderr = interrupt_child(work, False, False, 1)
+    assert returncode == -signal.SIGINT, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt")
+
+
+@pytest.mark.parametrize(
+    ("work", "detached"), [("sleep", False), ("kernels", False), ("kernels", True)]
+)
+def test_a_second_ctrl_c_during_shutdown_ends_quietly(work, detached):
+    # the second Ctrl-C interrupts the interpreter's wait for the job's thread at exit: the
+    # process exits, without an abort, while the job thread sleeps or runs kernels
+    returncode, _, stderr = interrupt_child(work, False, detached, 2)
+    assert returncode == -signal.SIGINT, stderr
+    assert "terminate called" not in stderr and "Fatal Python error" not in stderr

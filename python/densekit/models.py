@@ -441,18 +441,25 @@ class Sequential:
         arguments = {name: value for name, value in locals().items() if name != "self"}
         return self._train(arguments, "fit")
 
-    def fit_async(self, *args, **kwargs) -> jobs.TrainingJob:
+    def fit_async(self, *args, detached=False, **kwargs) -> jobs.TrainingJob:
         """``fit`` in the background: takes fit's arguments, checks them (raising at once on
         bad ones) and returns a running ``densekit.jobs.TrainingJob``, a
         ``concurrent.futures.Future`` of the History that asyncio code can ``await``. Training
         and its callbacks run on the job's thread; meanwhile ``predict`` from other threads
         sees the weights after some whole step. ``job.stop()`` / ``job.cancel()`` end it at
-        the next batch boundary."""
+        the next batch boundary.
+
+        Ctrl-C (KeyboardInterrupt) while ``job.result()`` waits cancels the job (as Ctrl-C
+        stops a synchronous ``fit``) and propagates. With ``detached=True`` the job trains on
+        whatever happens to its waiters (a Ctrl-C interrupts only the wait), as a task
+        submitted to an executor does; stop it with ``job.stop()`` or ``job.cancel()``."""
+        if not isinstance(detached, (bool, np.bool_)):
+            raise TypeError(f"detached: expected True or False, got {detached!r}")
         bound = inspect.signature(self.fit).bind(*args, **kwargs)
         bound.apply_defaults()
-        return self._train(bound.arguments, "fit_async")
+        return self._train(bound.arguments, "fit_async", detached=bool(detached))
 
-    def _train(self, arguments: dict, what: str):
+    def _train(self, arguments: dict, what: str, detached: bool = False):
         """Check fit's ``arguments`` (by name) here, then train on this thread (fit) or on a
         job's thread (fit_async)."""
         self._require_compiled("fit")
@@ -467,7 +474,11 @@ class Sequential:
         self._guard.claim("fit_async", self.name, for_job=True)
         try:
             job = jobs.TrainingJob(
-                self, lambda job: _fit.run(self, setup, job), setup.epochs, self._guard
+                self,
+                lambda job: _fit.run(self, setup, job),
+                setup.epochs,
+                self._guard,
+                detached=detached,
             )
             job.start()
         except BaseException:
