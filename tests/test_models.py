@@ -5,6 +5,8 @@ a training step that allocates nothing."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -959,3 +961,82 @@ def test_the_state_is_remade_after_compile_and_keeps_the_optimizer_state():
     assert model.training_state is not state
     assert model.training_state.optimizer_state()[0] == steps  # same optimizer, same buffer
     assert regularized_model().optimizer_state() is None  # not bound before any use
+
+
+# -- Ctrl-C during a synchronous fit -------------------------------------------------------------
+INTERRUPTED_FIT = """
+import random, signal, sys, threading, time
+import numpy as np
+import densekit
+from densekit import callbacks, layers, losses
+
+class Record(callbacks.Callback):
+    '''The step count, weights and optimizer state after the last whole step, and a signal
+    that training has begun.'''
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+    def on_train_begin(self, logs=None):
+        self.record()
+    def on_train_batch_end(self, batch, logs=None):
+        self.record()
+        self.started.set()
+    def record(self):
+        optimizer = self.model.optimizer
+        self.last = (
+            optimizer.iterations,
+            self.model.get_weights(),
+            [v.copy() for v in optimizer.variables.values()],
+        )
+
+def same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 512)).astype(np.float32)
+y = rng.integers(0, 4, 256)
+main = threading.get_ident()
+random.seed(0)
+split = 0
+for trial in range(int(sys.argv[1])):
+    densekit.set_random_seed(trial)
+    model = densekit.Sequential([layers.Input((512,)), layers.Dense(512), layers.Dense(4)])
+    model.compile(sys.argv[2], losses.SparseCategoricalCrossentropy(from_logits=True))
+    record = Record()
+
+    def interrupt():
+        record.started.wait(60)
+        time.sleep(random.uniform(0.0, 0.02))
+        signal.pthread_kill(main, signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        model.fit(x, y, epochs=10**6, batch_size=4, verbose=0, callbacks=[record])
+    except KeyboardInterrupt:
+        pass
+    sender.join()
+    steps, weights, state = record.last
+    now = model.optimizer.iterations
+    variables = list(model.optimizer.variables.values())
+    if now == steps:  # interrupted before the step's update: nothing of it applied
+        split += not (same(model.get_weights(), weights) and same(variables, state))
+    else:  # after it: the update and its count
+        changed = not same(model.get_weights(), weights) and not same(variables, state)
+        split += not (now == steps + 1 and changed)
+print("split", split)
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_ctrl_c_in_fit_never_splits_an_update_from_its_count(optimizer):
+    # a helper thread sends SIGINT to the main thread at a random moment of training: the
+    # weights, the optimizer state and its step count are those after a whole step
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_FIT, "30", optimizer],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "split 0\n"

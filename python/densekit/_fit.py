@@ -11,6 +11,7 @@ stop/cancel) is honoured between steps.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -174,33 +175,36 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     if job is not None and job.stop_requested:
         model.stop_training = True
     logs: dict = {}
+    # a synchronous fit on the main thread: Ctrl-C is raised between two whole steps
+    deferring = state.deferring_interrupts() if job is None else contextlib.nullcontext()
     try:
-        hooks.on_train_begin()
-        for epoch in range(s.initial_epoch, s.epochs):
-            if job is not None and job.stop_requested:
-                break
-            state.reset_metrics()
-            hooks.on_epoch_begin(epoch)
-            loss_total, seen = train_epoch(epoch)
-            if job is not None and job.cancel_requested:
-                break
-            if seen == 0 and train_epoch.exhausted:
-                _ran_out(epoch, s)
-                break
-            logs = state.logs(loss_total, seen)
-            if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
-                hooks.on_test_begin()
-                val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
-                hooks.on_test_end(val_logs)
-                logs.update({"val_" + key: value for key, value in val_logs.items()})
-            hooks.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-            if train_epoch.exhausted:
-                _ran_out(epoch + 1, s)
-                break
-        if not (job is not None and job.cancel_requested):
-            hooks.on_train_end(logs)
+        with deferring:
+            hooks.on_train_begin()
+            for epoch in range(s.initial_epoch, s.epochs):
+                if job is not None and job.stop_requested:
+                    break
+                state.reset_metrics()
+                hooks.on_epoch_begin(epoch)
+                loss_total, seen = train_epoch(epoch)
+                if job is not None and job.cancel_requested:
+                    break
+                if seen == 0 and train_epoch.exhausted:
+                    _ran_out(epoch, s)
+                    break
+                logs = state.logs(loss_total, seen)
+                if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
+                    hooks.on_test_begin()
+                    val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
+                    hooks.on_test_end(val_logs)
+                    logs.update({"val_" + key: value for key, value in val_logs.items()})
+                hooks.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+                if train_epoch.exhausted:
+                    _ran_out(epoch + 1, s)
+                    break
+            if not (job is not None and job.cancel_requested):
+                hooks.on_train_end(logs)
     finally:
         train_epoch.close()
     return history

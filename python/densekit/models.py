@@ -500,7 +500,8 @@ class Sequential:
             state = self._state
             plan = state.load_batch(x, y, sample_weight)
             state.reset_metrics()
-            loss = state.train_step(plan)
+            with state.deferring_interrupts():  # Ctrl-C: the whole step or none of it
+                loss = state.train_step(plan)
             return self._result(state.logs(loss * n, n), return_dict)
         finally:
             self._guard.release()

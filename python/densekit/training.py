@@ -11,11 +11,14 @@ buffer to reduce across processes), then ``apply_gradients``; ``set_parameters``
 ``set_optimizer_state`` bring every process to the same start.
 
 Threads: during training ``apply_gradients`` is the only write to the parameters; it runs under
-the model's weight guard (``_guard.py``), so readers on other threads see whole steps.
+the model's weight guard (``_guard.py``), so readers on other threads see whole steps. Inside
+``deferring_interrupts`` (a training on the main thread) a Ctrl-C that comes during an update is
+raised after it, so that the weights, the optimizer state and its step count stay one step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -24,6 +27,7 @@ import numpy as np
 from . import kernels, optimizers
 from . import metrics as metrics_module
 from ._guard import WeightGuard
+from ._interrupts import DeferredInterrupts
 from ._plan import Plan, Workspace, build_ops, first_weighted_op
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
@@ -229,6 +233,7 @@ class TrainingState:
             for factor, arrays in groups.items()
         ]
         self._workspaces: dict[tuple[str, int], Workspace] = {}
+        self._interrupts: DeferredInterrupts | None = None
 
     def _bind_gradients(self) -> None:
         """A new flat gradient buffer shaped like the parameters, its views in Keras's order,
@@ -521,12 +526,42 @@ class TrainingState:
         """
         guard = self._guard
         if self._locked:
-            with guard.lock:  # readers on other threads copy between two steps
-                self.optimizer.apply(schedule_step)
-                guard.version += 1
+            interrupts = self._interrupts
+            if interrupts is None:
+                with guard.lock:  # readers on other threads copy between two steps
+                    self.optimizer.apply(schedule_step)
+                    guard.version += 1
+                return
+            # a Ctrl-C landing between the kernel and the count is raised after both
+            interrupts.deferring = True
+            try:
+                with guard.lock:
+                    self.optimizer.apply(schedule_step)
+                    guard.version += 1
+            finally:
+                interrupts.deferring = False
+            if interrupts.pending is not None:
+                interrupts.deliver()
         else:  # a Hogwild replica: no lock, by design
             self.optimizer.apply(schedule_step)
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
+
+    @contextlib.contextmanager
+    def deferring_interrupts(self):
+        """A block in which Ctrl-C (SIGINT) during an optimizer step is raised after the
+        step, so that the update and its count are one (on the main thread; elsewhere no
+        signal arrives and this does nothing). ``fit`` and ``train_on_batch`` train in one.
+
+        Yields
+        ------
+        None
+        """
+        with DeferredInterrupts() as interrupts:
+            self._interrupts = interrupts
+            try:
+                yield
+            finally:
+                self._interrupts = None
 
     def update_metrics(self, plan: Plan) -> None:
         """Add the batch in ``plan`` to the metrics.
