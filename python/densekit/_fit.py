@@ -106,7 +106,10 @@ def _validation_data(model, data):
         )
     weights = data[2] if len(data) == 3 else None
     names = ("validation_data[0]", "validation_data[1]", "validation_data[2]")
-    return dataset_for(model, data[0], data[1], weights, names)
+    x, y, weights = dataset_for(model, data[0], data[1], weights, names)
+    if x.shape[0] == 0:
+        raise ValueError("validation_data: no samples to evaluate")
+    return x, y, weights
 
 
 def _setup_arrays(model, s, x, y, sample_weight, validation_split, class_weight) -> None:
@@ -239,7 +242,10 @@ class EpochTally:
 
     def train(self, step: int, plan) -> bool:
         """Step ``step`` on ``plan``'s buffers, then its hooks; True when training stops."""
-        loss = self.state.train_step(plan)
+        try:
+            loss = self.state.train_step(plan)
+        except FloatingPointError as error:  # compile(check_finite=True) refused the step
+            raise FloatingPointError(f"epoch {self.epoch}, batch {step}: {error}") from None
         self.loss_total += loss * plan.n
         self.seen += plan.n
         if self.batch_hooks:

@@ -63,6 +63,7 @@ class _Worker:
         weighted = sample_weight is not None
         plan_of, global_steps = self.workspace.plan, self.global_steps
         compute_gradients, apply_gradients = state.compute_gradients, state.apply_gradients
+        check_finite = state.check_finite
         state.reset_metrics()
         self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
         for start in range(0, shard.shape[0], s.batch_size):
@@ -72,6 +73,8 @@ class _Worker:
             plan = plan_of(rows.shape[0], weighted)
             plan.gather(x, y, sample_weight, rows)
             loss = compute_gradients(plan)
+            if check_finite:
+                state.refuse_non_finite(loss)
             apply_gradients(schedule_step=next(global_steps))  # no lock: the point of hogwild
             state.update_metrics(plan)
             self.loss_total += loss * plan.n

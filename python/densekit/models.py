@@ -46,6 +46,7 @@ class Sequential:
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.compiled = False
+        self.check_finite = False
         self.stop_training = False
         self.history: callbacks_module.History | None = None
         self._metric_identifiers: list = []
@@ -308,9 +309,20 @@ class Sequential:
         return model
 
     # -- compile -----------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
-        """Choose the optimizer, the loss and the metrics (Keras's names and classes)."""
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, check_finite=False) -> None:
+        """Choose the optimizer, the loss and the metrics (Keras's names and classes).
+
+        ``check_finite=True`` (densekit's, not Keras's) checks every training step before
+        its update: a step whose loss or gradients are NaN or infinite (bad data, a
+        diverging learning rate) is refused, and ``fit`` (``train_on_batch``, a job) raises
+        FloatingPointError naming the epoch and batch, the weights and optimizer state still
+        those of the last good step. It costs one pass over the gradients per step. Without
+        it, as in Keras, such a step writes NaN into the weights (``TerminateOnNaN`` stops
+        training only after that update).
+        """
         self._refuse_while_training("compile")
+        if not isinstance(check_finite, (bool, np.bool_)):
+            raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
         if loss is None:
             raise ValueError("loss: compile needs a loss, e.g. loss='mse'")
         optimizer = optimizers.get(optimizer)
@@ -325,6 +337,7 @@ class Sequential:
         for identifier in identifiers:
             metrics_module.get(identifier, loss)  # validates names now
         self.optimizer, self.loss, self._metric_identifiers = optimizer, loss, identifiers
+        self.check_finite = bool(check_finite)
         self.compiled = True
         self._invalidate()
 
@@ -332,7 +345,7 @@ class Sequential:
         """The compile settings as plain data (JSON-able), or None before ``compile``."""
         if not self.compiled:
             return None
-        return {
+        config = {
             "optimizer": optimizers.serialize(self.optimizer),
             "loss": losses.serialize(self.loss),
             "metrics": [
@@ -340,6 +353,9 @@ class Sequential:
                 for m in self._metric_identifiers
             ],
         }
+        if self.check_finite:  # only when set: files without it stay as they were
+            config["check_finite"] = True
+        return config
 
     def compile_from_config(self, config: dict) -> None:
         """``compile`` with settings from ``get_compile_config``."""
@@ -350,6 +366,7 @@ class Sequential:
                 m if isinstance(m, str) else metrics_module.deserialize(m)
                 for m in config["metrics"]
             ],
+            check_finite=config.get("check_finite", False),
         )
 
     @property
@@ -388,6 +405,7 @@ class Sequential:
                 optimizer=self.optimizer,
                 metric_identifiers=self._metric_identifiers,
                 guard=self._guard,
+                check_finite=self.check_finite,
             )
         return state
 
@@ -529,6 +547,8 @@ class Sequential:
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
         verbose = callbacks_module.resolve_verbose(verbose)
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
+        if x.shape[0] == 0:
+            raise ValueError("x: no samples to evaluate")
         steps = -(-x.shape[0] // batch_size)
         hooks, progress = callbacks_module.configure(
             callbacks, self, verbose, epochs=1, steps=steps, mode="evaluate"
@@ -543,7 +563,9 @@ class Sequential:
         self._require_compiled("test_on_batch")
         self._refuse_from_other_threads("test_on_batch")
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
-        logs = self._state.evaluate(x, y, sample_weight, max(1, x.shape[0]))
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch")
+        logs = self._state.evaluate(x, y, sample_weight, x.shape[0])
         return self._result(logs, return_dict)
 
     def _snapshot_weights(self, params: np.ndarray) -> list:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 
 import numpy as np
 
@@ -167,6 +168,9 @@ class TrainingState:
         The compiled metrics (names or objects).
     guard : WeightGuard
         The model's weight guard, taken around each optimizer step.
+    check_finite : bool
+        Whether ``train_step`` refuses a step whose loss or gradients are not finite (see
+        ``refuse_non_finite``).
 
     Raises
     ------
@@ -186,8 +190,10 @@ class TrainingState:
         optimizer: optimizers.Optimizer,
         metric_identifiers,
         guard: WeightGuard,
+        check_finite: bool = False,
     ):
         self._layers = list(layers)
+        self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
         self._dtype = parameters.dtype
@@ -396,7 +402,7 @@ class TrainingState:
         Parameters
         ----------
         class_weight : dict
-            ``{class: weight >= 0}``; other classes weigh 1.
+            ``{class: weight}``, finite weights >= 0; other classes weigh 1.
         y : numpy.ndarray
             Converted targets: labels, one-hot rows (the class is the argmax) or 0/1 targets.
         sample_weight : numpy.ndarray or None
@@ -418,10 +424,16 @@ class TrainingState:
         else:
             classes = np.rint(y[:, 0]).astype(np.int64)
         weights = np.ones(len(y), self._dtype)
+        largest = float(np.finfo(self._dtype).max)  # a larger weight becomes inf
         for label, weight in class_weight.items():
-            if not (isinstance(weight, (int, float, np.number)) and weight >= 0):
+            if not (
+                isinstance(weight, (int, float, np.integer, np.floating))
+                and not isinstance(weight, bool)
+                and 0 <= weight <= largest
+            ):
                 raise ValueError(
-                    f"class_weight: weight of class {label!r} must be >= 0, got {weight!r}"
+                    f"class_weight: weight of class {label!r} must be a finite number >= 0, "
+                    f"got {weight!r}"
                 )
             weights[classes == label] = weight
         return weights if sample_weight is None else weights * sample_weight
@@ -589,10 +601,42 @@ class TrainingState:
             The batch's loss (before the update).
         """
         loss = self.compute_gradients(plan)
+        if self.check_finite:
+            self.refuse_non_finite(loss)
         self.apply_gradients()
         for update in plan.metric_updates:
             update()
         return loss
+
+    def refuse_non_finite(self, loss: float) -> None:
+        """Raise if the step just computed would write NaN or inf into the model: its
+        ``loss`` or its ``gradients`` (their global norm, one kernel pass) are not finite.
+        Call it between ``compute_gradients`` and ``apply_gradients``: nothing is updated
+        yet, so the weights, the optimizer state and its step count stay those of the last
+        step.
+
+        Parameters
+        ----------
+        loss : float
+            The loss ``compute_gradients`` returned.
+
+        Raises
+        ------
+        FloatingPointError
+            When the loss or a gradient is NaN or infinite.
+        """
+        advice = (
+            "; the step was refused before its update: the weights and the optimizer state "
+            "are those of the last step (look for NaN or inf in the inputs, targets or "
+            "weights, or lower the learning rate)"
+        )
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss of the batch is not finite ({loss})" + advice)
+        norm = kernels.clip_by_global_norm([self._gradients], _BIG_NORM)  # measures only
+        if not math.isfinite(norm):
+            raise FloatingPointError(
+                f"the gradients of the batch are not finite (global norm {norm})" + advice
+            )
 
     def batch_gradients(self, x, y, sample_weight=None) -> tuple[float, list[np.ndarray]]:
         """The loss of one batch in training mode and copies of its gradients, without
@@ -667,11 +711,16 @@ class TrainingState:
         -------
         dict
             The logs (see ``logs``).
+
+        Raises
+        ------
+        ValueError
+            When ``x`` has no samples.
         """
         self.reset_metrics()
         n = x.shape[0]
         if n == 0:
-            return self.logs(0.0, 0)
+            raise ValueError("x: no samples to evaluate")
         weighted = sample_weight is not None
         workspace = self.workspace("evaluate", min(batch_size, n))
         batch_hooks = hooks is not None and hooks.batch_hooks["test"]
