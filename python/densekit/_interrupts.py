@@ -13,39 +13,48 @@ from __future__ import annotations
 import signal
 import threading
 
+try:  # signal.signal converts each handler it returns to an enum, 8 us a call; _signal's
+    from _signal import signal as _set_handler  # is the same call without (0.3 us)
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
+    _set_handler = signal.signal
+
 
 class DeferredInterrupts:
-    """A context manager installing the deferring SIGINT handler for its block.
+    """A reusable context manager installing the deferring SIGINT handler for its block.
 
-    It installs nothing (and ``__enter__`` returns None) off the main thread, where no signal
-    handler runs, and when SIGINT has no Python handler (ignored, or the default action).
-    The step being protected sets ``deferring`` around its update, then calls ``deliver`` if
-    ``pending``.
+    It installs nothing (``active`` stays false) off the main thread, where no signal handler
+    runs, and when SIGINT has no Python handler (ignored, or the default action). The step
+    being protected, when ``active``, sets ``deferring`` around its update, then calls
+    ``deliver`` if ``pending``.
     """
 
     def __init__(self):
+        self.active = False  # installed, for the block being run
         self.deferring = False
         self.pending: tuple | None = None  # (signum, frame) of a deferred signal
         self._previous = None
         self._handler = self._handle  # one bound method, to recognise it when restoring
 
-    def __enter__(self) -> DeferredInterrupts | None:
+    def __enter__(self) -> DeferredInterrupts:
         if threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):
-            return None
-        self._previous = previous
-        signal.signal(signal.SIGINT, self._handler)
+            return self
+        previous = _set_handler(signal.SIGINT, self._handler)
+        if not callable(previous):  # ignored or the default action: leave it so
+            _set_handler(signal.SIGINT, previous)
+            return self
+        self._previous, self.pending, self.active = previous, None, True
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if self._previous is None:
+        if not self.active:
             return
-        if signal.getsignal(signal.SIGINT) is self._handler:
-            signal.signal(signal.SIGINT, self._previous)
+        self.active = False
+        current = _set_handler(signal.SIGINT, self._previous)
+        if current is not self._handler:  # replaced during the block: keep the new one
+            _set_handler(signal.SIGINT, current)
         if self.pending is not None and kind is None:
             self.deliver()  # noted after the last step's update: raised now
+        self.pending = None
 
     def _handle(self, signum, frame) -> None:
         if self.deferring:

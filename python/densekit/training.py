@@ -18,7 +18,6 @@ raised after it, so that the weights, the optimizer state and its step count sta
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -239,7 +238,7 @@ class TrainingState:
             for factor, arrays in groups.items()
         ]
         self._workspaces: dict[tuple[str, int], Workspace] = {}
-        self._interrupts: DeferredInterrupts | None = None
+        self._interrupts = DeferredInterrupts()  # active in a training on the main thread
 
     def _bind_gradients(self) -> None:
         """A new flat gradient buffer shaped like the parameters, its views in Keras's order,
@@ -539,7 +538,7 @@ class TrainingState:
         guard = self._guard
         if self._locked:
             interrupts = self._interrupts
-            if interrupts is None:
+            if not interrupts.active:
                 with guard.lock:  # readers on other threads copy between two steps
                     self.optimizer.apply(schedule_step)
                     guard.version += 1
@@ -558,22 +557,18 @@ class TrainingState:
             self.optimizer.apply(schedule_step)
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
 
-    @contextlib.contextmanager
-    def deferring_interrupts(self):
-        """A block in which Ctrl-C (SIGINT) during an optimizer step is raised after the
-        step, so that the update and its count are one (on the main thread; elsewhere no
-        signal arrives and this does nothing). ``fit`` and ``train_on_batch`` train in one.
+    def deferring_interrupts(self) -> DeferredInterrupts:
+        """A context manager for a block in which Ctrl-C (SIGINT) during an optimizer step
+        is raised after the step, so that the update and its count are one (on the main
+        thread; elsewhere no signal arrives and it does nothing). ``fit`` and
+        ``train_on_batch`` train in one.
 
-        Yields
-        ------
-        None
+        Returns
+        -------
+        densekit._interrupts.DeferredInterrupts
+            This state's (reusable, not re-entrant) context manager.
         """
-        with DeferredInterrupts() as interrupts:
-            self._interrupts = interrupts
-            try:
-                yield
-            finally:
-                self._interrupts = None
+        return self._interrupts
 
     def update_metrics(self, plan: Plan) -> None:
         """Add the batch in ``plan`` to the metrics.
@@ -769,5 +764,6 @@ class TrainingState:
         other._regularization_grads = other._regularization_calls()
         other.metrics = [copy.copy(metric) for metric in self.metrics]
         other._workspaces = {}
+        other._interrupts = DeferredInterrupts()  # never active: a replica takes no lock
         other._locked = False
         return other
