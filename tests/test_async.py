@@ -195,6 +195,27 @@ def test_cancelling_the_awaiting_task_cancels_the_job():
     assert job.cancelled() and not model.training
 
 
+def test_cancelling_the_task_awaiting_a_detached_job_leaves_it_training():
+    x, y = classification(n=800)
+    model = small_model()
+
+    async def main():
+        job = model.fit_async(x, y, batch_size=8, epochs=500, verbose=0, detached=True)
+        task = asyncio.ensure_future(job)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return job
+
+    job = asyncio.run(main())
+    assert job.detached and not job.cancel_requested and not job.done()
+    assert job.stop()
+    assert job.result(timeout=TIMEOUT).epoch is not None and not job.cancelled()
+    with pytest.raises(TypeError, match="detached"):
+        model.fit_async(x, y, detached="yes")
+
+
 def test_predict_during_training_sees_the_weights_of_a_whole_step():
     x, y = classification(n=400)
     probe = x[:64]

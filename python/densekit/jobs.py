@@ -113,6 +113,11 @@ class TrainingJob(AsyncFuture):
         self._cancel_requested = True
         return self.stop() or self.cancelled()
 
+    def __await__(self):
+        if not self._detached:
+            return super().__await__()  # cancelling the awaiting task cancels the job
+        return asyncio.shield(asyncio.wrap_future(self)).__await__()
+
     def result(self, timeout=None):
         """The History, once training has ended (``concurrent.futures.Future.result``).
 
@@ -120,7 +125,8 @@ class TrainingJob(AsyncFuture):
         (training stops at the next batch boundary, the weights and the optimizer state
         are those after the last whole step), then propagates, just as Ctrl-C stops a
         synchronous ``fit``. A job started with ``fit_async(..., detached=True)`` trains on:
-        only the wait is interrupted.
+        only the wait is interrupted (and cancelling an asyncio task that awaits it does
+        not cancel it either).
 
         Parameters
         ----------
