@@ -421,7 +421,7 @@ def test_a_fit_racing_a_first_predict_trains_the_model(frequent_switches):
 
 # -- Ctrl-C while waiting for a job ------------------------------------------------------------
 INTERRUPTED_WAIT = """
-import concurrent.futures, sys, time
+import concurrent.futures, sys, threading, time
 import numpy as np
 import densekit
 from densekit import callbacks, layers, losses
@@ -450,7 +450,20 @@ job = model.fit_async(
 )
 while job.step < 2 and job.epoch in (None, 0):
     time.sleep(0.001)
-print("waiting", flush=True)
+
+def announce_the_wait():  # once the main thread waits inside job.result()
+    main = threading.main_thread().ident
+    while True:
+        frame, names = sys._current_frames().get(main), []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        if names[:2] == ["wait", "result"] or names[:3] == ["wait", "wait", "result"]:
+            break
+        time.sleep(0.005)
+    print("waiting", flush=True)
+
+threading.Thread(target=announce_the_wait, daemon=True).start()
 if not catch:
     job.result(timeout=120)
 try:
@@ -478,8 +491,7 @@ def interrupt_child(work: str, catch: bool, detached: bool, interrupts: int):
     watchdog = threading.Timer(TIMEOUT, child.kill)  # ends a hung child, whatever blocks
     watchdog.start()
     try:
-        assert child.stdout.readline() == "waiting\n"
-        time.sleep(0.2)  # inside job.result()
+        assert child.stdout.readline() == "waiting\n"  # inside job.result()
         child.send_signal(signal.SIGINT)
         if interrupts == 2:
             assert child.stderr.readline().startswith("Traceback")  # the first one's
