@@ -5,6 +5,7 @@ a training step that allocates nothing."""
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
 import tracemalloc
@@ -1130,3 +1131,21 @@ def test_evaluating_zero_samples_is_an_error():
     with pytest.raises(ValueError, match="validation_data: no samples"):
         model.fit(x, y, validation_data=(empty_x, empty_y), verbose=0)
     assert model.optimizer.iterations == 0
+
+
+def test_fit_puts_back_the_sigint_handler_it_found():
+    x, y = classification_data(np.random.default_rng(0))
+    model = mlp(12, [8], 4, dtype="float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    calls = []
+    original = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        for handler in (signal.SIG_IGN, signal.getsignal(signal.SIGINT)):
+            signal.signal(signal.SIGINT, handler)
+            model.fit(x, y, epochs=1, verbose=0)
+            model.train_on_batch(x[:8], y[:8])
+            assert signal.getsignal(signal.SIGINT) is handler
+        signal.raise_signal(signal.SIGINT)  # the user's handler gets the signal
+        assert calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, original)

@@ -14,9 +14,10 @@ import signal
 import threading
 
 try:  # signal.signal converts each handler it returns to an enum, 8 us a call; _signal's
-    from _signal import signal as _set_handler  # is the same call without (0.3 us)
+    from _signal import getsignal as _get_handler  # are the same calls without (0.3 us)
+    from _signal import signal as _set_handler
 except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
-    _set_handler = signal.signal
+    _get_handler, _set_handler = signal.getsignal, signal.signal
 
 
 class DeferredInterrupts:
@@ -38,10 +39,10 @@ class DeferredInterrupts:
     def __enter__(self) -> DeferredInterrupts:
         if threading.current_thread() is not threading.main_thread():
             return self
-        previous = _set_handler(signal.SIGINT, self._handler)
-        if not callable(previous):  # ignored or the default action: leave it so
-            _set_handler(signal.SIGINT, previous)
+        previous = _get_handler(signal.SIGINT)
+        if not callable(previous):  # ignored, the default action, or not set from Python
             return self
+        _set_handler(signal.SIGINT, self._handler)
         self._previous, self.pending, self.active = previous, None, True
         return self
 
