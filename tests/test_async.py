@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from densekit import callbacks
+import densekit
+from densekit import callbacks, layers, losses
 from densekit._openmp_env import SPIN_COUNT
 
 from .asyncutil import (
@@ -193,6 +195,27 @@ def test_cancelling_the_awaiting_task_cancels_the_job():
     assert job.cancelled() and not model.training
 
 
+def test_cancelling_the_task_awaiting_a_detached_job_leaves_it_training():
+    x, y = classification(n=800)
+    model = small_model()
+
+    async def main():
+        job = model.fit_async(x, y, batch_size=8, epochs=500, verbose=0, detached=True)
+        task = asyncio.ensure_future(job)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return job
+
+    job = asyncio.run(main())
+    assert job.detached and not job.cancel_requested and not job.done()
+    assert job.stop()
+    assert job.result(timeout=TIMEOUT).epoch is not None and not job.cancelled()
+    with pytest.raises(TypeError, match="detached"):
+        model.fit_async(x, y, detached="yes")
+
+
 def test_predict_during_training_sees_the_weights_of_a_whole_step():
     x, y = classification(n=400)
     probe = x[:64]
@@ -324,3 +347,188 @@ def test_a_job_is_running_until_it_ends_and_notifies_waiters_and_callbacks_when_
     assert called == [True]
     with pytest.raises(concurrent.futures.CancelledError):
         job.result(timeout=TIMEOUT)
+
+
+# -- a model without an Input is built once, by whichever thread comes first ------------------
+def lazy_model(seed=0, compiled=True):
+    """A model without an Input: built by its first fit, evaluate or predict."""
+    densekit.set_random_seed(seed)
+    model = densekit.Sequential([layers.Dense(256, "relu"), layers.Dense(4)])
+    if compiled:
+        model.compile(
+            "adam", losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+        )
+    return model
+
+
+@pytest.fixture
+def frequent_switches():
+    """Switch threads every microsecond, so that unsynchronised code interleaves."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+def race(*calls):
+    """Run the calls on threads released together; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results, errors = [None] * len(calls), []
+
+    def run(i):
+        barrier.wait(TIMEOUT)
+        try:
+            results[i] = calls[i]()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_first_predicts_build_one_model(frequent_switches):
+    x, _ = classification(n=64)
+    expected = lazy_model(compiled=False).predict(x)
+    for _ in range(20):
+        model = lazy_model(compiled=False)
+        first, second = race(
+            lambda model=model: model.predict(x), lambda model=model: model.predict(x)
+        )
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(second, expected)
+        np.testing.assert_array_equal(model.predict(x), expected)
+
+
+def test_a_fit_racing_a_first_predict_trains_the_model(frequent_switches):
+    x, y = classification(n=256)
+    arguments = {"epochs": 2, "batch_size": 32, "seed": 0, "verbose": 0}
+    reference = lazy_model()
+    reference.fit(x, y, **arguments)
+    for _ in range(20):
+        model = lazy_model()
+        history, _ = race(
+            lambda model=model: model.fit(x, y, **arguments),
+            lambda model=model: model.predict(x[:8]),
+        )
+        assert_same_state(model, reference)
+        assert history.history["loss"] == reference.history.history["loss"]
+
+
+# -- Ctrl-C while waiting for a job ------------------------------------------------------------
+INTERRUPTED_WAIT = """
+import concurrent.futures, sys, threading, time
+import numpy as np
+import densekit
+from densekit import callbacks, layers, losses
+
+class SlowStep(callbacks.Callback):
+    def __init__(self, work):
+        super().__init__()
+        self.work = work
+    def on_train_batch_end(self, batch, logs=None):
+        if self.work == "sleep":
+            time.sleep(0.5)
+        elif self.work == "kernels":
+            w = np.ones((64, 256), np.float32)
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                densekit.kernels.dense_forward(x, w, None, "gelu")
+
+x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int64)
+model = densekit.Sequential([layers.Input((64,)), layers.Dense(32, "relu"), layers.Dense(2)])
+model.compile("adam", losses.SparseCategoricalCrossentropy(from_logits=True))
+work, catch, detached = sys.argv[1], sys.argv[2] == "catch", sys.argv[3] == "detached"
+options = {"detached": True} if detached else {}
+job = model.fit_async(
+    x, y, epochs=10**6, batch_size=8, verbose=0, callbacks=[SlowStep(work)], **options
+)
+while job.step < 2 and job.epoch in (None, 0):
+    time.sleep(0.001)
+
+def announce_the_wait():  # once the main thread waits inside job.result()
+    main = threading.main_thread().ident
+    while True:
+        frame, names = sys._current_frames().get(main), []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        if names[:2] == ["wait", "result"] or names[:3] == ["wait", "wait", "result"]:
+            break
+        time.sleep(0.005)
+    print("waiting", flush=True)
+
+threading.Thread(target=announce_the_wait, daemon=True).start()
+if not catch:
+    job.result(timeout=120)
+try:
+    job.result(timeout=120)
+except KeyboardInterrupt:
+    print("interrupted", job.cancel_requested, flush=True)
+done, _ = concurrent.futures.wait([job], timeout=0.5 if detached else 60)
+print("cancelled" if job.cancelled() else "done" if done else "training", flush=True)
+job.stop()
+concurrent.futures.wait([job], timeout=60)
+print("steps", model.optimizer.iterations > 0, flush=True)
+"""
+
+
+def interrupt_child(work: str, catch: bool, detached: bool, interrupts: int):
+    """Run INTERRUPTED_WAIT, send SIGINT ``interrupts`` times once it waits for the job (the
+    second after the first's traceback); its returncode, stdout and stderr."""
+    arguments = [work, "catch" if catch else "raise", "detached" if detached else "attached"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_WAIT, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(TIMEOUT, child.kill)  # ends a hung child, whatever blocks
+    watchdog.start()
+    try:
+        assert child.stdout.readline() == "waiting\n"  # inside job.result()
+        child.send_signal(signal.SIGINT)
+        if interrupts == 2:
+            assert child.stderr.readline().startswith("Traceback")  # the first one's
+            time.sleep(0.1)  # the interpreter is shutting down, waiting for the job
+            child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return child.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["attached", "detached"])
+def test_ctrl_c_in_result_stops_the_job_unless_detached(detached):
+    returncode, stdout, stderr = interrupt_child("none", True, detached, 1)
+    assert returncode == 0, stderr
+    expected = "interrupted False\ntraining\n" if detached else "interrupted True\ncancelled\n"
+    assert stdout == expected + "steps True\n"
+
+
+@pytest.mark.parametrize("work", ["none", "kernels"])
+def test_ctrl_c_ends_a_script_waiting_for_its_job(work):
+    # one Ctrl-C: the KeyboardInterrupt ends the script, and the job stops at its next step
+    # instead of keeping the interpreter alive
+    returncode, _, stderr = interrupt_child(work, False, False, 1)
+    assert returncode == -signal.SIGINT, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt")
+
+
+@pytest.mark.parametrize(
+    ("work", "detached"), [("sleep", False), ("kernels", False), ("kernels", True)]
+)
+def test_a_second_ctrl_c_during_shutdown_ends_quietly(work, detached):
+    # the second Ctrl-C interrupts the interpreter's wait for the job's thread at exit: the
+    # process exits, without an abort, while the job thread sleeps or runs kernels
+    returncode, _, stderr = interrupt_child(work, False, detached, 2)
+    assert returncode == -signal.SIGINT, stderr
+    assert "terminate called" not in stderr and "Fatal Python error" not in stderr

@@ -3,12 +3,17 @@ count and schedule are global, and what the strategy refuses."""
 
 from __future__ import annotations
 
+import _thread
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from densekit import callbacks, optimizers, schedules, training
 
 from .asyncutil import (
+    TIMEOUT,
     assert_same_state,
     classification,
     densekit_threads,
@@ -110,3 +115,30 @@ def test_an_error_in_a_worker_surfaces(monkeypatch):
     with pytest.raises(FloatingPointError, match="worker failed"):
         model.fit(x, y, workers=2, strategy="hogwild", verbose=0)
     assert not model.training and densekit_threads() == []
+
+
+def test_ctrl_c_stops_the_workers_before_fit_raises():
+    x, y = classification(n=20000)
+    model = small_model(hidden=128)
+    started = threading.Event()
+
+    def interrupt():
+        assert started.wait(TIMEOUT)
+        time.sleep(0.05)  # the workers are stepping
+        _thread.interrupt_main()
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    begin = callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.set())
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x, y, batch_size=4, epochs=10**6, workers=2, strategy="hogwild", verbose=0,
+            callbacks=[begin],
+        )  # fmt: skip
+    sender.join(TIMEOUT)
+    assert densekit_threads() == []
+    weights, steps = model.get_weights(), model.optimizer.iterations
+    assert 0 < steps < 20000 // 4
+    time.sleep(0.2)
+    for now, then in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(now, then)  # no worker stepped after fit raised

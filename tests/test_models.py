@@ -5,6 +5,9 @@ a training step that allocates nothing."""
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -959,3 +962,190 @@ def test_the_state_is_remade_after_compile_and_keeps_the_optimizer_state():
     assert model.training_state is not state
     assert model.training_state.optimizer_state()[0] == steps  # same optimizer, same buffer
     assert regularized_model().optimizer_state() is None  # not bound before any use
+
+
+# -- Ctrl-C during a synchronous fit -------------------------------------------------------------
+INTERRUPTED_FIT = """
+import random, signal, sys, threading, time
+import numpy as np
+import densekit
+from densekit import callbacks, layers, losses
+
+class Record(callbacks.Callback):
+    '''The step count, weights and optimizer state after the last whole step, and a signal
+    that training has begun.'''
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+    def on_train_begin(self, logs=None):
+        self.record()
+    def on_train_batch_end(self, batch, logs=None):
+        self.record()
+        self.started.set()
+    def record(self):
+        optimizer = self.model.optimizer
+        self.last = (
+            optimizer.iterations,
+            self.model.get_weights(),
+            [v.copy() for v in optimizer.variables.values()],
+        )
+
+def same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 512)).astype(np.float32)
+y = rng.integers(0, 4, 256)
+main = threading.get_ident()
+random.seed(0)
+split = 0
+for trial in range(int(sys.argv[1])):
+    densekit.set_random_seed(trial)
+    model = densekit.Sequential([layers.Input((512,)), layers.Dense(512), layers.Dense(4)])
+    model.compile(sys.argv[2], losses.SparseCategoricalCrossentropy(from_logits=True))
+    record = Record()
+
+    def interrupt():
+        record.started.wait(60)
+        time.sleep(random.uniform(0.0, 0.02))
+        signal.pthread_kill(main, signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        model.fit(x, y, epochs=10**6, batch_size=4, verbose=0, callbacks=[record])
+    except KeyboardInterrupt:
+        pass
+    sender.join()
+    steps, weights, state = record.last
+    now = model.optimizer.iterations
+    variables = list(model.optimizer.variables.values())
+    if now == steps:  # interrupted before the step's update: nothing of it applied
+        split += not (same(model.get_weights(), weights) and same(variables, state))
+    else:  # after it: the update and its count
+        changed = not same(model.get_weights(), weights) and not same(variables, state)
+        split += not (now == steps + 1 and changed)
+print("split", split)
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_ctrl_c_in_fit_never_splits_an_update_from_its_count(optimizer):
+    # a helper thread sends SIGINT to the main thread at a random moment of training: the
+    # weights, the optimizer state and its step count are those after a whole step
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_FIT, "30", optimizer],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "split 0\n"
+
+
+# -- non-finite data ------------------------------------------------------------------------------
+def finite_check_model(check_finite=True, seed=0):
+    model = mlp(12, [16], 4, dtype="float32", seed=seed)
+    options = {"check_finite": True} if check_finite else {}
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], **options)
+    return model
+
+
+def assert_same_training_state(model, other):
+    for mine, theirs in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    assert model.optimizer.iterations == other.optimizer.iterations
+    for name, state in model.optimizer.variables.items():
+        np.testing.assert_array_equal(state, other.optimizer.variables[name])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_finite_refuses_a_step_with_a_non_finite_loss_before_its_update(bad):
+    x, y = classification_data(np.random.default_rng(0))
+    x = x.astype(np.float32)
+    x[3 * 8 + 5, 2] = bad  # in the fourth batch
+    model = finite_check_model()
+    model.fit(x[:24], y[:24], batch_size=8, shuffle=False, verbose=0)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 3: the loss .* not finite"):
+        model.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, shuffle=False, verbose=0)
+    # the weights and optimizer state of the last good step: 3 + 3 batches
+    replay = finite_check_model()
+    replay.fit(x[:24], y[:24], batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert_same_training_state(model, replay)
+    with pytest.raises(FloatingPointError, match="the loss"):
+        model.train_on_batch(x[24:32], y[24:32])
+    assert_same_training_state(model, replay)
+    unchecked = finite_check_model(check_finite=False)
+    unchecked.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert np.isnan(unchecked.get_weights()[0]).all()  # what the check prevents
+
+
+def test_check_finite_refuses_a_non_finite_gradient_of_a_finite_loss():
+    # the second sample's inputs cancel out exactly (equal weights times a power of two), its
+    # loss is finite, but its kernel gradient x * dy overflows float32
+    model = densekit.Sequential([Input((3,)), Dense(1)])
+    model.compile("sgd", "mse", check_finite=True)
+    model.set_weights([np.array([[0.5], [0.5], [0.0]]), np.zeros(1)])
+    x = np.array([[1.0, 1.0, 1.0], [2.0**126, -(2.0**126), 0.0]], np.float32)  # exact
+    y = np.array([[0.0], [100.0]], np.float32)
+    weights = model.get_weights()
+    assert math.isfinite(model.evaluate(x[1:], y[1:], verbose=0))
+    with pytest.raises(FloatingPointError, match="epoch 0, batch 1: the gradients"):
+        model.fit(x, y, batch_size=1, shuffle=False, verbose=0)
+    assert model.optimizer.iterations == 1
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert not np.array_equal(model.get_weights()[0], weights[0])  # the first step was made
+
+
+def test_check_finite_in_hogwild_workers_and_in_the_compile_config():
+    x, y = classification_data(np.random.default_rng(0), n=400)
+    x = x.astype(np.float32)
+    x[300, 0] = np.nan
+    model = finite_check_model()
+    with pytest.raises(FloatingPointError, match="the loss"):
+        model.fit(x, y, batch_size=8, workers=2, strategy="hogwild", shuffle=False, verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert model.get_compile_config()["check_finite"] is True
+    assert "check_finite" not in finite_check_model(check_finite=False).get_compile_config()
+    with pytest.raises(TypeError, match="check_finite"):
+        model.compile("adam", "mse", check_finite="yes")
+
+
+@pytest.mark.parametrize("weight", [np.inf, np.nan, -1.0, 1e39])
+def test_class_weight_must_be_finite_and_non_negative(weight):
+    x, y = classification_data(np.random.default_rng(0))
+    model = finite_check_model(check_finite=False)
+    with pytest.raises(ValueError, match=r"class_weight: weight of class 1 must be a finite"):
+        model.fit(x, y, class_weight={0: 1.0, 1: weight}, verbose=0)
+    assert model.optimizer.iterations == 0
+
+
+def test_evaluating_zero_samples_is_an_error():
+    model = finite_check_model(check_finite=False)
+    empty_x, empty_y = np.zeros((0, 12), np.float32), np.zeros(0, np.int64)
+    with pytest.raises(ValueError, match="x: no samples to evaluate"):
+        model.evaluate(empty_x, empty_y, verbose=0)
+    with pytest.raises(ValueError, match="x: empty batch"):
+        model.test_on_batch(empty_x, empty_y)
+    x, y = classification_data(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="validation_data: no samples"):
+        model.fit(x, y, validation_data=(empty_x, empty_y), verbose=0)
+    assert model.optimizer.iterations == 0
+
+
+def test_fit_puts_back_the_sigint_handler_it_found():
+    x, y = classification_data(np.random.default_rng(0))
+    model = mlp(12, [8], 4, dtype="float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    calls = []
+    original = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        for handler in (signal.SIG_IGN, signal.getsignal(signal.SIGINT)):
+            signal.signal(signal.SIGINT, handler)
+            model.fit(x, y, epochs=1, verbose=0)
+            model.train_on_batch(x[:8], y[:8])
+            assert signal.getsignal(signal.SIGINT) is handler
+        signal.raise_signal(signal.SIGINT)  # the user's handler gets the signal
+        assert calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, original)

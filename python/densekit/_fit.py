@@ -11,6 +11,7 @@ stop/cancel) is honoured between steps.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -105,7 +106,10 @@ def _validation_data(model, data):
         )
     weights = data[2] if len(data) == 3 else None
     names = ("validation_data[0]", "validation_data[1]", "validation_data[2]")
-    return dataset_for(model, data[0], data[1], weights, names)
+    x, y, weights = dataset_for(model, data[0], data[1], weights, names)
+    if x.shape[0] == 0:
+        raise ValueError("validation_data: no samples to evaluate")
+    return x, y, weights
 
 
 def _setup_arrays(model, s, x, y, sample_weight, validation_split, class_weight) -> None:
@@ -147,7 +151,7 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
                 "x: build the model before training it from an iterator "
                 "(start it with Input(shape=...) or call model.build(input_shape))"
             )
-        model.build((None, dataset.feature_count))
+        model.ensure_built((None, dataset.feature_count))
     model.training_state  # noqa: B018 - made now, so that a bad compile raises here
     s.dataset = dataset
     s.steps = s.steps_per_epoch or dataset.batches_per_pass()
@@ -174,33 +178,36 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     if job is not None and job.stop_requested:
         model.stop_training = True
     logs: dict = {}
+    # a synchronous fit on the main thread: Ctrl-C is raised between two whole steps
+    deferring = state.deferring_interrupts() if job is None else contextlib.nullcontext()
     try:
-        hooks.on_train_begin()
-        for epoch in range(s.initial_epoch, s.epochs):
-            if job is not None and job.stop_requested:
-                break
-            state.reset_metrics()
-            hooks.on_epoch_begin(epoch)
-            loss_total, seen = train_epoch(epoch)
-            if job is not None and job.cancel_requested:
-                break
-            if seen == 0 and train_epoch.exhausted:
-                _ran_out(epoch, s)
-                break
-            logs = state.logs(loss_total, seen)
-            if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
-                hooks.on_test_begin()
-                val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
-                hooks.on_test_end(val_logs)
-                logs.update({"val_" + key: value for key, value in val_logs.items()})
-            hooks.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-            if train_epoch.exhausted:
-                _ran_out(epoch + 1, s)
-                break
-        if not (job is not None and job.cancel_requested):
-            hooks.on_train_end(logs)
+        with deferring:
+            hooks.on_train_begin()
+            for epoch in range(s.initial_epoch, s.epochs):
+                if job is not None and job.stop_requested:
+                    break
+                state.reset_metrics()
+                hooks.on_epoch_begin(epoch)
+                loss_total, seen = train_epoch(epoch)
+                if job is not None and job.cancel_requested:
+                    break
+                if seen == 0 and train_epoch.exhausted:
+                    _ran_out(epoch, s)
+                    break
+                logs = state.logs(loss_total, seen)
+                if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
+                    hooks.on_test_begin()
+                    val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
+                    hooks.on_test_end(val_logs)
+                    logs.update({"val_" + key: value for key, value in val_logs.items()})
+                hooks.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+                if train_epoch.exhausted:
+                    _ran_out(epoch + 1, s)
+                    break
+            if not (job is not None and job.cancel_requested):
+                hooks.on_train_end(logs)
     finally:
         train_epoch.close()
     return history
@@ -235,7 +242,10 @@ class EpochTally:
 
     def train(self, step: int, plan) -> bool:
         """Step ``step`` on ``plan``'s buffers, then its hooks; True when training stops."""
-        loss = self.state.train_step(plan)
+        try:
+            loss = self.state.train_step(plan)
+        except FloatingPointError as error:  # compile(check_finite=True) refused the step
+            raise FloatingPointError(f"epoch {self.epoch}, batch {step}: {error}") from None
         self.loss_total += loss * plan.n
         self.seen += plan.n
         if self.batch_hooks:

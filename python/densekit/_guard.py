@@ -11,6 +11,10 @@ for one optimizer kernel call and by a reader for one copy, never longer.
 When no one trains, readers use the live weights and are counted; a new claim waits until
 they are done, so a first training step never overwrites weights a prediction is reading.
 
+Building the model (its first fit, evaluate or predict builds a model without an Input) and
+making its training state happen under ``build_lock``, so that threads racing to use a new
+model build it once, and every one of them uses that build.
+
 After fork() the child has only the forking thread: every guard is reset there (no trainer,
 fresh locks), so a child can predict and train whatever the parent's threads were doing.
 """
@@ -37,6 +41,7 @@ class WeightGuard:
 
     def _reset(self) -> None:
         self.lock = threading.Lock()
+        self.build_lock = threading.RLock()  # around building and making the training state
         self._readers_done = threading.Condition(self.lock)
         self.trainer: int | None = None  # thread ident of the trainer, or _PENDING
         self._snapshot: tuple[int, np.ndarray] | None = None

@@ -45,6 +45,7 @@ class _Worker:
         self.state = state.replica()
         self.workspace = self.state.workspace("train", min(s.batch_size, s.x.shape[0]))
         self.error: BaseException | None = None
+        self.finished = threading.Event()  # set when run returns
         self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
 
     def run(self, shard: np.ndarray, stop: threading.Event) -> None:
@@ -53,6 +54,8 @@ class _Worker:
         except BaseException as error:
             self.error = error
             stop.set()
+        finally:
+            self.finished.set()
 
     def _run(self, shard, stop) -> None:
         model, s, state = self.model, self.s, self.state
@@ -60,13 +63,18 @@ class _Worker:
         weighted = sample_weight is not None
         plan_of, global_steps = self.workspace.plan, self.global_steps
         compute_gradients, apply_gradients = state.compute_gradients, state.apply_gradients
+        check_finite = state.check_finite
         state.reset_metrics()
         self.loss_total, self.seen, self.steps_done = 0.0, 0, 0
         for start in range(0, shard.shape[0], s.batch_size):
+            if stop.is_set():  # set before this thread got here (Ctrl-C in fit)
+                break
             rows = shard[start : start + s.batch_size]
             plan = plan_of(rows.shape[0], weighted)
             plan.gather(x, y, sample_weight, rows)
             loss = compute_gradients(plan)
+            if check_finite:
+                state.refuse_non_finite(loss)
             apply_gradients(schedule_step=next(global_steps))  # no lock: the point of hogwild
             state.update_metrics(plan)
             self.loss_total += loss * plan.n
@@ -95,19 +103,30 @@ class HogwildEpochs:
             order = np.random.default_rng((s.seed, epoch)).permutation(order.shape[0])
         shards = np.array_split(order, len(self.workers))
         stop = threading.Event()
+        for worker in self.workers:
+            worker.finished.clear()
         threads = [
             threading.Thread(
                 target=worker.run, args=(shard, stop), name=f"densekit-hogwild-{i}", daemon=True
             )
             for i, (worker, shard) in enumerate(zip(self.workers, shards))
         ]
-        for thread in threads:
-            thread.start()
         shown = 0
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.1)
-                shown = self._show_progress(epoch, shown)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.1)
+                    shown = self._show_progress(epoch, shown)
+        except BaseException:  # Ctrl-C: no worker steps once fit has raised
+            stop.set()
+            # Not thread.join: a join that a KeyboardInterrupt cut short marks a running
+            # thread as stopped (CPython's bpo-45274 fix), and a new join returns at once.
+            for worker, thread in zip(self.workers, threads):
+                if thread.ident is not None:  # running: it ends after its step
+                    worker.finished.wait()  # (one not running yet sees stop before its first)
+            raise
         self._show_progress(epoch, shown)
         for worker in self.workers:
             if worker.error is not None:

@@ -525,7 +525,11 @@ class ReduceLROnPlateau(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training as soon as a batch's running loss is NaN or infinite."""
+    """Stops training as soon as a batch's running loss is NaN or infinite.
+
+    As in Keras it acts after the batch's update, which has written NaN into the weights;
+    ``model.compile(..., check_finite=True)`` refuses such a step before its update instead.
+    """
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -8,7 +8,8 @@ callbacks run too. ``stop()`` ends training at the next batch boundary (the job'
 the History so far); ``cancel()`` does the same but the job ends cancelled. Either way the
 weights and the optimizer state are those after a whole step. Progress is readable from any
 thread (``progress``, ``history``), and ``async for epoch, logs in job`` yields each epoch's
-logs as it ends.
+logs as it ends. Ctrl-C (KeyboardInterrupt) while ``result()`` or ``exception()`` waits
+cancels the job, as a Ctrl-C in ``fit`` stops training, unless it was started detached.
 
 A job completes its Future through the public protocol only. It stays pending while it
 trains (so that it can still end cancelled: a running Future cannot), and when training has
@@ -64,11 +65,14 @@ class TrainingJob(AsyncFuture):
     guard : densekit._guard.WeightGuard
         The model's weight guard, claimed for this job: the job's thread takes it over
         (``handover``) and releases it before the job is done.
+    detached : bool
+        Whether the job trains on when a wait for it is interrupted (see ``result``).
     """
 
-    def __init__(self, model, run, epochs: int, guard):
+    def __init__(self, model, run, epochs: int, guard, detached: bool = False):
         super().__init__()
         self.model = model
+        self._detached = bool(detached)
         self._run = run
         self._epochs = epochs
         self._guard = guard
@@ -108,6 +112,78 @@ class TrainingJob(AsyncFuture):
             return False
         self._cancel_requested = True
         return self.stop() or self.cancelled()
+
+    def __await__(self):
+        if not self._detached:
+            return super().__await__()  # cancelling the awaiting task cancels the job
+        return asyncio.shield(asyncio.wrap_future(self)).__await__()
+
+    def result(self, timeout=None):
+        """The History, once training has ended (``concurrent.futures.Future.result``).
+
+        A KeyboardInterrupt (Ctrl-C) while this waits cancels the job, as ``cancel()`` does
+        (training stops at the next batch boundary, the weights and the optimizer state
+        are those after the last whole step), then propagates, just as Ctrl-C stops a
+        synchronous ``fit``. A job started with ``fit_async(..., detached=True)`` trains on:
+        only the wait is interrupted (and cancelling an asyncio task that awaits it does
+        not cancel it either).
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait at most (None: until the job ends).
+
+        Returns
+        -------
+        densekit.callbacks.History
+            What ``fit`` would have returned.
+
+        Raises
+        ------
+        concurrent.futures.CancelledError
+            When the job was cancelled.
+        TimeoutError
+            When the job has not ended within ``timeout``.
+        KeyboardInterrupt
+            When the wait was interrupted.
+        """
+        try:
+            return super().result(timeout)
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def exception(self, timeout=None):
+        """The exception that ended training, or None (``concurrent.futures.Future.exception``);
+        a KeyboardInterrupt while this waits cancels the job as in ``result``.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait at most (None: until the job ends).
+
+        Returns
+        -------
+        BaseException or None
+            What ``fit`` raised.
+        """
+        try:
+            return super().exception(timeout)
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def _interrupted(self) -> None:
+        """A wait for the job was interrupted: stop it at the next step boundary unless it
+        is detached. It is not waited for: a second Ctrl-C must find the caller free."""
+        if not self._detached:
+            self.cancel()
+
+    @property
+    def detached(self) -> bool:
+        """Whether the job trains on when a wait for it is interrupted (``fit_async``'s
+        ``detached``)."""
+        return self._detached
 
     def running(self) -> bool:
         """Whether the job is training (its thread started and the job is not done)."""

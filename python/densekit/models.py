@@ -46,6 +46,7 @@ class Sequential:
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.compiled = False
+        self.check_finite = False
         self.stop_training = False
         self.history: callbacks_module.History | None = None
         self._metric_identifiers: list = []
@@ -130,7 +131,27 @@ class Sequential:
             features = int_at_least(shape[0], 1, "input_shape")
         self._build(features)
 
+    def ensure_built(self, input_shape) -> None:
+        """Build the model for ``input_shape`` unless it is built: what a first ``fit``,
+        ``evaluate`` or ``predict`` does to a model without an Input. Threads racing to use a
+        new model build it once, whichever comes first, and all use that build.
+
+        Parameters
+        ----------
+        input_shape : tuple or int
+            ``(None, features)`` or ``(features,)``.
+        """
+        if self.built:
+            return
+        with self._guard.build_lock:
+            if not self.built:
+                self.build(input_shape)
+
     def _build(self, features: int) -> None:
+        with self._guard.build_lock:  # one build at a time; re-entrant for training_state
+            self._build_unlocked(features)
+
+    def _build_unlocked(self, features: int) -> None:
         self._refuse_while_training("build")
         declared = self._declared_input_dim()
         if declared is not None and declared != features:
@@ -167,11 +188,11 @@ class Sequential:
                 layer.set_weights(kept)
         self._params, self._weight_views = params, views
         self.input_dim, self.output_dim = features, width
-        self.built = True
         self._predict_ops = build_ops(self.layers, features, training=False, absorbed=None)
         # predict's kernel call, holding the live weights (views into the buffer made above)
         self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
         self._invalidate()
+        self.built = True  # last: a thread that sees it built (without the lock) sees it all
 
     def _invalidate(self) -> None:
         """Forget the training state (after a change of layers or of compile settings)."""
@@ -288,9 +309,20 @@ class Sequential:
         return model
 
     # -- compile -----------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
-        """Choose the optimizer, the loss and the metrics (Keras's names and classes)."""
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, check_finite=False) -> None:
+        """Choose the optimizer, the loss and the metrics (Keras's names and classes).
+
+        ``check_finite=True`` (densekit's, not Keras's) checks every training step before
+        its update: a step whose loss or gradients are NaN or infinite (bad data, a
+        diverging learning rate) is refused, and ``fit`` (``train_on_batch``, a job) raises
+        FloatingPointError naming the epoch and batch, the weights and optimizer state still
+        those of the last good step. It costs one pass over the gradients per step. Without
+        it, as in Keras, such a step writes NaN into the weights (``TerminateOnNaN`` stops
+        training only after that update).
+        """
         self._refuse_while_training("compile")
+        if not isinstance(check_finite, (bool, np.bool_)):
+            raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
         if loss is None:
             raise ValueError("loss: compile needs a loss, e.g. loss='mse'")
         optimizer = optimizers.get(optimizer)
@@ -305,6 +337,7 @@ class Sequential:
         for identifier in identifiers:
             metrics_module.get(identifier, loss)  # validates names now
         self.optimizer, self.loss, self._metric_identifiers = optimizer, loss, identifiers
+        self.check_finite = bool(check_finite)
         self.compiled = True
         self._invalidate()
 
@@ -312,7 +345,7 @@ class Sequential:
         """The compile settings as plain data (JSON-able), or None before ``compile``."""
         if not self.compiled:
             return None
-        return {
+        config = {
             "optimizer": optimizers.serialize(self.optimizer),
             "loss": losses.serialize(self.loss),
             "metrics": [
@@ -320,6 +353,9 @@ class Sequential:
                 for m in self._metric_identifiers
             ],
         }
+        if self.check_finite:  # only when set: files without it stay as they were
+            config["check_finite"] = True
+        return config
 
     def compile_from_config(self, config: dict) -> None:
         """``compile`` with settings from ``get_compile_config``."""
@@ -330,6 +366,7 @@ class Sequential:
                 m if isinstance(m, str) else metrics_module.deserialize(m)
                 for m in config["metrics"]
             ],
+            check_finite=config.get("check_finite", False),
         )
 
     @property
@@ -349,11 +386,16 @@ class Sequential:
         """The training machinery of the compiled, built model (``training.TrainingState``):
         made on first use after each compile or change of layers, building the model if its
         input shape is known."""
-        if self._state is None:
-            self._require_compiled("using the model for training or evaluation")
+        state = self._state
+        if state is not None:
+            return state
+        self._require_compiled("using the model for training or evaluation")
+        with self._guard.build_lock:  # made once: the optimizer is bound to one state
+            if self._state is not None:
+                return self._state
             if not self.built:
                 self.build()
-            self._state = TrainingState(
+            state = self._state = TrainingState(
                 self.layers,
                 self._params,
                 self._weight_slices,
@@ -363,8 +405,9 @@ class Sequential:
                 optimizer=self.optimizer,
                 metric_identifiers=self._metric_identifiers,
                 guard=self._guard,
+                check_finite=self.check_finite,
             )
-        return self._state
+        return state
 
     def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The optimizer's step count and state arrays (live) when they belong to this
@@ -416,18 +459,25 @@ class Sequential:
         arguments = {name: value for name, value in locals().items() if name != "self"}
         return self._train(arguments, "fit")
 
-    def fit_async(self, *args, **kwargs) -> jobs.TrainingJob:
+    def fit_async(self, *args, detached=False, **kwargs) -> jobs.TrainingJob:
         """``fit`` in the background: takes fit's arguments, checks them (raising at once on
         bad ones) and returns a running ``densekit.jobs.TrainingJob``, a
         ``concurrent.futures.Future`` of the History that asyncio code can ``await``. Training
         and its callbacks run on the job's thread; meanwhile ``predict`` from other threads
         sees the weights after some whole step. ``job.stop()`` / ``job.cancel()`` end it at
-        the next batch boundary."""
+        the next batch boundary.
+
+        Ctrl-C (KeyboardInterrupt) while ``job.result()`` waits cancels the job (as Ctrl-C
+        stops a synchronous ``fit``) and propagates. With ``detached=True`` the job trains on
+        whatever happens to its waiters (a Ctrl-C interrupts only the wait), as a task
+        submitted to an executor does; stop it with ``job.stop()`` or ``job.cancel()``."""
+        if not isinstance(detached, (bool, np.bool_)):
+            raise TypeError(f"detached: expected True or False, got {detached!r}")
         bound = inspect.signature(self.fit).bind(*args, **kwargs)
         bound.apply_defaults()
-        return self._train(bound.arguments, "fit_async")
+        return self._train(bound.arguments, "fit_async", detached=bool(detached))
 
-    def _train(self, arguments: dict, what: str):
+    def _train(self, arguments: dict, what: str, detached: bool = False):
         """Check fit's ``arguments`` (by name) here, then train on this thread (fit) or on a
         job's thread (fit_async)."""
         self._require_compiled("fit")
@@ -442,7 +492,11 @@ class Sequential:
         self._guard.claim("fit_async", self.name, for_job=True)
         try:
             job = jobs.TrainingJob(
-                self, lambda job: _fit.run(self, setup, job), setup.epochs, self._guard
+                self,
+                lambda job: _fit.run(self, setup, job),
+                setup.epochs,
+                self._guard,
+                detached=detached,
             )
             job.start()
         except BaseException:
@@ -464,7 +518,8 @@ class Sequential:
             state = self._state
             plan = state.load_batch(x, y, sample_weight)
             state.reset_metrics()
-            loss = state.train_step(plan)
+            with state.deferring_interrupts():  # Ctrl-C: the whole step or none of it
+                loss = state.train_step(plan)
             return self._result(state.logs(loss * n, n), return_dict)
         finally:
             self._guard.release()
@@ -492,6 +547,8 @@ class Sequential:
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
         verbose = callbacks_module.resolve_verbose(verbose)
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
+        if x.shape[0] == 0:
+            raise ValueError("x: no samples to evaluate")
         steps = -(-x.shape[0] // batch_size)
         hooks, progress = callbacks_module.configure(
             callbacks, self, verbose, epochs=1, steps=steps, mode="evaluate"
@@ -506,7 +563,9 @@ class Sequential:
         self._require_compiled("test_on_batch")
         self._refuse_from_other_threads("test_on_batch")
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
-        logs = self._state.evaluate(x, y, sample_weight, max(1, x.shape[0]))
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch")
+        logs = self._state.evaluate(x, y, sample_weight, x.shape[0])
         return self._result(logs, return_dict)
 
     def _snapshot_weights(self, params: np.ndarray) -> list:

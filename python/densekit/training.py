@@ -11,19 +11,23 @@ buffer to reduce across processes), then ``apply_gradients``; ``set_parameters``
 ``set_optimizer_state`` bring every process to the same start.
 
 Threads: during training ``apply_gradients`` is the only write to the parameters; it runs under
-the model's weight guard (``_guard.py``), so readers on other threads see whole steps.
+the model's weight guard (``_guard.py``), so readers on other threads see whole steps. Inside
+``deferring_interrupts`` (a training on the main thread) a Ctrl-C that comes during an update is
+raised after it, so that the weights, the optimizer state and its step count stay one step.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import numpy as np
 
 from . import kernels, optimizers
 from . import metrics as metrics_module
 from ._guard import WeightGuard
+from ._interrupts import DeferredInterrupts
 from ._plan import Plan, Workspace, build_ops, first_weighted_op
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
@@ -111,7 +115,7 @@ def inputs_for(model, x, name: str = "x") -> np.ndarray:
     """
     x = as_inputs(x, np.dtype(model.dtype), name)
     if not model.built:
-        model.build((None, x.shape[1]))
+        model.ensure_built((None, x.shape[1]))  # once, whichever thread comes first
     if x.shape[1] != model.input_dim:
         raise ValueError(f"{name}: expected shape (n, {model.input_dim}), got {x.shape}")
     return x
@@ -163,6 +167,9 @@ class TrainingState:
         The compiled metrics (names or objects).
     guard : WeightGuard
         The model's weight guard, taken around each optimizer step.
+    check_finite : bool
+        Whether ``train_step`` refuses a step whose loss or gradients are not finite (see
+        ``refuse_non_finite``).
 
     Raises
     ------
@@ -182,8 +189,10 @@ class TrainingState:
         optimizer: optimizers.Optimizer,
         metric_identifiers,
         guard: WeightGuard,
+        check_finite: bool = False,
     ):
         self._layers = list(layers)
+        self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
         self._dtype = parameters.dtype
@@ -229,6 +238,7 @@ class TrainingState:
             for factor, arrays in groups.items()
         ]
         self._workspaces: dict[tuple[str, int], Workspace] = {}
+        self._interrupts = DeferredInterrupts()  # active in a training on the main thread
 
     def _bind_gradients(self) -> None:
         """A new flat gradient buffer shaped like the parameters, its views in Keras's order,
@@ -391,7 +401,7 @@ class TrainingState:
         Parameters
         ----------
         class_weight : dict
-            ``{class: weight >= 0}``; other classes weigh 1.
+            ``{class: weight}``, finite weights >= 0; other classes weigh 1.
         y : numpy.ndarray
             Converted targets: labels, one-hot rows (the class is the argmax) or 0/1 targets.
         sample_weight : numpy.ndarray or None
@@ -413,10 +423,16 @@ class TrainingState:
         else:
             classes = np.rint(y[:, 0]).astype(np.int64)
         weights = np.ones(len(y), self._dtype)
+        largest = float(np.finfo(self._dtype).max)  # a larger weight becomes inf
         for label, weight in class_weight.items():
-            if not (isinstance(weight, (int, float, np.number)) and weight >= 0):
+            if not (
+                isinstance(weight, (int, float, np.integer, np.floating))
+                and not isinstance(weight, bool)
+                and 0 <= weight <= largest
+            ):
                 raise ValueError(
-                    f"class_weight: weight of class {label!r} must be >= 0, got {weight!r}"
+                    f"class_weight: weight of class {label!r} must be a finite number >= 0, "
+                    f"got {weight!r}"
                 )
             weights[classes == label] = weight
         return weights if sample_weight is None else weights * sample_weight
@@ -521,12 +537,38 @@ class TrainingState:
         """
         guard = self._guard
         if self._locked:
-            with guard.lock:  # readers on other threads copy between two steps
-                self.optimizer.apply(schedule_step)
-                guard.version += 1
+            interrupts = self._interrupts
+            if not interrupts.active:
+                with guard.lock:  # readers on other threads copy between two steps
+                    self.optimizer.apply(schedule_step)
+                    guard.version += 1
+                return
+            # a Ctrl-C landing between the kernel and the count is raised after both
+            interrupts.deferring = True
+            try:
+                with guard.lock:
+                    self.optimizer.apply(schedule_step)
+                    guard.version += 1
+            finally:
+                interrupts.deferring = False
+            if interrupts.pending is not None:
+                interrupts.deliver()
         else:  # a Hogwild replica: no lock, by design
             self.optimizer.apply(schedule_step)
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
+
+    def deferring_interrupts(self) -> DeferredInterrupts:
+        """A context manager for a block in which Ctrl-C (SIGINT) during an optimizer step
+        is raised after the step, so that the update and its count are one (on the main
+        thread; elsewhere no signal arrives and it does nothing). ``fit`` and
+        ``train_on_batch`` train in one.
+
+        Returns
+        -------
+        densekit._interrupts.DeferredInterrupts
+            This state's (reusable, not re-entrant) context manager.
+        """
+        return self._interrupts
 
     def update_metrics(self, plan: Plan) -> None:
         """Add the batch in ``plan`` to the metrics.
@@ -554,10 +596,42 @@ class TrainingState:
             The batch's loss (before the update).
         """
         loss = self.compute_gradients(plan)
+        if self.check_finite:
+            self.refuse_non_finite(loss)
         self.apply_gradients()
         for update in plan.metric_updates:
             update()
         return loss
+
+    def refuse_non_finite(self, loss: float) -> None:
+        """Raise if the step just computed would write NaN or inf into the model: its
+        ``loss`` or its ``gradients`` (their global norm, one kernel pass) are not finite.
+        Call it between ``compute_gradients`` and ``apply_gradients``: nothing is updated
+        yet, so the weights, the optimizer state and its step count stay those of the last
+        step.
+
+        Parameters
+        ----------
+        loss : float
+            The loss ``compute_gradients`` returned.
+
+        Raises
+        ------
+        FloatingPointError
+            When the loss or a gradient is NaN or infinite.
+        """
+        advice = (
+            "; the step was refused before its update: the weights and the optimizer state "
+            "are those of the last step (look for NaN or inf in the inputs, targets or "
+            "weights, or lower the learning rate)"
+        )
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss of the batch is not finite ({loss})" + advice)
+        norm = kernels.clip_by_global_norm([self._gradients], _BIG_NORM)  # measures only
+        if not math.isfinite(norm):
+            raise FloatingPointError(
+                f"the gradients of the batch are not finite (global norm {norm})" + advice
+            )
 
     def batch_gradients(self, x, y, sample_weight=None) -> tuple[float, list[np.ndarray]]:
         """The loss of one batch in training mode and copies of its gradients, without
@@ -632,11 +706,16 @@ class TrainingState:
         -------
         dict
             The logs (see ``logs``).
+
+        Raises
+        ------
+        ValueError
+            When ``x`` has no samples.
         """
         self.reset_metrics()
         n = x.shape[0]
         if n == 0:
-            return self.logs(0.0, 0)
+            raise ValueError("x: no samples to evaluate")
         weighted = sample_weight is not None
         workspace = self.workspace("evaluate", min(batch_size, n))
         batch_hooks = hooks is not None and hooks.batch_hooks["test"]
@@ -685,5 +764,6 @@ class TrainingState:
         other._regularization_grads = other._regularization_calls()
         other.metrics = [copy.copy(metric) for metric in self.metrics]
         other._workspaces = {}
+        other._interrupts = DeferredInterrupts()  # never active: a replica takes no lock
         other._locked = False
         return other
