@@ -586,3 +586,18 @@ def test_every_registered_config_survives_the_checks(tmp_path, dtype):
         assert again.get_config() == model.get_config()
         assert again.get_compile_config() == model.get_compile_config()
         np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_check_finite_round_trips_and_only_true_is_accepted(tmp_path):
+    model = densekit.Sequential([Input((4,)), Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", check_finite=True)
+    model.fit(np.ones((8, 4), np.float32), np.zeros(8, np.int64), verbose=0)
+    path = tmp_path / "finite.npz"
+    model.save(path)
+    assert densekit.load_model(path).check_finite is True
+    header = header_of(path)
+    header["compile"]["check_finite"] = "yes"
+    tampered = tmp_path / "tampered.npz"
+    with_header(path, tampered, header)
+    with pytest.raises(saving.ModelFileError, match=str(tampered)):
+        densekit.load_model(tampered)

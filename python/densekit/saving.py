@@ -301,9 +301,15 @@ def _check_compile(settings, path: str):
         return None
     keys = {"optimizer", "loss", "metrics"}
     _expect(
-        isinstance(settings, dict) and set(settings) == keys,
+        isinstance(settings, dict) and keys <= set(settings) <= keys | {"check_finite"},
         path,
-        f"invalid compile settings (expected a dict with keys {sorted(keys)})",
+        f"invalid compile settings (expected a dict with keys {sorted(keys)}"
+        " and, optionally, check_finite)",
+    )
+    _expect(
+        settings.get("check_finite", True) is True,
+        path,
+        f"invalid check_finite {_short(settings.get('check_finite'))} (only true is written)",
     )
     optimizer = _from_config(
         settings["optimizer"], optimizers.deserialize, optimizers.serialize, path, "optimizer"
