@@ -12,6 +12,7 @@ machine).
 
     python -m tools.fuzz_bindings --examples 20000          # a longer run
     python -m tools.fuzz_bindings --examples 500 --seed 0    # what CI runs (tests/)
+    tools/sanitize.sh                                         # CI's run under ASan + UBSan
 
 Failures print the falsifying call, shrunk by Hypothesis; each one found becomes a regression
 test in tests/test_fuzz_bindings.py.
@@ -405,10 +406,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=None, help="default: derandomized")
-    parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit")
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        default=8.0,
+        help="address-space limit; 0: none (under ASan, whose shadow memory needs terabytes of "
+        "address space: there ASAN_OPTIONS=allocator_may_return_null=1:max_allocation_size_mb=N "
+        "bounds each allocation instead, see tools/sanitize.sh)",
+    )
     args = parser.parse_args()
-    limit = int(args.memory_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if args.memory_gib > 0:
+        limit = int(args.memory_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     run(args.examples, args.seed)
     for name, counts in sorted(OUTCOMES.items()):
         print(f"  {name:<30} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
