@@ -21,6 +21,7 @@ test in tests/test_fuzz_bindings.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import resource
 import sys
@@ -318,7 +319,12 @@ def calls(draw):
                     new = np.require(new, requirements="C")
                     new.setflags(write=False)
             elif how == "shape" and new.ndim >= 1:
-                new = np.resize(new, (*new.shape[:-1], new.shape[-1] + 1))
+                shape = (*new.shape[:-1], new.shape[-1] + 1)
+                if 0 in shape:
+                    with contextlib.suppress(ValueError):  # extents NumPy refuses
+                        new = np.empty(shape, new.dtype)
+                elif int(np.prod(shape, dtype=object)) <= MAX_ELEMENTS:
+                    new = np.resize(new, shape)
             elif how == "poison" and new.size:
                 flat = new.reshape(-1)
                 poison = (np.nan, np.inf, -np.inf) if new.dtype.kind == "f" else ()
