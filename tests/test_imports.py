@@ -109,3 +109,38 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
         if run.returncode:
             failures[name] = errors.strip().splitlines()[-1:]
     assert not failures
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Underscore names a module defines: functions, classes, attributes it assigns."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return {name for name in names if name.startswith("_")}
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    """``x._name`` only where the module itself defines ``_name`` (its own classes' state);
+    modules use each other through public names. The compiled _core's test hooks and
+    Python's own private API (``sys._getframe``, ``_thread``) are not the package's."""
+    outside = {"_core", "_getframe", "_thread", "_signal", "_exit"}
+    found = []
+    for module in MODULES:
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+        own = _private_names_defined(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__") or node.attr in own or node.attr in outside:
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("_core", "kernels"):
+                continue  # the extension's private test hooks, re-exported by kernels
+            found.append(f"{module}.py:{node.lineno}: .{node.attr}")
+    assert not found, "private attributes of other modules:\n" + "\n".join(found)

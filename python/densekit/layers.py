@@ -18,7 +18,19 @@ from . import _random, _registry, activations, initializers, regularizers
 _name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
 
-def _unique_name(base: str) -> str:
+def unique_name(base: str) -> str:
+    """``base``, then ``base_1``, ``base_2``, ... on later calls (Keras's automatic names).
+
+    Parameters
+    ----------
+    base : str
+        The name's stem, e.g. ``"dense"``.
+
+    Returns
+    -------
+    str
+        A name not given out before in this process.
+    """
     index = next(_name_counters[base])
     return base if index == 0 else f"{base}_{index}"
 
@@ -46,13 +58,19 @@ def _feature_shape(shape, name: str) -> tuple[int]:
 
 
 class Layer(_registry.Configurable):
-    """Base class. Subclasses set ``_weight_specs`` in ``_build`` and say what they compute."""
+    """Base class of the layers.
+
+    The model builds a layer in two calls: ``build_weights(input_dim)`` declares its weights
+    (``weight_specs``) and returns its output width, then ``attach_weights(views)`` hands it
+    views into the model's flat parameter buffer, one per declared weight. Subclasses override
+    ``build_weights`` and say what they compute.
+    """
 
     def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name: expected a str, got {name!r}")
         base = "".join("_" + c.lower() if c.isupper() else c for c in type(self).__name__)
-        self.name = name or _unique_name(base.lstrip("_"))
+        self.name = name or unique_name(base.lstrip("_"))
         self.dtype = None if dtype is None else np.dtype(dtype).name
         if input_dim is not None:
             input_shape = (input_dim,)
@@ -62,17 +80,45 @@ class Layer(_registry.Configurable):
         self.input_dim: int | None = None
         self.output_dim: int | None = None
         self.built = False
-        # (attribute, shape, initializer) per weight, in Keras's order; set by _build.
+        # (attribute, shape, initializer) per weight, in Keras's order; set by build_weights.
         self._weight_specs: list[tuple[str, tuple[int, ...], initializers.Initializer]] = []
 
     # -- building ----------------------------------------------------------------------
-    def _build(self, input_dim: int) -> int:
-        """Record the input width; return the output width."""
+    @property
+    def declared_input_shape(self) -> tuple[int] | None:
+        """The per-sample input shape given as ``input_shape``/``input_dim``, or None."""
+        return self._input_shape
+
+    @property
+    def weight_specs(self) -> list[tuple[str, tuple[int, ...], initializers.Initializer]]:
+        """``(attribute, shape, initializer)`` per weight, in Keras's order (after
+        ``build_weights``)."""
+        return list(self._weight_specs)
+
+    def build_weights(self, input_dim: int) -> int:
+        """Declare the weights for inputs of ``input_dim`` features.
+
+        Parameters
+        ----------
+        input_dim : int
+            The width of the layer's input.
+
+        Returns
+        -------
+        int
+            The width of its output.
+        """
         self.input_dim = self.output_dim = input_dim
         return input_dim
 
-    def _attach(self, views: list[np.ndarray]) -> None:
-        """The model hands the layer its weights as views into the flat parameter buffer."""
+    def attach_weights(self, views: list[np.ndarray]) -> None:
+        """Take the weights as views into the model's flat parameter buffer.
+
+        Parameters
+        ----------
+        views : list of numpy.ndarray
+            One array per entry of ``weight_specs``, of its shape.
+        """
         for (attr, _, _), view in zip(self._weight_specs, views):
             setattr(self, attr, view)
         self.built = True
@@ -168,7 +214,7 @@ class Dense(Layer):
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
-    def _build(self, input_dim: int) -> int:
+    def build_weights(self, input_dim: int) -> int:
         self.input_dim, self.output_dim = input_dim, self.units
         self._weight_specs = [("kernel", (input_dim, self.units), self.kernel_initializer)]
         if self.use_bias:
@@ -242,7 +288,7 @@ def weight_shapes(layer_list, input_dim: int) -> list[tuple[int, ...]]:
     (the layers are left as they are)."""
     shapes, width = [], input_dim
     for layer in layer_list:
-        probe = copy.copy(layer)  # _build sets attributes: on the copy only
-        width = probe._build(width)
-        shapes.extend(shape for _, shape, _ in probe._weight_specs)
+        probe = copy.copy(layer)  # build_weights sets attributes: on the copy only
+        width = probe.build_weights(width)
+        shapes.extend(shape for _, shape, _ in probe.weight_specs)
     return shapes

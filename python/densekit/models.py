@@ -25,7 +25,7 @@ from . import metrics as metrics_module
 from ._fit import int_at_least
 from ._guard import WeightGuard
 from ._plan import build_ops, inference_chain
-from .layers import InputLayer, Layer, _unique_name
+from .layers import InputLayer, Layer, unique_name
 from .training import TrainingState, aligned_zeros, dataset_for, inputs_for
 
 
@@ -37,7 +37,7 @@ class Sequential:
     """
 
     def __init__(self, layers=None, name=None, dtype=None):
-        self.name = name or _unique_name("sequential")
+        self.name = name or unique_name("sequential")
         self._dtype = None if dtype is None else _float_dtype(dtype, "dtype")
         self._layers: list[Layer] = []
         self.built = False
@@ -104,8 +104,8 @@ class Sequential:
 
     def _declared_input_dim(self) -> int | None:
         for layer in self._layers[:1]:
-            if layer._input_shape is not None:
-                return layer._input_shape[0]
+            if layer.declared_input_shape is not None:
+                return layer.declared_input_shape[0]
         return None
 
     def build(self, input_shape=None) -> None:
@@ -161,10 +161,10 @@ class Sequential:
         previous = {id(layer): layer.get_weights() for layer in self.layers if layer.built}
         width = features
         for layer in self.layers:
-            width = layer._build(width)
+            width = layer.build_weights(width)
         dtype = self._np_dtype
         specs = [
-            (layer, shape, init) for layer in self.layers for _, shape, init in layer._weight_specs
+            (layer, shape, init) for layer in self.layers for _, shape, init in layer.weight_specs
         ]
         params = aligned_zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
         views, offset, slices = [], 0, []
@@ -179,8 +179,8 @@ class Sequential:
         self._weight_slices = slices  # (offset, size, shape) of each weight in the buffer
         self._layer_slices = {}
         for layer in self.layers:
-            count = len(layer._weight_specs)
-            layer._attach(views[position : position + count])
+            count = len(layer.weight_specs)
+            layer.attach_weights(views[position : position + count])
             self._layer_slices[id(layer)] = slices[position : position + count]
             position += count
             kept = previous.get(id(layer))
