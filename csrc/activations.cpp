@@ -127,9 +127,11 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
     if (derivative_is_one(act)) {
       if (dz != dy)
         std::memcpy(dz + begin, dy + begin, sizeof(T) * static_cast<size_t>(end - begin));
-    } else if (use_y && (act.kind == ActivationKind::relu ||
-                         act.kind == ActivationKind::leaky_relu)) {
-      positive_slopes(dz + begin, dy + begin, y + begin, end - begin,
+    } else if (act.kind == ActivationKind::relu || act.kind == ActivationKind::leaky_relu) {
+      // f' is 1 for y > 0 and for z > 0 alike (+inf included, NaN and zeros not), so y or z
+      // serves the same branch-free loop.
+      const T* from = use_y ? y : z;
+      positive_slopes(dz + begin, dy + begin, from + begin, end - begin,
                       act.kind == ActivationKind::relu ? T(0) : alpha);
     } else if (use_y) {
       for (index_t i = begin; i < end; ++i)
