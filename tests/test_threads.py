@@ -140,11 +140,16 @@ def test_gil_is_released_during_kernels():
         for _ in range(3):
             kernels.dense_forward(x, w, num_threads=1)
 
-    solo, solo_time = count_while(lambda: time.sleep(0.3))
-    during, kernel_time = count_while(kernel_loop)
-    rate_solo = solo / solo_time
-    rate_during = during / kernel_time
-    assert rate_during > 0.4 * rate_solo, (rate_during, rate_solo)
+    # Best of three: other processes on a loaded machine can take the counter's core for a
+    # while, but a kernel holding the GIL would starve it on every try.
+    ratios = []
+    for _ in range(3):
+        solo, solo_time = count_while(lambda: time.sleep(0.3))
+        during, kernel_time = count_while(kernel_loop)
+        ratios.append((during / kernel_time) / (solo / solo_time))
+        if ratios[-1] > 0.4:
+            break
+    assert max(ratios) > 0.4, ratios
 
 
 def timed(fn) -> float:
