@@ -53,3 +53,10 @@ def test_negative_thread_counts_name_the_argument(value):
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=f"num_threads: expected an int >= 1 or None, got {value}"):
         kernels.dense_forward(x, np.ones((3, 4), np.float32), num_threads=value)
+
+
+@pytest.mark.parametrize("activation", [None, "linear", "relu", "sigmoid", "softmax"])
+def test_chain_refuses_an_alpha_for_an_activation_without_one(activation):
+    w = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="takes no alpha"):
+        kernels.DenseChain([(w, None, activation, 0.5)])
