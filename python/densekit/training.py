@@ -538,15 +538,10 @@ class TrainingState:
         guard = self._guard
         if self._locked:
             interrupts = self._interrupts
-            if not interrupts.active:
-                with guard.lock:  # readers on other threads copy between two steps
-                    self.optimizer.apply(schedule_step)
-                    guard.version += 1
-                return
-            # a Ctrl-C landing between the kernel and the count is raised after both
-            interrupts.deferring = True
+            # A Ctrl-C landing between the kernel and the count is raised after both.
+            interrupts.deferring = interrupts.active
             try:
-                with guard.lock:
+                with guard.lock:  # readers on other threads copy between two steps
                     self.optimizer.apply(schedule_step)
                     guard.version += 1
             finally:
@@ -599,8 +594,7 @@ class TrainingState:
         if self.check_finite:
             self.refuse_non_finite(loss)
         self.apply_gradients()
-        for update in plan.metric_updates:
-            update()
+        self.update_metrics(plan)
         return loss
 
     def refuse_non_finite(self, loss: float) -> None:
@@ -729,8 +723,7 @@ class TrainingState:
             for call in plan.forward:
                 call()
             loss_total += plan.loss()[0] * plan.n
-            for update in plan.metric_updates:
-                update()
+            self.update_metrics(plan)
             if batch_hooks:
                 hooks.on_test_batch_end(step, self.logs(loss_total, stop))
             if progress is not None:
