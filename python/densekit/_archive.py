@@ -38,6 +38,12 @@ class ArchiveError(ValueError):
 def write_atomically(path, entries: dict) -> None:
     """Write ``entries`` (name -> array) as an .npz archive at ``path`` (through a symbolic
     link to its target), so that the file is either the old one or the complete new one."""
+    write_file_atomically(path, lambda file: np.savez(file, **entries))
+
+
+def write_file_atomically(path, write) -> None:
+    """Call ``write(file)`` on a new binary file that then replaces ``path`` (through a
+    symbolic link, its target) in one step: the file is either the old one or the new one."""
     target = os.path.realpath(path)
     directory, name = os.path.split(target)
     remove_stale_temporaries(directory, name)
@@ -50,7 +56,7 @@ def write_atomically(path, entries: dict) -> None:
         with os.fdopen(descriptor, "wb") as file:
             if mode is not None:
                 os.fchmod(file.fileno(), mode)
-            np.savez(file, **entries)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)

@@ -183,6 +183,8 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     try:
         with deferring:
             hooks.on_train_begin()
+            # a BackupAndRestore resumes an interrupted run: its next epoch and shuffle seed
+            s.initial_epoch, s.seed = hooks.resume(s.initial_epoch, s.seed)
             for epoch in range(s.initial_epoch, s.epochs):
                 if job is not None and job.stop_requested:
                     break

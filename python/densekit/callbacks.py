@@ -8,11 +8,13 @@ on every step, so the model calls them only when some callback overrides one.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import sys
 import time
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -36,6 +38,14 @@ class Callback:
 
     def set_params(self, params: dict) -> None:
         self.params = params
+
+    def get_state(self) -> dict | None:
+        """What ``BackupAndRestore`` keeps of this callback between epochs: a dict of
+        JSON values and lists of arrays (None: nothing; the base class keeps nothing)."""
+        return None
+
+    def set_state(self, state: dict) -> None:
+        """Take back what ``get_state`` returned (when ``BackupAndRestore`` resumes)."""
 
     def on_train_begin(self, logs=None): ...
     def on_train_end(self, logs=None): ...
@@ -104,7 +114,19 @@ class CallbackList:
         self._call("on_epoch_begin", epoch, {} if logs is None else logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._call("on_epoch_end", epoch, {} if logs is None else logs)
+        logs = {} if logs is None else logs
+        self._call("on_epoch_end", epoch, logs)
+        for callback in self.callbacks:  # after every callback's epoch end: their state too
+            if isinstance(callback, BackupAndRestore):
+                callback.back_up(epoch, self.callbacks)
+
+    def resume(self, initial_epoch: int, seed: int) -> tuple[int, int]:
+        """The first epoch and shuffle seed of this fit: those of the backup a
+        BackupAndRestore restored (weights, optimizer, callbacks' state), else as given."""
+        for callback in self.callbacks:
+            if isinstance(callback, BackupAndRestore):
+                initial_epoch, seed = callback.restore(initial_epoch, seed, self.callbacks)
+        return initial_epoch, seed
 
     def on_test_begin(self, logs=None):
         self._call("on_test_begin", {} if logs is None else logs)
@@ -366,6 +388,15 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
+    _STATE = ("wait", "stopped_epoch", "best", "best_epoch", "best_weights")
+
+    def get_state(self) -> dict:
+        return {key: getattr(self, key, None) for key in self._STATE}
+
+    def set_state(self, state: dict) -> None:
+        for key in self._STATE:
+            setattr(self, key, state[key])
+
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
@@ -407,6 +438,12 @@ class ModelCheckpoint(Callback):
         if self.best is None:
             return True
         return value < self.best if self.mode == "min" else value > self.best
+
+    def get_state(self) -> dict:
+        return {"best": self.best}
+
+    def set_state(self, state: dict) -> None:
+        self.best = state["best"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -488,6 +525,13 @@ class ReduceLROnPlateau(Callback):
         self.best = None
         self.wait = 0
         self.cooldown_counter = 0
+
+    def get_state(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict) -> None:
+        self.best, self.wait = state["best"], state["wait"]
+        self.cooldown_counter = state["cooldown_counter"]
 
     def _improves(self, value) -> bool:
         if self.best is None:
@@ -590,3 +634,242 @@ class LambdaCallback(Callback):
             self.on_train_batch_begin = self.on_batch_begin
         if "on_batch_end" in vars(self) and "on_train_batch_end" not in vars(self):
             self.on_train_batch_end = self.on_batch_end
+
+
+class BackupAndRestore(Callback):
+    """Backs the run up after every epoch and, when a fit is interrupted (an exception, a
+    killed process), makes the next fit with this callback resume after the last completed
+    epoch: bitwise the run an uninterrupted fit would have made.
+
+    The backup in ``backup_dir`` holds the weights, the optimizer's state and step count,
+    the learning rate, the Dropout layers' generator states, the fit's shuffle seed (the
+    resumed fit shuffles as the interrupted one did, whatever its own ``seed``) and the
+    state of the other callbacks that keep one (``Callback.get_state``: EarlyStopping,
+    ReduceLROnPlateau, ModelCheckpoint). It is written after every callback's
+    ``on_epoch_end``, atomically (a model file, then the state file that names it), and
+    removed when training ends unless ``delete_checkpoint=False``. A Dataset or iterator
+    input resumes at the right epoch, in the order its own source gives the batches.
+
+    Parameters
+    ----------
+    backup_dir : str or os.PathLike
+        The directory of the backup (created when needed); one per run.
+    save_freq : {"epoch"}
+        When to back up: after every epoch (the only choice).
+    delete_checkpoint : bool
+        Whether to remove the backup when training ends normally.
+    """
+
+    _STATE_FILE = "backup-state.npz"
+    _FORMAT = "densekit.backup"
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ValueError(
+                f"save_freq: only 'epoch' is supported (backups at epoch ends), got {save_freq!r}"
+            )
+        if not isinstance(delete_checkpoint, (bool, np.bool_)):
+            raise TypeError(f"delete_checkpoint: expected True or False, got {delete_checkpoint!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._seed = None
+
+    @property
+    def _state_path(self) -> str:
+        return os.path.join(self.backup_dir, self._STATE_FILE)
+
+    def restore(self, initial_epoch: int, seed: int, callbacks) -> tuple[int, int]:
+        """Put the backup (if any) into the model and ``callbacks``; return the first epoch
+        and the shuffle seed of the fit (called by fit after ``on_train_begin``)."""
+        from . import _archive, saving
+
+        self._seed = seed
+        if not os.path.exists(self._state_path):
+            return initial_epoch, seed
+        path = self._state_path
+        try:
+            with _archive.Archive(path) as archive:
+                state = archive.json_header("state")
+                arrays = {
+                    name: archive.read(archive.info(name))
+                    for name in state.get("arrays", [])
+                    if isinstance(name, str)
+                }
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise saving.ModelFileError(f"{path}: unreadable backup ({error})") from None
+        if not isinstance(state, dict) or state.get("format") != self._FORMAT:
+            raise saving.ModelFileError(f"{path}: not a densekit backup")
+        model_file = os.path.join(self.backup_dir, os.path.basename(str(state["model_file"])))
+        contents = saving.read_model_file(model_file)
+        saving.restore_model(self.model, contents, compile=False)
+        saved = contents.header["optimizer_state"]
+        if saved is not None:
+            variables = {name: contents.arrays[f"optimizer.{name}"] for name in saved["variables"]}
+            self.model.training_state.set_optimizer_state(saved["iterations"], variables)
+        if state["learning_rate"] is not None:
+            self.model.optimizer.learning_rate = state["learning_rate"]
+        for index, (callback, kept) in enumerate(zip(callbacks, state["callbacks"])):
+            if kept is None or kept["class"] != type(callback).__name__:
+                continue
+            values = dict(kept["state"])
+            for key, count in kept["arrays"].items():
+                values[key] = [arrays[f"callback.{index}.{key}.{j}"] for j in range(count)]
+            callback.set_state(values)
+        self._seed = state["seed"]
+        return state["epoch"] + 1, state["seed"]
+
+    def back_up(self, epoch: int, callbacks) -> None:
+        """Write the backup of the run after ``epoch`` (called by fit after every callback's
+        ``on_epoch_end``)."""
+        from . import _archive
+
+        os.makedirs(self.backup_dir, exist_ok=True)
+        model_file = f"backup-model-{epoch}.npz"
+        self.model.save(os.path.join(self.backup_dir, model_file))
+        optimizer = self.model.optimizer
+        kept, arrays = [], {}
+        for index, callback in enumerate(callbacks):
+            values = callback.get_state() if callback is not self else None
+            if values is None:
+                kept.append(None)
+                continue
+            plain, counts = {}, {}
+            for key, value in values.items():
+                if isinstance(value, list) and all(isinstance(a, np.ndarray) for a in value):
+                    counts[key] = len(value)
+                    for j, array in enumerate(value):
+                        arrays[f"callback.{index}.{key}.{j}"] = array
+                else:
+                    plain[key] = value.item() if isinstance(value, np.generic) else value
+            kept.append({"class": type(callback).__name__, "state": plain, "arrays": counts})
+        schedule = getattr(optimizer, "_schedule", None)
+        state = {
+            "format": self._FORMAT,
+            "version": 1,
+            "epoch": epoch,
+            "seed": self._seed,
+            "model_file": model_file,
+            "learning_rate": None if schedule is not None else optimizer.learning_rate,
+            "callbacks": kept,
+            "arrays": sorted(arrays),
+        }
+        header = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
+        _archive.write_atomically(self._state_path, {"state": header, **arrays})
+        self._remove_model_files(keep=model_file)
+
+    def _remove_model_files(self, keep=None) -> None:
+        for name in os.listdir(self.backup_dir):
+            if name.startswith("backup-model-") and name.endswith(".npz") and name != keep:
+                os.unlink(os.path.join(self.backup_dir, name))
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint or not os.path.isdir(self.backup_dir):
+            return
+        if os.path.exists(self._state_path):
+            os.unlink(self._state_path)
+        self._remove_model_files()
+        try:
+            os.rmdir(self.backup_dir)
+        except OSError:
+            pass  # holds other files
+
+
+class TensorBoard(Callback):
+    """Writes the epoch logs as TensorBoard scalars (event files, through ``tensorboardX``:
+    ``pip install 'densekit[tensorboard]'``), laid out as Keras does: ``log_dir/train`` gets
+    ``epoch_loss``, ``epoch_<metric>`` and ``epoch_learning_rate``, ``log_dir/validation``
+    the ``val_`` values under the same tags, step = epoch.
+
+    Parameters
+    ----------
+    log_dir : str or os.PathLike
+        The directory of the runs' event files.
+    histogram_freq : int
+        Every that many epochs, histograms of the weights (``<layer>/<weight>``); 0: none.
+    write_graph : bool
+        Accepted for Keras's sake; densekit models have no graph to write.
+    write_steps_per_second : bool
+        Also write ``epoch_steps_per_second``.
+    update_freq : "epoch" or int
+        "epoch": scalars once per epoch; an int N: also ``batch_<key>`` every N training
+        batches (the running means of the epoch), step = the global batch count.
+    """
+
+    def __init__(
+        self,
+        log_dir="logs",
+        histogram_freq=0,
+        write_graph=True,
+        write_steps_per_second=False,
+        update_freq="epoch",
+    ):
+        super().__init__()
+        if update_freq != "epoch" and (
+            isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
+        ):
+            raise ValueError(f"update_freq: expected 'epoch' or an int >= 1, got {update_freq!r}")
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
+            raise ValueError(f"histogram_freq: expected an int >= 0, got {histogram_freq!r}")
+        if histogram_freq < 0:
+            raise ValueError(f"histogram_freq: expected an int >= 0, got {histogram_freq!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = histogram_freq
+        self.write_graph = write_graph
+        self.write_steps_per_second = bool(write_steps_per_second)
+        self.update_freq = update_freq
+        self._writers: dict = {}
+        self._batches = 0
+        if update_freq != "epoch":  # only then: batch hooks cost time on every step
+            self.on_train_batch_end = self._on_train_batch_end
+
+    def _writer(self, name: str):
+        writer = self._writers.get(name)
+        if writer is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ImportError(
+                    "tensorboardX: TensorBoard writes event files with tensorboardX; install "
+                    "it with pip install 'densekit[tensorboard]'"
+                ) from None
+            writer = self._writers[name] = SummaryWriter(os.path.join(self.log_dir, name))
+        return writer
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def _on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self.update_freq:
+            return
+        writer = self._writer("train")
+        for key, value in (logs or {}).items():
+            writer.add_scalar(f"batch_{key}", float(value), self._batches)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if "learning_rate" not in logs and self.model.optimizer is not None:
+            logs["learning_rate"] = self.model.optimizer.learning_rate
+        if self.write_steps_per_second:
+            seconds = time.perf_counter() - self._epoch_start
+            logs["steps_per_second"] = (self.params.get("steps") or 0) / max(seconds, 1e-12)
+        for key, value in logs.items():
+            name, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writer(name).add_scalar(f"epoch_{tag}", float(value), epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            writer = self._writer("train")
+            for layer in self.model.layers:
+                for attr, _, _ in layer.weight_specs:
+                    writer.add_histogram(f"{layer.name}/{attr}", getattr(layer, attr), epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -38,6 +38,34 @@ class ModelFileError(ValueError):
     """A model or weights file is corrupt, of another format, or does not fit the model."""
 
 
+def _is_keras_file(filepath, action: str) -> bool:
+    """Whether ``filepath`` names a Keras ``.keras`` file. A legacy Keras HDF5 name (.h5,
+    .hdf5) is refused, and a save (``action`` "save") takes only .npz and .keras names."""
+    path = os.fspath(filepath)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".keras":
+        return True
+    if suffix in (".h5", ".hdf5"):
+        message = (
+            f"{path}: legacy Keras HDF5 (.h5) model files are not supported; "
+            "use a .keras name (Keras 3's format) or .npz (densekit's)"
+        )
+        raise ModelFileError(message) if action == "load" else ValueError(f"filepath: {message}")
+    if action == "save" and suffix != ".npz":
+        raise ValueError(
+            f"filepath: expected a name ending in .npz (densekit's format) or .keras "
+            f"(Keras 3's), got {path!r}"
+        )
+    return False
+
+
+def _keras_format():
+    """The .keras reader and writer (imported on first use: it needs h5py, an extra)."""
+    from . import _keras_format as module
+
+    return module
+
+
 MAX_ITERATIONS = 2**53  # the largest optimizer step count a file may hold
 _MODEL_KEYS = {
     "format",
@@ -392,6 +420,9 @@ def _rng_states(model) -> dict:
 
 def save_model(model, filepath, include_optimizer=True) -> None:
     """Save ``model`` (built) to ``filepath``; see the module docstring for the format."""
+    if _is_keras_file(filepath, "save"):
+        _keras_format().save(model, filepath)
+        return
     if not model.built:
         raise ValueError("model: build or fit the model before saving it")
     header = {
@@ -445,6 +476,8 @@ def read_model_file(filepath) -> ModelFile:
     ModelFileError
         When it is not a readable densekit model file.
     """
+    if _is_keras_file(filepath, "load"):
+        return _keras_format().read(filepath)
     path = _existing(filepath)
     with _reading(path) as archive:
         header = _read_header(archive, path, MODEL_FORMAT)
@@ -503,6 +536,8 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
         if state is not None and isinstance(layer, layers_module.Dropout):
             layer.rng.bit_generator.state = state
     settings = header["compile"]
+    if compile and "keras_compile" in header:  # a Keras file's, translated only when asked
+        settings = _keras_format().compile_settings(contents)
     if not (compile and settings):
         return
     try:
@@ -533,6 +568,10 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
 
 def save_weights(model, filepath) -> None:
     """Save only the weights (Keras's order), atomically."""
+    if os.path.splitext(os.fspath(filepath))[1].lower() in (".keras", ".h5", ".hdf5"):
+        raise ValueError(
+            f"filepath: save_weights writes densekit's .npz weights, not Keras's; got {filepath!r}"
+        )
     if not model.built:
         raise ValueError("model: build or fit the model before saving its weights")
     header = {

@@ -1,0 +1,209 @@
+"""BackupAndRestore (a run interrupted by an exception and refitted is bitwise the
+uninterrupted run) and TensorBoard (the event files read back equal History)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import densekit
+from densekit import callbacks, layers, optimizers
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((50, 6)).astype(np.float32), rng.integers(0, 3, 50)
+
+
+def make_model(optimizer):
+    densekit.set_random_seed(1)
+    model = densekit.Sequential(
+        [densekit.Input((6,)), layers.Dense(8, "relu"), layers.Dropout(0.3), layers.Dense(3, "softmax")]
+    )
+    model.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
+    return model
+
+
+def stateful_callbacks():
+    """Callbacks whose state matters: EarlyStopping never sees an improvement (its wait
+    grows; best weights kept), ReduceLROnPlateau halves the rate every other epoch."""
+    return [
+        callbacks.EarlyStopping("loss", min_delta=10, patience=100, restore_best_weights=True),
+        callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10),
+    ]
+
+
+class Crash(callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("crash")
+
+
+OPTIMIZERS = {
+    "adam": lambda: optimizers.Adam(0.01, amsgrad=True),
+    "sgd": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("crash_at", [1, 3])
+def test_a_crashed_run_resumes_bitwise(tmp_path, name, crash_at):
+    x, y = data()
+    reference = make_model(OPTIMIZERS[name]())
+    kept = stateful_callbacks()
+    history = reference.fit(
+        x, y, batch_size=16, epochs=6, verbose=0, validation_split=0.2, callbacks=kept
+    )
+
+    model = make_model(OPTIMIZERS[name]())
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="crash"):
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=6,
+            verbose=0,
+            validation_split=0.2,
+            callbacks=[callbacks.BackupAndRestore(backup), *stateful_callbacks(), Crash(crash_at)],
+        )
+    assert sorted(os.listdir(backup)) == ["backup-model-%d.npz" % (crash_at - 1), "backup-state.npz"]
+    densekit.set_random_seed(12345)  # another global generator: the backup's seed wins
+    resumed_callbacks = stateful_callbacks()
+    resumed = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=6,
+        verbose=0,
+        validation_split=0.2,
+        callbacks=[callbacks.BackupAndRestore(backup), *resumed_callbacks],
+    )
+    assert resumed.epoch == list(range(crash_at, 6))
+    for key, values in history.history.items():
+        assert resumed.history[key] == values[crash_at:], key
+    for a, b in zip(reference.get_weights(), model.get_weights()):
+        assert np.array_equal(a, b)
+    iterations, state = reference.optimizer_state()
+    resumed_iterations, resumed_state = model.optimizer_state()
+    assert resumed_iterations == iterations == 6 * 3
+    for key in state:
+        assert np.array_equal(state[key], resumed_state[key])
+    assert model.optimizer.learning_rate == reference.optimizer.learning_rate
+    assert resumed_callbacks[0].wait == kept[0].wait == 5  # the first epoch is an improvement
+    for a, b in zip(resumed_callbacks[0].best_weights, kept[0].best_weights):
+        assert np.array_equal(a, b)
+    assert resumed_callbacks[1].get_state() == kept[1].get_state()
+    assert not backup.exists()  # removed when training ended
+
+
+def test_the_backup_is_kept_on_request_and_a_finished_run_does_not_train_again(tmp_path):
+    x, y = data()
+    model = make_model("adam")
+    backup = tmp_path / "backup"
+    model.fit(
+        x, y, epochs=2, verbose=0, callbacks=[callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    )
+    assert sorted(os.listdir(backup)) == ["backup-model-1.npz", "backup-state.npz"]
+    weights = model.get_weights()
+    again = model.fit(x, y, epochs=2, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+    assert again.epoch == []
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+
+
+def test_backup_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="save_freq"):
+        callbacks.BackupAndRestore(tmp_path, save_freq=10)
+    with pytest.raises(TypeError, match="delete_checkpoint"):
+        callbacks.BackupAndRestore(tmp_path, delete_checkpoint="yes")
+
+
+def test_a_corrupt_backup_is_a_model_file_error(tmp_path):
+    x, y = data()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "backup-state.npz").write_bytes(b"not a zip")
+    model = make_model("adam")
+    with pytest.raises(densekit.saving.ModelFileError, match="backup"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+
+
+# -- TensorBoard ---------------------------------------------------------------------------
+def read_scalars(directory) -> dict:
+    """{tag: [(step, value), ...]} from the event files in ``directory`` (TFRecord framing:
+    length, its CRC, the Event proto, its CRC), parsed with tensorboardX's protos."""
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+    scalars: dict = {}
+    for name in sorted(os.listdir(directory)):
+        data = (directory / name).read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            record = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_scalars_equal_history(tmp_path):
+    pytest.importorskip("tensorboardX")
+    x, y = data()
+    model = make_model(optimizers.SGD(0.1))
+    board = callbacks.TensorBoard(tmp_path / "logs")
+    history = model.fit(
+        x,
+        y,
+        epochs=4,
+        verbose=0,
+        validation_split=0.2,
+        callbacks=[callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10), board],
+    )
+    train = read_scalars(tmp_path / "logs" / "train")
+    validation = read_scalars(tmp_path / "logs" / "validation")
+    for key, values in history.history.items():
+        written = validation if key.startswith("val_") else train
+        tag = "epoch_" + key.removeprefix("val_")
+        assert [step for step, _ in written[tag]] == list(range(4))
+        # event files hold float32
+        np.testing.assert_array_equal(
+            [value for _, value in written[tag]], np.float32(values), err_msg=key
+        )
+    assert "learning_rate" in history.history  # the plateau callback's, checked above
+    assert history.history["learning_rate"][-1] < 0.1
+
+
+def test_tensorboard_batch_scalars_and_histograms(tmp_path):
+    pytest.importorskip("tensorboardX")
+    x, y = data()
+    model = make_model("adam")
+    batches = []
+    record = callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(logs["loss"]))
+    board = callbacks.TensorBoard(tmp_path / "logs", update_freq=2, histogram_freq=1)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[record, board])
+    train = read_scalars(tmp_path / "logs" / "train")
+    assert [step for step, _ in train["batch_loss"]] == [2, 4, 6, 8]
+    np.testing.assert_array_equal(
+        [value for _, value in train["batch_loss"]], np.float32(batches[1::2])
+    )
+    # without a callback logging it, the optimizer's rate
+    assert train["epoch_learning_rate"] == [(0, np.float32(0.001)), (1, np.float32(0.001))]
+    assert "epoch_loss" in train and not (tmp_path / "logs" / "validation").exists()
+
+
+def test_tensorboard_arguments_are_checked(tmp_path):
+    for bad in (0, "batch", True):
+        with pytest.raises(ValueError, match="update_freq"):
+            callbacks.TensorBoard(tmp_path, update_freq=bad)
+    with pytest.raises(ValueError, match="histogram_freq"):
+        callbacks.TensorBoard(tmp_path, histogram_freq=-1)
