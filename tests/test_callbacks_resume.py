@@ -21,7 +21,12 @@ def data():
 def make_model(optimizer):
     densekit.set_random_seed(1)
     model = densekit.Sequential(
-        [densekit.Input((6,)), layers.Dense(8, "relu"), layers.Dropout(0.3), layers.Dense(3, "softmax")]
+        [
+            densekit.Input((6,)),
+            layers.Dense(8, "relu"),
+            layers.Dropout(0.3),
+            layers.Dense(3, "softmax"),
+        ]
     )
     model.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
     return model
@@ -75,7 +80,10 @@ def test_a_crashed_run_resumes_bitwise(tmp_path, name, crash_at):
             validation_split=0.2,
             callbacks=[callbacks.BackupAndRestore(backup), *stateful_callbacks(), Crash(crash_at)],
         )
-    assert sorted(os.listdir(backup)) == ["backup-model-%d.npz" % (crash_at - 1), "backup-state.npz"]
+    assert sorted(os.listdir(backup)) == [
+        f"backup-model-{crash_at - 1}.npz",
+        "backup-state.npz",
+    ]
     densekit.set_random_seed(12345)  # another global generator: the backup's seed wins
     resumed_callbacks = stateful_callbacks()
     resumed = model.fit(
@@ -110,7 +118,11 @@ def test_the_backup_is_kept_on_request_and_a_finished_run_does_not_train_again(t
     model = make_model("adam")
     backup = tmp_path / "backup"
     model.fit(
-        x, y, epochs=2, verbose=0, callbacks=[callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[callbacks.BackupAndRestore(backup, delete_checkpoint=False)],
     )
     assert sorted(os.listdir(backup)) == ["backup-model-1.npz", "backup-state.npz"]
     weights = model.get_weights()
@@ -167,7 +179,10 @@ def test_tensorboard_scalars_equal_history(tmp_path):
         epochs=4,
         verbose=0,
         validation_split=0.2,
-        callbacks=[callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10), board],
+        callbacks=[
+            callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10),
+            board,
+        ],
     )
     train = read_scalars(tmp_path / "logs" / "train")
     validation = read_scalars(tmp_path / "logs" / "validation")
@@ -188,7 +203,9 @@ def test_tensorboard_batch_scalars_and_histograms(tmp_path):
     x, y = data()
     model = make_model("adam")
     batches = []
-    record = callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(logs["loss"]))
+    record = callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: batches.append(logs["loss"])
+    )
     board = callbacks.TensorBoard(tmp_path / "logs", update_freq=2, histogram_freq=1)
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[record, board])
     train = read_scalars(tmp_path / "logs" / "train")

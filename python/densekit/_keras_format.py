@@ -32,6 +32,8 @@ import os
 import re
 import stat
 import zipfile
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -48,12 +50,14 @@ _CONFIG_ENTRY, _METADATA_ENTRY, _WEIGHTS_ENTRY = "config.json", "metadata.json",
 
 class Variable(NamedTuple):
     """A Keras variable of a layer: the densekit attribute holding it, or, for a variable
-    densekit does not keep (``keras_only``), the dtype and value written for Keras."""
+    densekit does not keep (``keras_only``), the dtype and value written for Keras;
+    ``trainable``: whether Keras trains it (has optimizer slots for it)."""
 
     attribute: str
     keras_only: bool = False
     dtype: str = "float32"
     value: float = 0
+    trainable: bool = True
 
 
 class LayerMapping(NamedTuple):
@@ -62,7 +66,8 @@ class LayerMapping(NamedTuple):
     densekit_class: str
     variables: tuple = ()  # Keras's variable order; a variable absent from the layer is skipped
     keras_keys: tuple = ()  # the config keys Keras's class takes (besides name/trainable/dtype)
-    converters: dict = {}  # key -> "activation" | "initializer" | "regularizer" | "constraint"
+    # key -> "activation" | "initializer" | "regularizer" | "constraint"
+    converters: Mapping[str, str] = MappingProxyType({})
 
 
 _INITIALIZER, _REGULARIZER, _CONSTRAINT = "initializer", "regularizer", "constraint"
@@ -107,8 +112,8 @@ LAYERS: dict[str, LayerMapping] = {
         (
             Variable("gamma"),
             Variable("beta"),
-            Variable("moving_mean"),
-            Variable("moving_variance"),
+            Variable("moving_mean", trainable=False),
+            Variable("moving_variance", trainable=False),
         ),
         (
             "axis",
@@ -168,7 +173,11 @@ LAYERS: dict[str, LayerMapping] = {
     # Keras keeps the number of samples adapt has seen as a third (int32) variable
     "Normalization": LayerMapping(
         "Normalization",
-        (Variable("mean"), Variable("variance"), Variable("count", True, "int32", 0)),
+        (
+            Variable("mean", trainable=False),
+            Variable("variance", trainable=False),
+            Variable("count", True, "int32", 0, False),
+        ),
         ("axis", "invert", "mean", "variance"),
     ),
     "Flatten": LayerMapping("Flatten", (), ("data_format",)),
@@ -224,6 +233,17 @@ KERAS_OPTIMIZERS = {
     "Adamax": ("beta_1", "beta_2", "epsilon"),
     "Adagrad": ("initial_accumulator_value", "epsilon"),
     "Lion": ("beta_1", "beta_2"),
+}
+# Keras's optimizer slot variables: per Keras class, per set of densekit state names (the
+# optimizer's ``state_names()``, sorted), the groups of densekit states in Keras's order.
+# Within a group the slots alternate per trained variable; the groups follow one another
+# (Adam: m, v of each variable, then v_max of each). Only states whose numbers mean the same
+# in both are listed; any other optimizer state is not carried across (a fresh state).
+OPTIMIZER_SLOTS = {
+    "SGD": {(): ()},
+    "Adam": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
+    "AdamW": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
+    "RMSprop": {("square_avg",): (("square_avg",),)},
 }
 # densekit activations whose Keras name differs ("gelu_tanh": Keras has no such name).
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
@@ -412,7 +432,10 @@ def _layer_to_densekit(layer_config, path, index: int, model_dtype):
         raise _error(path, f"{where}: name {_short(name)} is not a string")
     if class_name == "InputLayer":
         shape = config.get("batch_shape", config.get("batch_input_shape"))
-        return {"class_name": "InputLayer", "config": {"name": name, "shape": _features(shape, path, where)}}
+        return {
+            "class_name": "InputLayer",
+            "config": {"name": name, "shape": _features(shape, path, where)},
+        }
     accepted = _accepted_keys(cls)
     kept = {"name": name}
     for key, value in config.items():
@@ -435,12 +458,7 @@ def _layer_to_densekit(layer_config, path, index: int, model_dtype):
 
 
 def _features(shape, path, where: str) -> list:
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or type(shape[1]) is not int
-        or shape[1] < 1
-    ):
+    if not isinstance(shape, list) or len(shape) != 2 or type(shape[1]) is not int or shape[1] < 1:
         raise _error(
             path,
             f"{where}: input shape {_short(shape)}; densekit models take flat (batch, features)"
@@ -615,7 +633,9 @@ def read(filepath) -> saving.ModelFile:
     except saving.ModelFileError:
         raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
-        raise _error(path, f"not a readable .keras file ({type(error).__name__}: {error})") from None
+        raise _error(
+            path, f"not a readable .keras file ({type(error).__name__}: {error})"
+        ) from None
     with file, archive:
         try:
             return _read(archive, size, path)
@@ -643,9 +663,7 @@ def _read(archive, size, path) -> saving.ModelFile:
     keras_layers = inner.get("layers")
     if not isinstance(keras_layers, list) or not keras_layers:
         raise _error(path, "the model has no layers")
-    layer_configs = [
-        _layer_to_densekit(c, path, i, dtype) for i, c in enumerate(keras_layers)
-    ]
+    layer_configs = [_layer_to_densekit(c, path, i, dtype) for i, c in enumerate(keras_layers)]
     if any(c["class_name"] == "InputLayer" for c in layer_configs[1:]):
         raise _error(path, "an InputLayer can only be the first layer")
     if layer_configs[0]["class_name"] == "InputLayer":
@@ -660,10 +678,10 @@ def _read(archive, size, path) -> saving.ModelFile:
         try:
             made.append(layers_module.deserialize(layer_config))
         except saving._CONFIG_ERRORS as error:
-            raise _error(
-                path, f"layer {i} ({keras_layers[i]['class_name']}): {error}"
-            ) from None
-    body = [(i, layer) for i, layer in enumerate(made) if layer_configs[i]["class_name"] != "InputLayer"]
+            raise _error(path, f"layer {i} ({keras_layers[i]['class_name']}): {error}") from None
+    body = [
+        (i, layer) for i, layer in enumerate(made) if layer_configs[i]["class_name"] != "InputLayer"
+    ]
     shapes = layers_module.weight_shapes([layer for _, layer in body], input_dim)
     names = archive.namelist()
     weights_entry_size = archive.getinfo(_WEIGHTS_ENTRY).file_size if _WEIGHTS_ENTRY in names else 0
@@ -674,10 +692,10 @@ def _read(archive, size, path) -> saving.ModelFile:
             f"the config implies {needed} bytes of weights, {_WEIGHTS_ENTRY} has "
             f"{weights_entry_size}",
         )
-    weights_bytes = _read_entry(
-        archive, size, _WEIGHTS_ENTRY, max(MAX_EXPANSION * size, 1), path
+    weights_bytes = _read_entry(archive, size, _WEIGHTS_ENTRY, max(MAX_EXPANSION * size, 1), path)
+    arrays, optimizer_state = _read_weights(
+        weights_bytes, body, keras_layers, input_dim, config.get("compile_config"), path
     )
-    arrays = _read_weights(weights_bytes, body, keras_layers, input_dim, path)
     model_config = {
         "name": inner.get("name") if isinstance(inner.get("name"), str) else "sequential",
         "dtype": dtype,
@@ -692,17 +710,22 @@ def _read(archive, size, path) -> saving.ModelFile:
         "optimizer_state": None,
         "rng_states": {},
     }
-    return saving.ModelFile(
-        path, model_config, header, {f"weight.{i}": a for i, a in enumerate(arrays)}
-    )
+    entries = {f"weight.{i}": a for i, a in enumerate(arrays)}
+    if optimizer_state is not None:
+        iterations, variables = optimizer_state
+        header["optimizer_state"] = {"iterations": iterations, "variables": sorted(variables)}
+        entries.update({f"optimizer.{name}": array for name, array in variables.items()})
+    return saving.ModelFile(path, model_config, header, entries)
 
 
-def _read_weights(data: bytes, body, keras_layers, input_dim: int, path) -> list:
-    """The densekit weights (model order) from the HDF5 weights file's bytes."""
+def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_config, path):
+    """The densekit weights (model order) from the HDF5 weights file's bytes, and the
+    optimizer state (``(iterations, {name: flat array})`` or None)."""
     h5py = _h5py()
 
     class_names = [keras_layers[i]["class_name"] for i, _ in body]
     arrays = []
+    all_trainable = all(keras_layers[i]["config"].get("trainable", True) is True for i, _ in body)
     with h5py.File(io.BytesIO(data), "r") as store:
         width = input_dim
         for (index, layer), group_path, class_name in zip(
@@ -713,12 +736,14 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, path) -> list
             specs = probe.weight_specs
             where = f"layer {index} ({class_name} {layer.name!r})"
             present = [
-                v for v in LAYERS[class_name].variables
+                v
+                for v in LAYERS[class_name].variables
                 if v.keras_only or any(attr == v.attribute for attr, _, _ in specs)
             ]
             unmapped = [attr for attr, _, _ in specs if attr not in {v.attribute for v in present}]
             if unmapped:
                 raise _error(path, f"{where}: densekit weights {unmapped} have no Keras variable")
+            all_trainable &= all(v.trainable for v in present)
             if not present:
                 continue
             group = store
@@ -727,7 +752,8 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, path) -> list
             if len(group) != len(present):
                 raise _error(
                     path,
-                    f"{where}: {len(group)} variables in {group_path}/vars, expected {len(present)}",
+                    f"{where}: {len(group)} variables in {group_path}/vars, "
+                    f"expected {len(present)}",
                 )
             by_attribute = {}
             for k, variable in enumerate(present):
@@ -740,13 +766,55 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, path) -> list
                     group, k, shape, path, variable_where
                 )
             arrays.extend(by_attribute[attr] for attr, _, _ in specs)
-    return arrays
+        optimizer = None
+        if all_trainable and "optimizer" in store:
+            optimizer = _read_optimizer(store, compile_config, [a.shape for a in arrays], path)
+    return arrays, optimizer
+
+
+def _read_optimizer(store, compile_config, shapes: list, path):
+    """The optimizer state in ``optimizer/vars`` when ``OPTIMIZER_SLOTS`` maps it (else
+    None: the model is compiled with a fresh state)."""
+    optimizer = (
+        (compile_config or {}).get("optimizer") if isinstance(compile_config, dict) else None
+    )
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("config"), dict):
+        return None
+    entries = OPTIMIZER_SLOTS.get(optimizer.get("class_name"), {})
+    group = store
+    for part in ("optimizer", "vars"):
+        group = _hard_member(group, part, path, "optimizer/vars")
+    first = 1 if isinstance(optimizer["config"].get("learning_rate"), dict) else 2
+    for groups in entries.values():
+        names = [name for slots in groups for name in slots]
+        if len(group) != first + len(names) * len(shapes):
+            continue
+        iterations = _read_dataset(group, 0, (), path, "optimizer/vars/0", kinds="iu")
+        if not 0 <= int(iterations) <= saving.MAX_ITERATIONS:
+            raise _error(path, f"optimizer iterations {int(iterations)}")
+        index, pieces = first, {name: [] for name in names}
+        for slots in groups:
+            for shape in shapes:
+                for name in slots:
+                    where = f"optimizer/vars/{index} ({name})"
+                    pieces[name].append(_read_dataset(group, index, shape, path, where).ravel())
+                    index += 1
+        flat = {
+            name: np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            for name, parts in pieces.items()
+        }
+        return int(iterations), flat
+    return None
 
 
 # -- writing -----------------------------------------------------------------------------
 def _dtype_policy(dtype: str) -> dict:
-    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype},
-            "registered_name": None}
+    return {
+        "module": "keras",
+        "class_name": "DTypePolicy",
+        "config": {"name": dtype},
+        "registered_name": None,
+    }
 
 
 def _activation_to_keras(value, where: str) -> str:
@@ -762,12 +830,13 @@ def _layer_to_keras(layer, dtype: str, input_dim: int):
     mapping = LAYERS.get(class_name)
     where = f"layer {layer.name!r} ({class_name})"
     if mapping is None or mapping.densekit_class != class_name:
-        raise ValueError(
-            f"{where}: no Keras form (supported: {', '.join(supported_layers())})"
-        )
+        raise ValueError(f"{where}: no Keras form (supported: {', '.join(supported_layers())})")
     config = layer.get_config()
-    keras_config = {"name": layer.name, "trainable": bool(getattr(layer, "trainable", True)),
-                    "dtype": _dtype_policy(dtype)}
+    keras_config = {
+        "name": layer.name,
+        "trainable": bool(getattr(layer, "trainable", True)),
+        "dtype": _dtype_policy(dtype),
+    }
     for key, value in config.items():
         if key in ("name", "dtype", "input_shape", "input_dim", "trainable"):
             continue
@@ -781,8 +850,12 @@ def _layer_to_keras(layer, dtype: str, input_dim: int):
         elif converter is not None:
             value = _object_to_keras(value, f"{converter}s")
         keras_config[key] = value
-    entry = {"module": "keras.layers", "class_name": class_name, "config": keras_config,
-             "registered_name": None}
+    entry = {
+        "module": "keras.layers",
+        "class_name": class_name,
+        "config": keras_config,
+        "registered_name": None,
+    }
     if mapping.variables:
         entry["build_config"] = {"input_shape": [None, layer.input_dim]}
     return entry
@@ -812,6 +885,47 @@ def _compile_to_keras(settings):
         "steps_per_execution": 1,
         "jit_compile": False,
     }
+
+
+def _write_optimizer(store, model, body) -> None:
+    """``optimizer/vars`` as Keras keeps them: the step count, the learning rate (unless
+    it is a schedule), the slots ``OPTIMIZER_SLOTS`` maps (zeros before any training). A
+    state it does not map, or a model with weights Keras does not train, gets no slots (Keras
+    warns that it skips them and starts from a fresh state)."""
+    optimizer = model.optimizer
+    group = store.create_group("optimizer").create_group("vars")
+    group.attrs["name"] = optimizer.name
+    state = model.optimizer_state()
+    iterations, variables = state if state is not None else (0, None)
+    group.create_dataset("0", data=np.asarray(iterations, np.int64))
+    index = 1
+    if getattr(optimizer, "_schedule", None) is None:
+        group.create_dataset("1", data=np.asarray(optimizer.learning_rate, np.float32))
+        index = 2
+    names = tuple(sorted(optimizer.state_names()))
+    groups = OPTIMIZER_SLOTS.get(type(optimizer).__name__, {}).get(names)
+    trainable = all(
+        getattr(layer, "trainable", True)
+        and all(
+            v.trainable
+            for v in LAYERS[type(layer).__name__].variables
+            if v.keras_only or getattr(layer, v.attribute, None) is not None
+        )
+        for layer in body
+    )
+    if groups is None or not trainable:
+        return
+    weights = model.weights
+    offsets = np.cumsum([0] + [w.size for w in weights])
+    for slots in groups:
+        for i, weight in enumerate(weights):
+            for name in slots:
+                if variables is None:
+                    value = np.zeros(weight.shape, weight.dtype)
+                else:
+                    value = variables[name][offsets[i] : offsets[i + 1]].reshape(weight.shape)
+                group.create_dataset(str(index), data=value)
+                index += 1
 
 
 def save(model, filepath) -> None:
@@ -882,6 +996,8 @@ def save(model, filepath) -> None:
                         continue
                 group.create_dataset(str(index), data=np.asarray(value))
                 index += 1
+        if config["compile_config"] is not None:
+            _write_optimizer(store, model, body)
     weights = buffer.getvalue()
 
     def write(file):
