@@ -352,11 +352,17 @@ def _object_to_keras(value, kind: str):
 
 # -- reading -----------------------------------------------------------------------------
 def _open_zip(path: str):
-    file = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    # O_NONBLOCK: a FIFO planted at the path must not block the open
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        status = os.fstat(file.fileno())
+        status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise _error(path, "not a regular file")
+        file = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    try:
         return file, status.st_size, zipfile.ZipFile(file)
     except BaseException:
         file.close()
@@ -406,6 +412,16 @@ def _model_dtype(policy, path, where: str) -> str | None:
             path, f"{where}: dtype {_short(name)} (densekit computes in float32 or float64)"
         )
     return name
+
+
+def _layers_dtype(keras_layers: list, path) -> str | None:
+    """The dtype of the first layer that names one (Keras computes in each layer's dtype;
+    densekit in the model's, so every layer must agree with it)."""
+    for index, layer in enumerate(keras_layers):
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if isinstance(config, dict) and config.get("dtype") is not None:
+            return _model_dtype(config["dtype"], path, f"layer {index}")
+    return None
 
 
 def _layer_to_densekit(layer_config, path, index: int, model_dtype):
@@ -659,10 +675,11 @@ def _read(archive, size, path) -> saving.ModelFile:
             f"a {config.get('class_name')!r} model; densekit reads Keras Sequential models only",
         )
     inner = config["config"]
-    dtype = _model_dtype(inner.get("dtype"), path, "model") or "float32"
     keras_layers = inner.get("layers")
     if not isinstance(keras_layers, list) or not keras_layers:
         raise _error(path, "the model has no layers")
+    dtype = _layers_dtype(keras_layers, path) or _model_dtype(inner.get("dtype"), path, "model")
+    dtype = dtype or "float32"
     layer_configs = [_layer_to_densekit(c, path, i, dtype) for i, c in enumerate(keras_layers)]
     if any(c["class_name"] == "InputLayer" for c in layer_configs[1:]):
         raise _error(path, "an InputLayer can only be the first layer")

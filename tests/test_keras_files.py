@@ -1,0 +1,552 @@
+"""Keras 3 ``.keras`` files both ways: files built by Keras itself load in densekit and predict
+the same, densekit's files load in Keras and predict the same, configs and optimizer state
+cross over, unsupported models and names are clear errors, and hostile files are refused
+with bounded reads."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np
+import pytest
+
+import densekit
+from densekit import _keras_format, initializers, layers, optimizers, regularizers, saving
+
+h5py = pytest.importorskip("h5py")
+keras = pytest.importorskip("keras")
+
+# Keras's own variables warn under NumPy 2 when it converts them (not densekit's code).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+PYTHON_PATH = os.path.dirname(os.path.dirname(densekit.__file__))
+
+
+def data(n=37, features=5, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, features)).astype(dtype), rng.integers(0, 3, n)
+
+
+def assert_same_predictions(a, b, x):
+    expected = b.predict(x, verbose=0)
+    np.testing.assert_allclose(a.predict(x, verbose=0), expected, rtol=2e-6, atol=1e-6)
+
+
+def keras_model(activation="relu", dtype="float32", optimizer=None):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5,), dtype=dtype),
+            keras.layers.Dense(8, activation=activation, dtype=dtype),
+            keras.layers.Dropout(0.25, seed=3, dtype=dtype),
+            keras.layers.Activation("tanh", dtype=dtype),
+            keras.layers.Dense(6, use_bias=False, dtype=dtype),
+            keras.layers.Dense(3, activation="softmax", dtype=dtype),
+        ],
+        name="from_keras",
+    )
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def keras_file(tmp_path, model, name="m.keras"):
+    path = tmp_path / name
+    model.save(path)
+    return path
+
+
+# -- Keras -> densekit ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "activation", ["linear", "relu", "sigmoid", "tanh", "elu", "softplus", "gelu", "leaky_relu"]
+)
+def test_keras_files_load_and_predict_the_same(tmp_path, activation):
+    source = keras_model(activation)
+    path = keras_file(tmp_path, source)
+    model = densekit.load_model(path)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Dense",
+        "Dropout",
+        "Activation",
+        "Dense",
+        "Dense",
+    ]
+    assert model.layers[0].get_config()["activation"] == activation
+    assert model.layers[1].rate == 0.25 and model.layers[1].seed == 3
+    for ours, theirs in zip(model.get_weights(), source.get_weights()):
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, theirs)  # bitwise
+    x, _ = data()
+    assert_same_predictions(model, source, x)
+
+
+def test_float64_keras_models_load_as_float64(tmp_path):
+    source = keras_model(dtype="float64")
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert model.dtype == "float64"
+    kernel_1, bias_1, kernel_2, kernel_3, bias_3 = source.get_weights()
+    for ours, theirs in zip(model.get_weights(), source.get_weights()):
+        assert ours.dtype == theirs.dtype == np.float64
+        np.testing.assert_array_equal(ours, theirs)
+    x, _ = data(dtype=np.float64)
+    logits = np.tanh(np.maximum(x @ kernel_1 + bias_1, 0)) @ kernel_2 @ kernel_3 + bias_3
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: keras.optimizers.Adam(0.01, amsgrad=True), {"m", "v", "v_max"}),
+        (lambda: keras.optimizers.AdamW(0.01, weight_decay=0.01), {"m", "v"}),
+        (lambda: keras.optimizers.RMSprop(0.01), {"square_avg"}),
+        (lambda: keras.optimizers.SGD(0.1), set()),
+    ],
+)
+def test_compile_settings_and_optimizer_state_of_trained_keras_models(tmp_path, make, expected):
+    source = keras_model(optimizer=make())
+    x, y = data()
+    source.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert type(model.optimizer).__name__ == type(source.optimizer).__name__
+    assert model.optimizer.learning_rate == pytest.approx(0.01 if expected else 0.1, rel=1e-7)
+    assert type(model.loss).__name__ == "SparseCategoricalCrossentropy"
+    assert model.metrics_names == ["loss", "accuracy"]
+    iterations, state = model.optimizer_state()
+    assert iterations == int(source.optimizer.iterations) == 6
+    assert set(state) == expected
+    slots = {"m": "momentum", "v": "velocity", "v_max": "velocity_hat", "square_avg": "velocity"}
+    for name, flat in state.items():
+        keras_values = [
+            v.numpy().ravel()
+            for v in source.optimizer.variables
+            if v.path.endswith(f"_{slots[name]}") and "/" in v.path
+        ]
+        np.testing.assert_array_equal(flat, np.concatenate(keras_values))
+    # compile=False loads the model alone
+    plain = densekit.load_model(tmp_path / "m.keras", compile=False)
+    assert not plain.compiled
+
+
+def test_a_keras_model_without_an_input_layer_but_built_loads(tmp_path):
+    source = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(2)])
+    source.build((None, 5))
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert model.input_dim == 5 and not model.compiled
+    assert_same_predictions(model, source, data()[0])
+
+
+def test_initializer_and_regularizer_configs_cross_over(tmp_path):
+    source = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(
+                4,
+                kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_avg", seed=7),
+                bias_initializer=keras.initializers.Constant(0.5),
+                kernel_regularizer=keras.regularizers.L2(0.003),
+            ),
+        ]
+    )
+    model = densekit.load_model(keras_file(tmp_path, source))
+    dense = model.layers[0]
+    assert isinstance(dense.kernel_initializer, initializers.VarianceScaling)
+    assert dense.kernel_initializer.get_config() == {
+        "scale": 2.0,
+        "mode": "fan_avg",
+        "distribution": "truncated_normal",
+        "seed": 7,
+    }
+    assert dense.bias_initializer.get_config() == {"value": 0.5}
+    assert dense.kernel_regularizer.l2 == pytest.approx(0.003)
+
+
+# -- densekit -> Keras ----------------------------------------------------------------------
+def densekit_model(optimizer="adam", trained=True):
+    densekit.set_random_seed(5)
+    model = densekit.Sequential(
+        [
+            layers.Input((5,), name="features"),
+            layers.Dense(
+                8,
+                "relu",
+                kernel_initializer=initializers.VarianceScaling(2.0, "fan_in", seed=1),
+                bias_initializer=initializers.Constant(0.1),
+                kernel_regularizer=regularizers.L2(1e-4),
+            ),
+            layers.Dropout(0.25, seed=2),
+            layers.Activation("elu"),
+            layers.Dense(6, "gelu", use_bias=False),
+            layers.Dense(3, "softmax"),
+        ],
+        name="from_densekit",
+    )
+    model.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
+    if trained:
+        x, y = data()
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd", "adamw"])
+def test_densekit_files_load_in_keras_and_predict_the_same(tmp_path, optimizer):
+    model = densekit_model(optimizer)
+    path = tmp_path / "d.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    for theirs, ours in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(theirs, ours)
+    assert_same_predictions(loaded, model, data()[0])
+    dense = loaded.layers[0]
+    assert dense.activation.__name__ == "relu"
+    assert dense.kernel_initializer.get_config()["scale"] == 2.0
+    assert dense.kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)
+    assert loaded.layers[1].rate == 0.25 and loaded.layers[1].seed == 2
+    assert type(loaded.optimizer).__name__ == type(model.optimizer).__name__
+    assert int(loaded.optimizer.iterations) == model.optimizer.iterations == 6
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(model.optimizer.learning_rate)
+    iterations, state = model.optimizer_state()
+    if "m" in state:
+        momentums = [v.numpy().ravel() for v in loaded.optimizer.variables if "momentum" in v.path]
+        np.testing.assert_array_equal(np.concatenate(momentums), state["m"])
+
+
+def test_densekit_to_keras_to_densekit_round_trips_exactly(tmp_path):
+    model = densekit_model()
+    model.save(tmp_path / "a.keras")
+    keras.saving.load_model(tmp_path / "a.keras").save(tmp_path / "b.keras")
+    again = densekit.load_model(tmp_path / "b.keras")
+    ours, theirs = model.get_config(), again.get_config()
+    for layer in ours["layers"] + theirs["layers"]:
+        layer["config"].pop("dtype", None)
+    theirs["layers"][0]["config"]["name"] = "features"  # Keras renames its Input layers
+    assert ours == theirs
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert again.get_compile_config()["optimizer"]["class_name"] == "Adam"
+    iterations, state = model.optimizer_state()
+    iterations_again, state_again = again.optimizer_state()
+    assert iterations == iterations_again
+    for name in state:
+        np.testing.assert_array_equal(state[name], state_again[name])
+
+
+def test_an_untrained_or_uncompiled_model_saves(tmp_path):
+    untrained = densekit_model(trained=False)
+    untrained.save(tmp_path / "u.keras")
+    assert int(keras.saving.load_model(tmp_path / "u.keras").optimizer.iterations) == 0
+    plain = densekit.Sequential([layers.Dense(2)])
+    plain.build((None, 3))
+    plain.save(tmp_path / "p.keras")
+    loaded = keras.saving.load_model(tmp_path / "p.keras")
+    assert getattr(loaded, "optimizer", None) is None
+    assert_same_predictions(loaded, plain, data(features=3)[0])
+
+
+# -- errors ----------------------------------------------------------------------------------
+def rewrite(path, target, change_config=None, weights=None, extra=None):
+    """Copy the .keras file ``path`` to ``target``, changing its config or weights."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    if change_config is not None:
+        config = json.loads(entries["config.json"])
+        change_config(config)
+        entries["config.json"] = json.dumps(config).encode()
+    if weights is not None:
+        entries["model.weights.h5"] = weights
+    entries.update(extra or {})
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, raw in entries.items():
+            archive.writestr(name, raw)
+    return target
+
+
+def test_layers_densekit_lacks_are_clear_errors(tmp_path):
+    source = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.Identity()])
+    with pytest.raises(saving.ModelFileError) as error:
+        densekit.load_model(keras_file(tmp_path, source))
+    message = str(error.value)
+    assert str(tmp_path / "m.keras") in message and "'Identity'" in message
+    assert "supported: " in message and "Dense" in message
+
+
+def test_a_key_densekit_does_not_support_is_a_clear_error(tmp_path):
+    path = keras_file(tmp_path, keras_model())
+
+    def change(config):
+        config["config"]["layers"][1]["config"]["frobnicate"] = 3
+
+    with pytest.raises(saving.ModelFileError, match=r"layer 1 \(Dense\).*frobnicate=3"):
+        densekit.load_model(rewrite(path, tmp_path / "x.keras", change))
+
+
+def test_functional_models_and_non_flat_inputs_are_refused(tmp_path):
+    inputs = keras.Input((5,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(saving.ModelFileError, match="'Functional' model.*Sequential models only"):
+        densekit.load_model(keras_file(tmp_path, functional, "f.keras"))
+    images = keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2)])
+    with pytest.raises(saving.ModelFileError, match=r"input shape \[None, 4, 4\]"):
+        densekit.load_model(keras_file(tmp_path, images, "i.keras"))
+
+
+def test_mixed_precision_is_refused(tmp_path):
+    path = keras_file(tmp_path, keras_model())
+
+    def change(config):
+        config["config"]["layers"][1]["config"]["dtype"]["config"]["name"] = "mixed_float16"
+
+    with pytest.raises(saving.ModelFileError, match="mixed_float16"):
+        densekit.load_model(rewrite(path, tmp_path / "x.keras", change))
+
+
+def test_unsupported_optimizers_fail_only_when_compiling(tmp_path):
+    source = keras_model(optimizer=keras.optimizers.Ftrl())
+    path = keras_file(tmp_path, source)
+    with pytest.raises(saving.ModelFileError, match="Ftrl.*"):
+        densekit.load_model(path)
+    assert not densekit.load_model(path, compile=False).compiled
+
+
+def test_suffixes_other_than_npz_and_keras_are_refused(tmp_path):
+    model = densekit_model(trained=False)
+    for name in ("m.h5", "m.hdf5", "m.txt", "m"):
+        with pytest.raises(ValueError, match="filepath"):
+            model.save(tmp_path / name)
+    for name in ("w.keras", "w.h5"):
+        with pytest.raises(ValueError, match="save_weights"):
+            model.save_weights(tmp_path / name)
+    (tmp_path / "old.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(saving.ModelFileError, match="legacy Keras HDF5"):
+        densekit.load_model(tmp_path / "old.h5")
+    assert os.listdir(tmp_path) == ["old.h5"]
+
+
+def test_activations_without_a_keras_form_are_refused_on_save(tmp_path):
+    model = densekit.Sequential([layers.Dense(2, "gelu_tanh")])
+    model.build((None, 3))
+    with pytest.raises(ValueError, match="gelu_tanh"):
+        model.save(tmp_path / "g.keras")
+    assert not (tmp_path / "g.keras").exists()
+
+
+def test_importing_densekit_does_not_import_h5py(tmp_path):
+    model = densekit_model(trained=False)
+    model.save(tmp_path / "m.npz")
+    code = (
+        "import sys, densekit\n"
+        f"densekit.load_model({str(tmp_path / 'm.npz')!r})\n"
+        "assert 'h5py' not in sys.modules, 'h5py imported'\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": PYTHON_PATH}
+    subprocess.run([sys.executable, "-c", code], check=True, env=environment)
+
+
+# -- the layer table ----------------------------------------------------------------------
+@pytest.mark.parametrize("class_name", sorted(set(_keras_format.LAYERS) - {"InputLayer"}))
+def test_the_layer_table_matches_keras(class_name):
+    """Every entry names Keras's config keys and variables in Keras's order."""
+    arguments = {"Dense": (3,), "Activation": ("relu",), "Dropout": (0.5,), "GaussianNoise": (0.1,)}
+    layer = getattr(keras.layers, class_name)(*arguments.get(class_name, ()))
+    layer.build((None, 4))
+    mapping = _keras_format.LAYERS[class_name]
+    assert set(layer.get_config()) - {"name", "trainable", "dtype"} <= set(mapping.keras_keys)
+    variables = [v.path.rsplit("/", 1)[1] for v in layer.weights]
+    expected = [v.attribute for v in mapping.variables]
+    if class_name == "Normalization":  # Keras names its adapted mean and variance so
+        assert len(variables) == len(expected)
+    else:
+        assert variables == expected
+    assert [v.trainable for v in layer.weights] == [v.trainable for v in mapping.variables]
+
+
+def test_a_layer_class_plugs_in_with_its_table_entry(tmp_path, monkeypatch):
+    """A densekit class named like the table's entry is all a layer needs to be read (here a
+    stand-in LayerNormalization declaring Keras's gamma and beta)."""
+
+    class LayerNormalization(layers.Layer):
+        def __init__(
+            self,
+            epsilon=1e-3,
+            center=True,
+            scale=True,
+            beta_initializer="zeros",
+            gamma_initializer="ones",
+            **kwargs,
+        ):
+            super().__init__(**kwargs)
+            self.epsilon, self.center, self.scale = epsilon, center, scale
+            self.beta_initializer = initializers.get(beta_initializer)
+            self.gamma_initializer = initializers.get(gamma_initializer)
+
+        def build_weights(self, input_dim):
+            self.input_dim = self.output_dim = input_dim
+            self._weight_specs = [
+                ("gamma", (input_dim,), self.gamma_initializer),
+                ("beta", (input_dim,), self.beta_initializer),
+            ]
+            return input_dim
+
+        def get_config(self):
+            return {**super().get_config(), "epsilon": self.epsilon}
+
+    monkeypatch.setattr(layers, "LayerNormalization", LayerNormalization, raising=False)
+    monkeypatch.setitem(layers._REGISTRY, "LayerNormalization", LayerNormalization)
+    source = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4), keras.layers.LayerNormalization(epsilon=0.01)]
+    )
+    norm = source.layers[1]
+    norm.gamma.assign(np.arange(4, dtype=np.float32))
+    norm.beta.assign(-np.arange(4, dtype=np.float32))
+    contents = saving.read_model_file(keras_file(tmp_path, source))
+    assert contents.config["layers"][2] == {
+        "class_name": "LayerNormalization",
+        "config": {
+            "name": norm.name,
+            "epsilon": 0.01,
+            "center": True,
+            "scale": True,
+            "beta_initializer": {"class_name": "Zeros", "config": {}},
+            "gamma_initializer": {"class_name": "Ones", "config": {}},
+        },
+    }
+    np.testing.assert_array_equal(contents.arrays["weight.2"], np.arange(4))
+    np.testing.assert_array_equal(contents.arrays["weight.3"], -np.arange(4))
+
+
+def test_a_table_entry_without_its_densekit_class_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        _keras_format.LAYERS, "Identity", _keras_format.LayerMapping("NoSuchDensekitClass")
+    )
+    source = keras.Sequential([keras.Input((5,)), keras.layers.Identity()])
+    with pytest.raises(saving.ModelFileError, match="'Identity' is not supported"):
+        densekit.load_model(keras_file(tmp_path, source))
+
+
+# -- hostile files --------------------------------------------------------------------------
+def h5_bytes(fill) -> bytes:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as store:
+        fill(store)
+    return buffer.getvalue()
+
+
+def small_keras_file(tmp_path):
+    source = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
+    return keras_file(tmp_path, source, "small.keras")
+
+
+def dense_weights(kernel, bias=np.zeros(4, np.float32), **options):
+    def fill(store):
+        group = store.create_group("layers/dense/vars")
+        group.create_dataset("0", data=kernel, **options)
+        group.create_dataset("1", data=bias)
+
+    return h5_bytes(fill)
+
+
+def refused(path, match):
+    tracemalloc.start()
+    try:
+        with pytest.raises(saving.ModelFileError, match=match) as error:
+            densekit.load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(error.value)
+    assert peak < 32 * 2**20  # nothing large was allocated
+    return error
+
+
+@pytest.mark.parametrize("units", [10**7, 10**12])
+def test_a_config_asking_for_huge_weights_fails_before_allocating(tmp_path, units):
+    def change(config):
+        config["config"]["layers"][1]["config"]["units"] = units
+
+    path = rewrite(small_keras_file(tmp_path), tmp_path / "huge.keras", change)
+    refused(path, "implies .* bytes of weights")
+
+
+def test_zip_bombs_are_refused(tmp_path):
+    path = small_keras_file(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    target = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("config.json", entries["config.json"])
+        archive.writestr("model.weights.h5", b"\0" * 50 * 2**20, zipfile.ZIP_DEFLATED)
+    refused(target, "model.weights.h5 (claims|expands)")
+    config = b" " * 64 * 2**20 + entries["config.json"]
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("config.json", config, zipfile.ZIP_DEFLATED)
+    refused(target, "config.json claims")
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        (dense_weights(np.zeros((5, 4), np.int64)), "unexpected dtype int64"),
+        (dense_weights(np.zeros((5, 4), np.float16)), "unexpected dtype float16"),
+        (dense_weights(np.array([[b"abcd"] * 4] * 5)), "unexpected dtype"),
+        (dense_weights(np.zeros((4, 5), np.float32)), r"has shape \(4, 5\)"),
+        (dense_weights(np.zeros((5, 4), np.float32), compression="gzip"), "contiguous"),
+        (h5_bytes(lambda store: store.create_group("layers")), "missing"),
+        (b"not hdf5 at all" * 10, "not a readable .keras file"),
+    ],
+)
+def test_malformed_weights_are_refused(tmp_path, weights, match):
+    target = rewrite(small_keras_file(tmp_path), tmp_path / "bad.keras", weights=weights)
+    refused(target, match)
+
+
+def test_links_to_other_files_are_refused(tmp_path):
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as store:
+        store.create_dataset("kernel", data=np.zeros((5, 4), np.float32))
+
+    def fill(store):
+        group = store.create_group("layers/dense/vars")
+        group["0"] = h5py.ExternalLink(str(outside), "kernel")
+        group.create_dataset("1", data=np.zeros(4, np.float32))
+
+    target = rewrite(small_keras_file(tmp_path), tmp_path / "link.keras", weights=h5_bytes(fill))
+    refused(target, "ExternalLink refused")
+
+
+def test_malformed_configs_are_refused(tmp_path):
+    path = small_keras_file(tmp_path)
+    deep = tmp_path / "deep.keras"
+    rewrite(path, deep, extra={"config.json": b"[" * 100 + b"]" * 100})
+    refused(deep, "nested 100 deep")
+    nan = tmp_path / "nan.keras"
+    rewrite(path, nan, extra={"config.json": b'{"class_name": "Sequential", "x": NaN}'})
+    refused(nan, "non-finite number NaN")
+    for text, match in [
+        (b"{", "not a readable .keras file"),
+        (b"[]", "not a Keras model config"),
+        (b'{"class_name": "Sequential", "config": {"layers": []}}', "no layers"),
+    ]:
+        rewrite(path, tmp_path / "c.keras", extra={"config.json": text})
+        refused(tmp_path / "c.keras", match)
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w"):
+        pass
+    refused(tmp_path / "empty.keras", "no config.json")
+    (tmp_path / "garbage.keras").write_bytes(b"garbage")
+    refused(tmp_path / "garbage.keras", "not a readable .keras file")
+    (tmp_path / "dir.keras").mkdir()
+    refused(tmp_path / "dir.keras", "not a regular file")
+    with pytest.raises(FileNotFoundError):
+        densekit.load_model(tmp_path / "missing.keras")
