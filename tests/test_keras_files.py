@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import densekit
-from densekit import _keras_format, initializers, layers, optimizers, regularizers, saving
+from densekit import _keras_format, initializers, layers, regularizers, saving
 
 h5py = pytest.importorskip("h5py")
 keras = pytest.importorskip("keras")
@@ -218,7 +218,7 @@ def test_densekit_files_load_in_keras_and_predict_the_same(tmp_path, optimizer):
     assert type(loaded.optimizer).__name__ == type(model.optimizer).__name__
     assert int(loaded.optimizer.iterations) == model.optimizer.iterations == 6
     assert float(loaded.optimizer.learning_rate) == pytest.approx(model.optimizer.learning_rate)
-    iterations, state = model.optimizer_state()
+    state = model.optimizer_state()[1]
     if "m" in state:
         momentums = [v.numpy().ravel() for v in loaded.optimizer.variables if "momentum" in v.path]
         np.testing.assert_array_equal(np.concatenate(momentums), state["m"])
@@ -296,7 +296,7 @@ def test_a_key_densekit_does_not_support_is_a_clear_error(tmp_path):
 def test_functional_models_and_non_flat_inputs_are_refused(tmp_path):
     inputs = keras.Input((5,))
     functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(saving.ModelFileError, match="'Functional' model.*Sequential models only"):
+    with pytest.raises(saving.ModelFileError, match=r"'Functional' model.*Sequential models only"):
         densekit.load_model(keras_file(tmp_path, functional, "f.keras"))
     images = keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2)])
     with pytest.raises(saving.ModelFileError, match=r"input shape \[None, 4, 4\]"):
@@ -316,7 +316,7 @@ def test_mixed_precision_is_refused(tmp_path):
 def test_unsupported_optimizers_fail_only_when_compiling(tmp_path):
     source = keras_model(optimizer=keras.optimizers.Ftrl())
     path = keras_file(tmp_path, source)
-    with pytest.raises(saving.ModelFileError, match="Ftrl.*"):
+    with pytest.raises(saving.ModelFileError, match="Ftrl"):
         densekit.load_model(path)
     assert not densekit.load_model(path, compile=False).compiled
 
@@ -449,11 +449,11 @@ def small_keras_file(tmp_path):
     return keras_file(tmp_path, source, "small.keras")
 
 
-def dense_weights(kernel, bias=np.zeros(4, np.float32), **options):
+def dense_weights(kernel, **options):
     def fill(store):
         group = store.create_group("layers/dense/vars")
         group.create_dataset("0", data=kernel, **options)
-        group.create_dataset("1", data=bias)
+        group.create_dataset("1", data=np.zeros(4, np.float32))
 
     return h5_bytes(fill)
 
