@@ -41,7 +41,6 @@ import numpy as np
 from . import _archive, activations, kernels, saving
 from . import layers as layers_module
 
-KERAS_SUFFIX = ".keras"
 KERAS_FORMAT_VERSION = "3.0.0"  # the Keras version whose file layout the writer follows
 MAX_CONFIG_BYTES = _archive.MAX_HEADER_BYTES
 MAX_EXPANSION = 20  # how many times its stored size a compressed entry may expand
@@ -247,11 +246,6 @@ OPTIMIZER_SLOTS = {
 }
 # densekit activations whose Keras name differs ("gelu_tanh": Keras has no such name).
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
-
-
-def is_keras_path(filepath) -> bool:
-    """Whether ``filepath`` names a Keras file (its name ends in ``.keras``)."""
-    return os.fspath(filepath).lower().endswith(KERAS_SUFFIX)
 
 
 def _error(path, message: str) -> saving.ModelFileError:

@@ -650,7 +650,8 @@ class Sequential:
     # -- saving --------------------------------------------------------------------------
     def save(self, filepath, include_optimizer=True) -> None:
         """Write the model (config, weights, compile settings, optimizer state) to one file,
-        atomically. Load it with ``densekit.load_model``."""
+        atomically: densekit's format for a ``.npz`` name, Keras 3's for ``.keras``. Load it
+        with ``densekit.load_model``."""
         self._refuse_from_other_threads("save")
         saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
@@ -685,7 +686,7 @@ def load_model(filepath, compile=True) -> Sequential:
     Parameters
     ----------
     filepath : str or os.PathLike
-        A file written by ``Sequential.save``.
+        A file written by ``Sequential.save``, or a Keras 3 ``.keras`` file.
     compile : bool
         Whether to compile the model with the saved settings and optimizer state.
 
