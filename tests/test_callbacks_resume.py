@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import densekit
-from densekit import callbacks, layers, optimizers
+from densekit import callbacks, layers, optimizers, schedules
 
 
 def data():
@@ -32,13 +32,16 @@ def make_model(optimizer):
     return model
 
 
-def stateful_callbacks():
+def stateful_callbacks(directory, plateau=True):
     """Callbacks whose state matters: EarlyStopping never sees an improvement (its wait
-    grows; best weights kept), ReduceLROnPlateau halves the rate every other epoch."""
-    return [
-        callbacks.EarlyStopping("loss", min_delta=10, patience=100, restore_best_weights=True),
-        callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10),
-    ]
+    grows; best weights kept), ReduceLROnPlateau halves the rate every other epoch (not
+    with a schedule: the rate is the schedule's)."""
+    kept = [callbacks.EarlyStopping("loss", min_delta=10, patience=100, restore_best_weights=True)]
+    if plateau:
+        kept.append(callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10))
+    else:
+        kept.append(callbacks.ModelCheckpoint(directory / "best.npz", "loss", save_best_only=True))
+    return kept
 
 
 class Crash(callbacks.Callback):
@@ -55,6 +58,7 @@ OPTIMIZERS = {
     "adam": lambda: optimizers.Adam(0.01, amsgrad=True),
     "sgd": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+    "scheduled": lambda: optimizers.Adam(schedules.ExponentialDecay(0.02, 4, 0.5)),
 }
 
 
@@ -62,8 +66,9 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("crash_at", [1, 3])
 def test_a_crashed_run_resumes_bitwise(tmp_path, name, crash_at):
     x, y = data()
+    plateau = name != "scheduled"
     reference = make_model(OPTIMIZERS[name]())
-    kept = stateful_callbacks()
+    kept = stateful_callbacks(tmp_path, plateau)
     history = reference.fit(
         x, y, batch_size=16, epochs=6, verbose=0, validation_split=0.2, callbacks=kept
     )
@@ -78,14 +83,18 @@ def test_a_crashed_run_resumes_bitwise(tmp_path, name, crash_at):
             epochs=6,
             verbose=0,
             validation_split=0.2,
-            callbacks=[callbacks.BackupAndRestore(backup), *stateful_callbacks(), Crash(crash_at)],
+            callbacks=[
+                callbacks.BackupAndRestore(backup),
+                *stateful_callbacks(tmp_path, plateau),
+                Crash(crash_at),
+            ],
         )
     assert sorted(os.listdir(backup)) == [
         f"backup-model-{crash_at - 1}.npz",
         "backup-state.npz",
     ]
     densekit.set_random_seed(12345)  # another global generator: the backup's seed wins
-    resumed_callbacks = stateful_callbacks()
+    resumed_callbacks = stateful_callbacks(tmp_path, plateau)
     resumed = model.fit(
         x,
         y,

@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 
 import densekit
-from densekit import _keras_format, initializers, layers, regularizers, saving
+from densekit import (
+    _keras_format,
+    initializers,
+    layers,
+    optimizers,
+    regularizers,
+    saving,
+    schedules,
+)
 
 h5py = pytest.importorskip("h5py")
 keras = pytest.importorskip("keras")
@@ -550,3 +558,28 @@ def test_malformed_configs_are_refused(tmp_path):
     refused(tmp_path / "dir.keras", "not a regular file")
     with pytest.raises(FileNotFoundError):
         densekit.load_model(tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        lambda: schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.9, staircase=True),
+        lambda: schedules.CosineDecay(0.01, decay_steps=20, alpha=0.1),
+    ],
+)
+def test_learning_rate_schedules_cross_over(tmp_path, schedule):
+    model = densekit_model(optimizers.Adam(schedule()))
+    model.save(tmp_path / "s.keras")
+    loaded = keras.saving.load_model(tmp_path / "s.keras")
+    assert int(loaded.optimizer.iterations) == 6
+    rate = float(loaded.optimizer.learning_rate)
+    assert rate == pytest.approx(model.optimizer.learning_rate, rel=1e-6)
+    loaded.save(tmp_path / "back.keras")
+    again = densekit.load_model(tmp_path / "back.keras")
+    ours = model.optimizer.get_config()["learning_rate"]
+    theirs = again.optimizer.get_config()["learning_rate"]
+    assert theirs["class_name"] == ours["class_name"]
+    for key, value in ours["config"].items():
+        if key != "name":
+            assert theirs["config"][key] == pytest.approx(value), key
+    assert again.optimizer.learning_rate == pytest.approx(rate, rel=1e-6)

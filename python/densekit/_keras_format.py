@@ -4,7 +4,8 @@ A ``.keras`` file is a zip of ``config.json`` (the model's config in Keras's ser
 ``metadata.json`` and ``model.weights.h5`` (HDF5: ``layers/<snake_case class>[_<k>]/vars/<i>``
 per layer that holds variables, in Keras's variable order; h5py, imported only here and only
 when a ``.keras`` file is read or written). Reading translates the file into densekit's own
-``saving.ModelFile``, so ``load_model`` builds and restores the model as for its own files.
+model file contents (config, header, arrays), so ``load_model`` builds and restores the model
+as for its own files; ``saving.py`` turns ``KerasFileError`` into its ``ModelFileError``.
 
 Translation is driven by ``LAYERS`` (one entry per Keras layer class: the densekit class, the
 densekit attributes of Keras's variables, value converters) and by the densekit classes'
@@ -38,12 +39,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _archive, activations, kernels, saving
+from . import _archive, activations, kernels
 from . import layers as layers_module
 
 KERAS_FORMAT_VERSION = "3.0.0"  # the Keras version whose file layout the writer follows
 MAX_CONFIG_BYTES = _archive.MAX_HEADER_BYTES
 MAX_EXPANSION = 20  # how many times its stored size a compressed entry may expand
+MAX_ITERATIONS = 2**53  # the largest optimizer step count read (as densekit's own files)
+# What building a layer from a translated config may raise when the config is wrong.
+_CONFIG_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
 _CONFIG_ENTRY, _METADATA_ENTRY, _WEIGHTS_ENTRY = "config.json", "metadata.json", "model.weights.h5"
 
 
@@ -248,8 +252,13 @@ OPTIMIZER_SLOTS = {
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
 
 
-def _error(path, message: str) -> saving.ModelFileError:
-    return saving.ModelFileError(f"{path}: {message}")
+class KerasFileError(ValueError):
+    """A .keras file is malformed or holds what densekit does not support (the message
+    starts with the file's name)."""
+
+
+def _error(path, message: str) -> KerasFileError:
+    return KerasFileError(f"{path}: {message}")
 
 
 def supported_layers() -> list[str]:
@@ -335,6 +344,7 @@ def _object_to_keras(value, kind: str):
         if isinstance(item, dict) and "class_name" in item
         else item
         for key, item in value.get("config", {}).items()
+        if not (key == "name" and item is None)  # Keras names its objects itself
     }
     return {
         "module": f"keras.{kind}",
@@ -488,11 +498,11 @@ def _activation_to_densekit(value, path, where: str):
         raise _error(path, f"{where}: {error}") from None
 
 
-def compile_settings(contents) -> dict | None:
-    """The compile settings of a Keras file (``read``'s result) as densekit's, or None when
-    it has none; translated only when asked, so that ``compile=False`` loads a model whose
-    settings densekit cannot take."""
-    return _translate_compile(contents.header.get("keras_compile"), contents.path)
+def compile_settings(header: dict, path) -> dict | None:
+    """The compile settings of a Keras file (from the header ``read`` returned) as
+    densekit's, or None when it has none; translated only when asked, so that
+    ``compile=False`` loads a model whose settings densekit cannot take."""
+    return _translate_compile(header.get("keras_compile"), path)
 
 
 def _named(kind: str, name: str, path) -> dict:
@@ -615,7 +625,7 @@ def _read_dataset(group, index: int, shape, path, where: str, kinds="f") -> np.n
     return np.asarray(dataset[()])
 
 
-def read(filepath) -> saving.ModelFile:
+def read(filepath) -> tuple[str, dict, dict, dict]:
     """Read a Keras 3 ``.keras`` file of a Sequential model into densekit's ``ModelFile``.
 
     Parameters
@@ -625,14 +635,17 @@ def read(filepath) -> saving.ModelFile:
 
     Returns
     -------
-    saving.ModelFile
-        The model's densekit config, compile settings and weights.
+    tuple
+        ``(path, config, header, arrays)`` as densekit's model files hold them: the model's
+        densekit config, the header (the Keras compile settings under ``keras_compile``,
+        translated by ``compile_settings``) and the weights and optimizer state by entry
+        name.
 
     Raises
     ------
     FileNotFoundError
         When there is no such file.
-    ModelFileError
+    KerasFileError
         When the file is not a readable Keras file of a model densekit supports.
     """
     path = os.fspath(filepath)
@@ -640,7 +653,7 @@ def read(filepath) -> saving.ModelFile:
         raise FileNotFoundError(f"filepath: no such file: {path!r}")
     try:
         file, size, archive = _open_zip(path)
-    except saving.ModelFileError:
+    except KerasFileError:
         raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
         raise _error(
@@ -649,7 +662,7 @@ def read(filepath) -> saving.ModelFile:
     with file, archive:
         try:
             return _read(archive, size, path)
-        except saving.ModelFileError:
+        except KerasFileError:
             raise
         except (OSError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, ValueError) as error:
             raise _error(
@@ -657,7 +670,7 @@ def read(filepath) -> saving.ModelFile:
             ) from None
 
 
-def _read(archive, size, path) -> saving.ModelFile:
+def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
     config = _parse_json(
         _read_entry(archive, size, _CONFIG_ENTRY, MAX_CONFIG_BYTES, path), path, _CONFIG_ENTRY
     )
@@ -688,7 +701,7 @@ def _read(archive, size, path) -> saving.ModelFile:
     for i, layer_config in enumerate(layer_configs):
         try:
             made.append(layers_module.deserialize(layer_config))
-        except saving._CONFIG_ERRORS as error:
+        except _CONFIG_ERRORS as error:
             raise _error(path, f"layer {i} ({keras_layers[i]['class_name']}): {error}") from None
     body = [
         (i, layer) for i, layer in enumerate(made) if layer_configs[i]["class_name"] != "InputLayer"
@@ -726,7 +739,7 @@ def _read(archive, size, path) -> saving.ModelFile:
         iterations, variables = optimizer_state
         header["optimizer_state"] = {"iterations": iterations, "variables": sorted(variables)}
         entries.update({f"optimizer.{name}": array for name, array in variables.items()})
-    return saving.ModelFile(path, model_config, header, entries)
+    return path, model_config, header, entries
 
 
 def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_config, path):
@@ -801,7 +814,7 @@ def _read_optimizer(store, compile_config, shapes: list, path):
         if len(group) != first + len(names) * len(shapes):
             continue
         iterations = _read_dataset(group, 0, (), path, "optimizer/vars/0", kinds="iu")
-        if not 0 <= int(iterations) <= saving.MAX_ITERATIONS:
+        if not 0 <= int(iterations) <= MAX_ITERATIONS:
             raise _error(path, f"optimizer iterations {int(iterations)}")
         index, pieces = first, {name: [] for name in names}
         for slots in groups:
@@ -910,7 +923,7 @@ def _write_optimizer(store, model, body) -> None:
     iterations, variables = state if state is not None else (0, None)
     group.create_dataset("0", data=np.asarray(iterations, np.int64))
     index = 1
-    if getattr(optimizer, "_schedule", None) is None:
+    if not isinstance(optimizer.get_config()["learning_rate"], dict):  # not a schedule
         group.create_dataset("1", data=np.asarray(optimizer.learning_rate, np.float32))
         index = 2
     names = tuple(sorted(optimizer.state_names()))

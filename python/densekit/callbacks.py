@@ -744,14 +744,14 @@ class BackupAndRestore(Callback):
                 else:
                     plain[key] = value.item() if isinstance(value, np.generic) else value
             kept.append({"class": type(callback).__name__, "state": plain, "arrays": counts})
-        schedule = getattr(optimizer, "_schedule", None)
+        scheduled = isinstance(optimizer.get_config()["learning_rate"], dict)
         state = {
             "format": self._FORMAT,
             "version": 1,
             "epoch": epoch,
             "seed": self._seed,
             "model_file": model_file,
-            "learning_rate": None if schedule is not None else optimizer.learning_rate,
+            "learning_rate": None if scheduled else optimizer.learning_rate,
             "callbacks": kept,
             "arrays": sorted(arrays),
         }

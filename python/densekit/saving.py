@@ -59,11 +59,15 @@ def _is_keras_file(filepath, action: str) -> bool:
     return False
 
 
-def _keras_format():
-    """The .keras reader and writer (imported on first use: it needs h5py, an extra)."""
-    from . import _keras_format as module
+def _keras(function: str, *args):
+    """``function`` of the .keras reader and writer (imported on first use: it needs h5py,
+    an extra), its KerasFileError raised as a ModelFileError."""
+    from . import _keras_format
 
-    return module
+    try:
+        return getattr(_keras_format, function)(*args)
+    except _keras_format.KerasFileError as error:
+        raise ModelFileError(str(error)) from None
 
 
 MAX_ITERATIONS = 2**53  # the largest optimizer step count a file may hold
@@ -421,7 +425,7 @@ def _rng_states(model) -> dict:
 def save_model(model, filepath, include_optimizer=True) -> None:
     """Save ``model`` (built) to ``filepath``; see the module docstring for the format."""
     if _is_keras_file(filepath, "save"):
-        _keras_format().save(model, filepath)
+        _keras("save", model, filepath)
         return
     if not model.built:
         raise ValueError("model: build or fit the model before saving it")
@@ -477,7 +481,7 @@ def read_model_file(filepath) -> ModelFile:
         When it is not a readable densekit model file.
     """
     if _is_keras_file(filepath, "load"):
-        return _keras_format().read(filepath)
+        return ModelFile(*_keras("read", filepath))
     path = _existing(filepath)
     with _reading(path) as archive:
         header = _read_header(archive, path, MODEL_FORMAT)
@@ -537,7 +541,7 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
             layer.rng.bit_generator.state = state
     settings = header["compile"]
     if compile and "keras_compile" in header:  # a Keras file's, translated only when asked
-        settings = _keras_format().compile_settings(contents)
+        settings = _keras("compile_settings", header, path)
     if not (compile and settings):
         return
     try:
