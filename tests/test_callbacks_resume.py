@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import densekit
 from densekit import callbacks, layers, optimizers, schedules
+
+PYTHON_PATH = os.path.dirname(os.path.dirname(densekit.__file__))
 
 
 def data():
@@ -233,3 +237,53 @@ def test_tensorboard_arguments_are_checked(tmp_path):
             callbacks.TensorBoard(tmp_path, update_freq=bad)
     with pytest.raises(ValueError, match="histogram_freq"):
         callbacks.TensorBoard(tmp_path, histogram_freq=-1)
+
+
+RUN = """
+import os, sys
+import numpy as np
+import densekit
+from densekit import callbacks, layers
+
+mode, directory = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((50, 6)).astype(np.float32), rng.integers(0, 3, 50)
+densekit.set_random_seed(1)
+model = densekit.Sequential(
+    [densekit.Input((6,)), layers.Dense(8, "relu"), layers.Dropout(0.3), layers.Dense(3, "softmax")]
+)
+model.compile(densekit.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+kill = callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epoch == 2 and os._exit(3))
+used = {"reference": [], "killed": [kill], "resumed": []}[mode]
+backup = [] if mode == "reference" else [callbacks.BackupAndRestore(os.path.join(directory, "b"))]
+history = model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=backup + used)
+model.save_weights(os.path.join(directory, mode + ".npz"))
+print(history.epoch)
+"""
+
+
+def test_a_killed_process_resumes_bitwise(tmp_path):
+    """The process dies (os._exit, no cleanup) at the end of epoch 2; a new process with
+    the same script resumes at epoch 2 and ends with the uninterrupted run's weights."""
+    environment = {**os.environ, "PYTHONPATH": PYTHON_PATH}
+
+    def run(mode):
+        return subprocess.run(
+            [sys.executable, "-c", RUN, mode, str(tmp_path)],
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+
+    assert run("reference").returncode == 0
+    assert run("killed").returncode == 3
+    assert sorted(os.listdir(tmp_path / "b")) == ["backup-model-1.npz", "backup-state.npz"]
+    resumed = run("resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "[2, 3, 4]"
+    reference = densekit.Sequential([layers.Dense(8), layers.Dense(3)])
+    reference.load_weights(tmp_path / "reference.npz")
+    again = densekit.Sequential([layers.Dense(8), layers.Dense(3)])
+    again.load_weights(tmp_path / "resumed.npz")
+    for a, b in zip(reference.get_weights(), again.get_weights()):
+        assert np.array_equal(a, b)

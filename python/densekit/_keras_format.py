@@ -804,15 +804,18 @@ def _read_optimizer(store, compile_config, shapes: list, path):
     )
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("config"), dict):
         return None
-    entries = OPTIMIZER_SLOTS.get(optimizer.get("class_name"), {})
+    groups = OPTIMIZER_SLOTS.get(optimizer.get("class_name"), {}).get(
+        _densekit_state_names(optimizer, path)
+    )
+    if groups is None:
+        return None
     group = store
     for part in ("optimizer", "vars"):
         group = _hard_member(group, part, path, "optimizer/vars")
     first = 1 if isinstance(optimizer["config"].get("learning_rate"), dict) else 2
-    for groups in entries.values():
-        names = [name for slots in groups for name in slots]
-        if len(group) != first + len(names) * len(shapes):
-            continue
+    names = [name for slots in groups for name in slots]
+    # an optimizer Keras never built has no slots yet: densekit starts it fresh too
+    if len(group) == first + len(names) * len(shapes):
         iterations = _read_dataset(group, 0, (), path, "optimizer/vars/0", kinds="iu")
         if not 0 <= int(iterations) <= MAX_ITERATIONS:
             raise _error(path, f"optimizer iterations {int(iterations)}")
@@ -829,6 +832,17 @@ def _read_optimizer(store, compile_config, shapes: list, path):
         }
         return int(iterations), flat
     return None
+
+
+def _densekit_state_names(optimizer: dict, path) -> tuple | None:
+    """The sorted state names of the densekit optimizer a Keras optimizer config makes
+    (None when densekit cannot make it: compiling will say why)."""
+    try:
+        translated = _object_to_densekit(optimizer, "optimizers", path, "optimizer")
+        cls = _densekit_class("optimizers", translated["class_name"])
+        return tuple(sorted(cls.from_config(translated["config"]).state_names()))
+    except (KerasFileError, *_CONFIG_ERRORS):
+        return None
 
 
 # -- writing -----------------------------------------------------------------------------
