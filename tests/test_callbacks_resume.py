@@ -149,6 +149,8 @@ def test_backup_arguments_are_checked(tmp_path):
         callbacks.BackupAndRestore(tmp_path, save_freq=10)
     with pytest.raises(TypeError, match="delete_checkpoint"):
         callbacks.BackupAndRestore(tmp_path, delete_checkpoint="yes")
+    with pytest.raises(TypeError, match="double_checkpoint"):
+        callbacks.BackupAndRestore(tmp_path, double_checkpoint=1)
 
 
 def test_a_corrupt_backup_is_a_model_file_error(tmp_path):
@@ -287,3 +289,31 @@ def test_a_killed_process_resumes_bitwise(tmp_path):
     again.load_weights(tmp_path / "resumed.npz")
     for a, b in zip(reference.get_weights(), again.get_weights()):
         assert np.array_equal(a, b)
+
+
+def test_double_checkpoint_falls_back_to_the_backup_before(tmp_path):
+    x, y = data()
+    reference = make_model("adam")
+    reference.fit(x, y, batch_size=16, epochs=4, verbose=0)
+    model = make_model("adam")
+    backup = tmp_path / "backup"
+
+    def run(*extra):
+        kept = callbacks.BackupAndRestore(backup, double_checkpoint=True)
+        return model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[kept, *extra])
+
+    with pytest.raises(RuntimeError, match="crash"):
+        run(Crash(3))
+    assert sorted(os.listdir(backup)) == [
+        "backup-model-1.npz",
+        "backup-model-2.npz",
+        "backup-state.npz",
+        "backup-state.previous.npz",
+    ]
+    (backup / "backup-model-2.npz").write_bytes(b"damaged")
+    with pytest.warns(RuntimeWarning, match="resuming from the backup before it"):
+        resumed = run()
+    assert resumed.epoch == [2, 3]
+    for a, b in zip(reference.get_weights(), model.get_weights()):
+        assert np.array_equal(a, b)
+    assert not backup.exists()

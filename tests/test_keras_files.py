@@ -542,6 +542,8 @@ def test_malformed_configs_are_refused(tmp_path):
     nan = tmp_path / "nan.keras"
     rewrite(path, nan, extra={"config.json": b'{"class_name": "Sequential", "x": NaN}'})
     refused(nan, "non-finite number NaN")
+    rewrite(path, nan, extra={"config.json": b'{"class_name": "Sequential", "x": 1e400}'})
+    refused(nan, "non-finite number 1e400")
     for text, match in [
         (b"{", "not a readable .keras file"),
         (b"[]", "not a Keras model config"),

@@ -248,7 +248,7 @@ OPTIMIZER_SLOTS = {
     "AdamW": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
     "RMSprop": {("square_avg",): (("square_avg",),)},
 }
-# densekit activations whose Keras name differs ("gelu_tanh": Keras has no such name).
+# densekit activations Keras has no name for (its gelu is the exact form only).
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
 
 
@@ -397,11 +397,17 @@ def _parse_json(data: bytes, path, name: str):
     def refuse(text):
         raise _error(path, f"{name}: non-finite number {text}")
 
+    def finite(text):
+        value = float(text)
+        if not np.isfinite(value):
+            refuse(text[:40])
+        return value
+
     text = data.decode("utf-8")
     depth = _archive.json_depth(text)
     if depth > _archive.MAX_JSON_DEPTH:
         raise _error(path, f"{name}: JSON nested {depth} deep (at most {_archive.MAX_JSON_DEPTH})")
-    return json.loads(text, parse_constant=refuse)
+    return json.loads(text, parse_float=finite, parse_constant=refuse)
 
 
 def _model_dtype(policy, path, where: str) -> str | None:
@@ -429,7 +435,8 @@ def _layers_dtype(keras_layers: list, path) -> str | None:
 
 
 def _layer_to_densekit(layer_config, path, index: int, model_dtype):
-    """A Keras layer config as a densekit one, and the Keras mapping used."""
+    """A Keras layer config as a densekit one (checked against the table and the densekit
+    class's constructor)."""
     where = f"layer {index}"
     if not isinstance(layer_config, dict) or not isinstance(layer_config.get("config"), dict):
         raise _error(path, f"{where}: expected a Keras layer config, got {_short(layer_config)}")

@@ -656,53 +656,71 @@ class BackupAndRestore(Callback):
         The directory of the backup (created when needed); one per run.
     save_freq : {"epoch"}
         When to back up: after every epoch (the only choice).
+    double_checkpoint : bool
+        Also keep the backup of the epoch before; a resume falls back to it (with a warning)
+        when the latest backup cannot be read.
     delete_checkpoint : bool
         Whether to remove the backup when training ends normally.
     """
 
     _STATE_FILE = "backup-state.npz"
+    _PREVIOUS_STATE_FILE = "backup-state.previous.npz"
     _FORMAT = "densekit.backup"
+    _STATE_KEYS = frozenset(
+        ("format", "version", "epoch", "seed", "model_file", "learning_rate", "callbacks", "arrays")
+    )
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+    def __init__(
+        self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True
+    ):
         super().__init__()
         if save_freq != "epoch":
             raise ValueError(
                 f"save_freq: only 'epoch' is supported (backups at epoch ends), got {save_freq!r}"
             )
-        if not isinstance(delete_checkpoint, (bool, np.bool_)):
-            raise TypeError(f"delete_checkpoint: expected True or False, got {delete_checkpoint!r}")
+        for name, value in (
+            ("double_checkpoint", double_checkpoint),
+            ("delete_checkpoint", delete_checkpoint),
+        ):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq
+        self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = bool(delete_checkpoint)
         self._seed = None
+        self._model_file = None  # the model file of the latest backup
 
-    @property
-    def _state_path(self) -> str:
-        return os.path.join(self.backup_dir, self._STATE_FILE)
+    def _path(self, name: str) -> str:
+        return os.path.join(self.backup_dir, name)
 
     def restore(self, initial_epoch: int, seed: int, callbacks) -> tuple[int, int]:
         """Put the backup (if any) into the model and ``callbacks``; return the first epoch
-        and the shuffle seed of the fit (called by fit after ``on_train_begin``)."""
-        from . import _archive, saving
+        and the shuffle seed of the fit (called by fit after ``on_train_begin``).
+
+        Raises
+        ------
+        densekit.saving.ModelFileError
+            When the backup cannot be read (nor, with ``double_checkpoint``, the one before).
+        """
+        from . import saving
 
         self._seed = seed
-        if not os.path.exists(self._state_path):
+        latest, previous = self._path(self._STATE_FILE), self._path(self._PREVIOUS_STATE_FILE)
+        if not os.path.exists(latest):
             return initial_epoch, seed
-        path = self._state_path
         try:
-            with _archive.Archive(path) as archive:
-                state = archive.json_header("state")
-                arrays = {
-                    name: archive.read(archive.info(name))
-                    for name in state.get("arrays", [])
-                    if isinstance(name, str)
-                }
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise saving.ModelFileError(f"{path}: unreadable backup ({error})") from None
-        if not isinstance(state, dict) or state.get("format") != self._FORMAT:
-            raise saving.ModelFileError(f"{path}: not a densekit backup")
-        model_file = os.path.join(self.backup_dir, os.path.basename(str(state["model_file"])))
-        contents = saving.read_model_file(model_file)
+            backup = self._read(latest)
+        except saving.ModelFileError as error:
+            if not (self.double_checkpoint and os.path.exists(previous)):
+                raise
+            warnings.warn(
+                f"BackupAndRestore: {error}; resuming from the backup before it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            backup = self._read(previous)
+        state, arrays, contents = backup
         saving.restore_model(self.model, contents, compile=False)
         saved = contents.header["optimizer_state"]
         if saved is not None:
@@ -717,8 +735,34 @@ class BackupAndRestore(Callback):
             for key, count in kept["arrays"].items():
                 values[key] = [arrays[f"callback.{index}.{key}.{j}"] for j in range(count)]
             callback.set_state(values)
-        self._seed = state["seed"]
+        self._seed, self._model_file = state["seed"], state["model_file"]
         return state["epoch"] + 1, state["seed"]
+
+    def _read(self, path: str):
+        """The state, its arrays and the model file of the backup whose state is ``path``."""
+        from . import _archive, saving
+
+        try:
+            with _archive.Archive(path) as archive:
+                state = archive.json_header("state")
+                if not (
+                    isinstance(state, dict)
+                    and set(state) == self._STATE_KEYS
+                    and state["format"] == self._FORMAT
+                    and isinstance(state["arrays"], list)
+                    and isinstance(state["model_file"], str)
+                    and isinstance(state["callbacks"], list)
+                ):
+                    raise saving.ModelFileError(f"{path}: not a densekit backup")
+                arrays = {
+                    str(name): archive.read(archive.info(str(name))) for name in state["arrays"]
+                }
+        except saving.ModelFileError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise saving.ModelFileError(f"{path}: unreadable backup ({error})") from None
+        model_file = self._path(os.path.basename(state["model_file"]))
+        return state, arrays, saving.read_model_file(model_file)
 
     def back_up(self, epoch: int, callbacks) -> None:
         """Write the backup of the run after ``epoch`` (called by fit after every callback's
@@ -727,7 +771,7 @@ class BackupAndRestore(Callback):
 
         os.makedirs(self.backup_dir, exist_ok=True)
         model_file = f"backup-model-{epoch}.npz"
-        self.model.save(os.path.join(self.backup_dir, model_file))
+        self.model.save(self._path(model_file))
         optimizer = self.model.optimizer
         kept, arrays = [], {}
         for index, callback in enumerate(callbacks):
@@ -756,19 +800,26 @@ class BackupAndRestore(Callback):
             "arrays": sorted(arrays),
         }
         header = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
-        _archive.write_atomically(self._state_path, {"state": header, **arrays})
-        self._remove_model_files(keep=model_file)
+        latest = self._path(self._STATE_FILE)
+        keep = {model_file}
+        if self.double_checkpoint and os.path.exists(latest) and self._model_file is not None:
+            os.replace(latest, self._path(self._PREVIOUS_STATE_FILE))
+            keep.add(self._model_file)
+        _archive.write_atomically(latest, {"state": header, **arrays})
+        self._model_file = model_file
+        self._remove_model_files(keep)
 
-    def _remove_model_files(self, keep=None) -> None:
+    def _remove_model_files(self, keep=()) -> None:
         for name in os.listdir(self.backup_dir):
-            if name.startswith("backup-model-") and name.endswith(".npz") and name != keep:
-                os.unlink(os.path.join(self.backup_dir, name))
+            if name.startswith("backup-model-") and name.endswith(".npz") and name not in keep:
+                os.unlink(self._path(name))
 
     def on_train_end(self, logs=None):
         if not self.delete_checkpoint or not os.path.isdir(self.backup_dir):
             return
-        if os.path.exists(self._state_path):
-            os.unlink(self._state_path)
+        for name in (self._STATE_FILE, self._PREVIOUS_STATE_FILE):
+            if os.path.exists(self._path(name)):
+                os.unlink(self._path(name))
         self._remove_model_files()
         try:
             os.rmdir(self.backup_dir)
