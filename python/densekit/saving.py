@@ -193,6 +193,7 @@ class _Contents(NamedTuple):
 
     shapes: list
     optimizer_names: list
+    optimizer_size: int = 0  # elements of each optimizer state array (the trained weights)
 
 
 def _check_model_header(header: dict, path: str) -> _Contents:
@@ -202,7 +203,7 @@ def _check_model_header(header: dict, path: str) -> _Contents:
     config = header["model"]
     keys = {"name", "dtype", "layers", "input_dim"}
     _expect(
-        isinstance(config, dict) and set(config) == keys,
+        isinstance(config, dict) and set(config) - {"trainable"} == keys,
         path,
         f"invalid model configuration (expected a dict with keys {sorted(keys)})",
     )
@@ -258,7 +259,8 @@ def _check_model_header(header: dict, path: str) -> _Contents:
         path,
         f"optimizer state {_short(saved['variables'])} does not match the optimizer's {names}",
     )
-    return _Contents(shapes, names)
+    trained = layers_module.weight_shapes(body, input_dim, trainable_only=True)
+    return _Contents(shapes, names, sum(_archive.product(shape) for shape in trained))
 
 
 def _check_rng_states(states, body: list, path: str) -> None:
@@ -450,7 +452,7 @@ def read_model_file(filepath) -> ModelFile:
         header = _read_header(archive, path, MODEL_FORMAT)
         contents = _check_model_header(header, path)
         infos = _array_infos(archive, path, contents.shapes, lambda i: "model config")
-        total = sum(_archive.product(shape) for shape in contents.shapes)
+        total = contents.optimizer_size
         for name in contents.optimizer_names:
             info = archive.info(f"optimizer.{name}")
             _expect(
