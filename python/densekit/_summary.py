@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+
 DEFAULT_LINE_LENGTH = 88
 DEFAULT_POSITIONS = (0.45, 0.80, 1.0)
 
@@ -94,7 +96,7 @@ def print_summary(model, line_length, positions, print_fn, show_trainable) -> No
     if not model.layers:
         lines.append("=" * total_width)
 
-    itemsize = model._np_dtype.itemsize
+    itemsize = np.dtype(model.dtype).itemsize
     trainable = sum(w.size for w in model.trainable_weights)
     frozen = sum(w.size for w in model.non_trainable_weights)
     state = model.optimizer_state()

@@ -3,11 +3,12 @@
 Header (entry ``header``, UTF-8 JSON as uint8 bytes, so loading never unpickles): format and
 version, the model config, the compile settings, the optimizer's iteration count and the
 dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimizer.<name>``
-(flat state arrays). A file is written atomically (``_archive.py``: temporary file, flush,
-``os.replace``; modes kept, symbolic links followed), so an interrupted save leaves the
-previous file intact. A read checks every header value (each config is rebuilt and must
-serialize back to exactly itself) and every array's .npy header against the shapes the config
-implies before it reads data or builds anything; anything wrong or unreadable raises
+(flat state arrays, as long as the trainable weights together). A file is written atomically
+(``_archive.py``: temporary file, flush, ``os.replace``; modes kept, symbolic links followed),
+so an interrupted save leaves the previous file intact. A read checks every header value (each
+config is rebuilt and must serialize back to exactly itself) and every array's .npy header
+against the shapes the config implies before it reads data or builds anything; anything wrong
+or unreadable raises
 ``ModelFileError`` (a ValueError) naming the file.
 
 This module works on a model through its public interface and does not import
