@@ -8,8 +8,7 @@ dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimi
 so an interrupted save leaves the previous file intact. A read checks every header value (each
 config is rebuilt and must serialize back to exactly itself) and every array's .npy header
 against the shapes the config implies before it reads data or builds anything; anything wrong
-or unreadable raises
-``ModelFileError`` (a ValueError) naming the file.
+or unreadable raises ``ModelFileError`` (a ValueError) naming the file.
 
 This module works on a model through its public interface and does not import
 ``models.py``: ``densekit.load_model`` (in ``models.py``) reads a file with
