@@ -698,3 +698,35 @@ def test_dense_config_round_trip_with_everything():
     assert again.trainable is False
     assert isinstance(again.bias_constraint, constraints.NonNeg)
     assert again.activity_regularizer.get_config() == {"l2": 0.4}
+
+
+def test_hogwild_workers_leave_frozen_weights_alone_and_constrain():
+    rng = np.random.default_rng(17)
+    x, y = rng.normal(size=(64, 5)), rng.normal(size=(64, 2))
+    model = densekit.Sequential(
+        [
+            Input((5,)),
+            Dense(7, "relu", kernel_constraint=constraints.MaxNorm(0.5), name="a"),
+            Dense(6, "tanh", trainable=False, kernel_regularizer="l2", name="b"),
+            Dense(2, kernel_regularizer="l1", name="c"),
+        ],
+        dtype="float64",
+    )
+    model.compile(densekit.optimizers.Adam(0.05), "mse")
+    frozen = [w.copy() for w in model.get_layer("b").weights]
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, workers=2, strategy="hogwild")
+    for kept, now in zip(frozen, model.get_layer("b").weights):
+        np.testing.assert_array_equal(kept, now)
+    assert np.all(np.linalg.norm(model.get_layer("a").kernel, axis=0) <= 0.5 + 1e-12)
+
+
+def test_model_trainable_flag_round_trips_and_unbuilt_summary():
+    model = densekit.Sequential([Input((3,)), Dense(2), Dense(1)])
+    model.trainable = False
+    again = densekit.Sequential.from_config(model.get_config())
+    assert again.trainable is False and not any(layer.trainable for layer in again.layers)
+    assert again.trainable_weights == [] and len(again.non_trainable_weights) == 4
+    lines = []
+    densekit.Sequential([Dense(2)], name="lazy").summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "0 (unbuilt)" in text and " Total params: 0 (0.00 B)" in text

@@ -222,11 +222,11 @@ class Layer(_registry.Configurable):
 class InputLayer(Layer):
     """The input's per-sample shape; ``Input(shape)`` makes one for ``Sequential([...])``."""
 
-    def __init__(self, shape=None, dtype=None, name=None, input_shape=None):
+    def __init__(self, shape=None, dtype=None, name=None, input_shape=None, trainable=True):
         shape = input_shape if shape is None else shape
         if shape is None:
             raise ValueError("shape: Input needs the per-sample shape, e.g. Input(shape=(784,))")
-        super().__init__(name=name, dtype=dtype, input_shape=shape)
+        super().__init__(name=name, dtype=dtype, input_shape=shape, trainable=trainable)
         self.shape = self._input_shape
 
     def get_config(self) -> dict:
