@@ -733,6 +733,8 @@ def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
         "layers": layer_configs,
         "input_dim": input_dim,
     }
+    if inner.get("trainable") is False:  # Keras's model-wide flag (the layers' came with them)
+        model_config["trainable"] = False
     header = {
         "format": "keras",
         "weight_count": len(arrays),
@@ -756,7 +758,8 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_confi
 
     class_names = [keras_layers[i]["class_name"] for i, _ in body]
     arrays = []
-    all_trainable = all(keras_layers[i]["config"].get("trainable", True) is True for i, _ in body)
+    trained_shapes = []  # of the weights Keras trains, in its order (its optimizer's slots)
+    same_split = True  # whether densekit trains exactly those
     with h5py.File(io.BytesIO(data), "r") as store:
         width = input_dim
         for (index, layer), group_path, class_name in zip(
@@ -774,7 +777,14 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_confi
             unmapped = [attr for attr, _, _ in specs if attr not in {v.attribute for v in present}]
             if unmapped:
                 raise _error(path, f"{where}: densekit weights {unmapped} have no Keras variable")
-            all_trainable &= all(v.trainable for v in present)
+            layer_trained = keras_layers[index]["config"].get("trainable", True) is not False
+            for variable in present:
+                if variable.keras_only:
+                    continue
+                trained = layer_trained and variable.trainable
+                same_split &= trained == probe.weight_is_trainable(variable.attribute)
+                if trained:
+                    trained_shapes.extend(s for a, s, _ in specs if a == variable.attribute)
             if not present:
                 continue
             group = store
@@ -798,8 +808,8 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_confi
                 )
             arrays.extend(by_attribute[attr] for attr, _, _ in specs)
         optimizer = None
-        if all_trainable and "optimizer" in store:
-            optimizer = _read_optimizer(store, compile_config, [a.shape for a in arrays], path)
+        if same_split and "optimizer" in store:
+            optimizer = _read_optimizer(store, compile_config, trained_shapes, path)
     return arrays, optimizer
 
 
@@ -934,9 +944,9 @@ def _compile_to_keras(settings):
 
 def _write_optimizer(store, model, body) -> None:
     """``optimizer/vars`` as Keras keeps them: the step count, the learning rate (unless
-    it is a schedule), the slots ``OPTIMIZER_SLOTS`` maps (zeros before any training). A
-    state it does not map, or a model with weights Keras does not train, gets no slots (Keras
-    warns that it skips them and starts from a fresh state)."""
+    it is a schedule), the slots ``OPTIMIZER_SLOTS`` maps, one per trainable weight (zeros
+    before any training). A state it does not map gets no slots (Keras warns that it skips
+    them and starts from a fresh state)."""
     optimizer = model.optimizer
     group = store.create_group("optimizer").create_group("vars")
     group.attrs["name"] = optimizer.name
@@ -949,19 +959,19 @@ def _write_optimizer(store, model, body) -> None:
         index = 2
     names = tuple(sorted(optimizer.state_names()))
     groups = OPTIMIZER_SLOTS.get(type(optimizer).__name__, {}).get(names)
-    trainable = all(
-        getattr(layer, "trainable", True)
-        and all(
-            v.trainable
-            for v in LAYERS[type(layer).__name__].variables
-            if v.keras_only or getattr(layer, v.attribute, None) is not None
-        )
+    # Keras's slots follow its trainable variables: densekit must train exactly those
+    same_split = all(
+        (layer.trainable and v.trainable) == layer.weight_is_trainable(v.attribute)
         for layer in body
+        for v in LAYERS[type(layer).__name__].variables
+        if not v.keras_only and getattr(layer, v.attribute, None) is not None
     )
-    if groups is None or not trainable:
-        return
-    weights = model.weights
+    weights = model.trainable_weights
     offsets = np.cumsum([0] + [w.size for w in weights])
+    if groups is None or not same_split:
+        return
+    if variables is not None and any(v.size != offsets[-1] for v in variables.values()):
+        return  # trainable flags changed since the state was laid out (the next compile)
     for slots in groups:
         for i, weight in enumerate(weights):
             for name in slots:
@@ -1008,7 +1018,7 @@ def save(model, filepath) -> None:
         "class_name": "Sequential",
         "config": {
             "name": model.name,
-            "trainable": True,
+            "trainable": bool(model.trainable),
             "dtype": _dtype_policy(dtype),
             "layers": entries,
             "build_input_shape": [None, input_dim],
