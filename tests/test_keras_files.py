@@ -695,3 +695,19 @@ def test_regularizers_and_constraints_cross_over(tmp_path):
     loaded.save(tmp_path / "back.keras")
     again = densekit.load_model(tmp_path / "back.keras")
     assert again.get_config() == model.get_config() | {"name": again.name}
+
+
+def test_settings_keras_has_no_form_for_are_left_out_with_a_warning(tmp_path):
+    model = densekit_model(trained=False)
+    model.compile("adam", "sparse_categorical_crossentropy", check_finite=True)
+    with pytest.warns(UserWarning, match="Keras has no check_finite"):
+        model.save(tmp_path / "c.keras")
+    assert type(keras.saving.load_model(tmp_path / "c.keras").optimizer).__name__ == "Adam"
+
+    class Mine(optimizers.SGD):  # a densekit optimizer Keras does not know
+        pass
+
+    model.compile(Mine(0.1, name="mine"), "sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match="Keras's Mine has no form for Mine"):
+        model.save(tmp_path / "m.keras")
+    assert getattr(keras.saving.load_model(tmp_path / "m.keras"), "optimizer", None) is None

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import stat
+import warnings
 import zipfile
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -916,20 +917,35 @@ def _layer_to_keras(layer, dtype: str, input_dim: int):
     return entry
 
 
-def _compile_to_keras(settings):
-    """densekit's compile settings as Keras's, or None when Keras cannot take them."""
-    if settings is None or set(settings) - {"optimizer", "loss", "metrics"}:
+def _compile_to_keras(settings, filepath):
+    """densekit's compile settings as Keras's; None (with a warning naming what) when Keras
+    has no form for the optimizer. ``check_finite`` (densekit's own) is left out, with a
+    warning."""
+    if settings is None:
         return None
+    if settings.get("check_finite"):
+        warnings.warn(
+            f"{filepath}: Keras has no check_finite; the .keras file leaves it out",
+            UserWarning,
+            stacklevel=4,
+        )
     optimizer = settings["optimizer"]
     keys = KERAS_OPTIMIZERS.get(optimizer["class_name"])
-    if keys is None:
-        return None
+    unknown = [] if keys is not None else [optimizer["class_name"]]
     config = {}
     for key, value in optimizer["config"].items():
-        if key in keys or key in _OPTIMIZER_COMMON:
+        if keys is None or key in keys or key in _OPTIMIZER_COMMON:
             config[key] = value
         elif not _is_inactive(key, value, optimizer["config"]):
-            return None
+            unknown.append(f"{key}={_short(value)}")
+    if unknown:
+        warnings.warn(
+            f"{filepath}: Keras's {optimizer['class_name']} has no form for "
+            f"{', '.join(unknown)}; the .keras file is saved without compile settings",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
     return {
         "optimizer": _object_to_keras({**optimizer, "config": config}, "optimizers"),
         "loss": _object_to_keras(settings["loss"], "losses"),
@@ -1025,7 +1041,7 @@ def save(model, filepath) -> None:
         },
         "registered_name": None,
         "build_config": {"input_shape": [None, input_dim]},
-        "compile_config": _compile_to_keras(model.get_compile_config()),
+        "compile_config": _compile_to_keras(model.get_compile_config(), filepath),
     }
     metadata = {
         "keras_version": KERAS_FORMAT_VERSION,
