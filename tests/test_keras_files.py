@@ -711,3 +711,14 @@ def test_settings_keras_has_no_form_for_are_left_out_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="Keras's Mine has no form for Mine"):
         model.save(tmp_path / "m.keras")
     assert getattr(keras.saving.load_model(tmp_path / "m.keras"), "optimizer", None) is None
+
+
+def test_model_checkpoint_writes_keras_files(tmp_path):
+    model = densekit_model(trained=False)
+    x, y = data()
+    checkpoint = densekit.callbacks.ModelCheckpoint(tmp_path / "ckpt-{epoch}.keras")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[checkpoint])
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1.keras", "ckpt-2.keras"]
+    loaded = keras.saving.load_model(tmp_path / "ckpt-2.keras")
+    assert int(loaded.optimizer.iterations) == 6
+    assert_same_predictions(loaded, model, x)
