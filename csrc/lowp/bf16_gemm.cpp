@@ -20,7 +20,6 @@ namespace densekit::lowp {
 namespace {
 
 constexpr index_t kBlockPairs = 128;  // k block: 256 k, a 32-column B panel of 16 KiB
-constexpr index_t kChunkPanels = 8;   // columns per task: 256
 
 bool cpu_has_avx512_bf16() {
 #if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
@@ -188,30 +187,13 @@ const Bf16Choice& bf16_choice() {
 
 PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
                      int num_threads) {
-  PackedBf16 p;
-  p.k = k;
-  p.n = n;
-  p.pairs = (k + 1) / 2;
-  p.panels = (n + kPanel - 1) / kPanel;
-  p.data.assign(buffer_bytes(p.pairs * kPanel, p.panels, 1), 0u);
-  const index_t pairs = p.pairs;
-  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
-  parallel_for(p.panels, threads, [&](index_t panel) {
-    std::uint32_t* out = p.data.data() + panel * pairs * kPanel;
-    const index_t j0 = panel * kPanel;
-    const index_t cols = std::min<index_t>(kPanel, n - j0);
-    for (index_t q = 0; q < pairs; ++q) {
-      const index_t r = 2 * q;
-      std::uint32_t* w = out + q * kPanel;
-      for (index_t j = 0; j < cols; ++j) {
-        const bf16_bits lo = transposed ? b[(j0 + j) * ld + r] : b[r * ld + j0 + j];
-        const bf16_bits hi =
-            r + 1 < k ? (transposed ? b[(j0 + j) * ld + r + 1] : b[(r + 1) * ld + j0 + j]) : 0;
-        w[j] = std::uint32_t(lo) | (std::uint32_t(hi) << 16);
-      }
-    }
+  auto at = [&](index_t p, index_t j) -> std::uint32_t {
+    if (p >= k) return 0u;
+    return transposed ? b[j * ld + p] : b[p * ld + j];
+  };
+  return pack_panels(k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
+    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
   });
-  return p;
 }
 
 void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
@@ -226,53 +208,18 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const b
     throw ArgumentError("gemm_bf16: softmax is a row operation, not an elementwise epilogue");
   if (b.k != k || b.n != n) throw ArgumentError("gemm_bf16: packed B does not match k and n");
   if (m <= 0 || n <= 0) return;
-  const Bf16Tiles& tiles = tiles_for(path);
-  const index_t pairs = b.pairs;
-  const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
-  const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
-  const int threads = threads_for_work(num_threads, flops, 4e6);
-  const index_t panel_stride = pairs * kPanel;
-
-  struct Scratch {
-    std::vector<std::uint32_t> a;
-    std::vector<float> acc, row;
-  };
-  std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
-  parallel_tasks(row_tiles * chunks, threads, [&](int participant, index_t task) {
-    Scratch& s = scratch[static_cast<size_t>(participant)];
-    // Chunk-major: consecutive tasks (one participant's share) reuse a chunk of B from cache.
-    const index_t chunk = task / row_tiles, rt = task % row_tiles;
-    const index_t r0 = m * rt / row_tiles;
-    const int rows = static_cast<int>(m * (rt + 1) / row_tiles - r0);
-    const index_t p0 = chunk * kChunkPanels;
-    const index_t panels = std::min(kChunkPanels, b.panels - p0);
-    const index_t width = panels * kPanel;
-    s.a.resize(static_cast<size_t>(std::max<index_t>(pairs, 1) * rows));
-    s.acc.assign(static_cast<size_t>(rows * width), 0.0f);
-    s.row.resize(static_cast<size_t>(width));
-    if (pairs > 0) {
-      pack_a(a, lda, trans_a, r0, rows, k, s.a.data());
-      FlushDenormals flush(tiles.sets_mxcsr);
-      const int wide = wide_panels(rows);
-      for (index_t q0 = 0; q0 < pairs; q0 += kBlockPairs) {
-        const index_t kq = std::min(kBlockPairs, pairs - q0);
-        const std::uint32_t* ablock = s.a.data() + q0 * rows;
-        index_t p = 0;
-        if (wide > 1)
-          for (; p + wide <= panels; p += wide)
-            tiles.wide[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             s.acc.data() + p * kPanel, width, q0 > 0);
-        for (; p < panels; ++p)
-          tiles.narrow[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             s.acc.data() + p * kPanel, width, q0 > 0);
-      }
-    }
-    const index_t j0 = p0 * kPanel;
-    const index_t cols = std::min(width, n - j0);
-    for (int i = 0; i < rows; ++i)
-      finish_row(s.acc.data() + i * width, cols, r0 + i, j0, c32, c16, ldc, ep, s.row.data());
-  });
+  std::vector<std::vector<float>> rows(static_cast<size_t>(std::max(num_threads, 1)));
+  const bool flush = tiles_for(path).sets_mxcsr;
+  run_tiles<float>(
+      m, b, tiles_for(path), flops, num_threads, kBlockPairs,
+      [&](index_t r0, int count, std::uint32_t* out) { pack_a(a, lda, trans_a, r0, count, k, out); },
+      [&] { return FlushDenormals(flush); },
+      [&](const float* acc, index_t cols, index_t i, index_t j0, int participant) {
+        std::vector<float>& row = rows[static_cast<size_t>(participant)];
+        if (c32 == nullptr && row.size() < static_cast<size_t>(cols)) row.resize(size_t(cols));
+        finish_row(acc, cols, i, j0, c32, c16, ldc, ep, row.data());
+      });
 }
 
 void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,

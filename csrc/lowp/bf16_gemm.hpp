@@ -21,6 +21,7 @@
 #include "activation_table.hpp"
 #include "common.hpp"
 #include "lowp/bf16.hpp"
+#include "lowp/tile_loop.hpp"
 
 namespace densekit::lowp {
 
@@ -43,17 +44,9 @@ bool bf16_path_supported(Bf16Path path);
 const char* bf16_path_name(Bf16Path path);
 bool bf16_path_from_name(const std::string& name, Bf16Path* path);
 
-// B (k, n) packed: panels of kPanel columns; in each, for every k pair q, kPanel 32-bit words
-// whose low half is B(2q, j) and high half B(2q + 1, j) (zero past k and past n).
-constexpr int kPanel = 32;
-struct PackedBf16 {
-  index_t k = 0, n = 0;
-  index_t pairs = 0, panels = 0;
-  std::vector<std::uint32_t> data;
-  const std::uint32_t* panel(index_t p) const {
-    return data.data() + static_cast<size_t>(p * pairs * kPanel);
-  }
-};
+// B (k, n) packed (tile_loop.hpp): in each panel, for every k pair q, kPanel 32-bit words whose
+// low half is B(2q, j) and high half B(2q + 1, j) (zero past k and past n).
+using PackedBf16 = PackedPanels;
 
 // op(B) (k, n) with op(B)(p, j) = b[p * ld + j], or b[j * ld + p] when transposed.
 PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
@@ -82,18 +75,8 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const b
 void convert_to_bf16(const float* x, bf16_bits* y, index_t count, int num_threads);
 void convert_from_bf16(const bf16_bits* x, float* y, index_t count, int num_threads);
 
-// The tile kernels of one path: C (rows x panels * kPanel, row stride ldc, float32) [+]= the
-// chain over `pairs` k pairs of A (packed: pair q of row i at a[q * rows + i]) and B (panel p
-// at b + p * panel_stride, pair q at q * kPanel). rows <= kMaxRows; panels 1 or wide_panels(rows).
-constexpr int kMaxRows = 14;
-struct Bf16Tiles {
-  using Fn = void (*)(index_t pairs, const std::uint32_t* a, const std::uint32_t* b,
-                      index_t panel_stride, float* c, index_t ldc, bool load_c);
-  Fn narrow[kMaxRows + 1] = {};  // one panel, indexed by rows
-  Fn wide[kMaxRows + 1] = {};    // wide_panels(rows) panels
-  bool sets_mxcsr = false;       // the kernels need DAZ and FTZ set by the caller (x86 emulation)
-};
-constexpr int wide_panels(int rows) { return rows <= 2 ? 4 : rows <= 4 ? 3 : 1; }
+// The tiles of one path (tile_loop.hpp): float32 accumulators, a word is a k pair.
+using Bf16Tiles = TileSet<float>;
 
 Bf16Tiles bf16_tiles_portable();
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
