@@ -3,12 +3,15 @@
 // of 16 bits (float16, uint16) is taken for one.
 #include <pybind11/numpy.h>
 
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "bindings.hpp"
 #include "checks.hpp"
 #include "lowp/bf16_gemm.hpp"
+#include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
 
 namespace densekit::bind {
@@ -193,9 +196,203 @@ py::dict bf16_config() {
   return d;
 }
 
+// Dense weights quantized to int8 per output column and packed for the int8 product. Holds
+// read-only copies of the int8 weights and their scales (what a saved model stores).
+class QuantizedWeights {
+ public:
+  // From float32 weights (k, n): scales max |W(:, j)| / 127, rounding to nearest even.
+  static QuantizedWeights quantize(py::handle w_obj, py::handle threads_obj) {
+    py::array w = float32_array(w_obj, "w");
+    require_ndim(w, "w", 2);
+    const index_t k = w.shape(0), n = w.shape(1);
+    check_depth(k, "w");
+    const int threads = resolve_num_threads(thread_count(threads_obj));
+    py::array wq = py::array_t<std::int8_t>({w.shape(0), w.shape(1)});
+    py::array scales = py::array_t<float>({w.shape(1)});
+    bool finite;
+    {
+      const GilRelease nogil;
+      finite = lowp::quantize_weights(cptr<float>(w), k, n, mptr<std::int8_t>(wq),
+                                      mptr<float>(scales), threads);
+    }
+    if (!finite) value_fail("w", "expected finite weights, got inf or nan");
+    return QuantizedWeights(wq, scales, threads);
+  }
+
+  // From int8 weights (k, n) in [-127, 127] and their float32 scales (n,), finite and >= 0.
+  static QuantizedWeights from_int8(py::handle wq_obj, py::handle scales_obj,
+                                    py::handle threads_obj) {
+    py::array wq = require_array(wq_obj, "weights", "int8");
+    if (wq.dtype().num() != py::dtype::of<std::int8_t>().num())
+      type_fail("weights", "expected dtype int8, got " + dtype_string(wq));
+    require_c_contiguous(wq, "weights");
+    require_ndim(wq, "weights", 2);
+    if (scales_obj.is_none())
+      value_fail("scales", "expected the float32 scales of the int8 weights (one per column), "
+                           "got None: int8 weights without scales have no meaning");
+    py::array scales = float32_array(scales_obj, "scales");
+    require_shape(scales, "scales", {static_cast<index_t>(wq.shape(1))}, "weights.shape[1]");
+    check_depth(wq.shape(0), "weights");
+    const float* sp = cptr<float>(scales);
+    for (py::ssize_t j = 0; j < scales.size(); ++j)
+      if (!(std::isfinite(sp[j]) && sp[j] >= 0.0f))
+        value_fail("scales", "expected finite scales >= 0, got " + std::to_string(sp[j]) +
+                                 " at column " + std::to_string(j));
+    const auto* q = cptr<std::int8_t>(wq);
+    for (py::ssize_t i = 0; i < wq.size(); ++i)
+      if (q[i] == -128) value_fail("weights", "expected values in [-127, 127] (symmetric), got -128");
+    return QuantizedWeights(copy_of(wq), copy_of(scales), resolve_num_threads(thread_count(threads_obj)));
+  }
+
+  const py::array& weights() const { return wq_; }
+  const py::array& scales() const { return scales_; }
+  const lowp::PackedInt8& packed() const { return *packed_; }
+  py::tuple shape() const { return py::make_tuple(wq_.shape(0), wq_.shape(1)); }
+  std::string repr() const {
+    return "QuantizedWeights(shape=(" + std::to_string(wq_.shape(0)) + ", " +
+           std::to_string(wq_.shape(1)) + "), int8 per-column symmetric)";
+  }
+
+ private:
+  QuantizedWeights(py::array wq, py::array scales, int threads)
+      : wq_(std::move(wq)), scales_(std::move(scales)) {
+    wq_.attr("setflags")(py::arg("write") = false);
+    scales_.attr("setflags")(py::arg("write") = false);
+    const auto* q = cptr<std::int8_t>(wq_);
+    const float* s = cptr<float>(scales_);
+    const index_t k = wq_.shape(0), n = wq_.shape(1);
+    auto packed = std::make_shared<lowp::PackedInt8>();
+    {
+      const GilRelease nogil;
+      *packed = lowp::pack_int8(q, s, k, n, threads);
+    }
+    packed_ = packed;
+  }
+  static void check_depth(index_t k, const char* name) {
+    if (k > lowp::kMaxInt8Depth)
+      value_fail(name, "expected at most " + std::to_string(lowp::kMaxInt8Depth) +
+                           " rows (input features; the int32 sums stay exact), got " +
+                           std::to_string(k));
+  }
+  static py::array copy_of(const py::array& a) {
+    py::array c(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    std::memcpy(c.mutable_data(), a.data(), static_cast<size_t>(a.nbytes()));
+    return c;
+  }
+
+  py::array wq_, scales_;
+  std::shared_ptr<const lowp::PackedInt8> packed_;
+};
+
+lowp::Int8Path int8_path_named(const std::string& text) {
+  lowp::Int8Path path;
+  if (!lowp::int8_path_from_name(text, &path))
+    value_fail("path", "expected 'avx512_vnni' or 'emulated', got '" + text + "'");
+  if (!lowp::int8_path_supported(path))
+    value_fail("path", "'" + text + "' is not supported by this CPU/build/DENSEKIT_ISA");
+  return path;
+}
+
+py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
+                                  py::handle w_obj, py::handle b_obj, py::handle activation,
+                                  py::handle alpha, py::handle out_obj, py::handle threads_obj) {
+  py::array x = float32_array(x_obj, "x");
+  require_ndim(x, "x", 2);
+  if (!py::isinstance<QuantizedWeights>(w_obj))
+    type_fail("w", "expected densekit.kernels.QuantizedWeights (from QuantizedWeights.quantize "
+                   "or .from_int8), got " + type_name(w_obj));
+  const QuantizedWeights& w = w_obj.cast<const QuantizedWeights&>();
+  const index_t m = x.shape(0), k = x.shape(1);
+  const index_t n = w.weights().shape(1);
+  if (k != w.weights().shape(0))
+    value_fail("x", "expected " + std::to_string(w.weights().shape(0)) +
+                        " columns (w.shape[0]), got shape " + shape_string(x));
+  py::array b;
+  const bool has_b = !b_obj.is_none();
+  if (has_b) {
+    b = float32_array(b_obj, "b");
+    require_shape(b, "b", {n}, "w.shape[1]");
+  }
+  const Activation act = parse_activation(activation, alpha);
+  if (act.kind == ActivationKind::softmax)
+    value_fail("activation", "softmax is a row operation; apply densekit.kernels.softmax after");
+  py::array out;
+  if (!out_array(out_obj, "out", DType::float32, {m, n}, &out)) out = new_array<float>({m, n});
+  require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  lowp::Int8Epilogue ep;
+  ep.bias = has_b ? cptr<float>(b) : nullptr;
+  ep.activation = act;
+  const float* xp = cptr<float>(x);
+  float* yp = mptr<float>(out);
+  {
+    const GilRelease nogil;
+    if (path != nullptr)
+      lowp::dense_int8_with_path(*path, m, xp, w.packed(), yp, ep, threads);
+    else
+      lowp::dense_int8(m, xp, w.packed(), yp, ep, threads);
+  }
+  return out;
+}
+
+py::dict int8_config() {
+  const lowp::Int8Choice& c = lowp::int8_choice();
+  py::dict d;
+  d["path"] = lowp::int8_path_name(c.path);
+  d["best"] = lowp::int8_path_name(c.best);
+  d["forced"] = c.forced;
+  d["requested"] = c.requested;
+  d["note"] = c.note;
+  py::list available;
+  for (auto p : {lowp::Int8Path::avx512_vnni, lowp::Int8Path::emulated})
+    if (lowp::int8_path_supported(p)) available.append(lowp::int8_path_name(p));
+  d["available"] = available;
+  return d;
+}
+
 }  // namespace
 
 void bind_lowp(py::module_& m) {
+  py::class_<QuantizedWeights>(m, "QuantizedWeights",
+                               "Dense weights (k, n) as int8 per output column (symmetric, "
+                               "scale = max |w[:, j]| / 127), packed for dense_forward_int8.")
+      .def_static("quantize", &QuantizedWeights::quantize, py::arg("w"), py::kw_only(),
+                  py::arg("num_threads") = py::none(),
+                  "Quantize float32 weights (k, n), rounding to nearest even.")
+      .def_static("from_int8", &QuantizedWeights::from_int8, py::arg("weights"),
+                  py::arg("scales"), py::kw_only(), py::arg("num_threads") = py::none(),
+                  "From int8 weights (k, n) in [-127, 127] and float32 scales (n,).")
+      .def_property_readonly("weights", &QuantizedWeights::weights,
+                             "The int8 weights (k, n), read-only.")
+      .def_property_readonly("scales", &QuantizedWeights::scales,
+                             "The float32 scales (n,), read-only.")
+      .def_property_readonly("shape", &QuantizedWeights::shape, "(k, n).")
+      .def("__repr__", &QuantizedWeights::repr);
+  m.def(
+      "dense_forward_int8",
+      [](py::handle x, py::handle w, py::handle b, py::handle activation, py::handle alpha,
+         py::handle out, py::handle threads) {
+        return dense_forward_int8_impl(nullptr, x, w, b, activation, alpha, out, threads);
+      },
+      py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::kw_only(),
+      py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+      py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+      "y = act(x @ w + b) with w QuantizedWeights and x (float32) quantized per row on the fly "
+      "(symmetric int8); exact int32 products (AVX512-VNNI where present), dequantized, bias "
+      "and activation in float32. The same bits on every path and thread count.");
+  m.def(
+      "_dense_int8_path_test",
+      [](const std::string& path, py::handle x, py::handle w, py::handle b,
+         py::handle activation, py::handle alpha, py::handle out, py::handle threads) {
+        const lowp::Int8Path p = int8_path_named(path);
+        return dense_forward_int8_impl(&p, x, w, b, activation, alpha, out, threads);
+      },
+      py::arg("path"), py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::kw_only(),
+      py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+      py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+      "Test hook: dense_forward_int8 on a given path ('avx512_vnni' or 'emulated').");
+  m.def("int8_config", &int8_config,
+        "The int8 product's path: in use, best, available, and DENSEKIT_INT8's request.");
   m.def("to_bfloat16", &to_bfloat16, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
         py::arg("num_threads") = py::none(),
         "x (float32, any shape) rounded to bfloat16, to nearest with ties to even, as "

@@ -3,11 +3,10 @@
 #include "lowp/bf16_gemm.hpp"
 
 #include <algorithm>
-#include <cctype>
-#include <cstdlib>
 #include <vector>
 
 #include "gemm/isa.hpp"
+#include "lowp/path_choice.hpp"
 #include "parallel.hpp"
 #include "vecmath/scalar_activations.hpp"
 #include "vecmath/vecmath.hpp"
@@ -38,25 +37,12 @@ Bf16Choice choose() {
   Bf16Choice choice;
   choice.best = bf16_path_supported(Bf16Path::avx512_bf16) ? Bf16Path::avx512_bf16
                                                            : Bf16Path::emulated;
-  choice.path = choice.best;
-  const char* env = std::getenv("DENSEKIT_BF16");
-  if (env == nullptr || *env == '\0') return choice;
-  choice.requested = env;
-  std::string lowered;
-  for (const char* p = env; *p != '\0'; ++p)
-    lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
-  Bf16Path wanted;
-  if (!bf16_path_from_name(lowered, &wanted)) {
-    choice.note = "DENSEKIT_BF16='" + choice.requested +
-                  "' is not one of avx512_bf16, emulated; using " + bf16_path_name(choice.best);
-  } else if (static_cast<int>(wanted) > static_cast<int>(choice.best)) {
-    choice.note = "DENSEKIT_BF16='" + choice.requested +
-                  "' is not supported by this CPU/build/DENSEKIT_ISA; using " +
-                  bf16_path_name(choice.best);
-  } else {
-    choice.path = wanted;
-    choice.forced = true;
-  }
+  const PathRequest r =
+      read_path_request("DENSEKIT_BF16", {"emulated", "avx512_bf16"}, static_cast<int>(choice.best));
+  choice.path = static_cast<Bf16Path>(r.path);
+  choice.forced = r.forced;
+  choice.requested = r.requested;
+  choice.note = r.note;
   return choice;
 }
 

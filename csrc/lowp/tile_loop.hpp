@@ -76,7 +76,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
     if (words > 0) {
       pack_a(r0, rows, s.a.data());
-      const auto mode = guard();
+      [[maybe_unused]] const auto mode = guard();
       const int wide = wide_panels(rows);
       for (index_t q0 = 0; q0 < words; q0 += block_words) {
         const index_t kq = std::min(block_words, words - q0);
