@@ -170,6 +170,7 @@ py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::han
   float* c32 = out16 ? nullptr : mptr<float>(out);
   bf16_bits* c16 = out16 ? static_cast<bf16_bits*>(out.mutable_data()) : nullptr;
   const index_t lda = a.shape(1), ldb = b.shape(1);
+  if (m == 0 || n == 0) return out;  // nothing to compute (and op(b) need not be packed)
   {
     const GilRelease nogil;
     const lowp::PackedBf16 packed = lowp::pack_bf16(bp, ldb, trans_b, k, n, threads);
@@ -355,7 +356,8 @@ py::dict int8_config() {
 void bind_lowp(py::module_& m) {
   py::class_<QuantizedWeights>(m, "QuantizedWeights",
                                "Dense weights (k, n) as int8 per output column (symmetric, "
-                               "scale = max |w[:, j]| / 127), packed for dense_forward_int8.")
+                               "scale = ``max(abs(w[:, j])) / 127``), packed for "
+                               "dense_forward_int8.")
       .def_static("quantize", &QuantizedWeights::quantize, py::arg("w"), py::kw_only(),
                   py::arg("num_threads") = py::none(),
                   "Quantize float32 weights (k, n), rounding to nearest even.")

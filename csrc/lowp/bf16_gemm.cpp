@@ -215,6 +215,12 @@ void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda,
                       num_threads);
 }
 
+double bf16_peak_probe(index_t steps, int num_threads) {
+  const TileSet<float>& tiles = tiles_for(bf16_choice().path);
+  const FlushDenormals flush(tiles.sets_mxcsr);
+  return run_probe(tiles, steps, num_threads);
+}
+
 void convert_to_bf16(const float* x, bf16_bits* y, index_t count, int num_threads) {
   constexpr index_t kChunk = 1 << 15;
   const index_t chunks = (count + kChunk - 1) / kChunk;

@@ -71,6 +71,10 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const b
                          bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
                          int num_threads);
 
+// The bf16 path in use: operations of `steps` rounds of register-only multiply-adds on
+// num_threads threads (TileSet::probe); the caller times the call for the peak rate.
+double bf16_peak_probe(index_t steps, int num_threads);
+
 // Elementwise conversions over count elements, on up to num_threads threads.
 void convert_to_bf16(const float* x, bf16_bits* y, index_t count, int num_threads);
 void convert_from_bf16(const bf16_bits* x, float* y, index_t count, int num_threads);

@@ -234,6 +234,10 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
       });
 }
 
+double int8_peak_probe(index_t steps, int num_threads) {
+  return run_probe(tiles_for(int8_choice().path), steps, num_threads);
+}
+
 void dense_int8(index_t m, const float* x, const PackedInt8& w, float* y,
                 const Int8Epilogue& epilogue, int num_threads) {
   dense_int8_with_path(int8_choice().path, m, x, w, y, epilogue, num_threads);

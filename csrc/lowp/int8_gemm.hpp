@@ -64,6 +64,10 @@ void dense_int8(index_t m, const float* x, const PackedInt8& w, float* y,
 void dense_int8_with_path(Int8Path path, index_t m, const float* x, const PackedInt8& w, float* y,
                           const Int8Epilogue& epilogue, int num_threads);
 
+// The int8 path in use: operations of `steps` rounds of register-only multiply-adds on
+// num_threads threads (TileSet::probe); the caller times the call for the peak rate.
+double int8_peak_probe(index_t steps, int num_threads);
+
 // The tiles (tile_loop.hpp): int32 accumulators, a word is 4 bytes of k (A unsigned, B signed).
 TileSet<std::int32_t> int8_tiles_portable();
 #if defined(DENSEKIT_HAVE_X86_KERNELS)

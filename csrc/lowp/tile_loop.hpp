@@ -33,7 +33,26 @@ struct TileSet {
   Fn narrow[kMaxRows + 1] = {};
   Fn wide[kMaxRows + 1] = {};
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
+  // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
+  // memory: its arithmetic peak, for the benchmarks. Returns the operations done (a
+  // multiply and an add count as two, as in FLOP counts of the products).
+  double (*probe)(index_t steps) = nullptr;
 };
+
+// A probe's operations over `steps` rounds shared among num_threads threads (16 chunks per
+// thread: however late a thread starts, the others take its share). The caller times it.
+template <typename Acc>
+double run_probe(const TileSet<Acc>& tiles, index_t steps, int num_threads) {
+  const int threads = std::max(num_threads, 1);
+  const index_t chunks = index_t(threads) * 16;
+  std::vector<double> ops(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, threads, [&](index_t i) {
+    ops[size_t(i)] = tiles.probe(steps * (i + 1) / chunks - steps * i / chunks);
+  });
+  double total = 0.0;
+  for (const double o : ops) total += o;
+  return total;
+}
 
 // Packed B: panel p's words at data + p * words * kPanel.
 struct PackedPanels {
