@@ -57,8 +57,9 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
     x_r, w_r = kernels.from_bfloat16(x), kernels.from_bfloat16(w)
 
     def run_densekit():
-        return kernels.matmul_bf16(x, w, out=y16, bias=b32, activation=act, out_dtype="bfloat16",
-                                   num_threads=threads)
+        return kernels.matmul_bf16(
+            x, w, out=y16, bias=b32, activation=act, out_dtype="bfloat16", num_threads=threads
+        )
 
     def run_fp32():
         return kernels.dense_forward(x_r, w_r, b32, activation=act, out=y32, num_threads=threads)
