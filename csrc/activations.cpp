@@ -54,6 +54,20 @@ void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
 }
 
 template <typename T>
+void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
+  if (vecmath::vector_log_softmax(v, rows, cols, ld)) return;
+  for (index_t r = 0; r < rows; ++r) {
+    T* row = v + r * ld;
+    T max_value = row[0];
+    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
+    T sum = T(0);
+    for (index_t j = 0; j < cols; ++j) sum += std::exp(row[j] - max_value);
+    const T log_sum = std::log(sum);
+    for (index_t j = 0; j < cols; ++j) row[j] = (row[j] - max_value) - log_sum;
+  }
+}
+
+template <typename T>
 void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Activation& act,
                         int num_threads) {
   if (rows <= 0 || cols <= 0) return;
@@ -66,9 +80,12 @@ void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Acti
     const T* zin = z + r0 * cols;
     T* yout = y + r0 * cols;
     const index_t count = (r1 - r0) * cols;
-    if (act.kind == ActivationKind::softmax) {
+    if (is_row_activation(act.kind)) {
       if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
-      softmax_rows_inplace(yout, r1 - r0, cols, cols);
+      if (act.kind == ActivationKind::softmax)
+        softmax_rows_inplace(yout, r1 - r0, cols, cols);
+      else
+        log_softmax_rows_inplace(yout, r1 - r0, cols, cols);
       return;
     }
     switch (act.kind) {
@@ -122,6 +139,27 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       }
       return;
     }
+    if (act.kind == ActivationKind::log_softmax) {
+      // dz = dy - softmax(z) * sum(dy), softmax(z) = exp(y) from the output, or computed
+      // from z.
+      std::vector<T> probs;
+      if (!use_y) probs.resize(static_cast<size_t>(cols));
+      for (index_t r = r0; r < r1; ++r) {
+        const T* dyr = dy + r * cols;
+        T* dzr = dz + r * cols;
+        T total = T(0);
+        for (index_t j = 0; j < cols; ++j) total += dyr[j];
+        if (use_y) {
+          const T* yr = y + r * cols;
+          for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - std::exp(yr[j]) * total;
+        } else {
+          std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
+          softmax_rows_inplace(probs.data(), 1, cols, cols);
+          for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - probs[size_t(j)] * total;
+        }
+      }
+      return;
+    }
     const index_t begin = r0 * cols;
     const index_t end = r1 * cols;
     if (derivative_is_one(act)) {
@@ -147,7 +185,8 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
   template void activation_forward<T>(T*, const T*, index_t, index_t, const Activation&, int); \
   template void activation_backward<T>(T*, const T*, const T*, const T*, index_t, index_t,     \
                                        const Activation&, int);                               \
-  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
+  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                      \
+  template void log_softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE
