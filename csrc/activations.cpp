@@ -34,6 +34,13 @@ void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
   }
 }
 
+// dz = dy * f'(y) for an activation known at compile time, so that the loop has no
+// per-element switch (scalar::derivative_from_y folds to the one formula).
+template <ActivationKind Kind, typename T>
+void derivative_from_y_loop(T* dz, const T* dy, const T* y, index_t count, T alpha) {
+  for (index_t i = 0; i < count; ++i) dz[i] = dy[i] * scalar::derivative_from_y(Kind, alpha, y[i]);
+}
+
 }  // namespace
 
 template <typename T>
@@ -140,10 +147,11 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       return;
     }
     if (act.kind == ActivationKind::log_softmax) {
-      // dz = dy - softmax(z) * sum(dy), softmax(z) = exp(y) from the output, or computed
-      // from z.
-      std::vector<T> probs;
-      if (!use_y) probs.resize(static_cast<size_t>(cols));
+      // dz = dy - softmax(z) * sum(dy), softmax(z) = exp(y) from the output (the vector
+      // math's exponential where the ISA has it), or computed from z. probs holds the row,
+      // since dz may be dy.
+      std::vector<T> probs(static_cast<size_t>(cols));
+      const Activation exponential{ActivationKind::exponential, 0.0};
       for (index_t r = r0; r < r1; ++r) {
         const T* dyr = dy + r * cols;
         T* dzr = dz + r * cols;
@@ -151,12 +159,13 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
         for (index_t j = 0; j < cols; ++j) total += dyr[j];
         if (use_y) {
           const T* yr = y + r * cols;
-          for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - std::exp(yr[j]) * total;
+          if (!vecmath::vector_activation<T>(probs.data(), nullptr, yr, cols, exponential))
+            for (index_t j = 0; j < cols; ++j) probs[size_t(j)] = std::exp(yr[j]);
         } else {
           std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
           softmax_rows_inplace(probs.data(), 1, cols, cols);
-          for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - probs[size_t(j)] * total;
         }
+        for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - probs[size_t(j)] * total;
       }
       return;
     }
@@ -171,6 +180,15 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       const T* from = use_y ? y : z;
       positive_slopes(dz + begin, dy + begin, from + begin, end - begin,
                       act.kind == ActivationKind::relu ? T(0) : alpha);
+    } else if (use_y && act.kind == ActivationKind::relu6) {
+      derivative_from_y_loop<ActivationKind::relu6>(dz + begin, dy + begin, y + begin,
+                                                    end - begin, alpha);
+    } else if (use_y && act.kind == ActivationKind::hard_sigmoid) {
+      derivative_from_y_loop<ActivationKind::hard_sigmoid>(dz + begin, dy + begin, y + begin,
+                                                           end - begin, alpha);
+    } else if (use_y && act.kind == ActivationKind::exponential) {
+      derivative_from_y_loop<ActivationKind::exponential>(dz + begin, dy + begin, y + begin,
+                                                          end - begin, alpha);
     } else if (use_y) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);

@@ -161,8 +161,9 @@ inline T derivative_from_z(ActivationKind kind, T alpha, T z) {
     }
     case ActivationKind::selu:
       return z > T(0) ? T(kSeluScale) : T(kSeluScaleAlpha) * std::exp(z);
-    case ActivationKind::relu6: return z > T(0) && z < T(6) ? T(1) : T(0);
-    case ActivationKind::hard_sigmoid: return z > T(-3) && z < T(3) ? T(1) / T(6) : T(0);
+    case ActivationKind::relu6: return static_cast<T>((z > T(0)) & (z < T(6)));
+    case ActivationKind::hard_sigmoid:
+      return static_cast<T>((z > T(-3)) & (z < T(3))) * (T(1) / T(6));
     case ActivationKind::softsign: {
       const T u = T(1) + std::abs(z);
       return T(1) / (u * u);
@@ -184,8 +185,10 @@ inline T derivative_from_y(ActivationKind kind, T alpha, T y) {
     case ActivationKind::tanh: return T(1) - y * y;
     // The flat ends are exactly 0 and 6 (1): inside them the slope is 1 (1/6), as torch's
     // strict bounds on z.
-    case ActivationKind::relu6: return y > T(0) && y < T(6) ? T(1) : T(0);
-    case ActivationKind::hard_sigmoid: return y > T(0) && y < T(1) ? T(1) / T(6) : T(0);
+    // (bitwise &: no branch, so the loops vectorise)
+    case ActivationKind::relu6: return static_cast<T>((y > T(0)) & (y < T(6)));
+    case ActivationKind::hard_sigmoid:
+      return static_cast<T>((y > T(0)) & (y < T(1))) * (T(1) / T(6));
     case ActivationKind::exponential: return y;
     default: return T(1);
   }
