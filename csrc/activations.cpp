@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "float_bits.hpp"
@@ -67,9 +68,12 @@ void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
     T* row = v + r * ld;
     T max_value = row[0];
     for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
-    T sum = T(0);
-    for (index_t j = 0; j < cols; ++j) sum += std::exp(row[j] - max_value);
-    const T log_sum = std::log(sum);
+    // float rows sum in double: a long row's serial float sum would carry cols roundings
+    // into log(sum)
+    using Sum = std::conditional_t<sizeof(T) == 4, double, T>;
+    Sum sum = Sum(0);
+    for (index_t j = 0; j < cols; ++j) sum += static_cast<Sum>(std::exp(row[j] - max_value));
+    const T log_sum = static_cast<T>(std::log(sum));
     for (index_t j = 0; j < cols; ++j) row[j] = (row[j] - max_value) - log_sum;
   }
 }

@@ -462,7 +462,8 @@ def test_log_softmax_rows(dtype, cols):
     size = np.abs(shifted) + np.abs(log_sum) + 1
     with np.errstate(invalid="ignore"):
         error = np.abs(y.astype(LD) - want)
-    assert np.all(error[finite] <= (4 * eps_ * size)[finite])
+    # + the row sum's roundings: the portable form adds float64 terms one after another
+    assert np.all(error[finite] <= (4 * eps_ * size + eps_ * np.sqrt(LD(cols)) * 4)[finite])
     dy = rng.standard_normal(z.shape).astype(dtype)
     zf = np.where(np.isfinite(z), z, 0).astype(dtype)
     p = np.exp(zf.astype(LD) - zf.astype(LD).max(axis=1, keepdims=True))
