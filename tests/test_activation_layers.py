@@ -117,6 +117,4 @@ def test_layers_agree_with_keras():
         np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-12, atol=1e-15)
         config = theirs.get_config()
         keys = set(ours.get_config()) - {"name", "dtype", "input_shape"}
-        assert {key: config[key] for key in keys} == {
-            key: ours.get_config()[key] for key in keys
-        }
+        assert {key: config[key] for key in keys} == {key: ours.get_config()[key] for key in keys}

@@ -328,7 +328,9 @@ def long_reference(name, z):
             s = long_sigmoid(z)
             return z * s, s * (1 + z * long_sigmoid(-z))
         if name == "selu":
-            y = np.where(z > 0, SELU_SCALE * z, SELU_SCALE * SELU_ALPHA * np.expm1(np.minimum(z, 0)))
+            y = np.where(
+                z > 0, SELU_SCALE * z, SELU_SCALE * SELU_ALPHA * np.expm1(np.minimum(z, 0))
+            )
             d = np.where(z > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(z, 0)))
             return y, d
         if name == "relu6":
@@ -349,7 +351,11 @@ def wide_inputs(dtype, seed):
     rng = np.random.default_rng(seed)
     top = 100.0 if dtype == np.float32 else 760.0
     parts = [rng.standard_normal(5000) * s for s in (1e-3, 0.3, 1.0, 3.0, 10.0, 40.0)]
-    parts += [np.linspace(-top, top, 40001), np.linspace(-3.1, 3.1, 2001), np.linspace(5.9, 6.1, 201)]
+    parts += [
+        np.linspace(-top, top, 40001),
+        np.linspace(-3.1, 3.1, 2001),
+        np.linspace(5.9, 6.1, 201),
+    ]
     parts.append(np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 6.0, 1e30, -1e30]))
     return np.concatenate(parts).astype(dtype)
 

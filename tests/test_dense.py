@@ -22,8 +22,9 @@ from .helpers import (
 )
 
 NAMES = list(kernels.ACTIVATIONS)
-NEEDS_PREACT = {name for name, info in kernels.ACTIVATION_INFO.items() if info["needs_preactivation"]}
-ROW_WISE = {name for name, info in kernels.ACTIVATION_INFO.items() if not info["elementwise"]}
+NEEDS_PREACT = {
+    name for name, info in kernels.ACTIVATION_INFO.items() if info["needs_preactivation"]
+}
 
 
 def make_layer(rng, n, k, m, dtype, scale=1.0, bias=True):

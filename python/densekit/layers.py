@@ -347,7 +347,9 @@ class Softmax(Activation):
     def __init__(self, axis=-1, **kwargs):
         Layer.__init__(self, **kwargs)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (-1, 1):
-            raise ValueError(f"axis: expected -1 or 1 (the features of (n, features)), got {axis!r}")
+            raise ValueError(
+                f"axis: expected -1 or 1 (the features of (n, features)), got {axis!r}"
+            )
         self.axis = int(axis)
         self.activation = activations.get("softmax")
 
