@@ -271,6 +271,7 @@ PEER_TITLES = {
 FAMILY_TITLES = {
     "gemm": "Matrix products (`gemm`)",
     "dense": "Dense layers (`dense`)",
+    "activations": "Activations alone, forward and backward (`activations`)",
     "losses": "Losses, value and gradient (`losses`)",
     "optim": "Optimizer steps (`optim`)",
     "train": "Training with the model layer (`train`)",

@@ -22,7 +22,7 @@ namespace densekit {
 //                 none: applied to the stored tile afterwards
 //   vector_math   whether it has vector math (vecmath/vector_math.inc, on ISAs that have any);
 //                 otherwise scalar::forward applies it
-//   elementwise   false for softmax (a row operation)
+//   elementwise   false for softmax and log_softmax (row operations over the last axis)
 #define DENSEKIT_ACTIVATIONS(X)                                                      \
   /*  name        alpha  default from_output     tile        vector_math elementwise */ \
   X(linear,     false, 0.0,  always,         linear,     false,      true)            \
@@ -34,7 +34,15 @@ namespace densekit {
   X(softplus,   false, 0.0,  never,          none,       true,       true)            \
   X(gelu,       false, 0.0,  never,          none,       true,       true)            \
   X(gelu_tanh,  false, 0.0,  never,          none,       true,       true)            \
-  X(softmax,    false, 0.0,  always,         none,       false,      false)
+  X(softmax,    false, 0.0,  always,         none,       false,      false)           \
+  X(silu,       false, 0.0,  never,          none,       true,       true)            \
+  X(selu,       false, 0.0,  never,          none,       true,       true)            \
+  X(relu6,      false, 0.0,  always,         none,       true,       true)            \
+  X(hard_sigmoid, false, 0.0, always,        none,       true,       true)            \
+  X(softsign,   false, 0.0,  never,          none,       true,       true)            \
+  X(mish,       false, 0.0,  never,          none,       true,       true)            \
+  X(log_softmax, false, 0.0, always,         none,       false,      false)           \
+  X(exponential, false, 0.0, always,         none,       true,       true)
 
 enum class ActivationKind {
 #define DENSEKIT_ENUMERATOR(name, ...) name,
@@ -120,6 +128,8 @@ inline bool derivative_is_one(const Activation& act) {
 }
 
 inline TileActivation tile_activation(ActivationKind kind) { return activation_info(kind).tile; }
+// softmax and log_softmax act on whole rows (the last axis).
+inline bool is_row_activation(ActivationKind kind) { return !activation_info(kind).elementwise; }
 inline bool has_vector_math(ActivationKind kind) { return activation_info(kind).vector_math; }
 
 }  // namespace densekit

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "float_bits.hpp"
@@ -34,6 +35,13 @@ void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
   }
 }
 
+// dz = dy * f'(y) for an activation known at compile time, so that the loop has no
+// per-element switch (scalar::derivative_from_y folds to the one formula).
+template <ActivationKind Kind, typename T>
+void derivative_from_y_loop(T* dz, const T* dy, const T* y, index_t count, T alpha) {
+  for (index_t i = 0; i < count; ++i) dz[i] = dy[i] * scalar::derivative_from_y(Kind, alpha, y[i]);
+}
+
 }  // namespace
 
 template <typename T>
@@ -54,6 +62,23 @@ void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
 }
 
 template <typename T>
+void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
+  if (vecmath::vector_log_softmax(v, rows, cols, ld)) return;
+  for (index_t r = 0; r < rows; ++r) {
+    T* row = v + r * ld;
+    T max_value = row[0];
+    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
+    // float rows sum in double: a long row's serial float sum would carry cols roundings
+    // into log(sum)
+    using Sum = std::conditional_t<sizeof(T) == 4, double, T>;
+    Sum sum = Sum(0);
+    for (index_t j = 0; j < cols; ++j) sum += static_cast<Sum>(std::exp(row[j] - max_value));
+    const T log_sum = static_cast<T>(std::log(sum));
+    for (index_t j = 0; j < cols; ++j) row[j] = (row[j] - max_value) - log_sum;
+  }
+}
+
+template <typename T>
 void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Activation& act,
                         int num_threads) {
   if (rows <= 0 || cols <= 0) return;
@@ -66,9 +91,12 @@ void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Acti
     const T* zin = z + r0 * cols;
     T* yout = y + r0 * cols;
     const index_t count = (r1 - r0) * cols;
-    if (act.kind == ActivationKind::softmax) {
+    if (is_row_activation(act.kind)) {
       if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
-      softmax_rows_inplace(yout, r1 - r0, cols, cols);
+      if (act.kind == ActivationKind::softmax)
+        softmax_rows_inplace(yout, r1 - r0, cols, cols);
+      else
+        log_softmax_rows_inplace(yout, r1 - r0, cols, cols);
       return;
     }
     switch (act.kind) {
@@ -122,6 +150,29 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       }
       return;
     }
+    if (act.kind == ActivationKind::log_softmax) {
+      // dz = dy - softmax(z) * sum(dy), softmax(z) = exp(y) from the output (the vector
+      // math's exponential where the ISA has it), or computed from z. probs holds the row,
+      // since dz may be dy.
+      std::vector<T> probs(static_cast<size_t>(cols));
+      const Activation exponential{ActivationKind::exponential, 0.0};
+      for (index_t r = r0; r < r1; ++r) {
+        const T* dyr = dy + r * cols;
+        T* dzr = dz + r * cols;
+        T total = T(0);
+        for (index_t j = 0; j < cols; ++j) total += dyr[j];
+        if (use_y) {
+          const T* yr = y + r * cols;
+          if (!vecmath::vector_activation<T>(probs.data(), nullptr, yr, cols, exponential))
+            for (index_t j = 0; j < cols; ++j) probs[size_t(j)] = std::exp(yr[j]);
+        } else {
+          std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
+          softmax_rows_inplace(probs.data(), 1, cols, cols);
+        }
+        for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - probs[size_t(j)] * total;
+      }
+      return;
+    }
     const index_t begin = r0 * cols;
     const index_t end = r1 * cols;
     if (derivative_is_one(act)) {
@@ -133,6 +184,15 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       const T* from = use_y ? y : z;
       positive_slopes(dz + begin, dy + begin, from + begin, end - begin,
                       act.kind == ActivationKind::relu ? T(0) : alpha);
+    } else if (use_y && act.kind == ActivationKind::relu6) {
+      derivative_from_y_loop<ActivationKind::relu6>(dz + begin, dy + begin, y + begin,
+                                                    end - begin, alpha);
+    } else if (use_y && act.kind == ActivationKind::hard_sigmoid) {
+      derivative_from_y_loop<ActivationKind::hard_sigmoid>(dz + begin, dy + begin, y + begin,
+                                                           end - begin, alpha);
+    } else if (use_y && act.kind == ActivationKind::exponential) {
+      derivative_from_y_loop<ActivationKind::exponential>(dz + begin, dy + begin, y + begin,
+                                                          end - begin, alpha);
     } else if (use_y) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);
@@ -147,7 +207,8 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
   template void activation_forward<T>(T*, const T*, index_t, index_t, const Activation&, int); \
   template void activation_backward<T>(T*, const T*, const T*, const T*, index_t, index_t,     \
                                        const Activation&, int);                               \
-  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
+  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                      \
+  template void log_softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

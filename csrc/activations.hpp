@@ -2,9 +2,9 @@
 // (names, alpha, which derivative) is the table in activation_table.hpp; the scalar forms are
 // in vecmath/scalar_activations.hpp, the vector forms in vecmath/.
 //
-// Softmax acts on each row (the last axis); every other activation is elementwise.
-// Derivatives come from the output y where it determines them (relu, leaky_relu with
-// alpha > 0, sigmoid, tanh, softmax) and from the pre-activation z otherwise.
+// Softmax and log_softmax act on each row (the last axis); every other activation is
+// elementwise. Derivatives come from the output y where it determines them (the table's
+// from_output column) and from the pre-activation z otherwise.
 #pragma once
 
 #include "activation_table.hpp"
@@ -13,7 +13,7 @@
 
 namespace densekit {
 
-// y = f(z); z and y are (rows, cols), softmax over each row. y may equal z (in place).
+// y = f(z); z and y are (rows, cols), softmax and log_softmax over each row. y may equal z (in place).
 template <typename T>
 void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Activation& act,
                         int num_threads);
@@ -27,5 +27,9 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
 // Row softmax of a (rows, cols) block with leading dimension ld, in place, one thread.
 template <typename T>
 void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld);
+
+// Row log-softmax, (z - max) - log(sum exp(z - max)), likewise.
+template <typename T>
+void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld);
 
 }  // namespace densekit

@@ -50,10 +50,11 @@ void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t 
   ep.bias = b;
   ep.preact = preact;
   ep.ld_preact = m;
-  const bool row_softmax = act.kind == ActivationKind::softmax;
-  ep.activation = row_softmax ? Activation{} : act;
+  // A row activation (softmax, log_softmax) is applied to the stored rows afterwards.
+  const bool row_wise = is_row_activation(act.kind);
+  ep.activation = row_wise ? Activation{} : act;
   gemm::gemm<T>(n, m, k, {x, k, false}, {w, m, false, {}, packed_w}, y, m, ep, num_threads);
-  if (row_softmax) activation_forward(y, y, n, m, act, num_threads);
+  if (row_wise) activation_forward(y, y, n, m, act, num_threads);
 }
 
 template <typename T>

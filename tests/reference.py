@@ -25,6 +25,21 @@ def sigmoid(z):
     return out
 
 
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def log_softmax(z):
+    if z.size == 0:
+        return z.copy()
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def activation(z, name, alpha=None):
     z = np.asarray(z, dtype=np.float64)
     if alpha is None:
@@ -54,6 +69,23 @@ def activation(z, name, alpha=None):
         shifted = z - z.max(axis=-1, keepdims=True)
         e = np.exp(shifted)
         return e / e.sum(axis=-1, keepdims=True)
+    if name == "silu":
+        return z * sigmoid(z)
+    if name == "selu":
+        return np.where(z > 0, SELU_SCALE * z, SELU_SCALE * SELU_ALPHA * np.expm1(np.minimum(z, 0)))
+    if name == "relu6":
+        return np.minimum(np.maximum(z, 0.0), 6.0)
+    if name == "hard_sigmoid":
+        return np.minimum(np.maximum(z + 3.0, 0.0), 6.0) / 6.0
+    if name == "softsign":
+        return z / (1.0 + np.abs(z))
+    if name == "mish":
+        return z * np.tanh(softplus(z))
+    if name == "log_softmax":
+        return log_softmax(z)
+    if name == "exponential":
+        with np.errstate(over="ignore"):
+            return np.exp(z)
     raise ValueError(name)
 
 
@@ -90,6 +122,25 @@ def activation_grad(dy, z, name, alpha=None):
     if name == "softmax":
         y = activation(z, "softmax")
         return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+    if name == "silu":
+        s = sigmoid(z)
+        return dy * s * (1 + z * sigmoid(-z))
+    if name == "selu":
+        return dy * np.where(z > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(z, 0)))
+    if name == "relu6":
+        return dy * ((z > 0) & (z < 6))
+    if name == "hard_sigmoid":
+        return dy * ((z > -3) & (z < 3)) / 6.0
+    if name == "softsign":
+        return dy / (1.0 + np.abs(z)) ** 2
+    if name == "mish":
+        t = np.tanh(softplus(z))
+        return dy * (t + z * sigmoid(z) * (1 - t * t))
+    if name == "log_softmax":
+        return dy - activation(z, "softmax") * dy.sum(axis=-1, keepdims=True)
+    if name == "exponential":
+        with np.errstate(over="ignore"):
+            return dy * np.exp(z)
     raise ValueError(name)
 
 

@@ -7,13 +7,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densekit import kernels
+from densekit import activations, kernels
 
 from . import reference
 from .helpers import FLOATS, THREAD_COUNTS, dims, dtypes, eps, random_array
 
 NAMES = list(kernels.ACTIVATIONS)
-FROM_OUTPUT = {"linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"}
+FROM_OUTPUT = {
+    "linear",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "relu6",
+    "hard_sigmoid",
+    "log_softmax",
+    "exponential",
+}
+ROW_WISE = {"softmax", "log_softmax"}
 WITH_ALPHA = {"leaky_relu": 0.2, "elu": 0.7}
 
 
@@ -33,6 +45,14 @@ def test_registry_lists_every_activation():
         "gelu",
         "gelu_tanh",
         "softmax",
+        "silu",
+        "selu",
+        "relu6",
+        "hard_sigmoid",
+        "softsign",
+        "mish",
+        "log_softmax",
+        "exponential",
     }
 
 
@@ -48,7 +68,9 @@ def test_forward_matches_reference(name, rows, cols, dtype, scale):
     y = kernels.activation_forward(z, name, alpha=alpha_for(name))
     assert y.dtype == dtype and y.shape == z.shape
     rtol, atol = value_tolerance(dtype)
-    np.testing.assert_allclose(y, reference.activation(z, name, alpha_for(name)), rtol, atol)
+    with np.errstate(over="ignore"):  # exponential overflows float32 where float64 does not
+        expected = reference.activation(z, name, alpha_for(name)).astype(dtype)
+    np.testing.assert_allclose(y, expected, rtol, atol)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,12 +116,17 @@ def test_large_magnitudes_stay_finite(name, dtype):
     z = np.array([[-1e4, -50.0, 0.0, 50.0, 1e4]], dtype=dtype)
     y = kernels.activation_forward(z, name)
     dz = kernels.activation_backward(np.ones_like(z), name, z=z)
-    if name in ("linear", "relu", "leaky_relu", "softplus", "gelu", "gelu_tanh", "elu"):
-        assert np.isfinite(y).all()
+    unbounded = {"linear", "relu", "leaky_relu", "softplus", "gelu", "gelu_tanh", "elu"}
+    unbounded |= {"silu", "selu", "mish", "log_softmax", "relu6"}
+    if name == "exponential":  # exp(1e4) is inf in both dtypes, as in NumPy and torch
+        assert np.array_equal(np.isinf(y), z > 1e3) and np.array_equal(np.isinf(dz), z > 1e3)
+    elif name in unbounded:
+        assert np.isfinite(y).all() and np.isfinite(dz).all()
     else:
-        assert np.isfinite(y).all() and np.abs(y).max() <= 1
-    assert np.isfinite(dz).all()
-    np.testing.assert_allclose(y, reference.activation(z, name), rtol=64 * eps(dtype))
+        assert np.isfinite(y).all() and np.abs(y).max() <= 1 and np.isfinite(dz).all()
+    with np.errstate(over="ignore"):
+        expected = reference.activation(z, name).astype(dtype)
+    np.testing.assert_allclose(y, expected, rtol=64 * eps(dtype))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -157,7 +184,17 @@ TORCH_FORMS = {
     "gelu": lambda F, z: F.gelu(z),
     "gelu_tanh": lambda F, z: F.gelu(z, approximate="tanh"),
     "softmax": lambda F, z: F.softmax(z, dim=-1),
+    "silu": lambda F, z: F.silu(z),
+    "selu": lambda F, z: F.selu(z),
+    "relu6": lambda F, z: F.relu6(z),
+    "hard_sigmoid": lambda F, z: F.hardsigmoid(z),
+    "softsign": lambda F, z: F.softsign(z),
+    "mish": lambda F, z: F.mish(z),
+    "log_softmax": lambda F, z: F.log_softmax(z, dim=-1),
+    "exponential": lambda F, z: z.exp(),
 }
+# torch's float64 hardsigmoid backward multiplies by 1/6 rounded to float32.
+TORCH_GRAD_RTOL = {"hard_sigmoid": 1e-7}
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_FORMS))
@@ -174,7 +211,8 @@ def test_agrees_with_torch(name):
         kernels.activation_forward(z, name), yt.detach().numpy(), rtol=1e-12, atol=1e-14
     )
     dz = kernels.activation_backward(dy, name, z=z)
-    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    rtol = TORCH_GRAD_RTOL.get(name, 1e-12)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=rtol, atol=1e-14)
 
 
 def rejection_cases():
@@ -184,7 +222,10 @@ def rejection_cases():
         (lambda: kernels.activation_forward([1.0, 2.0], "relu"), TypeError, "z"),
         (lambda: kernels.activation_forward(np.ones(3, np.int64), "relu"), TypeError, "z"),
         (lambda: kernels.activation_forward(np.ones((4, 6))[:, ::2], "relu"), ValueError, "z"),
-        (lambda: kernels.activation_forward(z, "swish"), ValueError, "activation"),
+        (lambda: kernels.activation_forward(z, "swoosh"), ValueError, "activation"),
+        (lambda: kernels.activation_forward(z, "silu", alpha=0.1), ValueError, "alpha"),
+        (lambda: kernels.activation_forward(np.ones(()), "log_softmax"), ValueError, "z"),
+        (lambda: kernels.activation_backward(np.ones(()), "log_softmax", y=z), ValueError, "dy"),
         (lambda: kernels.activation_forward(z, 3), TypeError, "activation"),
         (lambda: kernels.activation_forward(z, "relu", alpha=0.1), ValueError, "alpha"),
         (lambda: kernels.activation_forward(z, "elu", alpha="x"), TypeError, "alpha"),
@@ -261,3 +302,206 @@ def test_leaky_relu_forward_special_values(slope, dtype):
     y = kernels.activation_forward(z, "leaky_relu", alpha=slope)
     expected = np.where(z > 0, z, dtype(slope) * z).astype(dtype)
     assert y.tobytes() == expected.tobytes()
+
+
+# ---- Keras's further activations: accuracy against long-double references -----------------
+
+KERAS_EXTRA = ["silu", "selu", "relu6", "hard_sigmoid", "softsign", "mish", "exponential"]
+# Largest error in units of the last place of the correctly rounded result (relu6 is exact;
+# hard_sigmoid is relu6(z + 3) / 6 rounded as written, checked bit for bit below).
+ULP_BOUND = {"silu": 3, "selu": 4, "relu6": 0, "softsign": 2, "mish": 5, "exponential": 3}
+LD = np.longdouble
+SELU_SCALE = LD("1.0507009873554804934193349852946")
+SELU_ALPHA = LD("1.6732632423543772848170429916717")
+
+
+def long_sigmoid(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def long_reference(name, z):
+    """f(z) and f'(z) in long double (x87: 11 more bits than float64)."""
+    z = z.astype(LD)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "silu":
+            s = long_sigmoid(z)
+            return z * s, s * (1 + z * long_sigmoid(-z))
+        if name == "selu":
+            y = np.where(
+                z > 0, SELU_SCALE * z, SELU_SCALE * SELU_ALPHA * np.expm1(np.minimum(z, 0))
+            )
+            d = np.where(z > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(z, 0)))
+            return y, d
+        if name == "relu6":
+            return np.minimum(np.maximum(z, 0), 6), ((z > 0) & (z < 6)).astype(LD)
+        if name == "softsign":
+            return z / (1 + np.abs(z)), 1 / (1 + np.abs(z)) ** 2
+        if name == "mish":
+            t = np.tanh(np.logaddexp(LD(0), z))
+            return z * t, t + z * long_sigmoid(z) * (1 - t * t)
+        if name == "exponential":
+            return np.exp(z), np.exp(z)
+    raise AssertionError(name)
+
+
+def wide_inputs(dtype, seed):
+    """Normal draws of every scale, a fine grid over the whole range where exp is finite and
+    beyond, the kinks of relu6 and hard_sigmoid, and special values."""
+    rng = np.random.default_rng(seed)
+    top = 100.0 if dtype == np.float32 else 760.0
+    parts = [rng.standard_normal(5000) * s for s in (1e-3, 0.3, 1.0, 3.0, 10.0, 40.0)]
+    parts += [
+        np.linspace(-top, top, 40001),
+        np.linspace(-3.1, 3.1, 2001),
+        np.linspace(5.9, 6.1, 201),
+    ]
+    parts.append(np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 6.0, 1e30, -1e30]))
+    return np.concatenate(parts).astype(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(ULP_BOUND))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_keras_activations_within_their_ulp_bound(name, dtype):
+    """activation_forward (the ISA in use: run the suite under DENSEKIT_ISA for the others)
+    within ULP_BOUND of the correctly rounded value. Below the normal range results have no
+    relative precision: there the error may reach tiny (plus |z| subnormal roundings, where a
+    subnormal exp(z) is scaled by z); silu and mish may be 0 where exp(z) is below the normal
+    range (|result| < 1e-36, float64 1e-305), as the vector exp flushes it."""
+    z = wide_inputs(dtype, 1)
+    y = kernels.activation_forward(z, name)
+    want, _ = long_reference(name, z)
+    finfo = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        rounded = want.astype(dtype)
+    same = (y == rounded) | (np.isnan(y) & np.isnan(rounded))
+    ulp = np.spacing(np.abs(rounded)).astype(LD)
+    floor = LD(finfo.tiny) + 4 * np.abs(z.astype(LD)) * LD(finfo.smallest_subnormal)
+    with np.errstate(invalid="ignore"):
+        ok = same | (np.abs(y.astype(LD) - want) <= ULP_BOUND[name] * ulp + floor)
+    if name in ("silu", "mish"):
+        ok |= (y == 0) & (z < np.log(finfo.tiny))
+    assert ok.all(), (z[~ok][:4], y[~ok][:4], want[~ok][:4])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_hard_sigmoid_is_relu6_of_z_plus_3_over_6_bit_for_bit(dtype):
+    """Keras 3's (and torch's) formula, rounded as written: min(max(z + 3, 0), 6) / 6; NaN
+    stays NaN; its derivative is 1/6 strictly inside (-3, 3), from z or from y."""
+    z = np.concatenate([wide_inputs(dtype, 2), [np.nan, np.inf, -np.inf]]).astype(dtype)
+    y = kernels.activation_forward(z, "hard_sigmoid")
+    with np.errstate(invalid="ignore"):
+        want = (np.minimum(np.maximum(z + dtype(3), dtype(0)), dtype(6)) / dtype(6)).astype(dtype)
+    assert y.tobytes() == want.tobytes()
+    dy = np.linspace(-2, 2, z.size).astype(dtype)
+    slope = np.where((z > -3) & (z < 3), dtype(1) / dtype(6), dtype(0)).astype(dtype)
+    assert kernels.activation_backward(dy, "hard_sigmoid", z=z).tobytes() == (dy * slope).tobytes()
+    from_y = kernels.activation_backward(dy[:-3], "hard_sigmoid", y=y[:-3])
+    assert from_y.tobytes() == (dy * slope)[:-3].tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(ULP_BOUND))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_keras_activation_derivatives_within_a_few_roundings(name, dtype):
+    """dz = dy f'(z) from z (and from y where the table says so) within 8 roundings of the
+    size of f''s terms (silu's s + |z s (1 - s)|, mish's |t| + |z s (1 - t^2)|), or 2 ulp for
+    exponential from y (dy y)."""
+    z = wide_inputs(dtype, 3)
+    rng = np.random.default_rng(4)
+    dy = (rng.uniform(0.5, 2.0, z.size) * rng.choice([-1, 1], z.size)).astype(dtype)
+    _, d = long_reference(name, z)
+    zl = z.astype(LD)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "silu":
+            s = long_sigmoid(zl)
+            size = s + np.abs(zl * s * long_sigmoid(-zl))
+        elif name == "mish":
+            t = np.tanh(np.logaddexp(LD(0), zl))
+            size = np.abs(t) + np.abs(zl * long_sigmoid(zl) * (1 - t * t))
+        else:
+            size = np.abs(d)
+        want = dy.astype(LD) * d
+    finfo = np.finfo(dtype)
+    # Below the normal range: where exp(z) is flushed, the derivative may be 0 (silu and
+    # mish scale it by z).
+    floor = LD(finfo.tiny) * np.abs(dy.astype(LD)) * (1 + np.abs(zl))
+    bound = 8 * LD(finfo.eps) * np.abs(dy.astype(LD)) * size + floor
+    dz = kernels.activation_backward(dy, name, z=z)
+    results = [dz]
+    if name in FROM_OUTPUT:
+        results.append(kernels.activation_backward(dy, name, y=kernels.activation_forward(z, name)))
+    for got in results:
+        with np.errstate(invalid="ignore"):
+            # exp(z) (or dy exp(z)) beyond the largest finite number
+            beyond = np.maximum(np.abs(want), np.abs(d)) > finfo.max * (1 - finfo.eps)
+            overflow = np.isinf(got) & beyond
+            same = (got.astype(LD) == want) | overflow
+            ok = same | (np.abs(got.astype(LD) - want) <= bound)
+        assert ok.all(), (name, z[~ok][:4], got[~ok][:4], want[~ok][:4])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("cols", [1, 2, 7, 16, 17, 33, 1000])
+def test_log_softmax_rows(dtype, cols):
+    """Each row's (z - max) - log(sum exp(z - max)) within a few roundings of its terms'
+    size; -inf entries stay -inf (the others as without them), a row with NaN or +inf is NaN;
+    the derivative from y and from z within a few roundings of dy - softmax(z) sum(dy)."""
+    rng = np.random.default_rng(cols)
+    z = (rng.standard_normal((9, cols)) * rng.choice([0.1, 3, 30, 100], (9, 1))).astype(dtype)
+    if cols > 2:
+        z[1, 1] = -np.inf
+        z[2, cols // 2] = np.nan
+        z[3, -1] = np.inf
+    y = kernels.activation_forward(z, "log_softmax")
+    zl = z.astype(LD)
+    with np.errstate(invalid="ignore"):
+        shifted = zl - zl.max(axis=1, keepdims=True)
+        log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        want = shifted - log_sum
+    bad_rows = np.isnan(z).any(axis=1) | (z == np.inf).any(axis=1)
+    assert np.isnan(y[bad_rows]).all()
+    good = ~bad_rows
+    finite = good[:, None] & np.isfinite(z)
+    assert np.all(y[good[:, None] & (z == -np.inf)] == -np.inf)
+    eps_ = LD(np.finfo(dtype).eps)
+    # log(sum) inherits the sum's rounding (sum >= 1) as an absolute error: the + 1
+    size = np.abs(shifted) + np.abs(log_sum) + 1
+    with np.errstate(invalid="ignore"):
+        error = np.abs(y.astype(LD) - want)
+    # + the row sum's roundings: the portable form adds float64 terms one after another
+    assert np.all(error[finite] <= (4 * eps_ * size + eps_ * np.sqrt(LD(cols)) * 4)[finite])
+    dy = rng.standard_normal(z.shape).astype(dtype)
+    zf = np.where(np.isfinite(z), z, 0).astype(dtype)
+    p = np.exp(zf.astype(LD) - zf.astype(LD).max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    total = dy.astype(LD).sum(axis=1, keepdims=True)
+    want_dz = dy.astype(LD) - p * total
+    size_dz = np.abs(dy.astype(LD)) + p * np.abs(dy.astype(LD)).sum(axis=1, keepdims=True)
+    yf = kernels.activation_forward(zf, "log_softmax")
+    for dz in (
+        kernels.activation_backward(dy, "log_softmax", z=zf),
+        kernels.activation_backward(dy, "log_softmax", y=yf),
+    ):
+        # from y, exp(y) carries y's error (a few roundings of |z - max| + log(sum)) into
+        # the p sum(dy) term: p |z - max| <= 1/e, p log(sum) <= log(cols)
+        bound = 16 * eps_ * size_dz + 8 * eps_ * np.abs(total) * (1 + np.log(LD(cols)))
+        assert np.all(np.abs(dz.astype(LD) - want_dz) <= bound)
+
+
+@pytest.mark.parametrize("name", [*KERAS_EXTRA, "swish", "log_softmax"])
+def test_keras_itself_agrees(name):
+    """The Keras 3 functions of the same names (torch backend) give the same values."""
+    pytest.importorskip("torch")
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras runs another backend")
+    import torch
+
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((11, 13)) * 3
+    got = kernels.activation_forward(z, activations.get(name).name)
+    want = keras.activations.get(name)(torch.from_numpy(z.copy())).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

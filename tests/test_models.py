@@ -773,8 +773,9 @@ def test_initializers_are_seeded_and_scaled():
 def test_keras_activation_names():
     assert densekit.activations.get("leaky_relu").alpha == 0.2
     assert densekit.activations.get(None).name == "linear"
-    with pytest.raises(ValueError, match="activation: unknown activation 'swish'"):
-        Dense(3, activation="swish")
+    assert densekit.activations.get("swish") == densekit.activations.get("silu")
+    with pytest.raises(ValueError, match="activation: unknown activation 'swoosh'"):
+        Dense(3, activation="swoosh")
 
 
 # -- input validation ------------------------------------------------------------------------

@@ -36,7 +36,8 @@ Activation parse_activation(py::handle name, py::handle alpha, const char* arg) 
 
 namespace {
 
-// Softmax acts on the last axis; elementwise activations see the array as one long row set.
+// Softmax and log_softmax act on the last axis; elementwise activations see the array as one
+// long row set.
 void rows_and_cols(const py::array& a, bool row_wise, index_t* rows, index_t* cols) {
   const index_t size = static_cast<index_t>(a.size());
   if (!row_wise || a.ndim() == 0) {
@@ -67,9 +68,10 @@ py::array activation_forward_py(py::handle z_obj, py::handle name, py::handle ou
   py::array z = float_array(z_obj, "z", &dtype);
   const Activation act = parse_activation(name, alpha);
   const int threads = resolve_num_threads(thread_count(threads_obj));
-  const bool row_wise = act.kind == ActivationKind::softmax;
+  const bool row_wise = is_row_activation(act.kind);
   if (row_wise && z.ndim() == 0)
-    value_fail("z", "softmax needs at least one axis, got a 0-d array");
+    value_fail("z", std::string(activation_name(act.kind)) +
+                        " needs at least one axis, got a 0-d array");
   py::array out;
   if (out_array(out_obj, "out", dtype, shape_of(z), &out)) {
     require_same_or_disjoint(out, "out", z, "z");
@@ -96,9 +98,10 @@ py::array activation_backward_py(py::handle dy_obj, py::handle name, py::handle 
   const Activation act = parse_activation(name, alpha);
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const auto shape = shape_of(dy);
-  const bool row_wise = act.kind == ActivationKind::softmax;
+  const bool row_wise = is_row_activation(act.kind);
   if (row_wise && dy.ndim() == 0)
-    value_fail("dy", "softmax needs at least one axis, got a 0-d array");
+    value_fail("dy", std::string(activation_name(act.kind)) +
+                         " needs at least one axis, got a 0-d array");
   py::array y, z;
   const bool has_y = !y_obj.is_none();
   const bool has_z = !z_obj.is_none();
@@ -148,12 +151,13 @@ void bind_activations(py::module_& m) {
   m.def("activation_forward", &activation_forward_py, py::arg("z"), py::arg("activation"),
         py::kw_only(), py::arg("out") = py::none(), py::arg("alpha") = py::none(),
         py::arg("num_threads") = py::none(),
-        "y = f(z) elementwise (softmax: over the last axis). out may be z itself.");
+        "y = f(z) elementwise (softmax, log_softmax: over the last axis). out may be z itself.");
   m.def("activation_backward", &activation_backward_py, py::arg("dy"), py::arg("activation"),
         py::kw_only(), py::arg("y") = py::none(), py::arg("z") = py::none(),
         py::arg("out") = py::none(), py::arg("alpha") = py::none(),
         py::arg("num_threads") = py::none(),
-        "dz = dy * f'(z) (softmax: the row Jacobian-vector product). out may be dy itself.");
+        "dz = dy * f'(z) (softmax, log_softmax: the row Jacobian-vector product). out may be dy "
+        "itself.");
   // The activation table (activation_table.hpp), in its row order.
   py::list names;
   py::dict info;

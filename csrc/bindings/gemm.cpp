@@ -52,8 +52,9 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   }
   const bool has_preact = out_array(preact_obj, "preact", dtype, {m, n}, &preact);
   const Activation act = parse_activation(activation, alpha);
-  if (reference && act.kind == ActivationKind::softmax)
-    value_fail("activation", "softmax is a row operation, not an elementwise epilogue");
+  if (reference && is_row_activation(act.kind))
+    value_fail("activation", std::string(activation_name(act.kind)) +
+                                 " is a row operation, not an elementwise epilogue");
   const int threads = resolve_num_threads(thread_count(threads_obj));
   require_no_overlap(c, "c", {{&a, "a"}, {&b, "b"}, {has_bias ? &bias : nullptr, "bias"},
                               {has_preact ? &preact : nullptr, "preact"}});
@@ -78,7 +79,7 @@ void gemm_isa_test(const std::string& isa_text, py::handle a_obj, py::handle b_o
   for_dtype(dtype, run);
 }
 
-// A chosen ISA's vector math over z: out = f(z) (softmax: over the last axis), or
+// A chosen ISA's vector math over z: out = f(z) (softmax, log_softmax: over the last axis), or
 // out = dy * f'(z) when dy is given.
 // Returns False (out untouched) where that ISA has none for this dtype and activation.
 bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::handle z_obj,
@@ -103,11 +104,14 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
     using T = decltype(tag);
     const index_t size = static_cast<index_t>(z.size());
     const GilRelease nogil;
-    if (act.kind == ActivationKind::softmax && !has_dy) {  // over the last axis
+    if (is_row_activation(act.kind) && !has_dy) {  // over the last axis
       const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
       if (cols == 0) return;
       std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
-      done = vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols);
+      done = act.kind == ActivationKind::softmax
+                 ? vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols)
+                 : vecmath::vector_log_softmax_with_isa<T>(isa, rows.data(), size / cols, cols,
+                                                           cols);
       if (done) std::copy(rows.begin(), rows.end(), mptr<T>(out));
       return;
     }

@@ -87,8 +87,9 @@ template <typename T>
 void run_gemm(const KernelFamily<T>& kernels, index_t m, index_t n, index_t k,
               const Operand<T>& a, const Operand<T>& b, T* c, index_t ldc,
               const Epilogue<T>& ep, int num_threads) {
-  if (ep.activation.kind == ActivationKind::softmax)
-    throw ArgumentError("gemm epilogue: softmax is a row operation, not elementwise");
+  if (is_row_activation(ep.activation.kind))
+    throw ArgumentError(std::string("gemm epilogue: ") + activation_name(ep.activation.kind) +
+                        " is a row operation, not elementwise");
   if (ep.b_sums != nullptr && b.transposed)
     throw ArgumentError("gemm: column sums of B need B not transposed");
   if (m <= 0 || n <= 0) return;

@@ -65,6 +65,46 @@ inline T relu(T z) {
   return z > T(0) || z != z ? z : T(0);
 }
 
+// selu's constants (Klambauer et al. 2017, as torch and Keras): selu(z) = scale z for z > 0,
+// scale alpha expm1(z) otherwise, with scale alpha formed once as torch does.
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+constexpr double kSeluScaleAlpha = kSeluScale * kSeluAlpha;
+
+// min(max(z, 0), 6), NaN kept (as torch.relu6).
+template <typename T>
+inline T relu6(T z) {
+  const T r = relu(z);
+  return r < T(6) || r != r ? r : T(6);
+}
+
+// mish(z) = z tanh(softplus(z)), with tanh(log(1 + e)) = n / (n + 2), n = e (e + 2), e =
+// exp(z): no cancellation at either end. z is capped at 20 (float64 40), where n / (n + 2)
+// already rounds to 1 and its derivative's second term is below 1e-15 (1e-32) of the first,
+// so n never overflows; above the cap that term is 0.
+template <typename T>
+constexpr T mish_cap() {
+  return T(sizeof(T) == 8 ? 40 : 20);
+}
+
+template <typename T>
+inline T mish_ratio(T z, T* n_out) {
+  const T e = std::exp(std::min(z, mish_cap<T>()));
+  const T n = e * (e + T(2));
+  *n_out = n;
+  return n / (n + T(2));
+}
+
+// mish'(z) = t + z sigmoid(z) (1 - t^2), t = n / (n + 2), 1 - t^2 = 4 (n + 1) / (n + 2)^2.
+template <typename T>
+inline T mish_derivative(T z) {
+  T n;
+  const T t = mish_ratio(z, &n);
+  if (z > mish_cap<T>()) return t;
+  const T d = n + T(2);
+  return t + z * sigmoid(z) * (T(4) * (n + T(1)) / (d * d));
+}
+
 // y = f(z) for every elementwise activation (softmax is handled per row elsewhere).
 template <typename T>
 inline T forward(ActivationKind kind, T alpha, T z) {
@@ -79,6 +119,18 @@ inline T forward(ActivationKind kind, T alpha, T z) {
     case ActivationKind::gelu: return gelu(z);
     case ActivationKind::gelu_tanh: return gelu_tanh(z);
     case ActivationKind::softmax: return z;  // not elementwise
+    case ActivationKind::silu: return z * sigmoid(z);
+    case ActivationKind::selu:
+      return z > T(0) ? T(kSeluScale) * z : T(kSeluScaleAlpha) * std::expm1(z);
+    case ActivationKind::relu6: return relu6(z);
+    case ActivationKind::hard_sigmoid: return relu6(z + T(3)) / T(6);
+    case ActivationKind::softsign: return z / (T(1) + std::abs(z));
+    case ActivationKind::mish: {
+      T n;
+      return z * mish_ratio(z, &n);
+    }
+    case ActivationKind::log_softmax: return z;  // not elementwise
+    case ActivationKind::exponential: return std::exp(z);
   }
   return z;
 }
@@ -103,6 +155,22 @@ inline T derivative_from_z(ActivationKind kind, T alpha, T z) {
     case ActivationKind::gelu: return gelu_derivative(z);
     case ActivationKind::gelu_tanh: return gelu_tanh_derivative(z);
     case ActivationKind::softmax: return T(1);  // not elementwise
+    case ActivationKind::silu: {
+      const T s = sigmoid(z);
+      return s * (T(1) + z * sigmoid(-z));  // sigmoid(-z) = 1 - s without cancellation
+    }
+    case ActivationKind::selu:
+      return z > T(0) ? T(kSeluScale) : T(kSeluScaleAlpha) * std::exp(z);
+    case ActivationKind::relu6: return static_cast<T>((z > T(0)) & (z < T(6)));
+    case ActivationKind::hard_sigmoid:
+      return static_cast<T>((z > T(-3)) & (z < T(3))) * (T(1) / T(6));
+    case ActivationKind::softsign: {
+      const T u = T(1) + std::abs(z);
+      return T(1) / (u * u);
+    }
+    case ActivationKind::mish: return mish_derivative(z);
+    case ActivationKind::log_softmax: return T(1);  // not elementwise
+    case ActivationKind::exponential: return std::exp(z);
   }
   return T(1);
 }
@@ -115,6 +183,13 @@ inline T derivative_from_y(ActivationKind kind, T alpha, T y) {
     case ActivationKind::leaky_relu: return y > T(0) ? T(1) : alpha;
     case ActivationKind::sigmoid: return y * (T(1) - y);
     case ActivationKind::tanh: return T(1) - y * y;
+    // The flat ends are exactly 0 and 6 (1): inside them the slope is 1 (1/6), as torch's
+    // strict bounds on z.
+    // (bitwise &: no branch, so the loops vectorise)
+    case ActivationKind::relu6: return static_cast<T>((y > T(0)) & (y < T(6)));
+    case ActivationKind::hard_sigmoid:
+      return static_cast<T>((y > T(0)) & (y < T(1))) * (T(1) / T(6));
+    case ActivationKind::exponential: return y;
     default: return T(1);
   }
 }

@@ -68,12 +68,27 @@ bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
   return vector_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
 }
 
+template <typename T>
+bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.log_softmax == nullptr) return false;
+  math.log_softmax(v, rows, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
+  return vector_log_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
+}
+
 #define DENSEKIT_INSTANTIATE(T)                                                              \
   template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
   template bool vector_activation_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t,  \
                                               const Activation&);                           \
   template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
-  template bool vector_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);
+  template bool vector_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);      \
+  template bool vector_log_softmax<T>(T*, index_t, index_t, index_t);                      \
+  template bool vector_log_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

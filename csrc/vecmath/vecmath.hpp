@@ -25,6 +25,8 @@ struct VectorMath {
   void (*apply)(T* y, const T* z, index_t count, ActivationKind kind, T alpha) = nullptr;
   // Softmax of rows x cols of (v, ld) in place.
   void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
+  // Log-softmax of rows x cols of (v, ld) in place.
+  void (*log_softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
   // dz[i] = dy[i] * f'(z[i]) for i < count.
   void (*derivative)(T* dz, const T* dy, const T* z, index_t count, ActivationKind kind,
                      T alpha) = nullptr;
@@ -42,7 +44,7 @@ VectorMath<double> avx512_vector_math_f64();
 template <typename T>
 const VectorMath<T>& vector_math(gemm::Isa isa);
 
-// With the vector math of the ISA in use (elu, sigmoid, tanh, softplus, gelu, gelu_tanh;
+// With the vector math of the ISA in use (every activation whose table row has vector_math;
 // within a few ulp of scalar::forward / scalar::derivative_from_z; no subnormal made where the
 // result is normal), over `count` contiguous elements:
 //   dy == nullptr: out[i] = f(z[i]) (out may be z);
@@ -61,5 +63,11 @@ template <typename T>
 bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>
 bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+
+// Log-softmax likewise: (z - max) - log(sum exp(z - max)) per row.
+template <typename T>
+bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld);
+template <typename T>
+bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
 
 }  // namespace densekit::vecmath

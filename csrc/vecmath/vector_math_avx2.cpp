@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "exp_series.hpp"
+#include "scalar_activations.hpp"
 #include "vecmath.hpp"
 
 namespace densekit::vecmath {

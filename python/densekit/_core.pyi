@@ -19,6 +19,14 @@ ActivationName = Literal[
     "gelu",
     "gelu_tanh",
     "softmax",
+    "silu",
+    "selu",
+    "relu6",
+    "hard_sigmoid",
+    "softsign",
+    "mish",
+    "log_softmax",
+    "exponential",
 ]
 
 class ActivationInfo(TypedDict):
@@ -27,7 +35,7 @@ class ActivationInfo(TypedDict):
     derivative_from_output: Literal["always", "never", "alpha > 0"]
     fused_in_tile: bool  # applied on registers inside the matrix-product tile
     vector_math: bool  # has a vector form on ISAs with vector math
-    elementwise: bool  # False for softmax (over the last axis)
+    elementwise: bool  # False for softmax and log_softmax (over the last axis)
 
 # The activation table (csrc/activation_table.hpp), in its row order.
 ACTIVATIONS: tuple[ActivationName, ...]

@@ -3,7 +3,9 @@
 The numbers are computed by the kernels; the names, alphas and which derivative needs the
 pre-activation come from their table (``densekit.kernels.ACTIVATION_INFO``). Keras's defaults
 are kept: ``leaky_relu`` has negative slope 0.2 and ``gelu`` is the exact (erf) form;
-``gelu_tanh`` is the tanh approximation.
+``gelu_tanh`` is the tanh approximation. ``swish`` is Keras's other name for ``silu`` (and
+resolves to it, so a saved model names ``silu``); ``hard_sigmoid`` is Keras 3's
+``relu6(x + 3) / 6``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _ALIASES = {
     for name, info in ACTIVATION_INFO.items()
 }
 _ALIASES[None] = _ALIASES["linear"]
+# Keras's other names for the same functions.
+_ALIASES["swish"] = _ALIASES["silu"]
 
 # Activations whose derivative the dense kernel computes from the pre-activation, so the
 # forward pass must keep it.

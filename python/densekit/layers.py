@@ -353,6 +353,126 @@ class Dropout(Layer):
 _REGISTRY = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout)}
 
 
+# -- activation layers (Keras's ReLU, Softmax, LeakyReLU): each is an Activation whose kernel
+# follows from its arguments, so the plan fuses it into a Dense layer before it like any other.
+
+
+def _non_negative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number >= 0, got {value!r}")
+    if not value >= 0 or not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class ReLU(Activation):
+    """Keras's ``ReLU`` layer: ``max(x, 0)``, with ``negative_slope`` below 0, capped at
+    ``max_value``, zero up to ``threshold``.
+
+    The kernels compute the forms Keras users reach for: the defaults (``relu``),
+    ``max_value=6`` (``relu6``) and ``negative_slope > 0`` (``leaky_relu``). Other
+    combinations (a threshold, another cap, a cap with a slope) raise ``ValueError``.
+
+    Parameters
+    ----------
+    max_value : float or None
+        The cap (None: none; 6: ``relu6``).
+    negative_slope : float
+        The slope below 0 (0: ``relu``).
+    threshold : float
+        Inputs up to it give 0 (only 0 is computed).
+    **kwargs
+        ``name``, ``dtype``, ``input_shape`` as for every layer.
+    """
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        Layer.__init__(self, **kwargs)
+        self.max_value = None if max_value is None else _non_negative(max_value, "max_value")
+        self.negative_slope = _non_negative(negative_slope, "negative_slope")
+        self.threshold = _non_negative(threshold, "threshold")
+        if self.threshold != 0:
+            raise ValueError(
+                f"threshold: only 0 has a kernel (relu, relu6, leaky_relu), got {threshold!r}"
+            )
+        if self.max_value is None:
+            name = "leaky_relu" if self.negative_slope > 0 else "relu"
+        elif self.max_value == 6 and self.negative_slope == 0:
+            name = "relu6"
+        else:
+            raise ValueError(
+                f"max_value: only None and 6 (without negative_slope) have a kernel (relu, "
+                f"relu6, leaky_relu), got max_value={max_value!r}, "
+                f"negative_slope={negative_slope!r}"
+            )
+        alpha = self.negative_slope if name == "leaky_relu" else None
+        self.activation = activations.Activation(name, alpha)
+
+    def get_config(self) -> dict:
+        config = Layer.get_config(self)
+        config.update(
+            max_value=self.max_value, negative_slope=self.negative_slope, threshold=self.threshold
+        )
+        return config
+
+
+class Softmax(Activation):
+    """Keras's ``Softmax`` layer: ``exp(x) / sum(exp(x))`` over the features.
+
+    Parameters
+    ----------
+    axis : int
+        The axis of the (n, features) input: -1 or 1 (the features).
+    **kwargs
+        ``name``, ``dtype``, ``input_shape`` as for every layer.
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        Layer.__init__(self, **kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (-1, 1):
+            raise ValueError(
+                f"axis: expected -1 or 1 (the features of (n, features)), got {axis!r}"
+            )
+        self.axis = int(axis)
+        self.activation = activations.get("softmax")
+
+    def get_config(self) -> dict:
+        config = Layer.get_config(self)
+        config["axis"] = self.axis
+        return config
+
+
+class LeakyReLU(Activation):
+    """Keras's ``LeakyReLU`` layer: ``x`` for ``x > 0``, ``negative_slope * x`` otherwise.
+
+    Parameters
+    ----------
+    negative_slope : float
+        The slope below 0 (Keras's default 0.3); Keras 2's ``alpha=`` is accepted for it.
+    **kwargs
+        ``name``, ``dtype``, ``input_shape`` as for every layer.
+    """
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        if "alpha" in kwargs:  # Keras 2's name, which Keras 3 still accepts
+            negative_slope = kwargs.pop("alpha")
+        Layer.__init__(self, **kwargs)
+        self.negative_slope = _non_negative(negative_slope, "negative_slope")
+        # slope 0 is relu, whose derivative follows from the output (leaky_relu's needs z)
+        self.activation = (
+            activations.Activation("leaky_relu", self.negative_slope)
+            if self.negative_slope > 0
+            else activations.get("relu")
+        )
+
+    def get_config(self) -> dict:
+        config = Layer.get_config(self)
+        config["negative_slope"] = self.negative_slope
+        return config
+
+
+_REGISTRY.update({cls.__name__: cls for cls in (ReLU, Softmax, LeakyReLU)})
+
+
 def serialize(layer: Layer) -> dict:
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
