@@ -45,41 +45,38 @@ double reduction_scale(index_t n, const LossOptions& options) {
 // loops its remainders cost more than its width saves), AVX2 below. Every ISA gives the same
 // bits (see loss_rows.inc).
 template <typename T>
-const LossKernels<T>& loss_kernels(index_t loop_bytes);
-
-template <>
-const LossKernels<float>& loss_kernels<float>(index_t loop_bytes) {
+LossKernels<T> isa_loss_kernels(gemm::Isa isa) {
+  constexpr bool is_float = sizeof(T) == 4;
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
-  const gemm::Isa isa = gemm::isa_choice().isa;
-  if (isa == gemm::Isa::avx512 && loop_bytes >= 128) {
-    static const LossKernels<float> avx512 = avx512_loss_kernels_f32();
-    return avx512;
+  if (isa == gemm::Isa::avx512) {
+    if constexpr (is_float) return avx512_loss_kernels_f32();
+    else return avx512_loss_kernels_f64();
   }
-  if (isa == gemm::Isa::avx512 || isa == gemm::Isa::avx2) {
-    static const LossKernels<float> avx2 = avx2_loss_kernels_f32();
-    return avx2;
+  if (isa == gemm::Isa::avx2) {
+    if constexpr (is_float) return avx2_loss_kernels_f32();
+    else return avx2_loss_kernels_f64();
   }
 #endif
-  (void)loop_bytes;
-  static const LossKernels<float> portable = portable_loss_kernels_f32();
-  return portable;
+  (void)isa;
+  if constexpr (is_float) return portable_loss_kernels_f32();
+  else return portable_loss_kernels_f64();
 }
 
-template <>
-const LossKernels<double>& loss_kernels<double>(index_t loop_bytes) {
+template <typename T>
+const LossKernels<T>& loss_kernels(index_t loop_bytes) {
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
   const gemm::Isa isa = gemm::isa_choice().isa;
   if (isa == gemm::Isa::avx512 && loop_bytes >= 128) {
-    static const LossKernels<double> avx512 = avx512_loss_kernels_f64();
+    static const LossKernels<T> avx512 = isa_loss_kernels<T>(gemm::Isa::avx512);
     return avx512;
   }
   if (isa == gemm::Isa::avx512 || isa == gemm::Isa::avx2) {
-    static const LossKernels<double> avx2 = avx2_loss_kernels_f64();
+    static const LossKernels<T> avx2 = isa_loss_kernels<T>(gemm::Isa::avx2);
     return avx2;
   }
 #endif
   (void)loop_bytes;
-  static const LossKernels<double> portable = portable_loss_kernels_f64();
+  static const LossKernels<T> portable = isa_loss_kernels<T>(gemm::Isa::portable);
   return portable;
 }
 
