@@ -123,6 +123,16 @@ const char* loss_name(LossKind kind) {
     case LossKind::huber: return "huber";
     case LossKind::softmax_cross_entropy: return "softmax_cross_entropy";
     case LossKind::sigmoid_binary_cross_entropy: return "sigmoid_binary_cross_entropy";
+    case LossKind::mape: return "mape";
+    case LossKind::msle: return "msle";
+    case LossKind::log_cosh: return "log_cosh";
+    case LossKind::poisson: return "poisson";
+    case LossKind::kl_divergence: return "kl_divergence";
+    case LossKind::hinge: return "hinge";
+    case LossKind::squared_hinge: return "squared_hinge";
+    case LossKind::categorical_hinge: return "categorical_hinge";
+    case LossKind::cosine_similarity: return "cosine_similarity";
+    case LossKind::sigmoid_focal_cross_entropy: return "sigmoid_focal_cross_entropy";
   }
   return "?";
 }
@@ -144,6 +154,23 @@ double elementwise_loss(T* grad, T* per_sample, const T* prediction, const T* ta
     case LossKind::sigmoid_binary_cross_entropy:
       kernel = RowKernel::sigmoid_cross_entropy;
       args.parameter = options.label_smoothing;
+      break;
+    case LossKind::mape: kernel = RowKernel::mape; break;
+    case LossKind::msle: kernel = RowKernel::msle; break;
+    case LossKind::log_cosh: kernel = RowKernel::log_cosh; break;
+    case LossKind::poisson: kernel = RowKernel::poisson; break;
+    case LossKind::kl_divergence: kernel = RowKernel::kl_divergence; break;
+    case LossKind::hinge: kernel = RowKernel::hinge; break;
+    case LossKind::squared_hinge: kernel = RowKernel::squared_hinge; break;
+    case LossKind::categorical_hinge: kernel = RowKernel::categorical_hinge; break;
+    case LossKind::cosine_similarity: kernel = RowKernel::cosine_similarity; break;
+    case LossKind::sigmoid_focal_cross_entropy:
+      if (!(options.gamma >= 0.0)) throw ArgumentError("gamma: expected a number >= 0");
+      kernel = RowKernel::focal_sigmoid_cross_entropy;
+      args.parameter = options.label_smoothing;
+      args.alpha = options.alpha;
+      args.gamma = options.gamma;
+      args.balanced = options.apply_class_balancing;
       break;
     case LossKind::softmax_cross_entropy:
       throw ArgumentError("elementwise_loss: softmax_cross_entropy is not an elementwise loss");
