@@ -65,6 +65,7 @@ enum class RowKernel : int {
   focal_sigmoid_cross_entropy,
   categorical_hinge,
   cosine_similarity,
+  focal_softmax_cross_entropy,
   count,
 };
 

@@ -133,6 +133,7 @@ const char* loss_name(LossKind kind) {
     case LossKind::categorical_hinge: return "categorical_hinge";
     case LossKind::cosine_similarity: return "cosine_similarity";
     case LossKind::sigmoid_focal_cross_entropy: return "sigmoid_focal_cross_entropy";
+    case LossKind::softmax_focal_cross_entropy: return "softmax_focal_cross_entropy";
   }
   return "?";
 }
@@ -171,6 +172,13 @@ double elementwise_loss(T* grad, T* per_sample, const T* prediction, const T* ta
       args.alpha = options.alpha;
       args.gamma = options.gamma;
       args.balanced = options.apply_class_balancing;
+      break;
+    case LossKind::softmax_focal_cross_entropy:
+      if (!(options.gamma >= 0.0)) throw ArgumentError("gamma: expected a number >= 0");
+      kernel = RowKernel::focal_softmax_cross_entropy;
+      args.parameter = options.label_smoothing;
+      args.alpha = options.alpha;
+      args.gamma = options.gamma;
       break;
     case LossKind::softmax_cross_entropy:
       throw ArgumentError("elementwise_loss: softmax_cross_entropy is not an elementwise loss");

@@ -35,6 +35,7 @@ enum class LossKind {
   categorical_hinge,
   cosine_similarity,
   sigmoid_focal_cross_entropy,
+  softmax_focal_cross_entropy,
 };
 constexpr LossKind kLossKinds[] = {
     LossKind::mse,           LossKind::mae,
@@ -44,7 +45,8 @@ constexpr LossKind kLossKinds[] = {
     LossKind::log_cosh,      LossKind::poisson,
     LossKind::kl_divergence, LossKind::hinge,
     LossKind::squared_hinge, LossKind::categorical_hinge,
-    LossKind::cosine_similarity, LossKind::sigmoid_focal_cross_entropy};
+    LossKind::cosine_similarity, LossKind::sigmoid_focal_cross_entropy,
+    LossKind::softmax_focal_cross_entropy};
 const char* loss_name(LossKind kind);
 
 enum class Reduction { mean, sum, none };

@@ -77,10 +77,10 @@ def _elementwise(name: str, p: np.ndarray, t: np.ndarray, params: dict):
 # Losses whose per-sample loss sums over the row instead of averaging it.
 ROW_SUMS = ("kl_divergence",)
 # Losses of a whole row (per-sample value and gradient from _row_loss).
-ROW_LOSSES = ("categorical_hinge", "cosine_similarity")
+ROW_LOSSES = ("categorical_hinge", "cosine_similarity", "softmax_focal_cross_entropy")
 
 
-def _row_loss(name: str, p: np.ndarray, t: np.ndarray):
+def _row_loss(name: str, p: np.ndarray, t: np.ndarray, params: dict):
     """Per-sample losses (n,) and d(per-sample loss)/dp (n, d) of a row loss."""
     n = p.shape[0]
     if name == "categorical_hinge":
@@ -102,6 +102,20 @@ def _row_loss(name: str, p: np.ndarray, t: np.ndarray):
         cubic = np.where(inverse_p < 1.0 / eps, tp * b**3, 0.0)
         grad = -a[:, None] * (t * b[:, None] - cubic[:, None] * p)
         return -tp * a * b, grad
+    if name == "softmax_focal_cross_entropy":
+        ls = params.get("label_smoothing", 0.0)
+        alpha, gamma = params.get("alpha", 0.25), params.get("gamma", 2.0)
+        t = t * (1.0 - ls) + ls / p.shape[1]
+        m = p.max(axis=1, keepdims=True)
+        e = np.exp(p - m)
+        s = e.sum(axis=1, keepdims=True)
+        prob, rest = e / s, (s - e) / s
+        log_loss = np.log(s) - (p - m)
+        power = rest**gamma
+        slope = gamma * rest ** (gamma - 1.0) if gamma != 0 else np.zeros_like(rest)
+        a = slope * prob * log_loss + power
+        grad = alpha * (prob * (t * a).sum(axis=1, keepdims=True) - t * a)
+        return alpha * (t * power * log_loss).sum(axis=1), grad
     raise ValueError(f"unknown row loss {name!r}")
 
 
@@ -148,7 +162,7 @@ def reference_loss(
             if d == 0:
                 losses, grad = np.zeros(n), np.zeros(p.shape)
             elif name in ROW_LOSSES:
-                losses, grad = _row_loss(name, p, t)
+                losses, grad = _row_loss(name, p, t, params)
             else:
                 values, derivatives = _elementwise(name, p, t, params)
                 divisor = 1 if name in ROW_SUMS else d

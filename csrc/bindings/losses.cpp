@@ -286,6 +286,25 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
         py::arg("grad_out") = py::none(), py::arg("num_threads") = py::none(),
         py::arg("label_smoothing") = 0.0, py::arg("alpha") = 0.25, py::arg("gamma") = 2.0,
         py::arg("apply_class_balancing") = false, doc.c_str());
+  } else if (kind == LossKind::softmax_focal_cross_entropy) {
+    m.def(
+        name,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
+                 py::handle grad_out, py::handle threads, py::handle label_smoothing,
+                 py::handle alpha, py::handle gamma) {
+          LossOptions params;
+          params.label_smoothing = parse_label_smoothing(label_smoothing);
+          params.alpha = real_number(alpha, "alpha");
+          params.gamma = real_number(gamma, "gamma");
+          if (!(params.gamma >= 0.0))
+            value_fail("gamma", "expected a number >= 0, got " + std::to_string(params.gamma));
+          return common(p, t, reduction, w, grad, grad_out, threads, params);
+        },
+        py::arg("prediction"), py::arg("target"), py::kw_only(), py::arg("reduction") = "mean",
+        py::arg("sample_weight") = py::none(), py::arg("compute_grad") = true,
+        py::arg("grad_out") = py::none(), py::arg("num_threads") = py::none(),
+        py::arg("label_smoothing") = 0.0, py::arg("alpha") = 0.25, py::arg("gamma") = 2.0,
+        doc.c_str());
   } else {
     m.def(
         name,
@@ -359,6 +378,11 @@ void bind_losses(py::module_& m) {
                   "p_t = t p + (1 - t)(1 - p), bce the sigmoid cross-entropy and b = t alpha + "
                   "(1 - t)(1 - alpha) if apply_class_balancing, else 1. label_smoothing maps "
                   "t -> t (1 - ls) + ls / 2.");
+  def_elementwise(m, LossKind::softmax_focal_cross_entropy,
+                  "Categorical focal cross-entropy of logits prediction (n, classes) (Keras's "
+                  "definition, exact on logits): per-sample sum_j of ``alpha t_j (1 - p_j)^gamma "
+                  "(-log p_j)`` with p = softmax(prediction) and target t class probabilities; "
+                  "label_smoothing maps t -> t (1 - ls) + ls / classes.");
   py::list names;
   for (LossKind kind : kLossKinds) names.append(loss_name(kind));
   m.attr("LOSSES") = py::tuple(names);

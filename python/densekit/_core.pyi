@@ -277,6 +277,19 @@ def sigmoid_focal_cross_entropy(
     gamma: float = 2.0,
     apply_class_balancing: bool = False,
 ) -> tuple[float | FloatArray, FloatArray | None]: ...
+def softmax_focal_cross_entropy(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
 def sgd_step(
     param: FloatArray,
     grad: FloatArray,

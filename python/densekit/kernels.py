@@ -40,6 +40,7 @@ from ._core import (
     sigmoid_binary_cross_entropy,
     sigmoid_focal_cross_entropy,
     softmax_cross_entropy,
+    softmax_focal_cross_entropy,
     squared_hinge,
     take_rows,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_cross_entropy",
     "softmax_cross_entropy",
+    "softmax_focal_cross_entropy",
     "squared_hinge",
     "take_rows",
 ]
