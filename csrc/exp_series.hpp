@@ -1,10 +1,16 @@
 // The constants of exp(x) = 2^n e^r, n = round(x / ln 2), r = x - n ln2_hi - n ln2_lo
 // (ln 2 in two parts, n ln2_hi exact), e^r = 1 + r + r^2 P(r) with P's coefficients highest
-// degree first, for the scalar exp of the losses (vecmath/exp_nonpositive.inc) and the vector
-// exp of the activations (vecmath/vector_math.inc).
+// degree first, for vector_exp (vecmath/vector_exp.inc), the one exp of the activations and
+// the losses.
 #pragma once
 
 namespace densekit {
+
+// -126 ln 2: below it float32 exp is subnormal, and vector_exp returns 0.
+constexpr float kExpNormalLimit = -87.33654475f;
+// -1022 ln 2 (rounded up by 1e-12: exp there is normal by a margin far above its error): the
+// same for float64.
+constexpr double kExpNormalLimit64 = -708.396418532263;
 
 template <typename T>
 struct ExpSeries;

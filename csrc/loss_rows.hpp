@@ -39,7 +39,10 @@ struct LossRows {
   const T* sample_weight = nullptr;
   index_t width = 0;
   double scale = 1.0;      // d(returned loss) / d(w_i l_i)
-  double parameter = 0.0;  // huber's delta, the sigmoid cross-entropy's label smoothing
+  double parameter = 0.0;  // huber's delta, the sigmoid cross-entropies' label smoothing
+  double alpha = 0.25;     // focal: the class balance
+  double gamma = 2.0;      // focal: the focusing exponent
+  bool balanced = false;   // focal: apply_class_balancing
   Smoothing smoothing{1.0, 0.0};  // softmax cross-entropy
   T* block_max = nullptr;         // online_blocks(width, grad != null) entries (softmax)
 };
@@ -52,6 +55,17 @@ enum class RowKernel : int {
   softmax_labels_int32,
   softmax_labels_int64,
   softmax_probs,
+  mape,
+  msle,
+  log_cosh,
+  poisson,
+  kl_divergence,
+  hinge,
+  squared_hinge,
+  focal_sigmoid_cross_entropy,
+  categorical_hinge,
+  cosine_similarity,
+  focal_softmax_cross_entropy,
   count,
 };
 

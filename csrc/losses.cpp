@@ -45,41 +45,38 @@ double reduction_scale(index_t n, const LossOptions& options) {
 // loops its remainders cost more than its width saves), AVX2 below. Every ISA gives the same
 // bits (see loss_rows.inc).
 template <typename T>
-const LossKernels<T>& loss_kernels(index_t loop_bytes);
-
-template <>
-const LossKernels<float>& loss_kernels<float>(index_t loop_bytes) {
+LossKernels<T> isa_loss_kernels(gemm::Isa isa) {
+  constexpr bool is_float = sizeof(T) == 4;
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
-  const gemm::Isa isa = gemm::isa_choice().isa;
-  if (isa == gemm::Isa::avx512 && loop_bytes >= 128) {
-    static const LossKernels<float> avx512 = avx512_loss_kernels_f32();
-    return avx512;
+  if (isa == gemm::Isa::avx512) {
+    if constexpr (is_float) return avx512_loss_kernels_f32();
+    else return avx512_loss_kernels_f64();
   }
-  if (isa == gemm::Isa::avx512 || isa == gemm::Isa::avx2) {
-    static const LossKernels<float> avx2 = avx2_loss_kernels_f32();
-    return avx2;
+  if (isa == gemm::Isa::avx2) {
+    if constexpr (is_float) return avx2_loss_kernels_f32();
+    else return avx2_loss_kernels_f64();
   }
 #endif
-  (void)loop_bytes;
-  static const LossKernels<float> portable = portable_loss_kernels_f32();
-  return portable;
+  (void)isa;
+  if constexpr (is_float) return portable_loss_kernels_f32();
+  else return portable_loss_kernels_f64();
 }
 
-template <>
-const LossKernels<double>& loss_kernels<double>(index_t loop_bytes) {
+template <typename T>
+const LossKernels<T>& loss_kernels(index_t loop_bytes) {
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
   const gemm::Isa isa = gemm::isa_choice().isa;
   if (isa == gemm::Isa::avx512 && loop_bytes >= 128) {
-    static const LossKernels<double> avx512 = avx512_loss_kernels_f64();
+    static const LossKernels<T> avx512 = isa_loss_kernels<T>(gemm::Isa::avx512);
     return avx512;
   }
   if (isa == gemm::Isa::avx512 || isa == gemm::Isa::avx2) {
-    static const LossKernels<double> avx2 = avx2_loss_kernels_f64();
+    static const LossKernels<T> avx2 = isa_loss_kernels<T>(gemm::Isa::avx2);
     return avx2;
   }
 #endif
   (void)loop_bytes;
-  static const LossKernels<double> portable = portable_loss_kernels_f64();
+  static const LossKernels<T> portable = isa_loss_kernels<T>(gemm::Isa::portable);
   return portable;
 }
 
@@ -126,6 +123,17 @@ const char* loss_name(LossKind kind) {
     case LossKind::huber: return "huber";
     case LossKind::softmax_cross_entropy: return "softmax_cross_entropy";
     case LossKind::sigmoid_binary_cross_entropy: return "sigmoid_binary_cross_entropy";
+    case LossKind::mape: return "mape";
+    case LossKind::msle: return "msle";
+    case LossKind::log_cosh: return "log_cosh";
+    case LossKind::poisson: return "poisson";
+    case LossKind::kl_divergence: return "kl_divergence";
+    case LossKind::hinge: return "hinge";
+    case LossKind::squared_hinge: return "squared_hinge";
+    case LossKind::categorical_hinge: return "categorical_hinge";
+    case LossKind::cosine_similarity: return "cosine_similarity";
+    case LossKind::sigmoid_focal_cross_entropy: return "sigmoid_focal_cross_entropy";
+    case LossKind::softmax_focal_cross_entropy: return "softmax_focal_cross_entropy";
   }
   return "?";
 }
@@ -147,6 +155,30 @@ double elementwise_loss(T* grad, T* per_sample, const T* prediction, const T* ta
     case LossKind::sigmoid_binary_cross_entropy:
       kernel = RowKernel::sigmoid_cross_entropy;
       args.parameter = options.label_smoothing;
+      break;
+    case LossKind::mape: kernel = RowKernel::mape; break;
+    case LossKind::msle: kernel = RowKernel::msle; break;
+    case LossKind::log_cosh: kernel = RowKernel::log_cosh; break;
+    case LossKind::poisson: kernel = RowKernel::poisson; break;
+    case LossKind::kl_divergence: kernel = RowKernel::kl_divergence; break;
+    case LossKind::hinge: kernel = RowKernel::hinge; break;
+    case LossKind::squared_hinge: kernel = RowKernel::squared_hinge; break;
+    case LossKind::categorical_hinge: kernel = RowKernel::categorical_hinge; break;
+    case LossKind::cosine_similarity: kernel = RowKernel::cosine_similarity; break;
+    case LossKind::sigmoid_focal_cross_entropy:
+      if (!(options.gamma >= 0.0)) throw ArgumentError("gamma: expected a number >= 0");
+      kernel = RowKernel::focal_sigmoid_cross_entropy;
+      args.parameter = options.label_smoothing;
+      args.alpha = options.alpha;
+      args.gamma = options.gamma;
+      args.balanced = options.apply_class_balancing;
+      break;
+    case LossKind::softmax_focal_cross_entropy:
+      if (!(options.gamma >= 0.0)) throw ArgumentError("gamma: expected a number >= 0");
+      kernel = RowKernel::focal_softmax_cross_entropy;
+      args.parameter = options.label_smoothing;
+      args.alpha = options.alpha;
+      args.gamma = options.gamma;
       break;
     case LossKind::softmax_cross_entropy:
       throw ArgumentError("elementwise_loss: softmax_cross_entropy is not an elementwise loss");

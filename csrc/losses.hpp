@@ -1,8 +1,10 @@
 // Loss kernels: the reduced loss and its gradient with respect to the prediction in one pass.
 //   Samples are rows: prediction and target are (n, d) for the elementwise losses (mse, mae,
-//   huber, sigmoid binary cross-entropy), whose per-sample loss is the mean over the d columns
-//   (Keras), and logits are (n, c) for softmax cross-entropy, whose per-sample loss sums over
-//   the c classes. sample_weight (n,) scales per-sample losses; "mean" divides the weighted
+//   huber, sigmoid binary and focal cross-entropy, mape, msle, log_cosh, poisson, hinge,
+//   squared_hinge), whose per-sample loss is the mean over the d columns (Keras), the row
+//   losses (kl_divergence: the sum over the row; categorical_hinge, cosine_similarity), and
+//   logits are (n, c) for softmax cross-entropy, whose per-sample loss sums over the c
+//   classes. sample_weight (n,) scales per-sample losses; "mean" divides the weighted
 //   sum by n (not by the sum of weights, as Keras does).
 // The total is accumulated in double over fixed chunks of rows added in order, so it is
 // bitwise the same for every thread count; gradients are per element and need no reduction.
@@ -17,10 +19,34 @@
 namespace densekit {
 
 // The order here is the order of the LOSSES registry exposed to Python.
-enum class LossKind { mse, mae, huber, softmax_cross_entropy, sigmoid_binary_cross_entropy };
-constexpr LossKind kLossKinds[] = {LossKind::mse, LossKind::mae, LossKind::huber,
-                                   LossKind::softmax_cross_entropy,
-                                   LossKind::sigmoid_binary_cross_entropy};
+enum class LossKind {
+  mse,
+  mae,
+  huber,
+  softmax_cross_entropy,
+  sigmoid_binary_cross_entropy,
+  mape,
+  msle,
+  log_cosh,
+  poisson,
+  kl_divergence,
+  hinge,
+  squared_hinge,
+  categorical_hinge,
+  cosine_similarity,
+  sigmoid_focal_cross_entropy,
+  softmax_focal_cross_entropy,
+};
+constexpr LossKind kLossKinds[] = {
+    LossKind::mse,           LossKind::mae,
+    LossKind::huber,         LossKind::softmax_cross_entropy,
+    LossKind::sigmoid_binary_cross_entropy,
+    LossKind::mape,          LossKind::msle,
+    LossKind::log_cosh,      LossKind::poisson,
+    LossKind::kl_divergence, LossKind::hinge,
+    LossKind::squared_hinge, LossKind::categorical_hinge,
+    LossKind::cosine_similarity, LossKind::sigmoid_focal_cross_entropy,
+    LossKind::softmax_focal_cross_entropy};
 const char* loss_name(LossKind kind);
 
 enum class Reduction { mean, sum, none };
@@ -29,6 +55,9 @@ struct LossOptions {
   Reduction reduction = Reduction::mean;
   double delta = 1.0;            // huber: quadratic for |error| <= delta, linear beyond
   double label_smoothing = 0.0;  // cross-entropies: t -> t (1 - ls) + ls / classes
+  double alpha = 0.25;           // focal: the class balance (with apply_class_balancing)
+  double gamma = 2.0;            // focal: the focusing exponent, >= 0
+  bool apply_class_balancing = false;
 };
 
 // Every kernel below returns the reduced loss: sum_i w_i l_i, divided by n for "mean" (0 when

@@ -1,5 +1,7 @@
 // The losses' row kernels for avx2, compiled with -mavx2 -mfma and entered only after
 // the CPU check in gemm/isa.cpp.
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -10,6 +12,13 @@
 
 namespace densekit {
 namespace {
+
+#include "vecmath/vectors_avx2.inc"
+
+using LossF32 = F32x8;
+using LossF64 = F64x4;
+using LossTailF32 = F32x8;
+using LossTailF64 = F64x4;
 
 #include "loss_rows.inc"
 

@@ -10,6 +10,13 @@
 namespace densekit {
 namespace {
 
+#include "vecmath/vectors_portable.inc"
+
+using LossF32 = Portable<float, 4>;
+using LossF64 = Portable<double, 2>;
+using LossTailF32 = Portable<float, 1>;
+using LossTailF64 = Portable<double, 1>;
+
 #include "loss_rows.inc"
 
 }  // namespace

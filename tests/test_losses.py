@@ -35,6 +35,25 @@ PARAMETERS = {
     "huber": ({}, {"delta": 0.25}, {"delta": 3.0}),
     "softmax_cross_entropy": ({}, {"label_smoothing": 0.1}, {"label_smoothing": 1.0}),
     "sigmoid_binary_cross_entropy": ({}, {"label_smoothing": 0.2}),
+    "mape": ({},),
+    "msle": ({},),
+    "log_cosh": ({},),
+    "poisson": ({},),
+    "kl_divergence": ({},),
+    "hinge": ({},),
+    "squared_hinge": ({},),
+    "categorical_hinge": ({},),
+    "cosine_similarity": ({},),
+    "sigmoid_focal_cross_entropy": (
+        {},
+        {"gamma": 0.0},
+        {"gamma": 1.5, "alpha": 0.3, "apply_class_balancing": True, "label_smoothing": 0.1},
+    ),
+    "softmax_focal_cross_entropy": (
+        {},
+        {"gamma": 0.0, "alpha": 1.0},
+        {"gamma": 1.5, "alpha": 0.3, "label_smoothing": 0.1},
+    ),
 }
 TARGET_KINDS = {
     "mse": ("real",),
@@ -42,7 +61,21 @@ TARGET_KINDS = {
     "huber": ("real",),
     "softmax_cross_entropy": ("int32", "int64", "probabilities", "one_hot"),
     "sigmoid_binary_cross_entropy": ("binary", "probabilities"),
+    "mape": ("real",),
+    "msle": ("real",),
+    "log_cosh": ("real",),
+    "poisson": ("real",),
+    "kl_divergence": ("probabilities",),
+    "hinge": ("signs",),
+    "squared_hinge": ("signs",),
+    "categorical_hinge": ("one_hot", "probabilities"),
+    "cosine_similarity": ("real",),
+    "sigmoid_focal_cross_entropy": ("binary", "probabilities"),
+    "softmax_focal_cross_entropy": ("one_hot", "probabilities"),
 }
+# Losses whose predictions are drawn non-negative (poisson takes a log of them; kl_divergence
+# clips them to [1e-7, 1]).
+NON_NEGATIVE_PREDICTIONS = ("poisson", "kl_divergence")
 # Sample counts: empty, tiny, primes and sizes that are not multiples of 8 or 16.
 SIZES = (0, 1, 2, 3, 5, 7, 8, 13, 17, 31, 33, 64, 127, 257)
 HYPOTHESIS = settings(max_examples=30, deadline=None)
@@ -60,11 +93,13 @@ def make_target(name, rng, prediction, kind, dtype):
         )
     if kind == "binary":
         return rng.integers(0, 2, shape).astype(dtype)
+    if kind == "signs":
+        return (2 * rng.integers(0, 2, shape) - 1).astype(dtype)
     n, classes = shape[0], (shape[1] if len(shape) == 2 else 1)
     if kind in ("int32", "int64"):
         return rng.integers(0, classes, n).astype(kind)
     if kind == "one_hot":
-        return np.eye(classes, dtype=dtype)[rng.integers(0, classes, n)]
+        return np.eye(classes, dtype=dtype)[rng.integers(0, classes, n)].reshape(shape)
     probabilities = rng.random(shape)
     if name == SOFTMAX:
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -110,6 +145,8 @@ def build_problem(
     rng = np.random.default_rng(seed)
     shape = (n,) if cols is None else (n, cols)
     prediction = (rng.standard_normal(shape) * scale).astype(dtype)
+    if name in NON_NEGATIVE_PREDICTIONS:
+        prediction = np.abs(prediction)
     target = make_target(name, rng, prediction, kind, dtype)
     sample_weight = rng.uniform(0.0, 2.0, n).astype(dtype) if weighted else None
     return Problem(name, prediction, target, reduction, sample_weight, dict(params))
@@ -227,12 +264,33 @@ def test_no_columns_gives_zero_loss(name):
 
 
 def near_kink(problem):
-    """mae and huber are not differentiable at |e| = 0 (mae) or |e| = delta (huber)."""
-    if problem.name not in ("mae", "huber"):
-        return False
-    e = np.abs(problem.prediction - problem.target)
-    kink = 0.0 if problem.name == "mae" else problem.params.get("delta", 1.0)
-    return bool(np.any(np.abs(e - kink) < 1e-3))
+    """Whether a prediction lies within 1e-3 of where its loss is not differentiable: mae and
+    mape at e = 0, huber at |e| = delta, the hinges at a margin of 0 (categorical_hinge also
+    where two candidates for its maximum tie), kl_divergence at its clip's ends, msle at 1e-7
+    (and poisson near 0, where finite differences lose their accuracy)."""
+    p, t = problem.prediction, problem.target
+    close = lambda a, b: bool(np.any(np.abs(a - b) < 1e-3))  # noqa: E731
+    if problem.name == "mae":
+        return close(p, t)
+    if problem.name == "mape":  # and where 100 / |t| is so large that differences lose digits
+        return close(p, t) or bool(np.any(np.abs(t) < 0.1))
+    if problem.name == "huber":
+        return close(np.abs(p - t), problem.params.get("delta", 1.0))
+    if problem.name == "hinge":
+        return close(t * p, 1.0)
+    if problem.name == "kl_divergence":
+        return close(p, 1.0) or close(p, 1e-7)
+    if problem.name == "msle":
+        return close(p, 1e-7)
+    if problem.name == "poisson":  # not a kink: t log(p) curves too fast for h = 1e-6 near 0
+        return bool(np.any(p < 0.05))
+    if problem.name == "categorical_hinge" and p.size:
+        rows_p, rows_t = p.reshape(p.shape[0], -1), t.reshape(p.shape[0], -1)
+        candidates = np.sort((1.0 - rows_t) * rows_p, axis=1)
+        margin = candidates[:, -1] - (rows_t * rows_p).sum(axis=1) + 1.0
+        tie = candidates.shape[1] > 1 and close(candidates[:, -1], candidates[:, -2])
+        return tie or close(margin, 0.0)
+    return False
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -346,6 +404,58 @@ def test_nan_is_data(name):
 # ---- Against torch ----
 
 
+def keras_formula(torch, name, p, t, params):
+    """Keras 3's definition of a loss written with torch operations (autograd gives the
+    gradient): elementwise values, or per-sample values of the row losses."""
+    eps = 1e-7
+    if name == "mape":
+        return 100.0 * torch.abs((t - p) / torch.clamp(torch.abs(t), min=eps))
+    if name == "msle":
+        return (torch.log1p(torch.clamp(p, min=eps)) - torch.log1p(torch.clamp(t, min=eps))) ** 2
+    if name == "log_cosh":
+        x = p - t
+        # softplus through logaddexp: torch's softplus turns linear beyond 20, 2e-9 off.
+        return x + torch.logaddexp(torch.zeros_like(x), -2.0 * x) - np.log(2.0)
+    if name == "poisson":
+        return p - t * torch.log(p + eps)
+    if name == "kl_divergence":
+        tc, pc = torch.clamp(t, eps, 1.0), torch.clamp(p, eps, 1.0)
+        return tc * torch.log(tc / pc)
+    if name in ("hinge", "squared_hinge"):
+        m = torch.relu(1.0 - t * p)
+        return m if name == "hinge" else m * m
+    if name == "sigmoid_focal_cross_entropy":
+        ls = params.get("label_smoothing", 0.0)
+        alpha, gamma = params.get("alpha", 0.25), params.get("gamma", 2.0)
+        t = t * (1 - ls) + 0.5 * ls
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(p, t, reduction="none")
+        s, s_low = torch.sigmoid(p), torch.sigmoid(-p)
+        q = t * s_low + (1 - t) * s
+        focal = q**gamma * bce
+        if params.get("apply_class_balancing"):
+            focal = (t * alpha + (1 - t) * (1 - alpha)) * focal
+        return focal
+    rows_p = p if p.ndim == 2 else p[:, None]
+    rows_t = t if t.ndim == 2 else t[:, None]
+    if name == "softmax_focal_cross_entropy":
+        ls = params.get("label_smoothing", 0.0)
+        alpha, gamma = params.get("alpha", 0.25), params.get("gamma", 2.0)
+        rows_t = rows_t * (1 - ls) + ls / rows_p.shape[1]
+        log_p = torch.log_softmax(rows_p, dim=1)
+        return (alpha * rows_t * (1 - log_p.exp()) ** gamma * -log_p).sum(dim=1)
+    if name == "categorical_hinge":
+        pos = (rows_t * rows_p).sum(dim=1)
+        neg = ((1.0 - rows_t) * rows_p).max(dim=1).values
+        return torch.relu(neg - pos + 1.0)
+    if name == "cosine_similarity":
+
+        def normalize(x):
+            return x * torch.clamp(torch.rsqrt((x * x).sum(dim=1, keepdim=True)), max=1 / eps)
+
+        return -(normalize(rows_t) * normalize(rows_p)).sum(dim=1)
+    raise ValueError(name)
+
+
 def torch_loss(problem):
     """(loss, grad) built from torch.nn.functional with autograd; weights applied to the
     per-sample losses, as Keras does."""
@@ -368,11 +478,18 @@ def torch_loss(problem):
         elif name == "huber":
             delta = params.get("delta", 1.0)
             elementwise = functional.huber_loss(z, target, reduction="none", delta=delta)
-        else:
+        elif name == "sigmoid_binary_cross_entropy":
             ls = params.get("label_smoothing", 0.0)
             smoothed = target * (1 - ls) + 0.5 * ls
             elementwise = functional.binary_cross_entropy_with_logits(z, smoothed, reduction="none")
-        per_sample = elementwise if z.ndim == 1 else elementwise.mean(dim=1)
+        else:
+            elementwise = keras_formula(torch, name, z, target, params)
+        if name in ("categorical_hinge", "cosine_similarity", "softmax_focal_cross_entropy"):
+            per_sample = elementwise
+        elif name == "kl_divergence":
+            per_sample = elementwise if z.ndim == 1 else elementwise.sum(dim=1)
+        else:
+            per_sample = elementwise if z.ndim == 1 else elementwise.mean(dim=1)
     if problem.sample_weight is not None:
         per_sample = per_sample * torch.from_numpy(problem.sample_weight)
     if problem.reduction == "none":
@@ -590,6 +707,8 @@ def test_softmax_cross_entropy_nan_of_either_sign_propagates(nan):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_huge_values_are_finite(name, dtype):
     prediction = np.array([[1e4, -1e4], [-1e4, 1e4]], dtype=dtype)
+    if name in NON_NEGATIVE_PREDICTIONS:
+        prediction = np.abs(prediction)
     target = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=dtype)
     loss, grad = loss_function(name)(prediction, target, reduction="none")
     assert np.all(np.isfinite(loss))
@@ -665,6 +784,17 @@ def test_registry_is_exported():
         "huber",
         "softmax_cross_entropy",
         "sigmoid_binary_cross_entropy",
+        "mape",
+        "msle",
+        "log_cosh",
+        "poisson",
+        "kl_divergence",
+        "hinge",
+        "squared_hinge",
+        "categorical_hinge",
+        "cosine_similarity",
+        "sigmoid_focal_cross_entropy",
+        "softmax_focal_cross_entropy",
     )
     for name in LOSSES:
         assert name in kernels.__all__
@@ -678,6 +808,8 @@ def test_registry_is_exported():
 def valid_call(name, dtype=np.float64):
     rng = np.random.default_rng(7)
     prediction = rng.standard_normal((4, 3)).astype(dtype)
+    if name in NON_NEGATIVE_PREDICTIONS:
+        prediction = np.abs(prediction)
     target = make_target(name, rng, prediction, TARGET_KINDS[name][0], dtype)
     return prediction, target
 

@@ -305,10 +305,13 @@ def test_losses_by_name():
         ("binary_crossentropy", losses.BinaryCrossentropy),
         ("categorical_crossentropy", losses.CategoricalCrossentropy),
         ("SparseCategoricalCrossentropy", losses.SparseCategoricalCrossentropy),
+        ("hinge", losses.Hinge),
+        ("kld", losses.KLDivergence),
+        ("CategoricalFocalCrossentropy", losses.CategoricalFocalCrossentropy),
     ]:
         assert type(losses.get(name)) is cls
-    with pytest.raises(ValueError, match="loss: unknown loss 'hinge'"):
-        losses.get("hinge")
+    with pytest.raises(ValueError, match="loss: unknown loss 'hingle'"):
+        losses.get("hingle")
 
 
 def test_l2_regularizer_adds_penalty_and_gradient():

@@ -266,6 +266,45 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
         py::arg("sample_weight") = py::none(), py::arg("compute_grad") = true,
         py::arg("grad_out") = py::none(), py::arg("num_threads") = py::none(),
         py::arg("label_smoothing") = 0.0, doc.c_str());
+  } else if (kind == LossKind::sigmoid_focal_cross_entropy) {
+    m.def(
+        name,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
+                 py::handle grad_out, py::handle threads, py::handle label_smoothing,
+                 py::handle alpha, py::handle gamma, py::handle apply_class_balancing) {
+          LossOptions params;
+          params.label_smoothing = parse_label_smoothing(label_smoothing);
+          params.alpha = real_number(alpha, "alpha");
+          params.gamma = real_number(gamma, "gamma");
+          if (!(params.gamma >= 0.0))
+            value_fail("gamma", "expected a number >= 0, got " + std::to_string(params.gamma));
+          params.apply_class_balancing = parse_flag(apply_class_balancing, "apply_class_balancing");
+          return common(p, t, reduction, w, grad, grad_out, threads, params);
+        },
+        py::arg("prediction"), py::arg("target"), py::kw_only(), py::arg("reduction") = "mean",
+        py::arg("sample_weight") = py::none(), py::arg("compute_grad") = true,
+        py::arg("grad_out") = py::none(), py::arg("num_threads") = py::none(),
+        py::arg("label_smoothing") = 0.0, py::arg("alpha") = 0.25, py::arg("gamma") = 2.0,
+        py::arg("apply_class_balancing") = false, doc.c_str());
+  } else if (kind == LossKind::softmax_focal_cross_entropy) {
+    m.def(
+        name,
+        [common](py::handle p, py::handle t, py::handle reduction, py::handle w, py::handle grad,
+                 py::handle grad_out, py::handle threads, py::handle label_smoothing,
+                 py::handle alpha, py::handle gamma) {
+          LossOptions params;
+          params.label_smoothing = parse_label_smoothing(label_smoothing);
+          params.alpha = real_number(alpha, "alpha");
+          params.gamma = real_number(gamma, "gamma");
+          if (!(params.gamma >= 0.0))
+            value_fail("gamma", "expected a number >= 0, got " + std::to_string(params.gamma));
+          return common(p, t, reduction, w, grad, grad_out, threads, params);
+        },
+        py::arg("prediction"), py::arg("target"), py::kw_only(), py::arg("reduction") = "mean",
+        py::arg("sample_weight") = py::none(), py::arg("compute_grad") = true,
+        py::arg("grad_out") = py::none(), py::arg("num_threads") = py::none(),
+        py::arg("label_smoothing") = 0.0, py::arg("alpha") = 0.25, py::arg("gamma") = 2.0,
+        doc.c_str());
   } else {
     m.def(
         name,
@@ -306,6 +345,44 @@ void bind_losses(py::module_& m) {
                   "Binary cross-entropy of logits: per-sample mean_j of max(z, 0) - z t + "
                   "``log1p(exp(-|z|))``; gradient sigmoid(z) - t. label_smoothing ls in [0, 1] "
                   "maps t -> t (1 - ls) + ls / 2.");
+  def_elementwise(m, LossKind::mape,
+                  "Mean absolute percentage error (Keras): per-sample mean_j of "
+                  "``100 |target - prediction| / max(|target|, 1e-7)``.");
+  def_elementwise(m, LossKind::msle,
+                  "Mean squared logarithmic error (Keras): per-sample mean_j of "
+                  "``(log(max(prediction, 1e-7) + 1) - log(max(target, 1e-7) + 1))^2``.");
+  def_elementwise(m, LossKind::log_cosh,
+                  "Log-cosh (Keras): per-sample mean_j of ``log(cosh(prediction - target))``, "
+                  "computed without overflow; gradient tanh(prediction - target).");
+  def_elementwise(m, LossKind::poisson,
+                  "Poisson (Keras): per-sample mean_j of ``prediction - target log(prediction + "
+                  "1e-7)``.");
+  def_elementwise(m, LossKind::kl_divergence,
+                  "Kullback-Leibler divergence (Keras): per-sample sum_j of ``t log(t / p)`` with "
+                  "t, p the target and prediction clipped to [1e-7, 1].");
+  def_elementwise(m, LossKind::hinge,
+                  "Hinge (Keras): per-sample mean_j of ``max(1 - target prediction, 0)``, targets "
+                  "in {-1, 1}.");
+  def_elementwise(m, LossKind::squared_hinge,
+                  "Squared hinge (Keras): per-sample mean_j of ``max(1 - target prediction, 0)^2``, "
+                  "targets in {-1, 1}.");
+  def_elementwise(m, LossKind::categorical_hinge,
+                  "Categorical hinge (Keras): per-sample ``max(max_j (1 - t_j) p_j - sum_j t_j p_j "
+                  "+ 1, 0)``; the gradient goes to the first j reaching the maximum.");
+  def_elementwise(m, LossKind::cosine_similarity,
+                  "Cosine similarity loss (Keras): per-sample ``-sum_j t_j p_j / (max(|t|, 1e-7) "
+                  "max(|p|, 1e-7))``.");
+  def_elementwise(m, LossKind::sigmoid_focal_cross_entropy,
+                  "Binary focal cross-entropy of logits (Keras's definition, exact on logits): "
+                  "per-sample mean_j of ``b (1 - p_t)^gamma bce`` with p = sigmoid(prediction), "
+                  "p_t = t p + (1 - t)(1 - p), bce the sigmoid cross-entropy and b = t alpha + "
+                  "(1 - t)(1 - alpha) if apply_class_balancing, else 1. label_smoothing maps "
+                  "t -> t (1 - ls) + ls / 2.");
+  def_elementwise(m, LossKind::softmax_focal_cross_entropy,
+                  "Categorical focal cross-entropy of logits prediction (n, classes) (Keras's "
+                  "definition, exact on logits): per-sample sum_j of ``alpha t_j (1 - p_j)^gamma "
+                  "(-log p_j)`` with p = softmax(prediction) and target t class probabilities; "
+                  "label_smoothing maps t -> t (1 - ls) + ls / classes.");
   py::list names;
   for (LossKind kind : kLossKinds) names.append(loss_name(kind));
   m.attr("LOSSES") = py::tuple(names);

@@ -4,6 +4,7 @@
 //   float32: 6x8 (two 4-lane vectors per row), 1x32 .. 4x12 for m <= 4; float64: 6x4, 1x16 ..
 #include <utility>
 
+#include "float_bits.hpp"
 #include "microkernels.hpp"
 
 namespace densekit::gemm {

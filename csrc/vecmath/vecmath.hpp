@@ -11,12 +11,6 @@
 
 namespace densekit::vecmath {
 
-// -126 ln 2: below it float32 exp is subnormal, and the vector math (vector_exp) returns 0.
-constexpr float kExpNormalLimit = -87.33654475f;
-// -1022 ln 2 (rounded up by 1e-12: exp there is normal by a margin far above its error): the
-// same for float64.
-constexpr double kExpNormalLimit64 = -708.396418532263;
-
 // One ISA's vector math for T; the functions are null where it has none (the portable ISA).
 template <typename T>
 struct VectorMath {

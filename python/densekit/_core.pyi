@@ -182,6 +182,123 @@ def sigmoid_binary_cross_entropy(
     num_threads: int | None = None,
     label_smoothing: float = 0.0,
 ) -> tuple[float | FloatArray, FloatArray | None]: ...
+def mape(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def msle(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def log_cosh(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def poisson(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def kl_divergence(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def hinge(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def squared_hinge(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def categorical_hinge(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def cosine_similarity(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def sigmoid_focal_cross_entropy(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    apply_class_balancing: bool = False,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
+def softmax_focal_cross_entropy(
+    prediction: FloatArray,
+    target: FloatArray,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: FloatArray | None = None,
+    compute_grad: bool = True,
+    grad_out: FloatArray | None = None,
+    num_threads: int | None = None,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> tuple[float | FloatArray, FloatArray | None]: ...
 def sgd_step(
     param: FloatArray,
     grad: FloatArray,

@@ -1,8 +1,11 @@
 """Losses with Keras's names, each computed (value and gradient together) by one loss kernel.
 
 Keras semantics: the per-sample loss is the mean over the last axis for the elementwise
-losses, and ``"sum_over_batch_size"`` (the default) divides the weighted sum of per-sample
-losses by the batch size. The cross-entropies work on logits: with ``from_logits=False`` a
+losses (the sum for kl_divergence; categorical_hinge and cosine_similarity are functions of
+the whole row), and ``"sum_over_batch_size"`` (the default) and ``"mean"`` divide the weighted
+sum of per-sample losses by the batch size, ``"mean_with_sample_weight"`` by the sum of the
+sample weights, ``"sum"`` not at all; ``"none"`` (or None) gives the weighted per-sample
+losses. The cross-entropies work on logits: with ``from_logits=False`` a
 model ending in softmax (categorical) or sigmoid (binary) is trained on the logits of that
 last layer with the fused kernel, whose gradient goes straight to the logits; called on their
 own, they take probabilities and turn them into logits first (clipped to [1e-7, 1 - 1e-7], as
@@ -15,8 +18,38 @@ import numpy as np
 
 from . import _registry, kernels
 
-_REDUCTIONS = {"sum_over_batch_size": "mean", "sum": "sum", "none": "none", None: "none"}
+# Keras's reductions and the kernel reduction each runs on ("mean_with_sample_weight" then
+# divides by the sum of the weights, see _WeightedMean).
+_REDUCTIONS = {
+    "sum_over_batch_size": "mean",
+    "mean": "mean",
+    "mean_with_sample_weight": "mean",
+    "sum": "sum",
+    "none": "none",
+    None: "none",
+}
 _EPSILON = 1e-7
+
+
+class _WeightedMean:
+    """A loss kernel with Keras's "mean_with_sample_weight": the weighted sum of the per-sample
+    losses divided by the sum of the weights (0 when that is 0, Keras's divide_no_nan), or the
+    plain mean without weights. The gradient is scaled in place."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __call__(self, prediction, target, *, reduction="mean", sample_weight=None, **options):
+        if sample_weight is None:
+            return self.kernel(prediction, target, reduction="mean", **options)
+        loss, grad = self.kernel(
+            prediction, target, reduction="sum", sample_weight=sample_weight, **options
+        )
+        total = float(np.sum(sample_weight, dtype=np.float64))
+        scale = 1.0 / total if total != 0.0 else 0.0
+        if grad is not None:
+            np.multiply(grad, grad.dtype.type(scale), out=grad)
+        return loss * scale, grad
 
 
 class Loss(_registry.Configurable):
@@ -32,14 +65,18 @@ class Loss(_registry.Configurable):
     def __init__(self, reduction="sum_over_batch_size", name=None):
         if reduction not in _REDUCTIONS:
             raise ValueError(
-                f"reduction: expected 'sum_over_batch_size', 'sum' or 'none', got {reduction!r}"
+                "reduction: expected 'sum_over_batch_size', 'sum', 'mean', "
+                f"'mean_with_sample_weight', 'none' or None, got {reduction!r}"
             )
         self.reduction = reduction
         self.name = name or _NAME_OF_CLASS[type(self).__name__]
 
     @property
     def kernel(self):
-        return getattr(kernels, self.kernel_name)
+        """The loss kernel, called as ``kernel(prediction, target, reduction=...,
+        sample_weight=..., **kernel_options())`` with ``kernel_reduction``."""
+        kernel = getattr(kernels, self.kernel_name)
+        return _WeightedMean(kernel) if self.reduction == "mean_with_sample_weight" else kernel
 
     @property
     def kernel_reduction(self) -> str:
@@ -211,6 +248,160 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         return np.ascontiguousarray(y, dtype=np.int64)
 
 
+class MeanAbsolutePercentageError(Loss):
+    """``100 |y_true - y_pred| / max(|y_true|, 1e-7)``, averaged over the last axis."""
+
+    kernel_name = "mape"
+
+
+class MeanSquaredLogarithmicError(Loss):
+    """``(log(max(y_pred, 1e-7) + 1) - log(max(y_true, 1e-7) + 1))^2``, averaged over the last
+    axis."""
+
+    kernel_name = "msle"
+
+
+class LogCosh(Loss):
+    """``log(cosh(y_pred - y_true))``, averaged over the last axis."""
+
+    kernel_name = "log_cosh"
+
+
+class Poisson(Loss):
+    """``y_pred - y_true log(y_pred + 1e-7)``, averaged over the last axis."""
+
+    kernel_name = "poisson"
+
+
+class KLDivergence(Loss):
+    """``t log(t / p)`` with both clipped to [1e-7, 1], summed over the last axis."""
+
+    kernel_name = "kl_divergence"
+
+
+class Hinge(Loss):
+    """``max(1 - y_true y_pred, 0)``, averaged over the last axis. Targets are -1 or 1; targets
+    that are all 0 or 1 are mapped to -1 and 1 (Keras decides this per batch, densekit over the
+    whole target array it is given)."""
+
+    kernel_name = "hinge"
+
+    def prepare_target(self, y, n, width, dtype, name="y"):
+        y = super().prepare_target(y, n, width, dtype, name)
+        if np.all((y == 0) | (y == 1)):
+            y = 2 * y - 1
+        return np.ascontiguousarray(y)
+
+
+class SquaredHinge(Hinge):
+    """``max(1 - y_true y_pred, 0)^2``, averaged over the last axis (targets as for Hinge)."""
+
+    kernel_name = "squared_hinge"
+
+
+class CategoricalHinge(Loss):
+    """``max(max((1 - y_true) y_pred) - sum(y_true y_pred) + 1, 0)`` per sample."""
+
+    kernel_name = "categorical_hinge"
+
+
+class CosineSimilarity(Loss):
+    """``-sum(l2_normalize(y_true) l2_normalize(y_pred))`` per sample (over the last axis, the
+    only axis densekit supports), between -1 and 1."""
+
+    kernel_name = "cosine_similarity"
+
+    def __init__(self, axis=-1, reduction="sum_over_batch_size", name=None):
+        super().__init__(reduction, name)
+        if axis not in (-1, 1):
+            raise ValueError(f"axis: expected -1 (the last axis), got {axis!r}")
+        self.axis = -1
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "axis": self.axis}
+
+
+class BinaryFocalCrossentropy(BinaryCrossentropy):
+    """Keras's binary focal cross-entropy ``b (1 - p_t)^gamma bce``, on logits like
+    BinaryCrossentropy (exact: no clipping of probabilities)."""
+
+    kernel_name = "sigmoid_focal_cross_entropy"
+
+    def __init__(
+        self,
+        apply_class_balancing=False,
+        alpha=0.25,
+        gamma=2.0,
+        from_logits=False,
+        label_smoothing=0.0,
+        axis=-1,
+        reduction="sum_over_batch_size",
+        name=None,
+    ):
+        super().__init__(from_logits, label_smoothing, reduction, name)
+        if not isinstance(apply_class_balancing, (bool, np.bool_)):
+            raise TypeError(
+                f"apply_class_balancing: expected True or False, got {apply_class_balancing!r}"
+            )
+        if not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha: expected a number, got {alpha!r}")
+        if not (isinstance(gamma, (int, float)) and gamma >= 0):
+            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+        if axis not in (-1, 1):
+            raise ValueError(f"axis: expected -1 (the last axis), got {axis!r}")
+        self.apply_class_balancing = bool(apply_class_balancing)
+        self.alpha, self.gamma, self.axis = float(alpha), float(gamma), -1
+
+    def kernel_options(self) -> dict:
+        return {
+            **super().kernel_options(),
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "apply_class_balancing": self.apply_class_balancing,
+        }
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "apply_class_balancing": self.apply_class_balancing,
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "axis": self.axis,
+        }
+
+
+class CategoricalFocalCrossentropy(CategoricalCrossentropy):
+    """Keras's categorical focal cross-entropy ``sum_j alpha t_j (1 - p_j)^gamma (-log p_j)``,
+    on logits like CategoricalCrossentropy (exact: no clipping of probabilities)."""
+
+    kernel_name = "softmax_focal_cross_entropy"
+
+    def __init__(
+        self,
+        alpha=0.25,
+        gamma=2.0,
+        from_logits=False,
+        label_smoothing=0.0,
+        axis=-1,
+        reduction="sum_over_batch_size",
+        name=None,
+    ):
+        super().__init__(from_logits, label_smoothing, reduction, name)
+        if not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha: expected a number, got {alpha!r}")
+        if not (isinstance(gamma, (int, float)) and gamma >= 0):
+            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+        if axis not in (-1, 1):
+            raise ValueError(f"axis: expected -1 (the last axis), got {axis!r}")
+        self.alpha, self.gamma, self.axis = float(alpha), float(gamma), -1
+
+    def kernel_options(self) -> dict:
+        return {**super().kernel_options(), "alpha": self.alpha, "gamma": self.gamma}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma, "axis": -1}
+
+
 _CLASSES = {
     "mean_squared_error": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError,
@@ -218,9 +409,29 @@ _CLASSES = {
     "binary_crossentropy": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "log_cosh": LogCosh,
+    "poisson": Poisson,
+    "kl_divergence": KLDivergence,
+    "hinge": Hinge,
+    "squared_hinge": SquaredHinge,
+    "categorical_hinge": CategoricalHinge,
+    "cosine_similarity": CosineSimilarity,
+    "binary_focal_crossentropy": BinaryFocalCrossentropy,
+    "categorical_focal_crossentropy": CategoricalFocalCrossentropy,
 }
 _NAME_OF_CLASS = {cls.__name__: name for name, cls in _CLASSES.items()}
-_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber_loss": "huber"}
+_ALIASES = {
+    "mse": "mean_squared_error",
+    "mae": "mean_absolute_error",
+    "huber_loss": "huber",
+    "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error",
+    "logcosh": "log_cosh",
+    "kld": "kl_divergence",
+    "kullback_leibler_divergence": "kl_divergence",
+}
 _BY_CLASS = {cls.__name__: cls for cls in _CLASSES.values()}
 
 

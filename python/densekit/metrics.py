@@ -89,6 +89,23 @@ class MeanAbsoluteError(_LossMetric):
     kernel_name = "mae"
 
 
+class MeanAbsolutePercentageError(_LossMetric):
+    kernel_name = "mape"
+
+
+class MeanSquaredLogarithmicError(_LossMetric):
+    kernel_name = "msle"
+
+
+class RootMeanSquaredError(_LossMetric):
+    """The square root of the running mean of the per-sample squared error (Keras's RMSE)."""
+
+    kernel_name = "mse"
+
+    def result(self) -> float:
+        return math.sqrt(super().result())
+
+
 class SparseCategoricalAccuracy(Metric):
     """Share of rows whose argmax equals the integer label."""
 
@@ -179,9 +196,17 @@ _CLASSES = {
     "categorical_accuracy": CategoricalAccuracy,
     "binary_accuracy": BinaryAccuracy,
     "accuracy": Accuracy,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "root_mean_squared_error": RootMeanSquaredError,
 }
 _NAME_OF_CLASS = {cls.__name__: name for name, cls in _CLASSES.items()}
-_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error"}
+_ALIASES = {
+    "mse": "mean_squared_error",
+    "mae": "mean_absolute_error",
+    "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error",
+}
 _BY_CLASS = {cls.__name__: cls for cls in _CLASSES.values()}
 
 
