@@ -3,6 +3,9 @@
 Every function checks its inputs before it releases the GIL, never converts or copies an
 ``out=`` array, and gives bitwise identical results for any ``num_threads``. Arrays are
 NumPy arrays, C-contiguous, float32 or float64 (all of one call share one dtype).
+The optimizer steps follow torch.optim's rules by default and Keras 3's with
+``convention="keras"`` (where the two differ: epsilon placement, the momentum buffer,
+weight decay); ``lion_step`` has Keras's one rule.
 Shapes use Keras's layout: ``x`` is (n, k) for n samples of k features, the weight ``w`` is
 (k, m) for m units, the bias ``b`` is (m,).
 """
@@ -18,14 +21,18 @@ from ._core import (
     PackedWeights,
     activation_backward,
     activation_forward,
+    adagrad_step,
     adam_step,
+    adamax_step,
     build_info,
     clip_by_global_norm,
     dense_backward,
     dense_forward,
     huber,
     mae,
+    lion_step,
     mse,
+    nadam_step,
     pack_weights,
     rmsprop_step,
     sgd_step,
@@ -43,14 +50,18 @@ __all__ = [
     "PackedWeights",
     "activation_backward",
     "activation_forward",
+    "adagrad_step",
     "adam_step",
+    "adamax_step",
     "build_info",
     "clip_by_global_norm",
     "dense_backward",
     "dense_forward",
     "huber",
     "mae",
+    "lion_step",
     "mse",
+    "nadam_step",
     "pack_weights",
     "rmsprop_step",
     "sgd_step",
