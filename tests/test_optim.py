@@ -405,6 +405,44 @@ def test_sgd_first_step_overwrites_velocity_like_torch():
     np.testing.assert_array_equal(velocity, 0.9 * grad + 0.5 * grad)
 
 
+def test_nadam_product_passed_or_recomputed_gives_the_same_bits():
+    # The product the previous call returned and the one recomputed from step agree exactly.
+    for convention in ("torch", "keras"):
+        for dtype in DTYPES:
+            rng = np.random.default_rng(1)
+            carried = random_like(rng, (33,), dtype)
+            recomputed = carried.copy()
+            states = [[np.zeros_like(carried), np.zeros_like(carried)] for _ in range(2)]
+            product = 1.0
+            for step in range(1, 12):
+                grad = random_like(rng, (33,), dtype)
+                options = {"step": step, "lr": 0.01, "convention": convention}
+                product = kernels.nadam_step(
+                    carried, grad, *states[0], mu_product=product, **options
+                )
+                again = kernels.nadam_step(recomputed, grad, *states[1], **options)
+                assert again == product
+            assert carried.tobytes() == recomputed.tobytes()
+
+
+def test_keras_sgd_velocity_holds_the_scaled_step():
+    # Keras's velocity is -lr * g (torch's is g): they part when the rate changes.
+    param, velocity = np.zeros(2), np.zeros(2)
+    grad = np.array([1.0, -2.0])
+    kernels.sgd_step(param, grad, lr=0.5, momentum=0.9, velocity=velocity, convention="keras")
+    np.testing.assert_array_equal(velocity, -0.5 * grad)
+    kernels.sgd_step(param, grad, lr=0.25, momentum=0.9, velocity=velocity, convention="keras")
+    np.testing.assert_array_equal(velocity, 0.9 * -0.5 * grad - 0.25 * grad)
+    np.testing.assert_array_equal(param, -0.5 * grad + velocity)
+
+
+def test_lion_sign_of_zero_and_nan_is_zero():
+    param = np.ones(3)
+    m = np.zeros(3)
+    kernels.lion_step(param, np.array([0.0, np.nan, -3.0]), m, lr=0.5)
+    np.testing.assert_array_equal(param, [1.0, 1.0, 1.5])
+
+
 def test_scalar_types_from_numpy_are_accepted():
     param, grad = np.ones(4, np.float32), np.ones(4, np.float32)
     m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
@@ -563,6 +601,32 @@ def rmsprop(**overrides):
     return lambda: kernels.rmsprop_step(**args)
 
 
+def nadam(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "v": np.zeros(5)}
+    args |= {"step": 1, "lr": 1e-3} | overrides
+    return lambda: kernels.nadam_step(**args)
+
+
+def adamax(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "u": np.zeros(5)}
+    args |= {"step": 1, "lr": 1e-3} | overrides
+    return lambda: kernels.adamax_step(**args)
+
+
+def adagrad(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "sum": np.zeros(5), "lr": 1e-3} | overrides
+    return lambda: kernels.adagrad_step(**args)
+
+
+def lion(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "lr": 1e-3} | overrides
+    return lambda: kernels.lion_step(**args)
+
+
 def clip(grads, max_norm=1.0, **kwargs):
     return lambda: kernels.clip_by_global_norm(grads, max_norm, **kwargs)
 
@@ -699,6 +763,37 @@ REJECTIONS = [
     ("num_threads zero", sgd(num_threads=0), ValueError, "num_threads"),
     ("num_threads float", adam(num_threads=2.0), TypeError, "num_threads"),
     ("rmsprop num_threads negative", rmsprop(num_threads=-1), ValueError, "num_threads"),
+    # conventions and the new steps
+    ("convention unknown", sgd(convention="tf"), ValueError, "convention"),
+    ("convention None", adam(convention=None), TypeError, "convention"),
+    ("convention bytes", rmsprop(convention=b"keras"), TypeError, "convention"),
+    ("keras dampening", sgd(convention="keras", dampening=0.1), ValueError, "dampening"),
+    (
+        "keras coupled decay",
+        adam(convention="keras", weight_decay=0.1, decoupled_weight_decay=False),
+        ValueError,
+        "decoupled_weight_decay",
+    ),
+    (
+        "nadam keras coupled decay",
+        nadam(convention="keras", weight_decay=0.1, decoupled_weight_decay=False),
+        ValueError,
+        "decoupled_weight_decay",
+    ),
+    ("nadam step zero", nadam(step=0), ValueError, "step"),
+    ("nadam mu_product above one", nadam(mu_product=1.5), ValueError, "mu_product"),
+    ("nadam momentum_decay negative", nadam(momentum_decay=-1.0), ValueError, "momentum_decay"),
+    ("nadam v missing", nadam(v=None), TypeError, "v"),
+    ("adamax u overlaps m", overlapping_state(adamax, "m", "u"), ValueError, "u: must not"),
+    ("adamax beta2 one", adamax(beta2=1.0), ValueError, "beta2"),
+    ("adamax step None", adamax(step=None), TypeError, "step"),
+    ("adagrad sum dtype", adagrad(sum=np.zeros(5, np.float32)), TypeError, "sum"),
+    ("adagrad lr_decay without step", adagrad(lr_decay=0.1), ValueError, "step"),
+    ("adagrad keras lr_decay", adagrad(lr_decay=0.1, convention="keras"), ValueError, "lr_decay"),
+    ("adagrad eps negative", adagrad(eps=-1.0), ValueError, "eps"),
+    ("lion beta1 above one", lion(beta1=1.5), ValueError, "beta1"),
+    ("lion m is grad", overlapping_state(lion, "grad", "m"), ValueError, "m: must not"),
+    ("lion lr nan", lion(lr=math.nan), ValueError, "lr"),
     # clip_by_global_norm
     ("clip grads ndarray", clip(np.zeros(3)), TypeError, "grads"),
     ("clip grads generator", clip(g for g in [np.zeros(3)]), TypeError, "grads"),
