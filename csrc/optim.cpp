@@ -245,7 +245,7 @@ struct NadamScalars {
   T beta1, one_minus_beta1, beta2, one_minus_beta2;
   T bias_correction2, eps;
   T grad_coef, moment_coef;  // torch: -lr * (1 - mu) / (1 - prod), -lr * mu_next / (1 - prod_next)
-  T lr;                      // Keras: coefficients without the rate, which multiplies m_hat
+  T lr, mu_next, one_minus_mu, one_minus_product, one_minus_product_next;  // Keras
 };
 
 template <typename T, bool kDecay>
@@ -278,7 +278,8 @@ void nadam_keras_block(T* __restrict param, T* __restrict m, T* __restrict v,
     const T v_new = v[i] * s.beta2 + s.one_minus_beta2 * (g * g);
     m[i] = m_new;
     v[i] = v_new;
-    const T m_hat = m_new * s.moment_coef + g * s.grad_coef;
+    const T m_hat = (m_new * s.mu_next) / s.one_minus_product_next +
+                    (g * s.one_minus_mu) / s.one_minus_product;
     const T v_hat = v_new / s.bias_correction2;
     param[i] = p - (m_hat * s.lr) / (std::sqrt(v_hat) + s.eps);
   }
@@ -377,10 +378,28 @@ void lion_block(T* __restrict param, T* __restrict m, const T* __restrict grad, 
   }
 }
 
-// 1 - lr * weight_decay, the factor of decoupled weight decay (exactly 1 without decay).
+// 1 - lr * weight_decay, the factor of decoupled weight decay (exactly 1 without decay): torch
+// evaluates it in double, Keras in the parameters' type.
 template <typename T>
-T decay_factor(double lr, double weight_decay) {
-  return weight_decay != 0.0 ? static_cast<T>(1.0 - lr * weight_decay) : T(1);
+T decay_factor(double lr, double weight_decay, Convention convention = Convention::torch) {
+  if (weight_decay == 0.0) return T(1);
+  if (convention == Convention::keras)
+    return T(1) - static_cast<T>(weight_decay) * static_cast<T>(lr);
+  return static_cast<T>(1.0 - lr * weight_decay);
+}
+
+// Keras computes its scalars (beta powers, bias corrections) in the parameters' type, from
+// betas cast to it: beta^t as Keras's ops.power(cast(beta), cast(t)).
+template <typename T>
+T keras_power(double base, std::int64_t step) {
+  return std::pow(static_cast<T>(base), static_cast<T>(step));
+}
+
+// Keras's NAdam momentum mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)), in T.
+template <typename T>
+T keras_nadam_mu(double beta1, double momentum_decay, std::int64_t step) {
+  const T decayed = std::pow(T(0.96), static_cast<T>(static_cast<double>(step) * momentum_decay));
+  return static_cast<T>(beta1) * (T(1) - T(0.5) * decayed);
 }
 
 // 1-based step counts set bias corrections; step 0 would divide by zero.
@@ -393,6 +412,22 @@ void require_step(std::int64_t step, const char* kernel) {
 // NAdam's momentum schedule mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)).
 double nadam_mu(double beta1, double momentum_decay, std::int64_t step) {
   return beta1 * (1.0 - 0.5 * std::pow(0.96, static_cast<double>(step) * momentum_decay));
+}
+
+// mu_1 * ... * mu_step as each convention keeps it, one rounded multiplication per step:
+// torch multiplies a float32 product by its double mu, Keras a product of type T by mu in T.
+template <typename T>
+double mu_product_through(std::int64_t step, double beta1, double momentum_decay, bool keras) {
+  if (keras) {
+    T product = T(1);
+    for (std::int64_t t = 1; t <= step; ++t)
+      product = product * keras_nadam_mu<T>(beta1, momentum_decay, t);
+    return static_cast<double>(product);
+  }
+  float product = 1.0f;
+  for (std::int64_t t = 1; t <= step; ++t)
+    product = product * static_cast<float>(nadam_mu(beta1, momentum_decay, t));
+  return static_cast<double>(product);
 }
 
 }  // namespace
@@ -413,7 +448,7 @@ void sgd_step(T* param, T* velocity, const T* grad, index_t n, const SgdHyper& h
                         static_cast<T>(hyper.momentum),
                         static_cast<T>(1.0 - hyper.dampening),
                         static_cast<T>(-hyper.lr),
-                        decay_factor<T>(hyper.lr, hyper.weight_decay)};
+                        decay_factor<T>(hyper.lr, hyper.weight_decay, hyper.convention)};
   with_flag(hyper.weight_decay != 0.0, [&](auto decay) {
     with_flag(use_momentum, [&](auto momentum) {
       with_flag(hyper.nesterov, [&](auto nesterov) {
@@ -453,7 +488,9 @@ void adam_step(T* param, T* m, T* v, T* v_max, const T* grad, index_t n, const A
   const bool decoupled = hyper.decoupled_weight_decay;
   const AdamScalars<T> s{hyper.maximize ? T(-1) : T(1),
                          static_cast<T>(hyper.weight_decay),
-                         decoupled ? decay_factor<T>(hyper.lr, hyper.weight_decay) : T(1),
+                         decoupled
+                             ? decay_factor<T>(hyper.lr, hyper.weight_decay, hyper.convention)
+                             : T(1),
                          Lerp<T>(1.0 - hyper.beta1),
                          static_cast<T>(hyper.beta1),
                          static_cast<T>(1.0 - hyper.beta1),
@@ -462,8 +499,9 @@ void adam_step(T* param, T* m, T* v, T* v_max, const T* grad, index_t n, const A
                          static_cast<T>(std::sqrt(bias_correction2)),
                          static_cast<T>(hyper.eps),
                          static_cast<T>(-step_size),
-                         static_cast<T>(hyper.lr * std::sqrt(bias_correction2) /
-                                        bias_correction1)};
+                         static_cast<T>(hyper.lr) *
+                             std::sqrt(T(1) - keras_power<T>(hyper.beta2, hyper.step)) /
+                             (T(1) - keras_power<T>(hyper.beta1, hyper.step))};
   const bool coupled_decay = hyper.weight_decay != 0.0 && !decoupled;
   T* v_max_or_null = v_max;
   with_flag(v_max != nullptr, [&](auto amsgrad) {
@@ -504,7 +542,7 @@ void rmsprop_step(T* param, T* square_avg, T* grad_avg, T* velocity, const T* gr
                             static_cast<T>(hyper.momentum),
                             static_cast<T>(-hyper.lr),
                             static_cast<T>(hyper.lr),
-                            decay_factor<T>(hyper.lr, hyper.weight_decay)};
+                            decay_factor<T>(hyper.lr, hyper.weight_decay, hyper.convention)};
   with_flag(hyper.weight_decay != 0.0, [&](auto decay) {
     with_flag(hyper.centered, [&](auto centered) {
       with_flag(use_momentum, [&](auto momentum) {
@@ -527,62 +565,59 @@ void rmsprop_step(T* param, T* square_avg, T* grad_avg, T* velocity, const T* gr
 }
 
 template <typename T>
-double nadam_mu_product(std::int64_t step, double beta1, double momentum_decay) {
-  T product = T(1);
-  for (std::int64_t t = 1; t <= step; ++t)
-    product = product * static_cast<T>(nadam_mu(beta1, momentum_decay, t));
-  return static_cast<double>(product);
-}
-
-template <typename T>
 double nadam_step(T* param, T* m, T* v, const T* grad, index_t n, const NadamHyper& hyper,
                   int num_threads) {
   require_step(hyper.step, "nadam_step");
   const bool keras = hyper.convention == Convention::keras;
   if (keras && hyper.weight_decay != 0.0 && !hyper.decoupled_weight_decay)
     throw ArgumentError("nadam_step: Keras's weight decay is decoupled");
-  // torch keeps the product in a float32 tensor (its default scalar dtype), Keras in one of
-  // the parameters' type: rounded once per step.
-  const double mu = nadam_mu(hyper.beta1, hyper.momentum_decay, hyper.step);
-  const double mu_next = nadam_mu(hyper.beta1, hyper.momentum_decay, hyper.step + 1);
-  double product;
-  if (keras) {
-    const double previous = std::isnan(hyper.mu_product)
-                                ? nadam_mu_product<T>(hyper.step - 1, hyper.beta1,
-                                                      hyper.momentum_decay)
-                                : hyper.mu_product;
-    product = static_cast<double>(static_cast<T>(previous) * static_cast<T>(mu));
-  } else {
-    const double previous = std::isnan(hyper.mu_product)
-                                ? nadam_mu_product<float>(hyper.step - 1, hyper.beta1,
-                                                          hyper.momentum_decay)
-                                : hyper.mu_product;
-    product = static_cast<double>(static_cast<float>(previous) * static_cast<float>(mu));
-  }
-  const double product_next = product * mu_next;
-  const double bias_correction2 = 1.0 - std::pow(hyper.beta2, static_cast<double>(hyper.step));
+  const double beta1 = hyper.beta1, momentum_decay = hyper.momentum_decay, lr = hyper.lr;
+  const std::int64_t step = hyper.step;
+  const double previous = std::isnan(hyper.mu_product)
+                              ? mu_product_through<T>(step - 1, beta1, momentum_decay, keras)
+                              : hyper.mu_product;
   const bool decoupled = hyper.decoupled_weight_decay;
-  const double lr = hyper.lr;
+  // The scalars both rules share; each branch sets its own below.
   NadamScalars<T> s{hyper.maximize ? T(-1) : T(1),
                     static_cast<T>(hyper.weight_decay),
-                    decoupled ? decay_factor<T>(lr, hyper.weight_decay) : T(1),
-                    Lerp<T>(1.0 - hyper.beta1),
-                    static_cast<T>(hyper.beta1),
-                    static_cast<T>(1.0 - hyper.beta1),
+                    decoupled ? decay_factor<T>(lr, hyper.weight_decay, hyper.convention) : T(1),
+                    Lerp<T>(1.0 - beta1),
+                    static_cast<T>(beta1),
+                    static_cast<T>(1.0 - beta1),
                     static_cast<T>(hyper.beta2),
                     static_cast<T>(1.0 - hyper.beta2),
-                    static_cast<T>(bias_correction2),
+                    T(1),  // bias_correction2
                     static_cast<T>(hyper.eps),
-                    T(0),
-                    T(0),
-                    static_cast<T>(lr)};
+                    T(0),  // grad_coef
+                    T(0),  // moment_coef
+                    static_cast<T>(lr),
+                    T(0),  // mu_next
+                    T(0),  // one_minus_mu
+                    T(1),  // one_minus_product
+                    T(1)};  // one_minus_product_next
+  double product;
   if (keras) {
-    s.grad_coef = static_cast<T>((1.0 - mu) / (1.0 - product));
-    s.moment_coef = static_cast<T>(mu_next / (1.0 - product_next));
+    // Keras's torch backend, its scalars in T.
+    const T mu = keras_nadam_mu<T>(beta1, momentum_decay, step);
+    const T mu_next = keras_nadam_mu<T>(beta1, momentum_decay, step + 1);
+    const T product_t = static_cast<T>(previous) * mu;
+    s.mu_next = mu_next;
+    s.one_minus_mu = T(1) - mu;
+    s.one_minus_product = T(1) - product_t;
+    s.one_minus_product_next = T(1) - product_t * mu_next;
+    s.bias_correction2 = T(1) - keras_power<T>(hyper.beta2, step);
     for_each_block(n, num_threads, [&](index_t begin, index_t count) {
       nadam_keras_block<T>(param + begin, m + begin, v + begin, grad + begin, count, s);
     });
+    product = static_cast<double>(product_t);
   } else {
+    // torch's: mu in double, the product in a float32 tensor (its default scalar dtype).
+    const double mu = nadam_mu(beta1, momentum_decay, step);
+    const double mu_next = nadam_mu(beta1, momentum_decay, step + 1);
+    product = static_cast<double>(static_cast<float>(previous) * static_cast<float>(mu));
+    const double product_next = product * mu_next;
+    s.bias_correction2 =
+        static_cast<T>(1.0 - std::pow(hyper.beta2, static_cast<double>(step)));
     s.grad_coef = static_cast<T>(-lr * (1.0 - mu) / (1.0 - product));
     s.moment_coef = static_cast<T>(-lr * mu_next / (1.0 - product_next));
     with_flag(hyper.weight_decay != 0.0 && !decoupled, [&](auto decay) {
@@ -603,7 +638,7 @@ void adamax_step(T* param, T* m, T* u, const T* grad, index_t n, const AdamaxHyp
   const double bias_correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(hyper.step));
   const AdamaxScalars<T> s{hyper.maximize ? T(-1) : T(1),
                            static_cast<T>(hyper.weight_decay),
-                           decay_factor<T>(hyper.lr, hyper.weight_decay),
+                           decay_factor<T>(hyper.lr, hyper.weight_decay, hyper.convention),
                            Lerp<T>(1.0 - hyper.beta1),
                            static_cast<T>(hyper.beta1),
                            static_cast<T>(1.0 - hyper.beta1),
@@ -611,7 +646,7 @@ void adamax_step(T* param, T* m, T* u, const T* grad, index_t n, const AdamaxHyp
                            static_cast<T>(hyper.eps),
                            static_cast<T>(-(hyper.lr / bias_correction1)),
                            static_cast<T>(hyper.lr),
-                           static_cast<T>(bias_correction1)};
+                           T(1) - keras_power<T>(hyper.beta1, hyper.step)};
   with_flag(hyper.weight_decay != 0.0, [&](auto decay) {
     constexpr bool kDecay = decltype(decay)::value;
     for_each_block(n, num_threads, [&](index_t begin, index_t count) {
@@ -636,7 +671,7 @@ void adagrad_step(T* param, T* sum, const T* grad, index_t n, const AdagradHyper
       hyper.lr / (1.0 + static_cast<double>(hyper.step - 1) * hyper.lr_decay);
   const AdagradScalars<T> s{hyper.maximize ? T(-1) : T(1),
                             static_cast<T>(hyper.weight_decay),
-                            decay_factor<T>(hyper.lr, hyper.weight_decay),
+                            decay_factor<T>(hyper.lr, hyper.weight_decay, hyper.convention),
                             static_cast<T>(hyper.eps),
                             static_cast<T>(-rate),
                             static_cast<T>(hyper.lr)};
@@ -656,7 +691,7 @@ template <typename T>
 void lion_step(T* param, T* m, const T* grad, index_t n, const LionHyper& hyper,
                int num_threads) {
   const LionScalars<T> s{hyper.maximize ? T(-1) : T(1),
-                         decay_factor<T>(hyper.lr, hyper.weight_decay),
+                         decay_factor<T>(hyper.lr, hyper.weight_decay, Convention::keras),
                          static_cast<T>(hyper.beta1),
                          static_cast<T>(1.0 - hyper.beta1),
                          static_cast<T>(hyper.beta2),
@@ -801,7 +836,6 @@ double clip_by_global_norm(const GradientView* grads, std::size_t count, double 
   template void adam_step<T>(T*, T*, T*, T*, const T*, index_t, const AdamHyper&, int);       \
   template void rmsprop_step<T>(T*, T*, T*, T*, const T*, index_t, const RmspropHyper&, int);  \
   template double nadam_step<T>(T*, T*, T*, const T*, index_t, const NadamHyper&, int);       \
-  template double nadam_mu_product<T>(std::int64_t, double, double);                           \
   template void adamax_step<T>(T*, T*, T*, const T*, index_t, const AdamaxHyper&, int);       \
   template void adagrad_step<T>(T*, T*, const T*, index_t, const AdagradHyper&, int);         \
   template void lion_step<T>(T*, T*, const T*, index_t, const LionHyper&, int);

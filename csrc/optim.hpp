@@ -132,11 +132,6 @@ template <typename T>
 double nadam_step(T* param, T* m, T* v, const T* grad, index_t n, const NadamHyper& hyper,
                   int num_threads);
 
-// The product mu_1 * ... * mu_step of NAdam's momentum schedule, rounded to T after each
-// multiplication as nadam_step rounds it (one multiplication per step: O(step)).
-template <typename T>
-double nadam_mu_product(std::int64_t step, double beta1, double momentum_decay);
-
 // Adamax: m is the first moment, u the exponentially weighted infinity norm.
 template <typename T>
 void adamax_step(T* param, T* m, T* u, const T* grad, index_t n, const AdamaxHyper& hyper,
