@@ -209,7 +209,10 @@ def test_training_matches_keras(case):
     assert max(np.max(np.abs(w - w0)) for w, w0 in zip(got_weights, initial_weights())) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Nadam", "Adamax", "Adagrad", "Lion"])
+KERAS_NAMES = ["SGD", "Adam", "AdamW", "RMSprop", "Nadam", "Adamax", "Adagrad", "Lion"]
+
+
+@pytest.mark.parametrize("name", KERAS_NAMES)
 def test_defaults_and_config_match_keras(name):
     # Keras's defaults, and get_config's keys and values for the options both libraries have.
     theirs = getattr(keras.optimizers, name)().get_config()

@@ -526,9 +526,7 @@ class Adagrad(Optimizer):
     epsilon)``, the accumulator starting at ``initial_accumulator_value`` (torch: epsilon
     outside the root, starting at 0)."""
 
-    def __init__(
-        self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs
-    ):
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.initial_accumulator_value = _non_negative(
             initial_accumulator_value, "initial_accumulator_value"
