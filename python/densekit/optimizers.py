@@ -305,8 +305,8 @@ class SGD(Optimizer):
     """Gradient descent with optional momentum, Keras's rule.
 
     ``velocity = momentum * velocity - lr * g``, then ``p += velocity`` (Nesterov:
-    ``p += momentum * velocity - lr * g``). The state array ``"momentum"`` (Keras's name) holds
-    the velocity. ``densekit.kernels.sgd_step`` computes torch's rule by default.
+    ``p += momentum * velocity - lr * g``), held in the state array ``"velocity"``.
+    ``densekit.kernels.sgd_step`` computes torch's rule by default.
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
@@ -317,13 +317,13 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def _rule_state_names(self):
-        return ["momentum"] if self.momentum else []
+        return ["velocity"] if self.momentum else []
 
     def _make_update(self, params, grads):
         options = {"weight_decay": self.weight_decay or 0.0, **_KERAS}
         if self.momentum:
             options.update(
-                momentum=self.momentum, velocity=self.variables["momentum"], nesterov=self.nesterov
+                momentum=self.momentum, velocity=self.variables["velocity"], nesterov=self.nesterov
             )
         update = functools.partial(kernels.sgd_step, params, grads, **options)
         return lambda step, lr: update(lr=lr)
@@ -409,7 +409,7 @@ class RMSprop(Optimizer):
     def _rule_state_names(self):
         names = ["square_avg"]
         if self.momentum:
-            names.append("momentum")
+            names.append("velocity")
         if self.centered:
             names.append("grad_avg")
         return names
@@ -425,7 +425,7 @@ class RMSprop(Optimizer):
             **_KERAS,
         }
         if self.momentum:
-            options["velocity"] = state["momentum"]
+            options["velocity"] = state["velocity"]
         if self.centered:
             options["grad_avg"] = state["grad_avg"]
         update = functools.partial(
@@ -621,6 +621,44 @@ def get(identifier) -> Optimizer:
     raise TypeError(
         f"optimizer: expected a name or a densekit.optimizers.Optimizer, got {identifier!r}"
     )
+
+
+# The options every optimizer's config has had since the update rules became Keras's; a config
+# without them was written under torch's rules.
+_KERAS_OPTIONS = {
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+def with_current_options(config: dict) -> dict:
+    """A serialized optimizer (``serialize``'s form) with the options added since it may have
+    been written filled in with their defaults: what ``serialize(deserialize(config))``
+    gives. A copy; ``config`` is unchanged."""
+    inner = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(inner, dict):
+        return config
+    return {**config, "config": {**_KERAS_OPTIONS, **inner}}
+
+
+def legacy_state_factors(config: dict, optimizer: Optimizer) -> dict[str, float]:
+    """Factors that turn the state saved with ``config`` into ``optimizer``'s meaning, for
+    files written under torch's rules (their configs lack the Keras options): SGD's velocity
+    held gradients (Keras's holds ``-lr * g``) and RMSprop's momentum buffer unscaled steps
+    (Keras's ``lr`` times them), so both scale by the rate of the next step. Empty for a
+    current file and for state whose meaning is the same (moments, averages)."""
+    inner = config.get("config", {})
+    if set(_KERAS_OPTIONS) <= set(inner) or "velocity" not in optimizer.variables:
+        return {}
+    rate = optimizer.learning_rate  # at the restored step count: the next step's rate
+    if isinstance(optimizer, SGD):
+        return {"velocity": -rate}
+    if isinstance(optimizer, RMSprop):
+        return {"velocity": rate}
+    return {}
 
 
 def serialize(optimizer: Optimizer) -> dict:
