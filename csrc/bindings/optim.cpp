@@ -461,15 +461,16 @@ void bind_optim(py::module_& m) {
         py::arg("dampening") = 0.0, py::arg("maximize") = false, py::arg("step") = py::none(),
         py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
         "One SGD step (torch.optim.SGD's or Keras's), in place on param (and velocity).\n\n"
-        "convention='torch': g = grad (negated with maximize) + weight_decay * param; with\n"
-        "momentum, velocity = momentum * velocity + (1 - dampening) * g and\n"
-        "g = g + momentum * velocity (nesterov) or g = velocity; param -= lr * g.\n"
+        "convention='torch': ``g = grad`` (negated with maximize) ``+ weight_decay * param``;\n"
+        "with momentum, ``velocity = momentum * velocity + (1 - dampening) * g`` and\n"
+        "``g = g + momentum * velocity`` (nesterov) or ``g = velocity``; ``param -= lr * g``.\n"
         "torch starts velocity as a copy of the first g. Passing step (the 1-based count) does\n"
         "the same at step == 1, ignoring velocity's content; with step=None velocity must start\n"
         "at zeros, which gives torch's first step exactly when dampening == 0.\n"
-        "convention='keras': param *= 1 - lr * weight_decay; velocity = momentum * velocity -\n"
-        "lr * g; param += velocity (nesterov: param += momentum * velocity - lr * g). velocity\n"
-        "starts at zeros; no dampening; step is not needed.");
+        "convention='keras': ``param *= 1 - lr * weight_decay``;\n"
+        "``velocity = momentum * velocity - lr * g``; ``param += velocity`` (nesterov:\n"
+        "``param += momentum * velocity - lr * g``). velocity starts at zeros; no dampening;\n"
+        "step is not needed.");
   m.def("adam_step", &adam_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
         py::arg("v"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
         py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
@@ -481,9 +482,10 @@ void bind_optim(py::module_& m) {
         "decoupled_weight_decay=True is AdamW (``param *= 1 - lr * weight_decay`` first; None:\n"
         "the convention's own form, torch coupled, Keras decoupled); v_max given is AMSGrad\n"
         "(v_max = max(v_max, v) normalises the step). m, v, v_max start at zeros.\n"
-        "convention='torch': param -= lr / (1 - beta1**t) * m / (sqrt(v / (1 - beta2**t)) + eps).\n"
-        "convention='keras': param -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m /\n"
-        "(sqrt(v) + eps).");
+        "convention='torch':\n"
+        "``param -= lr / (1 - beta1**t) * m / (sqrt(v / (1 - beta2**t)) + eps)``.\n"
+        "convention='keras':\n"
+        "``param -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)``.");
   m.def("rmsprop_step", &rmsprop_step_py, py::arg("param"), py::arg("grad"),
         py::arg("square_avg"), py::kw_only(), py::arg("lr"), py::arg("alpha") = 0.99,
         py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0, py::arg("momentum") = 0.0,
@@ -492,10 +494,11 @@ void bind_optim(py::module_& m) {
         py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
         "One RMSprop step (torch.optim.RMSprop's or Keras's), in place on param and its state.\n\n"
         "centered=True needs grad_avg, momentum > 0 needs velocity; all state starts at zeros.\n"
-        "convention='torch': step = g / (sqrt(square_avg - grad_avg**2) + eps); velocity =\n"
-        "momentum * velocity + step; param -= lr * velocity (or lr * step).\n"
-        "convention='keras': step = lr * g / sqrt(square_avg - grad_avg**2 + eps); velocity =\n"
-        "momentum * velocity + step; param -= velocity (or step); weight decay decoupled.");
+        "convention='torch': ``step = g / (sqrt(square_avg - grad_avg**2) + eps)``;\n"
+        "``velocity = momentum * velocity + step``; ``param -= lr * velocity`` (or\n"
+        "``lr * step``). convention='keras': ``step = lr * g / sqrt(square_avg - grad_avg**2\n"
+        "+ eps)``; ``velocity = momentum * velocity + step``; ``param -= velocity`` (or\n"
+        "``step``); weight decay decoupled. grad_avg enters only when centered.");
   m.def("nadam_step", &nadam_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
         py::arg("v"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
         py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
@@ -503,38 +506,40 @@ void bind_optim(py::module_& m) {
         py::arg("mu_product") = py::none(), py::arg("maximize") = false,
         py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
         "One NAdam step (torch.optim.NAdam's or Keras's Nadam), in place on param, m, v.\n\n"
-        "mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay)); momentum_decay=None is the\n"
-        "convention's (torch 0.004, Keras 1). mu_product is mu_1 * ... * mu_(step-1), the\n"
-        "value the previous call returned (None recomputes it from step, O(step)); returns\n"
-        "mu_1 * ... * mu_step. Both conventions compute param -= lr * (mu_next * m /\n"
-        "(1 - prod_next) + (1 - mu) * g / (1 - prod)) / (sqrt(v / (1 - beta2**t)) + eps), each\n"
-        "in its library's operation order; torch keeps the product in float32, Keras in the\n"
-        "parameters' dtype.");
+        "``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``; momentum_decay=None is\n"
+        "the convention's (torch 0.004, Keras 1). mu_product is ``mu_1 * ... * mu_(step-1)``,\n"
+        "the value the previous call returned (None recomputes it from step, O(step));\n"
+        "returns ``mu_1 * ... * mu_step``. Both conventions compute ``param -= lr * (mu_next *\n"
+        "m / (1 - prod_next) + (1 - mu) * g / (1 - prod)) / (sqrt(v / (1 - beta2**t)) + eps)``,\n"
+        "each in its library's operation order; torch keeps the product in float32, Keras in\n"
+        "the parameters' dtype.");
   m.def("adamax_step", &adamax_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
         py::arg("u"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
         py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
         py::arg("maximize") = false, py::arg("convention") = "torch",
         py::arg("num_threads") = py::none(),
         "One Adamax step (torch.optim.Adamax's or Keras's), in place on param, m, u.\n\n"
-        "convention='torch': u = max(beta2 * u, |g| + eps); param -= lr / (1 - beta1**t) * m / u.\n"
-        "convention='keras': u = max(beta2 * u, |g|); param -= lr * m / ((u + eps) *\n"
-        "(1 - beta1**t)); weight decay decoupled.");
+        "convention='torch': ``u = max(beta2 * u, abs(g) + eps)``;\n"
+        "``param -= lr / (1 - beta1**t) * m / u``. convention='keras':\n"
+        "``u = max(beta2 * u, abs(g))``; ``param -= lr * m / ((u + eps) * (1 - beta1**t))``;\n"
+        "weight decay decoupled.");
   m.def("adagrad_step", &adagrad_step_py, py::arg("param"), py::arg("grad"), py::arg("sum"),
         py::kw_only(), py::arg("lr"), py::arg("step") = py::none(), py::arg("lr_decay") = 0.0,
         py::arg("eps") = 1e-10, py::arg("weight_decay") = 0.0, py::arg("maximize") = false,
         py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
         "One Adagrad step (torch.optim.Adagrad's or Keras's), in place on param and sum.\n\n"
-        "sum += g * g; convention='torch': param -= lr / (1 + (step - 1) * lr_decay) * g /\n"
-        "(sqrt(sum) + eps) (step is needed only with lr_decay); convention='keras':\n"
-        "param -= lr * g / sqrt(sum + eps), weight decay decoupled. sum starts at the\n"
-        "initial accumulator value (torch 0, Keras 0.1).");
+        "``sum += g * g``; convention='torch':\n"
+        "``param -= lr / (1 + (step - 1) * lr_decay) * g / (sqrt(sum) + eps)`` (step is needed\n"
+        "only with lr_decay); convention='keras': ``param -= lr * g / sqrt(sum + eps)``, weight\n"
+        "decay decoupled. sum starts at the initial accumulator value (torch 0, Keras 0.1).");
   m.def("lion_step", &lion_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
         py::kw_only(), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.99,
         py::arg("weight_decay") = 0.0, py::arg("maximize") = false,
         py::arg("num_threads") = py::none(),
         "One Lion step (Keras's; torch has none), in place on param and m.\n\n"
-        "param *= 1 - lr * weight_decay; param -= lr * sign(beta1 * m + (1 - beta1) * g);\n"
-        "m = beta2 * m + (1 - beta2) * g. sign(0) and sign(NaN) are 0, as torch.sign's.");
+        "``param *= 1 - lr * weight_decay``;\n"
+        "``param -= lr * sign(beta1 * m + (1 - beta1) * g)``;\n"
+        "``m = beta2 * m + (1 - beta2) * g``. sign(0) and sign(NaN) are 0, as torch.sign's.");
   m.def("clip_by_global_norm", &clip_by_global_norm_py, py::arg("grads"), py::arg("max_norm"),
         py::kw_only(), py::arg("num_threads") = py::none(),
         "Scale a list of gradient arrays in place so their global L2 norm is at most max_norm.\n\n"
