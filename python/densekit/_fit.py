@@ -96,6 +96,12 @@ def setup(model, arguments: dict) -> FitSetup:
         raise ValueError("The model has no weights to train")
     if s.hogwild:
         _hogwild.check(s.callbacks)
+        if model.optimizer.use_ema:
+            # each worker would average the weights it saw; Keras's average is one sequence
+            raise ValueError(
+                "optimizer: use_ema=True needs the steps in one sequence; strategy='hogwild' "
+                "runs several at once"
+            )
     return s
 
 
