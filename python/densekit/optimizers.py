@@ -63,7 +63,40 @@ def _fraction(value, name: str) -> float:
 
 
 class Optimizer:
-    """Base class. A subclass names its state arrays and returns its kernel call."""
+    """Base class: Keras's options around the update rule. A subclass names its state arrays
+    and returns its kernel call.
+
+    Parameters
+    ----------
+    learning_rate : float or densekit.schedules.LearningRateSchedule
+        The rate, or a schedule evaluated at the count of batches seen.
+    weight_decay : float or None
+        Decoupled weight decay, ``p *= 1 - lr * weight_decay`` before each update (Keras's).
+    clipnorm, global_clipnorm, clipvalue : float or None
+        At most one: clip each weight's gradient to this L2 norm, all of them together to
+        this global norm, or each element to ``[-clipvalue, clipvalue]``.
+    use_ema : bool
+        Keep an exponential moving average of the weights (state ``"average"``); ``fit``
+        ends by copying it into the weights.
+    ema_momentum : float
+        The average's momentum, in [0, 1].
+    ema_overwrite_frequency : int or None
+        With ``use_ema``, also copy the average into the weights every this many updates.
+    gradient_accumulation_steps : int or None
+        Update once every this many batches (>= 2), with the mean of their gradients (state
+        ``"gradient_accumulator"``).
+    name : str or None
+        The optimizer's name (default: Keras's lower-case class name).
+    **kwargs
+        ``loss_scale_factor=None`` only (Keras's; densekit does not scale losses).
+
+    Raises
+    ------
+    ValueError
+        For a value out of range or two clipping options at once.
+    TypeError
+        For an unknown argument or a ``use_ema`` that is not a bool.
+    """
 
     def __init__(
         self,
