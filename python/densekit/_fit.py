@@ -213,10 +213,7 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
                     _ran_out(epoch + 1, s)
                     break
             if not (job is not None and job.cancel_requested):
-                # Keras's finalize_variable_values: with use_ema the weights become the average
-                final = state.optimizer.finalized_parameters()
-                if final is not None:
-                    state.set_parameters(final)
+                state.finalize_optimizer()  # with use_ema, the weights become the average
                 hooks.on_train_end(logs)
     finally:
         train_epoch.close()
