@@ -459,6 +459,28 @@ def test_ema_weights_replace_the_trained_ones_when_fit_ends():
         np.testing.assert_allclose(ours, 0.25 * w1 + 0.75 * w2, rtol=1e-12, atol=1e-15)
 
 
+def test_ema_and_accumulation_leave_frozen_layers_alone():
+    # The optimizer is bound to the trainable weights: its average and accumulator cover
+    # those, and fit's final copy of the average writes only them.
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((20, 4)), rng.standard_normal((20, 2))
+    model = mlp(4, [5], 2, out_activation="linear")
+    model.layers[0].trainable = False
+    frozen = [w.copy() for w in model.layers[0].get_weights()]
+    optimizer = optimizers.Adam(
+        0.05, use_ema=True, ema_overwrite_frequency=2, gradient_accumulation_steps=2
+    )
+    model.compile(optimizer, "mse")
+    start = [w.copy() for w in model.layers[1].get_weights()]
+    model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+    for before, after in zip(frozen, model.layers[0].get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert optimizer.variables["average"].size == sum(w.size for w in start)
+    trained = np.concatenate([w.ravel() for w in model.layers[1].get_weights()])
+    np.testing.assert_array_equal(trained, optimizer.variables["average"])
+    assert not np.array_equal(trained, np.concatenate([w.ravel() for w in start]))
+
+
 def test_clipnorm_clips_each_gradient_separately():
     rng = np.random.default_rng(8)
     x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2)) * 100
