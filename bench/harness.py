@@ -169,9 +169,13 @@ class Record:
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """A copy of one output as a NumPy array (torch tensors detached, scalars 0-d)."""
+    """A copy of one output as a NumPy array (torch tensors detached, bfloat16 ones widened to
+    float32 since NumPy has no bfloat16 of torch's; scalars 0-d)."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
     return np.array(value, copy=True)
 
 

@@ -144,7 +144,7 @@ def fma_peak(thread_counts: list[int], repeats: int) -> dict[str, dict[int, floa
     count (median of repeats): the arithmetic peak at the clock the cores run at now, which
     a product cannot exceed. Each call does ~0.1 s of work per thread."""
     peaks: dict[str, dict[int, float]] = {}
-    for dtype in ("float32", "float64"):
+    for dtype in ("float32", "float64", "bfloat16", "int8"):
         peaks[dtype] = {}
         for threads in sorted(set(thread_counts)):
             steps = FMA_STEPS_PER_THREAD * threads

@@ -32,10 +32,17 @@ from hypothesis import strategies as st
 
 from densekit import _core
 
+try:
+    import ml_dtypes
+except ImportError:  # the bf16 kernels then refuse every array; fuzz them without it
+    ml_dtypes = None
+
 ACCEPTED = (TypeError, ValueError, OverflowError, MemoryError)
 HUGE = (2**31, 2**32 + 1, 2**40, 2**62)
 SMALL = (0, 1, 2, 3, 5, 7, 13, 16, 17, 31)
 DTYPES = ("float32", "float64", "float16", "int32", "int64", "uint8", "bool", "complex64", "O")
+if ml_dtypes is not None:
+    DTYPES += (np.dtype(ml_dtypes.bfloat16),)
 SCALARS = (None, 0, 1, -1, 2, 3, 0.5, -0.0, 1e-8, 2**31, 2**40, 2**63, 2**64, -(2**64))
 SCALARS += (float("nan"), float("inf"), -float("inf"), True, False, "relu", "mean", "", b"x")
 ACTIVATION_NAMES = (*_core.ACTIVATIONS, "RELU", "swish", None)
@@ -281,6 +288,32 @@ SPECS = {
         "kw": {"out": "q,c", "num_threads": "threads"},
     },
     "pack_weights": {"pos": [("w", "k,m")], "kw": {"num_threads": "threads"}},
+    # Low precision: "bf16:" arrays are ml_dtypes.bfloat16, "f32:" float32, "qw:" weights
+    # quantized to int8 (QuantizedWeights).
+    "to_bfloat16": {"pos": [("x", "f32:n,k")], "kw": {"out": "bf16:n,k", "num_threads": "threads"}},
+    "from_bfloat16": {
+        "pos": [("x", "bf16:n,k")],
+        "kw": {"out": "f32:n,k", "num_threads": "threads"},
+    },
+    "matmul_bf16": {
+        "pos": [("a", "bf16:n,k"), ("b", "bf16:k,m")],
+        "kw": {
+            "out": "f32:n,m",
+            "trans_a": "bool",
+            "trans_b": "bool",
+            "bias": "f32:m",
+            "preact": "f32:n,m",
+            "activation": "act",
+            "alpha": "alpha",
+            "accumulate": "bool",
+            "out_dtype": "out_dtype",
+            "num_threads": "threads",
+        },
+    },
+    "dense_forward_int8": {
+        "pos": [("x", "f32:n,k"), ("w", "qw:k,m"), ("b", "f32:m")],
+        "kw": {"activation": "act", "alpha": "alpha", "out": "f32:n,m", "num_threads": "threads"},
+    },
 }
 DIMS = (0, 1, 2, 3, 5, 7, 13, 16, 17, 31, 64, 97)
 REALS = (0.0, 0.1, 0.9, 1.0, -0.5, 1e-8, 1e300, float("nan"), float("inf"), 2**64)
@@ -320,6 +353,20 @@ def well_formed(draw, name: str):
             return draw(st.sampled_from(("mean", "sum", "none")))
         if kind == "convention":
             return draw(st.sampled_from(("torch", "keras")))
+        if kind == "out_dtype":
+            return draw(st.sampled_from(("float32", "bfloat16")))
+        if kind.startswith("qw:"):
+            w = value("f32:" + kind[3:])
+            try:  # huge zero-size weights are refused here already: pass the array instead
+                return _core.QuantizedWeights.quantize(w)
+            except ACCEPTED:
+                return w
+        if kind.startswith(("bf16:", "f32:")):
+            head, _, rest = kind.partition(":")
+            x = value(rest)
+            if head == "f32" or ml_dtypes is None:
+                return x.astype(np.float32)
+            return x.astype(np.float32).astype(ml_dtypes.bfloat16)
         if kind.startswith("list:"):
             return [value(kind[5:]) for _ in range(draw(st.integers(0, 3)))]
         labels = kind.startswith("labels:")

@@ -7,6 +7,8 @@
 #include "bindings.hpp"
 #include "checks.hpp"
 #include "gemm/gemm.hpp"
+#include "lowp/bf16_gemm.hpp"
+#include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
 #include "vecmath/vecmath.hpp"
 
@@ -118,8 +120,9 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
 // Floating-point operations of `steps` rounds of register-only multiply-adds on the kernels
 // in use for `dtype`, shared among num_threads threads; the benchmark times the call.
 double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threads_obj) {
-  if (dtype != "float32" && dtype != "float64")
-    value_fail("dtype", "expected 'float32' or 'float64', got '" + dtype + "'");
+  if (dtype != "float32" && dtype != "float64" && dtype != "bfloat16" && dtype != "int8")
+    value_fail("dtype",
+               "expected 'float32', 'float64', 'bfloat16' or 'int8', got '" + dtype + "'");
   constexpr long long kMaxSteps = 1LL << 40;  // hours of work; steps * chunks stays exact
   if (!py::isinstance<py::int_>(steps_obj) || py::isinstance<py::bool_>(steps_obj))
     type_fail("steps", "expected an int in [1, 2**40], got " + type_name(steps_obj));
@@ -130,6 +133,8 @@ double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threa
   const long long steps = steps_int.cast<long long>();
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const GilRelease nogil;
+  if (dtype == "bfloat16") return lowp::bf16_peak_probe(steps, threads);
+  if (dtype == "int8") return lowp::int8_peak_probe(steps, threads);
   return dtype == "float32" ? gemm::fma_peak_probe<float>(steps, threads)
                             : gemm::fma_peak_probe<double>(steps, threads);
 }
@@ -139,8 +144,9 @@ double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threa
 void bind_gemm_testing(py::module_& m) {
   m.def("_fma_peak", &fma_peak, py::arg("dtype"), py::arg("steps"), py::kw_only(),
         py::arg("num_threads") = py::none(),
-        "Benchmark hook: floating-point operations of `steps` rounds of register-only "
-        "multiply-adds on the kernels in use for dtype (time the call for the peak rate).");
+        "Benchmark hook: operations of `steps` rounds of register-only multiply-adds on the "
+        "kernels in use for dtype ('float32', 'float64', or the bf16 / int8 products' "
+        "'bfloat16', 'int8'); time the call for the peak rate.");
   m.def("_vector_math_isa_test", &vector_math_isa_test, py::arg("isa"), py::arg("out"),
         py::arg("z"), py::kw_only(), py::arg("activation"), py::arg("alpha") = py::none(),
         py::arg("dy") = py::none(),

@@ -302,3 +302,95 @@ def _probe_region_threads(
 ) -> int: ...
 def _forget_busy_python() -> None: ...
 def _fma_peak(dtype: str, steps: int, *, num_threads: int | None = None) -> float: ...
+
+# Low precision (csrc/lowp): bfloat16 arrays are NumPy arrays of ml_dtypes.bfloat16.
+Bf16Array = npt.NDArray[Any]
+
+class LowpConfig(TypedDict):
+    path: str  # in use: "avx512_bf16" / "avx512_vnni", or "emulated"
+    best: str
+    forced: bool  # DENSEKIT_BF16 / DENSEKIT_INT8 chose it
+    requested: str
+    note: str  # why a request was not honoured
+    available: list[str]
+
+def to_bfloat16(
+    x: npt.NDArray[np.float32], *, out: Bf16Array | None = None, num_threads: int | None = None
+) -> Bf16Array: ...
+def from_bfloat16(
+    x: Bf16Array, *, out: npt.NDArray[np.float32] | None = None, num_threads: int | None = None
+) -> npt.NDArray[np.float32]: ...
+def matmul_bf16(
+    a: Bf16Array,
+    b: Bf16Array,
+    *,
+    out: npt.NDArray[np.float32] | Bf16Array | None = None,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    bias: npt.NDArray[np.float32] | None = None,
+    preact: npt.NDArray[np.float32] | None = None,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    accumulate: bool = False,
+    out_dtype: Literal["float32", "bfloat16"] = "float32",
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32] | Bf16Array: ...
+def _matmul_bf16_path_test(
+    path: str,
+    a: Bf16Array,
+    b: Bf16Array,
+    *,
+    out: npt.NDArray[np.float32] | Bf16Array | None = None,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    bias: npt.NDArray[np.float32] | None = None,
+    preact: npt.NDArray[np.float32] | None = None,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    accumulate: bool = False,
+    out_dtype: Literal["float32", "bfloat16"] = "float32",
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32] | Bf16Array: ...
+def bf16_config() -> LowpConfig: ...
+
+class QuantizedWeights:
+    @staticmethod
+    def quantize(
+        w: npt.NDArray[np.float32], *, num_threads: int | None = None
+    ) -> QuantizedWeights: ...
+    @staticmethod
+    def from_int8(
+        weights: npt.NDArray[np.int8],
+        scales: npt.NDArray[np.float32] | None,
+        *,
+        num_threads: int | None = None,
+    ) -> QuantizedWeights: ...
+    @property
+    def weights(self) -> npt.NDArray[np.int8]: ...
+    @property
+    def scales(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+def dense_forward_int8(
+    x: npt.NDArray[np.float32],
+    w: QuantizedWeights,
+    b: npt.NDArray[np.float32] | None = None,
+    *,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32]: ...
+def _dense_int8_path_test(
+    path: str,
+    x: npt.NDArray[np.float32],
+    w: QuantizedWeights,
+    b: npt.NDArray[np.float32] | None = None,
+    *,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32]: ...
+def int8_config() -> LowpConfig: ...

@@ -1,0 +1,177 @@
+"""Low precision: densekit's bfloat16 products and int8 inference against torch's and against
+densekit's own float32, side by side.
+
+- ``matmul bf16`` (n, k, m): x (n, k) @ w (k, m), bf16 inputs, float32 accumulation, bf16 out;
+  peers torch ``matmul`` on bf16 tensors (oneDNN) and densekit float32 ``dense_forward``.
+- ``dense bf16 relu``: act(x @ w + b) with the bias and relu in the product's epilogue, bf16
+  out; peers torch ``F.linear`` + ``relu_`` on bf16 tensors and densekit float32.
+- ``dense int8 relu``: float32 x, int8 weights per output column, x quantized per row on the
+  fly; peers ``torch.ao.quantization.quantize_dynamic`` of a ``Linear`` + ReLU (fbgemm) and
+  densekit float32.
+The rates are GFLOP/s of the float32 product (2 n k m) for every library, so ratios compare
+times; the report's percentage is of the bf16 / int8 path's own peak (``_fma_peak``: its
+instruction on register chains, e.g. vdpbf16ps counts 4 operations per lane, vpdpbusd 8).
+Run alone: python -m bench.lowp [options].
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from densekit import kernels
+
+from . import peers
+from .config import Settings
+from .gemm import shape_name
+from .harness import Case, Impl, Skip, Tolerance, random_array
+
+FAMILY = "lowp"
+SHAPES = ((1024, 1024, 1024), (4096, 512, 512), (256, 784, 256), (64, 784, 256), (1, 784, 256))
+QUICK_SHAPES = ((1024, 1024, 1024), (256, 784, 256), (64, 784, 256))
+# bf16 outputs are rounded to 8 bits: half an ulp is 2^-9 of the value; sums in a different
+# order differ by a few float32 ulp before that rounding. int8 peers quantize differently
+# (torch: one asymmetric 7-bit scale per tensor of x): about 1% of the output's scale apart.
+BF16_TOLERANCE = Tolerance(rtol=1.6e-2, atol=4e-3)
+INT8_TOLERANCE = Tolerance(rtol=0.0, atol=6e-2)
+
+
+def _bf16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -> Case:
+    rng = np.random.default_rng(n * 31 + k * 7 + m)
+    x32 = random_array(rng, (n, k), "float32")
+    w32 = random_array(rng, (k, m), "float32")
+    b32 = random_array(rng, (m,), "float32") if epilogue else None
+    x, w = kernels.to_bfloat16(x32), kernels.to_bfloat16(w32)
+    act = "relu" if epilogue else "linear"
+    y16 = np.empty((n, m), _bf16())
+    y32 = np.empty((n, m), np.float32)
+    # The float32 peer runs on the bf16-rounded values, so that only the products differ.
+    x_r, w_r = kernels.from_bfloat16(x), kernels.from_bfloat16(w)
+
+    def run_densekit():
+        return kernels.matmul_bf16(
+            x, w, out=y16, bias=b32, activation=act, out_dtype="bfloat16", num_threads=threads
+        )
+
+    def run_fp32():
+        return kernels.dense_forward(x_r, w_r, b32, activation=act, out=y32, num_threads=threads)
+
+    case_peers = []
+    if peers.torch is not None:
+        torch = peers.torch
+        x_t = torch.from_numpy(x_r).to(torch.bfloat16)
+        w_t = torch.from_numpy(w_r).to(torch.bfloat16)
+        y_t = torch.empty((n, m), dtype=torch.bfloat16)
+        if epilogue:
+            wt_t = w_t.t().contiguous()  # F.linear's (out, in) layout
+            b_t = torch.from_numpy(b32).to(torch.bfloat16)
+            linear = torch.nn.functional.linear
+
+            def run_torch():
+                return linear(x_t, wt_t, b_t).relu_()
+        else:
+            matmul = torch.matmul
+
+            def run_torch():
+                return matmul(x_t, w_t, out=y_t)
+
+        case_peers.append(Impl("torch", run_torch))
+    case_peers.append(Impl("densekit fp32", run_fp32))
+    return Case(
+        family=FAMILY,
+        name=name,
+        shape=shape_name(n, k, m),
+        dtype="bfloat16",
+        threads=threads,
+        work=2.0 * n * k * m,
+        unit="GFLOP/s",
+        work_formula="2*n*k*m",
+        tolerance=BF16_TOLERANCE,
+        densekit=Impl("densekit", run_densekit),
+        peers=case_peers,
+        context=lambda: peers.torch_threads(threads),
+        notes=["peers' inputs are the bf16-rounded values (float32 peer: widened)"],
+    )
+
+
+def int8_case(n: int, k: int, m: int, threads: int) -> Case:
+    rng = np.random.default_rng(n * 37 + k * 11 + m)
+    x = random_array(rng, (n, k), "float32")
+    w = random_array(rng, (k, m), "float32")
+    b = random_array(rng, (m,), "float32")
+    qw = kernels.QuantizedWeights.quantize(w)
+    y = np.empty((n, m), np.float32)
+    y32 = np.empty((n, m), np.float32)
+
+    def run_densekit():
+        return kernels.dense_forward_int8(x, qw, b, activation="relu", out=y, num_threads=threads)
+
+    def run_fp32():
+        return kernels.dense_forward(x, w, b, activation="relu", out=y32, num_threads=threads)
+
+    case_peers = []
+    if peers.torch is not None:
+        torch = peers.torch
+        linear = torch.nn.Linear(k, m)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            linear.bias.copy_(torch.from_numpy(b))
+        model = torch.nn.Sequential(linear, torch.nn.ReLU())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            quantized = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        x_t = torch.from_numpy(x)
+        no_grad = torch.no_grad
+
+        def run_torch():
+            with no_grad():
+                return quantized(x_t)
+
+        case_peers.append(Impl("torch", run_torch))
+    case_peers.append(Impl("densekit fp32", run_fp32))
+    return Case(
+        family=FAMILY,
+        name="dense int8 relu",
+        shape=shape_name(n, k, m),
+        dtype="int8",
+        threads=threads,
+        work=2.0 * n * k * m,
+        unit="GFLOP/s",
+        work_formula="2*n*k*m",
+        tolerance=INT8_TOLERANCE,
+        densekit=Impl("densekit", run_densekit),
+        peers=case_peers,
+        context=lambda: peers.torch_threads(threads),
+        notes=["torch: quantize_dynamic (per-tensor 7-bit x, fbgemm); densekit: per-row x"],
+    )
+
+
+def cases(settings: Settings) -> Iterator[Case | Skip]:
+    try:
+        _bf16()
+    except ImportError:
+        yield Skip(FAMILY, "bf16", "ml_dtypes is not installed")
+        return
+    for n, k, m in SHAPES:
+        if settings.quick and (n, k, m) not in QUICK_SHAPES:
+            yield Skip(FAMILY, f"lowp {shape_name(n, k, m)}", "--quick")
+            continue
+        yield bf16_case("matmul bf16", n, k, m, settings.threads, epilogue=False)
+        yield bf16_case("dense bf16 relu", n, k, m, settings.threads, epilogue=True)
+        yield int8_case(n, k, m, settings.threads)
+
+
+if __name__ == "__main__":
+    from .runner import run_family_script
+
+    run_family_script(FAMILY)

@@ -1,0 +1,442 @@
+// Low-precision kernels: bfloat16 conversions and the bf16 matrix product. bf16 arrays are
+// NumPy arrays of ml_dtypes.bfloat16 (the dtype JAX, TensorFlow and Keras use); nothing else
+// of 16 bits (float16, uint16) is taken for one.
+#include <pybind11/numpy.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "checks.hpp"
+#include "lowp/bf16_gemm.hpp"
+#include "lowp/int8_gemm.hpp"
+#include "parallel.hpp"
+
+namespace densekit::bind {
+namespace {
+
+using lowp::bf16_bits;
+
+// ml_dtypes.bfloat16 as a NumPy dtype; ml_dtypes is imported on first use.
+const py::dtype& bf16_dtype() {
+  static py::object* dtype = [] {
+    py::object type = py::module_::import("ml_dtypes").attr("bfloat16");
+    return new py::object(py::dtype::from_args(type));  // kept for the process
+  }();
+  return *reinterpret_cast<const py::dtype*>(dtype);
+}
+
+bool is_bf16(const py::array& a) { return a.dtype().equal(bf16_dtype()); }
+
+py::array bf16_array(py::handle obj, const char* name) {
+  py::array a = require_array(obj, name, "ml_dtypes.bfloat16");
+  if (!is_bf16(a))
+    type_fail(name, "expected dtype bfloat16 (ml_dtypes.bfloat16), got " + dtype_string(a) +
+                        (dtype_string(a) == "float16"
+                             ? " (float16 is IEEE half precision, a different format: convert "
+                               "with densekit.kernels.to_bfloat16 or .astype(ml_dtypes.bfloat16))"
+                             : ""));
+  require_c_contiguous(a, name);
+  return a;
+}
+
+py::array float32_array(py::handle obj, const char* name) {
+  py::array a = require_array(obj, name, "float32");
+  if (a.dtype().num() != py::dtype::of<float>().num())
+    type_fail(name, "expected dtype float32, got " + dtype_string(a));
+  require_c_contiguous(a, name);
+  return a;
+}
+
+std::vector<index_t> shape_of(const py::array& a) {
+  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
+}
+
+py::array new_bf16(const std::vector<index_t>& shape) {
+  return py::array(bf16_dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+// An out= array: None, or writeable C-contiguous of exactly this shape and dtype.
+bool out_bf16(py::handle obj, const char* name, const std::vector<index_t>& shape, py::array* r) {
+  if (obj.is_none()) return false;
+  py::array a = require_array(obj, name, "bfloat16");
+  if (!is_bf16(a))
+    type_fail(name, "expected dtype bfloat16, got " + dtype_string(a) +
+                        " (out= arrays are never converted)");
+  require_c_contiguous(a, name);
+  require_shape(a, name, shape);
+  require_writeable(a, name);
+  *r = a;
+  return true;
+}
+
+py::array to_bfloat16(py::handle x_obj, py::handle out_obj, py::handle threads_obj) {
+  py::array x = float32_array(x_obj, "x");
+  const std::vector<index_t> shape = shape_of(x);
+  py::array out;
+  if (!out_bf16(out_obj, "out", shape, &out)) out = new_bf16(shape);
+  require_no_overlap(out, "out", {{&x, "x"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const float* xp = cptr<float>(x);
+  auto* yp = static_cast<bf16_bits*>(out.mutable_data());
+  const index_t count = static_cast<index_t>(x.size());
+  {
+    const GilRelease nogil;
+    lowp::convert_to_bf16(xp, yp, count, threads);
+  }
+  return out;
+}
+
+py::array from_bfloat16(py::handle x_obj, py::handle out_obj, py::handle threads_obj) {
+  py::array x = bf16_array(x_obj, "x");
+  const std::vector<index_t> shape = shape_of(x);
+  py::array out;
+  if (!out_array(out_obj, "out", DType::float32, shape, &out)) out = new_array<float>(shape);
+  require_no_overlap(out, "out", {{&x, "x"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const auto* xp = static_cast<const bf16_bits*>(x.data());
+  float* yp = mptr<float>(out);
+  const index_t count = static_cast<index_t>(x.size());
+  {
+    const GilRelease nogil;
+    lowp::convert_from_bf16(xp, yp, count, threads);
+  }
+  return out;
+}
+
+lowp::Bf16Path path_named(const std::string& text) {
+  lowp::Bf16Path path;
+  if (!lowp::bf16_path_from_name(text, &path))
+    value_fail("path", "expected 'avx512_bf16' or 'emulated', got '" + text + "'");
+  if (!lowp::bf16_path_supported(path))
+    value_fail("path", "'" + text + "' is not supported by this CPU/build/DENSEKIT_ISA");
+  return path;
+}
+
+py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::handle b_obj,
+                           py::handle out_obj, bool trans_a, bool trans_b, py::handle bias_obj,
+                           py::handle preact_obj, py::handle activation, py::handle alpha,
+                           bool accumulate, const std::string& out_dtype,
+                           py::handle threads_obj) {
+  py::array a = bf16_array(a_obj, "a");
+  py::array b = bf16_array(b_obj, "b");
+  require_ndim(a, "a", 2);
+  require_ndim(b, "b", 2);
+  if (out_dtype != "float32" && out_dtype != "bfloat16")
+    value_fail("out_dtype", "expected 'float32' or 'bfloat16', got '" + out_dtype + "'");
+  const bool out16 = out_dtype == "bfloat16";
+  const index_t m = a.shape(trans_a ? 1 : 0);
+  const index_t k = a.shape(trans_a ? 0 : 1);
+  const index_t n = b.shape(trans_b ? 0 : 1);
+  if (b.shape(trans_b ? 1 : 0) != k)
+    value_fail("b", "expected " + std::to_string(k) + " rows in op(b) (the columns of op(a)), got " +
+                        std::to_string(b.shape(trans_b ? 1 : 0)));
+  py::array out;
+  bool given;
+  if (out16) {
+    given = out_bf16(out_obj, "out", {m, n}, &out);
+    if (!given) out = new_bf16({m, n});
+  } else {
+    given = out_array(out_obj, "out", DType::float32, {m, n}, &out);
+    if (!given) out = new_array<float>({m, n});
+  }
+  if (accumulate && !given) value_fail("out", "accumulate=True needs out= (the sum to add to)");
+  if (accumulate && out16)
+    value_fail("accumulate", "needs out_dtype='float32' (float32 master gradients)");
+  py::array bias, preact;
+  const bool has_bias = !bias_obj.is_none();
+  if (has_bias) {
+    bias = float32_array(bias_obj, "bias");
+    require_shape(bias, "bias", {n});
+  }
+  const bool has_preact = out_array(preact_obj, "preact", DType::float32, {m, n}, &preact);
+  const Activation act = parse_activation(activation, alpha);
+  if (act.kind == ActivationKind::softmax)
+    value_fail("activation", "softmax is a row operation; apply densekit.kernels.softmax after");
+  require_no_overlap(out, "out", {{&a, "a"}, {&b, "b"}, {has_bias ? &bias : nullptr, "bias"},
+                                  {has_preact ? &preact : nullptr, "preact"}});
+  if (has_preact) require_no_overlap(preact, "preact", {{&a, "a"}, {&b, "b"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const auto* ap = static_cast<const bf16_bits*>(a.data());
+  const auto* bp = static_cast<const bf16_bits*>(b.data());
+  lowp::Bf16Epilogue ep;
+  ep.bias = has_bias ? cptr<float>(bias) : nullptr;
+  ep.preact = has_preact ? mptr<float>(preact) : nullptr;
+  ep.ld_preact = n;
+  ep.activation = act;
+  ep.accumulate = accumulate;
+  float* c32 = out16 ? nullptr : mptr<float>(out);
+  bf16_bits* c16 = out16 ? static_cast<bf16_bits*>(out.mutable_data()) : nullptr;
+  const index_t lda = a.shape(1), ldb = b.shape(1);
+  if (m == 0 || n == 0) return out;  // nothing to compute (and op(b) need not be packed)
+  {
+    const GilRelease nogil;
+    const lowp::PackedBf16 packed = lowp::pack_bf16(bp, ldb, trans_b, k, n, threads);
+    if (path != nullptr)
+      lowp::gemm_bf16_with_path(*path, m, n, k, ap, lda, trans_a, packed, c32, c16, n, ep, threads);
+    else
+      lowp::gemm_bf16(m, n, k, ap, lda, trans_a, packed, c32, c16, n, ep, threads);
+  }
+  return out;
+}
+
+py::dict bf16_config() {
+  const lowp::Bf16Choice& c = lowp::bf16_choice();
+  py::dict d;
+  d["path"] = lowp::bf16_path_name(c.path);
+  d["best"] = lowp::bf16_path_name(c.best);
+  d["forced"] = c.forced;
+  d["requested"] = c.requested;
+  d["note"] = c.note;
+  py::list available;
+  for (auto p : {lowp::Bf16Path::avx512_bf16, lowp::Bf16Path::emulated})
+    if (lowp::bf16_path_supported(p)) available.append(lowp::bf16_path_name(p));
+  d["available"] = available;
+  return d;
+}
+
+// Dense weights quantized to int8 per output column and packed for the int8 product. Holds
+// read-only copies of the int8 weights and their scales (what a saved model stores).
+class QuantizedWeights {
+ public:
+  // From float32 weights (k, n): scales max |W(:, j)| / 127, rounding to nearest even.
+  static QuantizedWeights quantize(py::handle w_obj, py::handle threads_obj) {
+    py::array w = float32_array(w_obj, "w");
+    require_ndim(w, "w", 2);
+    const index_t k = w.shape(0), n = w.shape(1);
+    check_depth(k, "w");
+    const int threads = resolve_num_threads(thread_count(threads_obj));
+    py::array wq = py::array_t<std::int8_t>({w.shape(0), w.shape(1)});
+    py::array scales = py::array_t<float>({w.shape(1)});
+    bool finite;
+    {
+      const GilRelease nogil;
+      finite = lowp::quantize_weights(cptr<float>(w), k, n, mptr<std::int8_t>(wq),
+                                      mptr<float>(scales), threads);
+    }
+    if (!finite) value_fail("w", "expected finite weights, got inf or nan");
+    return QuantizedWeights(wq, scales, threads);
+  }
+
+  // From int8 weights (k, n) in [-127, 127] and their float32 scales (n,), finite and >= 0.
+  static QuantizedWeights from_int8(py::handle wq_obj, py::handle scales_obj,
+                                    py::handle threads_obj) {
+    py::array wq = require_array(wq_obj, "weights", "int8");
+    if (wq.dtype().num() != py::dtype::of<std::int8_t>().num())
+      type_fail("weights", "expected dtype int8, got " + dtype_string(wq));
+    require_c_contiguous(wq, "weights");
+    require_ndim(wq, "weights", 2);
+    if (scales_obj.is_none())
+      value_fail("scales", "expected the float32 scales of the int8 weights (one per column), "
+                           "got None: int8 weights without scales have no meaning");
+    py::array scales = float32_array(scales_obj, "scales");
+    require_shape(scales, "scales", {static_cast<index_t>(wq.shape(1))}, "weights.shape[1]");
+    check_depth(wq.shape(0), "weights");
+    const float* sp = cptr<float>(scales);
+    for (py::ssize_t j = 0; j < scales.size(); ++j)
+      if (!(std::isfinite(sp[j]) && sp[j] >= 0.0f))
+        value_fail("scales", "expected finite scales >= 0, got " + std::to_string(sp[j]) +
+                                 " at column " + std::to_string(j));
+    const auto* q = cptr<std::int8_t>(wq);
+    for (py::ssize_t i = 0; i < wq.size(); ++i)
+      if (q[i] == -128) value_fail("weights", "expected values in [-127, 127] (symmetric), got -128");
+    return QuantizedWeights(copy_of(wq), copy_of(scales), resolve_num_threads(thread_count(threads_obj)));
+  }
+
+  const py::array& weights() const { return wq_; }
+  const py::array& scales() const { return scales_; }
+  const lowp::PackedInt8& packed() const { return *packed_; }
+  py::tuple shape() const { return py::make_tuple(wq_.shape(0), wq_.shape(1)); }
+  std::string repr() const {
+    return "QuantizedWeights(shape=(" + std::to_string(wq_.shape(0)) + ", " +
+           std::to_string(wq_.shape(1)) + "), int8 per-column symmetric)";
+  }
+
+ private:
+  QuantizedWeights(py::array wq, py::array scales, int threads)
+      : wq_(std::move(wq)), scales_(std::move(scales)) {
+    wq_.attr("setflags")(py::arg("write") = false);
+    scales_.attr("setflags")(py::arg("write") = false);
+    const auto* q = cptr<std::int8_t>(wq_);
+    const float* s = cptr<float>(scales_);
+    const index_t k = wq_.shape(0), n = wq_.shape(1);
+    auto packed = std::make_shared<lowp::PackedInt8>();
+    {
+      const GilRelease nogil;
+      *packed = lowp::pack_int8(q, s, k, n, threads);
+    }
+    packed_ = packed;
+  }
+  static void check_depth(index_t k, const char* name) {
+    if (k > lowp::kMaxInt8Depth)
+      value_fail(name, "expected at most " + std::to_string(lowp::kMaxInt8Depth) +
+                           " rows (input features; the int32 sums stay exact), got " +
+                           std::to_string(k));
+  }
+  static py::array copy_of(const py::array& a) {
+    py::array c(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    std::memcpy(c.mutable_data(), a.data(), static_cast<size_t>(a.nbytes()));
+    return c;
+  }
+
+  py::array wq_, scales_;
+  std::shared_ptr<const lowp::PackedInt8> packed_;
+};
+
+lowp::Int8Path int8_path_named(const std::string& text) {
+  lowp::Int8Path path;
+  if (!lowp::int8_path_from_name(text, &path))
+    value_fail("path", "expected 'avx512_vnni' or 'emulated', got '" + text + "'");
+  if (!lowp::int8_path_supported(path))
+    value_fail("path", "'" + text + "' is not supported by this CPU/build/DENSEKIT_ISA");
+  return path;
+}
+
+py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
+                                  py::handle w_obj, py::handle b_obj, py::handle activation,
+                                  py::handle alpha, py::handle out_obj, py::handle threads_obj) {
+  py::array x = float32_array(x_obj, "x");
+  require_ndim(x, "x", 2);
+  if (!py::isinstance<QuantizedWeights>(w_obj))
+    type_fail("w", "expected densekit.kernels.QuantizedWeights (from QuantizedWeights.quantize "
+                   "or .from_int8), got " + type_name(w_obj));
+  const QuantizedWeights& w = w_obj.cast<const QuantizedWeights&>();
+  const index_t m = x.shape(0), k = x.shape(1);
+  const index_t n = w.weights().shape(1);
+  if (k != w.weights().shape(0))
+    value_fail("x", "expected " + std::to_string(w.weights().shape(0)) +
+                        " columns (w.shape[0]), got shape " + shape_string(x));
+  py::array b;
+  const bool has_b = !b_obj.is_none();
+  if (has_b) {
+    b = float32_array(b_obj, "b");
+    require_shape(b, "b", {n}, "w.shape[1]");
+  }
+  const Activation act = parse_activation(activation, alpha);
+  if (act.kind == ActivationKind::softmax)
+    value_fail("activation", "softmax is a row operation; apply densekit.kernels.softmax after");
+  py::array out;
+  if (!out_array(out_obj, "out", DType::float32, {m, n}, &out)) out = new_array<float>({m, n});
+  require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  lowp::Int8Epilogue ep;
+  ep.bias = has_b ? cptr<float>(b) : nullptr;
+  ep.activation = act;
+  const float* xp = cptr<float>(x);
+  float* yp = mptr<float>(out);
+  {
+    const GilRelease nogil;
+    if (path != nullptr)
+      lowp::dense_int8_with_path(*path, m, xp, w.packed(), yp, ep, threads);
+    else
+      lowp::dense_int8(m, xp, w.packed(), yp, ep, threads);
+  }
+  return out;
+}
+
+py::dict int8_config() {
+  const lowp::Int8Choice& c = lowp::int8_choice();
+  py::dict d;
+  d["path"] = lowp::int8_path_name(c.path);
+  d["best"] = lowp::int8_path_name(c.best);
+  d["forced"] = c.forced;
+  d["requested"] = c.requested;
+  d["note"] = c.note;
+  py::list available;
+  for (auto p : {lowp::Int8Path::avx512_vnni, lowp::Int8Path::emulated})
+    if (lowp::int8_path_supported(p)) available.append(lowp::int8_path_name(p));
+  d["available"] = available;
+  return d;
+}
+
+}  // namespace
+
+void bind_lowp(py::module_& m) {
+  py::class_<QuantizedWeights>(m, "QuantizedWeights",
+                               "Dense weights (k, n) as int8 per output column (symmetric, "
+                               "scale = ``max(abs(w[:, j])) / 127``), packed for "
+                               "dense_forward_int8.")
+      .def_static("quantize", &QuantizedWeights::quantize, py::arg("w"), py::kw_only(),
+                  py::arg("num_threads") = py::none(),
+                  "Quantize float32 weights (k, n), rounding to nearest even.")
+      .def_static("from_int8", &QuantizedWeights::from_int8, py::arg("weights"),
+                  py::arg("scales"), py::kw_only(), py::arg("num_threads") = py::none(),
+                  "From int8 weights (k, n) in [-127, 127] and float32 scales (n,).")
+      .def_property_readonly("weights", &QuantizedWeights::weights,
+                             "The int8 weights (k, n), read-only.")
+      .def_property_readonly("scales", &QuantizedWeights::scales,
+                             "The float32 scales (n,), read-only.")
+      .def_property_readonly("shape", &QuantizedWeights::shape, "(k, n).")
+      .def("__repr__", &QuantizedWeights::repr);
+  m.def(
+      "dense_forward_int8",
+      [](py::handle x, py::handle w, py::handle b, py::handle activation, py::handle alpha,
+         py::handle out, py::handle threads) {
+        return dense_forward_int8_impl(nullptr, x, w, b, activation, alpha, out, threads);
+      },
+      py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::kw_only(),
+      py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+      py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+      "y = act(x @ w + b) with w QuantizedWeights and x (float32) quantized per row on the fly "
+      "(symmetric int8); exact int32 products (AVX512-VNNI where present), dequantized, bias "
+      "and activation in float32. The same bits on every path and thread count.");
+  m.def(
+      "_dense_int8_path_test",
+      [](const std::string& path, py::handle x, py::handle w, py::handle b,
+         py::handle activation, py::handle alpha, py::handle out, py::handle threads) {
+        const lowp::Int8Path p = int8_path_named(path);
+        return dense_forward_int8_impl(&p, x, w, b, activation, alpha, out, threads);
+      },
+      py::arg("path"), py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::kw_only(),
+      py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+      py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+      "Test hook: dense_forward_int8 on a given path ('avx512_vnni' or 'emulated').");
+  m.def("int8_config", &int8_config,
+        "The int8 product's path: in use, best, available, and DENSEKIT_INT8's request.");
+  m.def("to_bfloat16", &to_bfloat16, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+        py::arg("num_threads") = py::none(),
+        "x (float32, any shape) rounded to bfloat16, to nearest with ties to even, as "
+        "ml_dtypes.bfloat16 does (subnormals kept, NaN stays NaN). Returns out.");
+  m.def("from_bfloat16", &from_bfloat16, py::arg("x"), py::kw_only(),
+        py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
+        "x (ml_dtypes.bfloat16, any shape) widened to float32 (exact). Returns out.");
+  m.def(
+      "matmul_bf16",
+      [](py::handle a, py::handle b, py::handle out, bool trans_a, bool trans_b, py::handle bias,
+         py::handle preact, py::handle activation, py::handle alpha, bool accumulate,
+         const std::string& out_dtype, py::handle threads) {
+        return matmul_bf16_impl(nullptr, a, b, out, trans_a, trans_b, bias, preact, activation,
+                                alpha, accumulate, out_dtype, threads);
+      },
+      py::arg("a"), py::arg("b"), py::kw_only(), py::arg("out") = py::none(),
+      py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("bias") = py::none(),
+      py::arg("preact") = py::none(), py::arg("activation") = "linear",
+      py::arg("alpha") = py::none(), py::arg("accumulate") = false,
+      py::arg("out_dtype") = "float32", py::arg("num_threads") = py::none(),
+      "op(a) @ op(b) for bfloat16 a and b with float32 accumulation (vdpbf16ps's pair rule, "
+      "the same bits on every path and thread count), then bias (float32), preact (float32 "
+      "copy of the pre-activation) and an elementwise activation in float32; the result in "
+      "out_dtype 'float32' or 'bfloat16' (rounded to nearest even). accumulate=True adds to a "
+      "float32 out.");
+  m.def(
+      "_matmul_bf16_path_test",
+      [](const std::string& path, py::handle a, py::handle b, py::handle out, bool trans_a,
+         bool trans_b, py::handle bias, py::handle preact, py::handle activation,
+         py::handle alpha, bool accumulate, const std::string& out_dtype, py::handle threads) {
+        const lowp::Bf16Path p = path_named(path);
+        return matmul_bf16_impl(&p, a, b, out, trans_a, trans_b, bias, preact, activation, alpha,
+                                accumulate, out_dtype, threads);
+      },
+      py::arg("path"), py::arg("a"), py::arg("b"), py::kw_only(), py::arg("out") = py::none(),
+      py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("bias") = py::none(),
+      py::arg("preact") = py::none(), py::arg("activation") = "linear",
+      py::arg("alpha") = py::none(), py::arg("accumulate") = false,
+      py::arg("out_dtype") = "float32", py::arg("num_threads") = py::none(),
+      "Test hook: matmul_bf16 on a given path ('avx512_bf16' or 'emulated').");
+  m.def("bf16_config", &bf16_config,
+        "The bf16 product's path: in use, best, available, and DENSEKIT_BF16's request.");
+}
+
+}  // namespace densekit::bind

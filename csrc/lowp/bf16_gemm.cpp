@@ -1,0 +1,242 @@
+// The bf16 product's driver: the path choice, packing, the task loop and the float32 epilogue
+// (see bf16_gemm.hpp). Baseline ISA; the tiles live in the per-path files.
+#include "lowp/bf16_gemm.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "gemm/isa.hpp"
+#include "lowp/path_choice.hpp"
+#include "parallel.hpp"
+#include "vecmath/scalar_activations.hpp"
+#include "vecmath/vecmath.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+namespace densekit::lowp {
+namespace {
+
+constexpr index_t kBlockPairs = 128;  // k block: 256 k, a 32-column B panel of 16 KiB
+
+bool cpu_has_avx512_bf16() {
+#if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#elif defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__clang__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+Bf16Choice choose() {
+  Bf16Choice choice;
+  choice.best = bf16_path_supported(Bf16Path::avx512_bf16) ? Bf16Path::avx512_bf16
+                                                           : Bf16Path::emulated;
+  const PathRequest r =
+      read_path_request("DENSEKIT_BF16", {"emulated", "avx512_bf16"}, static_cast<int>(choice.best));
+  choice.path = static_cast<Bf16Path>(r.path);
+  choice.forced = r.forced;
+  choice.requested = r.requested;
+  choice.note = r.note;
+  return choice;
+}
+
+// The emulated tiles follow the float32 engine's ISA.
+const Bf16Tiles& tiles_for(Bf16Path path) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  static const Bf16Tiles native = bf16_path_supported(Bf16Path::avx512_bf16)
+                                      ? bf16_tiles_avx512_bf16()
+                                      : Bf16Tiles{};
+  static const Bf16Tiles emulated = [] {
+    switch (gemm::isa_choice().isa) {
+      case gemm::Isa::avx512:
+        return bf16_tiles_avx512();
+      case gemm::Isa::avx2:
+        return bf16_tiles_avx2();
+      default:
+        return bf16_tiles_portable();
+    }
+  }();
+  return path == Bf16Path::avx512_bf16 ? native : emulated;
+#else
+  (void)path;
+  static const Bf16Tiles emulated = bf16_tiles_portable();
+  return emulated;
+#endif
+}
+
+// DAZ and FTZ on this thread for the emulated tiles' lifetime (x86: MXCSR; the float32 code
+// that follows runs under the caller's mode again).
+class FlushDenormals {
+ public:
+  explicit FlushDenormals(bool on) : on_(on) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (on_) {
+      saved_ = _mm_getcsr();
+      _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+    }
+#endif
+  }
+  ~FlushDenormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    if (on_) _mm_setcsr(saved_);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  bool on_;
+  unsigned saved_ = 0;
+};
+
+// Rows [r0, r0 + rows) of op(A) as pair words, pair q of row i at out[q * rows + i].
+void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+            std::uint32_t* out) {
+  const index_t pairs = (k + 1) / 2;
+  if (!trans_a) {
+    for (int i = 0; i < rows; ++i) {
+      const bf16_bits* row = a + (r0 + i) * lda;
+      for (index_t q = 0; q < k / 2; ++q)
+        out[q * rows + i] = std::uint32_t(row[2 * q]) | (std::uint32_t(row[2 * q + 1]) << 16);
+      if (k % 2) out[(pairs - 1) * rows + i] = row[k - 1];
+    }
+  } else {
+    for (index_t q = 0; q < pairs; ++q) {
+      const bf16_bits* lo = a + 2 * q * lda + r0;
+      const bf16_bits* hi = 2 * q + 1 < k ? lo + lda : nullptr;
+      for (int i = 0; i < rows; ++i)
+        out[q * rows + i] = std::uint32_t(lo[i]) | (hi ? std::uint32_t(hi[i]) << 16 : 0u);
+    }
+  }
+}
+
+void check_path(Bf16Path path) {
+  if (!bf16_path_supported(path))
+    throw ArgumentError(std::string("bf16 path '") + bf16_path_name(path) +
+                        "' is not supported by this CPU/build");
+}
+
+void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c32, bf16_bits* c16,
+                index_t ldc, const Bf16Epilogue& ep, float* scratch) {
+  float* v = c32 != nullptr ? c32 + i * ldc + j0 : scratch;
+  for (index_t j = 0; j < cols; ++j) {
+    float x = acc[j];
+    if (ep.accumulate) x = v[j] + x;
+    if (ep.bias != nullptr) x += ep.bias[j0 + j];
+    v[j] = x;
+  }
+  if (ep.preact != nullptr) std::copy(v, v + cols, ep.preact + i * ep.ld_preact + j0);
+  const Activation& act = ep.activation;
+  if (act.kind != ActivationKind::linear &&
+      !vecmath::vector_activation<float>(v, nullptr, v, cols, act)) {
+    const float alpha = static_cast<float>(act.alpha);
+    for (index_t j = 0; j < cols; ++j) v[j] = scalar::forward(act.kind, alpha, v[j]);
+  }
+  if (c16 != nullptr) {
+    bf16_bits* out = c16 + i * ldc + j0;
+    for (index_t j = 0; j < cols; ++j) out[j] = float_to_bf16(v[j]);
+  }
+}
+
+}  // namespace
+
+bool bf16_path_supported(Bf16Path path) {
+  if (path == Bf16Path::emulated) return true;
+  return gemm::isa_choice().isa == gemm::Isa::avx512 && cpu_has_avx512_bf16();
+}
+
+const char* bf16_path_name(Bf16Path path) {
+  return path == Bf16Path::avx512_bf16 ? "avx512_bf16" : "emulated";
+}
+
+bool bf16_path_from_name(const std::string& name, Bf16Path* path) {
+  if (name == "avx512_bf16") {
+    *path = Bf16Path::avx512_bf16;
+  } else if (name == "emulated") {
+    *path = Bf16Path::emulated;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const Bf16Choice& bf16_choice() {
+  static const Bf16Choice choice = choose();
+  return choice;
+}
+
+PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
+                     int num_threads) {
+  auto at = [&](index_t p, index_t j) -> std::uint32_t {
+    if (p >= k) return 0u;
+    return transposed ? b[j * ld + p] : b[p * ld + j];
+  };
+  return pack_panels(k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
+    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
+  });
+}
+
+void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
+                         index_t lda, bool trans_a, const PackedBf16& b, float* c32,
+                         bf16_bits* c16, index_t ldc, const Bf16Epilogue& ep, int num_threads) {
+  check_path(path);
+  if ((c32 == nullptr) == (c16 == nullptr))
+    throw ArgumentError("gemm_bf16: exactly one of the float32 and bf16 outputs");
+  if (ep.accumulate && c32 == nullptr)
+    throw ArgumentError("gemm_bf16: accumulate needs a float32 output");
+  if (ep.activation.kind == ActivationKind::softmax)
+    throw ArgumentError("gemm_bf16: softmax is a row operation, not an elementwise epilogue");
+  if (b.k != k || b.n != n) throw ArgumentError("gemm_bf16: packed B does not match k and n");
+  if (m <= 0 || n <= 0) return;
+  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  std::vector<std::vector<float>> rows(static_cast<size_t>(std::max(num_threads, 1)));
+  const bool flush = tiles_for(path).sets_mxcsr;
+  run_tiles<float>(
+      m, b, tiles_for(path), flops, num_threads, kBlockPairs,
+      [&](index_t r0, int count, std::uint32_t* out) { pack_a(a, lda, trans_a, r0, count, k, out); },
+      [&] { return FlushDenormals(flush); },
+      [&](const float* acc, index_t cols, index_t i, index_t j0, int participant) {
+        std::vector<float>& row = rows[static_cast<size_t>(participant)];
+        if (c32 == nullptr && row.size() < static_cast<size_t>(cols)) row.resize(size_t(cols));
+        finish_row(acc, cols, i, j0, c32, c16, ldc, ep, row.data());
+      });
+}
+
+void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,
+               const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
+               const Bf16Epilogue& epilogue, int num_threads) {
+  gemm_bf16_with_path(bf16_choice().path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, epilogue,
+                      num_threads);
+}
+
+double bf16_peak_probe(index_t steps, int num_threads) {
+  const TileSet<float>& tiles = tiles_for(bf16_choice().path);
+  const FlushDenormals flush(tiles.sets_mxcsr);
+  return run_probe(tiles, steps, num_threads);
+}
+
+void convert_to_bf16(const float* x, bf16_bits* y, index_t count, int num_threads) {
+  constexpr index_t kChunk = 1 << 15;
+  const index_t chunks = (count + kChunk - 1) / kChunk;
+  parallel_for(chunks, threads_for_work(num_threads, double(count), kChunk), [&](index_t c) {
+    const index_t end = std::min(count, (c + 1) * kChunk);
+    for (index_t i = c * kChunk; i < end; ++i) y[i] = float_to_bf16(x[i]);
+  });
+}
+
+void convert_from_bf16(const bf16_bits* x, float* y, index_t count, int num_threads) {
+  constexpr index_t kChunk = 1 << 15;
+  const index_t chunks = (count + kChunk - 1) / kChunk;
+  parallel_for(chunks, threads_for_work(num_threads, double(count), kChunk), [&](index_t c) {
+    const index_t end = std::min(count, (c + 1) * kChunk);
+    for (index_t i = c * kChunk; i < end; ++i) y[i] = bf16_to_float(x[i]);
+  });
+}
+
+}  // namespace densekit::lowp

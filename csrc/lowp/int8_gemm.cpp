@@ -1,0 +1,246 @@
+// int8 inference's driver: the path choice, weight quantization and packing, per-row
+// quantization of x and the float32 epilogue (see int8_gemm.hpp). Baseline ISA.
+#include "lowp/int8_gemm.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "gemm/isa.hpp"
+#include "lowp/path_choice.hpp"
+#include "parallel.hpp"
+#include "vecmath/scalar_activations.hpp"
+#include "vecmath/vecmath.hpp"
+
+namespace densekit::lowp {
+namespace {
+
+constexpr index_t kBlockQuads = 128;  // k block: 512 k, a 32-column B panel of 16 KiB
+
+bool cpu_has_avx512_vnni() {
+#if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+Int8Choice choose() {
+  Int8Choice choice;
+  choice.best = int8_path_supported(Int8Path::avx512_vnni) ? Int8Path::avx512_vnni
+                                                           : Int8Path::emulated;
+  const PathRequest r =
+      read_path_request("DENSEKIT_INT8", {"emulated", "avx512_vnni"}, static_cast<int>(choice.best));
+  choice.path = static_cast<Int8Path>(r.path);
+  choice.forced = r.forced;
+  choice.requested = r.requested;
+  choice.note = r.note;
+  return choice;
+}
+
+const TileSet<std::int32_t>& tiles_for(Int8Path path) {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  static const TileSet<std::int32_t> native = int8_path_supported(Int8Path::avx512_vnni)
+                                                  ? int8_tiles_avx512_vnni()
+                                                  : TileSet<std::int32_t>{};
+  static const TileSet<std::int32_t> emulated = [] {
+    switch (gemm::isa_choice().isa) {
+      case gemm::Isa::avx512:
+        return int8_tiles_avx512();
+      case gemm::Isa::avx2:
+        return int8_tiles_avx2();
+      default:
+        return int8_tiles_portable();
+    }
+  }();
+  return path == Int8Path::avx512_vnni ? native : emulated;
+#else
+  (void)path;
+  static const TileSet<std::int32_t> emulated = int8_tiles_portable();
+  return emulated;
+#endif
+}
+
+// Symmetric int8 of v / scale (0 when scale is 0), rounded to nearest even. |v / scale| <= 127
+// (times 1 + 2^-23) since scale = max |v| / 127, so adding and subtracting 1.5 * 2^23 rounds
+// it exactly as nearbyint does (and vectorises on the baseline ISA, which has no round
+// instruction); the clamp keeps the rounding of the scale itself from reaching 128.
+inline std::int32_t quantize_nonzero(float v, float scale) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  float q = (v / scale + kRound) - kRound;  // IEEE arithmetic: never folded without -ffast-math
+  q = q < -127.0f ? -127.0f : q;  // selects, not branches: the loops over a row vectorise
+  q = q > 127.0f ? 127.0f : q;
+  return static_cast<std::int32_t>(q);
+}
+inline std::int32_t quantize(float v, float scale) {
+  return scale == 0.0f ? 0 : quantize_nonzero(v, scale);
+}
+
+// out[p] = q(row[p]) + 128 for p < k; scale > 0. Separate pointers (restrict: bytes may alias
+// anything), so that the loop vectorises.
+void quantize_row(const float* __restrict row, index_t k, float scale,
+                  std::uint8_t* __restrict out) {
+  for (index_t p = 0; p < k; ++p)
+    out[p] = static_cast<std::uint8_t>(quantize_nonzero(row[p], scale) + 128);
+}
+
+struct NoGuard {};
+
+}  // namespace
+
+bool int8_path_supported(Int8Path path) {
+  if (path == Int8Path::emulated) return true;
+  return gemm::isa_choice().isa == gemm::Isa::avx512 && cpu_has_avx512_vnni();
+}
+
+const char* int8_path_name(Int8Path path) {
+  return path == Int8Path::avx512_vnni ? "avx512_vnni" : "emulated";
+}
+
+bool int8_path_from_name(const std::string& name, Int8Path* path) {
+  if (name == "avx512_vnni") {
+    *path = Int8Path::avx512_vnni;
+  } else if (name == "emulated") {
+    *path = Int8Path::emulated;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const Int8Choice& int8_choice() {
+  static const Int8Choice choice = choose();
+  return choice;
+}
+
+bool quantize_weights(const float* w, index_t k, index_t n, std::int8_t* wq, float* scales,
+                      int num_threads) {
+  constexpr index_t kColumns = 64;
+  const index_t blocks = (n + kColumns - 1) / kColumns;
+  std::vector<char> finite(static_cast<size_t>(std::max<index_t>(blocks, 1)), 1);
+  parallel_for(blocks, threads_for_work(num_threads, double(k) * double(n), 1 << 15),
+               [&](index_t blk) {
+                 const index_t j0 = blk * kColumns, j1 = std::min(n, j0 + kColumns);
+                 float peak[kColumns] = {};
+                 bool ok = true;
+                 for (index_t p = 0; p < k; ++p)
+                   for (index_t j = j0; j < j1; ++j) {
+                     const float v = w[p * n + j];
+                     ok = ok && std::isfinite(v);
+                     peak[j - j0] = std::max(peak[j - j0], std::fabs(v));
+                   }
+                 finite[static_cast<size_t>(blk)] = ok;
+                 for (index_t j = j0; j < j1; ++j) scales[j] = peak[j - j0] / 127.0f;
+                 for (index_t p = 0; p < k; ++p)
+                   for (index_t j = j0; j < j1; ++j)
+                     wq[p * n + j] = static_cast<std::int8_t>(quantize(w[p * n + j], scales[j]));
+               });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+}
+
+PackedInt8 pack_int8(const std::int8_t* wq, const float* scales, index_t k, index_t n,
+                     int num_threads) {
+  if (k > kMaxInt8Depth)
+    throw ArgumentError("int8 weights: at most " + std::to_string(kMaxInt8Depth) +
+                        " input features (the int32 sums stay exact)");
+  PackedInt8 p;
+  auto byte = [&](index_t row, index_t j) -> std::uint32_t {
+    return row < k ? static_cast<std::uint8_t>(wq[row * n + j]) : 0u;
+  };
+  p.panels = pack_panels(k, n, (k + 3) / 4, num_threads, [&](index_t q, index_t j) {
+    return byte(4 * q, j) | (byte(4 * q + 1, j) << 8) | (byte(4 * q + 2, j) << 16) |
+           (byte(4 * q + 3, j) << 24);
+  });
+  p.col_sums.assign(static_cast<size_t>(n), 0);
+  for (index_t r = 0; r < k; ++r)
+    for (index_t j = 0; j < n; ++j) p.col_sums[size_t(j)] += wq[r * n + j];
+  p.scales.assign(scales, scales + n);
+  return p;
+}
+
+void dense_int8_with_path(Int8Path path, index_t m, const float* x, const PackedInt8& w, float* y,
+                          const Int8Epilogue& ep, int num_threads) {
+  if (!int8_path_supported(path))
+    throw ArgumentError(std::string("int8 path '") + int8_path_name(path) +
+                        "' is not supported by this CPU/build");
+  if (ep.activation.kind == ActivationKind::softmax)
+    throw ArgumentError("dense_int8: softmax is a row operation, not an elementwise epilogue");
+  const index_t k = w.panels.k, n = w.panels.n;
+  if (m <= 0 || n <= 0) return;
+  // x quantized once, row by row, as unsigned bytes q + 128 (padding past k is 128 too), so
+  // that the tasks of a row tile only gather words.
+  const index_t quads = w.panels.words;
+  const index_t stride = 4 * quads;
+  std::vector<float> row_scale(static_cast<size_t>(m));
+  std::vector<std::uint8_t> xq(buffer_bytes(m, stride, 1));
+  parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 14), [&](index_t i) {
+    const float* row = x + i * k;
+    // max |x| and "any non-finite" on the bits (integer max and or: reductions the baseline
+    // ISA vectorises; for non-negative floats the bits order as the values do).
+    std::uint32_t peak_bits = 0, exponent_ones = 0;
+    for (index_t p = 0; p < k; ++p) {
+      std::uint32_t u;
+      std::memcpy(&u, row + p, 4);
+      u &= 0x7fffffffu;
+      peak_bits = std::max(peak_bits, u);
+      exponent_ones |= (u & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
+    }
+    float peak;
+    std::memcpy(&peak, &peak_bits, 4);
+    const bool finite = exponent_ones == 0;
+    const float s = finite ? peak / 127.0f : 0.0f;
+    row_scale[size_t(i)] = finite ? s : std::numeric_limits<float>::quiet_NaN();
+    std::uint8_t* out = xq.data() + i * stride;
+    if (s == 0.0f) {
+      std::fill(out, out + k, std::uint8_t(128));
+    } else {
+      quantize_row(row, k, s, out);
+    }
+    for (index_t p = k; p < stride; ++p) out[p] = 128;
+  });
+  auto pack_a = [&](index_t r0, int rows, std::uint32_t* out) {
+    for (int i = 0; i < rows; ++i) {
+      const std::uint8_t* row = xq.data() + (r0 + i) * stride;
+      for (index_t q = 0; q < quads; ++q) {
+        const std::uint8_t* b = row + 4 * q;
+        out[q * rows + i] = std::uint32_t(b[0]) | (std::uint32_t(b[1]) << 8) |
+                            (std::uint32_t(b[2]) << 16) | (std::uint32_t(b[3]) << 24);
+      }
+    }
+  };
+  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  // Every word of A carries +128 per member, padding included: 128 * colsum covers the real
+  // rows, and padded rows of B are zero.
+  run_tiles<std::int32_t>(
+      m, w.panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
+      [] { return NoGuard{}; },
+      [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
+        float* out = y + i * n + j0;
+        const float s = row_scale[size_t(i)];
+        for (index_t j = 0; j < cols; ++j) {
+          const std::int32_t exact = acc[j] - 128 * w.col_sums[size_t(j0 + j)];
+          float v = static_cast<float>(exact) * (s * w.scales[size_t(j0 + j)]);
+          if (ep.bias != nullptr) v += ep.bias[j0 + j];
+          out[j] = v;
+        }
+        const Activation& act = ep.activation;
+        if (act.kind != ActivationKind::linear &&
+            !vecmath::vector_activation<float>(out, nullptr, out, cols, act)) {
+          const float alpha = static_cast<float>(act.alpha);
+          for (index_t j = 0; j < cols; ++j) out[j] = scalar::forward(act.kind, alpha, out[j]);
+        }
+      });
+}
+
+double int8_peak_probe(index_t steps, int num_threads) {
+  return run_probe(tiles_for(int8_choice().path), steps, num_threads);
+}
+
+void dense_int8(index_t m, const float* x, const PackedInt8& w, float* y,
+                const Int8Epilogue& epilogue, int num_threads) {
+  dense_int8_with_path(int8_choice().path, m, x, w, y, epilogue, num_threads);
+}
+
+}  // namespace densekit::lowp

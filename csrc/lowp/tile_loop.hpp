@@ -1,0 +1,139 @@
+// The task loop shared by the low-precision products (bf16_gemm.cpp, int8_gemm.cpp): both pack
+// B in panels of kPanel columns of 32-bit words (a bf16 pair or an int8 quad of k per column),
+// pack each row tile of A as words too, and run a path's register tiles over k blocks into a
+// task-local accumulator block that an epilogue then finishes row by row.
+//
+// Tasks are (column chunk, row tile), chunk-major, so a participant's consecutive tasks reuse
+// one chunk of B from cache. Each accumulator is one chain over the k words in increasing order
+// (partial sums between k blocks go through the accumulator block exactly), so the results do
+// not depend on the thread count, the tiling or the blocking.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common.hpp"
+#include "parallel.hpp"
+
+namespace densekit::lowp {
+
+constexpr int kPanel = 32;     // columns per packed panel of B
+constexpr int kMaxRows = 14;   // rows per register tile
+// Panels per wide tile for thin row tiles (more independent accumulator chains).
+constexpr int wide_panels(int rows) { return rows <= 2 ? 4 : rows <= 4 ? 3 : 1; }
+
+// One path's tiles: C (rows x panels * kPanel, row stride ldc) [+]= the chain over `words` k
+// words of A (packed: word q of row i at a[q * rows + i]) and B (panel p at b + p *
+// panel_stride, word q at q * kPanel). narrow: one panel; wide: wide_panels(rows) panels.
+template <typename Acc>
+struct TileSet {
+  using Fn = void (*)(index_t words, const std::uint32_t* a, const std::uint32_t* b,
+                      index_t panel_stride, Acc* c, index_t ldc, bool load_c);
+  Fn narrow[kMaxRows + 1] = {};
+  Fn wide[kMaxRows + 1] = {};
+  bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
+  // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
+  // memory: its arithmetic peak, for the benchmarks. Returns the operations done (a
+  // multiply and an add count as two, as in FLOP counts of the products).
+  double (*probe)(index_t steps) = nullptr;
+};
+
+// A probe's operations over `steps` rounds shared among num_threads threads (16 chunks per
+// thread: however late a thread starts, the others take its share). The caller times it.
+template <typename Acc>
+double run_probe(const TileSet<Acc>& tiles, index_t steps, int num_threads) {
+  const int threads = std::max(num_threads, 1);
+  const index_t chunks = index_t(threads) * 16;
+  std::vector<double> ops(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, threads, [&](index_t i) {
+    ops[size_t(i)] = tiles.probe(steps * (i + 1) / chunks - steps * i / chunks);
+  });
+  double total = 0.0;
+  for (const double o : ops) total += o;
+  return total;
+}
+
+// Packed B: panel p's words at data + p * words * kPanel.
+struct PackedPanels {
+  index_t k = 0, n = 0;
+  index_t words = 0, panels = 0;
+  std::vector<std::uint32_t> data;
+  const std::uint32_t* panel(index_t p) const {
+    return data.data() + static_cast<size_t>(p * words * kPanel);
+  }
+};
+
+// pack_a(r0, rows, out): rows [r0, r0 + rows) of A as words into out (words * rows);
+// guard(): an object alive while the tiles run (e.g. an MXCSR mode);
+// finish(acc, cols, i, j0, participant): row i's accumulators for columns [j0, j0 + cols).
+template <typename Acc, class PackA, class Guard, class Finish>
+void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
+               int num_threads, index_t block_words, PackA&& pack_a, Guard&& guard,
+               Finish&& finish) {
+  constexpr index_t kChunkPanels = 8;
+  if (m <= 0 || b.n <= 0) return;
+  const index_t words = b.words;
+  const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
+  const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
+  const int threads = threads_for_work(num_threads, flops, 4e6);
+  const index_t panel_stride = words * kPanel;
+  struct Scratch {
+    std::vector<std::uint32_t> a;
+    std::vector<Acc> acc;
+  };
+  std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
+  parallel_tasks(row_tiles * chunks, threads, [&](int participant, index_t task) {
+    Scratch& s = scratch[static_cast<size_t>(participant)];
+    const index_t chunk = task / row_tiles, rt = task % row_tiles;
+    const index_t r0 = m * rt / row_tiles;
+    const int rows = static_cast<int>(m * (rt + 1) / row_tiles - r0);
+    const index_t p0 = chunk * kChunkPanels;
+    const index_t panels = std::min(kChunkPanels, b.panels - p0);
+    const index_t width = panels * kPanel;
+    s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
+    s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
+    if (words > 0) {
+      pack_a(r0, rows, s.a.data());
+      [[maybe_unused]] const auto mode = guard();
+      const int wide = wide_panels(rows);
+      for (index_t q0 = 0; q0 < words; q0 += block_words) {
+        const index_t kq = std::min(block_words, words - q0);
+        const std::uint32_t* ablock = s.a.data() + q0 * rows;
+        index_t p = 0;
+        if (wide > 1)
+          for (; p + wide <= panels; p += wide)
+            tiles.wide[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
+                             s.acc.data() + p * kPanel, width, q0 > 0);
+        for (; p < panels; ++p)
+          tiles.narrow[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
+                             s.acc.data() + p * kPanel, width, q0 > 0);
+      }
+    }
+    const index_t j0 = p0 * kPanel;
+    const index_t cols = std::min(width, b.n - j0);
+    for (int i = 0; i < rows; ++i) finish(s.acc.data() + i * width, cols, r0 + i, j0, participant);
+  });
+}
+
+// B's words: word q of column j is word(q, j) for j < n, zero past n; parallel over panels.
+template <class Word>
+PackedPanels pack_panels(index_t k, index_t n, index_t words, int num_threads, Word&& word) {
+  PackedPanels p;
+  p.k = k;
+  p.n = n;
+  p.words = words;
+  p.panels = (n + kPanel - 1) / kPanel;
+  p.data.assign(buffer_bytes(words * kPanel, p.panels, 1), 0u);
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
+  parallel_for(p.panels, threads, [&](index_t panel) {
+    std::uint32_t* out = p.data.data() + panel * words * kPanel;
+    const index_t j0 = panel * kPanel;
+    const index_t cols = std::min<index_t>(kPanel, n - j0);
+    for (index_t q = 0; q < words; ++q)
+      for (index_t j = 0; j < cols; ++j) out[q * kPanel + j] = word(q, j0 + j);
+  });
+  return p;
+}
+
+}  // namespace densekit::lowp

@@ -1,0 +1,331 @@
+"""bfloat16 kernels: conversions and the bf16 matrix product, on every path this CPU runs.
+
+The product's rule (csrc/lowp/bf16_gemm.hpp) is vdpbf16ps's: per k pair, acc += a_odd b_odd,
+then acc += a_even b_even, each rounded to float32 (a bf16 product is exact in float32), with
+subnormals read and written as zero. ``pair_rule`` below is that rule in NumPy float32
+arithmetic, so every path must equal it bit for bit on data without subnormals, and be within
+the float32 accumulation bound of the float64 product of the bf16 values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from densekit import _core
+from densekit import kernels as K
+
+BF16 = ml_dtypes.bfloat16
+PATHS = list(_core.bf16_config()["available"])
+ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
+SHAPES = [
+    (0, 5, 3),
+    (4, 0, 3),
+    (3, 5, 0),
+    (1, 1, 1),
+    (1, 7, 13),
+    (2, 33, 17),
+    (3, 97, 31),
+    (4, 65, 32),
+    (5, 17, 7),
+    (13, 31, 33),
+    (14, 64, 257),
+    (15, 129, 65),
+    (29, 300, 97),
+    (31, 1, 2),
+]
+
+
+def bf16(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(BF16)
+
+
+def bits(x):
+    return np.ascontiguousarray(x).view(np.uint32 if x.dtype == np.float32 else np.uint16)
+
+
+def pair_rule(a, b):
+    """op(A) @ B by vdpbf16ps's rule in float32 NumPy arithmetic (no subnormals in the data)."""
+    a32 = a.astype(np.float32)
+    b32 = b.astype(np.float32)
+    m, k = a32.shape
+    acc = np.zeros((m, b32.shape[1]), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for q in range(0, k, 2):
+            if q + 1 < k:
+                acc = acc + np.outer(a32[:, q + 1], b32[q + 1])
+            acc = acc + np.outer(a32[:, q], b32[q])
+    return acc
+
+
+def reference64(a, b):
+    return a.astype(np.float64) @ b.astype(np.float64)
+
+
+def run(path, a, b, **kwargs):
+    return _core._matmul_bf16_path_test(path, a, b, **kwargs)
+
+
+# --- conversions -------------------------------------------------------------------------------
+
+
+def test_to_bfloat16_matches_ml_dtypes_on_every_bit_pattern_class():
+    rng = np.random.default_rng(0)
+    pieces = [
+        rng.standard_normal(10_000).astype(np.float32),
+        rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.array(
+            [
+                0.0,
+                -0.0,
+                np.inf,
+                -np.inf,
+                3.4028235e38,
+                -3.4028235e38,
+                1e-45,
+                -1e-45,
+                1.1754942e-38,
+                1.0 + 2**-8,
+                1.0 + 3 * 2**-8,
+                1.0 + 2**-9,
+            ],
+            np.float32,
+        ),
+        # exact ties between two bf16 values: even and odd upper halves
+        (np.arange(0, 2**16, 7, dtype=np.uint32) << 16 | 0x8000).view(np.float32),
+    ]
+    x = np.concatenate(pieces)
+    got = K.to_bfloat16(x)
+    with np.errstate(invalid="ignore"):
+        want = x.astype(BF16)
+    assert got.dtype == BF16 and got.shape == x.shape
+    finite = ~np.isnan(x)
+    np.testing.assert_array_equal(bits(got)[finite], bits(want)[finite])
+    assert np.isnan(got.astype(np.float32)[~finite]).all()
+    assert (bits(got)[~finite] & 0x8000 == bits(x)[~finite] >> 16 & 0x8000).all()  # sign kept
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 0, 2), (7, 13), (2, 3, 5, 7), (100_003,)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_conversions_round_trip_and_shapes(shape, threads):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = K.to_bfloat16(x, num_threads=threads)
+    np.testing.assert_array_equal(bits(y), bits(x.astype(BF16)))
+    back = K.from_bfloat16(y, num_threads=threads)
+    assert back.dtype == np.float32 and back.shape == shape
+    np.testing.assert_array_equal(back, y.astype(np.float32))  # exact widening
+    out = np.empty(shape, BF16)
+    assert K.to_bfloat16(x, out=out) is out
+
+
+def test_conversion_errors_name_the_argument():
+    x16 = np.zeros(3, np.float16)
+    with pytest.raises(TypeError, match=r"x: expected dtype bfloat16.*float16 is IEEE half"):
+        K.from_bfloat16(x16)
+    with pytest.raises(TypeError, match=r"x: expected dtype bfloat16.*uint16"):
+        K.from_bfloat16(np.zeros(3, np.uint16))
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        K.to_bfloat16(np.zeros(3))
+    with pytest.raises(TypeError, match="out: expected dtype bfloat16, got float32"):
+        K.to_bfloat16(np.zeros(3, np.float32), out=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        K.to_bfloat16(np.zeros(3, np.float32), out=np.zeros(4, BF16))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        K.from_bfloat16(np.zeros((4, 4), BF16)[:, ::2])
+    x = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="must not share memory"):
+        K.from_bfloat16(x.view(BF16)[:8], out=x)
+
+
+# --- the product ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matmul_equals_the_pair_rule_bitwise_and_is_near_float64(path, m, n, k):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    c = run(path, a, b)
+    assert c.dtype == np.float32 and c.shape == (m, n)
+    np.testing.assert_array_equal(bits(c), bits(pair_rule(a, b)))
+    bound = 2.0 * (k + 1) * 2.0**-24 * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+    assert (np.abs(c - reference64(a, b)) <= bound).all()
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("path", PATHS)
+def test_transposed_operands(path, trans_a, trans_b):
+    rng = np.random.default_rng(2)
+    m, n, k = 17, 45, 39
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    a_in = np.ascontiguousarray(a.T) if trans_a else a
+    b_in = np.ascontiguousarray(b.T) if trans_b else b
+    c = run(path, a_in, b_in, trans_a=trans_a, trans_b=trans_b)
+    np.testing.assert_array_equal(bits(c), bits(pair_rule(a, b)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation", ELEMENTWISE)
+def test_epilogue_is_the_float32_engine_s(path, activation):
+    rng = np.random.default_rng(3)
+    m, n, k = 19, 70, 51
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    bias = rng.standard_normal(n).astype(np.float32)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+    out = start.copy()
+    preact = np.empty((m, n), np.float32)
+    run(path, a, b, out=out, bias=bias, preact=preact, activation=activation, accumulate=True)
+    v = (start + pair_rule(a, b)) + bias
+    np.testing.assert_array_equal(bits(preact), bits(v))
+    np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation=activation)))
+    out16 = run(path, a, b, bias=bias, activation=activation, out_dtype="bfloat16")
+    want = K.activation_forward(pair_rule(a, b) + bias, activation=activation)
+    np.testing.assert_array_equal(bits(out16), bits(want.astype(BF16)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bitwise_identical_for_any_thread_count(path):
+    rng = np.random.default_rng(4)
+    a, b = bf16(rng, (131, 517)), bf16(rng, (517, 300))
+    first = run(path, a, b, num_threads=1)
+    for threads in (2, 3, 7):
+        np.testing.assert_array_equal(bits(run(path, a, b, num_threads=threads)), bits(first))
+
+
+def test_paths_agree_on_subnormals_infinities_and_nan():
+    rng = np.random.default_rng(5)
+    a = bf16(rng, (9, 40))
+    b = bf16(rng, (40, 33))
+    a.view(np.uint16)[:, ::5] = 0x0003  # subnormal: read as zero
+    b.view(np.uint16)[::7, 3] = 0x0011
+    a.view(np.uint16)[2, 7] = 0x7F80  # inf
+    b.view(np.uint16)[3, 9] = 0xFFC0  # nan
+    a.view(np.uint16)[4, :] = 0x1F80  # 2^-64: products of 2^-128 flush to zero
+    b.view(np.uint16)[:, 11] = 0x1F80
+    results = [run(path, a, b) for path in PATHS]
+    for r in results[1:]:
+        same = (bits(r) == bits(results[0])) | (np.isnan(r) & np.isnan(results[0]))
+        assert same.all()
+    c = results[0]
+    assert c[4, 11] == 0.0  # every product is below the normal range
+    zeroed_a, zeroed_b = a.copy(), b.copy()
+    zeroed_a.view(np.uint16)[:, ::5] = 0
+    zeroed_b.view(np.uint16)[::7, 3] = 0
+    ok = ~np.isnan(c)
+    ok[4, :] = False
+    ok[:, 11] = False
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(bits(c)[ok], bits(pair_rule(zeroed_a, zeroed_b))[ok])
+
+
+@given(
+    m=st.sampled_from([0, 1, 2, 3, 5, 7, 13, 14, 15, 29, 31]),
+    n=st.sampled_from([0, 1, 2, 15, 16, 17, 31, 33, 97, 129, 257]),
+    k=st.sampled_from([0, 1, 2, 3, 5, 7, 31, 33, 255, 257, 259]),
+    trans_b=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_hypothesis_shapes_on_every_path(m, n, k, trans_b, seed):
+    rng = np.random.default_rng(seed)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    want = bits(pair_rule(a, b))
+    for path in PATHS:
+        got = run(path, a, np.ascontiguousarray(b.T) if trans_b else b, trans_b=trans_b)
+        np.testing.assert_array_equal(bits(got), want)
+
+
+_SUBPROCESS = """
+import json, sys
+import ml_dtypes, numpy as np
+from densekit import _core
+rng = np.random.default_rng(6)
+a = (rng.standard_normal((23, 301))).astype(ml_dtypes.bfloat16)
+b = (rng.standard_normal((301, 77))).astype(ml_dtypes.bfloat16)
+c = _core.matmul_bf16(a, b, activation="gelu", bias=np.ones(77, np.float32))
+print(json.dumps({"config": _core.bf16_config(), "bits": c.view(np.uint32).tolist()}))
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"DENSEKIT_ISA": "avx2"}, {"DENSEKIT_ISA": "portable"}, {"DENSEKIT_BF16": "emulated"}],
+)
+def test_forced_paths_give_the_same_bits(env):
+    def child(extra):
+        full = {k: v for k, v in os.environ.items() if k not in ("DENSEKIT_ISA", "DENSEKIT_BF16")}
+        full.update(extra)
+        out = subprocess.run(
+            [sys.executable, "-c", _SUBPROCESS],
+            env=full,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return json.loads(out.stdout)
+
+    base, forced = child({}), child(env)
+    assert forced["config"]["path"] == "emulated"
+    if "DENSEKIT_BF16" in env:
+        assert forced["config"]["forced"]
+    # gelu's vector math differs between float32 ISAs: compare the bits only where the ISA
+    # of the epilogue is the same, and the product itself always (via linear runs above).
+    if "DENSEKIT_ISA" not in env:
+        assert forced["bits"] == base["bits"]
+    else:
+        got = np.array(forced["bits"], np.uint32).view(np.float32)
+        want = np.array(base["bits"], np.uint32).view(np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_path_request_is_reported_not_fatal():
+    code = "from densekit import _core; import json; print(json.dumps(_core.bf16_config()))"
+    env = dict(os.environ, DENSEKIT_BF16="amx_please")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    config = json.loads(out.stdout)
+    assert "DENSEKIT_BF16='amx_please' is not one of" in config["note"]
+    assert not config["forced"]
+
+
+def test_matmul_errors_name_the_argument():
+    a = np.zeros((3, 4), BF16)
+    b = np.zeros((4, 5), BF16)
+    with pytest.raises(TypeError, match=r"a: expected dtype bfloat16 .*float16 is IEEE half"):
+        K.matmul_bf16(np.zeros((3, 4), np.float16), b)
+    with pytest.raises(TypeError, match="b: expected dtype bfloat16"):
+        K.matmul_bf16(a, np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match="b: expected 4 rows in op"):
+        K.matmul_bf16(a, np.zeros((5, 5), BF16))
+    with pytest.raises(ValueError, match="out_dtype: expected 'float32' or 'bfloat16'"):
+        K.matmul_bf16(a, b, out_dtype="float16")
+    with pytest.raises(ValueError, match="accumulate=True needs out="):
+        K.matmul_bf16(a, b, accumulate=True)
+    with pytest.raises(ValueError, match="accumulate: needs out_dtype='float32'"):
+        K.matmul_bf16(a, b, out=np.zeros((3, 5), BF16), accumulate=True, out_dtype="bfloat16")
+    with pytest.raises(TypeError, match="out: expected dtype float32"):
+        K.matmul_bf16(a, b, out=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        K.matmul_bf16(a, b, bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="activation: softmax is a row operation"):
+        K.matmul_bf16(a, b, activation="softmax")
+    with pytest.raises(ValueError, match="path: expected 'avx512_bf16' or 'emulated'"):
+        _core._matmul_bf16_path_test("amx", a, b)
+    with pytest.raises(ValueError, match="a: expected a 2-d array"):
+        K.matmul_bf16(np.zeros(4, BF16), b)

@@ -1,0 +1,214 @@
+"""int8 inference kernels: per-column weight quantization and the int8 dense forward.
+
+The integer part is exact, so every path (AVX512-VNNI's vpdpbusd, the int32 emulation) must
+equal a NumPy integer reference bit for bit after the same float32 dequantization; against the
+float32 product the error is bounded by the quantization steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from densekit import _core
+from densekit import kernels as K
+
+PATHS = list(_core.int8_config()["available"])
+ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
+
+
+def rne_quantize(v, scale):
+    """NumPy's form of the kernels' rounding: nearest even of v / scale in [-127, 127]."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.rint(v.astype(np.float32) / scale.astype(np.float32))
+    return np.where(scale == 0, 0, np.clip(q, -127, 127)).astype(np.int64)
+
+
+def reference(x, qw, bias=None):
+    """Float32 dequantized result from exact integer sums (no activation)."""
+    scale_x = (np.abs(x).max(axis=1, initial=0.0) / np.float32(127)).astype(np.float32)
+    xq = rne_quantize(x, scale_x[:, None])
+    exact = xq @ qw.weights.astype(np.int64)
+    v = exact.astype(np.float32) * (scale_x[:, None] * qw.scales[None, :])
+    return v if bias is None else v + bias
+
+
+@pytest.mark.parametrize("k,n", [(0, 3), (1, 1), (5, 7), (33, 65), (784, 256)])
+def test_weight_quantization_is_per_column_symmetric_round_to_even(k, n):
+    rng = np.random.default_rng(k + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    if k:
+        w[:, 0] = 0.0  # a zero column: scale 0, weights 0
+    qw = K.QuantizedWeights.quantize(w)
+    assert qw.shape == (k, n) and qw.weights.dtype == np.int8 and qw.scales.dtype == np.float32
+    want_scales = (np.abs(w).max(axis=0, initial=0.0) / np.float32(127)).astype(np.float32)
+    np.testing.assert_array_equal(qw.scales, want_scales)
+    np.testing.assert_array_equal(qw.weights, rne_quantize(w, want_scales[None, :]))
+    assert not qw.weights.flags.writeable and not qw.scales.flags.writeable
+    if k:
+        assert np.abs(qw.weights).max() == 127 or not np.any(w)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (0, 5, 3),
+        (4, 0, 3),
+        (3, 5, 0),
+        (1, 1, 1),
+        (1, 784, 256),
+        (2, 3, 33),
+        (7, 13, 17),
+        (14, 129, 64),
+        (15, 131, 97),
+        (64, 255, 257),
+        (29, 1, 2),
+    ],
+)
+def test_dense_int8_equals_the_integer_reference_and_is_near_float(path, m, k, n):
+    rng = np.random.default_rng(m * 100 + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    qw = K.QuantizedWeights.quantize(w)
+    y = _core._dense_int8_path_test(path, x, qw, b)
+    np.testing.assert_array_equal(y, reference(x, qw, b))
+    # Each factor is within half a step: |x| <= s_x / 2 per element, |w| <= s_w / 2.
+    scale_x = np.abs(x).max(axis=1, initial=0.0)[:, None] / 127
+    scale_w = np.abs(w).max(axis=0, initial=0.0)[None, :] / 127
+    bound = 0.5 * (scale_x * (np.abs(w).sum(0)[None, :]) + (np.abs(x).sum(1)[:, None]) * scale_w)
+    bound += 0.25 * k * scale_x * scale_w + 1e-5 * (1 + np.abs(x) @ np.abs(w))
+    assert (np.abs(y - (x.astype(np.float64) @ w + b)) <= bound).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation", ELEMENTWISE)
+def test_epilogue_activation_is_the_float32_engine_s(path, activation):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 70)).astype(np.float32)
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((70, 45)).astype(np.float32))
+    b = rng.standard_normal(45).astype(np.float32)
+    y = _core._dense_int8_path_test(path, x, qw, b, activation=activation)
+    want = K.activation_forward(reference(x, qw, b), activation=activation)
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bitwise_identical_for_any_thread_count(path):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((133, 517)).astype(np.float32)
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((517, 301)).astype(np.float32))
+    first = _core._dense_int8_path_test(path, x, qw, num_threads=1)
+    for threads in (2, 3, 7):
+        np.testing.assert_array_equal(
+            _core._dense_int8_path_test(path, x, qw, num_threads=threads), first
+        )
+
+
+def test_special_rows_zero_and_non_finite():
+    qw = K.QuantizedWeights.quantize(np.ones((6, 4), np.float32))
+    x = np.zeros((3, 6), np.float32)
+    x[1, 2] = np.inf
+    x[2] = np.arange(6)
+    y = K.dense_forward_int8(x, qw, np.full(4, 0.5, np.float32))
+    np.testing.assert_array_equal(y[0], 0.5)  # a zero row: the bias
+    assert np.isnan(y[1]).all()
+    np.testing.assert_array_equal(y[2], reference(x[2:], qw, np.full(4, 0.5, np.float32))[0])
+
+
+@given(
+    m=st.sampled_from([0, 1, 2, 3, 5, 13, 14, 15, 31]),
+    k=st.sampled_from([0, 1, 2, 3, 4, 5, 7, 9, 63, 65, 255, 257, 513]),
+    n=st.sampled_from([0, 1, 15, 17, 31, 33, 97, 129, 257]),
+    seed=st.integers(0, 2**31),
+)
+def test_hypothesis_shapes_on_every_path(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * rng.uniform(1e-3, 1e3)).astype(np.float32)
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((k, n)).astype(np.float32))
+    want = reference(x, qw)
+    for path in PATHS:
+        np.testing.assert_array_equal(_core._dense_int8_path_test(path, x, qw), want)
+
+
+def test_from_int8_round_trips_and_checks_its_inputs():
+    rng = np.random.default_rng(9)
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((20, 7)).astype(np.float32))
+    again = K.QuantizedWeights.from_int8(qw.weights, qw.scales)
+    x = rng.standard_normal((5, 20)).astype(np.float32)
+    np.testing.assert_array_equal(K.dense_forward_int8(x, again), K.dense_forward_int8(x, qw))
+    with pytest.raises(ValueError, match=r"scales: expected the float32 scales.*without scales"):
+        K.QuantizedWeights.from_int8(qw.weights, None)
+    with pytest.raises(TypeError, match="weights: expected dtype int8, got uint8"):
+        K.QuantizedWeights.from_int8(qw.weights.view(np.uint8), qw.scales)
+    with pytest.raises(ValueError, match=r"scales: expected shape \(7,\)"):
+        K.QuantizedWeights.from_int8(qw.weights, qw.scales[:3].copy())
+    with pytest.raises(ValueError, match="scales: expected finite scales >= 0"):
+        K.QuantizedWeights.from_int8(qw.weights, -qw.scales)
+    bad = qw.weights.copy()
+    bad[0, 0] = -128
+    with pytest.raises(ValueError, match=r"weights: expected values in \[-127, 127\]"):
+        K.QuantizedWeights.from_int8(bad, qw.scales)
+
+
+def test_errors_name_the_argument():
+    qw = K.QuantizedWeights.quantize(np.ones((4, 3), np.float32))
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match=r"w: expected densekit\.kernels\.QuantizedWeights"):
+        K.dense_forward_int8(x, np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        K.dense_forward_int8(x.astype(np.float64), qw)
+    with pytest.raises(ValueError, match=r"x: expected 4 columns \(w.shape\[0\]\)"):
+        K.dense_forward_int8(np.ones((2, 5), np.float32), qw)
+    with pytest.raises(ValueError, match="b: expected shape"):
+        K.dense_forward_int8(x, qw, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="activation: softmax is a row operation"):
+        K.dense_forward_int8(x, qw, activation="softmax")
+    with pytest.raises(ValueError, match="w: expected finite weights"):
+        K.QuantizedWeights.quantize(np.array([[np.nan]], np.float32))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        K.dense_forward_int8(x, qw, out=np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="path: expected 'avx512_vnni' or 'emulated'"):
+        _core._dense_int8_path_test("amx", x, qw)
+
+
+_SUBPROCESS = """
+import json
+import numpy as np
+from densekit import _core
+rng = np.random.default_rng(10)
+x = rng.standard_normal((23, 301)).astype(np.float32)
+qw = _core.QuantizedWeights.quantize(rng.standard_normal((301, 77)).astype(np.float32))
+y = _core.dense_forward_int8(x, qw, np.ones(77, np.float32), activation="relu")
+print(json.dumps({"config": _core.int8_config(), "bits": y.view(np.uint32).tolist()}))
+"""
+
+
+@pytest.mark.parametrize(
+    "env", [{"DENSEKIT_ISA": "avx2"}, {"DENSEKIT_ISA": "portable"}, {"DENSEKIT_INT8": "emulated"}]
+)
+def test_forced_paths_give_the_same_bits(env):
+    def child(extra):
+        full = {k: v for k, v in os.environ.items() if k not in ("DENSEKIT_ISA", "DENSEKIT_INT8")}
+        full.update(extra)
+        out = subprocess.run(
+            [sys.executable, "-c", _SUBPROCESS],
+            env=full,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return json.loads(out.stdout)
+
+    base, forced = child({}), child(env)
+    assert forced["config"]["path"] == "emulated"
+    assert forced["bits"] == base["bits"]  # relu is exact on every ISA
