@@ -121,7 +121,8 @@ def clip_by_global_norm(grads, max_norm):
 
 
 class Adam:
-    """torch.optim.Adam / AdamW (decoupled weight decay), single-tensor formulas."""
+    """Keras 3's Adam / AdamW (decoupled weight decay; epsilon added to sqrt(v) before the
+    bias corrections)."""
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         self.params, self.lr, self.beta1, self.beta2 = params, lr, beta1, beta2
@@ -138,30 +139,29 @@ class Adam:
             p *= 1 - lr * self.weight_decay
             m[...] = self.beta1 * m + (1 - self.beta1) * g
             v[...] = self.beta2 * v + (1 - self.beta2) * g * g
-            p -= (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + self.eps)
+            p -= (lr * math.sqrt(bc2) / bc1) * m / (np.sqrt(v) + self.eps)
 
 
 class SGD:
-    """torch.optim.SGD with momentum (buffer = first gradient on the first step), Nesterov."""
+    """Keras 3's SGD: the velocity holds -lr * g (momentum * velocity - lr * g), Nesterov."""
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False):
         self.params, self.lr, self.momentum, self.nesterov = params, lr, momentum, nesterov
-        self.buffers = [None] * len(params)
+        self.velocities = [np.zeros_like(p) for p in params]
 
     def step(self, grads, lr=None):
         lr = self.lr if lr is None else lr
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            if self.momentum:
-                if self.buffers[i] is None:
-                    self.buffers[i] = g.copy()
-                else:
-                    self.buffers[i] = self.momentum * self.buffers[i] + g
-                g = g + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
-            p -= lr * g
+        for p, g, velocity in zip(self.params, grads, self.velocities):
+            if not self.momentum:
+                p -= lr * g
+                continue
+            velocity[...] = self.momentum * velocity - lr * g
+            p += self.momentum * velocity - lr * g if self.nesterov else velocity
 
 
 class RMSprop:
-    """torch.optim.RMSprop (alpha is Keras's rho), optionally centered, with momentum."""
+    """Keras 3's RMSprop (alpha is its rho): lr * g / sqrt(avg(g**2) + eps), optionally
+    centered, the momentum buffer accumulating these lr-scaled steps."""
 
     def __init__(self, params, lr=1e-3, alpha=0.9, eps=1e-7, momentum=0.0, centered=False):
         self.params, self.lr, self.alpha, self.eps = params, lr, alpha, eps
@@ -174,13 +174,13 @@ class RMSprop:
         lr = self.lr if lr is None else lr
         for p, g, s, a, buf in zip(self.params, grads, self.square, self.mean, self.buffers):
             s[...] = self.alpha * s + (1 - self.alpha) * g * g
+            variance = s
             if self.centered:
                 a[...] = self.alpha * a + (1 - self.alpha) * g
-                denominator = np.sqrt(s - a * a) + self.eps
-            else:
-                denominator = np.sqrt(s) + self.eps
+                variance = s - a * a
+            increment = lr * g / np.sqrt(variance + self.eps)
             if self.momentum:
-                buf[...] = self.momentum * buf + g / denominator
-                p -= lr * buf
+                buf[...] = self.momentum * buf + increment
+                p -= buf
             else:
-                p -= lr * g / denominator
+                p -= increment

@@ -142,3 +142,14 @@ def test_ctrl_c_stops_the_workers_before_fit_raises():
     time.sleep(0.2)
     for now, then in zip(model.get_weights(), weights):
         np.testing.assert_array_equal(now, then)  # no worker stepped after fit raised
+
+
+def test_weight_averaging_is_refused():
+    # Keras's moving average follows one sequence of steps; the workers make several at once.
+    x, y = classification()
+    model = small_model(optimizer=optimizers.SGD(0.1, use_ema=True))
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=r"^optimizer: use_ema"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, strategy="hogwild", workers=2)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)

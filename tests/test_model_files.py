@@ -601,3 +601,44 @@ def test_check_finite_round_trips_and_only_true_is_accepted(tmp_path):
     with_header(path, tampered, header)
     with pytest.raises(saving.ModelFileError, match=str(tampered)):
         densekit.load_model(tampered)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, torch_velocity",
+    [
+        # torch's SGD velocity held gradients, Keras's holds -lr * g
+        (lambda: optimizers.SGD(0.1, momentum=0.9), lambda v, lr: v / -lr),
+        # torch's RMSprop buffer held unscaled steps, Keras's lr times them
+        (lambda: optimizers.RMSprop(0.01, momentum=0.5), lambda v, lr: v / lr),
+    ],
+    ids=["sgd", "rmsprop"],
+)
+def test_files_from_torch_rules_resume_with_their_momentum_converted(
+    tmp_path, make_optimizer, torch_velocity
+):
+    # A file written before the optimizers followed Keras: its optimizer config lacks the
+    # Keras options and its momentum buffer has torch's meaning. It loads, and its buffer
+    # is converted to the Keras meaning at the rate of the next step.
+    model = densekit.Sequential([Input((5,)), Dense(4, "tanh"), Dense(3, "softmax")])
+    optimizer = make_optimizer()
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.save(tmp_path / "new.npz")
+    header = header_of(tmp_path / "new.npz")
+    config = header["compile"]["optimizer"]["config"]
+    for key in ("clipvalue", "use_ema", "ema_momentum", "ema_overwrite_frequency"):
+        del config[key]
+    del config["gradient_accumulation_steps"]
+    with_header(tmp_path / "new.npz", tmp_path / "legacy.npz", header)
+    entries = entries_of(tmp_path / "legacy.npz")
+    velocity = optimizer.variables["velocity"]
+    legacy = torch_velocity(velocity.astype(np.float64), optimizer.learning_rate)
+    entries["optimizer.velocity"] = npy_bytes(legacy.astype(velocity.dtype))
+    write_entries(tmp_path / "legacy.npz", entries)
+
+    loaded = densekit.load_model(tmp_path / "legacy.npz")
+    assert loaded.optimizer.get_config() == optimizer.get_config()
+    np.testing.assert_allclose(loaded.optimizer.variables["velocity"], velocity, rtol=1e-6)
+    current = densekit.load_model(tmp_path / "new.npz")  # a current file: unchanged bits
+    np.testing.assert_array_equal(current.optimizer.variables["velocity"], velocity)

@@ -387,6 +387,103 @@ def test_optimizers_follow_their_update_rules(case):
         assert relative_error(ours, theirs) < 1e-10
 
 
+@pytest.mark.parametrize(
+    "name, state",
+    [
+        ("nadam", ["m", "v"]),
+        ("adamax", ["m", "u"]),
+        ("adagrad", ["accumulator"]),
+        ("lion", ["m"]),
+    ],
+)
+def test_new_optimizers_by_name_have_keras_defaults(name, state):
+    optimizer = optimizers.get(name)
+    assert optimizer.learning_rate == 0.001 and optimizer.name == name
+    assert optimizer.state_names() == state
+    assert optimizers.deserialize(optimizers.serialize(optimizer)).get_config() == (
+        optimizer.get_config()
+    )
+
+
+@pytest.mark.parametrize(
+    "options, error, name",
+    [
+        ({"clipnorm": 1.0, "clipvalue": 1.0}, ValueError, "clipnorm, global_clipnorm, clipvalue"),
+        ({"clipvalue": 0.0}, ValueError, "clipvalue"),
+        ({"gradient_accumulation_steps": 1}, ValueError, "gradient_accumulation_steps"),
+        ({"gradient_accumulation_steps": 2.0}, ValueError, "gradient_accumulation_steps"),
+        ({"ema_momentum": 1.5}, ValueError, "ema_momentum"),
+        ({"ema_overwrite_frequency": -1}, ValueError, "ema_overwrite_frequency"),
+        ({"use_ema": "yes"}, TypeError, "use_ema"),
+        ({"loss_scale_factor": 128.0}, ValueError, "loss_scale_factor"),
+    ],
+)
+def test_optimizer_options_are_checked(options, error, name):
+    with pytest.raises(error, match=f"^{name}"):
+        optimizers.Adam(**options)
+
+
+def test_lion_beta_1_must_be_positive():
+    with pytest.raises(ValueError, match=r"^beta_1"):
+        optimizers.Lion(beta_1=0.0)
+
+
+def test_gradient_accumulation_updates_with_the_mean_every_k_batches():
+    rng = np.random.default_rng(3)
+    model = mlp(4, [5], 2, out_activation="linear")
+    model.compile(optimizers.SGD(0.5, gradient_accumulation_steps=2), "mse")
+    batches = [(rng.standard_normal((6, 4)), rng.standard_normal((6, 2))) for _ in range(2)]
+    start = model.get_weights()
+    grads = [model.training_state.batch_gradients(x, y)[1] for x, y in batches]
+    model.train_on_batch(*batches[0])
+    for before, after in zip(start, model.get_weights()):
+        np.testing.assert_array_equal(before, after)  # accumulated, not applied
+    model.train_on_batch(*batches[1])
+    for before, after, first, second in zip(start, model.get_weights(), *grads):
+        np.testing.assert_allclose(after, before - 0.5 * (first + second) / 2, rtol=1e-12)
+    assert model.optimizer.iterations == 2
+    assert not model.optimizer.variables["gradient_accumulator"].any()
+
+
+def test_ema_weights_replace_the_trained_ones_when_fit_ends():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((20, 4)), rng.standard_normal((20, 2))
+    model = mlp(4, [5], 2, out_activation="linear")
+    plain = mlp(4, [5], 2, out_activation="linear")
+    plain.set_weights(model.get_weights())
+    model.compile(optimizers.SGD(0.1, use_ema=True, ema_momentum=0.25), "mse")
+    plain.compile(optimizers.SGD(0.1), "mse")
+    model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    # Keras's average: the first update's weights w1, then 0.25 * w1 + 0.75 * w2
+    plain.train_on_batch(x[:10], y[:10])
+    first = plain.get_weights()
+    plain.train_on_batch(x[10:], y[10:])
+    for ours, w1, w2 in zip(model.get_weights(), first, plain.get_weights()):
+        np.testing.assert_allclose(ours, 0.25 * w1 + 0.75 * w2, rtol=1e-12, atol=1e-15)
+
+
+def test_ema_and_accumulation_leave_frozen_layers_alone():
+    # The optimizer is bound to the trainable weights: its average and accumulator cover
+    # those, and fit's final copy of the average writes only them.
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((20, 4)), rng.standard_normal((20, 2))
+    model = mlp(4, [5], 2, out_activation="linear")
+    model.layers[0].trainable = False
+    frozen = [w.copy() for w in model.layers[0].get_weights()]
+    optimizer = optimizers.Adam(
+        0.05, use_ema=True, ema_overwrite_frequency=2, gradient_accumulation_steps=2
+    )
+    model.compile(optimizer, "mse")
+    start = [w.copy() for w in model.layers[1].get_weights()]
+    model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+    for before, after in zip(frozen, model.layers[0].get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert optimizer.variables["average"].size == sum(w.size for w in start)
+    trained = np.concatenate([w.ravel() for w in model.layers[1].get_weights()])
+    np.testing.assert_array_equal(trained, optimizer.variables["average"])
+    assert not np.array_equal(trained, np.concatenate([w.ravel() for w in start]))
+
+
 def test_clipnorm_clips_each_gradient_separately():
     rng = np.random.default_rng(8)
     x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2)) * 100

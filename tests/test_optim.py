@@ -43,10 +43,16 @@ class Case:
     optimizer: str  # one of kernels.OPTIMIZERS
     options: dict = field(default_factory=dict)
     amsgrad: bool = False
-    pass_step: bool = True  # sgd only: pass step= (else the zero-velocity rule)
+    pass_step: bool = True  # sgd: pass step= (else the zero-velocity rule); nadam: mu_product
+    initial_sum: float = 0.0  # adagrad's initial accumulator value
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def torch_oracle(self) -> bool:
+        """Whether torch.optim has this rule (torch's convention; torch has no Lion)."""
+        return self.options.get("convention", "torch") == "torch" and self.optimizer != "lion"
 
 
 CASES = [
@@ -77,7 +83,93 @@ CASES = [
         "rmsprop",
         {"lr": 1e-3, "momentum": 0.5, "centered": True, "maximize": True},
     ),
+    Case("nadam", "nadam", {"lr": 1e-2}),
+    Case("nadam_no_product", "nadam", {"lr": 1e-2, "beta1": 0.8}, pass_step=False),
+    Case(
+        "nadam_decay",
+        "nadam",
+        {"lr": 1e-2, "weight_decay": 0.1, "momentum_decay": 0.05, "maximize": True},
+    ),
+    Case(
+        "nadamw",
+        "nadam",
+        {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True, "eps": 1e-4},
+    ),
+    Case("adamax", "adamax", {"lr": 1e-2}),
+    Case(
+        "adamax_decay",
+        "adamax",
+        {"lr": 1e-2, "beta2": 0.9, "eps": 1e-3, "weight_decay": 0.1, "maximize": True},
+    ),
+    Case("adagrad", "adagrad", {"lr": 0.1}),
+    Case(
+        "adagrad_decay",
+        "adagrad",
+        {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.1, "eps": 1e-6, "maximize": True},
+        initial_sum=0.1,
+    ),
+    # Keras's conventions (no torch oracle: the float64 references, and Keras itself in
+    # test_keras_parity_optimizers.py).
+    Case("sgd_keras", "sgd", {"lr": 0.1, "convention": "keras"}),
+    Case(
+        "sgd_keras_momentum_decay",
+        "sgd",
+        {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "convention": "keras"},
+    ),
+    Case(
+        "sgd_keras_nesterov",
+        "sgd",
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True, "convention": "keras"},
+    ),
+    Case("adam_keras", "adam", {"lr": 1e-2, "eps": 1e-3, "convention": "keras"}),
+    Case("adamw_keras", "adam", {"lr": 1e-2, "weight_decay": 0.1, "convention": "keras"}),
+    Case(
+        "amsgrad_keras",
+        "adam",
+        {"lr": 1e-2, "beta2": 0.9, "eps": 1e-3, "maximize": True, "convention": "keras"},
+        amsgrad=True,
+    ),
+    Case("rmsprop_keras", "rmsprop", {"lr": 1e-2, "eps": 1e-3, "convention": "keras"}),
+    Case(
+        "rmsprop_keras_centered_momentum",
+        "rmsprop",
+        {
+            "lr": 1e-3,
+            "alpha": 0.9,
+            "momentum": 0.5,
+            "centered": True,
+            "weight_decay": 0.1,
+            "eps": 1e-3,
+            "convention": "keras",
+        },
+    ),
+    Case("nadam_keras", "nadam", {"lr": 1e-2, "eps": 1e-3, "convention": "keras"}),
+    Case(
+        "nadam_keras_decay",
+        "nadam",
+        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "convention": "keras"},
+        pass_step=False,
+    ),
+    Case("adamax_keras", "adamax", {"lr": 1e-2, "eps": 1e-3, "convention": "keras"}),
+    Case(
+        "adamax_keras_decay",
+        "adamax",
+        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "convention": "keras"},
+    ),
+    Case(
+        "adagrad_keras",
+        "adagrad",
+        {"lr": 0.1, "eps": 1e-3, "weight_decay": 0.1, "convention": "keras"},
+        initial_sum=0.1,
+    ),
+    Case("lion", "lion", {"lr": 1e-3}),
+    Case(
+        "lion_decay",
+        "lion",
+        {"lr": 1e-3, "beta1": 0.5, "beta2": 0.9, "weight_decay": 0.5, "maximize": True},
+    ),
 ]
+TORCH_CASES = [case for case in CASES if case.torch_oracle]
 
 # State array name -> the name torch.optim keeps it under.
 TORCH_STATE = {
@@ -87,11 +179,13 @@ TORCH_STATE = {
     "v_max": "max_exp_avg_sq",
     "square_avg": "square_avg",
     "grad_avg": "grad_avg",
+    "u": "exp_inf",
+    "sum": "sum",
 }
 
 
 def test_registry():
-    assert kernels.OPTIMIZERS == ("sgd", "adam", "rmsprop")
+    assert kernels.OPTIMIZERS == ("sgd", "adam", "rmsprop", "nadam", "adamax", "adagrad", "lion")
     assert {case.optimizer for case in CASES} == set(kernels.OPTIMIZERS)
 
 
@@ -101,6 +195,14 @@ def state_names(case: Case) -> list[str]:
         return ["velocity"] if options.get("momentum", 0.0) else []
     if case.optimizer == "adam":
         return ["m", "v"] + (["v_max"] if case.amsgrad else [])
+    if case.optimizer == "nadam":
+        return ["m", "v"]
+    if case.optimizer == "adamax":
+        return ["m", "u"]
+    if case.optimizer == "adagrad":
+        return ["sum"]
+    if case.optimizer == "lion":
+        return ["m"]
     names = ["square_avg"]
     if options.get("centered", False):
         names.append("grad_avg")
@@ -110,7 +212,17 @@ def state_names(case: Case) -> list[str]:
 
 
 def new_state(case: Case, param: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: np.zeros_like(param) for name in state_names(case)}
+    state = {name: np.zeros_like(param) for name in state_names(case)}
+    if case.optimizer == "adagrad":
+        state["sum"][...] = case.initial_sum
+    if case.optimizer == "nadam":  # the product of the momentum schedule, carried between calls
+        state["_mu_product"] = np.ones((), np.float64)
+    return state
+
+
+def arrays_of(state: dict) -> dict[str, np.ndarray]:
+    """The state arrays shaped like the parameters (without nadam's carried product)."""
+    return {name: array for name, array in state.items() if not name.startswith("_")}
 
 
 def take_step(module, case: Case, param, grad, state, step: int, **extra) -> None:
@@ -124,6 +236,18 @@ def take_step(module, case: Case, param, grad, state, step: int, **extra) -> Non
         module.adam_step(
             param, grad, state["m"], state["v"], step=step, v_max=state.get("v_max"), **options
         )
+    elif case.optimizer == "nadam":
+        if case.pass_step:
+            options["mu_product"] = float(state["_mu_product"])
+        state["_mu_product"][...] = module.nadam_step(
+            param, grad, state["m"], state["v"], step=step, **options
+        )
+    elif case.optimizer == "adamax":
+        module.adamax_step(param, grad, state["m"], state["u"], step=step, **options)
+    elif case.optimizer == "adagrad":
+        module.adagrad_step(param, grad, state["sum"], step=step, **options)
+    elif case.optimizer == "lion":
+        module.lion_step(param, grad, state["m"], **options)
     else:
         module.rmsprop_step(
             param,
@@ -146,6 +270,14 @@ def torch_optimizer(torch, case: Case, tensor):
         )
         options.setdefault("weight_decay", 0.0)  # AdamW's default is 0.01
         return cls([tensor], betas=betas, amsgrad=case.amsgrad, foreach=False, **options)
+    if case.optimizer in ("nadam", "adamax"):
+        betas = (options.pop("beta1", 0.9), options.pop("beta2", 0.999))
+        cls = torch.optim.NAdam if case.optimizer == "nadam" else torch.optim.Adamax
+        return cls([tensor], betas=betas, foreach=False, **options)
+    if case.optimizer == "adagrad":
+        return torch.optim.Adagrad(
+            [tensor], initial_accumulator_value=case.initial_sum, foreach=False, **options
+        )
     return torch.optim.RMSprop([tensor], foreach=False, **options)
 
 
@@ -166,7 +298,7 @@ def random_like(rng, shape, dtype) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes, seed=seeds)
 def test_step_lockstep_with_torch(case, dtype, shape, seed):
@@ -183,7 +315,7 @@ def test_step_lockstep_with_torch(case, dtype, shape, seed):
         optimizer.step()
         assert_close(param, tensor.detach().numpy(), dtype)
     torch_state = optimizer.state[tensor]
-    for name, array in state.items():
+    for name, array in arrays_of(state).items():
         assert_close(array, torch_state[TORCH_STATE[name]].numpy(), dtype)
 
 
@@ -201,7 +333,7 @@ def test_step_matches_reference(case, shape, seed):
         take_step(kernels, case, param, grad, state, step)
         take_step(reference, case, expected_param, grad, expected_state, step)
     assert_close(param, expected_param, np.float64)
-    for name, array in state.items():
+    for name, array in arrays_of(state).items():
         assert_close(array, expected_state[name], np.float64)
 
 
@@ -271,6 +403,44 @@ def test_sgd_first_step_overwrites_velocity_like_torch():
     np.testing.assert_array_equal(param, -0.5 * grad)
     kernels.sgd_step(param, grad, lr=0.5, momentum=0.9, dampening=0.5, velocity=velocity, step=2)
     np.testing.assert_array_equal(velocity, 0.9 * grad + 0.5 * grad)
+
+
+def test_nadam_product_passed_or_recomputed_gives_the_same_bits():
+    # The product the previous call returned and the one recomputed from step agree exactly.
+    for convention in ("torch", "keras"):
+        for dtype in DTYPES:
+            rng = np.random.default_rng(1)
+            carried = random_like(rng, (33,), dtype)
+            recomputed = carried.copy()
+            states = [[np.zeros_like(carried), np.zeros_like(carried)] for _ in range(2)]
+            product = 1.0
+            for step in range(1, 12):
+                grad = random_like(rng, (33,), dtype)
+                options = {"step": step, "lr": 0.01, "convention": convention}
+                product = kernels.nadam_step(
+                    carried, grad, *states[0], mu_product=product, **options
+                )
+                again = kernels.nadam_step(recomputed, grad, *states[1], **options)
+                assert again == product
+            assert carried.tobytes() == recomputed.tobytes()
+
+
+def test_keras_sgd_velocity_holds_the_scaled_step():
+    # Keras's velocity is -lr * g (torch's is g): they part when the rate changes.
+    param, velocity = np.zeros(2), np.zeros(2)
+    grad = np.array([1.0, -2.0])
+    kernels.sgd_step(param, grad, lr=0.5, momentum=0.9, velocity=velocity, convention="keras")
+    np.testing.assert_array_equal(velocity, -0.5 * grad)
+    kernels.sgd_step(param, grad, lr=0.25, momentum=0.9, velocity=velocity, convention="keras")
+    np.testing.assert_array_equal(velocity, 0.9 * -0.5 * grad - 0.25 * grad)
+    np.testing.assert_array_equal(param, -0.5 * grad + velocity)
+
+
+def test_lion_sign_of_zero_and_nan_is_zero():
+    param = np.ones(3)
+    m = np.zeros(3)
+    kernels.lion_step(param, np.array([0.0, np.nan, -3.0]), m, lr=0.5)
+    np.testing.assert_array_equal(param, [1.0, 1.0, 1.5])
 
 
 def test_scalar_types_from_numpy_are_accepted():
@@ -431,6 +601,32 @@ def rmsprop(**overrides):
     return lambda: kernels.rmsprop_step(**args)
 
 
+def nadam(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "v": np.zeros(5)}
+    args |= {"step": 1, "lr": 1e-3} | overrides
+    return lambda: kernels.nadam_step(**args)
+
+
+def adamax(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "u": np.zeros(5)}
+    args |= {"step": 1, "lr": 1e-3} | overrides
+    return lambda: kernels.adamax_step(**args)
+
+
+def adagrad(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "sum": np.zeros(5), "lr": 1e-3} | overrides
+    return lambda: kernels.adagrad_step(**args)
+
+
+def lion(**overrides):
+    param, grad = arrays()
+    args = {"param": param, "grad": grad, "m": np.zeros(5), "lr": 1e-3} | overrides
+    return lambda: kernels.lion_step(**args)
+
+
 def clip(grads, max_norm=1.0, **kwargs):
     return lambda: kernels.clip_by_global_norm(grads, max_norm, **kwargs)
 
@@ -567,6 +763,37 @@ REJECTIONS = [
     ("num_threads zero", sgd(num_threads=0), ValueError, "num_threads"),
     ("num_threads float", adam(num_threads=2.0), TypeError, "num_threads"),
     ("rmsprop num_threads negative", rmsprop(num_threads=-1), ValueError, "num_threads"),
+    # conventions and the new steps
+    ("convention unknown", sgd(convention="tf"), ValueError, "convention"),
+    ("convention None", adam(convention=None), TypeError, "convention"),
+    ("convention bytes", rmsprop(convention=b"keras"), TypeError, "convention"),
+    ("keras dampening", sgd(convention="keras", dampening=0.1), ValueError, "dampening"),
+    (
+        "keras coupled decay",
+        adam(convention="keras", weight_decay=0.1, decoupled_weight_decay=False),
+        ValueError,
+        "decoupled_weight_decay",
+    ),
+    (
+        "nadam keras coupled decay",
+        nadam(convention="keras", weight_decay=0.1, decoupled_weight_decay=False),
+        ValueError,
+        "decoupled_weight_decay",
+    ),
+    ("nadam step zero", nadam(step=0), ValueError, "step"),
+    ("nadam mu_product above one", nadam(mu_product=1.5), ValueError, "mu_product"),
+    ("nadam momentum_decay negative", nadam(momentum_decay=-1.0), ValueError, "momentum_decay"),
+    ("nadam v missing", nadam(v=None), TypeError, "v"),
+    ("adamax u overlaps m", overlapping_state(adamax, "m", "u"), ValueError, "u: must not"),
+    ("adamax beta2 one", adamax(beta2=1.0), ValueError, "beta2"),
+    ("adamax step None", adamax(step=None), TypeError, "step"),
+    ("adagrad sum dtype", adagrad(sum=np.zeros(5, np.float32)), TypeError, "sum"),
+    ("adagrad lr_decay without step", adagrad(lr_decay=0.1), ValueError, "step"),
+    ("adagrad keras lr_decay", adagrad(lr_decay=0.1, convention="keras"), ValueError, "lr_decay"),
+    ("adagrad eps negative", adagrad(eps=-1.0), ValueError, "eps"),
+    ("lion beta1 above one", lion(beta1=1.5), ValueError, "beta1"),
+    ("lion m is grad", overlapping_state(lion, "grad", "m"), ValueError, "m: must not"),
+    ("lion lr nan", lion(lr=math.nan), ValueError, "lr"),
     # clip_by_global_norm
     ("clip grads ndarray", clip(np.zeros(3)), TypeError, "grads"),
     ("clip grads generator", clip(g for g in [np.zeros(3)]), TypeError, "grads"),

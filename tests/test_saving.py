@@ -58,8 +58,24 @@ def test_reloaded_model_predicts_bit_identically(tmp_path):
         lambda: optimizers.Adam(0.01, amsgrad=True),
         lambda: optimizers.SGD(schedules.ExponentialDecay(0.1, 5, 0.9), momentum=0.9),
         lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        # the checkpoint falls mid-accumulation (12 batches, 5 per update); the average and
+        # Nadam's momentum product carry over
+        lambda: optimizers.Nadam(
+            0.01, use_ema=True, ema_overwrite_frequency=2, gradient_accumulation_steps=5
+        ),
+        lambda: optimizers.Adagrad(0.05, clipvalue=0.5, weight_decay=0.01),
+        lambda: optimizers.Adamax(0.01),
+        lambda: optimizers.Lion(1e-3, weight_decay=0.1),
     ],
-    ids=["adam-amsgrad", "sgd-momentum-schedule", "rmsprop-centered"],
+    ids=[
+        "adam-amsgrad",
+        "sgd-momentum-schedule",
+        "rmsprop-centered",
+        "nadam-ema-accumulation",
+        "adagrad-clipvalue",
+        "adamax",
+        "lion",
+    ],
 )
 def test_training_resumes_identically(tmp_path, make_optimizer):
     model = trained(make_optimizer())

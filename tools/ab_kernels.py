@@ -128,6 +128,28 @@ def cases(threads: int) -> list[tuple[str, str, Callable]]:
         return lambda: core.adam_step(param, g, m1, v1, step=3, lr=1e-9, num_threads=threads)
 
     out.append(("optim", "adam_step 2M", make_adam))
+    buf1, sq1, avg1 = np.zeros_like(param), np.zeros_like(param), np.zeros_like(param)
+
+    def make_sgd(core):
+        return lambda: core.sgd_step(
+            param, g, lr=1e-9, momentum=0.9, velocity=buf1, nesterov=True, num_threads=threads
+        )
+
+    def make_rmsprop(core):
+        return lambda: core.rmsprop_step(
+            param,
+            g,
+            sq1,
+            lr=1e-9,
+            momentum=0.5,
+            velocity=buf1,
+            centered=True,
+            grad_avg=avg1,
+            num_threads=threads,
+        )
+
+    out.append(("optim", "sgd_step nesterov 2M", make_sgd))
+    out.append(("optim", "rmsprop_step centered momentum 2M", make_rmsprop))
     return out
 
 

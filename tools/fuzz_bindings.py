@@ -198,6 +198,7 @@ SPECS = {
             "nesterov": "bool",
             "weight_decay": "real",
             "step": "step",
+            "convention": "convention",
             "num_threads": "threads",
         },
     },
@@ -212,6 +213,7 @@ SPECS = {
             "weight_decay": "real",
             "decoupled_weight_decay": "bool",
             "v_max": "s",
+            "convention": "convention",
             "num_threads": "threads",
         },
     },
@@ -225,6 +227,58 @@ SPECS = {
             "velocity": "s",
             "centered": "bool",
             "grad_avg": "s",
+            "convention": "convention",
+            "num_threads": "threads",
+        },
+    },
+    "nadam_step": {
+        "pos": [("param", "s"), ("grad", "s"), ("m", "s"), ("v", "s")],
+        "kw": {
+            "step": "step",
+            "lr": "real",
+            "beta1": "real",
+            "beta2": "real",
+            "eps": "real",
+            "weight_decay": "real",
+            "decoupled_weight_decay": "bool",
+            "momentum_decay": "real",
+            "mu_product": "real",
+            "convention": "convention",
+            "num_threads": "threads",
+        },
+    },
+    "adamax_step": {
+        "pos": [("param", "s"), ("grad", "s"), ("m", "s"), ("u", "s")],
+        "kw": {
+            "step": "step",
+            "lr": "real",
+            "beta1": "real",
+            "beta2": "real",
+            "eps": "real",
+            "weight_decay": "real",
+            "convention": "convention",
+            "num_threads": "threads",
+        },
+    },
+    "adagrad_step": {
+        "pos": [("param", "s"), ("grad", "s"), ("sum", "s")],
+        "kw": {
+            "lr": "real",
+            "step": "step",
+            "lr_decay": "real",
+            "eps": "real",
+            "weight_decay": "real",
+            "convention": "convention",
+            "num_threads": "threads",
+        },
+    },
+    "lion_step": {
+        "pos": [("param", "s"), ("grad", "s"), ("m", "s")],
+        "kw": {
+            "lr": "real",
+            "beta1": "real",
+            "beta2": "real",
+            "weight_decay": "real",
             "num_threads": "threads",
         },
     },
@@ -297,6 +351,8 @@ def well_formed(draw, name: str):
             return draw(st.integers(1, 5))
         if kind == "reduction":
             return draw(st.sampled_from(("mean", "sum", "none")))
+        if kind == "convention":
+            return draw(st.sampled_from(("torch", "keras")))
         if kind == "out_dtype":
             return draw(st.sampled_from(("float32", "bfloat16")))
         if kind.startswith("qw:"):

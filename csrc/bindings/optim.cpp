@@ -60,6 +60,28 @@ std::int64_t step_count(py::handle obj) {
   return count;
 }
 
+// "torch" or "keras": whose rule a step follows where the two differ.
+Convention convention_arg(py::handle obj) {
+  if (!py::isinstance<py::str>(obj))
+    type_fail("convention", "expected 'torch' or 'keras', got " + type_name(obj));
+  const std::string name = obj.cast<std::string>();
+  if (name == "torch") return Convention::torch;
+  if (name == "keras") return Convention::keras;
+  value_fail("convention", "expected 'torch' or 'keras', got " + py::repr(obj).cast<std::string>());
+}
+
+// decoupled_weight_decay: None picks the convention's own form (torch: coupled, Keras:
+// decoupled); Keras has no coupled form.
+bool decoupled_arg(py::handle obj, Convention convention, double weight_decay) {
+  if (obj.is_none()) return convention == Convention::keras;
+  const bool decoupled = flag(obj, "decoupled_weight_decay");
+  if (convention == Convention::keras && !decoupled && weight_decay != 0.0)
+    value_fail("decoupled_weight_decay",
+               "convention='keras' decays weights decoupled (Keras has no other form); pass "
+               "True or None, got False");
+  return decoupled;
+}
+
 // The arrays of one step call: param and grad first, then the state arrays one by one. No
 // array the call writes may share memory with any other array of the call.
 class StepArrays {
@@ -140,17 +162,22 @@ T* state_ptr(py::array& a, bool given) {
 void sgd_step_py(py::handle param_obj, py::handle grad_obj, py::handle lr, py::handle momentum,
                  py::handle velocity_obj, py::handle nesterov, py::handle weight_decay,
                  py::handle dampening, py::handle maximize, py::handle step,
-                 py::handle threads_obj) {
+                 py::handle convention, py::handle threads_obj) {
   StepArrays arrays(param_obj, grad_obj);
   SgdHyper hyper;
+  hyper.convention = convention_arg(convention);
   hyper.lr = non_negative(lr, "lr");
   hyper.momentum = non_negative(momentum, "momentum");
   hyper.weight_decay = non_negative(weight_decay, "weight_decay");
   hyper.dampening = real_number(dampening, "dampening");
   hyper.nesterov = flag(nesterov, "nesterov");
   hyper.maximize = flag(maximize, "maximize");
-  hyper.first_step = !step.is_none() && step_count(step) == 1;
+  hyper.first_step = !step.is_none() && step_count(step) == 1 &&
+                     hyper.convention == Convention::torch;
   const int threads = resolve_num_threads(thread_count(threads_obj));
+  if (hyper.convention == Convention::keras && hyper.dampening != 0.0)
+    value_fail("dampening", "convention='keras' has no dampening (Keras's SGD), got " +
+                                number_string(hyper.dampening));
   if (hyper.nesterov && (hyper.momentum == 0.0 || hyper.dampening != 0.0))
     value_fail("nesterov", "Nesterov momentum needs momentum > 0 and dampening == 0, got "
                            "momentum=" + number_string(hyper.momentum) +
@@ -175,20 +202,22 @@ void sgd_step_py(py::handle param_obj, py::handle grad_obj, py::handle lr, py::h
 void adam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, py::handle v_obj,
                   py::handle step, py::handle lr, py::handle beta1, py::handle beta2,
                   py::handle eps, py::handle weight_decay, py::handle decoupled,
-                  py::handle v_max_obj, py::handle maximize, py::handle threads_obj) {
+                  py::handle v_max_obj, py::handle maximize, py::handle convention,
+                  py::handle threads_obj) {
   StepArrays arrays(param_obj, grad_obj);
   py::array m = arrays.state(m_obj, "m");
   py::array v = arrays.state(v_obj, "v");
   py::array v_max = arrays.optional_state(v_max_obj, "v_max");
   const bool amsgrad = !v_max_obj.is_none();
   AdamHyper hyper;
+  hyper.convention = convention_arg(convention);
   hyper.step = step_count(step);
   hyper.lr = non_negative(lr, "lr");
   hyper.beta1 = hyper_in_range(beta1, "beta1", 0.0, 1.0, /*high_open=*/true);
   hyper.beta2 = hyper_in_range(beta2, "beta2", 0.0, 1.0, /*high_open=*/true);
   hyper.eps = non_negative(eps, "eps");
   hyper.weight_decay = non_negative(weight_decay, "weight_decay");
-  hyper.decoupled_weight_decay = flag(decoupled, "decoupled_weight_decay");
+  hyper.decoupled_weight_decay = decoupled_arg(decoupled, hyper.convention, hyper.weight_decay);
   hyper.maximize = flag(maximize, "maximize");
   const int threads = resolve_num_threads(thread_count(threads_obj));
 
@@ -209,10 +238,12 @@ void adam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, p
 void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle square_avg_obj,
                      py::handle lr, py::handle alpha, py::handle eps, py::handle weight_decay,
                      py::handle momentum, py::handle velocity_obj, py::handle centered,
-                     py::handle grad_avg_obj, py::handle maximize, py::handle threads_obj) {
+                     py::handle grad_avg_obj, py::handle maximize, py::handle convention,
+                     py::handle threads_obj) {
   StepArrays arrays(param_obj, grad_obj);
   py::array square_avg = arrays.state(square_avg_obj, "square_avg");
   RmspropHyper hyper;
+  hyper.convention = convention_arg(convention);
   hyper.lr = non_negative(lr, "lr");
   hyper.alpha = hyper_in_range(alpha, "alpha", 0.0, 1.0);
   hyper.eps = non_negative(eps, "eps");
@@ -238,6 +269,137 @@ void rmsprop_step_py(py::handle param_obj, py::handle grad_obj, py::handle squar
     const index_t n = arrays.size();
     const GilRelease nogil;
     rmsprop_step<T>(p, sq, mean, buf, g, n, hyper, threads);
+  };
+  for_dtype(arrays.dtype(), run);
+}
+
+double nadam_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj,
+                     py::handle v_obj, py::handle step, py::handle lr, py::handle beta1,
+                     py::handle beta2, py::handle eps, py::handle weight_decay,
+                     py::handle decoupled, py::handle momentum_decay, py::handle mu_product,
+                     py::handle maximize, py::handle convention, py::handle threads_obj) {
+  StepArrays arrays(param_obj, grad_obj);
+  py::array m = arrays.state(m_obj, "m");
+  py::array v = arrays.state(v_obj, "v");
+  NadamHyper hyper;
+  hyper.convention = convention_arg(convention);
+  hyper.step = step_count(step);
+  hyper.lr = non_negative(lr, "lr");
+  hyper.beta1 = hyper_in_range(beta1, "beta1", 0.0, 1.0, /*high_open=*/true);
+  hyper.beta2 = hyper_in_range(beta2, "beta2", 0.0, 1.0, /*high_open=*/true);
+  hyper.eps = non_negative(eps, "eps");
+  hyper.weight_decay = non_negative(weight_decay, "weight_decay");
+  hyper.decoupled_weight_decay = decoupled_arg(decoupled, hyper.convention, hyper.weight_decay);
+  hyper.momentum_decay =
+      momentum_decay.is_none()
+          ? (hyper.convention == Convention::keras ? 1.0 : 0.004)
+          : non_negative(momentum_decay, "momentum_decay");
+  hyper.mu_product =
+      mu_product.is_none() ? std::nan("") : hyper_in_range(mu_product, "mu_product", 0.0, 1.0);
+  hyper.maximize = flag(maximize, "maximize");
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  double product = 0.0;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* p = arrays.param<T>();
+    T* mp = mptr<T>(m);
+    T* vp = mptr<T>(v);
+    const T* g = arrays.grad<T>();
+    const index_t n = arrays.size();
+    const GilRelease nogil;
+    product = nadam_step<T>(p, mp, vp, g, n, hyper, threads);
+  };
+  for_dtype(arrays.dtype(), run);
+  return product;
+}
+
+void adamax_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj,
+                    py::handle u_obj, py::handle step, py::handle lr, py::handle beta1,
+                    py::handle beta2, py::handle eps, py::handle weight_decay,
+                    py::handle maximize, py::handle convention, py::handle threads_obj) {
+  StepArrays arrays(param_obj, grad_obj);
+  py::array m = arrays.state(m_obj, "m");
+  py::array u = arrays.state(u_obj, "u");
+  AdamaxHyper hyper;
+  hyper.convention = convention_arg(convention);
+  hyper.step = step_count(step);
+  hyper.lr = non_negative(lr, "lr");
+  hyper.beta1 = hyper_in_range(beta1, "beta1", 0.0, 1.0, /*high_open=*/true);
+  hyper.beta2 = hyper_in_range(beta2, "beta2", 0.0, 1.0, /*high_open=*/true);
+  hyper.eps = non_negative(eps, "eps");
+  hyper.weight_decay = non_negative(weight_decay, "weight_decay");
+  hyper.maximize = flag(maximize, "maximize");
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* p = arrays.param<T>();
+    T* mp = mptr<T>(m);
+    T* up = mptr<T>(u);
+    const T* g = arrays.grad<T>();
+    const index_t n = arrays.size();
+    const GilRelease nogil;
+    adamax_step<T>(p, mp, up, g, n, hyper, threads);
+  };
+  for_dtype(arrays.dtype(), run);
+}
+
+void adagrad_step_py(py::handle param_obj, py::handle grad_obj, py::handle sum_obj,
+                     py::handle lr, py::handle step, py::handle lr_decay, py::handle eps,
+                     py::handle weight_decay, py::handle maximize, py::handle convention,
+                     py::handle threads_obj) {
+  StepArrays arrays(param_obj, grad_obj);
+  py::array sum = arrays.state(sum_obj, "sum");
+  AdagradHyper hyper;
+  hyper.convention = convention_arg(convention);
+  hyper.lr = non_negative(lr, "lr");
+  hyper.lr_decay = non_negative(lr_decay, "lr_decay");
+  hyper.eps = non_negative(eps, "eps");
+  hyper.weight_decay = non_negative(weight_decay, "weight_decay");
+  hyper.maximize = flag(maximize, "maximize");
+  if (hyper.convention == Convention::keras && hyper.lr_decay != 0.0)
+    value_fail("lr_decay", "convention='keras' has no lr_decay (Keras's Adagrad), got " +
+                               number_string(hyper.lr_decay));
+  if (hyper.lr_decay != 0.0 && step.is_none())
+    value_fail("step", "lr_decay=" + number_string(hyper.lr_decay) +
+                           " needs the step count (the rate is lr / (1 + (step - 1) * lr_decay))");
+  hyper.step = step.is_none() ? 1 : step_count(step);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* p = arrays.param<T>();
+    T* sp = mptr<T>(sum);
+    const T* g = arrays.grad<T>();
+    const index_t n = arrays.size();
+    const GilRelease nogil;
+    adagrad_step<T>(p, sp, g, n, hyper, threads);
+  };
+  for_dtype(arrays.dtype(), run);
+}
+
+void lion_step_py(py::handle param_obj, py::handle grad_obj, py::handle m_obj, py::handle lr,
+                  py::handle beta1, py::handle beta2, py::handle weight_decay,
+                  py::handle maximize, py::handle threads_obj) {
+  StepArrays arrays(param_obj, grad_obj);
+  py::array m = arrays.state(m_obj, "m");
+  LionHyper hyper;
+  hyper.lr = non_negative(lr, "lr");
+  hyper.beta1 = hyper_in_range(beta1, "beta1", 0.0, 1.0);
+  hyper.beta2 = hyper_in_range(beta2, "beta2", 0.0, 1.0);
+  hyper.weight_decay = non_negative(weight_decay, "weight_decay");
+  hyper.maximize = flag(maximize, "maximize");
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* p = arrays.param<T>();
+    T* mp = mptr<T>(m);
+    const T* g = arrays.grad<T>();
+    const index_t n = arrays.size();
+    const GilRelease nogil;
+    lion_step<T>(p, mp, g, n, hyper, threads);
   };
   for_dtype(arrays.dtype(), run);
 }
@@ -297,32 +459,87 @@ void bind_optim(py::module_& m) {
         py::arg("lr"), py::arg("momentum") = 0.0, py::arg("velocity") = py::none(),
         py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
         py::arg("dampening") = 0.0, py::arg("maximize") = false, py::arg("step") = py::none(),
-        py::arg("num_threads") = py::none(),
-        "One torch.optim.SGD step, in place on param (and velocity when momentum != 0).\n\n"
-        "g = grad (negated with maximize) + weight_decay * param; with momentum,\n"
-        "velocity = momentum * velocity + (1 - dampening) * g and g = g + momentum * velocity\n"
-        "(nesterov) or g = velocity; param -= lr * g.\n"
+        py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
+        "One SGD step (torch.optim.SGD's or Keras's), in place on param (and velocity).\n\n"
+        "convention='torch': ``g = grad`` (negated with maximize) ``+ weight_decay * param``;\n"
+        "with momentum, ``velocity = momentum * velocity + (1 - dampening) * g`` and\n"
+        "``g = g + momentum * velocity`` (nesterov) or ``g = velocity``; ``param -= lr * g``.\n"
         "torch starts velocity as a copy of the first g. Passing step (the 1-based count) does\n"
         "the same at step == 1, ignoring velocity's content; with step=None velocity must start\n"
-        "at zeros, which gives torch's first step exactly when dampening == 0.");
+        "at zeros, which gives torch's first step exactly when dampening == 0.\n"
+        "convention='keras': ``param *= 1 - lr * weight_decay``;\n"
+        "``velocity = momentum * velocity - lr * g``; ``param += velocity`` (nesterov:\n"
+        "``param += momentum * velocity - lr * g``). velocity starts at zeros; no dampening;\n"
+        "step is not needed.");
   m.def("adam_step", &adam_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
         py::arg("v"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
         py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
-        py::arg("decoupled_weight_decay") = false, py::arg("v_max") = py::none(),
-        py::arg("maximize") = false, py::arg("num_threads") = py::none(),
-        "One torch.optim.Adam step, in place on param, m, v (and v_max).\n\n"
+        py::arg("decoupled_weight_decay") = py::none(), py::arg("v_max") = py::none(),
+        py::arg("maximize") = false, py::arg("convention") = "torch",
+        py::arg("num_threads") = py::none(),
+        "One Adam step (torch.optim.Adam/AdamW's or Keras's), in place on param, m, v (v_max).\n\n"
         "step is the 1-based count including this step (bias corrections 1 - beta**step).\n"
-        "decoupled_weight_decay=True is AdamW (``param *= 1 - lr * weight_decay`` first); v_max\n"
-        "given is AMSGrad (v_max = max(v_max, v) normalises the step). m, v, v_max start at\n"
-        "zeros.");
+        "decoupled_weight_decay=True is AdamW (``param *= 1 - lr * weight_decay`` first; None:\n"
+        "the convention's own form, torch coupled, Keras decoupled); v_max given is AMSGrad\n"
+        "(v_max = max(v_max, v) normalises the step). m, v, v_max start at zeros.\n"
+        "convention='torch':\n"
+        "``param -= lr / (1 - beta1**t) * m / (sqrt(v / (1 - beta2**t)) + eps)``.\n"
+        "convention='keras':\n"
+        "``param -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)``.");
   m.def("rmsprop_step", &rmsprop_step_py, py::arg("param"), py::arg("grad"),
         py::arg("square_avg"), py::kw_only(), py::arg("lr"), py::arg("alpha") = 0.99,
         py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0, py::arg("momentum") = 0.0,
         py::arg("velocity") = py::none(), py::arg("centered") = false,
         py::arg("grad_avg") = py::none(), py::arg("maximize") = false,
+        py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
+        "One RMSprop step (torch.optim.RMSprop's or Keras's), in place on param and its state.\n\n"
+        "centered=True needs grad_avg, momentum > 0 needs velocity; all state starts at zeros.\n"
+        "convention='torch': ``step = g / (sqrt(square_avg - grad_avg**2) + eps)``;\n"
+        "``velocity = momentum * velocity + step``; ``param -= lr * velocity`` (or\n"
+        "``lr * step``). convention='keras': ``step = lr * g / sqrt(square_avg - grad_avg**2\n"
+        "+ eps)``; ``velocity = momentum * velocity + step``; ``param -= velocity`` (or\n"
+        "``step``); weight decay decoupled. grad_avg enters only when centered.");
+  m.def("nadam_step", &nadam_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
+        py::arg("v"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
+        py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
+        py::arg("decoupled_weight_decay") = py::none(), py::arg("momentum_decay") = py::none(),
+        py::arg("mu_product") = py::none(), py::arg("maximize") = false,
+        py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
+        "One NAdam step (torch.optim.NAdam's or Keras's Nadam), in place on param, m, v.\n\n"
+        "``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``; momentum_decay=None is\n"
+        "the convention's (torch 0.004, Keras 1). mu_product is ``mu_1 * ... * mu_(step-1)``,\n"
+        "the value the previous call returned (None recomputes it from step, O(step));\n"
+        "returns ``mu_1 * ... * mu_step``. Both conventions compute ``param -= lr * (mu_next *\n"
+        "m / (1 - prod_next) + (1 - mu) * g / (1 - prod)) / (sqrt(v / (1 - beta2**t)) + eps)``,\n"
+        "each in its library's operation order; torch keeps the product in float32, Keras in\n"
+        "the parameters' dtype.");
+  m.def("adamax_step", &adamax_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
+        py::arg("u"), py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
+        py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0,
+        py::arg("maximize") = false, py::arg("convention") = "torch",
         py::arg("num_threads") = py::none(),
-        "One torch.optim.RMSprop step, in place on param and its state.\n\n"
-        "centered=True needs grad_avg, momentum > 0 needs velocity; all state starts at zeros.");
+        "One Adamax step (torch.optim.Adamax's or Keras's), in place on param, m, u.\n\n"
+        "convention='torch': ``u = max(beta2 * u, abs(g) + eps)``;\n"
+        "``param -= lr / (1 - beta1**t) * m / u``. convention='keras':\n"
+        "``u = max(beta2 * u, abs(g))``; ``param -= lr * m / ((u + eps) * (1 - beta1**t))``;\n"
+        "weight decay decoupled.");
+  m.def("adagrad_step", &adagrad_step_py, py::arg("param"), py::arg("grad"), py::arg("sum"),
+        py::kw_only(), py::arg("lr"), py::arg("step") = py::none(), py::arg("lr_decay") = 0.0,
+        py::arg("eps") = 1e-10, py::arg("weight_decay") = 0.0, py::arg("maximize") = false,
+        py::arg("convention") = "torch", py::arg("num_threads") = py::none(),
+        "One Adagrad step (torch.optim.Adagrad's or Keras's), in place on param and sum.\n\n"
+        "``sum += g * g``; convention='torch':\n"
+        "``param -= lr / (1 + (step - 1) * lr_decay) * g / (sqrt(sum) + eps)`` (step is needed\n"
+        "only with lr_decay); convention='keras': ``param -= lr * g / sqrt(sum + eps)``, weight\n"
+        "decay decoupled. sum starts at the initial accumulator value (torch 0, Keras 0.1).");
+  m.def("lion_step", &lion_step_py, py::arg("param"), py::arg("grad"), py::arg("m"),
+        py::kw_only(), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.99,
+        py::arg("weight_decay") = 0.0, py::arg("maximize") = false,
+        py::arg("num_threads") = py::none(),
+        "One Lion step (Keras's; torch has none), in place on param and m.\n\n"
+        "``param *= 1 - lr * weight_decay``;\n"
+        "``param -= lr * sign(beta1 * m + (1 - beta1) * g)``;\n"
+        "``m = beta2 * m + (1 - beta2) * g``. sign(0) and sign(NaN) are 0, as torch.sign's.");
   m.def("clip_by_global_norm", &clip_by_global_norm_py, py::arg("grads"), py::arg("max_norm"),
         py::kw_only(), py::arg("num_threads") = py::none(),
         "Scale a list of gradient arrays in place so their global L2 norm is at most max_norm.\n\n"
@@ -330,7 +547,8 @@ void bind_optim(py::module_& m) {
         "num_threads). Above max_norm every array is multiplied by max_norm / norm\n"
         "(tf.clip_by_global_norm's rule); an inf or NaN norm leaves the arrays untouched.\n"
         "Arrays may mix float32 and float64 but must not share memory.");
-  m.attr("OPTIMIZERS") = py::make_tuple("sgd", "adam", "rmsprop");
+  m.attr("OPTIMIZERS") =
+      py::make_tuple("sgd", "adam", "rmsprop", "nadam", "adamax", "adagrad", "lion");
 }
 
 }  // namespace densekit::bind

@@ -8,6 +8,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 LabelArray = npt.NDArray[np.int32] | npt.NDArray[np.int64]
 Reduction = Literal["mean", "sum", "none"]
+Convention = Literal["torch", "keras"]
 ActivationName = Literal[
     "linear",
     "relu",
@@ -311,6 +312,7 @@ def sgd_step(
     dampening: float = 0.0,
     maximize: bool = False,
     step: SupportsIndex | None = None,
+    convention: Convention = "torch",
     num_threads: int | None = None,
 ) -> None: ...
 def adam_step(
@@ -325,9 +327,10 @@ def adam_step(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    decoupled_weight_decay: bool = False,
+    decoupled_weight_decay: bool | None = None,
     v_max: FloatArray | None = None,
     maximize: bool = False,
+    convention: Convention = "torch",
     num_threads: int | None = None,
 ) -> None: ...
 def rmsprop_step(
@@ -343,6 +346,68 @@ def rmsprop_step(
     velocity: FloatArray | None = None,
     centered: bool = False,
     grad_avg: FloatArray | None = None,
+    maximize: bool = False,
+    convention: Convention = "torch",
+    num_threads: int | None = None,
+) -> None: ...
+def nadam_step(
+    param: FloatArray,
+    grad: FloatArray,
+    m: FloatArray,
+    v: FloatArray,
+    *,
+    step: SupportsIndex,
+    lr: SupportsFloat,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool | None = None,
+    momentum_decay: float | None = None,
+    mu_product: float | None = None,
+    maximize: bool = False,
+    convention: Convention = "torch",
+    num_threads: int | None = None,
+) -> float: ...
+def adamax_step(
+    param: FloatArray,
+    grad: FloatArray,
+    m: FloatArray,
+    u: FloatArray,
+    *,
+    step: SupportsIndex,
+    lr: SupportsFloat,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    convention: Convention = "torch",
+    num_threads: int | None = None,
+) -> None: ...
+def adagrad_step(
+    param: FloatArray,
+    grad: FloatArray,
+    sum: FloatArray,
+    *,
+    lr: SupportsFloat,
+    step: SupportsIndex | None = None,
+    lr_decay: float = 0.0,
+    eps: float = 1e-10,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    convention: Convention = "torch",
+    num_threads: int | None = None,
+) -> None: ...
+def lion_step(
+    param: FloatArray,
+    grad: FloatArray,
+    m: FloatArray,
+    *,
+    lr: SupportsFloat,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
     maximize: bool = False,
     num_threads: int | None = None,
 ) -> None: ...

@@ -96,6 +96,12 @@ def setup(model, arguments: dict) -> FitSetup:
         raise ValueError("The model has no weights to train")
     if s.hogwild:
         _hogwild.check(s.callbacks)
+        if model.optimizer.use_ema:
+            # each worker would average the weights it saw; Keras's average is one sequence
+            raise ValueError(
+                "optimizer: use_ema=True needs the steps in one sequence; strategy='hogwild' "
+                "runs several at once"
+            )
     return s
 
 
@@ -209,6 +215,7 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
                     _ran_out(epoch + 1, s)
                     break
             if not (job is not None and job.cancel_requested):
+                state.finalize_optimizer()  # with use_ema, the weights become the average
                 hooks.on_train_end(logs)
     finally:
         train_epoch.close()

@@ -3,6 +3,9 @@
 Every function checks its inputs before it releases the GIL, never converts or copies an
 ``out=`` array, and gives bitwise identical results for any ``num_threads``. Arrays are
 NumPy arrays, C-contiguous, float32 or float64 (all of one call share one dtype).
+The optimizer steps follow torch.optim's rules by default and Keras 3's with
+``convention="keras"`` (where the two differ: epsilon placement, the momentum buffer,
+weight decay); ``lion_step`` has Keras's one rule.
 Shapes use Keras's layout: ``x`` is (n, k) for n samples of k features, the weight ``w`` is
 (k, m) for m units, the bias ``b`` is (m,).
 """
@@ -19,7 +22,9 @@ from ._core import (
     QuantizedWeights,
     activation_backward,
     activation_forward,
+    adagrad_step,
     adam_step,
+    adamax_step,
     bf16_config,
     build_info,
     categorical_hinge,
@@ -33,12 +38,14 @@ from ._core import (
     huber,
     int8_config,
     kl_divergence,
+    lion_step,
     log_cosh,
     mae,
     mape,
     matmul_bf16,
     mse,
     msle,
+    nadam_step,
     pack_weights,
     poisson,
     rmsprop_step,
@@ -62,7 +69,9 @@ __all__ = [
     "QuantizedWeights",
     "activation_backward",
     "activation_forward",
+    "adagrad_step",
     "adam_step",
+    "adamax_step",
     "bf16_config",
     "build_info",
     "categorical_hinge",
@@ -76,12 +85,14 @@ __all__ = [
     "huber",
     "int8_config",
     "kl_divergence",
+    "lion_step",
     "log_cosh",
     "mae",
     "mape",
     "matmul_bf16",
     "mse",
     "msle",
+    "nadam_step",
     "pack_weights",
     "poisson",
     "rmsprop_step",

@@ -346,7 +346,11 @@ def _check_compile(settings, path: str):
         f"invalid check_finite {_short(settings.get('check_finite'))} (only true is written)",
     )
     optimizer = _from_config(
-        settings["optimizer"], optimizers.deserialize, optimizers.serialize, path, "optimizer"
+        optimizers.with_current_options(settings["optimizer"]),
+        optimizers.deserialize,
+        optimizers.serialize,
+        path,
+        "optimizer",
     )
     loss = _from_config(settings["loss"], losses.deserialize, losses.serialize, path, "loss")
     _expect(loss.reduction != "none", path, "invalid loss: reduction 'none'")
@@ -570,6 +574,11 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
         )
         variables[name] = array
     training_state.set_optimizer_state(saved["iterations"], variables)
+    # a file written under torch's update rules: its momentum buffers in Keras's meaning
+    for name, factor in optimizers.legacy_state_factors(
+        settings["optimizer"], model.optimizer
+    ).items():
+        own_state[name] *= factor
 
 
 def save_weights(model, filepath) -> None:

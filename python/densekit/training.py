@@ -350,6 +350,18 @@ class TrainingState:
             np.copyto(self._parameters, values, casting="same_kind")
             guard.version += 1
 
+    def finalize_optimizer(self) -> None:
+        """Keras's ``finalize_variable_values``, which ``fit`` runs when it ends: with
+        ``use_ema`` the trainable parameters take the optimizer's moving average, as one step
+        (nothing otherwise)."""
+        final = self.optimizer.finalized_parameters()
+        if final is None:
+            return
+        guard = self._guard
+        with guard.lock:
+            np.copyto(self._trainable_parameters, final)
+            guard.version += 1
+
     def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]]:
         """The optimizer's step count and state arrays (live, flat, shaped like the
         trainable parameters).
