@@ -164,17 +164,26 @@ class Sequential:
             width = layer.build_weights(width)
         dtype = self._np_dtype
         specs = [
-            (layer, shape, init) for layer in self.layers for _, shape, init in layer.weight_specs
+            (attr not in layer.non_trainable_attributes, shape, init)
+            for layer in self.layers
+            for attr, shape, init in layer.weight_specs
         ]
-        params = aligned_zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
-        views, offset, slices = [], 0, []
-        for _, shape, init in specs:
+        total = sum(math.prod(shape) for _, shape, _ in specs)
+        params = aligned_zeros(total, dtype)
+        # trainable weights first, statistics (non-trainable) after them: the optimizer
+        # updates one leading slice of the buffer
+        trainable = sum(math.prod(shape) for kind, shape, _ in specs if kind)
+        offsets, placed = [], {True: 0, False: trainable}
+        for kind, shape, _ in specs:
+            offsets.append(placed[kind])
+            placed[kind] += math.prod(shape)
+        views, slices = [], []
+        for offset, (_, shape, init) in zip(offsets, specs):
             size = math.prod(shape)
             view = params[offset : offset + size].reshape(shape)
             view[...] = init(shape, dtype)
             views.append(view)
             slices.append((offset, size, shape))
-            offset += size
         position = 0
         self._weight_slices = slices  # (offset, size, shape) of each weight in the buffer
         self._layer_slices = {}
@@ -187,6 +196,7 @@ class Sequential:
             if kept is not None and [w.shape for w in kept] == [w.shape for w in layer.weights]:
                 layer.set_weights(kept)
         self._params, self._weight_views = params, views
+        self._trainable_params = params if trainable == total else params[:trainable]
         self.input_dim, self.output_dim = features, width
         self._predict_ops = build_ops(self.layers, features, training=False, absorbed=None)
         # predict's kernel call, holding the live weights (views into the buffer made above)
@@ -406,6 +416,7 @@ class Sequential:
                 metric_identifiers=self._metric_identifiers,
                 guard=self._guard,
                 check_finite=self.check_finite,
+                trainable_parameters=self._trainable_params,
             )
         return state
 
@@ -414,7 +425,7 @@ class Sequential:
         model's weights (the optimizer was bound to them by training or evaluation), else
         None."""
         optimizer = self.optimizer
-        if not (self.compiled and self.built and optimizer.is_bound_to(self._params)):
+        if not (self.compiled and self.built and optimizer.is_bound_to(self._trainable_params)):
             return None
         return optimizer.iterations, dict(optimizer.variables)
 
@@ -575,7 +586,7 @@ class Sequential:
                 params[o : o + size].reshape(shape)
                 for o, size, shape in self._layer_slices[id(op.layer)]
             ]
-            if op.has_weights
+            if getattr(op, "inference_weights", op.has_weights)
             else None
             for op in self._predict_ops
         ]

@@ -121,6 +121,13 @@ def inputs_for(model, x, name: str = "x") -> np.ndarray:
     return x
 
 
+def _trainable_weights(layer) -> list:
+    """The layer's weights that get gradients and optimizer state (all but the attributes
+    it lists in ``non_trainable_attributes``)."""
+    skip = getattr(layer, "non_trainable_attributes", ())
+    return [getattr(layer, attr) for attr, _, _ in layer.weight_specs if attr not in skip]
+
+
 def dataset_for(model, x, y, sample_weight=None, names=("x", "y", "sample_weight")):
     """``(x, y, sample_weight)`` converted for the compiled ``model``, building it from the
     width of ``x`` if needed (see ``TrainingState.dataset``).
@@ -170,6 +177,10 @@ class TrainingState:
     check_finite : bool
         Whether ``train_step`` refuses a step whose loss or gradients are not finite (see
         ``refuse_non_finite``).
+    trainable_parameters : numpy.ndarray or None
+        The leading part of ``parameters`` that the optimizer updates (the model lays its
+        trainable weights out first and statistics such as moving means after them); None
+        means all of ``parameters``.
 
     Raises
     ------
@@ -190,8 +201,11 @@ class TrainingState:
         metric_identifiers,
         guard: WeightGuard,
         check_finite: bool = False,
+        trainable_parameters: np.ndarray | None = None,
     ):
         self._layers = list(layers)
+        self._trainable = parameters if trainable_parameters is None else trainable_parameters
+        self._pending_updates: tuple = ()
         self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
@@ -228,7 +242,7 @@ class TrainingState:
             self._target_template = np.zeros((0, output_dim), self._dtype)
         self._bind_gradients()
         self.optimizer = optimizer
-        optimizer.build(parameters, self._gradients, self._gradient_views)
+        optimizer.build(self._trainable, self._trainable_gradients, self._trainable_views)
         self._regularization_grads = self._regularization_calls()
         groups: dict[float, list] = {}
         for layer in self._regularized_layers():
@@ -251,6 +265,15 @@ class TrainingState:
             layer_grads[id(layer)] = views[position : position + count]
             position += count
         self._gradients, self._gradient_views, self._layer_grads = gradients, views, layer_grads
+        # the optimizer's share: the trainable weights, laid out first in both buffers
+        size = self._trainable.size
+        self._trainable_gradients = gradients if size == gradients.size else gradients[:size]
+        trainable_ids = {id(w) for layer in self._layers for w in _trainable_weights(layer)}
+        self._trainable_views = [
+            view
+            for view, weight in zip(views, (w for layer in self._layers for w in layer.weights))
+            if id(weight) in trainable_ids
+        ]
 
     def _regularized_layers(self) -> list:
         return [
@@ -520,6 +543,7 @@ class TrainingState:
         loss = plan.loss()[0]
         for call in plan.backward:
             call()
+        self._pending_updates = plan.updates
         if self._regularization_grads:
             for call in self._regularization_grads:
                 call()
@@ -543,6 +567,8 @@ class TrainingState:
             try:
                 with guard.lock:  # readers on other threads copy between two steps
                     self.optimizer.apply(schedule_step)
+                    for update in self._pending_updates:  # moving statistics
+                        update()
                     guard.version += 1
             finally:
                 interrupts.deferring = False
@@ -550,6 +576,8 @@ class TrainingState:
                 interrupts.deliver()
         else:  # a Hogwild replica: no lock, by design
             self.optimizer.apply(schedule_step)
+            for update in self._pending_updates:
+                update()
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
 
     def deferring_interrupts(self) -> DeferredInterrupts:
@@ -749,7 +777,7 @@ class TrainingState:
         other = copy.copy(self)
         other._bind_gradients()
         optimizer = optimizers.deserialize(optimizers.serialize(self.optimizer))
-        optimizer.build(self._parameters, other._gradients, other._gradient_views)
+        optimizer.build(self._trainable, other._trainable_gradients, other._trainable_views)
         for name, state in self.optimizer.variables.items():
             np.copyto(optimizer.variables[name], state)
         optimizer.iterations = self.optimizer.iterations
