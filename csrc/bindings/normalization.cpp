@@ -83,14 +83,16 @@ class Arrays {
   std::vector<std::pair<py::array, std::string>> inputs_;
 };
 
+// An optional array: absent ones are default-constructed (an empty float64 array, not a
+// null handle), and an empty one has nothing to read or write: either gives nullptr.
 template <typename T>
 const T* maybe(const py::array& a) {
-  return a ? cptr<T>(a) : nullptr;
+  return a.size() > 0 ? cptr<T>(a) : nullptr;
 }
 
 template <typename T>
 T* maybe_mut(py::array& a) {
-  return a ? mptr<T>(a) : nullptr;
+  return a.size() > 0 ? mptr<T>(a) : nullptr;
 }
 
 py::object feature_moments_py(py::handle x_obj, py::handle mean_out, py::handle variance_out,
@@ -188,8 +190,9 @@ py::object batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handl
                            cptr<T>(variance), arrays.n(), arrays.k(), epsilon, training,
                            threads);
   });
-  auto or_none = [](const py::array& a) { return a ? py::object(a) : py::object(py::none()); };
-  return py::make_tuple(or_none(dx), or_none(dgamma), or_none(dbeta));
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()),
+                        need_dgamma ? py::object(dgamma) : py::object(py::none()),
+                        need_dbeta ? py::object(dbeta) : py::object(py::none()));
 }
 
 void batch_norm_update_moving_py(py::handle moving_mean_obj, py::handle moving_variance_obj,
@@ -281,8 +284,9 @@ py::object layer_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handl
                            cptr<T>(arrays.x()), cptr<T>(x), maybe<T>(gamma), cptr<T>(mean),
                            cptr<T>(inv_std), arrays.n(), arrays.k(), threads);
   });
-  auto or_none = [](const py::array& a) { return a ? py::object(a) : py::object(py::none()); };
-  return py::make_tuple(or_none(dx), or_none(dgamma), or_none(dbeta));
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()),
+                        need_dgamma ? py::object(dgamma) : py::object(py::none()),
+                        need_dbeta ? py::object(dbeta) : py::object(py::none()));
 }
 
 py::array normalization_forward_py(py::handle x_obj, py::handle mean_obj,
