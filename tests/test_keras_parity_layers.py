@@ -41,10 +41,18 @@ def build_pair(kind: str, x, seed: int = 1):
         kl = [k.Dense(16, "relu"), k.BatchNormalization(), k.Dense(8, "tanh"), k.Dense(2)]
         dl = [d.Dense(16, "relu"), d.BatchNormalization(), d.Dense(8, "tanh"), d.Dense(2)]
     elif kind == "batch_norm_plain":
-        kl = [k.Dense(16), k.BatchNormalization(center=False, scale=False, momentum=0.9),
-              k.Activation("relu"), k.Dense(2)]  # fmt: skip
-        dl = [d.Dense(16), d.BatchNormalization(center=False, scale=False, momentum=0.9),
-              d.Activation("relu"), d.Dense(2)]  # fmt: skip
+        kl = [
+            k.Dense(16),
+            k.BatchNormalization(center=False, scale=False, momentum=0.9),
+            k.Activation("relu"),
+            k.Dense(2),
+        ]
+        dl = [
+            d.Dense(16),
+            d.BatchNormalization(center=False, scale=False, momentum=0.9),
+            d.Activation("relu"),
+            d.Dense(2),
+        ]
     elif kind == "layer_norm":
         kl = [k.Dense(16, "relu"), k.LayerNormalization(), k.Dense(2)]
         dl = [d.Dense(16, "relu"), d.LayerNormalization(), d.Dense(2)]
@@ -76,8 +84,9 @@ def build_pair(kind: str, x, seed: int = 1):
 
 
 def close(a, b, what):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                               rtol=2e-5, atol=2e-6, err_msg=what)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-5, atol=2e-6, err_msg=what
+    )
 
 
 @pytest.mark.parametrize("kind", ["batch_norm", "batch_norm_plain", "layer_norm", "normalization"])
@@ -127,8 +136,11 @@ def test_gaussian_noise_inference_matches_keras_and_training_noise_has_its_stdde
     losses = []
     for module in (keras, densekit):
         model = module.Sequential(
-            [module.layers.Input((width,)), module.layers.GaussianNoise(stddev, seed=7),
-             module.layers.Dense(width, use_bias=False)]  # fmt: skip
+            [
+                module.layers.Input((width,)),
+                module.layers.GaussianNoise(stddev, seed=7),
+                module.layers.Dense(width, use_bias=False),
+            ]
         )
         model.set_weights([np.eye(width, dtype="float32")])
         model.compile(optimizer=module.optimizers.SGD(learning_rate=0.0), loss="mse")
@@ -139,8 +151,11 @@ def test_gaussian_noise_inference_matches_keras_and_training_noise_has_its_stdde
     again = []
     for seed in (7, 7, 8):
         model = densekit.Sequential(
-            [layers.Input((width,)), layers.GaussianNoise(stddev, seed=seed),
-             layers.Dense(width, use_bias=False)]  # fmt: skip
+            [
+                layers.Input((width,)),
+                layers.GaussianNoise(stddev, seed=seed),
+                layers.Dense(width, use_bias=False),
+            ]
         )
         model.set_weights([np.eye(width, dtype="float32")])
         model.compile(optimizer=densekit.optimizers.SGD(learning_rate=0.0), loss="mse")

@@ -166,9 +166,7 @@ def test_batch_norm_gradients_match_finite_differences(training, shape):
         _, mean, variance = kernels.batch_norm_forward(x, gamma, beta, training=True)
     else:
         mean, variance = mm, mv
-    dx, dgamma, dbeta = kernels.batch_norm_backward(
-        dy, x, gamma, mean, variance, training=training
-    )
+    dx, dgamma, dbeta = kernels.batch_norm_backward(dy, x, gamma, mean, variance, training=training)
     for analytic, wrt in ((dx, x), (dgamma, gamma), (dbeta, beta)):
         np.testing.assert_allclose(analytic, numeric_grad(loss, wrt), rtol=1e-5, atol=1e-7)
 
@@ -329,10 +327,8 @@ def test_hogwild_and_fit_async_train_with_normalization_layers():
 def test_batch_gradients_reach_through_the_layers_and_skip_statistics():
     x, y = xy(10)
     model = bn_model("float64")
-    loss, grads = model.training_state.batch_gradients(x.astype(np.float64), y)
-    names = [
-        f"{layer.name}/{attr}" for layer in model.layers for attr, _, _ in layer.weight_specs
-    ]
+    _, grads = model.training_state.batch_gradients(x.astype(np.float64), y)
+    names = [f"{layer.name}/{attr}" for layer in model.layers for attr, _, _ in layer.weight_specs]
     by_name = dict(zip(names, grads))
     assert np.any(by_name[f"{model.layers[0].name}/kernel"] != 0)
     assert np.any(by_name[f"{model.layers[1].name}/gamma"] != 0)

@@ -230,6 +230,7 @@ def take_rows(
     out: npt.NDArray[np.generic] | None = None,
     num_threads: int | None = None,
 ) -> npt.NDArray[np.generic]: ...
+
 # Normalization kernels (csrc/normalization.hpp): x is (n, k), statistics per feature (k,),
 # layer norm's per row (n,).
 def feature_moments(

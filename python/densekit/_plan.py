@@ -191,8 +191,8 @@ class Plan:
         "metric_updates",
         "n",
         "output",
-        "updates",
         "sample_weight",
+        "updates",
         "x",
         "y",
     )

@@ -567,8 +567,7 @@ class Normalization(_StatefulLayer):
             features = batch.shape[1] if total_mean is None else total_mean.shape[0]
             if batch.shape[1] != features or (self.built and features != self.input_dim):
                 raise ValueError(
-                    f"data: expected {self.input_dim or features} features, got shape "
-                    f"{batch.shape}"
+                    f"data: expected {self.input_dim or features} features, got shape {batch.shape}"
                 )
             mean, variance = kernels.feature_moments(np.ascontiguousarray(batch))
             count += batch.shape[0]

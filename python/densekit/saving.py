@@ -2,13 +2,13 @@
 
 Header (entry ``header``, UTF-8 JSON as uint8 bytes, so loading never unpickles): format and
 version, the model config, the compile settings, the optimizer's iteration count and the
-dropout and noise generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimizer.<name>``
-(flat state arrays over the trainable weights). A file is written atomically (``_archive.py``: temporary file, flush,
-``os.replace``; modes kept, symbolic links followed), so an interrupted save leaves the
-previous file intact. A read checks every header value (each config is rebuilt and must
-serialize back to exactly itself) and every array's .npy header against the shapes the config
-implies before it reads data or builds anything; anything wrong or unreadable raises
-``ModelFileError`` (a ValueError) naming the file.
+dropout and noise generators' states. Arrays: ``weight.<i>`` in Keras's order and
+``optimizer.<name>`` (flat state arrays over the trainable weights). A file is written
+atomically (``_archive.py``: temporary file, flush, ``os.replace``; modes kept, symbolic links
+followed), so an interrupted save leaves the previous file intact. A read checks every header
+value (each config is rebuilt and must serialize back to exactly itself) and every array's .npy
+header against the shapes the config implies before it reads data or builds anything; anything
+wrong or unreadable raises ``ModelFileError`` (a ValueError) naming the file.
 
 This module works on a model through its public interface and does not import
 ``models.py``: ``densekit.load_model`` (in ``models.py``) reads a file with
@@ -388,9 +388,7 @@ def _attribute_of(layer, weight) -> str:
 
 def _rng_states(model) -> dict:
     return {
-        layer.name: layer.rng.bit_generator.state
-        for layer in model.layers
-        if _is_seeded(layer)
+        layer.name: layer.rng.bit_generator.state for layer in model.layers if _is_seeded(layer)
     }
 
 
