@@ -272,6 +272,7 @@ FAMILY_TITLES = {
     "gemm": "Matrix products (`gemm`)",
     "dense": "Dense layers (`dense`)",
     "losses": "Losses, value and gradient (`losses`)",
+    "normalization": "Normalization layers (`normalization`)",
     "optim": "Optimizer steps (`optim`)",
     "train": "Training with the model layer (`train`)",
     "threads": "Thread counts (`threads`)",

@@ -17,7 +17,7 @@ from . import machine, peers, report
 from .config import DTYPES, Settings
 from .harness import Record, Skip, measure
 
-FAMILIES = ("gemm", "dense", "losses", "threads", "optim", "train")
+FAMILIES = ("gemm", "dense", "losses", "normalization", "threads", "optim", "train")
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
