@@ -3,17 +3,58 @@
 // Column reductions (over the rows) cut the rows into chunks whose size depends only on n;
 // each chunk's partial sums (double) are written by one task and added in chunk order, so the
 // bits do not depend on the thread count. Elementwise passes split rows into the same chunks.
+// The row loops themselves are compiled per ISA (normalization_rows.inc) and give the same
+// bits on every ISA.
 #include "normalization.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
+#include "gemm/isa.hpp"
+#include "normalization_rows.hpp"
 #include "parallel.hpp"
 
 namespace densekit {
 namespace {
+
+// The row loops of the engine's one ISA choice (DENSEKIT_ISA lowers it here too).
+template <typename T>
+const NormalizationRows<T>& rows_for_isa();
+
+template <>
+const NormalizationRows<float>& rows_for_isa<float>() {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  const gemm::Isa isa = gemm::isa_choice().isa;
+  if (isa == gemm::Isa::avx512) {
+    static const NormalizationRows<float> avx512 = avx512_normalization_rows_f32();
+    return avx512;
+  }
+  if (isa == gemm::Isa::avx2) {
+    static const NormalizationRows<float> avx2 = avx2_normalization_rows_f32();
+    return avx2;
+  }
+#endif
+  static const NormalizationRows<float> portable = portable_normalization_rows_f32();
+  return portable;
+}
+
+template <>
+const NormalizationRows<double>& rows_for_isa<double>() {
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  const gemm::Isa isa = gemm::isa_choice().isa;
+  if (isa == gemm::Isa::avx512) {
+    static const NormalizationRows<double> avx512 = avx512_normalization_rows_f64();
+    return avx512;
+  }
+  if (isa == gemm::Isa::avx2) {
+    static const NormalizationRows<double> avx2 = avx2_normalization_rows_f64();
+    return avx2;
+  }
+#endif
+  static const NormalizationRows<double> portable = portable_normalization_rows_f64();
+  return portable;
+}
 
 // Rows per chunk: at least 64 (a chunk's partial row is worth its cost), at most ~256
 // chunks (the partial sums stay small).
@@ -24,7 +65,8 @@ int threads_for(int num_threads, index_t n, index_t k) {
 }
 
 // Column sums of `parts` quantities: row_sums(begin, end, acc) adds rows [begin, end) into
-// acc[p * k + j]; the result holds, per quantity p and column j, the sum over all rows.
+// acc[p * k + j]; the result holds, per quantity p and column j, the sum over all rows
+// (parts == 0: nothing is summed, row_sums gets acc null and only its side effects count).
 template <class RowSums>
 std::vector<double> column_sums(index_t n, index_t k, int parts, int num_threads,
                                 RowSums&& row_sums) {
@@ -33,13 +75,15 @@ std::vector<double> column_sums(index_t n, index_t k, int parts, int num_threads
   const index_t width = k * parts;
   std::vector<double> totals(static_cast<size_t>(width), 0.0);
   if (n_chunks <= 1) {
-    if (n > 0) row_sums(index_t{0}, n, totals.data());
+    if (n > 0) row_sums(index_t{0}, n, parts > 0 ? totals.data() : nullptr);
     return totals;
   }
   std::vector<double> partials(buffer_bytes(n_chunks, width, sizeof(double)) / sizeof(double),
                                0.0);
-  parallel_for(n_chunks, threads_for(num_threads, n, k * std::max(parts, 1)), [&](index_t c) {
-    row_sums(c * chunk, std::min(n, (c + 1) * chunk), partials.data() + c * width);
+  const int threads = threads_for(num_threads, n, k * std::max(parts, 1));
+  parallel_for(n_chunks, threads, [&](index_t c) {
+    double* acc = parts > 0 ? partials.data() + c * width : nullptr;
+    row_sums(c * chunk, std::min(n, (c + 1) * chunk), acc);
   });
   for (index_t c = 0; c < n_chunks; ++c) {
     const double* part = partials.data() + c * width;
@@ -59,47 +103,26 @@ void for_row_chunks(index_t n, index_t k, int num_threads, Body&& body) {
 
 // Column means and biased variances in double (two passes).
 template <typename T>
-void moments(std::vector<double>* mean, std::vector<double>* variance, index_t n, index_t k,
-             int num_threads, const T* x) {
+void moments(std::vector<double>* mean, std::vector<double>* variance, const T* x, index_t n,
+             index_t k, int num_threads) {
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
   *mean = column_sums(n, k, 1, num_threads, [&](index_t begin, index_t end, double* acc) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      for (index_t j = 0; j < k; ++j) acc[j] += double(row[j]);
-    }
+    rows.column_sums(acc, x, nullptr, begin, end, k);
   });
   const double count = double(n);
   for (double& m : *mean) m /= count;  // n == 0: NaN
-  const double* mu = mean->data();
+  const double* center = mean->data();
   *variance = column_sums(n, k, 1, num_threads, [&](index_t begin, index_t end, double* acc) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      for (index_t j = 0; j < k; ++j) {
-        const double d = double(row[j]) - mu[j];
-        acc[j] += d * d;
-      }
-    }
+    rows.column_sums(acc, x, center, begin, end, k);
   });
   for (double& v : *variance) v /= count;
 }
 
-// The sum over j < k of term(j) in double, kept in 8 interleaved lanes added in a fixed order:
-// the compiler can vectorize it without reassociating, and the bits depend only on k.
-template <class Term>
-double lane_sum(index_t k, Term&& term) {
-  constexpr int kLanes = 8;
-  double lanes[kLanes] = {};
-  index_t j = 0;
-  for (; j + kLanes <= k; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += term(j + l);
-  double tail = 0.0;
-  for (; j < k; ++j) tail += term(j);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
-         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
-}
-
 template <typename T>
-T feature_std(T variance) {
-  return std::max(std::sqrt(variance), T(1e-7));
+std::vector<T> feature_stds(const T* variance, index_t k) {
+  std::vector<T> stds(static_cast<size_t>(k));
+  for (index_t j = 0; j < k; ++j) stds[j] = std::max(std::sqrt(variance[j]), T(1e-7));
+  return stds;
 }
 
 }  // namespace
@@ -107,7 +130,7 @@ T feature_std(T variance) {
 template <typename T>
 void feature_moments(T* mean, T* variance, const T* x, index_t n, index_t k, int num_threads) {
   std::vector<double> mu, var;
-  moments(&mu, &var, n, k, num_threads, x);
+  moments(&mu, &var, x, n, k, num_threads);
   for (index_t j = 0; j < k; ++j) {
     mean[j] = T(mu[j]);
     variance[j] = T(var[j]);
@@ -119,11 +142,11 @@ void batch_norm_forward(T* y, T* batch_mean, T* batch_variance, const T* x, cons
                         const T* beta, const T* moving_mean, const T* moving_variance,
                         index_t n, index_t k, double epsilon, bool training, int num_threads) {
   // Per feature: the mean subtracted, the scale gamma / sqrt(variance + epsilon) and beta.
-  std::vector<T> shift(static_cast<size_t>(k)), scale(static_cast<size_t>(k)),
-      offset(static_cast<size_t>(k));
+  const auto size = static_cast<size_t>(k);
+  std::vector<T> shift(size), scale(size), offset(size);
   if (training) {
     std::vector<double> mu, var;
-    moments(&mu, &var, n, k, num_threads, x);
+    moments(&mu, &var, x, n, k, num_threads);
     for (index_t j = 0; j < k; ++j) {
       batch_mean[j] = shift[j] = T(mu[j]);
       batch_variance[j] = T(var[j]);
@@ -139,15 +162,9 @@ void batch_norm_forward(T* y, T* batch_mean, T* batch_variance, const T* x, cons
     if (gamma != nullptr) scale[j] = scale[j] * gamma[j];
     offset[j] = beta != nullptr ? beta[j] : T(0);
   }
-  const T* mu = shift.data();
-  const T* s = scale.data();
-  const T* b = offset.data();
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
   for_row_chunks(n, k, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      T* out = y + i * k;
-      for (index_t j = 0; j < k; ++j) out[j] = (row[j] - mu[j]) * s[j] + b[j];
-    }
+    rows.affine(y, x, shift.data(), scale.data(), offset.data(), begin, end, k);
   });
 }
 
@@ -155,22 +172,16 @@ template <typename T>
 void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
                          const T* mean, const T* variance, index_t n, index_t k, double epsilon,
                          bool training, int num_threads) {
-  std::vector<T> inv_std(static_cast<size_t>(k));
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
+  const auto size = static_cast<size_t>(k);
+  std::vector<T> inv_std(size);
   for (index_t j = 0; j < k; ++j) inv_std[j] = T(1.0 / std::sqrt(double(variance[j]) + epsilon));
   const T* is = inv_std.data();
   // sums[j] = sum of dy, sums[k + j] = sum of dy * xhat over the rows.
   std::vector<double> sums;
   if (dgamma != nullptr || dbeta != nullptr || (training && dx != nullptr)) {
     sums = column_sums(n, k, 2, num_threads, [&](index_t begin, index_t end, double* acc) {
-      for (index_t i = begin; i < end; ++i) {
-        const T* g = dy + i * k;
-        const T* row = x + i * k;
-        for (index_t j = 0; j < k; ++j) {
-          const T xhat = (row[j] - mean[j]) * is[j];
-          acc[j] += double(g[j]);
-          acc[k + j] += double(g[j] * xhat);
-        }
-      }
+      rows.batch_norm_sums(acc, dy, x, mean, is, begin, end, k);
     });
     for (index_t j = 0; j < k; ++j) {
       if (dbeta != nullptr) dbeta[j] = T(sums[j]);
@@ -179,9 +190,9 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   }
   if (dx == nullptr) return;
   // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)) in training; the
-  // statistics are constants in inference and dx = gamma * inv_std * dy.
-  std::vector<T> scale(static_cast<size_t>(k)), mean_dy(static_cast<size_t>(k), T(0)),
-      mean_dy_xhat(static_cast<size_t>(k), T(0));
+  // statistics are constants in inference and dx = gamma * inv_std * dy (an affine map of dy
+  // with shift 0 and offset 0).
+  std::vector<T> scale(size), mean_dy(size, T(0)), mean_dy_xhat(size, T(0));
   for (index_t j = 0; j < k; ++j) {
     scale[j] = gamma != nullptr ? gamma[j] * is[j] : is[j];
     if (training) {
@@ -189,22 +200,12 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
       mean_dy_xhat[j] = T(sums[k + j] / double(n));
     }
   }
-  const T* s = scale.data();
-  const T* a = mean_dy.data();
-  const T* c = mean_dy_xhat.data();
   for_row_chunks(n, k, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* g = dy + i * k;
-      const T* row = x + i * k;
-      T* out = dx + i * k;
-      if (training) {
-        for (index_t j = 0; j < k; ++j) {
-          const T xhat = (row[j] - mean[j]) * is[j];
-          out[j] = s[j] * (g[j] - a[j] - xhat * c[j]);
-        }
-      } else {
-        for (index_t j = 0; j < k; ++j) out[j] = g[j] * s[j];
-      }
+    if (training) {
+      rows.batch_norm_dx(dx, dy, x, mean, is, scale.data(), mean_dy.data(), mean_dy_xhat.data(),
+                         begin, end, k);
+    } else {
+      rows.affine(dx, dy, mean_dy.data(), scale.data(), mean_dy_xhat.data(), begin, end, k);
     }
   });
 }
@@ -219,26 +220,9 @@ void moving_average_update(T* moving, const T* value, index_t k, double momentum
 template <typename T>
 void layer_norm_forward(T* y, T* mean, T* inv_std, const T* x, const T* gamma, const T* beta,
                         index_t n, index_t k, double epsilon, int num_threads) {
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
   for_row_chunks(n, k, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      T* out = y + i * k;
-      const double mu = lane_sum(k, [&](index_t j) { return double(row[j]); }) / double(k);
-      const double squares = lane_sum(k, [&](index_t j) {
-        const double d = double(row[j]) - mu;
-        return d * d;
-      });
-      const T m = T(mu);
-      const T s = T(1.0 / std::sqrt(squares / double(k) + epsilon));
-      if (mean != nullptr) mean[i] = m;
-      if (inv_std != nullptr) inv_std[i] = s;
-      for (index_t j = 0; j < k; ++j) {
-        T v = (row[j] - m) * s;
-        if (gamma != nullptr) v = v * gamma[j];
-        if (beta != nullptr) v = v + beta[j];
-        out[j] = v;
-      }
-    }
+    rows.layer_norm_forward(y, mean, inv_std, x, gamma, beta, epsilon, begin, end, k);
   });
 }
 
@@ -246,31 +230,13 @@ template <typename T>
 void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
                          const T* mean, const T* inv_std, index_t n, index_t k,
                          int num_threads) {
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
   const bool params = dgamma != nullptr || dbeta != nullptr;
-  // One pass over the rows: dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)) per row,
-  // g = dy * gamma, and the chunk's sums of dy and dy * xhat for dbeta and dgamma.
-  auto rows = [&](index_t begin, index_t end, double* acc) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      const T* d = dy + i * k;
-      const T m = mean[i];
-      const T s = inv_std[i];
-      if (params) {
-        for (index_t j = 0; j < k; ++j) {
-          acc[j] += double(d[j]);
-          acc[k + j] += double(d[j] * ((row[j] - m) * s));
-        }
-      }
-      if (dx == nullptr) continue;
-      auto g = [&](index_t j) { return gamma != nullptr ? d[j] * gamma[j] : d[j]; };
-      const T a = T(lane_sum(k, [&](index_t j) { return double(g(j)); }) / double(k));
-      const T c =
-          T(lane_sum(k, [&](index_t j) { return double(g(j) * ((row[j] - m) * s)); }) / double(k));
-      T* out = dx + i * k;
-      for (index_t j = 0; j < k; ++j) out[j] = s * (g(j) - a - ((row[j] - m) * s) * c);
-    }
-  };
-  const std::vector<double> sums = column_sums(n, k, params ? 2 : 0, num_threads, rows);
+  // One pass over the rows: dx and the chunk's sums of dy and dy * xhat (dbeta, dgamma).
+  const std::vector<double> sums = column_sums(
+      n, k, params ? 2 : 0, num_threads, [&](index_t begin, index_t end, double* acc) {
+        rows.layer_norm_backward(dx, acc, dy, x, gamma, mean, inv_std, begin, end, k);
+      });
   if (!params) return;
   for (index_t j = 0; j < k; ++j) {
     if (dbeta != nullptr) dbeta[j] = T(sums[j]);
@@ -281,38 +247,20 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 template <typename T>
 void normalization_forward(T* y, const T* x, const T* mean, const T* variance, index_t n,
                            index_t k, bool invert, int num_threads) {
-  std::vector<T> stds(static_cast<size_t>(k));
-  for (index_t j = 0; j < k; ++j) stds[j] = feature_std(variance[j]);
-  const T* sd = stds.data();
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
+  const std::vector<T> stds = feature_stds(variance, k);
   for_row_chunks(n, k, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* row = x + i * k;
-      T* out = y + i * k;
-      if (invert) {
-        for (index_t j = 0; j < k; ++j) out[j] = mean[j] + row[j] * sd[j];
-      } else {
-        for (index_t j = 0; j < k; ++j) out[j] = (row[j] - mean[j]) / sd[j];
-      }
-    }
+    rows.standardize(y, x, mean, stds.data(), invert, begin, end, k);
   });
 }
 
 template <typename T>
 void normalization_backward(T* dx, const T* dy, const T* variance, index_t n, index_t k,
                             bool invert, int num_threads) {
-  std::vector<T> stds(static_cast<size_t>(k));
-  for (index_t j = 0; j < k; ++j) stds[j] = feature_std(variance[j]);
-  const T* sd = stds.data();
+  const NormalizationRows<T>& rows = rows_for_isa<T>();
+  const std::vector<T> stds = feature_stds(variance, k);
   for_row_chunks(n, k, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T* d = dy + i * k;
-      T* out = dx + i * k;
-      if (invert) {
-        for (index_t j = 0; j < k; ++j) out[j] = d[j] * sd[j];
-      } else {
-        for (index_t j = 0; j < k; ++j) out[j] = d[j] / sd[j];
-      }
-    }
+    rows.standardize(dx, dy, nullptr, stds.data(), invert, begin, end, k);
   });
 }
 

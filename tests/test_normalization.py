@@ -4,6 +4,10 @@ and the layers in a model: save/load, Hogwild, fit_async, predict from other thr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -218,6 +222,47 @@ def test_bitwise_identical_across_thread_counts(dtype, shape):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
+
+
+# -- ISAs ---------------------------------------------------------------------------------------
+BITS_SCRIPT = """
+import hashlib, numpy as np, densekit
+from densekit import kernels as K
+out = []
+for dt in (np.float32, np.float64):
+    for n, k in ((300, 7), (129, 67), (5, 600)):
+        r = np.random.default_rng(n)
+        x, dy = (r.normal(size=(n, k)).astype(dt) for _ in range(2))
+        g, b = (r.normal(size=k).astype(dt) for _ in range(2))
+        y, m, v = K.batch_norm_forward(x, g, b, training=True)
+        out += [y, m, v, *K.batch_norm_backward(dy, x, g, m, v, training=True)]
+        out += [K.batch_norm_forward(x, g, b, m, v, training=False)]
+        out += list(K.batch_norm_backward(dy, x, g, m, v, training=False))
+        y, m, s = K.layer_norm_forward(x, g, b)
+        out += [y, m, s, *K.layer_norm_backward(dy, x, g, m, s)]
+        y, m, s = K.layer_norm_forward(x, None, None)
+        out += [y, *K.layer_norm_backward(dy, x, None, m, s)]
+        out += [K.normalization_forward(x, g, np.abs(b)), K.normalization_backward(dy, b * b)]
+digest = hashlib.sha256(b"".join(a.tobytes() for a in out)).hexdigest()
+print(densekit.cpu_info()["isa"]["float32"], digest)
+"""
+
+
+def test_every_isa_gives_the_same_bits():
+    """The row loops are compiled per ISA (DENSEKIT_ISA forces a lower one) and reassociate
+    nothing: the results are bitwise the same on each."""
+    digests = {}
+    for isa in densekit.cpu_info()["available_isas"]:
+        env = {**os.environ, "DENSEKIT_ISA": isa}
+        proc = subprocess.run(
+            [sys.executable, "-c", BITS_SCRIPT], env=env, capture_output=True, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        used, digest = proc.stdout.split()
+        assert used == isa
+        digests[isa] = digest
+    assert len(set(digests.values())) == 1, digests
 
 
 # -- boundary checks --------------------------------------------------------------------------
