@@ -398,3 +398,23 @@ def test_layer_arguments_are_checked():
     ):
         again = layers.deserialize(layers.serialize(layer))
         assert again.get_config() == layer.get_config()
+
+
+def test_summary_counts_statistics_as_non_trainable():
+    model = densekit.Sequential([layers.Input((5,)), layers.Dense(4), layers.BatchNormalization()])
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert lines[-3:] == ["Total params: 40", "Trainable params: 32", "Non-trainable params: 8"]
+
+
+def test_unseeded_gaussian_noise_resumes_bitwise_after_load(tmp_path):
+    x, y = xy(40)
+    model = densekit.Sequential([layers.Input((6,)), layers.Dense(4), layers.GaussianNoise(0.2),
+                                 layers.Dense(2)])  # fmt: skip
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "g.npz")
+    loaded = densekit.load_model(tmp_path / "g.npz")
+    first = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    again = loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    assert first == again

@@ -293,8 +293,9 @@ class Sequential:
             lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
             lines.append("=" * len(rule) if i == 0 else rule)
         lines.append(f"Total params: {self.count_params():,}")
-        lines.append(f"Trainable params: {self.count_params():,}")
-        lines.append("Non-trainable params: 0")
+        trainable = int(self._trainable_params.size) if self.built else 0
+        lines.append(f"Trainable params: {trainable:,}")
+        lines.append(f"Non-trainable params: {self.count_params() - trainable:,}")
         for line in lines:
             print_fn(line)
 
