@@ -101,21 +101,52 @@ void for_row_chunks(index_t n, index_t k, int num_threads, Body&& body) {
                [&](index_t c) { body(c * chunk, std::min(n, (c + 1) * chunk)); });
 }
 
-// Column means and biased variances in double (two passes).
+// Column means and biased variances in double. Each row chunk takes its own mean and sum of
+// squared deviations (two passes over the chunk while it is in cache), and the chunks are
+// combined in chunk order (Chan et al.'s pairwise update), so x is read once from memory and
+// the bits depend only on n and k.
 template <typename T>
 void moments(std::vector<double>* mean, std::vector<double>* variance, const T* x, index_t n,
              index_t k, int num_threads) {
   const NormalizationRows<T>& rows = rows_for_isa<T>();
-  *mean = column_sums(n, k, 1, num_threads, [&](index_t begin, index_t end, double* acc) {
-    rows.column_sums(acc, x, nullptr, begin, end, k);
+  const auto size = static_cast<size_t>(k);
+  mean->assign(size, 0.0);
+  variance->assign(size, 0.0);
+  if (n == 0) {
+    mean->assign(size, std::nan(""));
+    variance->assign(size, std::nan(""));
+    return;
+  }
+  const index_t chunk = rows_per_chunk(n);
+  const index_t n_chunks = (n + chunk - 1) / chunk;
+  // partials[c]: the chunk's k means, then its k sums of squared deviations
+  std::vector<double> partials(buffer_bytes(n_chunks, 2 * k, sizeof(double)) / sizeof(double),
+                               0.0);
+  parallel_for(n_chunks, threads_for(num_threads, n, k), [&](index_t c) {
+    const index_t begin = c * chunk;
+    const index_t end = std::min(n, begin + chunk);
+    double* chunk_mean = partials.data() + c * 2 * k;
+    rows.column_sums(chunk_mean, x, nullptr, begin, end, k);
+    const double count = double(end - begin);
+    for (index_t j = 0; j < k; ++j) chunk_mean[j] /= count;
+    rows.column_sums(chunk_mean + k, x, chunk_mean, begin, end, k);
   });
-  const double count = double(n);
-  for (double& m : *mean) m /= count;  // n == 0: NaN
-  const double* center = mean->data();
-  *variance = column_sums(n, k, 1, num_threads, [&](index_t begin, index_t end, double* acc) {
-    rows.column_sums(acc, x, center, begin, end, k);
-  });
-  for (double& v : *variance) v /= count;
+  double* mu = mean->data();
+  double* m2 = variance->data();
+  double seen = 0.0;
+  for (index_t c = 0; c < n_chunks; ++c) {
+    const double count = double(std::min(n, (c + 1) * chunk) - c * chunk);
+    const double total = seen + count;
+    const double* chunk_mean = partials.data() + c * 2 * k;
+    const double* chunk_m2 = chunk_mean + k;
+    for (index_t j = 0; j < k; ++j) {
+      const double delta = chunk_mean[j] - mu[j];
+      mu[j] += delta * (count / total);
+      m2[j] += chunk_m2[j] + delta * delta * (seen * count / total);
+    }
+    seen = total;
+  }
+  for (index_t j = 0; j < k; ++j) m2[j] /= double(n);
 }
 
 template <typename T>
