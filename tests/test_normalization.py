@@ -354,6 +354,8 @@ def test_normalization_adapt_before_and_after_building():
     assert fixed.get_weights() == []
     with pytest.raises(ValueError, match="data: expected 6 features"):
         after.adapt(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="was adapted to 6 features, its input has 5"):
+        densekit.Sequential([layers.Input((5,)), before])
 
 
 def test_hogwild_and_fit_async_train_with_normalization_layers():

@@ -499,7 +499,12 @@ class Normalization(_StatefulLayer):
             self._weight_specs = []
             return input_dim
         shape = (input_dim,)
-        if self._adapted is not None and self._adapted[0].shape == shape:
+        if self._adapted is not None and self._adapted[0].shape != shape:
+            raise ValueError(
+                f"input_shape: Normalization {self.name!r} was adapted to "
+                f"{self._adapted[0].shape[0]} features, its input has {input_dim}"
+            )
+        if self._adapted is not None:
             mean, variance, count = self._adapted
             inits = [_Values(mean), _Values(variance), _Values(count)]
         else:
