@@ -100,10 +100,13 @@ class BatchNormOp(_NormOp):
         if dx is not None:
             options["dx_out"] = dx
         for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
-            wanted = self.has_weights and getattr(layer, attribute) is not None
-            options[f"need_{name}"] = wanted
-            if wanted:
-                options[f"{name}_out"] = weight_grads[self._grad_index(attribute)]
+            # a weight without a gradient view (absent, or its layer frozen) is skipped
+            view = None
+            if self.has_weights and getattr(layer, attribute) is not None:
+                view = weight_grads[self._grad_index(attribute)]
+            options[f"need_{name}"] = view is not None
+            if view is not None:
+                options[f"{name}_out"] = view
         return functools.partial(
             kernels.batch_norm_backward,
             dy,
@@ -176,10 +179,13 @@ class LayerNormOp(_NormOp):
         if dx is not None:
             options["dx_out"] = dx
         for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
-            wanted = self.has_weights and getattr(layer, attribute) is not None
-            options[f"need_{name}"] = wanted
-            if wanted:
-                options[f"{name}_out"] = weight_grads[self._grad_index(attribute)]
+            # a weight without a gradient view (absent, or its layer frozen) is skipped
+            view = None
+            if self.has_weights and getattr(layer, attribute) is not None:
+                view = weight_grads[self._grad_index(attribute)]
+            options[f"need_{name}"] = view is not None
+            if view is not None:
+                options[f"{name}_out"] = view
         return functools.partial(
             kernels.layer_norm_backward,
             dy,
