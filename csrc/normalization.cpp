@@ -70,6 +70,7 @@ int threads_for(int num_threads, index_t n, index_t k) {
 template <class RowSums>
 std::vector<double> column_sums(index_t n, index_t k, int parts, int num_threads,
                                 RowSums&& row_sums) {
+  if (k == 0) return {};  // no columns: nothing to sum, however many rows
   const index_t chunk = rows_per_chunk(n);
   const index_t n_chunks = (n + chunk - 1) / chunk;
   const index_t width = k * parts;
@@ -95,6 +96,7 @@ std::vector<double> column_sums(index_t n, index_t k, int parts, int num_threads
 // body(begin, end) over the rows in chunks, in parallel.
 template <class Body>
 void for_row_chunks(index_t n, index_t k, int num_threads, Body&& body) {
+  if (k == 0) return;  // nothing to read or write, however many rows (a (2**40, 0) array)
   const index_t chunk = rows_per_chunk(n);
   const index_t n_chunks = (n + chunk - 1) / chunk;
   parallel_for(n_chunks, threads_for(num_threads, n, k),
@@ -112,6 +114,7 @@ void moments(std::vector<double>* mean, std::vector<double>* variance, const T* 
   const auto size = static_cast<size_t>(k);
   mean->assign(size, 0.0);
   variance->assign(size, 0.0);
+  if (k == 0) return;
   if (n == 0) {
     mean->assign(size, std::nan(""));
     variance->assign(size, std::nan(""));

@@ -431,3 +431,12 @@ def test_unseeded_gaussian_noise_resumes_bitwise_after_load(tmp_path):
     first = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
     again = loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
     assert first == again
+
+
+def test_no_features_with_huge_row_counts_return_at_once():
+    # found by the fuzzer: a (2**40, 0) array has nothing to read, but the row loops ran
+    x = np.empty((2**40, 0), np.float32)
+    g = np.empty(0, np.float32)
+    assert kernels.batch_norm_forward(x, g, g, training=True)[0].shape == x.shape
+    assert kernels.batch_norm_backward(x, x, g, g, g, training=True)[0].shape == x.shape
+    assert kernels.normalization_forward(x, g, g).shape == x.shape
