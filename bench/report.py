@@ -273,6 +273,7 @@ FAMILY_TITLES = {
     "dense": "Dense layers (`dense`)",
     "activations": "Activations alone, forward and backward (`activations`)",
     "losses": "Losses, value and gradient (`losses`)",
+    "normalization": "Normalization layers (`normalization`)",
     "optim": "Optimizer steps (`optim`)",
     "train": "Training with the model layer (`train`)",
     "threads": "Thread counts (`threads`)",

@@ -17,7 +17,17 @@ from . import machine, peers, report
 from .config import DTYPES, Settings
 from .harness import Record, Skip, measure
 
-FAMILIES = ("gemm", "dense", "activations", "losses", "threads", "optim", "train", "lowp")
+FAMILIES = (
+    "gemm",
+    "dense",
+    "activations",
+    "losses",
+    "normalization",
+    "threads",
+    "optim",
+    "train",
+    "lowp",
+)
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 

@@ -313,6 +313,74 @@ SPECS = {
     "dense_forward_int8": {
         "pos": [("x", "f32:n,k"), ("w", "qw:k,m"), ("b", "f32:m")],
         "kw": {"activation": "act", "alpha": "alpha", "out": "f32:n,m", "num_threads": "threads"},
+    "feature_moments": {
+        "pos": [("x", "n,k")],
+        "kw": {"mean_out": "k", "variance_out": "k", "num_threads": "threads"},
+    },
+    "batch_norm_forward": {
+        "pos": [
+            ("x", "n,k"),
+            ("gamma", "k"),
+            ("beta", "k"),
+            ("moving_mean", "k"),
+            ("moving_variance", "k"),
+        ],
+        "kw": {
+            "training": "bool",
+            "epsilon": "real",
+            "out": "n,k",
+            "mean_out": "k",
+            "variance_out": "k",
+            "num_threads": "threads",
+        },
+    },
+    "batch_norm_backward": {
+        "pos": [("dy", "n,k"), ("x", "n,k"), ("gamma", "k"), ("mean", "k"), ("variance", "k")],
+        "kw": {
+            "training": "bool",
+            "epsilon": "real",
+            "need_dx": "bool",
+            "need_dgamma": "bool",
+            "need_dbeta": "bool",
+            "dx_out": "n,k",
+            "dgamma_out": "k",
+            "dbeta_out": "k",
+            "num_threads": "threads",
+        },
+    },
+    "batch_norm_update_moving": {
+        "pos": [("moving_mean", "k"), ("moving_variance", "k"), ("mean", "k"), ("variance", "k")],
+        "kw": {"momentum": "real"},
+    },
+    "layer_norm_forward": {
+        "pos": [("x", "n,k"), ("gamma", "k"), ("beta", "k")],
+        "kw": {
+            "epsilon": "real",
+            "out": "n,k",
+            "mean_out": "n",
+            "inv_std_out": "n",
+            "num_threads": "threads",
+        },
+    },
+    "layer_norm_backward": {
+        "pos": [("dy", "n,k"), ("x", "n,k"), ("gamma", "k"), ("mean", "n"), ("inv_std", "n")],
+        "kw": {
+            "need_dx": "bool",
+            "need_dgamma": "bool",
+            "need_dbeta": "bool",
+            "dx_out": "n,k",
+            "dgamma_out": "k",
+            "dbeta_out": "k",
+            "num_threads": "threads",
+        },
+    },
+    "normalization_forward": {
+        "pos": [("x", "n,k"), ("mean", "k"), ("variance", "k")],
+        "kw": {"invert": "bool", "out": "n,k", "num_threads": "threads"},
+    },
+    "normalization_backward": {
+        "pos": [("dy", "n,k"), ("variance", "k")],
+        "kw": {"invert": "bool", "out": "n,k", "num_threads": "threads"},
     },
 }
 DIMS = (0, 1, 2, 3, 5, 7, 13, 16, 17, 31, 64, 97)

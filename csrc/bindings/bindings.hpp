@@ -12,5 +12,6 @@ void bind_losses(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
 void bind_data(pybind11::module_& m);
 void bind_lowp(pybind11::module_& m);
+void bind_normalization(pybind11::module_& m);
 
 }  // namespace densekit::bind

@@ -153,4 +153,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   bind::bind_optim(m);
   bind::bind_data(m);
   bind::bind_lowp(m);
+  bind::bind_normalization(m);
 }

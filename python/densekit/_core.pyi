@@ -421,6 +421,98 @@ def take_rows(
     out: npt.NDArray[np.generic] | None = None,
     num_threads: int | None = None,
 ) -> npt.NDArray[np.generic]: ...
+
+# Normalization kernels (csrc/normalization.hpp): x is (n, k), statistics per feature (k,),
+# layer norm's per row (n,).
+def feature_moments(
+    x: FloatArray,
+    *,
+    mean_out: FloatArray | None = None,
+    variance_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[FloatArray, FloatArray]: ...
+def batch_norm_forward(
+    x: FloatArray,
+    gamma: FloatArray | None,
+    beta: FloatArray | None,
+    moving_mean: FloatArray | None = None,
+    moving_variance: FloatArray | None = None,
+    *,
+    training: bool,
+    epsilon: SupportsFloat = 1e-3,
+    out: FloatArray | None = None,
+    mean_out: FloatArray | None = None,
+    variance_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> FloatArray | tuple[FloatArray, FloatArray, FloatArray]: ...
+def batch_norm_backward(
+    dy: FloatArray,
+    x: FloatArray,
+    gamma: FloatArray | None,
+    mean: FloatArray,
+    variance: FloatArray,
+    *,
+    training: bool,
+    epsilon: SupportsFloat = 1e-3,
+    need_dx: bool = True,
+    need_dgamma: bool = True,
+    need_dbeta: bool = True,
+    dx_out: FloatArray | None = None,
+    dgamma_out: FloatArray | None = None,
+    dbeta_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None]: ...
+def batch_norm_update_moving(
+    moving_mean: FloatArray,
+    moving_variance: FloatArray,
+    mean: FloatArray,
+    variance: FloatArray,
+    *,
+    momentum: SupportsFloat = 0.99,
+) -> None: ...
+def layer_norm_forward(
+    x: FloatArray,
+    gamma: FloatArray | None,
+    beta: FloatArray | None,
+    *,
+    epsilon: SupportsFloat = 1e-3,
+    out: FloatArray | None = None,
+    mean_out: FloatArray | None = None,
+    inv_std_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray]: ...
+def layer_norm_backward(
+    dy: FloatArray,
+    x: FloatArray,
+    gamma: FloatArray | None,
+    mean: FloatArray,
+    inv_std: FloatArray,
+    *,
+    need_dx: bool = True,
+    need_dgamma: bool = True,
+    need_dbeta: bool = True,
+    dx_out: FloatArray | None = None,
+    dgamma_out: FloatArray | None = None,
+    dbeta_out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None]: ...
+def normalization_forward(
+    x: FloatArray,
+    mean: FloatArray,
+    variance: FloatArray,
+    *,
+    invert: bool = False,
+    out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> FloatArray: ...
+def normalization_backward(
+    dy: FloatArray,
+    variance: FloatArray,
+    *,
+    invert: bool = False,
+    out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> FloatArray: ...
 def _raise_in_parallel_region(n_tasks: int, num_threads: int, failing_task: int) -> None: ...
 def _probe_region_threads(
     n_tasks: int, num_threads: int | None = None, sleep_ms: int = 0

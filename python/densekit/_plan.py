@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 
-from . import kernels
+from . import _norm_plan, kernels
 from .activations import NEEDS_PREACTIVATION, Activation
 from .layers import Activation as ActivationLayer
 from .layers import Dense, Dropout
@@ -148,6 +148,8 @@ def inference_chain(ops, weights=None) -> kernels.DenseChain:
     """The inference ops as one kernel call, with the live weights or, per op, ``weights``
     (a snapshot: [kernel(, bias)], or None for an op without weights)."""
     weights = weights or [None] * len(ops)
+    if not all(hasattr(op, "inference_step") for op in ops):  # normalization layers
+        return _norm_plan.inference_pipeline(ops, weights)
     return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
 
 
@@ -176,6 +178,10 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
         elif isinstance(layer, Dropout):
             if training and layer.rate > 0:
                 ops.append(DropoutOp(layer, width))
+        else:
+            op = _norm_plan.op_for(layer, width, training)
+            if op is not NotImplemented and op is not None:
+                ops.append(op)
     if absorbed is not None:
         last = ops[-1] if ops else None
         if last is None or last.activation.name != absorbed:
@@ -218,6 +224,7 @@ class Plan:
         "n",
         "output",
         "sample_weight",
+        "updates",
         "x",
         "y",
     )
@@ -311,8 +318,8 @@ class Workspace:
             self.preacts.append(np.zeros(shape, dtype) if keep_preact else None)
             needs_grad = self.training and first_trained is not None and i >= first_trained
             self.grads.append(np.zeros(shape, dtype) if needs_grad else None)
-            is_dropout = isinstance(op, DropoutOp)
-            self.scratch.append(op.scratch(shape, dtype) if is_dropout else None)
+            has_scratch = hasattr(op, "scratch")
+            self.scratch.append(op.scratch(shape, dtype) if has_scratch else None)
             activity = getattr(op, "activity_regularizer", None)
             needs = activity is not None and activity.needs_scratch
             self.activity_scratch.append(np.zeros(shape, dtype) if needs else None)
@@ -352,13 +359,16 @@ class Workspace:
         acts = [rows(a) for a in self.acts]
         preacts = [rows(a) for a in self.preacts]
         grads = [rows(a) for a in self.grads]
-        scratch = [rows_of(s) for s in self.scratch]
+        scratch = [
+            op.scratch_rows(s, n) if hasattr(op, "scratch_rows") else rows_of(s)
+            for op, s in zip(self.ops, self.scratch)
+        ]
         activity_scratch = [rows(a) for a in self.activity_scratch]
         inputs = [plan.x, *acts[:-1]]
 
         forward = []
         for i, op in enumerate(self.ops):
-            if isinstance(op, DropoutOp):
+            if scratch[i] is not None:
                 forward.append(op.forward(inputs[i], acts[i], None, scratch[i]))
             else:
                 forward.append(op.forward(inputs[i], acts[i], preacts[i]))
@@ -403,7 +413,7 @@ class Workspace:
                     dx,
                     self.layer_grads[id(op.layer)],
                 )
-                if isinstance(op, DropoutOp):
+                if scratch[i] is not None:
                     backward.append(op.backward(*args, scratch[i]))
                 else:
                     backward.append(op.backward(*args))
@@ -425,6 +435,13 @@ class Workspace:
             else:
                 metric_updates.append(metric.bind(plan.y, output, kind))
 
+        # state updates (moving statistics) that the training state runs with the optimizer
+        plan.updates = tuple(
+            call
+            for op, s in zip(self.ops, scratch)
+            if self.training and hasattr(op, "updates")
+            for call in op.updates(s)
+        )
         plan.forward = tuple(forward)
         plan.backward = tuple(backward)
         plan.metric_updates = tuple(metric_updates)

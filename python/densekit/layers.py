@@ -13,7 +13,7 @@ import itertools
 
 import numpy as np
 
-from . import _random, _registry, activations, constraints, initializers, regularizers
+from . import _random, _registry, activations, constraints, initializers, kernels, regularizers
 
 _name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
@@ -350,7 +350,381 @@ class Dropout(Layer):
         return config
 
 
-_REGISTRY = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout)}
+# -- normalization and noise layers (BatchNormalization ... Flatten) -------------------------
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _feature_axis(axis, name: str = "axis") -> int:
+    """The feature axis: densekit's inputs are (n, features), so -1 (or 1)."""
+    if isinstance(axis, (list, tuple)) and len(axis) == 1:
+        axis = axis[0]
+    if isinstance(axis, bool) or axis not in (-1, 1):
+        raise ValueError(
+            f"{name}: expected -1 (the feature axis of (n, features) inputs), got {axis!r}"
+        )
+    return -1
+
+
+def _positive_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or value <= 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+class _Values(initializers.Initializer):
+    """Initial values given as an array (an adapted Normalization's statistics)."""
+
+    def __init__(self, values):
+        super().__init__(None)
+        self.values = np.asarray(values, np.float64)
+
+    def _draw(self, shape, rng):
+        return np.broadcast_to(self.values, shape)
+
+    def get_config(self) -> dict:
+        return {"values": self.values.tolist()}
+
+
+class _StatefulLayer(Layer):
+    """A layer some of whose weights are statistics rather than trained parameters (listed
+    in ``non_trainable_attributes``): they get no gradient and no optimizer state."""
+
+    non_trainable_attributes: tuple[str, ...] = ()
+
+    def weight_is_trainable(self, attribute: str) -> bool:
+        return self.trainable and attribute not in self.non_trainable_attributes
+
+
+class BatchNormalization(_StatefulLayer):
+    """Normalizes each feature over the batch, then scales by ``gamma`` and shifts by ``beta``.
+
+    In training (``fit``, ``train_on_batch``) it uses the batch's mean and biased variance
+    and moves the moving statistics towards them after each step: ``moving = moving *
+    momentum + batch * (1 - momentum)`` (Keras's rule; the update runs with the optimizer's,
+    so other threads see whole steps). In ``evaluate`` and ``predict`` it uses the moving
+    statistics. Weights, in Keras's order: ``gamma`` (with ``scale``), ``beta`` (with
+    ``center``), then the non-trainable ``moving_mean`` and ``moving_variance``.
+    """
+
+    non_trainable_attributes = ("moving_mean", "moving_variance")
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = _feature_axis(axis)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.epsilon = _positive_number(epsilon, "epsilon")
+        self.center, self.scale = _flag(center, "center"), _flag(scale, "scale")
+        self.beta_initializer = initializers.get(beta_initializer, "beta_initializer")
+        self.gamma_initializer = initializers.get(gamma_initializer, "gamma_initializer")
+        self.moving_mean_initializer = initializers.get(
+            moving_mean_initializer, "moving_mean_initializer"
+        )
+        self.moving_variance_initializer = initializers.get(
+            moving_variance_initializer, "moving_variance_initializer"
+        )
+        self.gamma = self.beta = self.moving_mean = self.moving_variance = None
+
+    def build_weights(self, input_dim: int) -> int:
+        self.input_dim = self.output_dim = input_dim
+        shape = (input_dim,)
+        specs = []
+        if self.scale:
+            specs.append(("gamma", shape, self.gamma_initializer))
+        if self.center:
+            specs.append(("beta", shape, self.beta_initializer))
+        specs.append(("moving_mean", shape, self.moving_mean_initializer))
+        specs.append(("moving_variance", shape, self.moving_variance_initializer))
+        self._weight_specs = specs
+        return input_dim
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            center=self.center,
+            scale=self.scale,
+            beta_initializer=initializers.serialize(self.beta_initializer),
+            gamma_initializer=initializers.serialize(self.gamma_initializer),
+            moving_mean_initializer=initializers.serialize(self.moving_mean_initializer),
+            moving_variance_initializer=initializers.serialize(self.moving_variance_initializer),
+        )
+        return config
+
+
+class LayerNormalization(Layer):
+    """Normalizes each sample over its features (mean and biased variance, ``epsilon`` added
+    to the variance), then scales by ``gamma`` and shifts by ``beta`` (both trainable, in
+    that order). The same in training and inference."""
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = _feature_axis(axis)
+        self.epsilon = _positive_number(epsilon, "epsilon")
+        self.center, self.scale = _flag(center, "center"), _flag(scale, "scale")
+        self.beta_initializer = initializers.get(beta_initializer, "beta_initializer")
+        self.gamma_initializer = initializers.get(gamma_initializer, "gamma_initializer")
+        self.gamma = self.beta = None
+
+    def build_weights(self, input_dim: int) -> int:
+        self.input_dim = self.output_dim = input_dim
+        specs = []
+        if self.scale:
+            specs.append(("gamma", (input_dim,), self.gamma_initializer))
+        if self.center:
+            specs.append(("beta", (input_dim,), self.beta_initializer))
+        self._weight_specs = specs
+        return input_dim
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            epsilon=self.epsilon,
+            center=self.center,
+            scale=self.scale,
+            beta_initializer=initializers.serialize(self.beta_initializer),
+            gamma_initializer=initializers.serialize(self.gamma_initializer),
+        )
+        return config
+
+
+class Normalization(_StatefulLayer):
+    """Keras's preprocessing layer: ``(x - mean) / max(sqrt(variance), 1e-7)`` per feature
+    (``invert=True``: ``mean + x * max(sqrt(variance), 1e-7)``).
+
+    Either give ``mean`` and ``variance`` (constants: the layer then has no weights, as in
+    Keras) or call ``adapt(data)``, which computes them from data; they are then the
+    non-trainable weights ``mean``, ``variance`` and ``count`` (the samples seen), saved
+    with the model. ``adapt`` works before the layer is in a model or after.
+    """
+
+    non_trainable_attributes = ("mean", "variance", "count")
+
+    def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = _feature_axis(axis)
+        if (mean is None) != (variance is None):
+            raise ValueError("mean, variance: give both (constants) or neither (adapt)")
+        self.invert = _flag(invert, "invert")
+        self.input_mean = self.input_variance = None
+        if mean is not None:
+            self.input_mean = self._statistic(mean, "mean")
+            self.input_variance = self._statistic(variance, "variance")
+            if np.any(self.input_variance < 0):
+                raise ValueError("variance: expected values >= 0")
+        self._adapted: tuple[np.ndarray, np.ndarray, float] | None = None
+        self.mean = self.variance = self.count = None
+
+    @staticmethod
+    def _statistic(value, name: str) -> np.ndarray:
+        try:
+            array = np.array(value, np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a number or a 1-D array, got {value!r}") from None
+        if array.ndim > 1 or not np.all(np.isfinite(array)):
+            raise ValueError(f"{name}: expected a finite number or 1-D array, got {value!r}")
+        return array
+
+    def build_weights(self, input_dim: int) -> int:
+        self.input_dim = self.output_dim = input_dim
+        if self.input_mean is not None:
+            for name, value in (("mean", self.input_mean), ("variance", self.input_variance)):
+                if value.ndim == 1 and value.shape != (input_dim,):
+                    raise ValueError(
+                        f"{name}: expected one value per feature ({input_dim}), got "
+                        f"{value.shape[0]}"
+                    )
+            self._weight_specs = []
+            return input_dim
+        shape = (input_dim,)
+        if self._adapted is not None and self._adapted[0].shape != shape:
+            raise ValueError(
+                f"input_shape: Normalization {self.name!r} was adapted to "
+                f"{self._adapted[0].shape[0]} features, its input has {input_dim}"
+            )
+        if self._adapted is not None:
+            mean, variance, count = self._adapted
+            inits = [_Values(mean), _Values(variance), _Values(count)]
+        else:
+            inits = [initializers.Zeros(), initializers.Ones(), initializers.Zeros()]
+        self._weight_specs = [
+            ("mean", shape, inits[0]),
+            ("variance", shape, inits[1]),
+            ("count", (), inits[2]),
+        ]
+        return input_dim
+
+    def statistics(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """The (mean, variance) the layer normalizes with, as ``dtype`` arrays of one value
+        per feature (live views of the weights when adapted).
+
+        Parameters
+        ----------
+        dtype : numpy.dtype
+            The model's dtype.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(mean, variance)``, each (features,).
+        """
+        if self.input_mean is None:
+            return self.mean, self.variance
+        shape = (self.input_dim,)
+        return (
+            np.ascontiguousarray(np.broadcast_to(self.input_mean, shape), dtype),
+            np.ascontiguousarray(np.broadcast_to(self.input_variance, shape), dtype),
+        )
+
+    def adapt(self, data, batch_size=None, steps=None) -> None:
+        """Set ``mean`` and ``variance`` to those of ``data`` per feature (biased variance).
+
+        Parameters
+        ----------
+        data : array_like or iterable of array_like
+            (samples, features) values, or batches of them (combined exactly as Keras does).
+        batch_size, steps : None
+            Accepted for Keras's signature; the data is read whole (an array) or batch by
+            batch (an iterable).
+
+        Raises
+        ------
+        ValueError
+            When the layer was given constant statistics, the data is empty, not 2-D, or
+            has another number of features than the layer.
+        """
+        if self.input_mean is not None:
+            raise ValueError("adapt: this Normalization was given mean and variance")
+        if isinstance(data, np.ndarray) or not hasattr(data, "__iter__"):
+            batches = [data]
+        else:
+            batches = data
+        total_mean = total_variance = None
+        count = 0
+        for batch in batches:
+            batch = np.asarray(batch, np.float64)
+            if batch.ndim != 2 or batch.shape[0] == 0:
+                raise ValueError(
+                    f"data: expected non-empty (samples, features) arrays, got shape {batch.shape}"
+                )
+            features = batch.shape[1] if total_mean is None else total_mean.shape[0]
+            if batch.shape[1] != features or (self.built and features != self.input_dim):
+                raise ValueError(
+                    f"data: expected {self.input_dim or features} features, got shape {batch.shape}"
+                )
+            mean, variance = kernels.feature_moments(np.ascontiguousarray(batch))
+            count += batch.shape[0]
+            if total_mean is None:
+                total_mean, total_variance = mean, variance
+                continue
+            # Keras's running combination of batch moments
+            weight = batch.shape[0] / count
+            combined = total_mean * (1 - weight) + mean * weight
+            total_variance = (total_variance + (total_mean - combined) ** 2) * (1 - weight) + (
+                variance + (mean - combined) ** 2
+            ) * weight
+            total_mean = combined
+        if total_mean is None:
+            raise ValueError("data: no batches to adapt to")
+        self._adapted = (total_mean, total_variance, float(count))
+        if self.built and self._weight_specs:
+            np.copyto(self.mean, total_mean, casting="unsafe")
+            np.copyto(self.variance, total_variance, casting="unsafe")
+            self.count[...] = count
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            invert=self.invert,
+            mean=None if self.input_mean is None else self.input_mean.tolist(),
+            variance=None if self.input_variance is None else self.input_variance.tolist(),
+        )
+        return config
+
+
+class GaussianNoise(Layer):
+    """Adds zero-mean Gaussian noise of standard deviation ``stddev`` during training; the
+    identity in evaluate and predict. The noise comes from a generator seeded by ``seed``
+    (or by ``densekit.set_random_seed``), so training is reproducible, as with Dropout."""
+
+    def __init__(self, stddev, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(stddev, bool) or not isinstance(stddev, (int, float)) or stddev < 0:
+            raise ValueError(f"stddev: expected a number >= 0, got {stddev!r}")
+        self.stddev = float(stddev)
+        self.seed = _random.check_seed(seed)
+        self.rng = _random.generator(self.seed)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(stddev=self.stddev, seed=self.seed)
+        return config
+
+
+class Flatten(Layer):
+    """Flattens each sample to one axis: the identity on densekit's (n, features) inputs (a
+    Keras model's ``Flatten`` after an ``Input`` of flat samples)."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last", "channels_first"):
+            raise ValueError(
+                f"data_format: expected 'channels_last', 'channels_first' or None, "
+                f"got {data_format!r}"
+            )
+        self.data_format = data_format
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["data_format"] = self.data_format
+        return config
+
+
+_REGISTRY = {
+    cls.__name__: cls
+    for cls in (
+        InputLayer,
+        Dense,
+        Activation,
+        Dropout,
+        BatchNormalization,
+        LayerNormalization,
+        Normalization,
+        GaussianNoise,
+        Flatten,
+    )
+}
 
 
 # -- activation layers (Keras's ReLU, Softmax, LeakyReLU): each is an Activation whose kernel

@@ -703,7 +703,7 @@ class Sequential:
                 params[o : o + size].reshape(shape)
                 for o, size, shape in self._layer_slices[id(op.layer)]
             ]
-            if op.has_weights
+            if getattr(op, "inference_weights", op.has_weights)
             else None
             for op in self._predict_ops
         ]

@@ -2,13 +2,14 @@
 
 Header (entry ``header``, UTF-8 JSON as uint8 bytes, so loading never unpickles): format and
 version, the model config, the compile settings, the optimizer's iteration count and the
-dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimizer.<name>``
-(flat state arrays, as long as the trainable weights together). A file is written atomically
-(``_archive.py``: temporary file, flush, ``os.replace``; modes kept, symbolic links followed),
-so an interrupted save leaves the previous file intact. A read checks every header value (each
-config is rebuilt and must serialize back to exactly itself) and every array's .npy header
-against the shapes the config implies before it reads data or builds anything; anything wrong
-or unreadable raises ``ModelFileError`` (a ValueError) naming the file.
+dropout and noise generators' states. Arrays: ``weight.<i>`` in Keras's order and
+``optimizer.<name>`` (flat state arrays, as long as the trainable weights together). A file is
+written atomically (``_archive.py``: temporary file, flush, ``os.replace``; modes kept,
+symbolic links followed), so an interrupted save leaves the previous file intact. A read checks
+every header value (each config is rebuilt and must serialize back to exactly itself) and every
+array's .npy header against the shapes the config implies before it reads data or builds
+anything; anything wrong or unreadable raises ``ModelFileError`` (a ValueError) naming the
+file.
 
 This module works on a model through its public interface and does not import
 ``models.py``: ``densekit.load_model`` (in ``models.py``) reads a file with
@@ -202,9 +203,12 @@ def _names_are_strings(config) -> bool:
     )
 
 
+_SEEDED_LAYERS = ("Dropout", "GaussianNoise")  # layers with a generator (``rng``)
+
+
 def _layer_from_config(config, path: str, index: int):
     probe = config
-    if isinstance(config, dict) and config.get("class_name") == "Dropout":
+    if isinstance(config, dict) and config.get("class_name") in _SEEDED_LAYERS:
         # an unseeded Dropout would draw its seed from the global generator: probe with 0
         inner = config.get("config")
         if isinstance(inner, dict) and inner.get("seed") is None and "seed" in inner:
@@ -296,7 +300,7 @@ def _check_model_header(header: dict, path: str) -> _Contents:
 
 
 def _check_rng_states(states, body: list, path: str) -> None:
-    dropouts = {layer.name: layer for layer in body if isinstance(layer, layers_module.Dropout)}
+    dropouts = {layer.name: layer for layer in body if _is_seeded(layer)}
     _expect(
         isinstance(states, dict) and set(states) == set(dropouts),
         path,
@@ -414,7 +418,7 @@ def _weight_name(model, index: int) -> str:
 
 def _attribute_of(layer, weight) -> str:
     """The attribute of ``layer`` that holds ``weight`` ("kernel", "bias")."""
-    for attr in ("kernel", "bias"):
+    for attr, _, _ in layer.weight_specs:
         if getattr(layer, attr, None) is weight:
             return attr
     return "?"
@@ -422,10 +426,12 @@ def _attribute_of(layer, weight) -> str:
 
 def _rng_states(model) -> dict:
     return {
-        layer.name: layer.rng.bit_generator.state
-        for layer in model.layers
-        if isinstance(layer, layers_module.Dropout)
+        layer.name: layer.rng.bit_generator.state for layer in model.layers if _is_seeded(layer)
     }
+
+
+def _is_seeded(layer) -> bool:
+    return type(layer).__name__ in _SEEDED_LAYERS and hasattr(layer, "rng")
 
 
 def save_model(model, filepath, include_optimizer=True) -> None:
@@ -543,7 +549,7 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
     model.set_weights([arrays[f"weight.{i}"] for i in range(len(own))])
     for layer in model.layers:
         state = header["rng_states"].get(layer.name)
-        if state is not None and isinstance(layer, layers_module.Dropout):
+        if state is not None and _is_seeded(layer):
             layer.rng.bit_generator.state = state
     settings = header["compile"]
     if compile and "keras_compile" in header:  # a Keras file's, translated only when asked

@@ -216,6 +216,7 @@ class TrainingState:
                 "trainable_parameters: the trained weights do not lie in it (lay the "
                 "buffer out with the trainable weights first)"
             )
+        self._pending_updates: tuple = ()  # the last batch's moving-statistics updates
         self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
@@ -574,6 +575,7 @@ class TrainingState:
         loss = plan.loss()[0]
         for call in plan.backward:
             call()
+        self._pending_updates = plan.updates
         for call in self._regularization_grads:
             loss += call()
         return loss
@@ -597,6 +599,8 @@ class TrainingState:
                     self.optimizer.apply(schedule_step)
                     for constrain in self._constraints:  # Keras: after every update
                         constrain()
+                    for update in self._pending_updates:  # moving statistics
+                        update()
                     guard.version += 1
             finally:
                 interrupts.deferring = False
@@ -606,6 +610,8 @@ class TrainingState:
             self.optimizer.apply(schedule_step)
             for constrain in self._constraints:
                 constrain()
+            for update in self._pending_updates:
+                update()
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
 
     def deferring_interrupts(self) -> DeferredInterrupts:

@@ -1,0 +1,315 @@
+"""Ops of the normalization and noise layers for the kernel-call plans (``_plan.py``).
+
+Each op follows the plan's op protocol (``width``, ``activation``, ``has_weights``,
+``forward``/``backward`` returning prebuilt calls on buffer views) and adds per-op scratch
+buffers (``scratch``/``scratch_rows``: the batch statistics a backward pass needs) and, for
+batch normalization in training, ``updates``: the moving-statistics update, which the
+training state runs with the optimizer step (under the weight guard), not in the forward
+pass. ``infer(x, weights)`` computes the op alone for ``predict`` (a new output array).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import kernels
+from .activations import Activation
+from .layers import BatchNormalization, Flatten, GaussianNoise, LayerNormalization, Normalization
+
+LINEAR = Activation("linear", None)
+
+
+def _weights_by_name(layer, weights=None) -> dict:
+    """The layer's weights by attribute: live, or from ``weights`` (a snapshot in spec order)."""
+    attributes = [attr for attr, _, _ in layer.weight_specs]
+    if weights is None:
+        return {attr: getattr(layer, attr) for attr in attributes}
+    return dict(zip(attributes, weights))
+
+
+class _NormOp:
+    needs_preact = False
+    activation = LINEAR
+    inference_weights = True  # predict passes the layer's weights (a snapshot) to infer
+
+    def __init__(self, layer, width: int):
+        self.layer, self.width = layer, width
+
+    def scratch(self, shape, dtype) -> dict:
+        return {}
+
+    def scratch_rows(self, scratch: dict, n: int) -> dict:
+        return scratch
+
+    def updates(self, scratch: dict) -> list:
+        return []
+
+    def _grad_index(self, attribute: str) -> int:
+        return [attr for attr, _, _ in self.layer.weight_specs].index(attribute)
+
+
+class BatchNormOp(_NormOp):
+    """Batch normalization: batch statistics in training (saved in scratch for backward and
+    for the moving update), moving statistics in inference or when the layer is frozen."""
+
+    def __init__(self, layer: BatchNormalization, width: int, training: bool):
+        super().__init__(layer, width)
+        self.training = training and getattr(layer, "trainable", True)
+        self.has_weights = self.training and (layer.scale or layer.center)
+
+    def scratch(self, shape, dtype) -> dict:
+        if not self.training:
+            return {}
+        return {"mean": np.zeros(shape[1], dtype), "variance": np.zeros(shape[1], dtype)}
+
+    def forward(self, x, y, preact, scratch):
+        layer = self.layer
+        if self.training:
+            return functools.partial(
+                kernels.batch_norm_forward,
+                x,
+                layer.gamma,
+                layer.beta,
+                training=True,
+                epsilon=layer.epsilon,
+                out=y,
+                mean_out=scratch["mean"],
+                variance_out=scratch["variance"],
+            )
+        return functools.partial(
+            kernels.batch_norm_forward,
+            x,
+            layer.gamma,
+            layer.beta,
+            layer.moving_mean,
+            layer.moving_variance,
+            training=False,
+            epsilon=layer.epsilon,
+            out=y,
+        )
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        layer = self.layer
+        if self.training:
+            mean, variance = scratch["mean"], scratch["variance"]
+        else:
+            mean, variance = layer.moving_mean, layer.moving_variance
+        options = {"need_dx": dx is not None}
+        if dx is not None:
+            options["dx_out"] = dx
+        for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
+            # a weight without a gradient view (absent, or its layer frozen) is skipped
+            view = None
+            if self.has_weights and getattr(layer, attribute) is not None:
+                view = weight_grads[self._grad_index(attribute)]
+            options[f"need_{name}"] = view is not None
+            if view is not None:
+                options[f"{name}_out"] = view
+        return functools.partial(
+            kernels.batch_norm_backward,
+            dy,
+            x,
+            layer.gamma,
+            mean,
+            variance,
+            training=self.training,
+            epsilon=layer.epsilon,
+            **options,
+        )
+
+    def updates(self, scratch: dict) -> list:
+        if not self.training:
+            return []
+        layer = self.layer
+        return [
+            functools.partial(
+                kernels.batch_norm_update_moving,
+                layer.moving_mean,
+                layer.moving_variance,
+                scratch["mean"],
+                scratch["variance"],
+                momentum=layer.momentum,
+            )
+        ]
+
+    def infer(self, x, weights=None):
+        w = _weights_by_name(self.layer, weights)
+        return kernels.batch_norm_forward(
+            x,
+            w.get("gamma"),
+            w.get("beta"),
+            w["moving_mean"],
+            w["moving_variance"],
+            training=False,
+            epsilon=self.layer.epsilon,
+        )
+
+
+class LayerNormOp(_NormOp):
+    """Layer normalization; the rows' mean and 1/std go to scratch for backward."""
+
+    def __init__(self, layer: LayerNormalization, width: int, training: bool):
+        super().__init__(layer, width)
+        self.has_weights = training and (layer.scale or layer.center)
+
+    def scratch(self, shape, dtype) -> dict:
+        return {"mean": np.zeros(shape[0], dtype), "inv_std": np.zeros(shape[0], dtype)}
+
+    def scratch_rows(self, scratch: dict, n: int) -> dict:
+        return {name: array[:n] for name, array in scratch.items()}
+
+    def forward(self, x, y, preact, scratch):
+        layer = self.layer
+        return functools.partial(
+            kernels.layer_norm_forward,
+            x,
+            layer.gamma,
+            layer.beta,
+            epsilon=layer.epsilon,
+            out=y,
+            mean_out=scratch["mean"],
+            inv_std_out=scratch["inv_std"],
+        )
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        layer = self.layer
+        options = {"need_dx": dx is not None}
+        if dx is not None:
+            options["dx_out"] = dx
+        for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
+            # a weight without a gradient view (absent, or its layer frozen) is skipped
+            view = None
+            if self.has_weights and getattr(layer, attribute) is not None:
+                view = weight_grads[self._grad_index(attribute)]
+            options[f"need_{name}"] = view is not None
+            if view is not None:
+                options[f"{name}_out"] = view
+        return functools.partial(
+            kernels.layer_norm_backward,
+            dy,
+            x,
+            layer.gamma,
+            scratch["mean"],
+            scratch["inv_std"],
+            **options,
+        )
+
+    def infer(self, x, weights=None):
+        w = _weights_by_name(self.layer, weights)
+        return kernels.layer_norm_forward(
+            x, w.get("gamma"), w.get("beta"), epsilon=self.layer.epsilon
+        )[0]
+
+
+class NormalizationOp(_NormOp):
+    """Keras's Normalization with its (adapted or constant) statistics; no trainable weights."""
+
+    has_weights = False
+
+    def _statistics(self, dtype, weights=None):
+        layer = self.layer
+        if weights:
+            return weights[0], weights[1]
+        return layer.statistics(np.dtype(dtype))
+
+    def forward(self, x, y, preact, scratch):
+        mean, variance = self._statistics(x.dtype)
+        return functools.partial(
+            kernels.normalization_forward, x, mean, variance, invert=self.layer.invert, out=y
+        )
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        _, variance = self._statistics(dy.dtype)
+        return functools.partial(
+            kernels.normalization_backward, dy, variance, invert=self.layer.invert, out=dx
+        )
+
+    def infer(self, x, weights=None):
+        mean, variance = self._statistics(x.dtype, weights)
+        return kernels.normalization_forward(x, mean, variance, invert=self.layer.invert)
+
+
+class GaussianNoiseOp(_NormOp):
+    """y = x + stddev * N(0, 1) in training; the noise is drawn with NumPy from the layer's
+    generator into a preallocated buffer, in the model's dtype (as DropoutOp draws its
+    masks: a few whole-array calls per step). The gradient passes through unchanged."""
+
+    has_weights = False
+    inference_weights = False
+
+    def scratch(self, shape, dtype) -> dict:
+        return {"noise": np.zeros(shape, dtype)}
+
+    def scratch_rows(self, scratch: dict, n: int) -> dict:
+        return {"noise": scratch["noise"][:n]}
+
+    def forward(self, x, y, preact, scratch):
+        noise = scratch["noise"]
+        dtype = noise.dtype
+        standard_normal = self.layer.rng.standard_normal
+        stddev = dtype.type(self.layer.stddev)
+        add, multiply = np.add, np.multiply
+
+        def forward():
+            standard_normal(dtype=dtype, out=noise)
+            multiply(noise, stddev, out=noise)
+            add(x, noise, out=y)
+
+        return forward
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        return functools.partial(np.copyto, dx, dy)
+
+
+def op_for(layer, width: int, training: bool):
+    """The op of a normalization, noise or Flatten layer (None: the layer is skipped in
+    this mode), or NotImplemented for any other layer."""
+    if isinstance(layer, BatchNormalization):
+        return BatchNormOp(layer, width, training)
+    if isinstance(layer, LayerNormalization):
+        return LayerNormOp(layer, width, training)
+    if isinstance(layer, Normalization):
+        return NormalizationOp(layer, width)
+    if isinstance(layer, GaussianNoise):
+        return GaussianNoiseOp(layer, width) if training and layer.stddev > 0 else None
+    if isinstance(layer, Flatten):
+        return None
+    return NotImplemented
+
+
+class Pipeline:
+    """A model's inference when some ops are not DenseChain steps: runs of chainable ops as
+    one DenseChain each, the other ops' kernels in between. Called like a DenseChain."""
+
+    def __init__(self, segments):
+        self._segments = segments  # (DenseChain, None) or (op, weights snapshot or None)
+
+    def __call__(self, x, out=None):
+        last = len(self._segments) - 1
+        for i, (segment, weights) in enumerate(self._segments):
+            if isinstance(segment, kernels.DenseChain):
+                x = segment(x, out=out) if i == last and out is not None else segment(x)
+            else:
+                x = segment.infer(x, weights)
+                if i == last and out is not None:
+                    np.copyto(out, x)
+                    x = out
+        return x
+
+
+def inference_pipeline(ops, weights):
+    """A ``Pipeline`` of the inference ops, each op's weights live (None) or a snapshot."""
+    segments, run = [], []
+    for op, own in zip(ops, weights):
+        if hasattr(op, "inference_step"):
+            run.append(op.inference_step(own))
+            continue
+        if run:
+            segments.append((kernels.DenseChain(run), None))
+            run = []
+        segments.append((op, own if getattr(op, "inference_weights", False) else None))
+    if run:
+        segments.append((kernels.DenseChain(run), None))
+    return Pipeline(segments)
