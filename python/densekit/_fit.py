@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import _hogwild, _random, data, jobs
+from . import _hogwild, _random, data, distributed, jobs
 from . import callbacks as callbacks_module
 from .training import dataset_for
 
@@ -56,8 +56,14 @@ def setup(model, arguments: dict) -> FitSetup:
     s.steps_per_epoch = (
         None if steps_per_epoch is None else int_at_least(steps_per_epoch, 1, "steps_per_epoch")
     )
-    if strategy not in (None, "hogwild"):
-        raise ValueError(f"strategy: expected None or 'hogwild', got {strategy!r}")
+    s.strategy = None
+    if strategy == "mpi" or isinstance(strategy, distributed.MPIStrategy):
+        s.strategy = distributed.resolve(strategy)
+    elif strategy not in (None, "hogwild"):
+        raise ValueError(
+            f"strategy: expected None, 'hogwild', 'mpi' or a densekit.distributed.MPIStrategy, "
+            f"got {strategy!r}"
+        )
     if s.workers > 1 and strategy != "hogwild":
         raise ValueError("workers: several workers need strategy='hogwild'")
     s.hogwild = strategy == "hogwild" and s.workers > 1
@@ -96,6 +102,8 @@ def setup(model, arguments: dict) -> FitSetup:
         raise ValueError("The model has no weights to train")
     if s.hogwild:
         _hogwild.check(s.callbacks)
+    if s.strategy is not None:  # collective: every rank checks, agrees and starts alike
+        s.strategy.prepare_fit(model, s)
     return s
 
 
@@ -167,7 +175,10 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     )
     model.history = history
 
-    if s.hogwild:
+    evaluate = state.evaluate if s.strategy is None else s.strategy.evaluate
+    if s.strategy is not None:
+        train_epoch = s.strategy.epochs(model, state, s, hooks, progress, job)
+    elif s.hogwild:
         train_epoch = _hogwild.HogwildEpochs(model, state, s, progress, job)
     elif s.dataset is not None:
         train_epoch = StreamEpochs(model, state, s, hooks, progress, job)
@@ -197,7 +208,7 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
                 logs = state.logs(loss_total, seen)
                 if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
                     hooks.on_test_begin()
-                    val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
+                    val_logs = evaluate(*s.validation, s.validation_batch_size, hooks)
                     hooks.on_test_end(val_logs)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
                 hooks.on_epoch_end(epoch, logs)

@@ -526,6 +526,53 @@ class TrainingState:
             loss += self.regularization_penalty()
         return loss
 
+    def backward_segments(self, plan: Plan) -> list[tuple[int, int] | None]:
+        """Where each backward call of ``plan`` writes in ``gradients``: for call i (in
+        ``plan.backward``'s order, last layer first), the ``(start, stop)`` range of the flat
+        buffer it completes, or None for a call without weights. A data-parallel strategy
+        sends a range to the other processes as soon as its call has run.
+
+        Parameters
+        ----------
+        plan : Plan
+            A training plan of this state.
+
+        Returns
+        -------
+        list
+            One entry per backward call.
+        """
+        ops = self._ops["train"]
+        first = first_weighted_op(ops)
+        segments = []
+        for op in reversed(ops[first:]):
+            views = self._layer_grads.get(id(op.layer)) if op.has_weights else None
+            if not views:
+                segments.append(None)
+                continue
+            base = self._gradients.ctypes.data
+            start = (views[0].ctypes.data - base) // self._gradients.itemsize
+            stop = (views[-1].ctypes.data - base) // self._gradients.itemsize + views[-1].size
+            segments.append((start, stop))
+        if len(segments) != len(plan.backward):
+            raise ValueError("plan: not a training plan of this state")
+        return segments
+
+    def add_regularization(self) -> float:
+        """Add the L2 penalties' gradients to ``gradients`` (once: a data-parallel strategy
+        calls it after the reduction, on the global gradient) and return the penalty.
+
+        Returns
+        -------
+        float
+            The L2 penalty of the current weights (0.0 without regularizers).
+        """
+        if not self._regularization_grads:
+            return 0.0
+        for call in self._regularization_grads:
+            call()
+        return self.regularization_penalty()
+
     def apply_gradients(self, schedule_step: int | None = None) -> None:
         """One optimizer step over the flat buffers, from ``gradients``.
 
