@@ -12,6 +12,7 @@ stop/cancel) is honoured between steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 
@@ -175,7 +176,9 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     )
     model.history = history
 
-    evaluate = state.evaluate if s.strategy is None else s.strategy.evaluate
+    evaluate = state.evaluate
+    if s.strategy is not None:
+        evaluate = functools.partial(s.strategy.evaluate, state)
     if s.strategy is not None:
         train_epoch = s.strategy.epochs(model, state, s, hooks, progress, job)
     elif s.hogwild:

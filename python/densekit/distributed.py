@@ -81,13 +81,20 @@ def _first_difference(mine, theirs, path: str = ""):
             if found is not None:
                 return found
         return None
-    if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
+    if isinstance(mine, list) and isinstance(theirs, list):
         for index, (a, b) in enumerate(zip(mine, theirs)):
             found = _first_difference(a, b, f"{path}[{index}]")
             if found is not None:
                 return found
+        if len(mine) != len(theirs):
+            return f"len({path.lstrip('.')})", len(mine), len(theirs)
         return None
     return None if mine == theirs else (path, mine, theirs)
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _without_names(value):
@@ -343,8 +350,8 @@ class MPIStrategy:
                 path, mine, root = found
                 raise ValueError(
                     f"{what} differ across processes: rank {rank} has {path.lstrip('.')} = "
-                    f"{mine!r}, rank 0 has {root!r} (every rank must build, compile and call "
-                    "fit with the same model and arguments)"
+                    f"{_short(mine)}, rank 0 has {_short(root)} (every rank must build, "
+                    "compile and call fit with the same model and arguments)"
                 )
 
     def _model_facts(self, model, state) -> dict:
