@@ -202,7 +202,15 @@ def _torch_worker(args) -> dict:
                 loss_function = torch.nn.CrossEntropyLoss()
                 local = batch // size
 
-                def run(model=model, optimizer=optimizer, x=x, y=y, batch=batch, local=local):
+                def run(
+                    model=model,
+                    optimizer=optimizer,
+                    x=x,
+                    y=y,
+                    batch=batch,
+                    local=local,
+                    loss_function=loss_function,
+                ):
                     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
                     for start in range(0, x.shape[0], batch):
                         rows = order[start + rank * local : start + (rank + 1) * local]

@@ -100,6 +100,7 @@ def default_runs(tmp_path_factory):
 
 
 def assert_same_on_every_rank(run: Run) -> None:
+    assert [f["root_prediction"] for f in run.facts] == [True] + [None] * (run.size - 1)
     for facts, arrays in zip(run.facts, run.arrays):
         assert facts["history"] == run.facts[0]["history"]
         assert facts["evaluation"] == run.facts[0]["evaluation"]
@@ -228,6 +229,22 @@ def test_a_rank_that_raises_ends_every_rank_with_an_error():
     result = launch(2, "faults.py", "raise", timeout=30, check=False)
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
+
+
+@needs_mpi
+def test_fit_async_needs_mpi_thread_multiple_and_fit_runs_without_it():
+    result = launch(2, "faults.py", "serialized")
+    lines = result.stdout.splitlines()
+    for rank in (0, 1):
+        [line] = [line for line in lines if line.startswith(f"rank {rank} serialized:")]
+        assert "RuntimeError" in line and "MPI_THREAD_MULTIPLE" in line, line
+        assert f"rank {rank} fit without overlap: trained" in lines
+
+
+@needs_mpi
+def test_a_rank_killed_with_sigkill_ends_the_job():
+    result = launch(2, "faults.py", "kill", timeout=30, check=False)
+    assert result.returncode != 0
 
 
 @needs_mpi

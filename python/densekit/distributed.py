@@ -36,6 +36,9 @@ _INSTALL_HINT = (
     "(Open MPI, Intel MPI, Cray MPICH)"
 )
 _DEFAULT_BUCKET_BYTES = 64 * 1024
+# _finish's polling: yielding polls (about a millisecond) before it sleeps between polls
+_YIELDING_POLLS = 2000
+_POLL_SLEEP_S = 20e-6
 # MPIStrategy.timings: training steps, their seconds, and the seconds the training thread
 # spent in the loss/metric exchange and waiting for gradient buckets after the backward pass
 _TIMING_KEYS = ("steps", "step_s", "exchange_s", "wait_s")
@@ -55,10 +58,11 @@ def _mpi():
 
 
 def _finish(request) -> None:
-    """Wait for a non-blocking MPI request (or a list of them) by polling: a short spin
-    catches quick completions, then the thread sleeps between polls. MPI's blocking calls
-    busy-poll a core; with one rank per core, a spinning communication thread would take
-    the core from its own rank's kernels."""
+    """Wait for a non-blocking MPI request (or a list of them) by polling, yielding the core
+    between polls and, after a while, sleeping. MPI's blocking calls busy-poll a core; with
+    one rank per core, a spinning communication thread would take the core from its own
+    rank's kernels, while a yielding one hands it over and loses no latency when the core
+    is free."""
     if isinstance(request, list):
         requests = request
 
@@ -69,12 +73,10 @@ def _finish(request) -> None:
     polls = 0
     while not test():
         polls += 1
-        if polls > _SPIN_POLLS:
+        if polls < _YIELDING_POLLS:
+            os.sched_yield()
+        else:
             time.sleep(_POLL_SLEEP_S)
-
-
-_SPIN_POLLS = 200
-_POLL_SLEEP_S = 20e-6
 
 
 def _is_power_of_two(value: int) -> bool:

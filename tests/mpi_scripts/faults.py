@@ -3,19 +3,24 @@
 ``checks``: each case must raise the same clear error on every rank before training; each
 rank prints ``rank <r> <case>: <ExceptionType>: <message>`` and the run exits 0.
 ``raise``: rank 1 raises in a callback during training; under ``python -m mpi4py`` the job
-must end with a non-zero status instead of waiting forever.
+must end with a non-zero status instead of waiting forever. ``kill``: rank 1 dies of SIGKILL
+during training; mpiexec must end the job.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
-from mpi4py import MPI
+import mpi4py
 
 import densekit
 from densekit import callbacks, layers
 from densekit.distributed import MPIStrategy
 from train import build_model, dataset
+
+MPI = None  # mpi4py.MPI, imported in main once the thread level is chosen
 
 
 def report(rank: int, case: str, run) -> None:
@@ -62,6 +67,42 @@ def failing_rank(strategy: MPIStrategy) -> None:
     build_model().fit(x, y, epochs=50, verbose=0, callbacks=[hook], strategy=strategy)
 
 
+def killed_rank(strategy: MPIStrategy) -> None:
+    x, y, _, _ = dataset()
+
+    def die(batch, logs):
+        if strategy.rank == 1 and batch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    hook = callbacks.LambdaCallback(on_train_batch_end=die)
+    build_model().fit(x, y, epochs=50, verbose=0, callbacks=[hook], strategy=strategy)
+
+
+def serialized(strategy: MPIStrategy) -> None:
+    x, y, _, _ = dataset()
+    model = build_model()
+    try:
+        model.fit_async(x, y, verbose=0, strategy=strategy)
+    except RuntimeError as error:
+        line = f"rank {strategy.rank} serialized: RuntimeError: {error}"
+    else:
+        line = f"rank {strategy.rank} serialized: no error"
+    history = model.fit(x, y, epochs=1, verbose=0, strategy=strategy)
+    trained = not strategy.overlap and len(history.history["loss"]) == 1
+    lines = MPI.COMM_WORLD.gather(line, root=0)
+    outcomes = MPI.COMM_WORLD.gather(trained, root=0)
+    if strategy.rank == 0:
+        print("\n".join(lines))
+        for rank, ok in enumerate(outcomes):
+            print(f"rank {rank} fit without overlap: {'trained' if ok else 'failed'}")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "serialized":  # MPI starts below MPI_THREAD_MULTIPLE
+        mpi4py.rc.thread_level = "serialized"
+    from mpi4py import MPI
+
     strategy = MPIStrategy()
-    {"checks": checks, "raise": failing_rank}[sys.argv[1]](strategy)
+    cases = {"checks": checks, "raise": failing_rank, "kill": killed_rank}
+    cases["serialized"] = serialized
+    cases[sys.argv[1]](strategy)

@@ -95,7 +95,11 @@ def main() -> None:
         weights=np.concatenate([w.ravel() for w in model.get_weights()]),
         predictions=predictions,
     )
+    root_only = model.predict(x_val, strategy=MPIStrategy(predict_to="root"))
     facts = {
+        "root_prediction": None
+        if root_only is None
+        else bool(np.array_equal(root_only, predictions)),
         "history": history.history,
         "evaluation": evaluation,
         "threads": densekit.get_num_threads(),
