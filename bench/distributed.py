@@ -137,12 +137,12 @@ def _bucketed_against_one(comm, repeats: int) -> dict:
     training, without the backward pass) against one MPI_Allreduce of the whole buffer."""
     from mpi4py import MPI
 
-    from densekit import distributed
+    from densekit import _data_parallel, distributed
 
     strategy = distributed.MPIStrategy()
     model = _densekit_model(MODELS["mlp784"])
     state = model.training_state
-    engine = distributed._StepEngine(strategy, state, distributed._Tally(strategy, state), 1)
+    engine = _data_parallel.StepEngine(strategy, state, _data_parallel.Tally(strategy, state), 1)
     gradients = state.gradients
     buckets = list(engine.buckets.values())
     whole = gradients.copy()
