@@ -123,7 +123,7 @@ class CommThread:
 
 
 class InlineComm:
-    """The same interface as _CommThread, running each job at once on the calling thread
+    """The same interface as CommThread, running each job at once on the calling thread
     (no overlap): for ``overlap=False`` and MPI libraries below THREAD_MULTIPLE."""
 
     def submit(self, job) -> None:
