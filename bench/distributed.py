@@ -3,7 +3,8 @@ cost model toward many processes. Run alone: ``python -m bench.distributed [--qu
 
 The launcher starts workers with ``mpiexec -n P python -m mpi4py -m bench.distributed
 --worker ...`` (OMP_NUM_THREADS=1: P processes x 1 thread) and prints, from their reports:
-- samples/s of 1 process against 2, for the digits MLP (64-256-128-10) and 784-256-128-10 at
+- samples/s of 1 process (a plain fit; a 1-process strategy in deterministic mode) against
+  2, for the digits MLP (64-256-128-10) and 784-256-128-10 at
   global batch 256 and 1024, default and deterministic mode; the step time the training thread
   spends in the loss exchange and waiting for gradients after the backward pass;
 - PyTorch DDP (gloo) on the same model, data and batch, 2 processes x 1 thread;
@@ -86,9 +87,11 @@ def _densekit_worker(args) -> dict:
             for deterministic in (False, True):
                 strategy = distributed.MPIStrategy(deterministic=deterministic)
                 model = _densekit_model(widths)
+                # one process in default mode: the baseline is a plain fit, no strategy
+                plain = comm.Get_size() == 1 and not deterministic
 
-                def run(model=model, strategy=strategy, x=x, y=y, batch=batch):
-                    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, strategy=strategy)
+                def run(model=model, strategy=None if plain else strategy, x=x, y=y, b=batch):
+                    model.fit(x, y, batch_size=b, epochs=1, verbose=0, strategy=strategy)
 
                 rate, seconds = _median_rate(run, rows, args.repeats)
                 timings = strategy.timings
