@@ -1,5 +1,5 @@
 """Data-parallel training over MPI (densekit.distributed): runs of tests/mpi_scripts under
-``mpiexec -n 1, 2, 4`` (4 oversubscribed, one thread each) compared with each other and with
+``mpiexec -n 1, 2, 4, 8`` (4 and 8 oversubscribed, one thread each) compared with each other and with
 single-process training; the import contract; Dataset.shard."""
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def deterministic_runs(tmp_path_factory):
         1: train(tmp_path_factory, 1, "--deterministic"),
         2: train(tmp_path_factory, 2, "--deterministic"),
         4: train(tmp_path_factory, 4, "--deterministic", threads=1),
+        8: train(tmp_path_factory, 8, "--deterministic", threads=1),
     }
 
 
@@ -109,7 +110,7 @@ def assert_same_on_every_rank(run: Run) -> None:
 
 
 @needs_mpi
-def test_deterministic_mode_gives_the_same_bits_on_1_2_and_4_processes(deterministic_runs):
+def test_deterministic_mode_gives_the_same_bits_on_1_2_4_and_8_processes(deterministic_runs):
     reference = deterministic_runs[1]
     for run in deterministic_runs.values():
         assert_same_on_every_rank(run)
