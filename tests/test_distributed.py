@@ -1,6 +1,6 @@
 """Data-parallel training over MPI (densekit.distributed): runs of tests/mpi_scripts under
-``mpiexec -n 1, 2, 4, 8`` (4 and 8 oversubscribed, one thread each) compared with each other and with
-single-process training; the import contract; Dataset.shard."""
+``mpiexec -n 1, 2, 4, 8`` (4 and 8 oversubscribed, one thread each) compared with each other
+and with single-process training; faults; the import contract; Dataset.shard."""
 
 from __future__ import annotations
 
@@ -240,6 +240,14 @@ def test_fit_async_needs_mpi_thread_multiple_and_fit_runs_without_it():
         [line] = [line for line in lines if line.startswith(f"rank {rank} serialized:")]
         assert "RuntimeError" in line and "MPI_THREAD_MULTIPLE" in line, line
         assert f"rank {rank} fit without overlap: trained" in lines
+
+
+@needs_mpi
+def test_mpi4py_releases_the_gil_inside_mpi_calls():
+    # rank 1 sends only after rank 0's main thread has run 1000 iterations while its other
+    # thread waits in MPI_Recv: with the GIL held there, the job would hang (timeout)
+    result = launch(2, "faults.py", "gil", timeout=30)
+    assert "while a thread waited in MPI_Recv: " in result.stdout
 
 
 @needs_mpi

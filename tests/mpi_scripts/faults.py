@@ -4,7 +4,8 @@
 rank prints ``rank <r> <case>: <ExceptionType>: <message>`` and the run exits 0.
 ``raise``: rank 1 raises in a callback during training; under ``python -m mpi4py`` the job
 must end with a non-zero status instead of waiting forever. ``kill``: rank 1 dies of SIGKILL
-during training; mpiexec must end the job.
+during training; mpiexec must end the job. ``gil``: the main thread runs while another
+waits in an MPI call.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 
 import mpi4py
+import numpy as np
 
 import densekit
 from densekit import callbacks, layers
@@ -97,6 +101,34 @@ def serialized(strategy: MPIStrategy) -> None:
             print(f"rank {rank} fit without overlap: {'trained' if ok else 'failed'}")
 
 
+def gil(strategy: MPIStrategy) -> None:
+    """Whether the main thread runs Python while another thread waits inside an MPI call
+    (mpi4py releases the GIL there, which the overlapped reduction relies on)."""
+    comm = strategy.gradient_comm
+    buffer = np.zeros(4)
+    if strategy.rank == 0:
+        inside = threading.Event()
+
+        def receive():
+            inside.set()
+            comm.Recv(buffer, source=1, tag=7)
+
+        thread = threading.Thread(target=receive)
+        thread.start()
+        inside.wait()
+        time.sleep(0.05)  # the thread is now blocked in MPI_Recv: rank 1 sends later
+        iterations = 0
+        while thread.is_alive():
+            iterations += 1
+            if iterations == 1000:
+                comm.send(None, dest=1, tag=8)  # go ahead
+        thread.join()
+        print(f"main thread iterations while a thread waited in MPI_Recv: {iterations}")
+    else:
+        comm.recv(source=0, tag=8)
+        comm.Send(buffer, dest=0, tag=7)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serialized":  # MPI starts below MPI_THREAD_MULTIPLE
         mpi4py.rc.thread_level = "serialized"
@@ -104,5 +136,5 @@ if __name__ == "__main__":
 
     strategy = MPIStrategy()
     cases = {"checks": checks, "raise": failing_rank, "kill": killed_rank}
-    cases["serialized"] = serialized
+    cases["serialized"], cases["gil"] = serialized, gil
     cases[sys.argv[1]](strategy)
