@@ -22,7 +22,9 @@ import numpy as np
 from . import data
 from .training import aligned_zeros
 
-# finish's polling: yielding polls (about a millisecond) before it sleeps between polls
+# finish's polling: a few tens of microseconds of plain polls, then polls that yield the core
+# (about a millisecond in all), then polls with a sleep between them
+_SPINNING_POLLS = 100
 _YIELDING_POLLS = 2000
 _POLL_SLEEP_S = 20e-6
 # MPIStrategy.timings: training steps, their seconds, and the seconds the training thread
@@ -33,11 +35,11 @@ STOPPED, ENDED = "stopped", "ended"
 
 
 def finish(request) -> None:
-    """Wait for a non-blocking MPI request (or a list of them) by polling, yielding the core
-    between polls and, after a while, sleeping. MPI's blocking calls busy-poll a core; with
-    one rank per core, a spinning communication thread would take the core from its own
-    rank's kernels, while a yielding one hands it over and loses no latency when the core
-    is free."""
+    """Wait for a non-blocking MPI request (or a list of them) by polling: briefly spinning,
+    then yielding the core between polls and, after a while, sleeping. MPI's blocking calls
+    busy-poll a core; with one rank per core, a spinning communication thread would take the
+    core from its own rank's kernels, while a yielding one hands it over and loses no latency
+    when the core is free."""
     if isinstance(request, list):
         requests = request
 
@@ -48,6 +50,8 @@ def finish(request) -> None:
     polls = 0
     while not test():
         polls += 1
+        if polls < _SPINNING_POLLS:
+            continue
         if polls < _YIELDING_POLLS:
             os.sched_yield()
         else:
@@ -240,7 +244,8 @@ class StepEngine:
         return buckets
 
     # -- the reduction of one range ------------------------------------------------------
-    def _allreduce(self, low: int, high: int, factor: float) -> None:
+    def allreduce_range(self, low: int, high: int, factor: float) -> None:
+        """Scale ``gradients[low:high]`` by ``factor`` and sum it across the ranks."""
         MPI = self.strategy.mpi
         view = self.gradients[low:high]
         if factor != 1.0:
@@ -373,7 +378,7 @@ class StepEngine:
                     np.add(partial[low:high], view, out=view)
                 comm.submit(lambda: self._deterministic_reduce(low, high))
             else:
-                comm.submit(lambda: self._allreduce(low, high, factor))
+                comm.submit(lambda: self.allreduce_range(low, high, factor))
 
         if plan is None:
             gradients.fill(0)
