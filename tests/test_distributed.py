@@ -196,7 +196,8 @@ def test_a_4_process_checkpoint_resumes_on_fewer_processes(
 
 @needs_mpi
 def test_fit_async_under_mpi_trains_as_fit_does(deterministic_runs, tmp_path_factory):
-    run = train(tmp_path_factory, 2, "--deterministic", "--fit-async")
+    # rank 1 builds its model with other weights: fit broadcasts rank 0's first
+    run = train(tmp_path_factory, 2, "--deterministic", "--fit-async", "--other-weights")
     assert_same_on_every_rank(run)
     np.testing.assert_array_equal(run.weights, deterministic_runs[2].weights)
     assert run.facts[0]["history"] == deterministic_runs[2].facts[0]["history"]

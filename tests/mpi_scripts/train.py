@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--resume-from", type=Path, default=None)
     parser.add_argument("--fit-async", action="store_true")
     parser.add_argument("--dataset", action="store_true", help="per-rank data: Dataset.shard")
+    parser.add_argument(
+        "--other-weights", action="store_true", help="ranks > 0 start from other weights"
+    )
     args = parser.parse_args()
     strategy = MPIStrategy(deterministic=args.deterministic, bucket_bytes=512)
     rank = strategy.rank
@@ -63,8 +66,8 @@ def main() -> None:
     x, y, x_val, y_val = dataset()
     if args.resume_from is not None:
         model = densekit.load_model(args.resume_from)
-    else:
-        model = build_model()
+    else:  # fit starts every rank from rank 0's weights
+        model = build_model(seed=1 + (args.other_weights and rank > 0))
     kept = [
         callbacks.ModelCheckpoint(str(files / "ckpt-{epoch}.npz"), monitor="loss"),
         callbacks.CSVLogger(files / "log.csv"),
