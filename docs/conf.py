@@ -112,21 +112,5 @@ def _core_signature(app, what, name, obj, options, signature, return_annotation)
     return args, (None if what == "class" or returns == "None" else returns)
 
 
-# --- docstrings written as plain text in files the docs do not own ------------------------------
-# Their |x| and *args read as reST substitutions and emphasis. Listed one by one, so that any
-# other broken docstring still fails the build; each entry goes once its source quotes such
-# text in double backquotes (the bindings' strings in csrc/bindings, models.py).
-PLAIN_TEXT_DOCSTRINGS = {
-    "densekit.Sequential.evaluate",
-    "densekit.Sequential.train_on_batch",
-}
-
-
-def _escape_plain_text(app, what, name, obj, options, lines):
-    if name in PLAIN_TEXT_DOCSTRINGS:
-        lines[:] = [line.replace("|", "\\|").replace("*", "\\*") for line in lines]
-
-
 def setup(app):
     app.connect("autodoc-process-signature", _core_signature)
-    app.connect("autodoc-process-docstring", _escape_plain_text, priority=400)

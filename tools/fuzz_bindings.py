@@ -154,6 +154,7 @@ SPECS = {
             "activation": "act",
             "need_dx": "bool",
             "need_db": "bool",
+            "need_dw": "bool",
             "dx_out": "n,k",
             "dw_out": "k,m",
             "db_out": "m",

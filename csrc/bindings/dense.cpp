@@ -131,7 +131,8 @@ py::array dense_forward_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
 
 py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                             py::handle y_obj, py::handle preact_obj, py::handle activation,
-                            bool need_dx, bool need_db, py::handle dx_obj, py::handle dw_obj,
+                            bool need_dx, bool need_db, bool need_dw, py::handle dx_obj,
+                            py::handle dw_obj,
                             py::handle db_obj, bool accumulate, py::handle alpha,
                             py::handle threads_obj) {
   DType dtype;
@@ -167,11 +168,12 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
 
   py::array dx, dw, db;
   const bool has_dx = need_dx && out_array(dx_obj, "dx_out", dtype, s.x_shape, &dx);
-  const bool has_dw = out_array(dw_obj, "dw_out", dtype, {s.k, s.m}, &dw);
+  const bool has_dw = need_dw && out_array(dw_obj, "dw_out", dtype, {s.k, s.m}, &dw);
   const bool has_db = need_db && out_array(db_obj, "db_out", dtype, {s.m}, &db);
   if (!need_dx && !dx_obj.is_none()) value_fail("dx_out", "given, but need_dx is False");
   if (!need_db && !db_obj.is_none()) value_fail("db_out", "given, but need_db is False");
-  if (accumulate && !has_dw)
+  if (!need_dw && !dw_obj.is_none()) value_fail("dw_out", "given, but need_dw is False");
+  if (accumulate && need_dw && !has_dw)
     value_fail("dw_out", "accumulate=True adds into dw_out, which was not given");
   if (accumulate && need_db && !has_db)
     value_fail("db_out", "accumulate=True adds into db_out, which was not given");
@@ -189,13 +191,13 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
     require_no_overlap(db, "db_out",
                        {inputs[0], inputs[1], inputs[2], {y_ptr, "y"}, {z_ptr, "preact"}});
   if (need_dx && !has_dx) dx = new_array(dtype, s.x_shape);
-  if (!has_dw) dw = new_array(dtype, {s.k, s.m});
+  if (need_dw && !has_dw) dw = new_array(dtype, {s.k, s.m});
   if (need_db && !has_db) db = new_array(dtype, {s.m});
 
   auto run = [&](auto tag) {
     using T = decltype(tag);
     T* dxp = need_dx ? mptr<T>(dx) : nullptr;
-    T* dwp = mptr<T>(dw);
+    T* dwp = need_dw ? mptr<T>(dw) : nullptr;
     T* dbp = need_db ? mptr<T>(db) : nullptr;
     const T* dyp = cptr<T>(dy);
     const T* xp = cptr<T>(x);
@@ -207,7 +209,8 @@ py::tuple dense_backward_py(py::handle dy_obj, py::handle x_obj, py::handle w_ob
                       threads);
   };
   for_dtype(dtype, run);
-  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dw,
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()),
+                        need_dw ? py::object(dw) : py::object(py::none()),
                         need_db ? py::object(db) : py::object(py::none()));
 }
 
@@ -412,11 +415,13 @@ void bind_dense(py::module_& m) {
   m.def("dense_backward", &dense_backward_py, py::arg("dy"), py::arg("x"), py::arg("w"),
         py::arg("y") = py::none(), py::arg("preact") = py::none(),
         py::arg("activation") = "linear", py::kw_only(), py::arg("need_dx") = true,
-        py::arg("need_db") = true, py::arg("dx_out") = py::none(),
+        py::arg("need_db") = true, py::arg("need_dw") = true, py::arg("dx_out") = py::none(),
         py::arg("dw_out") = py::none(), py::arg("db_out") = py::none(),
         py::arg("accumulate") = false, py::arg("alpha") = py::none(),
         py::arg("num_threads") = py::none(),
-        "(dx, dw, db) of y = activation(x @ w + b) given dy.");
+        "(dx, dw, db) of y = activation(x @ w + b) given dy; need_dx / need_dw / need_db "
+        "False skip that gradient (None in its place): a frozen layer's backward computes "
+        "dx only.");
 }
 
 }  // namespace densekit::bind

@@ -12,6 +12,7 @@ from . import _openmp_env  # noqa: F401 - first: loads _core with densekit's Ope
 from . import (
     activations,
     callbacks,
+    constraints,
     data,
     initializers,
     jobs,
@@ -66,6 +67,7 @@ __all__ = [
     "activations",
     "build_info",
     "callbacks",
+    "constraints",
     "cpu_info",
     "data",
     "get_num_threads",
@@ -76,6 +78,7 @@ __all__ = [
     "load_model",
     "losses",
     "metrics",
+    "models",
     "num_threads",
     "optimizers",
     "regularizers",

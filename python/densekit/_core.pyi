@@ -113,13 +113,14 @@ def dense_backward(
     *,
     need_dx: bool = True,
     need_db: bool = True,
+    need_dw: bool = True,
     dx_out: FloatArray | None = None,
     dw_out: FloatArray | None = None,
     db_out: FloatArray | None = None,
     accumulate: bool = False,
     alpha: float | None = None,
     num_threads: int | None = None,
-) -> tuple[FloatArray | None, FloatArray, FloatArray | None]: ...
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None]: ...
 def mse(
     prediction: FloatArray,
     target: FloatArray,

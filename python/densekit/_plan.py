@@ -38,6 +38,9 @@ class DenseOp:
     def __init__(self, layer: Dense, activation: Activation):
         self.layer, self.activation, self.width = layer, activation, layer.units
         self.needs_preact = activation.name in NEEDS_PREACTIVATION
+        regularizer = layer.activity_regularizer
+        # a penalty on the layer's output (acts of this op), None without one
+        self.activity_regularizer = regularizer if regularizer and regularizer.active else None
 
     def with_activation(self, activation: Activation) -> DenseOp:
         return DenseOp(self.layer, activation)
@@ -61,11 +64,16 @@ class DenseOp:
         )
 
     def backward(self, dy, x, y, preact, dx, weight_grads):
+        # a frozen weight has no gradient view (None): the kernel skips its product
         act = self.activation
-        options = _with_alpha({"need_dx": dx is not None, "dw_out": weight_grads[0]}, act)
+        options = _with_alpha({"need_dx": dx is not None}, act)
         if dx is not None:
             options["dx_out"] = dx
-        if self.layer.use_bias:
+        if weight_grads[0] is not None:
+            options["dw_out"] = weight_grads[0]
+        else:
+            options["need_dw"] = False
+        if self.layer.use_bias and weight_grads[1] is not None:
             options["db_out"] = weight_grads[1]
         else:
             options["need_db"] = False
@@ -157,7 +165,11 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
             if layer.activation.name == "linear":
                 continue
             last = ops[-1] if ops else None
-            if isinstance(last, DenseOp) and last.activation.name == "linear":
+            if (
+                isinstance(last, DenseOp)
+                and last.activation.name == "linear"
+                and last.activity_regularizer is None  # its penalty is on the Dense output
+            ):
                 ops[-1] = last.with_activation(layer.activation)
             else:
                 ops.append(ActivationOp(layer, layer.activation, width))
@@ -169,10 +181,30 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
         if last is None or last.activation.name != absorbed:
             return None
         if isinstance(last, DenseOp):
+            if last.activity_regularizer is not None:
+                raise ValueError(
+                    f"activity_regularizer: layer {last.layer.name!r} penalises its "
+                    f"{absorbed} output, which the loss takes over (it works on logits); "
+                    "put the activation in an Activation layer after it, or use a loss with "
+                    "from_logits=True and a linear last layer"
+                )
             ops[-1] = last.with_activation(LINEAR)
         else:
             ops.pop()
     return ops
+
+
+def _with_penalties(kernel_loss, penalties):
+    """``kernel_loss`` (a loss kernel call returning (value, grad)) with the activity
+    penalties of the batch added to its value."""
+
+    def loss_with_penalties():
+        value, grad = kernel_loss()
+        for penalty in penalties:
+            value += penalty()
+        return value, grad
+
+    return loss_with_penalties
 
 
 class Plan:
@@ -225,10 +257,14 @@ class Plan:
             take_rows(sample_weight, rows, out=self.sample_weight)
 
 
-def first_weighted_op(ops) -> int | None:
-    """The index of the first op with weights (backward stops there), or None."""
+def first_weighted_op(ops, layer_grads=None) -> int | None:
+    """The index of the first op with weights (backward stops there), or None; with
+    ``layer_grads`` (see ``Workspace``), the first whose weights are trained (have a
+    gradient view): the ops before it need no backward at all."""
     for i, op in enumerate(ops):
-        if op.has_weights:
+        if op.has_weights and (
+            layer_grads is None or any(g is not None for g in layer_grads[id(op.layer)])
+        ):
             return i
     return None
 
@@ -266,7 +302,8 @@ class Workspace:
         self.y = np.zeros((rows, *target_template.shape[1:]), target_template.dtype)
         self.sample_weight = np.zeros(rows, dtype)
         self.acts, self.preacts, self.grads, self.scratch = [], [], [], []
-        first_trained = first_weighted_op(ops)
+        self.activity_scratch = []  # per op: the L1 activity penalty's sign buffer, or None
+        first_trained = first_weighted_op(ops, layer_grads)
         for i, op in enumerate(self.ops):
             shape = (rows, op.width)
             self.acts.append(np.zeros(shape, dtype))
@@ -276,6 +313,9 @@ class Workspace:
             self.grads.append(np.zeros(shape, dtype) if needs_grad else None)
             is_dropout = isinstance(op, DropoutOp)
             self.scratch.append(op.scratch(shape, dtype) if is_dropout else None)
+            activity = getattr(op, "activity_regularizer", None)
+            needs = activity is not None and activity.needs_scratch
+            self.activity_scratch.append(np.zeros(shape, dtype) if needs else None)
         self.first_trained = first_trained
         self.probabilities = None
         if absorbed is not None and any(m.needs_probabilities for m in metrics):
@@ -313,6 +353,7 @@ class Workspace:
         preacts = [rows(a) for a in self.preacts]
         grads = [rows(a) for a in self.grads]
         scratch = [rows_of(s) for s in self.scratch]
+        activity_scratch = [rows(a) for a in self.activity_scratch]
         inputs = [plan.x, *acts[:-1]]
 
         forward = []
@@ -331,11 +372,27 @@ class Workspace:
             options["grad_out"] = grads[-1]
         else:
             options["compute_grad"] = False
-        plan.loss = functools.partial(loss.kernel, output, plan.y, **options)
+        kernel_loss = functools.partial(loss.kernel, output, plan.y, **options)
+        # activity penalties (Keras's: regularizer(output) / batch size) join the loss
+        activity = [
+            (i, op.activity_regularizer, activity_scratch[i])
+            for i, op in enumerate(self.ops)
+            if getattr(op, "activity_regularizer", None) is not None
+        ]
+        penalties = tuple(r.bind(acts[i], None, s, scale=1.0 / n) for i, r, s in activity)
+        plan.loss = _with_penalties(kernel_loss, penalties) if penalties else kernel_loss
+        # ... and their gradients join d(loss)/d(acts[i]) before op i's backward
+        activity_grads = {
+            i: r.bind(acts[i], grads[i], s, scale=1.0 / n, penalty=False)
+            for i, r, s in activity
+            if grads[i] is not None
+        }
 
         backward = []
         if self.training:
             for i in range(len(self.ops) - 1, self.first_trained - 1, -1):
+                if i in activity_grads:
+                    backward.append(activity_grads[i])
                 op = self.ops[i]
                 dx = grads[i - 1] if i > self.first_trained else None
                 args = (

@@ -161,6 +161,81 @@ class RandomNormal(Initializer):
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
 
 
+class TruncatedNormal(Initializer):
+    """Normal(``mean``, ``stddev``) with the values more than two standard deviations from
+    the mean discarded and drawn again (Keras's definition: no rescaling, so the spread is
+    about 0.88 ``stddev``)."""
+
+    def __init__(self, mean=0.0, stddev=0.05, seed=None):
+        super().__init__(seed)
+        self.mean = _finite(mean, "mean")
+        self.stddev = _finite(stddev, "stddev")
+        if not self.stddev > 0:
+            raise ValueError(f"stddev: expected a number > 0, got {stddev!r}")
+
+    def _draw(self, shape, rng):
+        return self.mean + _truncated_normal(rng, shape, self.stddev)
+
+    def get_config(self) -> dict:
+        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
+
+
+class Orthogonal(Initializer):
+    """``gain`` times an orthogonal matrix (Keras's formula): the Q of the QR factorization
+    of a standard normal (max(r, c), min(r, c)) matrix, its columns' signs set by R's
+    diagonal so that Q is uniform over the orthogonal matrices, transposed when the weight
+    is wider than tall. A (rows, cols) weight then has orthonormal columns (rows >= cols) or
+    orthonormal rows (rows < cols), scaled by ``gain``. Leading dimensions of a weight of
+    more than two are folded into the rows."""
+
+    def __init__(self, gain=1.0, seed=None):
+        super().__init__(seed)
+        self.gain = _finite(gain, "gain")
+
+    def _draw(self, shape, rng):
+        if len(shape) < 2:
+            raise ValueError(
+                f"shape: Orthogonal initializes weights of two or more dimensions, got {shape}"
+            )
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        normal = rng.standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(normal)
+        q *= np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return self.gain * q.reshape(shape)
+
+    def get_config(self) -> dict:
+        return {"gain": self.gain, "seed": self.seed}
+
+
+class Identity(Initializer):
+    """``gain`` times the identity matrix of a 2-D weight: ones on the main diagonal, also
+    for a non-square (rows, cols) weight (``numpy.eye(rows, cols)``), as in Keras."""
+
+    def __init__(self, gain=1.0):
+        super().__init__(None)
+        self.gain = _finite(gain, "gain")
+
+    def _draw(self, shape, rng):
+        if len(shape) != 2:
+            raise ValueError(f"shape: Identity initializes 2-D weights only, got {shape}")
+        return self.gain * np.eye(*shape)
+
+    def get_config(self) -> dict:
+        return {"gain": self.gain}
+
+
+def _finite(value, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 class RandomUniform(Initializer):
     def __init__(self, minval=-0.05, maxval=0.05, seed=None):
         super().__init__(seed)
@@ -185,9 +260,14 @@ _REGISTRY = {
     "constant": Constant,
     "random_normal": RandomNormal,
     "random_uniform": RandomUniform,
+    "truncated_normal": TruncatedNormal,
+    "orthogonal": Orthogonal,
+    "identity": Identity,
     "variance_scaling": VarianceScaling,
 }
 _BY_CLASS = {cls.__name__: cls for cls in _REGISTRY.values()}
+# Keras 3 also writes these two under their older class names
+_BY_CLASS.update(OrthogonalInitializer=Orthogonal, IdentityInitializer=Identity)
 
 
 def get(identifier, name: str = "initializer") -> Initializer:

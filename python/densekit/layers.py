@@ -13,7 +13,7 @@ import itertools
 
 import numpy as np
 
-from . import _random, _registry, activations, initializers, regularizers
+from . import _random, _registry, activations, constraints, initializers, regularizers
 
 _name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
@@ -66,9 +66,10 @@ class Layer(_registry.Configurable):
     ``build_weights`` and say what they compute.
     """
 
-    def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None):
+    def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None, trainable=True):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name: expected a str, got {name!r}")
+        self.trainable = trainable
         base = "".join("_" + c.lower() if c.isupper() else c for c in type(self).__name__)
         self.name = name or unique_name(base.lstrip("_"))
         self.dtype = None if dtype is None else np.dtype(dtype).name
@@ -131,7 +132,55 @@ class Layer(_registry.Configurable):
             return []
         return [getattr(self, attr) for attr, _, _ in self._weight_specs]
 
-    trainable_weights = weights
+    # -- trainable (Keras's flag) ---------------------------------------------------------
+    @property
+    def trainable(self) -> bool:
+        """Whether training updates this layer's weights (Keras's flag). A frozen layer
+        (``trainable = False``) gets no weight gradients (its backward computes only what
+        the layers before it need) and the optimizer leaves its weights alone. As in Keras,
+        a change takes effect at the model's next ``compile``."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable: expected True or False, got {value!r}")
+        self._trainable = bool(value)
+
+    def weight_is_trainable(self, attribute: str) -> bool:
+        """Whether the weight ``attribute`` (an entry of ``weight_specs``) is trained: every
+        weight of a trainable layer (a layer with weights it never trains, such as moving
+        statistics, says so here).
+
+        Parameters
+        ----------
+        attribute : str
+            The weight's attribute name, e.g. ``"kernel"``.
+
+        Returns
+        -------
+        bool
+            Whether the optimizer updates it.
+        """
+        return self._trainable
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        """The weights training updates (all of them, or none for a frozen layer)."""
+        return [
+            w
+            for (attr, _, _), w in zip(self._weight_specs, self.weights)
+            if self.weight_is_trainable(attr)
+        ]
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        """The weights training leaves alone."""
+        return [
+            w
+            for (attr, _, _), w in zip(self._weight_specs, self.weights)
+            if not self.weight_is_trainable(attr)
+        ]
 
     def get_weights(self) -> list[np.ndarray]:
         return [w.copy() for w in self.weights]
@@ -162,6 +211,8 @@ class Layer(_registry.Configurable):
             config["dtype"] = self.dtype
         if self._input_shape is not None:
             config["input_shape"] = list(self._input_shape)
+        if not self._trainable:  # only when frozen: other configs stay as they were
+            config["trainable"] = False
         return config
 
     def __repr__(self) -> str:
@@ -171,11 +222,11 @@ class Layer(_registry.Configurable):
 class InputLayer(Layer):
     """The input's per-sample shape; ``Input(shape)`` makes one for ``Sequential([...])``."""
 
-    def __init__(self, shape=None, dtype=None, name=None, input_shape=None):
+    def __init__(self, shape=None, dtype=None, name=None, input_shape=None, trainable=True):
         shape = input_shape if shape is None else shape
         if shape is None:
             raise ValueError("shape: Input needs the per-sample shape, e.g. Input(shape=(784,))")
-        super().__init__(name=name, dtype=dtype, input_shape=shape)
+        super().__init__(name=name, dtype=dtype, input_shape=shape, trainable=trainable)
         self.shape = self._input_shape
 
     def get_config(self) -> dict:
@@ -190,7 +241,12 @@ def Input(shape, dtype=None, name=None) -> InputLayer:
 
 
 class Dense(Layer):
-    """``activation(x @ kernel + bias)``; kernel is (input features, units), bias (units,)."""
+    """``activation(x @ kernel + bias)``; kernel is (input features, units), bias (units,).
+
+    ``kernel_regularizer`` / ``bias_regularizer`` add a penalty on the weights to the loss,
+    ``activity_regularizer`` one on the layer's output (divided by the batch size);
+    ``kernel_constraint`` / ``bias_constraint`` project the weights after each optimizer step
+    (``densekit.regularizers``, ``densekit.constraints``; Keras's arguments)."""
 
     def __init__(
         self,
@@ -200,6 +256,10 @@ class Dense(Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -210,7 +270,11 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
+        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
+        self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
+        self.kernel_constraint = constraints.get(kernel_constraint, "kernel_constraint")
+        self.bias_constraint = constraints.get(bias_constraint, "bias_constraint")
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
@@ -230,8 +294,26 @@ class Dense(Layer):
             kernel_initializer=initializers.serialize(self.kernel_initializer),
             bias_initializer=initializers.serialize(self.bias_initializer),
             kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            activity_regularizer=regularizers.serialize(self.activity_regularizer),
+            kernel_constraint=constraints.serialize(self.kernel_constraint),
+            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config
+
+    def weight_regularizers(self) -> list:
+        """``(attribute, regularizer)`` of each weight with an active regularizer."""
+        pairs = [("kernel", self.kernel_regularizer)]
+        if self.use_bias:
+            pairs.append(("bias", self.bias_regularizer))
+        return [(attr, r) for attr, r in pairs if r is not None and r.active]
+
+    def weight_constraints(self) -> list:
+        """``(attribute, constraint)`` of each weight with a constraint."""
+        pairs = [("kernel", self.kernel_constraint)]
+        if self.use_bias:
+            pairs.append(("bias", self.bias_constraint))
+        return [(attr, c) for attr, c in pairs if c is not None]
 
 
 class Activation(Layer):
@@ -282,13 +364,17 @@ def deserialize(config: dict) -> Layer:
     return cls.from_config(dict(config.get("config", {})))
 
 
-def weight_shapes(layer_list, input_dim: int) -> list[tuple[int, ...]]:
+def weight_shapes(layer_list, input_dim: int, trainable_only: bool = False) -> list:
     """The shapes (Keras's order) of the weights ``layer_list`` gets on inputs of
-    ``input_dim`` features, worked out without building the layers or allocating anything
-    (the layers are left as they are)."""
+    ``input_dim`` features (``trainable_only``: of those training updates), worked out
+    without building the layers or allocating anything (the layers are left as they are)."""
     shapes, width = [], input_dim
     for layer in layer_list:
         probe = copy.copy(layer)  # build_weights sets attributes: on the copy only
         width = probe.build_weights(width)
-        shapes.extend(shape for _, shape, _ in probe.weight_specs)
+        shapes.extend(
+            shape
+            for attr, shape, _ in probe.weight_specs
+            if not trainable_only or probe.weight_is_trainable(attr)
+        )
     return shapes

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _fit, distributed, jobs, kernels, layers, losses, optimizers, saving
+from . import _fit, _summary, distributed, jobs, kernels, layers, losses, optimizers, saving
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from ._fit import int_at_least
@@ -53,6 +53,10 @@ class Sequential:
         self.distribute_strategy: distributed.MPIStrategy | None = None
         self._metric_identifiers: list = []
         self._params = np.zeros(0, np.float32)
+        self._trainable_params = self._params  # the prefix the optimizer updates
+        self._trainable_size = 0
+        self._layout: tuple[bool, ...] = ()  # per weight (Keras's order): trainable when laid out
+        self._trainable = True
         self._state: TrainingState | None = None
         self._guard = WeightGuard()
         self._predict_chain: kernels.DenseChain | None = None
@@ -166,17 +170,34 @@ class Sequential:
             width = layer.build_weights(width)
         dtype = self._np_dtype
         specs = [
-            (layer, shape, init) for layer in self.layers for _, shape, init in layer.weight_specs
+            (shape, init, layer.weight_is_trainable(attr))
+            for layer in self.layers
+            for attr, shape, init in layer.weight_specs
         ]
-        params = aligned_zeros(sum(math.prod(shape) for _, shape, _ in specs), dtype)
-        views, offset, slices = [], 0, []
-        for _, shape, init in specs:
-            size = math.prod(shape)
+        params = aligned_zeros(sum(math.prod(shape) for shape, _, _ in specs), dtype)
+        # The trainable weights come first in the buffer, the frozen ones after them, so
+        # that the optimizer's one kernel call covers exactly the trainable prefix; the
+        # weights are drawn in Keras's order all the same.
+        offsets, offset = {}, 0
+        for trained in (True, False):
+            for i, (shape, _, trainable) in enumerate(specs):
+                if trainable == trained:
+                    offsets[i] = offset
+                    offset += math.prod(shape)
+            if trained:
+                self._trainable_size = offset
+        views, slices = [], []
+        for i, (shape, init, _) in enumerate(specs):
+            size, offset = math.prod(shape), offsets[i]
             view = params[offset : offset + size].reshape(shape)
             view[...] = init(shape, dtype)
             views.append(view)
             slices.append((offset, size, shape))
-            offset += size
+        self._layout = tuple(trainable for _, _, trainable in specs)
+        trainable_size = self._trainable_size
+        self._trainable_params = (
+            params if trainable_size == params.size else params[:trainable_size]
+        )
         position = 0
         self._weight_slices = slices  # (offset, size, shape) of each weight in the buffer
         self._layer_slices = {}
@@ -228,7 +249,95 @@ class Sequential:
         """Live views of every weight, Keras's order (kernel then bias, layer by layer)."""
         return list(self._weight_views) if self.built else []
 
-    trainable_weights = weights
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        """Live views of the weights training updates (those of trainable layers), Keras's
+        order."""
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        """Live views of the weights training leaves alone (those of frozen layers)."""
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
+
+    @property
+    def trainable(self) -> bool:
+        """Keras's model-wide flag: setting it sets every layer's ``trainable`` (taking
+        effect at the next ``compile``, as in Keras)."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable: expected True or False, got {value!r}")
+        for layer in self._layers:
+            layer.trainable = bool(value)
+        self._trainable = bool(value)
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        """A layer by ``name`` or by ``index`` into ``layers`` (Keras's rules: give one of the
+        two; an unknown name or an index out of range raises ValueError).
+
+        Parameters
+        ----------
+        name : str or None
+            The layer's name.
+        index : int or None
+            Its position in ``layers`` (the Input not counted); negative counts from the end.
+
+        Returns
+        -------
+        densekit.layers.Layer
+            The layer.
+        """
+        if index is not None and name is not None:
+            raise ValueError(
+                f"Provide only a layer name or a layer index, got index={index!r}, name={name!r}"
+            )
+        own = self.layers
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise TypeError(f"index: expected an int, got {index!r}")
+            if not -len(own) <= index < len(own):
+                raise ValueError(
+                    f"index: asked for layer {index}, but the model has {len(own)} layers"
+                )
+            return own[index]
+        if name is not None:
+            for layer in own:
+                if layer.name == name:
+                    return layer
+            raise ValueError(
+                f"name: no layer {name!r}; the layers are {[layer.name for layer in own]}"
+            )
+        raise ValueError("Provide either a layer name or a layer index to get_layer")
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(None, features)``: the shape of the inputs (the batch dimension None).
+
+        Raises
+        ------
+        AttributeError
+            When the input width is not known yet (no Input, not built), as in Keras.
+        """
+        features = self.input_dim if self.built else self._declared_input_dim()
+        if features is None:
+            raise AttributeError(f"Sequential model {self.name!r} has no defined input shape yet")
+        return (None, features)
+
+    @property
+    def output_shape(self) -> tuple:
+        """``(None, outputs)``: the shape of the outputs (the batch dimension None).
+
+        Raises
+        ------
+        AttributeError
+            When the model is not built yet, as in Keras.
+        """
+        if not self.built:
+            raise AttributeError(f"Sequential model {self.name!r} has no defined output shape yet")
+        return (None, self.output_dim)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of the weights; from another thread while the model trains, those after
@@ -270,34 +379,38 @@ class Sequential:
     def count_params(self) -> int:
         return int(self._params.size) if self.built else 0
 
-    def summary(self, print_fn=None) -> None:
-        """Print each layer's name, type, output shape and parameter count."""
-        print_fn = print_fn or print
-        rows = [("Layer (type)", "Output Shape", "Param #")]
-        for layer in self.layers:
-            shape = f"(None, {layer.output_dim})" if layer.built else "?"
-            count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape, count))
-        widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
-        rule = "-" * sum(widths)
-        lines = [f'Model: "{self.name}"', rule]
-        for i, row in enumerate(rows):
-            lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-            lines.append("=" * len(rule) if i == 0 else rule)
-        lines.append(f"Total params: {self.count_params():,}")
-        lines.append(f"Trainable params: {self.count_params():,}")
-        lines.append("Non-trainable params: 0")
-        for line in lines:
-            print_fn(line)
+    def summary(
+        self, line_length=None, positions=None, print_fn=None, show_trainable=False
+    ) -> None:
+        """Print a table of the layers (name and type, output shape, parameter count) and the
+        total, trainable, non-trainable (and, once the optimizer is bound, optimizer)
+        parameter counts with their memory, as Keras's ``summary`` does, as plain text.
+
+        Parameters
+        ----------
+        line_length : int or None
+            The width of the table (default 88, Keras's).
+        positions : list of float or int, or None
+            Where each column ends: fractions of ``line_length`` (all <= 1) or absolute
+            character positions (default ``[0.45, 0.80, 1.0]``, Keras's).
+        print_fn : callable or None
+            Called with each line (default ``print``).
+        show_trainable : bool
+            Add a column saying whether each layer with weights is trainable (Y/N).
+        """
+        _summary.print_summary(self, line_length, positions, print_fn, show_trainable)
 
     # -- configuration -----------------------------------------------------------------
     def get_config(self) -> dict:
-        return {
+        config = {
             "name": self.name,
             "dtype": self.dtype,
             "layers": [layers.serialize(layer) for layer in self._layers],
             "input_dim": self.input_dim if self.built else None,
         }
+        if not self._trainable:  # only when set: other configs stay as they were
+            config["trainable"] = False
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> Sequential:
@@ -306,6 +419,8 @@ class Sequential:
             name=config.get("name"),
             dtype=config.get("dtype"),
         )
+        if config.get("trainable") is False:
+            model._trainable = False  # the layers' own flags came with their configs
         if config.get("input_dim") is not None:
             model._build(int(config["input_dim"]))
         return model
@@ -397,6 +512,10 @@ class Sequential:
                 return self._state
             if not self.built:
                 self.build()
+            if self._weights_trainable() != self._layout:
+                # trainable flags changed since the build: lay the buffer out again
+                # (trainable weights first), keeping the values
+                self._build_unlocked(self.input_dim)
             state = self._state = TrainingState(
                 self.layers,
                 self._params,
@@ -408,15 +527,24 @@ class Sequential:
                 metric_identifiers=self._metric_identifiers,
                 guard=self._guard,
                 check_finite=self.check_finite,
+                trainable_parameters=self._trainable_params,
             )
         return state
+
+    def _weights_trainable(self) -> tuple[bool, ...]:
+        """Per weight (Keras's order), whether its layer trains it now."""
+        return tuple(
+            layer.weight_is_trainable(attr)
+            for layer in self.layers
+            for attr, _, _ in layer.weight_specs
+        )
 
     def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The optimizer's step count and state arrays (live) when they belong to this
         model's weights (the optimizer was bound to them by training or evaluation), else
         None."""
         optimizer = self.optimizer
-        if not (self.compiled and self.built and optimizer.is_bound_to(self._params)):
+        if not (self.compiled and self.built and optimizer.is_bound_to(self._trainable_params)):
             return None
         return optimizer.iterations, dict(optimizer.variables)
 
@@ -702,6 +830,58 @@ def _float_dtype(dtype, name: str) -> str:
     if resolved not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}")
     return resolved.name
+
+
+def clone_model(model, clone_function=None) -> Sequential:
+    """A new model with ``model``'s architecture and fresh weights, as Keras's
+    ``clone_model``: each layer is made again from its config (same names, settings,
+    regularizers, constraints and ``trainable`` flags) and the weights are drawn again by
+    the layers' initializers (a seeded initializer draws the same values, an unseeded one
+    new ones). The clone is built when ``model`` is, and not compiled.
+
+    Parameters
+    ----------
+    model : Sequential
+        The model to clone.
+    clone_function : callable or None
+        ``layer -> new layer``, called on each layer (the Input included) instead of
+        ``type(layer).from_config(layer.get_config())``. It must return a new layer: a
+        densekit model owns its layers' weights, so a layer cannot be in two models.
+
+    Returns
+    -------
+    Sequential
+        The clone.
+    """
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model: expected a densekit.Sequential, got {model!r}")
+    if clone_function is None:
+
+        def clone_function(layer):
+            return type(layer).from_config(layer.get_config())
+
+    elif not callable(clone_function):
+        raise TypeError(f"clone_function: expected a callable, got {clone_function!r}")
+    new_layers = []
+    for layer in model._layers:
+        new = clone_function(layer)
+        if not isinstance(new, Layer):
+            raise TypeError(
+                f"clone_function: expected a densekit.layers.Layer for {layer.name!r}, got {new!r}"
+            )
+        if new is layer:
+            raise ValueError(
+                f"clone_function: returned the layer {layer.name!r} itself; a densekit layer "
+                "cannot be in two models (its weights live in its model's buffer)"
+            )
+        new_layers.append(new)
+    clone = Sequential(name=model.name, dtype=model._dtype)
+    for layer in new_layers:
+        clone.add(layer)
+    clone._trainable = model.trainable
+    if model.built and not clone.built:
+        clone.build((None, model.input_dim))
+    return clone
 
 
 def load_model(filepath, compile=True) -> Sequential:

@@ -3,12 +3,12 @@
 Header (entry ``header``, UTF-8 JSON as uint8 bytes, so loading never unpickles): format and
 version, the model config, the compile settings, the optimizer's iteration count and the
 dropout generators' states. Arrays: ``weight.<i>`` in Keras's order and ``optimizer.<name>``
-(flat state arrays). A file is written atomically (``_archive.py``: temporary file, flush,
-``os.replace``; modes kept, symbolic links followed), so an interrupted save leaves the
-previous file intact. A read checks every header value (each config is rebuilt and must
-serialize back to exactly itself) and every array's .npy header against the shapes the config
-implies before it reads data or builds anything; anything wrong or unreadable raises
-``ModelFileError`` (a ValueError) naming the file.
+(flat state arrays, as long as the trainable weights together). A file is written atomically
+(``_archive.py``: temporary file, flush, ``os.replace``; modes kept, symbolic links followed),
+so an interrupted save leaves the previous file intact. A read checks every header value (each
+config is rebuilt and must serialize back to exactly itself) and every array's .npy header
+against the shapes the config implies before it reads data or builds anything; anything wrong
+or unreadable raises ``ModelFileError`` (a ValueError) naming the file.
 
 This module works on a model through its public interface and does not import
 ``models.py``: ``densekit.load_model`` (in ``models.py``) reads a file with
@@ -193,6 +193,7 @@ class _Contents(NamedTuple):
 
     shapes: list
     optimizer_names: list
+    optimizer_size: int = 0  # elements of each optimizer state array (the trained weights)
 
 
 def _check_model_header(header: dict, path: str) -> _Contents:
@@ -202,7 +203,7 @@ def _check_model_header(header: dict, path: str) -> _Contents:
     config = header["model"]
     keys = {"name", "dtype", "layers", "input_dim"}
     _expect(
-        isinstance(config, dict) and set(config) == keys,
+        isinstance(config, dict) and set(config) - {"trainable"} == keys,
         path,
         f"invalid model configuration (expected a dict with keys {sorted(keys)})",
     )
@@ -258,7 +259,8 @@ def _check_model_header(header: dict, path: str) -> _Contents:
         path,
         f"optimizer state {_short(saved['variables'])} does not match the optimizer's {names}",
     )
-    return _Contents(shapes, names)
+    trained = layers_module.weight_shapes(body, input_dim, trainable_only=True)
+    return _Contents(shapes, names, sum(_archive.product(shape) for shape in trained))
 
 
 def _check_rng_states(states, body: list, path: str) -> None:
@@ -450,7 +452,7 @@ def read_model_file(filepath) -> ModelFile:
         header = _read_header(archive, path, MODEL_FORMAT)
         contents = _check_model_header(header, path)
         infos = _array_infos(archive, path, contents.shapes, lambda i: "model config")
-        total = sum(_archive.product(shape) for shape in contents.shapes)
+        total = contents.optimizer_size
         for name in contents.optimizer_names:
             info = archive.info(f"optimizer.{name}")
             _expect(

@@ -1,14 +1,15 @@
 """The training state of a compiled, built model, and the seams the training strategies use.
 
 A ``TrainingState`` owns what a training step works on: the kernel-call plans and their
-workspaces (``_plan.py``), the flat gradient buffer (laid out like the flat parameter buffer,
-so that one optimizer kernel call updates the whole model), the optimizer bound to both
-buffers, the L2 regularization calls and the metrics. ``Sequential`` makes one per compile and
-build; fit's loop (``_fit.py``), Hogwild! (``_hogwild.py``: one ``replica`` per worker),
-saving and the benchmarks use it through the methods below. A data-parallel strategy splits a
-step the same way: ``compute_gradients`` of its slice of the batch into ``gradients`` (the one
-buffer to reduce across processes), then ``apply_gradients``; ``set_parameters`` and
-``set_optimizer_state`` bring every process to the same start.
+workspaces (``_plan.py``), the flat gradient buffer (laid out like the trainable prefix of the
+flat parameter buffer, so that one optimizer kernel call updates every trained weight), the
+optimizer bound to both buffers, the regularization and constraint calls and the metrics.
+``Sequential`` makes one per compile and build; fit's loop (``_fit.py``), Hogwild!
+(``_hogwild.py``: one ``replica`` per worker), saving and the benchmarks use it through the
+methods below. A data-parallel strategy splits a step the same way: ``compute_gradients`` of
+its slice of the batch into ``gradients`` (the one buffer to reduce across processes), then
+``apply_gradients``; ``set_parameters`` and ``set_optimizer_state`` bring every process to the
+same start.
 
 Threads: during training ``apply_gradients`` is the only write to the parameters; it runs under
 the model's weight guard (``_guard.py``), so readers on other threads see whole steps. Inside
@@ -19,7 +20,6 @@ raised after it, so that the weights, the optimizer state and its step count sta
 from __future__ import annotations
 
 import copy
-import functools
 import math
 
 import numpy as np
@@ -28,7 +28,7 @@ from . import kernels, optimizers
 from . import metrics as metrics_module
 from ._guard import WeightGuard
 from ._interrupts import DeferredInterrupts
-from ._plan import Plan, Workspace, build_ops, first_weighted_op
+from ._plan import Plan, Workspace, build_ops
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
 _MAX_WORKSPACES = 8  # batch shapes kept at once; a ninth clears them
@@ -170,6 +170,12 @@ class TrainingState:
     check_finite : bool
         Whether ``train_step`` refuses a step whose loss or gradients are not finite (see
         ``refuse_non_finite``).
+    trainable_parameters : numpy.ndarray or None
+        The prefix of ``parameters`` holding the trained weights (the model lays them out
+        first, the frozen ones after them), the part the optimizer updates; None: all of
+        ``parameters``. Which weights are trained is read from the layers here, once (a
+        later change of ``trainable`` takes effect with the next state, as Keras's takes
+        effect at the next compile).
 
     Raises
     ------
@@ -190,8 +196,26 @@ class TrainingState:
         metric_identifiers,
         guard: WeightGuard,
         check_finite: bool = False,
+        trainable_parameters: np.ndarray | None = None,
     ):
         self._layers = list(layers)
+        self._trainable_parameters = (
+            parameters if trainable_parameters is None else trainable_parameters
+        )
+        self._weight_trained = [
+            layer.weight_is_trainable(attr)
+            for layer in self._layers
+            for attr, _, _ in layer.weight_specs
+        ]
+        trained_end = max(
+            (o + size for (o, size, _), t in zip(weight_slices, self._weight_trained) if t),
+            default=0,
+        )
+        if trained_end > self._trainable_parameters.size:
+            raise ValueError(
+                "trainable_parameters: the trained weights do not lie in it (lay the "
+                "buffer out with the trainable weights first)"
+            )
         self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
@@ -228,23 +252,21 @@ class TrainingState:
             self._target_template = np.zeros((0, output_dim), self._dtype)
         self._bind_gradients()
         self.optimizer = optimizer
-        optimizer.build(parameters, self._gradients, self._gradient_views)
+        optimizer.build(self._trainable_parameters, self._gradients, self._trained_views())
         self._regularization_grads = self._regularization_calls()
-        groups: dict[float, list] = {}
-        for layer in self._regularized_layers():
-            groups.setdefault(layer.kernel_regularizer.l2, []).append(layer.kernel)
-        self._regularization_norms = [
-            (factor, functools.partial(kernels.clip_by_global_norm, arrays, _BIG_NORM))
-            for factor, arrays in groups.items()
-        ]
+        self._regularization_penalties = self._regularization_calls(with_gradients=False)
+        self._constraints = self._constraint_calls()
         self._workspaces: dict[tuple[str, int], Workspace] = {}
         self._interrupts = DeferredInterrupts()  # active in a training on the main thread
 
     def _bind_gradients(self) -> None:
-        """A new flat gradient buffer shaped like the parameters, its views in Keras's order,
-        and each layer's views (by layer id)."""
-        gradients = aligned_zeros(self._parameters.size, self._dtype)
-        views = [gradients[o : o + size].reshape(shape) for o, size, shape in self._weight_slices]
+        """A new flat gradient buffer shaped like the trainable parameters, its views in
+        Keras's order (None for a frozen weight), and each layer's views (by layer id)."""
+        gradients = aligned_zeros(self._trainable_parameters.size, self._dtype)
+        views = [
+            gradients[o : o + size].reshape(shape) if trained else None
+            for (o, size, shape), trained in zip(self._weight_slices, self._weight_trained)
+        ]
         layer_grads, position = {}, 0
         for layer in self._layers:
             count = len(layer.weights)
@@ -252,27 +274,41 @@ class TrainingState:
             position += count
         self._gradients, self._gradient_views, self._layer_grads = gradients, views, layer_grads
 
-    def _regularized_layers(self) -> list:
+    def _trained_views(self) -> list[np.ndarray]:
+        return [view for view in self._gradient_views if view is not None]
+
+    def _trained_weights(self, pairs_of):
+        """``(weight, its gradient view, item)`` for each ``(attribute, item)`` that
+        ``pairs_of(layer)`` gives for a trained weight (layers without the method give
+        none): Keras regularizes and constrains the trainable weights only."""
+        for layer in self._layers:
+            pairs = getattr(layer, pairs_of, None)
+            if pairs is None:
+                continue
+            attributes = [attr for attr, _, _ in layer.weight_specs]
+            views = dict(zip(attributes, self._layer_grads[id(layer)]))
+            for attr, item in pairs():
+                if views.get(attr) is not None:
+                    yield getattr(layer, attr), views[attr], item
+
+    def _regularization_calls(self, with_gradients: bool = True) -> list:
+        """The weight regularizers' calls (``Regularizer.bind``): each returns its penalty
+        and, ``with_gradients``, adds its gradient into this state's gradients; each has
+        its own scratch (a replica makes its own)."""
         return [
-            layer
-            for layer in self._layers
-            if getattr(layer, "kernel_regularizer", None) is not None
-            and layer.kernel_regularizer.l2 != 0
+            regularizer.bind(
+                weight,
+                view if with_gradients else None,
+                np.empty_like(weight) if regularizer.needs_scratch else None,
+            )
+            for weight, view, regularizer in self._trained_weights("weight_regularizers")
         ]
 
-    def _regularization_calls(self) -> list:
-        """L2 penalties' gradients ``dw += 2 * l2 * w``, one kernel call per kernel (the SGD
-        kernel with maximize=True computes ``param += lr * grad``), into this state's
-        gradients."""
+    def _constraint_calls(self) -> list:
+        """The weight constraints' in-place projections (``Constraint.bind``)."""
         return [
-            functools.partial(
-                kernels.sgd_step,
-                self._layer_grads[id(layer)][0],
-                layer.kernel,
-                lr=2.0 * layer.kernel_regularizer.l2,
-                maximize=True,
-            )
-            for layer in self._regularized_layers()
+            constraint.bind(weight)
+            for weight, _, constraint in self._trained_weights("weight_constraints")
         ]
 
     # -- buffers -------------------------------------------------------------------------
@@ -284,15 +320,21 @@ class TrainingState:
 
     @property
     def gradients(self) -> np.ndarray:
-        """The flat gradient buffer, laid out like ``parameters``: ``compute_gradients``
-        writes it, ``apply_gradients`` reads it (a data-parallel strategy reduces it in
-        between)."""
+        """The flat gradient buffer, laid out like ``trainable_parameters``:
+        ``compute_gradients`` writes it, ``apply_gradients`` reads it (a data-parallel
+        strategy reduces it in between)."""
         return self._gradients
+
+    @property
+    def trainable_parameters(self) -> np.ndarray:
+        """The part of ``parameters`` the optimizer updates (all of it unless some layers
+        are frozen): the trained weights, laid out first."""
+        return self._trainable_parameters
 
     @property
     def has_trainable_weights(self) -> bool:
         """Whether a training step has any weight to update."""
-        return first_weighted_op(self._ops["train"]) is not None
+        return any(view is not None for view in self._gradient_views)
 
     def set_parameters(self, values) -> None:
         """Copy ``values`` into the parameters, as one step (readers on other threads see
@@ -310,7 +352,7 @@ class TrainingState:
 
     def optimizer_state(self) -> tuple[int, dict[str, np.ndarray]]:
         """The optimizer's step count and state arrays (live, flat, shaped like the
-        parameters).
+        trainable parameters).
 
         Returns
         -------
@@ -328,7 +370,7 @@ class TrainingState:
             The step count.
         variables : dict
             ``{name: array}`` for exactly the optimizer's state names, each shaped like the
-            parameters.
+            trainable parameters.
 
         Raises
         ------
@@ -502,8 +544,8 @@ class TrainingState:
 
     # -- steps ---------------------------------------------------------------------------
     def compute_gradients(self, plan: Plan) -> float:
-        """Forward, loss, backward and the L2 penalties' gradients of the batch in ``plan``,
-        into ``gradients``; the parameters are not changed.
+        """Forward, loss, backward and the weight penalties' gradients of the batch in
+        ``plan``, into ``gradients``; the parameters are not changed.
 
         Parameters
         ----------
@@ -513,17 +555,15 @@ class TrainingState:
         Returns
         -------
         float
-            The batch's loss (mean over its samples, plus the L2 penalty).
+            The batch's loss (mean over its samples, plus the regularization penalties).
         """
         for call in plan.forward:
             call()
         loss = plan.loss()[0]
         for call in plan.backward:
             call()
-        if self._regularization_grads:
-            for call in self._regularization_grads:
-                call()
-            loss += self.regularization_penalty()
+        for call in self._regularization_grads:
+            loss += call()
         return loss
 
     def backward_segments(self, plan: Plan) -> list[tuple[int, int] | None]:
@@ -543,35 +583,36 @@ class TrainingState:
             One entry per backward call.
         """
         ops = self._ops["train"]
-        first = first_weighted_op(ops)
+        first = first_weighted_op(ops, self._layer_grads)  # where backward stops
         segments = []
+        base, itemsize = self._gradients.ctypes.data, self._gradients.itemsize
         for op in reversed(ops[first:]):
-            views = self._layer_grads.get(id(op.layer)) if op.has_weights else None
-            if not views:
+            views = self._layer_grads.get(id(op.layer), ()) if op.has_weights else ()
+            trained = [view for view in views if view is not None]  # frozen weights: None
+            if not trained:
                 segments.append(None)
                 continue
-            base = self._gradients.ctypes.data
-            start = (views[0].ctypes.data - base) // self._gradients.itemsize
-            stop = (views[-1].ctypes.data - base) // self._gradients.itemsize + views[-1].size
-            segments.append((start, stop))
+            starts = [(view.ctypes.data - base) // itemsize for view in trained]
+            stops = [start + view.size for start, view in zip(starts, trained)]
+            segments.append((min(starts), max(stops)))
         if len(segments) != len(plan.backward):
             raise ValueError("plan: not a training plan of this state")
         return segments
 
     def add_regularization(self) -> float:
-        """Add the L2 penalties' gradients to ``gradients`` (once: a data-parallel strategy
-        calls it after the reduction, on the global gradient) and return the penalty.
+        """Add the weight regularizers' gradients to ``gradients`` (once: a data-parallel
+        strategy calls it after the reduction, on the global gradient) and return their
+        penalty.
 
         Returns
         -------
         float
-            The L2 penalty of the current weights (0.0 without regularizers).
+            The penalty of the current weights (0.0 without weight regularizers).
         """
-        if not self._regularization_grads:
-            return 0.0
+        penalty = 0.0
         for call in self._regularization_grads:
-            call()
-        return self.regularization_penalty()
+            penalty += call()
+        return penalty
 
     def apply_gradients(self, schedule_step: int | None = None) -> None:
         """One optimizer step over the flat buffers, from ``gradients``.
@@ -590,6 +631,8 @@ class TrainingState:
             try:
                 with guard.lock:  # readers on other threads copy between two steps
                     self.optimizer.apply(schedule_step)
+                    for constrain in self._constraints:  # Keras: after every update
+                        constrain()
                     guard.version += 1
             finally:
                 interrupts.deferring = False
@@ -597,6 +640,8 @@ class TrainingState:
                 interrupts.deliver()
         else:  # a Hogwild replica: no lock, by design
             self.optimizer.apply(schedule_step)
+            for constrain in self._constraints:
+                constrain()
             guard.version = guard.version + 1 if schedule_step is None else schedule_step + 1
 
     def deferring_interrupts(self) -> DeferredInterrupts:
@@ -688,15 +733,15 @@ class TrainingState:
         Returns
         -------
         tuple
-            ``(loss, [gradient of each weight, Keras's order])``.
+            ``(loss, [gradient of each trainable weight, Keras's order])``.
         """
         plan = self.load_batch(*self.dataset(x, y, sample_weight))
         loss = self.compute_gradients(plan)
-        return loss, [g.copy() for g in self._gradient_views]
+        return loss, [g.copy() for g in self._trained_views()]
 
     def regularization_penalty(self) -> float:
-        """The L2 penalty of the current weights (0.0 without regularizers)."""
-        return sum(factor * norm() ** 2 for factor, norm in self._regularization_norms)
+        """The weight regularizers' penalty of the current weights (0.0 without any)."""
+        return sum(penalty() for penalty in self._regularization_penalties)
 
     # -- metrics and evaluation ------------------------------------------------------------
     def reset_metrics(self) -> None:
@@ -727,8 +772,8 @@ class TrainingState:
         return logs
 
     def evaluate(self, x, y, sample_weight, batch_size: int, hooks=None, progress=None) -> dict:
-        """The mean loss (weighted by batch size, plus the L2 penalty) and metrics over a
-        converted dataset.
+        """The mean loss (weighted by batch size, plus the regularization penalties) and
+        metrics over a converted dataset.
 
         Parameters
         ----------
@@ -776,7 +821,7 @@ class TrainingState:
             if progress is not None:
                 progress.advance(lambda stop=stop, total=loss_total: self.logs(total, stop))
         logs = self.logs(loss_total, n)
-        if self._regularization_norms:
+        if self._regularization_penalties:
             logs["loss"] += self.regularization_penalty()
         return logs
 
@@ -796,12 +841,14 @@ class TrainingState:
         other = copy.copy(self)
         other._bind_gradients()
         optimizer = optimizers.deserialize(optimizers.serialize(self.optimizer))
-        optimizer.build(self._parameters, other._gradients, other._gradient_views)
+        optimizer.build(self._trainable_parameters, other._gradients, other._trained_views())
         for name, state in self.optimizer.variables.items():
             np.copyto(optimizer.variables[name], state)
         optimizer.iterations = self.optimizer.iterations
         other.optimizer = optimizer
         other._regularization_grads = other._regularization_calls()
+        other._regularization_penalties = other._regularization_calls(with_gradients=False)
+        other._constraints = other._constraint_calls()  # scratch of its own
         other.metrics = [copy.copy(metric) for metric in self.metrics]
         other._workspaces = {}
         other._interrupts = DeferredInterrupts()  # never active: a replica takes no lock
