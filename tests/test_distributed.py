@@ -204,6 +204,26 @@ def test_fit_async_under_mpi_trains_as_fit_does(deterministic_runs, tmp_path_fac
 
 
 @needs_mpi
+def test_frozen_layers_train_the_same_bits_on_1_and_2_processes(tmp_path_factory):
+    runs = [train(tmp_path_factory, n, "--deterministic", "--frozen") for n in (1, 2)]
+    for run in runs:
+        assert_same_on_every_rank(run)
+    np.testing.assert_array_equal(runs[0].weights, runs[1].weights)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import train as script
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    initial = script.build_model(frozen=True)
+    sizes = [w.size for w in initial.get_weights()]
+    start = sizes[0] + sizes[1]  # the middle layer's kernel and bias, in Keras's order
+    frozen = np.concatenate([w.ravel() for w in initial.get_weights()[2:4]])
+    np.testing.assert_array_equal(runs[1].weights[start : start + frozen.size], frozen)
+    first = np.concatenate([w.ravel() for w in initial.get_weights()[:2]])
+    assert not np.array_equal(runs[1].weights[:start], first)  # the first layer trained
+
+
+@needs_mpi
 def test_sharded_datasets_train_the_same_model_on_every_rank(tmp_path_factory):
     run = train(tmp_path_factory, 2, "--dataset")
     assert_same_on_every_rank(run)

@@ -28,7 +28,7 @@ from . import kernels, optimizers
 from . import metrics as metrics_module
 from ._guard import WeightGuard
 from ._interrupts import DeferredInterrupts
-from ._plan import Plan, Workspace, build_ops
+from ._plan import Plan, Workspace, build_ops, first_weighted_op
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
 _MAX_WORKSPACES = 8  # batch shapes kept at once; a ninth clears them

@@ -28,7 +28,7 @@ def dataset():
     return x[:200], y[:200], x[200:], y[200:]
 
 
-def build_model(seed: int = 1) -> densekit.Sequential:
+def build_model(seed: int = 1, frozen: bool = False) -> densekit.Sequential:
     densekit.set_random_seed(seed)
     model = densekit.Sequential(
         [
@@ -38,6 +38,7 @@ def build_model(seed: int = 1) -> densekit.Sequential:
             layers.Dense(CLASSES, "softmax"),
         ]
     )
+    model.layers[1].trainable = not frozen  # the middle layer: gradients on both sides
     model.compile(
         optimizers.Adam(schedules.CosineDecay(0.01, decay_steps=40)),
         "sparse_categorical_crossentropy",
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--resume-from", type=Path, default=None)
     parser.add_argument("--fit-async", action="store_true")
     parser.add_argument("--dataset", action="store_true", help="per-rank data: Dataset.shard")
+    parser.add_argument("--frozen", action="store_true", help="freeze the middle layer")
     parser.add_argument(
         "--other-weights", action="store_true", help="ranks > 0 start from other weights"
     )
@@ -67,7 +69,7 @@ def main() -> None:
     if args.resume_from is not None:
         model = densekit.load_model(args.resume_from)
     else:  # fit starts every rank from rank 0's weights
-        model = build_model(seed=1 + (args.other_weights and rank > 0))
+        model = build_model(seed=1 + (args.other_weights and rank > 0), frozen=args.frozen)
     kept = [
         callbacks.ModelCheckpoint(str(files / "ckpt-{epoch}.npz"), monitor="loss"),
         callbacks.CSVLogger(files / "log.csv"),
