@@ -264,6 +264,12 @@ def test_fit_async_needs_mpi_thread_multiple_and_fit_runs_without_it():
 
 
 @needs_mpi
+def test_a_stop_asked_on_one_rank_stops_every_rank_after_the_same_step():
+    result = launch(2, "faults.py", "stop")
+    assert "epochs 1 steps 3 same on every rank: True" in result.stdout
+
+
+@needs_mpi
 def test_mpi4py_releases_the_gil_inside_mpi_calls():
     # rank 1 sends only after rank 0's main thread has run 1000 iterations while its other
     # thread waits in MPI_Recv: with the GIL held there, the job would hang (timeout)

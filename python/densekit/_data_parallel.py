@@ -172,12 +172,26 @@ class Tally:
             row[2 + i], row[2 + count + i] = metric.total, metric.count
         return row
 
-    def exchange(self, rows) -> np.ndarray:
-        """Every slot's row, in slot order, on every rank."""
+    def start_exchange(self, rows):
+        """Start gathering every slot's row, in slot order, on every rank: returns the
+        request and the array it fills."""
         mine = np.ascontiguousarray(np.stack(rows))
         gathered = np.empty((self.strategy.slots, self.width))
-        finish(self.strategy.control_comm.Iallgather(mine, gathered))
+        return self.strategy.control_comm.Iallgather(mine, gathered), gathered
+
+    def exchange(self, rows) -> np.ndarray:
+        """Every slot's row, in slot order, on every rank."""
+        request, gathered = self.start_exchange(rows)
+        finish(request)
         return gathered
+
+    def verdict(self, gathered: np.ndarray):
+        """STOPPED or ENDED when a rank's row asks for it, else None."""
+        if gathered[:, self.stop_column].any():
+            return STOPPED
+        if gathered[:, self.ended_column].any():
+            return ENDED
+        return None
 
     def add(self, gathered: np.ndarray, rows: int, penalty: float) -> None:
         """Add one step's rows (``rows`` samples in the global batch, ``penalty`` the L2
@@ -309,16 +323,29 @@ class StepEngine:
             if index < last:  # an earlier leaf of the deterministic tree: reduce it locally
                 self._leaf(plan, n, rows, stack, sizes)
         exchange_started = clock()
-        gathered = tally.exchange(slot_rows)
-        timings["exchange_s"] += clock() - exchange_started
-        if gathered[:, tally.stop_column].any() or gathered[:, tally.ended_column].any():
-            self.free.extend(stack)  # nothing more is summed in this step
-            return STOPPED if gathered[:, tally.stop_column].any() else ENDED
-        total = int(gathered[:, 1].sum())
-        self._last_leaf(plan, loaders[last][0], total, stack, sizes, deterministic)
+        request, gathered = tally.start_exchange(slot_rows)
+        if rows is None:  # a Dataset's batch: its global size scales the gradients
+            finish(request)
+            request = None
+            timings["exchange_s"] += clock() - exchange_started
+            verdict = tally.verdict(gathered)
+            if verdict is not None:
+                self.free.extend(stack)  # nothing more is summed in this step
+                return verdict
+            rows = int(gathered[:, 1].sum())
+        # with arrays the exchange completes during the backward pass and its reduction
+        self._last_leaf(plan, loaders[last][0], rows, stack, sizes, deterministic)
         wait_started = clock()
         self.comm.wait()
         timings["wait_s"] += clock() - wait_started
+        if request is not None:
+            exchange_started = clock()
+            finish(request)
+            timings["exchange_s"] += clock() - exchange_started
+            verdict = tally.verdict(gathered)
+            if verdict is not None:  # reduced on every rank, applied on none
+                return verdict
+        total = rows
         penalty = state.add_regularization()
         if state.check_finite:  # the global loss and gradients: the same verdict everywhere
             weights = gathered[:, 1] if self.mean else 1.0

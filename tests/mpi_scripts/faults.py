@@ -5,7 +5,7 @@ rank prints ``rank <r> <case>: <ExceptionType>: <message>`` and the run exits 0.
 ``raise``: rank 1 raises in a callback during training; under ``python -m mpi4py`` the job
 must end with a non-zero status instead of waiting forever. ``kill``: rank 1 dies of SIGKILL
 during training; mpiexec must end the job. ``gil``: the main thread runs while another
-waits in an MPI call.
+waits in an MPI call. ``stop``: a stop asked on one rank stops every rank.
 """
 
 from __future__ import annotations
@@ -101,6 +101,25 @@ def serialized(strategy: MPIStrategy) -> None:
             print(f"rank {rank} fit without overlap: {'trained' if ok else 'failed'}")
 
 
+def stop_on_one_rank(strategy: MPIStrategy) -> None:
+    """Rank 1 alone sets stop_training after batch 2: every rank stops after that step."""
+    x, y, _, _ = dataset()
+    model = build_model()
+
+    def stop(batch, logs):
+        if strategy.rank == 1 and batch == 2:
+            model.stop_training = True
+
+    hook = callbacks.LambdaCallback(on_train_batch_end=stop)
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[hook], strategy=strategy)
+    weights = np.concatenate([w.ravel() for w in model.get_weights()])
+    facts = (len(history.epoch), model.optimizer.iterations, weights.tobytes())
+    everyone = MPI.COMM_WORLD.gather(facts, root=0)
+    if strategy.rank == 0:
+        same = all(f == everyone[0] for f in everyone)
+        print(f"epochs {everyone[0][0]} steps {everyone[0][1]} same on every rank: {same}")
+
+
 def gil(strategy: MPIStrategy) -> None:
     """Whether the main thread runs Python while another thread waits inside an MPI call
     (mpi4py releases the GIL there, which the overlapped reduction relies on)."""
@@ -136,5 +155,5 @@ if __name__ == "__main__":
 
     strategy = MPIStrategy()
     cases = {"checks": checks, "raise": failing_rank, "kill": killed_rank}
-    cases["serialized"], cases["gil"] = serialized, gil
+    cases["serialized"], cases["gil"], cases["stop"] = serialized, gil, stop_on_one_rank
     cases[sys.argv[1]](strategy)
