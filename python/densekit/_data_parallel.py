@@ -2,12 +2,14 @@
 strategy, its checks and its evaluate/predict).
 
 A step: each local slot's forward pass (a slot is a rank's slice of the global batch, or a
-virtual shard in deterministic mode), the allgather of the slots' loss and metric sums
-(``Tally``), then the backward pass with the flat gradient buffer sent in buckets as the layers
-finish, on a communication thread (``CommThread``), then the L2 penalty and the same optimizer
-step on every rank. In deterministic mode a rank first sums its leaves in tree order (a binary
-counter of partial sums) and the buckets go through recursive doubling instead of
-MPI_Allreduce. Works on the strategy's public attributes and private communicators only.
+virtual shard in deterministic mode), the start of the allgather of the slots' loss and metric
+sums (``Tally``; awaited before the backward pass only for a per-rank Dataset, whose global
+batch size scales the gradients), the backward pass with the flat gradient buffer sent in
+buckets as the layers finish, on a communication thread (``CommThread``), then the weight
+penalties and the same optimizer step on every rank. In deterministic mode a rank first sums
+its leaves in tree order (a binary counter of partial sums) and the buckets go through
+recursive doubling instead of MPI_Allreduce. Works on the strategy's public attributes and
+its duplicated communicators only.
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 ``fit(..., strategy="mpi")`` (or an ``MPIStrategy``) trains one model on every process of an
 MPI communicator. ``batch_size`` is the global batch: each global batch is cut into contiguous
 slices, one per rank (default mode) or ``virtual_shards`` of them dealt to the ranks in blocks
-(deterministic mode). A step is: forward of the local slice, an exchange of the slices' loss
-and metric sums (every rank then holds the global figures), the backward pass with the flat
+(deterministic mode). A step is: forward of the local slice, the backward pass with the flat
 gradient buffer sent in buckets as the layers finish (a communication thread makes the MPI
-calls, which release the GIL, while the kernels compute the earlier layers), and the same
-optimizer step on every rank. Deterministic mode combines the virtual shards' gradients in one
-fixed binary tree: local sums over a rank's block of leaves, then recursive doubling across
-ranks, so the bits do not depend on the number of processes. ``import densekit`` does not
-import mpi4py; this module imports it when a strategy is made.
+calls, which release the GIL, while the kernels compute the earlier layers) and, meanwhile,
+an exchange of the slices' loss and metric sums (every rank then holds the global figures),
+then the same optimizer step on every rank. Deterministic mode combines the virtual shards'
+gradients in one fixed binary tree: local sums over a rank's block of leaves, then recursive
+doubling across ranks, so the bits do not depend on the number of processes. ``import
+densekit`` does not import mpi4py; this module imports it when a strategy is made.
 """
 
 from __future__ import annotations
