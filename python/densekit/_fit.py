@@ -179,7 +179,6 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     evaluate = state.evaluate
     if s.strategy is not None:
         evaluate = functools.partial(s.strategy.evaluate, state)
-    if s.strategy is not None:
         train_epoch = s.strategy.epochs(model, state, s, hooks, progress, job)
     elif s.hogwild:
         train_epoch = _hogwild.HogwildEpochs(model, state, s, progress, job)

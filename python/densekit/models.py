@@ -686,6 +686,9 @@ class Sequential:
         self._refuse_from_other_threads("evaluate")
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
         verbose = callbacks_module.resolve_verbose(verbose)
+        if strategy is not None:
+            strategy = distributed.resolve(strategy)
+            verbose = verbose if strategy.is_root else 0  # one progress bar, rank 0's
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
         if x.shape[0] == 0:
             raise ValueError("x: no samples to evaluate")
@@ -695,7 +698,6 @@ class Sequential:
         )
         hooks.on_test_begin()
         if strategy is not None:
-            strategy = distributed.resolve(strategy)
             logs = strategy.evaluate(self._state, x, y, sample_weight, batch_size, hooks, progress)
         else:
             logs = self._state.evaluate(x, y, sample_weight, batch_size, hooks, progress)
