@@ -196,7 +196,7 @@ class Tally:
         return None
 
     def add(self, gathered: np.ndarray, rows: int, penalty: float) -> None:
-        """Add one step's rows (``rows`` samples in the global batch, ``penalty`` the L2
+        """Add one step's rows (``rows`` samples in the global batch, ``penalty`` the weight
         penalty once per step) to the sums, and publish them to the metrics."""
         sums = self.sums
         weights = gathered[:, 1] if self.mean else rows
@@ -222,7 +222,7 @@ class Tally:
 class StepEngine:
     """One data-parallel training step on prebuilt plans: the slots' forward passes, the
     loss and metric exchange, the backward pass with its buckets sent as the layers finish,
-    the L2 penalty, the finiteness check and the optimizer step."""
+    the weight penalties, the finiteness check and the optimizer step."""
 
     def __init__(self, strategy, state, tally: Tally, capacity: int):
         self.strategy, self.state, self.tally = strategy, state, tally
