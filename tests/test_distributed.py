@@ -134,7 +134,14 @@ def test_default_mode_matches_single_process_training_and_repeats_bitwise(defaul
     x, y, x_val, y_val = script.dataset()
     model = script.build_model()
     history = model.fit(
-        x, y, batch_size=32, epochs=4, seed=5, verbose=0, validation_data=(x_val, y_val)
+        x,
+        y,
+        sample_weight=script.sample_weights(),
+        batch_size=32,
+        epochs=4,
+        seed=5,
+        verbose=0,
+        validation_data=(x_val, y_val),
     )
     first, second = default_runs
     for run in default_runs:

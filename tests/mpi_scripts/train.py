@@ -28,6 +28,11 @@ def dataset():
     return x[:200], y[:200], x[200:], y[200:]
 
 
+def sample_weights():
+    """Weights of the 200 training samples (fit weighs each slice's loss by them)."""
+    return np.random.default_rng(1).uniform(0.5, 1.5, 200).astype(np.float32)
+
+
 def build_model(seed: int = 1, frozen: bool = False) -> densekit.Sequential:
     densekit.set_random_seed(seed)
     model = densekit.Sequential(
@@ -85,13 +90,15 @@ def main() -> None:
         validation_data=(x_val, y_val),
         strategy=strategy,
     )
+    weights = sample_weights()
     if args.dataset:
-        data = densekit.data.Dataset.from_tensor_slices((x, y)).shard(strategy.size, rank)
+        data = densekit.data.Dataset.from_tensor_slices((x, y, weights))
+        data = data.shard(strategy.size, rank)
         history = model.fit(data.batch(32 // strategy.size), **{**options, "batch_size": None})
     elif args.fit_async:
-        history = model.fit_async(x, y, **options).result(timeout=120)
+        history = model.fit_async(x, y, sample_weight=weights, **options).result(timeout=120)
     else:
-        history = model.fit(x, y, **options)
+        history = model.fit(x, y, sample_weight=weights, **options)
     model.save(files / "final.npz")
     evaluation = model.evaluate(x_val, y_val, batch_size=16, strategy=strategy, verbose=0)
     predictions = model.predict(x_val, batch_size=8, strategy=strategy)
