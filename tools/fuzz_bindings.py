@@ -313,6 +313,7 @@ SPECS = {
     "dense_forward_int8": {
         "pos": [("x", "f32:n,k"), ("w", "qw:k,m"), ("b", "f32:m")],
         "kw": {"activation": "act", "alpha": "alpha", "out": "f32:n,m", "num_threads": "threads"},
+    },
     "feature_moments": {
         "pos": [("x", "n,k")],
         "kw": {"mean_out": "k", "variance_out": "k", "num_threads": "threads"},

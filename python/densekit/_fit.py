@@ -12,12 +12,13 @@ stop/cancel) is honoured between steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
 
-from . import _hogwild, _random, data, jobs
+from . import _hogwild, _random, data, distributed, jobs
 from . import callbacks as callbacks_module
 from .training import dataset_for
 
@@ -56,8 +57,14 @@ def setup(model, arguments: dict) -> FitSetup:
     s.steps_per_epoch = (
         None if steps_per_epoch is None else int_at_least(steps_per_epoch, 1, "steps_per_epoch")
     )
-    if strategy not in (None, "hogwild"):
-        raise ValueError(f"strategy: expected None or 'hogwild', got {strategy!r}")
+    s.strategy = None
+    if strategy == "mpi" or isinstance(strategy, distributed.MPIStrategy):
+        s.strategy = distributed.resolve(strategy)
+    elif strategy not in (None, "hogwild"):
+        raise ValueError(
+            f"strategy: expected None, 'hogwild', 'mpi' or a densekit.distributed.MPIStrategy, "
+            f"got {strategy!r}"
+        )
     if s.workers > 1 and strategy != "hogwild":
         raise ValueError("workers: several workers need strategy='hogwild'")
     s.hogwild = strategy == "hogwild" and s.workers > 1
@@ -102,6 +109,8 @@ def setup(model, arguments: dict) -> FitSetup:
                 "optimizer: use_ema=True needs the steps in one sequence; strategy='hogwild' "
                 "runs several at once"
             )
+    if s.strategy is not None:  # collective: every rank checks, agrees and starts alike
+        s.strategy.prepare_fit(model, s)
     return s
 
 
@@ -173,7 +182,11 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     )
     model.history = history
 
-    if s.hogwild:
+    evaluate = state.evaluate
+    if s.strategy is not None:
+        evaluate = functools.partial(s.strategy.evaluate, state)
+        train_epoch = s.strategy.epochs(model, state, s, hooks, progress, job)
+    elif s.hogwild:
         train_epoch = _hogwild.HogwildEpochs(model, state, s, progress, job)
     elif s.dataset is not None:
         train_epoch = StreamEpochs(model, state, s, hooks, progress, job)
@@ -205,7 +218,7 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
                 logs = state.logs(loss_total, seen)
                 if s.validation is not None and (epoch + 1) % s.validation_freq == 0:
                     hooks.on_test_begin()
-                    val_logs = state.evaluate(*s.validation, s.validation_batch_size, hooks)
+                    val_logs = evaluate(*s.validation, s.validation_batch_size, hooks)
                     hooks.on_test_end(val_logs)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
                 hooks.on_epoch_end(epoch, logs)

@@ -98,6 +98,40 @@ class Dataset:
             seed = _random.draw_seed()
         return self._copy(_seed=seed, _reshuffle=bool(reshuffle_each_iteration))
 
+    def shard(self, num_shards, index) -> Dataset:
+        """Keep every ``num_shards``-th element starting at ``index`` (as tf.data's
+        ``shard``): rows ``index, index + num_shards, ...`` of a ``from_tensor_slices``
+        dataset (call it before ``shuffle`` and ``batch``), or those batches of a
+        ``from_batches`` one. Each process of a data-parallel fit takes its own shard:
+        ``dataset.shard(comm.size, comm.rank)``.
+
+        Parameters
+        ----------
+        num_shards : int
+            The number of shards (>= 1).
+        index : int
+            This shard, in ``[0, num_shards)``.
+
+        Returns
+        -------
+        Dataset
+            The shard.
+        """
+        for value, name in ((num_shards, "num_shards"), (index, "index")):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name}: expected an int, got {value!r}")
+        if num_shards < 1:
+            raise ValueError(f"num_shards: expected an int >= 1, got {num_shards!r}")
+        if not 0 <= index < num_shards:
+            raise ValueError(f"index: expected an int in [0, {num_shards}), got {index!r}")
+        num_shards, index = int(num_shards), int(index)
+        if self._arrays is None:
+            return self._copy(_batches=_Shard(self._batches, num_shards, index))
+        if self._seed is not None or self._batch_size is not None:
+            raise ValueError("shard: call shard() before shuffle() and batch() (it picks rows)")
+        arrays = tuple(np.ascontiguousarray(a[index::num_shards]) for a in self._arrays)
+        return self._copy(_arrays=arrays)
+
     def batch(self, batch_size, drop_remainder=False) -> Dataset:
         if self._arrays is None:
             raise ValueError("batch: a Dataset made by from_batches is batched already")
@@ -188,6 +222,23 @@ class Dataset:
             f"<Dataset of {kind} batch={self._batch_size} shuffle={self._seed is not None} "
             f"maps={len(self._maps)} prefetch={self._prefetch}>"
         )
+
+
+class _Shard:
+    """Every ``num_shards``-th item of an iterable of batches, from ``index``: re-iterable
+    when the iterable is."""
+
+    def __init__(self, batches: Iterable, num_shards: int, index: int):
+        self.batches, self.num_shards, self.index = batches, num_shards, index
+
+    def __iter__(self) -> Iterator:
+        for position, batch in enumerate(self.batches):
+            if position % self.num_shards == self.index:
+                yield batch
+
+    def __len__(self) -> int:
+        total = len(self.batches)
+        return max(0, -(-(total - self.index) // self.num_shards))
 
 
 def stream(dataset: Dataset, passes: int | None, batch_limit: int | None) -> Iterator:

@@ -5,6 +5,10 @@ split 80/20 into training and test sets; a 64-256-128-10 MLP trains with Adam on
 learning-rate schedule and label smoothing, with a progress bar; then the test accuracy, the
 time per epoch and the thread count are printed. Needs the
 ``demo`` extra: ``pip install densekit[demo]``.
+
+Launched on several MPI processes (``mpiexec -n 2 python -m mpi4py -m densekit.demo``, the
+``mpi`` extra), it trains data-parallel with ``strategy="mpi"`` (32 is then the global batch)
+and rank 0 prints the report.
 """
 
 from __future__ import annotations
@@ -66,13 +70,29 @@ class EpochTimer(callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def train(epochs=30, batch_size=32, seed=0, verbose="auto") -> dict:
-    """Train on the digits and return the test accuracy, loss and timings."""
+def mpi_strategy():
+    """An MPIStrategy when mpiexec started several processes under ``python -m mpi4py``
+    (which imported mpi4py), else None: a plain run never imports MPI."""
+    if "mpi4py" not in sys.modules:
+        return None
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return None
+    from densekit.distributed import MPIStrategy
+
+    return MPIStrategy()
+
+
+def train(epochs=30, batch_size=32, seed=0, verbose="auto", strategy=None) -> dict:
+    """Train on the digits and return the test accuracy, loss and timings (data-parallel
+    over MPI with an MPIStrategy ``strategy``; ``batch_size`` is then the global batch)."""
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     one_hot = np.eye(10, dtype=np.float32)  # the smoothed loss takes class probabilities
     y_train, y_test = one_hot[y_train], one_hot[y_test]
     model = build_model(seed, epochs * -(-len(x_train) // batch_size))
-    if verbose:
+    root = strategy is None or strategy.is_root
+    if verbose and root:
         print(
             f"densekit {densekit.__version__}: digits, {len(x_train)} training and {len(x_test)} "
             f"test images, {model.count_params():,} parameters, "
@@ -88,9 +108,10 @@ def train(epochs=30, batch_size=32, seed=0, verbose="auto") -> dict:
         callbacks=[timer],
         verbose=verbose,
         seed=seed,
+        strategy=strategy,
     )
     seconds = time.perf_counter() - start
-    loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    loss, accuracy = model.evaluate(x_test, y_test, verbose=0, strategy=strategy)
     return {
         "accuracy": accuracy,
         "loss": loss,
@@ -118,11 +139,15 @@ def main(argv=None) -> int:
     if args.threads is not None:
         densekit.set_num_threads(args.threads)
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
-    result = train(args.epochs, args.batch_size, args.seed, verbose)
+    strategy = mpi_strategy()
+    result = train(args.epochs, args.batch_size, args.seed, verbose, strategy)
+    if strategy is not None and not strategy.is_root:
+        return 0
+    processes = "" if strategy is None else f"{strategy.size} processes x "
     print(f"test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f})")
     print(
         f"training: {result['seconds']:.2f} s, {result['seconds_per_epoch'] * 1e3:.1f} ms per "
-        f"epoch (median), {densekit.get_num_threads()} threads"
+        f"epoch (median), {processes}{densekit.get_num_threads()} threads"
     )
     return 0
 

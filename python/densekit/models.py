@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _fit, _summary, jobs, kernels, layers, losses, optimizers, saving
+from . import _fit, _summary, distributed, jobs, kernels, layers, losses, optimizers, saving
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from ._fit import int_at_least
@@ -49,6 +49,8 @@ class Sequential:
         self.check_finite = False
         self.stop_training = False
         self.history: callbacks_module.History | None = None
+        # the MPIStrategy of the last fit under one: files are then written by rank 0 only
+        self.distribute_strategy: distributed.MPIStrategy | None = None
         self._metric_identifiers: list = []
         self._params = np.zeros(0, np.float32)
         self._trainable_params = self._params  # the prefix the optimizer updates
@@ -579,8 +581,10 @@ class Sequential:
         (before shuffling) is held out, as in Keras. ``class_weight`` ({class: weight})
         multiplies the training samples' weights by the weight of their class (the label, the
         argmax of a one-hot row, or a 0/1 target). ``workers=k, strategy="hogwild"`` trains
-        with k lock-free threads (see ``densekit._hogwild``). Callbacks run on the thread
-        that trains. A model trains one fit at a time: a second raises RuntimeError.
+        with k lock-free threads (see ``densekit._hogwild``). ``strategy="mpi"`` (or a
+        ``densekit.distributed.MPIStrategy``) trains data-parallel over MPI processes, with
+        ``batch_size`` the global batch (see :doc:`/guide/distributed`). Callbacks run on the
+        thread that trains. A model trains one fit at a time: a second raises RuntimeError.
         """
         # fit's parameters by name, taken first thing: this signature is their only list
         # (fit_async binds its arguments to it, _fit.setup reads them by name)
@@ -610,6 +614,9 @@ class Sequential:
         job's thread (fit_async)."""
         self._require_compiled("fit")
         self._refuse_while_training("fit")
+        if what == "fit_async" and arguments["strategy"] is not None:
+            if arguments["strategy"] != "hogwild":  # the job's thread makes the MPI calls
+                distributed.resolve(arguments["strategy"]).require_thread_multiple(what)
         setup = _fit.setup(self, arguments)
         if what == "fit":
             self._guard.claim("fit", self.name)
@@ -668,12 +675,20 @@ class Sequential:
         sample_weight=None,
         callbacks=None,
         return_dict=False,
+        strategy=None,
     ):
-        """The loss (and metrics) over ``x`` and ``y``: a float, ``[loss, *metrics]``, or a dict."""
+        """The loss (and metrics) over ``x`` and ``y``: a float, ``[loss, *metrics]``, or a dict.
+
+        With ``strategy="mpi"`` (or an ``MPIStrategy``), called on every rank with the same
+        data, each global batch of ``batch_size`` rows is shared out across the processes and
+        every rank gets the same figures."""
         self._require_compiled("evaluate")
         self._refuse_from_other_threads("evaluate")
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
         verbose = callbacks_module.resolve_verbose(verbose)
+        if strategy is not None:
+            strategy = distributed.resolve(strategy)
+            verbose = verbose if strategy.is_root else 0  # one progress bar, rank 0's
         x, y, sample_weight = dataset_for(self, x, y, sample_weight)
         if x.shape[0] == 0:
             raise ValueError("x: no samples to evaluate")
@@ -682,7 +697,10 @@ class Sequential:
             callbacks, self, verbose, epochs=1, steps=steps, mode="evaluate"
         )
         hooks.on_test_begin()
-        logs = self._state.evaluate(x, y, sample_weight, batch_size, hooks, progress)
+        if strategy is not None:
+            logs = strategy.evaluate(self._state, x, y, sample_weight, batch_size, hooks, progress)
+        else:
+            logs = self._state.evaluate(x, y, sample_weight, batch_size, hooks, progress)
         hooks.on_test_end(logs)
         return self._result(logs, return_dict)
 
@@ -708,14 +726,19 @@ class Sequential:
             for op in self._predict_ops
         ]
 
-    def predict(self, x, batch_size=None, verbose=0, callbacks=None) -> np.ndarray:
+    def predict(self, x, batch_size=None, verbose=0, callbacks=None, strategy=None) -> np.ndarray:
         """The model's outputs for ``x``, (n, outputs), computed ``batch_size`` rows at a time
         (default 32). ``verbose=1`` shows a progress bar (default 0, unlike Keras's "auto",
         so that calls in a serving loop print nothing). Safe from several threads at once;
         while the model trains on another thread, it computes with the weights after some
-        whole step (a snapshot copied between two steps)."""
+        whole step (a snapshot copied between two steps). With ``strategy="mpi"`` (or an
+        ``MPIStrategy``), called on every rank with the same ``x``, each process computes a
+        block of rows and the whole result is returned on every rank (on rank 0 only, the
+        others getting None, with ``MPIStrategy(predict_to="root")``)."""
         batch_size = 32 if batch_size is None else int_at_least(batch_size, 1, "batch_size")
         x = inputs_for(self, x)
+        if strategy is not None:
+            return distributed.resolve(strategy).predict(self, x, batch_size, verbose, callbacks)
         verbose = callbacks_module.resolve_verbose(verbose)
         if verbose or callbacks:
             return self._predict_with_callbacks(x, batch_size, verbose, callbacks)
@@ -779,13 +802,19 @@ class Sequential:
     def save(self, filepath, include_optimizer=True) -> None:
         """Write the model (config, weights, compile settings, optimizer state) to one file,
         atomically: densekit's format for a ``.npz`` name, Keras 3's for ``.keras``. Load it
-        with ``densekit.load_model``."""
+        with ``densekit.load_model``. After a fit under an MPIStrategy only rank 0 writes (the
+        other ranks return at once)."""
         self._refuse_from_other_threads("save")
+        if self.distribute_strategy is not None and not self.distribute_strategy.is_root:
+            return
         saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath) -> None:
-        """Write the weights only (Keras's order) to one file, atomically."""
+        """Write the weights only (Keras's order) to one file, atomically (after a fit under
+        an MPIStrategy, from rank 0 only)."""
         self._refuse_from_other_threads("save_weights")
+        if self.distribute_strategy is not None and not self.distribute_strategy.is_root:
+            return
         saving.save_weights(self, filepath)
 
     def load_weights(self, filepath) -> None:

@@ -28,7 +28,7 @@ from . import kernels, optimizers
 from . import metrics as metrics_module
 from ._guard import WeightGuard
 from ._interrupts import DeferredInterrupts
-from ._plan import Plan, Workspace, build_ops
+from ._plan import Plan, Workspace, build_ops, first_weighted_op
 
 _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
 _MAX_WORKSPACES = 8  # batch shapes kept at once; a ninth clears them
@@ -579,6 +579,54 @@ class TrainingState:
         for call in self._regularization_grads:
             loss += call()
         return loss
+
+    def backward_segments(self, plan: Plan) -> list[tuple[int, int] | None]:
+        """Where each backward call of ``plan`` writes in ``gradients``: for call i (in
+        ``plan.backward``'s order, last layer first), the ``(start, stop)`` range of the flat
+        buffer it completes, or None for a call without weights. A data-parallel strategy
+        sends a range to the other processes as soon as its call has run.
+
+        Parameters
+        ----------
+        plan : Plan
+            A training plan of this state.
+
+        Returns
+        -------
+        list
+            One entry per backward call.
+        """
+        ops = self._ops["train"]
+        first = first_weighted_op(ops, self._layer_grads)  # where backward stops
+        segments = []
+        base, itemsize = self._gradients.ctypes.data, self._gradients.itemsize
+        for op in reversed(ops[first:]):
+            views = self._layer_grads.get(id(op.layer), ()) if op.has_weights else ()
+            trained = [view for view in views if view is not None]  # frozen weights: None
+            if not trained:
+                segments.append(None)
+                continue
+            starts = [(view.ctypes.data - base) // itemsize for view in trained]
+            stops = [start + view.size for start, view in zip(starts, trained)]
+            segments.append((min(starts), max(stops)))
+        if len(segments) != len(plan.backward):
+            raise ValueError("plan: not a training plan of this state")
+        return segments
+
+    def add_regularization(self) -> float:
+        """Add the weight regularizers' gradients to ``gradients`` (once: a data-parallel
+        strategy calls it after the reduction, on the global gradient) and return their
+        penalty.
+
+        Returns
+        -------
+        float
+            The penalty of the current weights (0.0 without weight regularizers).
+        """
+        penalty = 0.0
+        for call in self._regularization_grads:
+            penalty += call()
+        return penalty
 
     def apply_gradients(self, schedule_step: int | None = None) -> None:
         """One optimizer step over the flat buffers, from ``gradients``.
