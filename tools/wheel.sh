@@ -71,7 +71,8 @@ mkdir -p "$out/src"
 tar -xzf "$sdist" -C "$out/src" --strip-components=1
 config=()
 if [[ $(uname -s) == Linux ]]; then
-  config+=(-Ccmake.define.DENSEKIT_OPENMP=ON)  # as the release wheels (pyproject.toml)
+  # as the release wheels (pyproject.toml); the long option: pip 23.0 has no -C
+  config+=(--config-settings=cmake.define.DENSEKIT_OPENMP=ON)
 fi
 if [[ ${DENSEKIT_WHEEL_CCACHE:-0} == 1 ]] && command -v ccache >/dev/null; then
   if [[ -z ${CCACHE_DIR:-} ]]; then
