@@ -26,11 +26,8 @@ int affinity_cpus() {
     if (count > 0) return count;
   }
 #endif
-#if defined(_OPENMP)
-  return std::max(1, omp_get_num_procs());
-#else
-  return 1;
-#endif
+  // Elsewhere (macOS, whose Apple clang builds have no OpenMP): the CPUs the OS reports.
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 // The leading integer of environment variable `name`, capped at `most`; `fallback` when it is

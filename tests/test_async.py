@@ -280,6 +280,9 @@ def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.skipif(
+    not densekit.build_info()["openmp"], reason="a build without OpenMP (DENSEKIT_OPENMP=OFF)"
+)
 def test_openmp_workers_spin_briefly_unless_the_user_chose():
     code = (
         "import os, densekit, densekit._openmp_env as e\n"

@@ -23,6 +23,8 @@ py::dict build_info() {
   py::dict info;
   info["version"] = DENSEKIT_VERSION;
   info["openmp"] = openmp_enabled();
+  // The build's DENSEKIT_OPENMP setting: "auto", "on" or "off" (see CMakeLists.txt).
+  info["openmp_mode"] = DENSEKIT_OPENMP_MODE;
 #if defined(_OPENMP)
   info["openmp_version"] = static_cast<int>(_OPENMP);
 #else
@@ -74,7 +76,11 @@ py::dict build_info() {
 }  // namespace
 }  // namespace densekit::bind
 
-PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+// Not declared free-threading safe (no py::mod_gil_not_used()): GilRelease walks the
+// interpreter's thread list, which only the GIL guards, and the thread budget reads Python's
+// activity from waits to retake the GIL. A free-threaded interpreter (3.13t, 3.14t) therefore
+// turns the GIL on when it imports this module, and no free-threaded wheels are built.
+PYBIND11_MODULE(_core, m) {
   using namespace densekit;
   m.doc() = "densekit compute core: multi-threaded C++ kernels; every compute call releases the GIL.";
 
