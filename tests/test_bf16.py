@@ -25,7 +25,7 @@ from densekit import kernels as K
 
 BF16 = ml_dtypes.bfloat16
 PATHS = list(_core.bf16_config()["available"])
-ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
+ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
 SHAPES = [
     (0, 5, 3),
     (4, 0, 3),
@@ -325,6 +325,8 @@ def test_matmul_errors_name_the_argument():
         K.matmul_bf16(a, b, bias=np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="activation: softmax is a row operation"):
         K.matmul_bf16(a, b, activation="softmax")
+    with pytest.raises(ValueError, match="activation: log_softmax is a row operation"):
+        K.matmul_bf16(a, b, activation="log_softmax")
     with pytest.raises(ValueError, match="path: expected 'avx512_bf16' or 'emulated'"):
         _core._matmul_bf16_path_test("amx", a, b)
     with pytest.raises(ValueError, match="a: expected a 2-d array"):

@@ -21,7 +21,7 @@ from densekit import _core
 from densekit import kernels as K
 
 PATHS = list(_core.int8_config()["available"])
-ELEMENTWISE = [name for name in K.ACTIVATIONS if name != "softmax"]
+ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
 
 
 def rne_quantize(v, scale):
@@ -172,6 +172,8 @@ def test_errors_name_the_argument():
         K.dense_forward_int8(x, qw, np.ones(4, np.float32))
     with pytest.raises(ValueError, match="activation: softmax is a row operation"):
         K.dense_forward_int8(x, qw, activation="softmax")
+    with pytest.raises(ValueError, match="activation: log_softmax is a row operation"):
+        K.dense_forward_int8(x, qw, activation="log_softmax")
     with pytest.raises(ValueError, match="w: expected finite weights"):
         K.QuantizedWeights.quantize(np.array([[np.nan]], np.float32))
     with pytest.raises(ValueError, match="out: expected shape"):

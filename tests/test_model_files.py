@@ -540,6 +540,17 @@ HEADS = {  # a last layer (or two) and targets for each registered loss
     "BinaryCrossentropy": ([Dense, 1, "sigmoid"], "binary"),
     "CategoricalCrossentropy": ([Dense, 3, None, "softmax"], "one-hot"),
     "SparseCategoricalCrossentropy": ([Dense, 3, "softmax"], "labels"),
+    "BinaryFocalCrossentropy": ([Dense, 1, "sigmoid"], "binary"),
+    "CategoricalFocalCrossentropy": ([Dense, 3, "softmax"], "one-hot"),
+    "CategoricalHinge": ([Dense, 3, None], "one-hot"),
+    "CosineSimilarity": ([Dense, 3, None], "one-hot"),
+    "Hinge": ([Dense, 1, "tanh"], "binary"),
+    "SquaredHinge": ([Dense, 1, "tanh"], "binary"),
+    "KLDivergence": ([Dense, 3, "softmax"], "one-hot"),
+    "LogCosh": ([Dense, 1, None], "values"),
+    "MeanAbsolutePercentageError": ([Dense, 1, None], "values"),
+    "MeanSquaredLogarithmicError": ([Dense, 1, "softplus"], "values"),
+    "Poisson": ([Dense, 1, "softplus"], "values"),
 }
 
 
@@ -567,8 +578,10 @@ def test_every_registered_config_survives_the_checks(tmp_path, dtype):
         (layer, units, activation, *after), kind = HEADS[name]
         head = [layer(units, activation), *(Activation(a) for a in after)]
         body = [
-            Dense(6, "tanh", kernel_initializer=kernels[index], kernel_regularizer="l2"),
-            Dense(4, kernel_initializer=kernels[index + 6], use_bias=False),
+            Dense(
+                6, "tanh", kernel_initializer=kernels[index % len(kernels)], kernel_regularizer="l2"
+            ),
+            Dense(4, kernel_initializer=kernels[(index + 6) % len(kernels)], use_bias=False),
             Dropout(0.1),
         ]
         first = [Input((5,))] if index % 2 else []  # half the models are built by fit

@@ -153,8 +153,9 @@ py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::han
   }
   const bool has_preact = out_array(preact_obj, "preact", DType::float32, {m, n}, &preact);
   const Activation act = parse_activation(activation, alpha);
-  if (act.kind == ActivationKind::softmax)
-    value_fail("activation", "softmax is a row operation; apply densekit.kernels.softmax after");
+  if (is_row_activation(act.kind))
+    value_fail("activation", std::string(activation_name(act.kind)) +
+                                 " is a row operation; apply it with activation_forward after");
   require_no_overlap(out, "out", {{&a, "a"}, {&b, "b"}, {has_bias ? &bias : nullptr, "bias"},
                                   {has_preact ? &preact : nullptr, "preact"}});
   if (has_preact) require_no_overlap(preact, "preact", {{&a, "a"}, {&b, "b"}});
@@ -315,8 +316,9 @@ py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
     require_shape(b, "b", {n}, "w.shape[1]");
   }
   const Activation act = parse_activation(activation, alpha);
-  if (act.kind == ActivationKind::softmax)
-    value_fail("activation", "softmax is a row operation; apply densekit.kernels.softmax after");
+  if (is_row_activation(act.kind))
+    value_fail("activation", std::string(activation_name(act.kind)) +
+                                 " is a row operation; apply it with activation_forward after");
   py::array out;
   if (!out_array(out_obj, "out", DType::float32, {m, n}, &out)) out = new_array<float>({m, n});
   require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});

@@ -190,8 +190,8 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const b
     throw ArgumentError("gemm_bf16: exactly one of the float32 and bf16 outputs");
   if (ep.accumulate && c32 == nullptr)
     throw ArgumentError("gemm_bf16: accumulate needs a float32 output");
-  if (ep.activation.kind == ActivationKind::softmax)
-    throw ArgumentError("gemm_bf16: softmax is a row operation, not an elementwise epilogue");
+  if (is_row_activation(ep.activation.kind))
+    throw ArgumentError("gemm_bf16: a row activation (softmax, log_softmax) is not an elementwise epilogue");
   if (b.k != k || b.n != n) throw ArgumentError("gemm_bf16: packed B does not match k and n");
   if (m <= 0 || n <= 0) return;
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));

@@ -165,8 +165,8 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   if (!int8_path_supported(path))
     throw ArgumentError(std::string("int8 path '") + int8_path_name(path) +
                         "' is not supported by this CPU/build");
-  if (ep.activation.kind == ActivationKind::softmax)
-    throw ArgumentError("dense_int8: softmax is a row operation, not an elementwise epilogue");
+  if (is_row_activation(ep.activation.kind))
+    throw ArgumentError("dense_int8: a row activation (softmax, log_softmax) is not an elementwise epilogue");
   const index_t k = w.panels.k, n = w.panels.n;
   if (m <= 0 || n <= 0) return;
   // x quantized once, row by row, as unsigned bytes q + 128 (padding past k is 128 too), so
