@@ -19,4 +19,13 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+# Under the sanitizers (tools/sanitize.sh), fewer examples of the same derandomized draws.
+settings.register_profile(
+    "sanitize",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+profile = os.environ.get("DENSEKIT_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+settings.load_profile(profile)

@@ -58,8 +58,11 @@ runtime="$("$compiler" -print-file-name="$runtime_name")"
 # The C++ runtime too, so that ASan finds the __cxa_throw it wraps (Python does not link it;
 # without it the first C++ exception ends the process with "CHECK failed ... real___cxa_throw").
 cxx_runtime="$(readlink -f "$("$compiler" -print-file-name=libstdc++.so)")"
+# Sanitized code runs several times slower: the hypothesis tests draw fewer examples
+# (tests/conftest.py's "sanitize" profile), the fixed cases all run.
 sanitized=(
   env
+  DENSEKIT_HYPOTHESIS_PROFILE=sanitize
   LD_PRELOAD="$runtime $cxx_runtime"
   PYTHONPATH="$PWD/$build/pkg${PYTHONPATH:+:$PYTHONPATH}"
 )
