@@ -27,5 +27,7 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-profile = os.environ.get("DENSEKIT_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+profile = os.environ.get("DENSEKIT_HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI") else "default"
+)
 settings.load_profile(profile)
