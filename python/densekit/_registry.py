@@ -30,3 +30,24 @@ def deserialize(config: dict, by_class: dict, kind: str):
     if cls is None:
         raise ValueError(f"unknown {kind} {config.get('class_name')!r}")
     return cls.from_config(config.get("config", {}))
+
+
+def resolve_optional(identifier, base: type, registry: dict, by_class: dict, kind: str, name: str):
+    """None, an instance of ``base``, or one built from a registered name, a class name or a
+    config dict; anything else raises ValueError naming the argument ``name`` (the shared body
+    of regularizers.get and constraints.get)."""
+    if identifier is None or isinstance(identifier, base):
+        return identifier
+    if isinstance(identifier, str):
+        cls = registry.get(identifier) or by_class.get(identifier)
+        if cls is not None:
+            return cls()
+    if isinstance(identifier, dict) and identifier.get("class_name") in by_class:
+        try:
+            return deserialize(identifier, by_class, f"{kind} class")
+        except TypeError as error:
+            raise ValueError(f"{name}: invalid config {identifier!r} ({error})") from None
+    raise ValueError(
+        f"{name}: expected None, one of {sorted(registry)}, a class name of "
+        f"{sorted(by_class)}, its config or an instance, got {identifier!r}"
+    )

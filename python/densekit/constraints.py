@@ -183,20 +183,8 @@ def get(identifier, name: str = "kernel_constraint") -> Constraint | None:
     Constraint or None
         The constraint (None for None).
     """
-    if identifier is None or isinstance(identifier, Constraint):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _REGISTRY.get(identifier) or _BY_CLASS.get(identifier)
-        if cls is not None:
-            return cls()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        try:
-            return _registry.deserialize(identifier, _BY_CLASS, "constraint class")
-        except TypeError as error:
-            raise ValueError(f"{name}: invalid config {identifier!r} ({error})") from None
-    raise ValueError(
-        f"{name}: expected None, one of {sorted(_REGISTRY)}, a class name of "
-        f"{sorted(_BY_CLASS)}, its config or an instance, got {identifier!r}"
+    return _registry.resolve_optional(
+        identifier, Constraint, _REGISTRY, _BY_CLASS, "constraint", name
     )
 
 

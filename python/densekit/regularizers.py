@@ -166,20 +166,8 @@ def get(identifier, name: str = "kernel_regularizer") -> Regularizer | None:
     Regularizer or None
         The regularizer (None for None).
     """
-    if identifier is None or isinstance(identifier, Regularizer):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _REGISTRY.get(identifier) or _BY_CLASS.get(identifier)
-        if cls is not None:
-            return cls()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        try:
-            return _registry.deserialize(identifier, _BY_CLASS, "regularizer class")
-        except TypeError as error:
-            raise ValueError(f"{name}: invalid config {identifier!r} ({error})") from None
-    raise ValueError(
-        f"{name}: expected None, one of {sorted(_REGISTRY)}, a class name of "
-        f"{sorted(_BY_CLASS)}, its config or an instance, got {identifier!r}"
+    return _registry.resolve_optional(
+        identifier, Regularizer, _REGISTRY, _BY_CLASS, "regularizer", name
     )
 
 
