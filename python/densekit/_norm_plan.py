@@ -46,6 +46,22 @@ class _NormOp:
     def updates(self, scratch: dict) -> list:
         return []
 
+    def _gradient_options(self, dx, weight_grads) -> dict:
+        """The need_*/..._out keywords of a normalization backward kernel: dx when asked for,
+        dgamma and dbeta where the weight has a gradient view (absent, or its layer frozen,
+        it is skipped)."""
+        options = {"need_dx": dx is not None}
+        if dx is not None:
+            options["dx_out"] = dx
+        for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
+            view = None
+            if self.has_weights and getattr(self.layer, attribute) is not None:
+                view = weight_grads[self._grad_index(attribute)]
+            options[f"need_{name}"] = view is not None
+            if view is not None:
+                options[f"{name}_out"] = view
+        return options
+
     def _grad_index(self, attribute: str) -> int:
         return [attr for attr, _, _ in self.layer.weight_specs].index(attribute)
 
@@ -96,17 +112,7 @@ class BatchNormOp(_NormOp):
             mean, variance = scratch["mean"], scratch["variance"]
         else:
             mean, variance = layer.moving_mean, layer.moving_variance
-        options = {"need_dx": dx is not None}
-        if dx is not None:
-            options["dx_out"] = dx
-        for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
-            # a weight without a gradient view (absent, or its layer frozen) is skipped
-            view = None
-            if self.has_weights and getattr(layer, attribute) is not None:
-                view = weight_grads[self._grad_index(attribute)]
-            options[f"need_{name}"] = view is not None
-            if view is not None:
-                options[f"{name}_out"] = view
+        options = self._gradient_options(dx, weight_grads)
         return functools.partial(
             kernels.batch_norm_backward,
             dy,
@@ -175,17 +181,7 @@ class LayerNormOp(_NormOp):
 
     def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
         layer = self.layer
-        options = {"need_dx": dx is not None}
-        if dx is not None:
-            options["dx_out"] = dx
-        for name, attribute in (("dgamma", "gamma"), ("dbeta", "beta")):
-            # a weight without a gradient view (absent, or its layer frozen) is skipped
-            view = None
-            if self.has_weights and getattr(layer, attribute) is not None:
-                view = weight_grads[self._grad_index(attribute)]
-            options[f"need_{name}"] = view is not None
-            if view is not None:
-                options[f"{name}_out"] = view
+        options = self._gradient_options(dx, weight_grads)
         return functools.partial(
             kernels.layer_norm_backward,
             dy,
