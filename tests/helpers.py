@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -35,3 +40,22 @@ def product_tolerance(x, w, b=None, dtype=None):
         magnitude = magnitude + np.abs(np.asarray(b, np.float64))
     dtype = np.asarray(x).dtype if dtype is None else dtype
     return (2.0 * (k + 2) * eps(dtype)) * magnitude + 1e-300
+
+
+DENSEKIT_PATH_VARIABLES = ("DENSEKIT_ISA", "DENSEKIT_BF16", "DENSEKIT_INT8")
+
+
+def json_of_child(code: str, env: dict[str, str], timeout: float = 120) -> object:
+    """What a fresh interpreter running `code` prints as JSON, with the path-forcing variables
+    (DENSEKIT_ISA, DENSEKIT_BF16, DENSEKIT_INT8) taken from `env` only."""
+    full = {k: v for k, v in os.environ.items() if k not in DENSEKIT_PATH_VARIABLES}
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=full,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return json.loads(out.stdout)

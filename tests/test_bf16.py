@@ -9,11 +9,6 @@ the float32 accumulation bound of the float64 product of the bf16 values.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -22,6 +17,8 @@ from hypothesis import strategies as st
 
 from densekit import _core
 from densekit import kernels as K
+
+from .helpers import json_of_child
 
 BF16 = ml_dtypes.bfloat16
 PATHS = list(_core.bf16_config()["available"])
@@ -262,17 +259,7 @@ print(json.dumps({"config": _core.bf16_config(), "bits": c.view(np.uint32).tolis
 )
 def test_forced_paths_give_the_same_bits(env):
     def child(extra):
-        full = {k: v for k, v in os.environ.items() if k not in ("DENSEKIT_ISA", "DENSEKIT_BF16")}
-        full.update(extra)
-        out = subprocess.run(
-            [sys.executable, "-c", _SUBPROCESS],
-            env=full,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return json.loads(out.stdout)
+        return json_of_child(_SUBPROCESS, extra)
 
     base, forced = child({}), child(env)
     assert forced["config"]["path"] == "emulated"
@@ -290,16 +277,7 @@ def test_forced_paths_give_the_same_bits(env):
 
 def test_bad_path_request_is_reported_not_fatal():
     code = "from densekit import _core; import json; print(json.dumps(_core.bf16_config()))"
-    env = dict(os.environ, DENSEKIT_BF16="amx_please")
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    config = json.loads(out.stdout)
+    config = json_of_child(code, {"DENSEKIT_BF16": "amx_please"}, timeout=60)
     assert "DENSEKIT_BF16='amx_please' is not one of" in config["note"]
     assert not config["forced"]
 

@@ -7,11 +7,6 @@ float32 product the error is bounded by the quantization steps.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -19,6 +14,8 @@ from hypothesis import strategies as st
 
 from densekit import _core
 from densekit import kernels as K
+
+from .helpers import json_of_child
 
 PATHS = list(_core.int8_config()["available"])
 ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
@@ -199,17 +196,7 @@ print(json.dumps({"config": _core.int8_config(), "bits": y.view(np.uint32).tolis
 )
 def test_forced_paths_give_the_same_bits(env):
     def child(extra):
-        full = {k: v for k, v in os.environ.items() if k not in ("DENSEKIT_ISA", "DENSEKIT_INT8")}
-        full.update(extra)
-        out = subprocess.run(
-            [sys.executable, "-c", _SUBPROCESS],
-            env=full,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return json.loads(out.stdout)
+        return json_of_child(_SUBPROCESS, extra)
 
     base, forced = child({}), child(env)
     assert forced["config"]["path"] == "emulated"

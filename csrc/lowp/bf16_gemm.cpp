@@ -52,16 +52,8 @@ const Bf16Tiles& tiles_for(Bf16Path path) {
   static const Bf16Tiles native = bf16_path_supported(Bf16Path::avx512_bf16)
                                       ? bf16_tiles_avx512_bf16()
                                       : Bf16Tiles{};
-  static const Bf16Tiles emulated = [] {
-    switch (gemm::isa_choice().isa) {
-      case gemm::Isa::avx512:
-        return bf16_tiles_avx512();
-      case gemm::Isa::avx2:
-        return bf16_tiles_avx2();
-      default:
-        return bf16_tiles_portable();
-    }
-  }();
+  static const Bf16Tiles emulated = emulated_tiles<float>(
+      bf16_tiles_portable, bf16_tiles_avx2, bf16_tiles_avx512);
   return path == Bf16Path::avx512_bf16 ? native : emulated;
 #else
   (void)path;

@@ -45,16 +45,8 @@ const TileSet<std::int32_t>& tiles_for(Int8Path path) {
   static const TileSet<std::int32_t> native = int8_path_supported(Int8Path::avx512_vnni)
                                                   ? int8_tiles_avx512_vnni()
                                                   : TileSet<std::int32_t>{};
-  static const TileSet<std::int32_t> emulated = [] {
-    switch (gemm::isa_choice().isa) {
-      case gemm::Isa::avx512:
-        return int8_tiles_avx512();
-      case gemm::Isa::avx2:
-        return int8_tiles_avx2();
-      default:
-        return int8_tiles_portable();
-    }
-  }();
+  static const TileSet<std::int32_t> emulated = emulated_tiles<std::int32_t>(
+      int8_tiles_portable, int8_tiles_avx2, int8_tiles_avx512);
   return path == Int8Path::avx512_vnni ? native : emulated;
 #else
   (void)path;

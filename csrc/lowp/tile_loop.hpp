@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "gemm/isa.hpp"
 #include "parallel.hpp"
 
 namespace densekit::lowp {
@@ -38,6 +39,17 @@ struct TileSet {
   // multiply and an add count as two, as in FLOP counts of the products).
   double (*probe)(index_t steps) = nullptr;
 };
+
+// The emulated tiles of a product for the float32 engine's ISA (built once by the caller);
+// avx2 / avx512 may be null where the build has no x86 kernels.
+template <typename Acc>
+TileSet<Acc> emulated_tiles(TileSet<Acc> (*portable)(), TileSet<Acc> (*avx2)(),
+                            TileSet<Acc> (*avx512)()) {
+  const gemm::Isa isa = gemm::isa_choice().isa;
+  if (isa == gemm::Isa::avx512 && avx512 != nullptr) return avx512();
+  if (isa == gemm::Isa::avx2 && avx2 != nullptr) return avx2();
+  return portable();
+}
 
 // A probe's operations over `steps` rounds shared among num_threads threads (16 chunks per
 // thread: however late a thread starts, the others take its share). The caller times it.
