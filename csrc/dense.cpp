@@ -21,8 +21,10 @@ thread_local gemm::Scratch t_chain_scratch;  // two intermediate outputs of a ch
 // forward + backward with gelu).
 thread_local gemm::Scratch t_dz_scratch;
 
+}  // namespace
+
 template <typename T>
-void column_sums(T* db, const T* dz, index_t n, index_t m, bool accumulate, int num_threads) {
+void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumulate, int num_threads) {
   const index_t n_tasks = (m + kColumnBlock - 1) / kColumnBlock;
   const int threads = threads_for_work(num_threads, double(n) * m, 1 << 15);
   parallel_for(n_tasks, threads, [&](index_t task) {
@@ -40,7 +42,6 @@ void column_sums(T* db, const T* dz, index_t n, index_t m, bool accumulate, int 
   });
 }
 
-}  // namespace
 
 template <typename T>
 void dense_forward(T* y, T* preact, const T* x, const T* w, const T* b, index_t n, index_t k,
@@ -120,7 +121,7 @@ void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, co
     }
   } else if (db != nullptr) {
     if (scale.kind != gemm::Scale::none) store_dz();
-    column_sums(db, dz, n, m, accumulate, num_threads);
+    dense_bias_gradient(db, dz, n, m, accumulate, num_threads);
   }
   if (dx != nullptr) {
     gemm::Epilogue<T> ep;
@@ -161,6 +162,7 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   template void dense_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
                                   const T*, index_t, index_t, index_t, const Activation&,     \
                                   bool, int);                                                 \
+  template void dense_bias_gradient<T>(T*, const T*, index_t, index_t, bool, int);          \
   template void dense_chain_forward<T>(T*, const T*, index_t, const DenseStep<T>*, int, int);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)

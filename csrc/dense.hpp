@@ -32,6 +32,12 @@ void dense_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, co
                     const T* preact, index_t n, index_t k, index_t m, const Activation& act,
                     bool accumulate, int num_threads);
 
+// db (m,) = the column sums of dz (n, m), [+]= into db: per column in row order, in double,
+// so the result does not depend on the thread count.
+template <typename T>
+void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumulate,
+                         int num_threads);
+
 // One step of an inference chain: y = act(x @ w + b) with w (k, m), or, with w null, the
 // activation alone (m == k). b may be null.
 template <typename T>

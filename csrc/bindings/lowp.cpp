@@ -8,8 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "activations.hpp"
 #include "bindings.hpp"
 #include "checks.hpp"
+#include "lowp/bf16_dense.hpp"
 #include "lowp/bf16_gemm.hpp"
 #include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
@@ -183,6 +185,176 @@ py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::han
   return out;
 }
 
+// The bf16 copy of float32 dense weights (k, m), packed for dense_forward_bf16 and, with
+// transposed=True, for dense_backward_bf16's dx. pack(w) makes it again from new values of w
+// (after an optimizer step) into a spare buffer, then swaps: a call running on another thread
+// keeps the copy it started with (each call holds a reference), and in the steady state no
+// packing allocates.
+class Bf16Weights {
+ public:
+  Bf16Weights(py::handle w_obj, bool transposed, py::handle threads_obj)
+      : transposed_(transposed) {
+    py::array w = float32_array(w_obj, "w");
+    require_ndim(w, "w", 2);
+    k_ = w.shape(0);
+    m_ = w.shape(1);
+    pack(w_obj, threads_obj);
+  }
+
+  void pack(py::handle w_obj, py::handle threads_obj) {
+    py::array w = float32_array(w_obj, "w");
+    require_shape(w, "w", {k_, m_}, "the shape these weights were made with");
+    const int threads = resolve_num_threads(thread_count(threads_obj));
+    std::shared_ptr<lowp::Bf16DenseWeights> target =
+        spare_ != nullptr && spare_.use_count() == 1 ? std::move(spare_)
+                                                     : std::make_shared<lowp::Bf16DenseWeights>();
+    spare_.reset();
+    {
+      const GilRelease nogil;
+      lowp::pack_dense_bf16(target.get(), cptr<float>(w), k_, m_, transposed_, threads);
+    }
+    spare_ = std::move(current_);
+    current_ = std::move(target);
+  }
+
+  std::shared_ptr<const lowp::Bf16DenseWeights> current() const { return current_; }
+  bool transposed() const { return transposed_; }
+  index_t k() const { return k_; }
+  index_t m() const { return m_; }
+  py::tuple shape() const { return py::make_tuple(k_, m_); }
+  std::string repr() const {
+    return "Bf16Weights(shape=(" + std::to_string(k_) + ", " + std::to_string(m_) +
+           "), transposed=" + (transposed_ ? "True" : "False") + ")";
+  }
+
+ private:
+  bool transposed_ = false;
+  index_t k_ = 0, m_ = 0;
+  std::shared_ptr<lowp::Bf16DenseWeights> current_, spare_;
+};
+
+const Bf16Weights& bf16_weights_arg(py::handle obj, const char* name) {
+  if (!py::isinstance<Bf16Weights>(obj))
+    type_fail(name, "expected densekit.kernels.Bf16Weights (made from the float32 weights), "
+                    "got " + type_name(obj));
+  return obj.cast<const Bf16Weights&>();
+}
+
+// x (n, k) float32 for weights (k, m): the rows n.
+index_t bf16_dense_rows(const py::array& x, const Bf16Weights& w, const char* name) {
+  require_ndim(x, name, 2);
+  if (x.shape(1) != w.k())
+    value_fail(name, "expected " + std::to_string(w.k()) + " columns (w.shape[0]), got shape " +
+                         shape_string(x));
+  return x.shape(0);
+}
+
+py::array dense_forward_bf16_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
+                                py::handle activation, py::handle alpha, py::handle out_obj,
+                                py::handle preact_obj, py::handle threads_obj) {
+  py::array x = float32_array(x_obj, "x");
+  const Bf16Weights& w = bf16_weights_arg(w_obj, "w");
+  const index_t n = bf16_dense_rows(x, w, "x"), m = w.m();
+  py::array b;
+  const bool has_b = !b_obj.is_none();
+  if (has_b) {
+    b = float32_array(b_obj, "b");
+    require_shape(b, "b", {m}, "w.shape[1]");
+  }
+  const Activation act = parse_activation(activation, alpha);
+  py::array out, preact;
+  if (!out_array(out_obj, "out", DType::float32, {n, m}, &out)) out = new_array<float>({n, m});
+  const bool has_preact = out_array(preact_obj, "preact_out", DType::float32, {n, m}, &preact);
+  require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"},
+                                  {has_preact ? &preact : nullptr, "preact_out"}});
+  if (has_preact) require_no_overlap(preact, "preact_out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const std::shared_ptr<const lowp::Bf16DenseWeights> packed = w.current();
+  const float* xp = cptr<float>(x);
+  const float* bp = has_b ? cptr<float>(b) : nullptr;
+  float* yp = mptr<float>(out);
+  float* zp = has_preact ? mptr<float>(preact) : nullptr;
+  {
+    const GilRelease nogil;
+    lowp::dense_forward_bf16(yp, zp, xp, *packed, bp, n, act, threads);
+  }
+  return out;
+}
+
+py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
+                                 py::handle y_obj, py::handle preact_obj, py::handle activation,
+                                 py::handle alpha, bool need_dx, bool need_dw, bool need_db,
+                                 py::handle dx_obj, py::handle dw_obj, py::handle db_obj,
+                                 bool accumulate, py::handle threads_obj) {
+  py::array dy = float32_array(dy_obj, "dy");
+  py::array x = float32_array(x_obj, "x");
+  const Bf16Weights& w = bf16_weights_arg(w_obj, "w");
+  const index_t n = bf16_dense_rows(x, w, "x"), k = w.k(), m = w.m();
+  require_shape(dy, "dy", {n, m}, "x.shape[0], w.shape[1]");
+  if (need_dx && !w.transposed())
+    value_fail("w", "need_dx needs Bf16Weights made with transposed=True (dx = dz @ w.T)");
+  const Activation act = parse_activation(activation, alpha);
+  py::array y, preact;
+  const bool has_y = !y_obj.is_none(), has_preact = !preact_obj.is_none();
+  if (has_y) {
+    y = float32_array(y_obj, "y");
+    require_shape(y, "y", {n, m}, "the shape of dy");
+  }
+  if (has_preact) {
+    preact = float32_array(preact_obj, "preact");
+    require_shape(preact, "preact", {n, m}, "the shape of dy");
+  }
+  const bool use_y = has_y && derivative_from_output(act);
+  if (!derivative_is_one(act) && !use_y && !has_preact)
+    value_fail(derivative_from_output(act) ? "y" : "preact",
+               std::string("activation '") + activation_name(act.kind) +
+                   "' needs " + (derivative_from_output(act) ? "the forward output y (or preact)"
+                                                              : "the pre-activation preact") +
+                   " for its derivative; it was not given");
+  if (!need_dx && !dx_obj.is_none()) value_fail("dx_out", "given, but need_dx is False");
+  if (!need_dw && !dw_obj.is_none()) value_fail("dw_out", "given, but need_dw is False");
+  if (!need_db && !db_obj.is_none()) value_fail("db_out", "given, but need_db is False");
+  py::array dx, dw, db;
+  const bool has_dx = need_dx && out_array(dx_obj, "dx_out", DType::float32, {n, k}, &dx);
+  const bool has_dw = need_dw && out_array(dw_obj, "dw_out", DType::float32, {k, m}, &dw);
+  const bool has_db = need_db && out_array(db_obj, "db_out", DType::float32, {m}, &db);
+  if (accumulate && need_dw && !has_dw)
+    value_fail("dw_out", "accumulate=True adds into dw_out, which was not given");
+  if (accumulate && need_db && !has_db)
+    value_fail("db_out", "accumulate=True adds into db_out, which was not given");
+  const py::array* y_ptr = has_y ? &y : nullptr;
+  const py::array* z_ptr = has_preact ? &preact : nullptr;
+  if (has_dx)
+    require_no_overlap(dx, "dx_out", {{&dy, "dy"}, {&x, "x"}, {y_ptr, "y"}, {z_ptr, "preact"},
+                                      {has_dw ? &dw : nullptr, "dw_out"},
+                                      {has_db ? &db : nullptr, "db_out"}});
+  if (has_dw)
+    require_no_overlap(dw, "dw_out", {{&dy, "dy"}, {&x, "x"}, {y_ptr, "y"}, {z_ptr, "preact"},
+                                      {has_db ? &db : nullptr, "db_out"}});
+  if (has_db)
+    require_no_overlap(db, "db_out", {{&dy, "dy"}, {&x, "x"}, {y_ptr, "y"}, {z_ptr, "preact"}});
+  if (need_dx && !has_dx) dx = new_array<float>({n, k});
+  if (need_dw && !has_dw) dw = new_array<float>({k, m});
+  if (need_db && !has_db) db = new_array<float>({m});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const std::shared_ptr<const lowp::Bf16DenseWeights> packed = w.current();
+  float* dxp = need_dx ? mptr<float>(dx) : nullptr;
+  float* dwp = need_dw ? mptr<float>(dw) : nullptr;
+  float* dbp = need_db ? mptr<float>(db) : nullptr;
+  const float* dyp = cptr<float>(dy);
+  const float* xp = cptr<float>(x);
+  const float* yp = use_y ? cptr<float>(y) : nullptr;
+  const float* zp = has_preact ? cptr<float>(preact) : nullptr;
+  {
+    const GilRelease nogil;
+    lowp::dense_backward_bf16(dxp, dwp, dbp, dyp, xp, *packed, yp, zp, n, act, accumulate,
+                              threads);
+  }
+  return py::make_tuple(need_dx ? py::object(dx) : py::none(),
+                        need_dw ? py::object(dw) : py::none(),
+                        need_db ? py::object(db) : py::none());
+}
+
 py::dict bf16_config() {
   const lowp::Bf16Choice& c = lowp::bf16_choice();
   py::dict d;
@@ -316,16 +488,15 @@ py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
     require_shape(b, "b", {n}, "w.shape[1]");
   }
   const Activation act = parse_activation(activation, alpha);
-  if (is_row_activation(act.kind))
-    value_fail("activation", std::string(activation_name(act.kind)) +
-                                 " is a row operation; apply it with activation_forward after");
+  // a row activation (softmax, log_softmax) runs over the finished rows, as dense_forward's
+  const bool row_wise = is_row_activation(act.kind);
   py::array out;
   if (!out_array(out_obj, "out", DType::float32, {m, n}, &out)) out = new_array<float>({m, n});
   require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
   const int threads = resolve_num_threads(thread_count(threads_obj));
   lowp::Int8Epilogue ep;
   ep.bias = has_b ? cptr<float>(b) : nullptr;
-  ep.activation = act;
+  ep.activation = row_wise ? Activation{} : act;
   const float* xp = cptr<float>(x);
   float* yp = mptr<float>(out);
   {
@@ -334,6 +505,7 @@ py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
       lowp::dense_int8_with_path(*path, m, xp, w.packed(), yp, ep, threads);
     else
       lowp::dense_int8(m, xp, w.packed(), yp, ep, threads);
+    if (row_wise) activation_forward<float>(yp, yp, m, n, act, threads);
   }
   return out;
 }
@@ -437,6 +609,37 @@ void bind_lowp(py::module_& m) {
       py::arg("alpha") = py::none(), py::arg("accumulate") = false,
       py::arg("out_dtype") = "float32", py::arg("num_threads") = py::none(),
       "Test hook: matmul_bf16 on a given path ('avx512_bf16' or 'emulated').");
+  py::class_<Bf16Weights>(m, "Bf16Weights",
+                          "Dense weights (k, m) rounded to bfloat16 and packed for "
+                          "dense_forward_bf16 (and, with transposed=True, for "
+                          "dense_backward_bf16's dx). The float32 weights stay the master copy: "
+                          "call pack(w) again after they change.")
+      .def(py::init<py::handle, bool, py::handle>(), py::arg("w"), py::kw_only(),
+           py::arg("transposed") = false, py::arg("num_threads") = py::none())
+      .def("pack", &Bf16Weights::pack, py::arg("w"), py::kw_only(),
+           py::arg("num_threads") = py::none(),
+           "Round and pack new values of the float32 weights (same shape).")
+      .def_property_readonly("shape", &Bf16Weights::shape, "(k, m).")
+      .def_property_readonly("transposed", &Bf16Weights::transposed,
+                             "Whether w.T is packed too (for dense_backward_bf16's dx).")
+      .def("__repr__", &Bf16Weights::repr);
+  m.def("dense_forward_bf16", &dense_forward_bf16_py, py::arg("x"), py::arg("w"),
+        py::arg("b") = py::none(), py::kw_only(), py::arg("activation") = "linear",
+        py::arg("alpha") = py::none(), py::arg("out") = py::none(),
+        py::arg("preact_out") = py::none(), py::arg("num_threads") = py::none(),
+        "y = act(bf16(x) @ bf16(w) + b): x float32 (n, k) rounded to bfloat16 as it is packed, "
+        "w Bf16Weights, float32 accumulation (matmul_bf16's rule), bias and activation in "
+        "float32, y float32. The same bits on every path and thread count.");
+  m.def("dense_backward_bf16", &dense_backward_bf16_py, py::arg("dy"), py::arg("x"),
+        py::arg("w"), py::kw_only(), py::arg("y") = py::none(), py::arg("preact") = py::none(),
+        py::arg("activation") = "linear", py::arg("alpha") = py::none(),
+        py::arg("need_dx") = true, py::arg("need_dw") = true, py::arg("need_db") = true,
+        py::arg("dx_out") = py::none(), py::arg("dw_out") = py::none(),
+        py::arg("db_out") = py::none(), py::arg("accumulate") = false,
+        py::arg("num_threads") = py::none(),
+        "Gradients of dense_forward_bf16: dz = dy * act'(.) and db in float32, dw = bf16(x).T "
+        "@ bf16(dz) and dx = bf16(dz) @ bf16(w).T with float32 accumulation and results. "
+        "Returns (dx, dw, db), None for each not needed.");
   m.def("bf16_config", &bf16_config,
         "The bf16 product's path: in use, best, available, and DENSEKIT_BF16's request.");
 }

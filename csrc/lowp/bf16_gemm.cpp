@@ -87,23 +87,28 @@ class FlushDenormals {
   unsigned saved_ = 0;
 };
 
-// Rows [r0, r0 + rows) of op(A) as pair words, pair q of row i at out[q * rows + i].
-void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+inline std::uint32_t bits_of(bf16_bits v) { return v; }
+inline std::uint32_t bits_of(float v) { return float_to_bf16(v); }
+
+// Rows [r0, r0 + rows) of op(A) as pair words, pair q of row i at out[q * rows + i]; a float32
+// A is rounded to bf16 here (the conversion fused into the packing).
+template <typename AT>
+void pack_a(const AT* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
             std::uint32_t* out) {
   const index_t pairs = (k + 1) / 2;
   if (!trans_a) {
     for (int i = 0; i < rows; ++i) {
-      const bf16_bits* row = a + (r0 + i) * lda;
+      const AT* row = a + (r0 + i) * lda;
       for (index_t q = 0; q < k / 2; ++q)
-        out[q * rows + i] = std::uint32_t(row[2 * q]) | (std::uint32_t(row[2 * q + 1]) << 16);
-      if (k % 2) out[(pairs - 1) * rows + i] = row[k - 1];
+        out[q * rows + i] = bits_of(row[2 * q]) | (bits_of(row[2 * q + 1]) << 16);
+      if (k % 2) out[(pairs - 1) * rows + i] = bits_of(row[k - 1]);
     }
   } else {
     for (index_t q = 0; q < pairs; ++q) {
-      const bf16_bits* lo = a + 2 * q * lda + r0;
-      const bf16_bits* hi = 2 * q + 1 < k ? lo + lda : nullptr;
+      const AT* lo = a + 2 * q * lda + r0;
+      const AT* hi = 2 * q + 1 < k ? lo + lda : nullptr;
       for (int i = 0; i < rows; ++i)
-        out[q * rows + i] = std::uint32_t(lo[i]) | (hi ? std::uint32_t(hi[i]) << 16 : 0u);
+        out[q * rows + i] = bits_of(lo[i]) | (hi ? bits_of(hi[i]) << 16 : 0u);
     }
   }
 }
@@ -163,20 +168,12 @@ const Bf16Choice& bf16_choice() {
   return choice;
 }
 
-PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
-                     int num_threads) {
-  auto at = [&](index_t p, index_t j) -> std::uint32_t {
-    if (p >= k) return 0u;
-    return transposed ? b[j * ld + p] : b[p * ld + j];
-  };
-  return pack_panels(k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
-    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
-  });
-}
+namespace {
 
-void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
-                         index_t lda, bool trans_a, const PackedBf16& b, float* c32,
-                         bf16_bits* c16, index_t ldc, const Bf16Epilogue& ep, int num_threads) {
+template <typename AT>
+void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index_t lda,
+              bool trans_a, const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
+              const Bf16Epilogue& ep, int num_threads) {
   check_path(path);
   if ((c32 == nullptr) == (c16 == nullptr))
     throw ArgumentError("gemm_bf16: exactly one of the float32 and bf16 outputs");
@@ -200,11 +197,54 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const b
       });
 }
 
+}  // namespace
+
+void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
+                         index_t lda, bool trans_a, const PackedBf16& b, float* c32,
+                         bf16_bits* c16, index_t ldc, const Bf16Epilogue& ep, int num_threads) {
+  run_gemm(path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, ep, num_threads);
+}
+
+void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const float* a,
+                         index_t lda, bool trans_a, const PackedBf16& b, float* c32,
+                         bf16_bits* c16, index_t ldc, const Bf16Epilogue& ep, int num_threads) {
+  run_gemm(path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, ep, num_threads);
+}
+
 void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,
                const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
                const Bf16Epilogue& epilogue, int num_threads) {
-  gemm_bf16_with_path(bf16_choice().path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, epilogue,
-                      num_threads);
+  run_gemm(bf16_choice().path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, epilogue,
+           num_threads);
+}
+
+void gemm_bf16(index_t m, index_t n, index_t k, const float* a, index_t lda, bool trans_a,
+               const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
+               const Bf16Epilogue& epilogue, int num_threads) {
+  run_gemm(bf16_choice().path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, epilogue,
+           num_threads);
+}
+
+PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
+                     int num_threads) {
+  auto at = [&](index_t p, index_t j) -> std::uint32_t {
+    if (p >= k) return 0u;
+    return transposed ? b[j * ld + p] : b[p * ld + j];
+  };
+  return pack_panels(k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
+    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
+  });
+}
+
+void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
+                    index_t n, int num_threads) {
+  auto at = [&](index_t p, index_t j) -> std::uint32_t {
+    if (p >= k) return 0u;
+    return float_to_bf16(transposed ? b[j * ld + p] : b[p * ld + j]);
+  };
+  pack_panels_into(out, k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
+    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
+  });
 }
 
 double bf16_peak_probe(index_t steps, int num_threads) {

@@ -60,13 +60,26 @@ struct Bf16Epilogue {
   bool accumulate = false;  // float32 output only: add to what C holds
 };
 
+// op(B) (k, n) of float32 values rounded to bf16 while packed, into out (its storage reused).
+void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
+                    index_t n, int num_threads);
+
 // C (m, n) = op(A) @ B with the epilogue; op(A)(i, p) = a[i * lda + p], or a[p * lda + i] when
 // trans_a. Exactly one of c32 / c16 is given (row stride ldc).
 void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,
                const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
                const Bf16Epilogue& epilogue, int num_threads);
+// The same with a float32 A, rounded to bf16 (nearest even) as it is packed: the product of
+// the rounded A, with no bf16 copy of A in memory.
+void gemm_bf16(index_t m, index_t n, index_t k, const float* a, index_t lda, bool trans_a,
+               const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
+               const Bf16Epilogue& epilogue, int num_threads);
 // The same on a given path (tests and benchmarks); it must be supported.
 void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
+                         index_t lda, bool trans_a, const PackedBf16& b, float* c32,
+                         bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
+                         int num_threads);
+void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const float* a,
                          index_t lda, bool trans_a, const PackedBf16& b, float* c32,
                          bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
                          int num_threads);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -128,23 +129,34 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   });
 }
 
-// B's words: word q of column j is word(q, j) for j < n, zero past n; parallel over panels.
+// B's words into p: word q of column j is word(q, j) for j < n, zero past n; parallel over
+// panels. p's storage is reused when it is large enough (a weight packed again after each
+// update costs no allocation).
+template <class Word>
+void pack_panels_into(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
+                      Word&& word) {
+  p->k = k;
+  p->n = n;
+  p->words = words;
+  p->panels = (n + kPanel - 1) / kPanel;
+  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
+  std::uint32_t* base = p->data.data();
+  parallel_for(p->panels, threads, [&](index_t panel) {
+    std::uint32_t* out = base + panel * words * kPanel;
+    const index_t j0 = panel * kPanel;
+    const index_t cols = std::min<index_t>(kPanel, n - j0);
+    for (index_t q = 0; q < words; ++q) {
+      for (index_t j = 0; j < cols; ++j) out[q * kPanel + j] = word(q, j0 + j);
+      for (index_t j = cols; j < kPanel; ++j) out[q * kPanel + j] = 0u;
+    }
+  });
+}
+
 template <class Word>
 PackedPanels pack_panels(index_t k, index_t n, index_t words, int num_threads, Word&& word) {
   PackedPanels p;
-  p.k = k;
-  p.n = n;
-  p.words = words;
-  p.panels = (n + kPanel - 1) / kPanel;
-  p.data.assign(buffer_bytes(words * kPanel, p.panels, 1), 0u);
-  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
-  parallel_for(p.panels, threads, [&](index_t panel) {
-    std::uint32_t* out = p.data.data() + panel * words * kPanel;
-    const index_t j0 = panel * kPanel;
-    const index_t cols = std::min<index_t>(kPanel, n - j0);
-    for (index_t q = 0; q < words; ++q)
-      for (index_t j = 0; j < cols; ++j) out[q * kPanel + j] = word(q, j0 + j);
-  });
+  pack_panels_into(&p, k, n, words, num_threads, std::forward<Word>(word));
   return p;
 }
 

@@ -20,6 +20,7 @@ from . import (
     layers,
     losses,
     metrics,
+    mixed_precision,
     optimizers,
     regularizers,
     schedules,
@@ -28,7 +29,7 @@ from ._random import set_random_seed
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .kernels import build_info
 from .layers import Input
-from .models import Sequential, load_model
+from .models import Sequential, load_model, quantize
 
 __version__ = build_info()["version"]
 
@@ -37,7 +38,8 @@ def cpu_info() -> dict:
     """What the matrix-product engine found and chose at import.
 
     Returns a dict: ``features`` (CPU flags seen, e.g. ``{"avx512f": True, ...}``), ``isa``
-    (the ISA in use per dtype), ``microkernels`` (kernel family per dtype, e.g.
+    (the ISA in use per dtype; for "bfloat16" and "int8" the low-precision products' path:
+    "avx512_bf16" / "avx512_vnni", or "emulated"), ``microkernels`` (kernel family per dtype, e.g.
     ``"avx512 14x32"``), ``available_isas`` (those this CPU and build can run, best first),
     ``best_isa``, ``forced`` (True when the ``DENSEKIT_ISA`` environment variable chose a
     lower ISA), ``requested`` (its value, or None) and ``note`` (why a request was not
@@ -47,7 +49,12 @@ def cpu_info() -> dict:
     isa = info["gemm_isa"]
     return {
         "features": dict(info["cpu_features"]),
-        "isa": {"float32": isa, "float64": isa},
+        "isa": {
+            "float32": isa,
+            "float64": isa,
+            "bfloat16": kernels.bf16_config()["path"],
+            "int8": kernels.int8_config()["path"],
+        },
         "microkernels": {
             "float32": info["gemm_kernel_float32"],
             "float64": info["gemm_kernel_float64"],
@@ -78,9 +85,11 @@ __all__ = [
     "load_model",
     "losses",
     "metrics",
+    "mixed_precision",
     "models",
     "num_threads",
     "optimizers",
+    "quantize",
     "regularizers",
     "schedules",
     "set_num_threads",

@@ -570,6 +570,52 @@ def _matmul_bf16_path_test(
 ) -> npt.NDArray[np.float32] | Bf16Array: ...
 def bf16_config() -> LowpConfig: ...
 
+class Bf16Weights:
+    def __init__(
+        self,
+        w: npt.NDArray[np.float32],
+        *,
+        transposed: bool = False,
+        num_threads: int | None = None,
+    ) -> None: ...
+    def pack(self, w: npt.NDArray[np.float32], *, num_threads: int | None = None) -> None: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def transposed(self) -> bool: ...
+
+def dense_forward_bf16(
+    x: npt.NDArray[np.float32],
+    w: Bf16Weights,
+    b: npt.NDArray[np.float32] | None = None,
+    *,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    out: npt.NDArray[np.float32] | None = None,
+    preact_out: npt.NDArray[np.float32] | None = None,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32]: ...
+def dense_backward_bf16(
+    dy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    w: Bf16Weights,
+    *,
+    y: npt.NDArray[np.float32] | None = None,
+    preact: npt.NDArray[np.float32] | None = None,
+    activation: ActivationName | None = "linear",
+    alpha: float | None = None,
+    need_dx: bool = True,
+    need_dw: bool = True,
+    need_db: bool = True,
+    dx_out: npt.NDArray[np.float32] | None = None,
+    dw_out: npt.NDArray[np.float32] | None = None,
+    db_out: npt.NDArray[np.float32] | None = None,
+    accumulate: bool = False,
+    num_threads: int | None = None,
+) -> tuple[
+    npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None
+]: ...
+
 class QuantizedWeights:
     @staticmethod
     def quantize(

@@ -299,7 +299,7 @@ def inference_pipeline(ops, weights):
     """A ``Pipeline`` of the inference ops, each op's weights live (None) or a snapshot."""
     segments, run = [], []
     for op, own in zip(ops, weights):
-        if hasattr(op, "inference_step"):
+        if getattr(op, "inference_step", None):
             run.append(op.inference_step(own))
             continue
         if run:

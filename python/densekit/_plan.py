@@ -87,6 +87,131 @@ class DenseOp:
         )
 
 
+class Bf16DenseOp(DenseOp):
+    """A Dense layer under "mixed_bfloat16": its products in bf16 (kernels.dense_forward_bf16
+    / dense_backward_bf16), everything else float32. The layer's float32 kernel is rounded
+    and packed into a ``Bf16Weights`` when ``weights_key()`` (the model's weight version)
+    or the layer's ``weights_generation`` has moved since: once per optimizer step in
+    training, once per change of the weights in inference."""
+
+    inference_step = None  # not a DenseChain step: the pipeline calls infer
+    inference_weights = True
+
+    def __init__(self, layer: Dense, activation: Activation, weights_key):
+        super().__init__(layer, activation)
+        self.weights_key = weights_key
+        self.with_transposed = False  # set when a backward call needs dx = dz @ w.T
+        self._packed = None
+        self._key = None
+        self._snapshot = (None, None)  # (kernel snapshot, its Bf16Weights)
+
+    def with_activation(self, activation: Activation) -> Bf16DenseOp:
+        return Bf16DenseOp(self.layer, activation, self.weights_key)
+
+    def packed(self):
+        """The live kernel's Bf16Weights, packed again if the weights moved."""
+        key = (self.weights_key(), self.layer.weights_generation)
+        packed = self._packed
+        if packed is None or packed.transposed != self.with_transposed:
+            packed = self._packed = kernels.Bf16Weights(
+                self.layer.kernel, transposed=self.with_transposed
+            )
+        elif key != self._key:
+            packed.pack(self.layer.kernel)
+        self._key = key
+        return packed
+
+    def forward(self, x, y, preact):
+        options = _with_alpha({"out": y, "activation": self.activation.name}, self.activation)
+        if preact is not None:
+            options["preact_out"] = preact
+        layer, packed, dense_forward_bf16 = self.layer, self.packed, kernels.dense_forward_bf16
+
+        def forward():
+            dense_forward_bf16(x, packed(), layer.bias, **options)
+
+        return forward
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        act = self.activation
+        options = _with_alpha({"need_dx": dx is not None, "activation": act.name}, act)
+        if dx is not None:
+            options["dx_out"] = dx
+            self.with_transposed = True
+        if weight_grads[0] is not None:
+            options["dw_out"] = weight_grads[0]
+        else:
+            options["need_dw"] = False
+        if self.layer.use_bias and weight_grads[1] is not None:
+            options["db_out"] = weight_grads[1]
+        else:
+            options["need_db"] = False
+        if act.name != "linear":
+            options["preact" if self.needs_preact else "y"] = preact if self.needs_preact else y
+        op, dense_backward_bf16 = self, kernels.dense_backward_bf16
+
+        def backward():
+            # the forward of this step packed the weights (with w.T where dx is needed)
+            dense_backward_bf16(dy, x, op._packed, **options)
+
+        return backward
+
+    def infer(self, x, weights=None):
+        if weights is None:
+            packed, bias = self.packed(), self.layer.bias
+        else:
+            kernel, bias = weights[0], weights[1] if len(weights) > 1 else None
+            held, packed = self._snapshot
+            if held is not kernel:
+                packed = kernels.Bf16Weights(kernel)
+                self._snapshot = (kernel, packed)
+        return kernels.dense_forward_bf16(
+            x, packed, bias, **_with_alpha({"activation": self.activation.name}, self.activation)
+        )
+
+
+class Int8DenseOp(DenseOp):
+    """A Dense layer quantized to int8 (``Sequential.quantize``): kernels.dense_forward_int8
+    with the layer's ``quantized_kernel``. Inference only."""
+
+    inference_step = None
+    inference_weights = True
+
+    def with_activation(self, activation: Activation) -> Int8DenseOp:
+        return Int8DenseOp(self.layer, activation)
+
+    def forward(self, x, y, preact):
+        options = _with_alpha({"out": y, "activation": self.activation.name}, self.activation)
+        layer, dense_forward_int8 = self.layer, kernels.dense_forward_int8
+
+        def forward():
+            dense_forward_int8(x, layer.quantized_kernel, layer.bias, **options)
+
+        return forward
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        raise ValueError(
+            f"fit: layer {self.layer.name!r} is int8-quantized (inference only: predict and "
+            "evaluate); train the float32 model, then quantize it"
+        )
+
+    def infer(self, x, weights=None):
+        options = _with_alpha({"activation": self.activation.name}, self.activation)
+        return kernels.dense_forward_int8(
+            x, self.layer.quantized_kernel, self.layer.bias, **options
+        )
+
+
+def dense_op(layer: Dense, activation: Activation, training: bool, weights_key) -> DenseOp:
+    """The op of a Dense layer for its dtype policy."""
+    policy = layer.dtype_policy
+    if policy.quantization_mode == "int8":
+        return Int8DenseOp(layer, activation)
+    if policy.compute_dtype == "bfloat16":
+        return Bf16DenseOp(layer, activation, weights_key)
+    return DenseOp(layer, activation)
+
+
 class ActivationOp:
     has_weights = False
     needs_preact = False
@@ -148,20 +273,26 @@ def inference_chain(ops, weights=None) -> kernels.DenseChain:
     """The inference ops as one kernel call, with the live weights or, per op, ``weights``
     (a snapshot: [kernel(, bias)], or None for an op without weights)."""
     weights = weights or [None] * len(ops)
-    if not all(hasattr(op, "inference_step") for op in ops):  # normalization layers
+    if not all(getattr(op, "inference_step", None) for op in ops):  # normalization, bf16, int8
         return _norm_plan.inference_pipeline(ops, weights)
     return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
 
 
-def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
+def _always_new():
+    return object()
+
+
+def build_ops(layers, input_width: int, training: bool, absorbed: str | None, weights_key=None):
     """The ops of the model's layers; ``absorbed`` is the output activation the loss takes
     over (its kernel works on logits), or None. Returns None if the model does not end in
-    that activation."""
+    that activation. ``weights_key()`` changes whenever the weights may have changed (the
+    model's weight version; default: always), for ops that hold a converted copy of them."""
+    weights_key = weights_key or _always_new
     ops: list = []
     width = input_width
     for layer in layers:
         if isinstance(layer, Dense):
-            ops.append(DenseOp(layer, layer.activation))
+            ops.append(dense_op(layer, layer.activation, training, weights_key))
             width = layer.units
         elif isinstance(layer, ActivationLayer):
             if layer.activation.name == "linear":

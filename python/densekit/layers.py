@@ -13,7 +13,16 @@ import itertools
 
 import numpy as np
 
-from . import _random, _registry, activations, constraints, initializers, kernels, regularizers
+from . import (
+    _random,
+    _registry,
+    activations,
+    constraints,
+    initializers,
+    kernels,
+    mixed_precision,
+    regularizers,
+)
 
 _name_counters: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
@@ -72,7 +81,21 @@ class Layer(_registry.Configurable):
         self.trainable = trainable
         base = "".join("_" + c.lower() if c.isupper() else c for c in type(self).__name__)
         self.name = name or unique_name(base.lstrip("_"))
-        self.dtype = None if dtype is None else np.dtype(dtype).name
+        # dtype: a NumPy dtype (the model's, float32 or float64) or a policy name
+        # (densekit.mixed_precision); None takes the global policy where it is mixed.
+        self._policy: mixed_precision.DTypePolicy | None = None
+        if dtype is None:
+            policy = mixed_precision.global_policy()
+            self._policy = policy if policy.is_mixed else None
+            self.dtype = None
+        elif mixed_precision.is_policy_name(dtype):
+            policy = mixed_precision.DTypePolicy(
+                dtype
+            )  # a name Keras has but densekit refuses raises
+            self._policy = policy if policy.is_mixed else None
+            self.dtype = None if policy.is_mixed else policy.variable_dtype
+        else:
+            self.dtype = np.dtype(dtype).name
         if input_dim is not None:
             input_shape = (input_dim,)
         self._input_shape = (
@@ -83,6 +106,28 @@ class Layer(_registry.Configurable):
         self.built = False
         # (attribute, shape, initializer) per weight, in Keras's order; set by build_weights.
         self._weight_specs: list[tuple[str, tuple[int, ...], initializers.Initializer]] = []
+
+    # -- dtype policy --------------------------------------------------------------------
+    @property
+    def dtype_policy(self) -> mixed_precision.DTypePolicy:
+        """The layer's ``DTypePolicy`` (its dtype's when it has no mixed policy)."""
+        return self._policy or mixed_precision.DTypePolicy(self.dtype or "float32")
+
+    @property
+    def compute_dtype(self) -> str:
+        """What the layer's products take: "bfloat16" under "mixed_bfloat16"."""
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The dtype of the layer's weights."""
+        return self.dtype_policy.variable_dtype
+
+    def weights_changed(self) -> None:
+        """Called after new values were written into this layer's weights by ``set_weights``
+        (the layer's or the model's) or a build: counts ``weights_generation``, and a layer
+        holding a derived copy of its weights (int8 weights) makes it again."""
+        self.weights_generation = getattr(self, "weights_generation", 0) + 1
 
     # -- building ----------------------------------------------------------------------
     @property
@@ -200,6 +245,7 @@ class Layer(_registry.Configurable):
                 )
         for target, array in zip(own, arrays):
             np.copyto(target, array, casting="same_kind")
+        self.weights_changed()
 
     def count_params(self) -> int:
         return sum(int(np.prod(shape)) for _, shape, _ in self._weight_specs)
@@ -207,7 +253,9 @@ class Layer(_registry.Configurable):
     # -- configuration -----------------------------------------------------------------
     def get_config(self) -> dict:
         config = {"name": self.name}
-        if self.dtype is not None:
+        if self._policy is not None:
+            config["dtype"] = self._policy.name
+        elif self.dtype is not None:
             config["dtype"] = self.dtype
         if self._input_shape is not None:
             config["input_shape"] = list(self._input_shape)
@@ -278,12 +326,60 @@ class Dense(Layer):
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
+    @property
+    def quantization_mode(self) -> str | None:
+        """ "int8" after ``Sequential.quantize("int8")``, else None."""
+        return self.dtype_policy.quantization_mode
+
     def build_weights(self, input_dim: int) -> int:
         self.input_dim, self.output_dim = input_dim, self.units
         self._weight_specs = [("kernel", (input_dim, self.units), self.kernel_initializer)]
         if self.use_bias:
             self._weight_specs.append(("bias", (self.units,), self.bias_initializer))
+        if self.quantization_mode == "int8":
+            # the per-column scales; kernel then holds the int8 values times their scale
+            self._weight_specs.append(("kernel_scale", (self.units,), initializers.get("ones")))
+        self.quantized_kernel = None
         return self.units
+
+    def weight_is_trainable(self, attribute: str) -> bool:
+        if self.quantization_mode is not None and attribute in ("kernel", "kernel_scale"):
+            return False  # the int8 weights are fixed; training them needs the float model
+        return super().weight_is_trainable(attribute)
+
+    def weights_changed(self) -> None:
+        """Make the int8 weights again from kernel and kernel_scale (quantized layers):
+        kernel / scale rounds back to the int8 value exactly, as kernel holds it times
+        its scale in float32."""
+        super().weights_changed()
+        if self.quantization_mode is None or self.kernel is None:
+            return
+        scale = self.kernel_scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.rint(
+                np.divide(self.kernel, scale, where=scale > 0, out=np.zeros_like(self.kernel))
+            )
+        if not (np.isfinite(q).all() and (np.abs(q) <= 127).all()):
+            raise ValueError(
+                f"weights: layer {self.name!r} is int8-quantized: kernel / kernel_scale must "
+                "round to integers in [-127, 127]"
+            )
+        self.quantized_kernel = kernels.QuantizedWeights.from_int8(q.astype(np.int8), scale.copy())
+
+    def take_quantization(self, mode: str) -> None:
+        """Give this layer the policy of ``mode`` ("int8": "int8_from_float32"); its model
+        then rebuilds its weights (``Sequential.quantize`` does both)."""
+        if mode != "int8":
+            raise ValueError(f"mode: expected 'int8', got {mode!r}")
+        self._policy = mixed_precision.DTypePolicy("int8_from_float32")
+
+    def quantized_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kernel, kernel_scale) of this layer quantized to int8 per output column: the
+        float32 values that stand for int8 weights (each an integer in [-127, 127] times its
+        column's scale) and the scales."""
+        quantized = kernels.QuantizedWeights.quantize(np.ascontiguousarray(self.kernel, np.float32))
+        kernel = quantized.weights.astype(np.float32) * quantized.scales
+        return kernel, quantized.scales.copy()
 
     def get_config(self) -> dict:
         config = super().get_config()

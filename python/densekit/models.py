@@ -165,6 +165,15 @@ class Sequential:
         if not self.layers:
             raise ValueError("The model has no layers; add some before building it")
         previous = {id(layer): layer.get_weights() for layer in self.layers if layer.built}
+        for layer in self.layers:
+            policy = layer.dtype_policy
+            if policy.variable_dtype != self.dtype and (
+                policy.is_mixed or policy.quantization_mode
+            ):
+                raise ValueError(
+                    f"dtype: layer {layer.name!r} has the policy {policy.name!r}, whose weights "
+                    f"are {policy.variable_dtype}, but the model's dtype is {self.dtype}"
+                )
         width = features
         for layer in self.layers:
             width = layer.build_weights(width)
@@ -209,9 +218,14 @@ class Sequential:
             kept = previous.get(id(layer))
             if kept is not None and [w.shape for w in kept] == [w.shape for w in layer.weights]:
                 layer.set_weights(kept)
+            else:
+                layer.weights_changed()
         self._params, self._weight_views = params, views
         self.input_dim, self.output_dim = features, width
-        self._predict_ops = build_ops(self.layers, features, training=False, absorbed=None)
+        guard = self._guard
+        self._predict_ops = build_ops(
+            self.layers, features, training=False, absorbed=None, weights_key=lambda: guard.version
+        )
         # predict's kernel call, holding the live weights (views into the buffer made above)
         self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
         self._invalidate()
@@ -371,10 +385,62 @@ class Sequential:
             with guard.lock:
                 for target, array in zip(own, arrays):
                     np.copyto(target, array, casting="same_kind")
+                for layer in self.layers:
+                    layer.weights_changed()
                 guard.version += 1
         finally:
             if claimed:
                 guard.release()
+
+    def quantize(self, mode="int8") -> None:
+        """Quantize the model's Dense layers in place, as Keras 3's ``model.quantize``: each
+        kernel becomes int8 per output column (symmetric, scale = max |column| / 127, rounding
+        to nearest even) with its float32 scales as the non-trainable weight
+        ``kernel_scale``; the layers' policy becomes "int8_from_float32". ``predict``,
+        ``predict_async`` and ``evaluate`` then quantize each input row to int8 on the fly and
+        compute exact int32 products (AVX512-VNNI where present) with a float32 epilogue;
+        ``save`` / ``load_model`` keep it. The model is then inference only: ``fit`` raises.
+
+        Parameters
+        ----------
+        mode : str
+            "int8" (the only mode).
+
+        Raises
+        ------
+        ValueError
+            For another mode, a float64 model, or a model with no Dense layer to quantize.
+        """
+        if mode != "int8":
+            raise ValueError(f"mode: expected 'int8', got {mode!r}")
+        self._refuse_while_training("quantize")
+        if not self.built:
+            raise ValueError("quantize: the model is not built; build it (or fit it) first")
+        if self.dtype != "float32":
+            raise ValueError(
+                f"quantize: int8 weights stand for float32 ones; the model is {self.dtype}"
+            )
+        dense = [
+            layer
+            for layer in self.layers
+            if isinstance(layer, layers.Dense) and layer.quantization_mode is None
+        ]
+        if not dense:
+            raise ValueError("quantize: the model has no Dense layer left to quantize")
+        new_weights = {}
+        for layer in dense:
+            kernel, scale = layer.quantized_values()
+            new_weights[id(layer)] = [
+                kernel,
+                *([layer.bias.copy()] if layer.use_bias else []),
+                scale,
+            ]
+        for layer in dense:
+            layer.take_quantization(mode)
+        self._build(self.input_dim)
+        for layer in dense:
+            layer.set_weights(new_weights[id(layer)])
+        self._guard.version += 1
 
     def count_params(self) -> int:
         return int(self._params.size) if self.built else 0
@@ -885,6 +951,34 @@ def clone_model(model, clone_function=None) -> Sequential:
     if model.built and not clone.built:
         clone.build((None, model.input_dim))
     return clone
+
+
+def quantize(model: Sequential, mode="int8") -> Sequential:
+    """A copy of ``model`` (same layers and weights) quantized with ``Sequential.quantize``;
+    ``model`` itself is left as it is.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built float32 model.
+    mode : str
+        "int8".
+
+    Returns
+    -------
+    Sequential
+        The quantized copy, compiled as ``model`` was (without its optimizer state).
+    """
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model: expected a densekit.Sequential, got {model!r}")
+    if not model.built:
+        raise ValueError("model: not built; build it (or fit it) first")
+    copy = clone_model(model)
+    copy.set_weights(model.get_weights())
+    if model.compiled:
+        copy.compile_from_config(model.get_compile_config())
+    copy.quantize(mode)
+    return copy
 
 
 def load_model(filepath, compile=True) -> Sequential:

@@ -223,10 +223,13 @@ class TrainingState:
         self._dtype = parameters.dtype
         self._guard, self._locked = guard, True
         self.loss = loss
+        self._weights_version = lambda: guard.version
         absorbed = None if loss.from_logits else loss.fused_activation
         self._ops = {}
         for mode in ("train", "evaluate"):
-            ops = build_ops(self._layers, input_dim, mode == "train", absorbed)
+            ops = build_ops(
+                self._layers, input_dim, mode == "train", absorbed, self._weights_version
+            )
             if ops is None:
                 raise ValueError(
                     f"loss: {type(loss).__name__}(from_logits=False) takes probabilities from a "
