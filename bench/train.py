@@ -114,10 +114,11 @@ def random_batches(rng, sizes, batch, dtype, count):
     ]
 
 
-def densekit_model(sizes, weights, dtype):
+def densekit_model(sizes, weights, dtype, policy=None):
+    """``policy``: each Dense layer's dtype policy (e.g. "mixed_bfloat16"), or the model's."""
     stack = [layers.Input((sizes[0],))]
-    stack += [layers.Dense(units, "relu") for units in sizes[1:-1]]
-    stack.append(layers.Dense(sizes[-1], "softmax"))
+    stack += [layers.Dense(units, "relu", dtype=policy) for units in sizes[1:-1]]
+    stack.append(layers.Dense(sizes[-1], "softmax", dtype=policy))
     model = densekit.Sequential(stack, dtype=dtype)
     model.set_weights(weights)
     # torch's epsilon, so that both run the same rule

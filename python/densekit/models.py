@@ -394,7 +394,7 @@ class Sequential:
 
     def quantize(self, mode="int8") -> None:
         """Quantize the model's Dense layers in place, as Keras 3's ``model.quantize``: each
-        kernel becomes int8 per output column (symmetric, scale = max |column| / 127, rounding
+        kernel becomes int8 per output column (symmetric, scale = max(abs(column)) / 127, rounding
         to nearest even) with its float32 scales as the non-trainable weight
         ``kernel_scale``; the layers' policy becomes "int8_from_float32". ``predict``,
         ``predict_async`` and ``evaluate`` then quantize each input row to int8 on the fly and

@@ -1,0 +1,231 @@
+"""The bf16 dense layer kernels, dense_forward_bf16 and dense_backward_bf16 (csrc/lowp/).
+
+Each is the float32 dense layer with its products in bf16: the operands rounded to bf16 to
+nearest even (ml_dtypes' rounding), products by matmul_bf16's rule. So each result must equal
+bit for bit the composition of the already-tested pieces (to_bfloat16 / ml_dtypes, matmul_bf16,
+activation_forward / activation_backward, a float64 column sum), and be within bf16's rounding
+of the float64 reference of the float layer.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from densekit import kernels as K
+
+from . import reference as ref
+from .helpers import json_of_child
+
+BF16 = ml_dtypes.bfloat16
+ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
+NEEDS_Z = {name for name in K.ACTIVATIONS if not K.ACTIVATION_INFO[name]["derivative_from_output"]}
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+def layer(rng, n, k, m):
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w = (rng.standard_normal((k, m)) / np.sqrt(max(k, 1))).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) * 0.1
+    return x, w, b
+
+
+def composed_forward(x, w, b, activation):
+    """The same layer from the tested pieces: matmul_bf16 of the rounded operands."""
+    z = K.matmul_bf16(x.astype(BF16), w.astype(BF16), bias=b)
+    return z, K.activation_forward(z, activation)
+
+
+def composed_backward(dy, x, w, z, activation):
+    dz = K.activation_backward(dy, activation, z=z) if activation != "linear" else dy
+    dz16 = dz.astype(BF16)
+    dw = K.matmul_bf16(x.astype(BF16), dz16, trans_a=True)
+    dx = K.matmul_bf16(dz16, w.astype(BF16), trans_b=True)
+    db = dz.astype(np.float64).sum(axis=0).astype(np.float32)
+    return dx, dw, db
+
+
+@pytest.mark.parametrize("activation", [*ELEMENTWISE, "softmax", "log_softmax"])
+def test_forward_is_the_composition_bit_for_bit(activation):
+    rng = np.random.default_rng(1)
+    x, w, b = layer(rng, 23, 67, 45)
+    packed = K.Bf16Weights(w)
+    preact = np.empty((23, 45), np.float32)
+    y = K.dense_forward_bf16(x, packed, b, activation=activation, preact_out=preact)
+    z, want = composed_forward(x, w, b, activation)
+    np.testing.assert_array_equal(bits(preact), bits(z))
+    np.testing.assert_array_equal(bits(y), bits(want))
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "gelu", "tanh", "sigmoid", "softmax"])
+def test_backward_is_the_composition_bit_for_bit(activation):
+    rng = np.random.default_rng(2)
+    x, w, b = layer(rng, 31, 53, 37)
+    packed = K.Bf16Weights(w, transposed=True)
+    preact = np.empty((31, 37), np.float32)
+    y = K.dense_forward_bf16(x, packed, b, activation=activation, preact_out=preact)
+    dy = rng.standard_normal((31, 37)).astype(np.float32)
+    dx, dw, db = K.dense_backward_bf16(dy, x, packed, preact=preact, y=y, activation=activation)
+    want = composed_backward(dy, x, w, preact, activation)
+    for got, expected in zip((dx, dw, db), want):
+        np.testing.assert_array_equal(bits(got), bits(expected))
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "gelu", "sigmoid", "tanh"])
+def test_gradients_are_near_the_float64_reference(activation):
+    """bf16 rounds each operand to 8 significant bits: the layer's gradients are those of the
+    float layer within a few units of 2^-8 relative to the magnitudes involved."""
+    rng = np.random.default_rng(3)
+    x, w, b = layer(rng, 64, 96, 48)
+    packed = K.Bf16Weights(w, transposed=True)
+    preact = np.empty((64, 48), np.float32)
+    K.dense_forward_bf16(x, packed, b, activation=activation, preact_out=preact)
+    dy = rng.standard_normal((64, 48)).astype(np.float32)
+    dx, dw, db = K.dense_backward_bf16(dy, x, packed, preact=preact, activation=activation)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    z64 = x64 @ w64 + b64
+    np.testing.assert_array_less(
+        np.abs(preact - z64), 4 * 2.0**-8 * (np.abs(x64) @ np.abs(w64)) + 1e-6
+    )
+    # the derivative at the layer's own pre-activation (a kink, as relu's, follows its sign)
+    dz64 = ref.activation_grad(dy.astype(np.float64), preact.astype(np.float64), activation)
+    unit = 4 * 2.0**-8
+    np.testing.assert_array_less(
+        np.abs(dw - x64.T @ dz64), unit * (np.abs(x64.T) @ np.abs(dz64)) + 1e-6
+    )
+    np.testing.assert_array_less(
+        np.abs(dx - dz64 @ w64.T), unit * (np.abs(dz64) @ np.abs(w64.T)) + 1e-6
+    )
+    np.testing.assert_array_less(np.abs(db - dz64.sum(0)), unit * np.abs(dz64).sum(0) + 1e-6)
+
+
+def test_accumulate_and_what_is_needed():
+    rng = np.random.default_rng(4)
+    x, w, _ = layer(rng, 9, 17, 11)
+    packed = K.Bf16Weights(w)  # no w.T: dx cannot be asked for
+    dy = rng.standard_normal((9, 11)).astype(np.float32)
+    dw0 = rng.standard_normal((17, 11)).astype(np.float32)
+    db0 = rng.standard_normal(11).astype(np.float32)
+    dw, db = dw0.copy(), db0.copy()
+    result = K.dense_backward_bf16(
+        dy, x, packed, need_dx=False, dw_out=dw, db_out=db, accumulate=True
+    )
+    assert result[0] is None and result[1] is dw and result[2] is db
+    _, fresh_dw, fresh_db = composed_backward(dy, x, w, None, "linear")
+    np.testing.assert_allclose(dw, dw0 + fresh_dw, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(db, db0 + fresh_db, rtol=1e-6, atol=1e-6)
+    only_db = K.dense_backward_bf16(dy, x, packed, need_dx=False, need_dw=False)
+    assert only_db[0] is None and only_db[1] is None
+    np.testing.assert_array_equal(only_db[2], fresh_db)
+
+
+def test_pack_follows_new_weights_and_keeps_its_shape():
+    rng = np.random.default_rng(5)
+    x, w, b = layer(rng, 5, 12, 7)
+    packed = K.Bf16Weights(w, transposed=True)
+    assert packed.shape == (12, 7) and packed.transposed
+    w2 = w * 3 + 1
+    packed.pack(w2)
+    np.testing.assert_array_equal(
+        K.dense_forward_bf16(x, packed, b), composed_forward(x, w2, b, "linear")[1]
+    )
+    with pytest.raises(ValueError, match=r"w: expected shape \(12, 7\)"):
+        packed.pack(np.zeros((7, 12), np.float32))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_bitwise_identical_for_any_thread_count(threads):
+    rng = np.random.default_rng(6)
+    x, w, b = layer(rng, 130, 301, 97)
+    packed = K.Bf16Weights(w, transposed=True, num_threads=threads)
+    preact = np.empty((130, 97), np.float32)
+    y = K.dense_forward_bf16(
+        x, packed, b, activation="gelu", preact_out=preact, num_threads=threads
+    )
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = K.dense_backward_bf16(
+        dy, x, packed, preact=preact, activation="gelu", num_threads=threads
+    )
+    z, want_y = composed_forward(x, w, b, "gelu")
+    np.testing.assert_array_equal(bits(y), bits(want_y))
+    for got, expected in zip(grads, composed_backward(dy, x, w, z, "gelu")):
+        np.testing.assert_array_equal(bits(got), bits(expected))
+
+
+@given(
+    n=st.sampled_from([0, 1, 2, 3, 13, 14, 15, 29]),
+    k=st.sampled_from([0, 1, 2, 3, 7, 31, 33, 257]),
+    m=st.sampled_from([1, 2, 15, 17, 31, 33, 97]),
+    seed=st.integers(0, 2**31),
+)
+def test_hypothesis_shapes(n, k, m, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = layer(rng, n, k, m)
+    packed = K.Bf16Weights(w, transposed=True)
+    preact = np.empty((n, m), np.float32)
+    y = K.dense_forward_bf16(x, packed, b, activation="relu", preact_out=preact)
+    z, want = composed_forward(x, w, b, "relu")
+    np.testing.assert_array_equal(bits(y), bits(want))
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    grads = K.dense_backward_bf16(dy, x, packed, preact=preact, activation="relu")
+    for got, expected in zip(grads, composed_backward(dy, x, w, z, "relu")):
+        np.testing.assert_array_equal(bits(got), bits(expected))
+
+
+_SUBPROCESS = """
+import json
+import numpy as np
+from densekit import kernels as K
+rng = np.random.default_rng(7)
+x = rng.standard_normal((21, 99)).astype(np.float32)
+w = rng.standard_normal((99, 45)).astype(np.float32)
+packed = K.Bf16Weights(w, transposed=True)
+z = np.empty((21, 45), np.float32)
+y = K.dense_forward_bf16(x, packed, activation="relu", preact_out=z)
+grads = K.dense_backward_bf16(np.ones_like(y), x, packed, preact=z, activation="relu")
+print(json.dumps({"path": K.bf16_config()["path"],
+                  "bits": [a.view(np.uint32).ravel().tolist() for a in (y, *grads)]}))
+"""
+
+
+def test_emulated_path_gives_the_same_bits():
+    base = json_of_child(_SUBPROCESS, {})
+    forced = json_of_child(_SUBPROCESS, {"DENSEKIT_BF16": "emulated"})
+    assert forced["path"] == "emulated"
+    assert forced["bits"] == base["bits"]
+
+
+def test_errors_name_the_argument():
+    w = np.ones((4, 3), np.float32)
+    packed = K.Bf16Weights(w)
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match=r"w: expected densekit\.kernels\.Bf16Weights"):
+        K.dense_forward_bf16(x, w)
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float16"):
+        K.dense_forward_bf16(x.astype(np.float16), packed)
+    with pytest.raises(TypeError, match="w: expected dtype float32, got float64"):
+        K.Bf16Weights(w.astype(np.float64))
+    with pytest.raises(ValueError, match=r"x: expected 4 columns \(w.shape\[0\]\)"):
+        K.dense_forward_bf16(np.ones((2, 5), np.float32), packed)
+    with pytest.raises(ValueError, match="b: expected shape"):
+        K.dense_forward_bf16(x, packed, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        K.dense_forward_bf16(x, packed, out=np.empty((2, 4), np.float32))
+    dy = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"w: need_dx needs Bf16Weights made with transposed=True"):
+        K.dense_backward_bf16(dy, x, packed)
+    with pytest.raises(ValueError, match="preact: activation 'gelu' needs the pre-activation"):
+        K.dense_backward_bf16(dy, x, packed, activation="gelu", need_dx=False)
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        K.dense_backward_bf16(np.ones((2, 4), np.float32), x, packed, need_dx=False)
+    with pytest.raises(ValueError, match="dw_out: accumulate=True adds into dw_out"):
+        K.dense_backward_bf16(dy, x, packed, need_dx=False, accumulate=True)
+    out = np.empty((2, 3), np.float32)
+    with pytest.raises(ValueError, match="out: must not share memory with preact_out"):
+        K.dense_forward_bf16(x, packed, out=out, preact_out=out)
