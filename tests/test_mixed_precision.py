@@ -17,6 +17,13 @@ import densekit
 from densekit import kernels as K
 from densekit import layers, mixed_precision
 
+# Keras on torch converts arrays with NumPy 1's __array__ signature
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    # Keras's quantize warns that its InputLayer has no quantize method
+    pytest.mark.filterwarnings("ignore:Layer InputLayer does not have:UserWarning"),
+]
+
 
 @pytest.fixture(autouse=True)
 def _float32_policy_after():
@@ -274,3 +281,30 @@ def test_bf16_and_int8_accuracy_within_half_a_point_of_float32(data, classes, ep
     assert base > (0.9 if classes == 10 else 0.93)
     assert accuracy(mixed) >= base - 0.005
     assert accuracy(quantized) >= base - 0.005
+
+
+# -- .keras files ---------------------------------------------------------------------------------
+
+
+def test_keras_files_carry_the_mixed_policy_and_refuse_int8(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    pytest.importorskip("h5py")
+    keras = pytest.importorskip("keras")
+    (x, _), _ = digits()
+    model = mlp(64, 10, "mixed_bfloat16")
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    theirs = keras.saving.load_model(path)
+    assert [layer.dtype_policy.name for layer in theirs.layers] == ["mixed_bfloat16"] * 3
+    # Keras computes bias, activation and the activations between layers in bf16
+    np.testing.assert_allclose(theirs.predict(x[:20], verbose=0), model.predict(x[:20]), atol=0.03)
+    back = densekit.load_model(path)
+    assert [layer.dtype_policy.name for layer in back.layers] == ["mixed_bfloat16"] * 3
+    np.testing.assert_array_equal(back.predict(x[:20]), model.predict(x[:20]))
+    model.quantize("int8")
+    with pytest.raises(ValueError, match="int8-quantized; Keras's int8 layers"):
+        model.save(tmp_path / "int8.keras")
+    theirs.quantize("int8")
+    theirs.save(tmp_path / "keras_int8.keras")
+    with pytest.raises(densekit.saving.ModelFileError, match="int8-quantized Keras layers"):
+        densekit.load_model(tmp_path / "keras_int8.keras")

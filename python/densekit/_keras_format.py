@@ -415,14 +415,26 @@ def _model_dtype(policy, path, where: str) -> str | None:
     """The float dtype a Keras dtype (a name or a DTypePolicy config) stands for."""
     if policy is None:
         return None
-    name = policy
-    if isinstance(policy, dict):
-        name = (policy.get("config") or {}).get("name")
+    name = _policy_name(policy)
+    if name == "mixed_bfloat16":
+        return "float32"  # its variables
     if name not in ("float32", "float64"):
         raise _error(
-            path, f"{where}: dtype {_short(name)} (densekit computes in float32 or float64)"
+            path,
+            f"{where}: dtype {_short(name)} (densekit reads float32, float64 and "
+            "mixed_bfloat16 layers; int8-quantized Keras layers are not read)",
         )
     return name
+
+
+def _policy_name(policy):
+    """The name of a Keras dtype (a name or a DTypePolicy config)."""
+    if isinstance(policy, dict):
+        config = policy.get("config") or {}
+        if policy.get("class_name") == "QuantizedDTypePolicy":
+            return f"{config.get('mode')}_from_{config.get('source_name')}"
+        return config.get("name")
+    return policy
 
 
 def _layers_dtype(keras_layers: list, path) -> str | None:
@@ -466,6 +478,8 @@ def _layer_to_densekit(layer_config, path, index: int, model_dtype):
         }
     accepted = _accepted_keys(cls)
     kept = {"name": name}
+    if _policy_name(config.get("dtype")) == "mixed_bfloat16":
+        kept["dtype"] = "mixed_bfloat16"
     for key, value in config.items():
         if key in ("name", "dtype"):
             continue
@@ -888,10 +902,17 @@ def _layer_to_keras(layer, dtype: str, input_dim: int):
     if mapping is None or mapping.densekit_class != class_name:
         raise ValueError(f"{where}: no Keras form (supported: {', '.join(supported_layers())})")
     config = layer.get_config()
+    policy = layer.dtype_policy
+    if policy.quantization_mode is not None:
+        raise ValueError(
+            f"{where}: int8-quantized; Keras's int8 layers quantize with another scale "
+            "convention, so a .keras file would not predict the same: save the float model "
+            "as .keras (and quantize after loading), or this one as .npz"
+        )
     keras_config = {
         "name": layer.name,
         "trainable": bool(getattr(layer, "trainable", True)),
-        "dtype": _dtype_policy(dtype),
+        "dtype": _dtype_policy(policy.name if policy.is_mixed else dtype),
     }
     for key, value in config.items():
         if key in ("name", "dtype", "input_shape", "input_dim", "trainable"):
