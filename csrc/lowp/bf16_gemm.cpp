@@ -3,10 +3,13 @@
 #include "lowp/bf16_gemm.hpp"
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "gemm/isa.hpp"
 #include "lowp/path_choice.hpp"
+#include "lowp/row_ops.hpp"
 #include "parallel.hpp"
 #include "vecmath/scalar_activations.hpp"
 #include "vecmath/vecmath.hpp"
@@ -87,28 +90,59 @@ class FlushDenormals {
   unsigned saved_ = 0;
 };
 
-inline std::uint32_t bits_of(bf16_bits v) { return v; }
-inline std::uint32_t bits_of(float v) { return float_to_bf16(v); }
-
-// Rows [r0, r0 + rows) of op(A) as pair words, pair q of row i at out[q * rows + i]; a float32
-// A is rounded to bf16 here (the conversion fused into the packing).
-template <typename AT>
-void pack_a(const AT* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+// Rows [r0, r0 + rows) of op(A) as pair words, pair q of row i at out[q * rows + i].
+void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
             std::uint32_t* out) {
   const index_t pairs = (k + 1) / 2;
   if (!trans_a) {
     for (int i = 0; i < rows; ++i) {
-      const AT* row = a + (r0 + i) * lda;
+      const bf16_bits* row = a + (r0 + i) * lda;
       for (index_t q = 0; q < k / 2; ++q)
-        out[q * rows + i] = bits_of(row[2 * q]) | (bits_of(row[2 * q + 1]) << 16);
-      if (k % 2) out[(pairs - 1) * rows + i] = bits_of(row[k - 1]);
+        out[q * rows + i] = std::uint32_t(row[2 * q]) | (std::uint32_t(row[2 * q + 1]) << 16);
+      if (k % 2) out[(pairs - 1) * rows + i] = row[k - 1];
     }
   } else {
     for (index_t q = 0; q < pairs; ++q) {
-      const AT* lo = a + 2 * q * lda + r0;
-      const AT* hi = 2 * q + 1 < k ? lo + lda : nullptr;
+      const bf16_bits* lo = a + 2 * q * lda + r0;
+      const bf16_bits* hi = 2 * q + 1 < k ? lo + lda : nullptr;
       for (int i = 0; i < rows; ++i)
-        out[q * rows + i] = bits_of(lo[i]) | (hi ? bits_of(hi[i]) << 16 : 0u);
+        out[q * rows + i] = std::uint32_t(lo[i]) | (hi ? std::uint32_t(hi[i]) << 16 : 0u);
+    }
+  }
+}
+
+// The same from float32 A, rounded to bf16 as it is packed: a row is rounded into `row`
+// (the pair words of the row, an odd k padded with zero), or, transposed, two rows of A^T at
+// a time straight into pair words.
+void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+            std::uint32_t* out, std::vector<bf16_bits>& row) {
+  const index_t pairs = (k + 1) / 2;
+  if (!trans_a) {
+    // the rows rounded one after another (pair words, low half the even member), then
+    // written pair-major
+    row.resize(static_cast<size_t>(2 * pairs * rows));
+    for (int i = 0; i < rows; ++i) {
+      bf16_bits* words = row.data() + 2 * pairs * i;
+      words[2 * pairs - 1] = 0;
+      row_ops().round_to_bf16(a + (r0 + i) * lda, words, k);
+    }
+    std::uint32_t rounded[kMaxRows];
+    for (index_t q = 0; q < pairs; ++q) {
+      for (int i = 0; i < rows; ++i)
+        std::memcpy(&rounded[i], row.data() + 2 * pairs * i + 2 * q, sizeof(std::uint32_t));
+      std::copy(rounded, rounded + rows, out + q * rows);
+    }
+  } else {
+    const auto round_pairs = row_ops().round_pairs;
+    for (index_t q = 0; q < k / 2; ++q)
+      round_pairs(a + 2 * q * lda + r0, a + (2 * q + 1) * lda + r0, out + q * rows, rows);
+    if (k % 2) {
+      std::uint32_t* last = out + (pairs - 1) * rows;
+      for (int i = 0; i < rows; ++i) {
+        std::uint32_t u;
+        std::memcpy(&u, a + (k - 1) * lda + r0 + i, sizeof u);
+        last[i] = bf16_round_bits(u);
+      }
     }
   }
 }
@@ -122,23 +156,19 @@ void check_path(Bf16Path path) {
 void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c32, bf16_bits* c16,
                 index_t ldc, const Bf16Epilogue& ep, float* scratch) {
   float* v = c32 != nullptr ? c32 + i * ldc + j0 : scratch;
-  for (index_t j = 0; j < cols; ++j) {
-    float x = acc[j];
-    if (ep.accumulate) x = v[j] + x;
-    if (ep.bias != nullptr) x += ep.bias[j0 + j];
-    v[j] = x;
+  // one plain loop per step, each vectorised (the same sums in the same order: acc, + C, + b)
+  if (ep.accumulate) {
+    for (index_t j = 0; j < cols; ++j) v[j] = v[j] + acc[j];
+  } else {
+    std::copy(acc, acc + cols, v);
+  }
+  if (ep.bias != nullptr) {
+    const float* bias = ep.bias + j0;
+    for (index_t j = 0; j < cols; ++j) v[j] += bias[j];
   }
   if (ep.preact != nullptr) std::copy(v, v + cols, ep.preact + i * ep.ld_preact + j0);
-  const Activation& act = ep.activation;
-  if (act.kind != ActivationKind::linear &&
-      !vecmath::vector_activation<float>(v, nullptr, v, cols, act)) {
-    const float alpha = static_cast<float>(act.alpha);
-    for (index_t j = 0; j < cols; ++j) v[j] = scalar::forward(act.kind, alpha, v[j]);
-  }
-  if (c16 != nullptr) {
-    bf16_bits* out = c16 + i * ldc + j0;
-    for (index_t j = 0; j < cols; ++j) out[j] = float_to_bf16(v[j]);
-  }
+  apply_row_activation(v, cols, ep.activation);
+  if (c16 != nullptr) row_ops().round_to_bf16(v, c16 + i * ldc + j0, cols);
 }
 
 }  // namespace
@@ -188,7 +218,14 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
   const bool flush = tiles_for(path).sets_mxcsr;
   run_tiles<float>(
       m, b, tiles_for(path), flops, num_threads, kBlockPairs,
-      [&](index_t r0, int count, std::uint32_t* out) { pack_a(a, lda, trans_a, r0, count, k, out); },
+      [&](index_t r0, int count, std::uint32_t* out) {
+        if constexpr (std::is_same_v<AT, float>) {
+          thread_local std::vector<bf16_bits> row;
+          pack_a(a, lda, trans_a, r0, count, k, out, row);
+        } else {
+          pack_a(a, lda, trans_a, r0, count, k, out);
+        }
+      },
       [&] { return FlushDenormals(flush); },
       [&](const float* acc, index_t cols, index_t i, index_t j0, int participant) {
         std::vector<float>& row = rows[static_cast<size_t>(participant)];
@@ -238,12 +275,42 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
 
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
                     index_t n, int num_threads) {
-  auto at = [&](index_t p, index_t j) -> std::uint32_t {
-    if (p >= k) return 0u;
-    return float_to_bf16(transposed ? b[j * ld + p] : b[p * ld + j]);
-  };
-  pack_panels_into(out, k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
-    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
+  const index_t words = (k + 1) / 2;
+  out->k = k;
+  out->n = n;
+  out->words = words;
+  out->panels = (n + kPanel - 1) / kPanel;
+  out->data.resize(buffer_bytes(words * kPanel, out->panels, 1));
+  std::uint32_t* base = out->data.data();
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
+  parallel_for(out->panels, threads, [&](index_t panel) {
+    std::uint32_t* dst = base + panel * words * kPanel;
+    const index_t j0 = panel * kPanel;
+    const index_t cols = std::min<index_t>(kPanel, n - j0);
+    if (cols < kPanel) std::fill(dst, dst + words * kPanel, 0u);
+    if (!transposed) {  // rows 2q and 2q + 1 of B, columns j0.. of each
+      const auto round_pairs = row_ops().round_pairs;
+      for (index_t q = 0; q < k / 2; ++q)
+        round_pairs(b + 2 * q * ld + j0, b + (2 * q + 1) * ld + j0, dst + q * kPanel, cols);
+      if (k % 2)
+        for (index_t j = 0; j < cols; ++j) {
+          std::uint32_t u;
+          std::memcpy(&u, b + (k - 1) * ld + j0 + j, sizeof u);
+          dst[(words - 1) * kPanel + j] = bf16_round_bits(u);
+        }
+    } else {  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
+      thread_local std::vector<bf16_bits> row;
+      row.resize(static_cast<size_t>(2 * words));
+      row[static_cast<size_t>(2 * words - 1)] = 0;
+      for (index_t j = 0; j < cols; ++j) {
+        row_ops().round_to_bf16(b + (j0 + j) * ld, row.data(), k);
+        for (index_t q = 0; q < words; ++q) {
+          std::uint32_t word;
+          std::memcpy(&word, row.data() + 2 * q, sizeof word);
+          dst[q * kPanel + j] = word;
+        }
+      }
+    }
   });
 }
 
@@ -258,7 +325,7 @@ void convert_to_bf16(const float* x, bf16_bits* y, index_t count, int num_thread
   const index_t chunks = (count + kChunk - 1) / kChunk;
   parallel_for(chunks, threads_for_work(num_threads, double(count), kChunk), [&](index_t c) {
     const index_t end = std::min(count, (c + 1) * kChunk);
-    for (index_t i = c * kChunk; i < end; ++i) y[i] = float_to_bf16(x[i]);
+    row_ops().round_to_bf16(x + c * kChunk, y + c * kChunk, end - c * kChunk);
   });
 }
 

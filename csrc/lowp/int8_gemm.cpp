@@ -9,6 +9,7 @@
 
 #include "gemm/isa.hpp"
 #include "lowp/path_choice.hpp"
+#include "lowp/row_ops.hpp"
 #include "parallel.hpp"
 #include "vecmath/scalar_activations.hpp"
 #include "vecmath/vecmath.hpp"
@@ -68,14 +69,6 @@ inline std::int32_t quantize_nonzero(float v, float scale) {
 }
 inline std::int32_t quantize(float v, float scale) {
   return scale == 0.0f ? 0 : quantize_nonzero(v, scale);
-}
-
-// out[p] = q(row[p]) + 128 for p < k; scale > 0. Separate pointers (restrict: bytes may alias
-// anything), so that the loop vectorises.
-void quantize_row(const float* __restrict row, index_t k, float scale,
-                  std::uint8_t* __restrict out) {
-  for (index_t p = 0; p < k; ++p)
-    out[p] = static_cast<std::uint8_t>(quantize_nonzero(row[p], scale) + 128);
 }
 
 struct NoGuard {};
@@ -167,39 +160,15 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   const index_t stride = 4 * quads;
   std::vector<float> row_scale(static_cast<size_t>(m));
   std::vector<std::uint8_t> xq(buffer_bytes(m, stride, 1));
+  const auto quantize_row = row_ops().quantize_row;
   parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 14), [&](index_t i) {
-    const float* row = x + i * k;
-    // max |x| and "any non-finite" on the bits (integer max and or: reductions the baseline
-    // ISA vectorises; for non-negative floats the bits order as the values do).
-    std::uint32_t peak_bits = 0, exponent_ones = 0;
-    for (index_t p = 0; p < k; ++p) {
-      std::uint32_t u;
-      std::memcpy(&u, row + p, 4);
-      u &= 0x7fffffffu;
-      peak_bits = std::max(peak_bits, u);
-      exponent_ones |= (u & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
-    }
-    float peak;
-    std::memcpy(&peak, &peak_bits, 4);
-    const bool finite = exponent_ones == 0;
-    const float s = finite ? peak / 127.0f : 0.0f;
-    row_scale[size_t(i)] = finite ? s : std::numeric_limits<float>::quiet_NaN();
-    std::uint8_t* out = xq.data() + i * stride;
-    if (s == 0.0f) {
-      std::fill(out, out + k, std::uint8_t(128));
-    } else {
-      quantize_row(row, k, s, out);
-    }
-    for (index_t p = k; p < stride; ++p) out[p] = 128;
+    row_scale[size_t(i)] = quantize_row(x + i * k, k, stride, xq.data() + i * stride);
   });
   auto pack_a = [&](index_t r0, int rows, std::uint32_t* out) {
     for (int i = 0; i < rows; ++i) {
       const std::uint8_t* row = xq.data() + (r0 + i) * stride;
-      for (index_t q = 0; q < quads; ++q) {
-        const std::uint8_t* b = row + 4 * q;
-        out[q * rows + i] = std::uint32_t(b[0]) | (std::uint32_t(b[1]) << 8) |
-                            (std::uint32_t(b[2]) << 16) | (std::uint32_t(b[3]) << 24);
-      }
+      for (index_t q = 0; q < quads; ++q)  // a word is 4 consecutive bytes, little-endian
+        std::memcpy(out + q * rows + i, row + 4 * q, sizeof(std::uint32_t));
     }
   };
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
@@ -211,18 +180,17 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
         const float s = row_scale[size_t(i)];
+        const std::int32_t* col_sums = w.col_sums.data() + j0;
+        const float* scales = w.scales.data() + j0;
         for (index_t j = 0; j < cols; ++j) {
-          const std::int32_t exact = acc[j] - 128 * w.col_sums[size_t(j0 + j)];
-          float v = static_cast<float>(exact) * (s * w.scales[size_t(j0 + j)]);
-          if (ep.bias != nullptr) v += ep.bias[j0 + j];
-          out[j] = v;
+          const std::int32_t exact = acc[j] - 128 * col_sums[j];
+          out[j] = static_cast<float>(exact) * (s * scales[j]);
         }
-        const Activation& act = ep.activation;
-        if (act.kind != ActivationKind::linear &&
-            !vecmath::vector_activation<float>(out, nullptr, out, cols, act)) {
-          const float alpha = static_cast<float>(act.alpha);
-          for (index_t j = 0; j < cols; ++j) out[j] = scalar::forward(act.kind, alpha, out[j]);
+        if (ep.bias != nullptr) {
+          const float* bias = ep.bias + j0;
+          for (index_t j = 0; j < cols; ++j) out[j] += bias[j];
         }
+        apply_row_activation(out, cols, ep.activation);
       });
 }
 

@@ -14,9 +14,12 @@
 #include <utility>
 #include <vector>
 
+#include "activation_table.hpp"
 #include "common.hpp"
 #include "gemm/isa.hpp"
 #include "parallel.hpp"
+#include "vecmath/scalar_activations.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit::lowp {
 
@@ -84,12 +87,19 @@ template <typename Acc, class PackA, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
                int num_threads, index_t block_words, PackA&& pack_a, Guard&& guard,
                Finish&& finish) {
-  constexpr index_t kChunkPanels = 8;
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
   const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
-  const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
   const int threads = threads_for_work(num_threads, flops, 4e6);
+  // Columns per task: as many panels as keep a chunk of B within about half of L2 (each row
+  // tile's A is packed once per chunk), at least 8, but enough chunks for every thread.
+  const index_t panel_bytes = std::max<index_t>(words, 1) * kPanel * index_t(sizeof(std::uint32_t));
+  index_t chunk_panels = std::max<index_t>(8, (index_t(512) << 10) / panel_bytes);
+  const index_t wanted_chunks = (4 * index_t(threads) + row_tiles - 1) / row_tiles;
+  chunk_panels = std::max<index_t>(
+      1, std::min(chunk_panels, (b.panels + wanted_chunks - 1) / wanted_chunks));
+  const index_t kChunkPanels = chunk_panels;
+  const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
   const index_t panel_stride = words * kPanel;
   struct Scratch {
     std::vector<std::uint32_t> a;
@@ -105,7 +115,11 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t panels = std::min(kChunkPanels, b.panels - p0);
     const index_t width = panels * kPanel;
     s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
-    s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
+    // the tiles' first k block overwrites the accumulators: zeros only where k is empty
+    if (words > 0)
+      s.acc.resize(static_cast<size_t>(rows * width));
+    else
+      s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
     if (words > 0) {
       pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
@@ -127,6 +141,25 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t cols = std::min(width, b.n - j0);
     for (int i = 0; i < rows; ++i) finish(s.acc.data() + i * width, cols, r0 + i, j0, participant);
   });
+}
+
+// act(v) in place over a finished row: relu and leaky_relu as plain loops that vectorise
+// (a switch per element does not), the others through the vector math where it has them;
+// the same values as activation_forward.
+inline void apply_row_activation(float* v, index_t cols, const Activation& act) {
+  const float alpha = static_cast<float>(act.alpha);
+  switch (act.kind) {
+    case ActivationKind::linear: return;
+    case ActivationKind::relu:
+      for (index_t j = 0; j < cols; ++j) v[j] = scalar::relu(v[j]);
+      return;
+    case ActivationKind::leaky_relu:
+      for (index_t j = 0; j < cols; ++j) v[j] = v[j] > 0.0f ? v[j] : alpha * v[j];
+      return;
+    default:
+      if (!vecmath::vector_activation<float>(v, nullptr, v, cols, act))
+        for (index_t j = 0; j < cols; ++j) v[j] = scalar::forward(act.kind, alpha, v[j]);
+  }
 }
 
 // B's words into p: word q of column j is word(q, j) for j < n, zero past n; parallel over

@@ -1,0 +1,35 @@
+// The elementwise work around the low-precision products, per ISA: rounding float32 to bf16
+// (into halves, or into the pair words of two rows) and quantizing a row of x to unsigned int8.
+// Each is written once (row_ops.inc) as plain loops and built by a translation unit per ISA,
+// which vectorises it with that ISA's instructions; integer and IEEE arithmetic only, so every
+// ISA gives the same bits.
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+#include "lowp/bf16.hpp"
+
+namespace densekit::lowp {
+
+struct RowOps {
+  // y[t] = bf16(x[t]), t < count
+  void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
+  // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count
+  void (*round_pairs)(const float* lo, const float* hi, std::uint32_t* out, index_t count) = nullptr;
+  // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] /
+  // scale) + 128 clamped to [1, 255], out[k..stride) = 128; all 128 when the scale is 0.
+  // Returns the scale, or NaN (and all 128) when the row holds an inf or NaN.
+  float (*quantize_row)(const float* x, index_t k, index_t stride, std::uint8_t* out) = nullptr;
+};
+
+// The row operations of the float32 engine's ISA.
+const RowOps& row_ops();
+
+RowOps row_ops_portable();
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+RowOps row_ops_avx2();
+RowOps row_ops_avx512();
+#endif
+
+}  // namespace densekit::lowp

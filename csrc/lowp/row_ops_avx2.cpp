@@ -1,0 +1,15 @@
+// The row operations (row_ops.inc) built for the avx2 ISA (this file alone has its flags).
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "lowp/row_ops.hpp"
+
+namespace densekit::lowp {
+namespace {
+#include "lowp/row_ops.inc"
+}  // namespace
+
+RowOps row_ops_avx2() { return make_row_ops(); }
+
+}  // namespace densekit::lowp
