@@ -695,6 +695,12 @@ class AUC(_ConfusionMetric):
         self.multi_label = bool(multi_label)
         if num_labels is not None and not self.multi_label:
             raise ValueError("num_labels: needed only when multi_label is True")
+        if num_labels is not None and (
+            isinstance(num_labels, bool)
+            or not isinstance(num_labels, numbers.Integral)
+            or num_labels < 1
+        ):
+            raise ValueError(f"num_labels: expected None or an int >= 1, got {num_labels!r}")
         self.num_labels = num_labels
         self.label_weights = None
         if label_weights is not None:
