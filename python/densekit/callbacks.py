@@ -321,7 +321,10 @@ def _monitor_mode(mode: str, monitor: str) -> str:
         raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":  # the metrics that grow as the model improves, as Keras's direction
         name = re.sub(r"_\d+$", "", monitor)  # a repeated metric's key: auc_1
-        better_higher = ("acc", "accuracy", "auc", "precision", "recall", "score")
+        better_higher = (
+            *("acc", "accuracy", "auc", "precision", "recall"),
+            *("f1_score", "fbeta_score", "f_beta_score", "r2_score"),
+        )
         return "max" if name.endswith(better_higher) else "min"
     return mode
 

@@ -76,6 +76,7 @@ class Metric(_registry.Configurable):
         self._width = width
 
     def reset_state(self) -> None:
+        """Start over: every sum of the state back to 0."""
         self.state.fill(0.0)
 
     @property
@@ -89,6 +90,8 @@ class Metric(_registry.Configurable):
         return float(self.state[1])
 
     def result(self):
+        """The metric's value: a float, or an array for a metric with one value per class,
+        output or threshold (as Keras returns a tensor of that shape)."""
         total, count = self.state
         return float(total / count) if count else 0.0
 
@@ -208,34 +211,33 @@ def _as_result(values: np.ndarray):
     return float(values) if np.ndim(values) == 0 else np.asarray(values, np.float64)
 
 
-class _Hits:
-    """Adds ``hits`` (bool, (n,) or (n, d)) to a running mean of the samples' shares of
-    hits: unweighted, the hits and the outputs; weighted, each row's hits times its weight
-    and d times the weights (the same mean as Keras's, which divides each row by d)."""
+def _add_hits(state: np.ndarray, hits: np.ndarray, sample_weight):
+    """The call that adds ``hits`` (bool, (n,) or (n, d), filled before each call) to a
+    running mean of the samples' shares of hits: unweighted, the hits and the outputs;
+    weighted, each row's hits times its weight and d times the weights (the mean Keras
+    takes, which divides each row by d)."""
+    count_nonzero, size = np.count_nonzero, hits.size
+    if sample_weight is None:
 
-    def __init__(self, state: np.ndarray, hits: np.ndarray, sample_weight):
-        self.state, self.hits, self.weights = state, hits, sample_weight
-        n = hits.shape[0]
-        self.width = hits.shape[1] if hits.ndim == 2 else 1
-        self.size = hits.size
-        if sample_weight is not None:
-            self.row_hits = np.empty(n)
-            self.weighted = np.empty(n)
+        def add():
+            state[0] += count_nonzero(hits)
+            state[1] += size
 
-    def add(self) -> None:
-        state, hits = self.state, self.hits
-        if self.weights is None:
-            state[0] += np.count_nonzero(hits)
-            state[1] += self.size
-            return
-        row_hits = self.row_hits
+        return add
+    width = hits.shape[1] if hits.ndim == 2 else 1
+    row_hits = np.empty(hits.shape[0])
+    weighted = np.empty(hits.shape[0])
+
+    def add_weighted():
         if hits.ndim == 2:
             np.sum(hits, axis=1, dtype=np.float64, out=row_hits)
         else:
             np.copyto(row_hits, hits)
-        np.multiply(row_hits, self.weights, out=self.weighted)
-        state[0] += self.weighted.sum()
-        state[1] += self.width * np.sum(self.weights, dtype=np.float64)
+        np.multiply(row_hits, sample_weight, out=weighted)
+        state[0] += weighted.sum()
+        state[1] += width * np.sum(sample_weight, dtype=np.float64)
+
+    return add_weighted
 
 
 # -- running means ------------------------------------------------------------------------
@@ -298,13 +300,14 @@ class SparseCategoricalAccuracy(Metric):
     def bind(self, y_true, y_pred, output, sample_weight=None):
         n = y_pred.shape[0]
         predicted = np.empty(n, np.int64)
-        hits = _Hits(self.state, np.empty(n, np.bool_), sample_weight)
+        hits = np.empty(n, np.bool_)
+        add = _add_hits(self.state, hits, sample_weight)
         argmax, equal = np.argmax, np.equal
 
         def update():
             argmax(y_pred, axis=1, out=predicted)
-            equal(predicted, y_true, out=hits.hits)
-            hits.add()
+            equal(predicted, y_true, out=hits)
+            add()
 
         return update
 
@@ -316,14 +319,15 @@ class CategoricalAccuracy(Metric):
         n = y_pred.shape[0]
         predicted = np.empty(n, np.int64)
         expected = np.empty(n, np.int64)
-        hits = _Hits(self.state, np.empty(n, np.bool_), sample_weight)
+        hits = np.empty(n, np.bool_)
+        add = _add_hits(self.state, hits, sample_weight)
         argmax, equal = np.argmax, np.equal
 
         def update():
             argmax(y_pred, axis=1, out=predicted)
             argmax(y_true, axis=1, out=expected)
-            equal(predicted, expected, out=hits.hits)
-            hits.add()
+            equal(predicted, expected, out=hits)
+            add()
 
         return update
 
@@ -352,13 +356,14 @@ class BinaryAccuracy(Metric):
         if output == "logits":
             threshold = math.log(threshold / (1 - threshold))
         above = np.empty(y_pred.shape, np.bool_)
-        hits = _Hits(self.state, np.empty(y_pred.shape, np.bool_), sample_weight)
+        hits = np.empty(y_pred.shape, np.bool_)
+        add = _add_hits(self.state, hits, sample_weight)
         greater, equal = np.greater, np.equal
 
         def update():
             greater(y_pred, threshold, out=above)
-            equal(above, y_true, out=hits.hits)
-            hits.add()
+            equal(above, y_true, out=hits)
+            add()
 
         return update
 
@@ -372,11 +377,12 @@ class Accuracy(Metric):
     needs_probabilities = True
 
     def bind(self, y_true, y_pred, output, sample_weight=None):
-        hits = _Hits(self.state, np.empty(y_pred.shape, np.bool_), sample_weight)
+        hits = np.empty(y_pred.shape, np.bool_)
+        add = _add_hits(self.state, hits, sample_weight)
 
         def update():
-            np.equal(y_pred, y_true, out=hits.hits)
-            hits.add()
+            np.equal(y_pred, y_true, out=hits)
+            add()
 
         return update
 
