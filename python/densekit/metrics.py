@@ -573,11 +573,8 @@ class Precision(_ConfusionMetric):
         self.top_k = None if top_k is None else _top_k(top_k)
         self.class_id = _class_id(class_id)
         default = 0.5 if top_k is None else _NEG_INF
-        if thresholds is None:
-            values = [default]
-        else:
-            values = _thresholds(thresholds, default)
-        self._set_thresholds(values)
+        self.thresholds = _thresholds(thresholds, default)  # as Keras parses them
+        self._set_thresholds(self.thresholds)
         super().__init__(name, dtype)
 
     def result(self):
