@@ -139,7 +139,8 @@ def values_for(draw, pool: list, name: str):
 
 # Well-formed calls: positional and keyword parameters with their kinds. "n,k" is a float
 # array of that shape (symbols drawn per call, shared between arrays), "labels:n,c" integer
-# class labels, the other kinds scalars. A drawn call is then mutated in zero or more places.
+# class labels, "sorted:t" an ascending float array, the other kinds scalars. A drawn call is
+# then mutated in zero or more places.
 LOSS = {
     "pos": [("prediction", "n,c"), ("target", "n,c")],
     "kw": {
@@ -288,6 +289,23 @@ SPECS = {
         "kw": {"out": "q,c", "num_threads": "threads"},
     },
     "pack_weights": {"pos": [("w", "k,m")], "kw": {"num_threads": "threads"}},
+    "confusion_counts": {
+        "pos": [("prediction", "n,c"), ("target", "n,c"), ("thresholds", "sorted:t")],
+        "kw": {
+            "sample_weight": "n",
+            "column_weight": "c",
+            "top_k": "step",
+            "class_id": "step",
+            "multi_label": "bool",
+            "out": "q,t",
+            "accumulate": "bool",
+            "num_threads": "threads",
+        },
+    },
+    "top_k_hits": {
+        "pos": [("prediction", "n,c"), ("target", "labels:n,c"), ("k", "step")],
+        "kw": {"sample_weight": "n", "num_threads": "threads"},
+    },
     # Low precision: "bf16:" arrays are ml_dtypes.bfloat16, "f32:" float32, "qw:" weights
     # quantized to int8 (QuantizedWeights).
     "to_bfloat16": {"pos": [("x", "f32:n,k")], "kw": {"out": "bf16:n,k", "num_threads": "threads"}},
@@ -436,6 +454,8 @@ def well_formed(draw, name: str):
             if head == "f32" or ml_dtypes is None:
                 return x.astype(np.float32)
             return x.astype(np.float32).astype(ml_dtypes.bfloat16)
+        if kind.startswith("sorted:"):  # ascending values (thresholds)
+            return np.sort(value(kind[7:]))
         if kind.startswith("list:"):
             return [value(kind[5:]) for _ in range(draw(st.integers(0, 3)))]
         labels = kind.startswith("labels:")

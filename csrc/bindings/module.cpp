@@ -156,6 +156,7 @@ PYBIND11_MODULE(_core, m) {
   bind::bind_dense(m);
   bind::bind_gemm_testing(m);
   bind::bind_losses(m);
+  bind::bind_metrics(m);
   bind::bind_optim(m);
   bind::bind_data(m);
   bind::bind_lowp(m);

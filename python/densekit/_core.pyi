@@ -422,6 +422,30 @@ def take_rows(
     num_threads: int | None = None,
 ) -> npt.NDArray[np.generic]: ...
 
+# Metric kernels (csrc/metrics.hpp): prediction and target (n, d); float64 sums.
+def confusion_counts(
+    prediction: FloatArray,
+    target: FloatArray,
+    thresholds: FloatArray,
+    *,
+    sample_weight: FloatArray | None = None,
+    column_weight: FloatArray | None = None,
+    top_k: int | None = None,
+    class_id: int | None = None,
+    multi_label: bool = False,
+    out: npt.NDArray[np.float64] | None = None,
+    accumulate: bool = False,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float64]: ...
+def top_k_hits(
+    prediction: FloatArray,
+    target: LabelArray | FloatArray,
+    k: int,
+    *,
+    sample_weight: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[float, float]: ...
+
 # Normalization kernels (csrc/normalization.hpp): x is (n, k), statistics per feature (k,),
 # layer norm's per row (n,).
 def feature_moments(

@@ -144,16 +144,18 @@ class InlineComm:
 
 class Tally:
     """The loss and metric sums of an epoch (or an evaluation), per slot, the same on every
-    rank. A slot's row: its loss, rows, each metric's total and count, and two flags (the
-    rank's data ran out; the rank asks to stop)."""
+    rank. A slot's row: its loss, rows, each metric's state (its sums, flattened), and two
+    flags (the rank's data ran out; the rank asks to stop)."""
 
     def __init__(self, strategy, state):
         self.strategy, self.state = strategy, state
         self.metrics = state.metrics
         self.mean = state.loss.kernel_reduction != "sum"
-        count = len(self.metrics)
-        self.width = 2 + 2 * count + 2
-        self.sums = np.zeros((strategy.slots, 2 + 2 * count))
+        sizes = [metric.state.size for metric in self.metrics]
+        starts = np.cumsum([2, *sizes])
+        self.columns = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
+        self.width = int(starts[-1]) + 2
+        self.sums = np.zeros((strategy.slots, self.width - 2))
         self.ended_column, self.stop_column = self.width - 2, self.width - 1
 
     def empty_row(self, ended: bool = False, stop: bool = False) -> np.ndarray:
@@ -169,9 +171,8 @@ class Tally:
         state = self.state
         state.reset_metrics()
         state.update_metrics(plan)
-        count = len(self.metrics)
-        for i, metric in enumerate(self.metrics):
-            row[2 + i], row[2 + count + i] = metric.total, metric.count
+        for metric, columns in zip(self.metrics, self.columns):
+            row[columns] = metric.state.ravel()
         return row
 
     def start_exchange(self, rows):
@@ -207,12 +208,10 @@ class Tally:
         self.publish()
 
     def publish(self) -> None:
-        """Set the metrics' running totals to the global ones (for ``state.logs``)."""
+        """Set the metrics' states to the global sums (for ``state.logs``)."""
         total = pairwise_sum(self.sums)
-        count = len(self.metrics)
-        for i, metric in enumerate(self.metrics):
-            metric.total = float(total[2 + i])
-            metric.count = int(total[2 + count + i])
+        for metric, columns in zip(self.metrics, self.columns):
+            np.copyto(metric.state, total[columns].reshape(metric.state.shape))
         self.loss_total, self.seen = float(total[0]), int(total[1])
 
     def logs(self) -> dict:

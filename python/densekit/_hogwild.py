@@ -136,8 +136,7 @@ class HogwildEpochs:
             metric.reset_state()
         for worker in self.workers:
             for metric, own in zip(metrics, worker.state.metrics):
-                metric.total += own.total
-                metric.count += own.count
+                metric.state += own.state  # the workers' sums add up
         return (
             sum(worker.loss_total for worker in self.workers),
             sum(worker.seen for worker in self.workers),

@@ -543,7 +543,7 @@ def _translate_compile(settings, path):
     if not isinstance(settings, dict):
         raise _error(path, f"invalid compile_config {_short(settings)}")
     for key, value in settings.items():
-        if key not in ("optimizer", "loss", "metrics") and not (
+        if key not in ("optimizer", "loss", "metrics", "weighted_metrics") and not (
             key in _COMPILE_DEFAULTS and value == _COMPILE_DEFAULTS[key]
         ):
             raise _error(
@@ -567,17 +567,21 @@ def _translate_compile(settings, path):
         loss = _named("losses", loss, path)
     else:
         raise _error(path, f"loss {_short(loss)} (densekit models have one output)")
-    metrics = settings.get("metrics") or []
-    if not isinstance(metrics, list):
-        raise _error(path, f"metrics {_short(metrics)}")
-    translated = []
-    for metric in metrics:
-        if isinstance(metric, dict):
-            metric = _object_to_densekit(metric, "metrics", path, "metric")
-        elif not isinstance(metric, str):
-            raise _error(path, f"metric {_short(metric)} (densekit models have one output)")
-        translated.append(metric)
-    return {"optimizer": optimizer, "loss": loss, "metrics": translated}
+    translated = {"optimizer": optimizer, "loss": loss}
+    for key in ("metrics", "weighted_metrics"):
+        metrics = settings.get(key) or []
+        if not isinstance(metrics, list):
+            raise _error(path, f"{key} {_short(metrics)}")
+        translated[key] = []
+        for metric in metrics:
+            if isinstance(metric, dict):
+                metric = _object_to_densekit(metric, "metrics", path, "metric")
+            elif not isinstance(metric, str):
+                raise _error(path, f"metric {_short(metric)} (densekit models have one output)")
+            translated[key].append(metric)
+    if not translated["weighted_metrics"]:
+        del translated["weighted_metrics"]  # as densekit's compile config leaves it out
+    return translated
 
 
 def _h5py():
@@ -972,7 +976,10 @@ def _compile_to_keras(settings, filepath):
         "loss": _object_to_keras(settings["loss"], "losses"),
         "metrics": [_object_to_keras(m, "metrics") for m in settings["metrics"]],
         "loss_weights": None,
-        "weighted_metrics": None,
+        "weighted_metrics": [
+            _object_to_keras(m, "metrics") for m in settings.get("weighted_metrics", [])
+        ]
+        or None,
         "run_eagerly": False,
         "steps_per_execution": 1,
         "jit_compile": False,

@@ -411,8 +411,9 @@ class Workspace:
     """Buffers of one mode ("train" or "evaluate") at one batch capacity, and their plans.
 
     ``layer_grads`` maps ``id(layer)`` to the gradient views the backward calls write;
-    ``metrics`` are the metric objects the plans update; ``absorbed`` is the output
-    activation the loss works on logits for (or None).
+    ``metrics`` are the metric objects the plans update, ``metric_weighted`` whether each is
+    given the sample weights of a weighted plan; ``absorbed`` is the output activation the
+    loss works on logits for (or None).
     """
 
     def __init__(
@@ -429,9 +430,11 @@ class Workspace:
         absorbed: str | None,
         layer_grads: dict,
         metrics: list,
+        metric_weighted: list | None = None,
     ):
         self.mode, self.capacity = mode, capacity
         self.layer_grads, self.metrics = layer_grads, metrics
+        self.metric_weighted = metric_weighted or [False] * len(metrics)
         self.loss, self.absorbed = loss, absorbed
         self.training = mode == "train"
         self.ops = ops
@@ -560,11 +563,15 @@ class Workspace:
                         kernels.activation_forward, output, self.absorbed, out=predictions
                     )
                 )
-        for metric in self.metrics:
+        for metric, weighted in zip(self.metrics, self.metric_weighted):
             if metric.needs_probabilities:
-                metric_updates.append(metric.bind(plan.y, predictions, "probabilities"))
+                args = (plan.y, predictions, "probabilities")
             else:
-                metric_updates.append(metric.bind(plan.y, output, kind))
+                args = (plan.y, output, kind)
+            if weighted and plan.sample_weight is not None:
+                metric_updates.append(metric.bind(*args, sample_weight=plan.sample_weight))
+            else:  # Keras's weighted metrics are unweighted on batches without weights
+                metric_updates.append(metric.bind(*args))
 
         # state updates (moving statistics) that the training state runs with the optimizer
         plan.updates = tuple(

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -214,7 +215,15 @@ class History(Callback):
 
 
 def _format_logs(logs: dict) -> str:
-    return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+    return " - ".join(f"{key}: {_format_value(value)}" for key, value in logs.items())
+
+
+def _format_value(value) -> str:
+    """A number with 4 decimals; a metric with one value per class or threshold (F1Score
+    with average=None, Precision with several thresholds) as its array."""
+    if np.ndim(value) == 0:
+        return f"{value:.4f}"
+    return np.array2string(np.asarray(value), precision=4, separator=", ")
 
 
 def resolve_verbose(verbose) -> int:
@@ -310,8 +319,13 @@ class ProgbarLogger(Callback):
 def _monitor_mode(mode: str, monitor: str) -> str:
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
-    if mode == "auto":
-        return "max" if monitor.endswith(("acc", "accuracy", "auc")) else "min"
+    if mode == "auto":  # the metrics that grow as the model improves, as Keras's direction
+        name = re.sub(r"_\d+$", "", monitor)  # a repeated metric's key: auc_1
+        better_higher = (
+            *("acc", "accuracy", "auc", "precision", "recall"),
+            *("f1_score", "fbeta_score", "f_beta_score", "r2_score"),
+        )
+        return "max" if name.endswith(better_higher) else "min"
     return mode
 
 
@@ -831,7 +845,8 @@ class TensorBoard(Callback):
     """Writes the epoch logs as TensorBoard scalars (event files, through ``tensorboardX``:
     ``pip install 'densekit[tensorboard]'``), laid out as Keras does: ``log_dir/train`` gets
     ``epoch_loss``, ``epoch_<metric>`` and ``epoch_learning_rate``, ``log_dir/validation``
-    the ``val_`` values under the same tags, step = epoch.
+    the ``val_`` values under the same tags, step = epoch. A metric with one value per class
+    or threshold (``F1Score(average=None)``...) is not a scalar and is left out.
 
     Parameters
     ----------
@@ -900,7 +915,8 @@ class TensorBoard(Callback):
             return
         writer = self._writer("train")
         for key, value in (logs or {}).items():
-            writer.add_scalar(f"batch_{key}", float(value), self._batches)
+            if np.ndim(value) == 0:  # scalars only: not a metric per class or threshold
+                writer.add_scalar(f"batch_{key}", float(value), self._batches)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -910,6 +926,8 @@ class TensorBoard(Callback):
             seconds = time.perf_counter() - self._epoch_start
             logs["steps_per_second"] = (self.params.get("steps") or 0) / max(seconds, 1e-12)
         for key, value in logs.items():
+            if np.ndim(value) != 0:  # scalars only: not a metric per class or threshold
+                continue
             name, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             self._writer(name).add_scalar(f"epoch_{tag}", float(value), epoch)
         if self.histogram_freq and epoch % self.histogram_freq == 0:

@@ -294,7 +294,11 @@ class MPIStrategy:
             "weight shapes": [list(w.shape) for w in model.weights],
             "optimizer": _without_names(optimizers.serialize(state.optimizer)),
             "loss": _without_names(losses.serialize(state.loss)),
-            "metrics": [type(m).__name__ for m in state.metrics],
+            # the metrics' configs and weighting fix the layout of the exchanged sums
+            "metrics": [
+                [type(m).__name__, _without_names(m.get_config()), list(m.state.shape), weighted]
+                for m, weighted in zip(state.metrics, state.metric_weighted)
+            ],
         }
 
     def _check_data(self, arrays: dict, what: str) -> None:

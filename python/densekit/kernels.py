@@ -5,7 +5,8 @@ Every function checks its inputs before it releases the GIL, never converts or c
 NumPy arrays, C-contiguous, float32 or float64 (all of one call share one dtype).
 The optimizer steps follow torch.optim's rules by default and Keras 3's with
 ``convention="keras"`` (where the two differ: epsilon placement, the momentum buffer,
-weight decay); ``lion_step`` has Keras's one rule.
+weight decay); ``lion_step`` has Keras's one rule. The metric kernels
+(``confusion_counts``, ``top_k_hits``) return float64 sums whatever the input dtype.
 Shapes use Keras's layout: ``x`` is (n, k) for n samples of k features, the weight ``w`` is
 (k, m) for m units, the bias ``b`` is (m,).
 """
@@ -33,6 +34,7 @@ from ._core import (
     build_info,
     categorical_hinge,
     clip_by_global_norm,
+    confusion_counts,
     cosine_similarity,
     dense_backward,
     dense_backward_bf16,
@@ -68,6 +70,7 @@ from ._core import (
     squared_hinge,
     take_rows,
     to_bfloat16,
+    top_k_hits,
 )
 
 __all__ = [
@@ -91,6 +94,7 @@ __all__ = [
     "build_info",
     "categorical_hinge",
     "clip_by_global_norm",
+    "confusion_counts",
     "cosine_similarity",
     "dense_backward",
     "dense_backward_bf16",
@@ -126,4 +130,5 @@ __all__ = [
     "squared_hinge",
     "take_rows",
     "to_bfloat16",
+    "top_k_hits",
 ]

@@ -52,6 +52,7 @@ class Sequential:
         # the MPIStrategy of the last fit under one: files are then written by rank 0 only
         self.distribute_strategy: distributed.MPIStrategy | None = None
         self._metric_identifiers: list = []
+        self._weighted_metric_identifiers: list = []
         self._params = np.zeros(0, np.float32)
         self._trainable_params = self._params  # the prefix the optimizer updates
         self._trainable_size = 0
@@ -492,8 +493,19 @@ class Sequential:
         return model
 
     # -- compile -----------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, check_finite=False) -> None:
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        metrics=None,
+        weighted_metrics=None,
+        check_finite=False,
+    ) -> None:
         """Choose the optimizer, the loss and the metrics (Keras's names and classes).
+
+        ``metrics`` are computed without the sample weights, ``weighted_metrics`` with them
+        (``sample_weight``, times the ``class_weight`` of fit), as in Keras; the logs name a
+        weighted metric whose name is taken ``weighted_<name>``.
 
         ``check_finite=True`` (densekit's, not Keras's) checks every training step before
         its update: a step whose loss or gradients are NaN or infinite (bad data, a
@@ -512,14 +524,12 @@ class Sequential:
         loss = losses.get(loss)
         if loss.reduction == "none":
             raise ValueError("loss: a loss with reduction='none' cannot be trained on")
-        if metrics is None:
-            metrics = []
-        elif isinstance(metrics, (str, metrics_module.Metric)):
-            metrics = [metrics]
-        identifiers = list(metrics)
-        for identifier in identifiers:
+        identifiers = _metric_list(metrics)
+        weighted_identifiers = _metric_list(weighted_metrics)
+        for identifier in identifiers + weighted_identifiers:
             metrics_module.get(identifier, loss)  # validates names now
         self.optimizer, self.loss, self._metric_identifiers = optimizer, loss, identifiers
+        self._weighted_metric_identifiers = weighted_identifiers
         self.check_finite = bool(check_finite)
         self.compiled = True
         self._invalidate()
@@ -531,11 +541,12 @@ class Sequential:
         config = {
             "optimizer": optimizers.serialize(self.optimizer),
             "loss": losses.serialize(self.loss),
-            "metrics": [
-                m if isinstance(m, str) else metrics_module.serialize(m)
-                for m in self._metric_identifiers
-            ],
+            "metrics": [_metric_config(m) for m in self._metric_identifiers],
         }
+        if self._weighted_metric_identifiers:  # only when set, as check_finite
+            config["weighted_metrics"] = [
+                _metric_config(m) for m in self._weighted_metric_identifiers
+            ]
         if self.check_finite:  # only when set: files without it stay as they were
             config["check_finite"] = True
         return config
@@ -545,16 +556,16 @@ class Sequential:
         self.compile(
             optimizer=optimizers.deserialize(config["optimizer"]),
             loss=losses.deserialize(config["loss"]),
-            metrics=[
-                m if isinstance(m, str) else metrics_module.deserialize(m)
-                for m in config["metrics"]
-            ],
+            metrics=[_metric_from_config(m) for m in config["metrics"]],
+            weighted_metrics=[_metric_from_config(m) for m in config.get("weighted_metrics", [])],
             check_finite=config.get("check_finite", False),
         )
 
     @property
     def metrics_names(self) -> list[str]:
-        return ["loss", *(m.name for m in self.training_state.metrics)]
+        """``"loss"`` and the logs' key of each metric (the metrics, then the weighted
+        metrics)."""
+        return ["loss", *self.training_state.metric_keys]
 
     @property
     def metrics(self) -> list[metrics_module.Metric]:
@@ -591,6 +602,7 @@ class Sequential:
                 loss=self.loss,
                 optimizer=self.optimizer,
                 metric_identifiers=self._metric_identifiers,
+                weighted_metric_identifiers=self._weighted_metric_identifiers,
                 guard=self._guard,
                 check_finite=self.check_finite,
                 trainable_parameters=self._trainable_params,
@@ -889,6 +901,24 @@ class Sequential:
 
     def __repr__(self) -> str:
         return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
+
+
+def _metric_list(metrics) -> list:
+    """compile's ``metrics`` / ``weighted_metrics``: None, one metric or a list of them."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, dict, metrics_module.Metric)):
+        return [metrics]
+    return list(metrics)
+
+
+def _metric_config(metric):
+    """A compiled metric as plain data: its name, or its config."""
+    return metric if isinstance(metric, str) else metrics_module.serialize(metric)
+
+
+def _metric_from_config(config):
+    return config if isinstance(config, str) else metrics_module.deserialize(config)
 
 
 def _float_dtype(dtype, name: str) -> str:

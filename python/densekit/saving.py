@@ -339,10 +339,11 @@ def _check_compile(settings, path: str):
         return None
     keys = {"optimizer", "loss", "metrics"}
     _expect(
-        isinstance(settings, dict) and keys <= set(settings) <= keys | {"check_finite"},
+        isinstance(settings, dict)
+        and keys <= set(settings) <= keys | {"weighted_metrics", "check_finite"},
         path,
         f"invalid compile settings (expected a dict with keys {sorted(keys)}"
-        " and, optionally, check_finite)",
+        " and, optionally, weighted_metrics and check_finite)",
     )
     _expect(
         settings.get("check_finite", True) is True,
@@ -358,17 +359,19 @@ def _check_compile(settings, path: str):
     )
     loss = _from_config(settings["loss"], losses.deserialize, losses.serialize, path, "loss")
     _expect(loss.reduction != "none", path, "invalid loss: reduction 'none'")
-    _expect(isinstance(settings["metrics"], list), path, "invalid metrics")
-    for metric in settings["metrics"]:
-        if isinstance(metric, str):
-            try:
-                metrics_module.get(metric, loss)
-            except _CONFIG_ERRORS as error:
-                raise ModelFileError(f"{path}: invalid metric ({error})") from None
-        else:
-            _from_config(
-                metric, metrics_module.deserialize, metrics_module.serialize, path, "metric"
-            )
+    for key in ("metrics", "weighted_metrics"):
+        listed = settings.get(key, [])
+        _expect(isinstance(listed, list), path, f"invalid {key}")
+        for metric in listed:
+            if isinstance(metric, str):
+                try:
+                    metrics_module.get(metric, loss)
+                except _CONFIG_ERRORS as error:
+                    raise ModelFileError(f"{path}: invalid metric ({error})") from None
+            else:
+                _from_config(
+                    metric, metrics_module.deserialize, metrics_module.serialize, path, "metric"
+                )
     return optimizer
 
 

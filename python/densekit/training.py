@@ -165,6 +165,9 @@ class TrainingState:
         buffer (keeping its state if it was bound to ``parameters`` already).
     metric_identifiers : list
         The compiled metrics (names or objects).
+    weighted_metric_identifiers : list
+        The compiled weighted metrics: they see the batches' sample weights (with the class
+        weights folded in), as Keras's ``weighted_metrics``.
     guard : WeightGuard
         The model's weight guard, taken around each optimizer step.
     check_finite : bool
@@ -195,6 +198,7 @@ class TrainingState:
         optimizer: optimizers.Optimizer,
         metric_identifiers,
         guard: WeightGuard,
+        weighted_metric_identifiers=(),
         check_finite: bool = False,
         trainable_parameters: np.ndarray | None = None,
     ):
@@ -238,14 +242,25 @@ class TrainingState:
                 )
             self._ops[mode] = ops
         self._absorbed = absorbed
-        self.metrics = [metrics_module.get(i, loss, output_dim) for i in metric_identifiers]
+        # the metrics, then the weighted metrics; each builds its state for the output width
+        lists = (("metrics", metric_identifiers), ("weighted_metrics", weighted_metric_identifiers))
+        self.metrics, self.metric_weighted = [], []
         kinds = {"labels": "integer labels", "dense": "one target per output"}
-        for metric in self.metrics:
-            if metric.target_kind != loss.target_kind:
-                raise ValueError(
-                    f"metrics: {metric.name!r} needs {kinds[metric.target_kind]}, but "
-                    f"{loss.name} is given {kinds[loss.target_kind]}"
-                )
+        for argument, identifiers in lists:
+            for identifier in identifiers:
+                metric = metrics_module.get(identifier, loss, output_dim)
+                if metric.target_kind != loss.target_kind:
+                    raise ValueError(
+                        f"{argument}: {metric.name!r} needs {kinds[metric.target_kind]}, but "
+                        f"{loss.name} is given {kinds[loss.target_kind]}"
+                    )
+                metric.build(output_dim)
+                self.metrics.append(metric)
+                self.metric_weighted.append(argument == "weighted_metrics")
+        # the logs' keys, as Keras names them (a repeated name gets _1, weighted_ ...)
+        self.metric_keys = metrics_module.log_names(
+            [metric.name for metric in self.metrics], self.metric_weighted
+        )
         if loss.target_kind == "labels":
             self._target_template = np.zeros((0,), np.int64)
             if output_dim < 2:
@@ -533,6 +548,7 @@ class TrainingState:
                 absorbed=self._absorbed,
                 layer_grads=self._layer_grads,
                 metrics=self.metrics,
+                metric_weighted=self.metric_weighted,
             )
         return workspace
 
@@ -785,11 +801,11 @@ class TrainingState:
         Returns
         -------
         dict
-            ``{"loss": ..., metric name: ...}``.
+            ``{"loss": ..., metric key: ...}`` (see ``metric_keys``).
         """
         logs = {prefix + "loss": loss_total / seen if seen else float("nan")}
-        for metric in self.metrics:
-            logs[prefix + metric.name] = metric.result()
+        for key, metric in zip(self.metric_keys, self.metrics):
+            logs[prefix + key] = metric.result()
         return logs
 
     def evaluate(self, x, y, sample_weight, batch_size: int, hooks=None, progress=None) -> dict:

@@ -53,7 +53,12 @@ def checks(strategy: MPIStrategy) -> None:
         other = densekit.Sequential(
             [layers.Input((x.shape[1],)), layers.Dense(25, "relu"), layers.Dense(4, "softmax")]
         )
-        other.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        other.compile(
+            "adam",
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            weighted_metrics=["accuracy", densekit.metrics.SparseTopKCategoricalAccuracy(k=2)],
+        )
     report(rank, "config", lambda: other.fit(x, y, verbose=0, strategy=strategy))
     deterministic = MPIStrategy(deterministic=True)
     data = densekit.data.Dataset.from_tensor_slices((x, y)).batch(16)

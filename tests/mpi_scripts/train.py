@@ -48,6 +48,8 @@ def build_model(seed: int = 1, frozen: bool = False) -> densekit.Sequential:
         optimizers.Adam(schedules.CosineDecay(0.01, decay_steps=40)),
         "sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        # weighted: the ranks' metric states (sums of weighted hits) add up across slots
+        weighted_metrics=["accuracy", densekit.metrics.SparseTopKCategoricalAccuracy(k=2)],
     )
     return model
 
