@@ -278,6 +278,50 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
         yield int8_predict_case(batch, settings.threads)
 
 
+# The targets: (case, shape, peer, speed-up over the peer), measured in one run.
+TARGETS = (
+    ("matmul bf16", "1024x1024x1024", "torch", 1.1),
+    ("matmul bf16", "4096x512x512", "torch", 1.1),
+    ("dense bf16 relu", "256x784x256", "torch", 1.3),
+    ("dense bf16 relu", "64x784x256", "torch", 1.3),
+    ("train step mixed_bfloat16", "256x784-256-128-10", "densekit fp32", 1.7),
+    ("train step mixed_bfloat16", "256x784-256-128-10", "torch", 3.0),
+    ("predict int8", "256x784-256-128-10", "torch", 1.2),
+    ("predict int8", "256x784-256-128-10", "densekit fp32", 2.5),
+)
+PEAK_TARGETS = (("matmul bf16", "1024x1024x1024", 0.9), ("matmul bf16", "4096x512x512", 0.9))
+
+
+def summarize(records: list, peaks: dict | None = None) -> list[str]:
+    mine = {(r.name, r.shape): r for r in records if r.family == FAMILY}
+    if not mine:
+        return []
+    lines = ["low-precision targets (densekit speed / peer speed, medians of this run):"]
+    for name, shape, peer, target in TARGETS:
+        record = mine.get((name, shape))
+        ratio = None if record is None else record.ratio(peer)
+        verdict = (
+            "not measured"
+            if ratio is None
+            else (f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}")
+        )
+        lines.append(f"  {name:<26} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}")
+    for name, shape, target in PEAK_TARGETS:
+        record = mine.get((name, shape))
+        rate = None if record is None else record.rate("densekit")
+        peak = (peaks or {}).get("bfloat16", {}).get(record.threads) if record else None
+        verdict = (
+            "not measured"
+            if not (rate and peak)
+            else (
+                f"{100 * rate / peak:.0f}% of {peak:.0f} GFLOP/s, "
+                f"{'met' if rate >= target * peak else 'MISSED'}"
+            )
+        )
+        lines.append(f"  {name:<26} {shape:<19} of the bf16 peak >= {100 * target:.0f}%: {verdict}")
+    return lines
+
+
 if __name__ == "__main__":
     from .runner import run_family_script
 

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(report.rows(record, copy["gb_per_s"], peaks)), flush=True)
         summary = getattr(module, "summarize", None)
         if summary is not None:
-            summaries += summary(records)
+            summaries += summary(records, peaks)
 
     elapsed = time.perf_counter() - started
     failed = report.failures(records)

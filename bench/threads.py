@@ -68,7 +68,7 @@ def scaling(records: list[Record]) -> list[dict]:
     return rows
 
 
-def summarize(records: list[Record]) -> list[str]:
+def summarize(records: list[Record], peaks: dict | None = None) -> list[str]:
     rows = scaling(records)
     if not rows:
         return []

@@ -521,7 +521,7 @@ def _us(record: Record | None) -> float | None:
     return record.timings[DENSEKIT].median * 1e6
 
 
-def summarize(records: list[Record]) -> list[str]:
+def summarize(records: list[Record], peaks: dict | None = None) -> list[str]:
     if not any(record.family == FAMILY for record in records):
         return []
     lines = ["training targets (densekit speed / torch eager speed, float32):"]
