@@ -21,7 +21,7 @@ import numpy as np
 from . import _norm_plan, kernels
 from .activations import NEEDS_PREACTIVATION, Activation
 from .layers import Activation as ActivationLayer
-from .layers import Dense, Dropout
+from .layers import Dense, Dropout, ReLU
 
 LINEAR = Activation("linear", None)
 
@@ -106,6 +106,34 @@ class ActivationOp:
         return functools.partial(kernels.activation_backward, dy, self.activation.name, **options)
 
 
+class ReluOp:
+    """A ``ReLU`` layer whose parameters no fused activation computes (a threshold, a cap
+    other than 6, a cap with a slope): ``relu_forward`` / ``relu_backward``, the derivative
+    from the op's input."""
+
+    has_weights = False
+    needs_preact = False
+    inference_weights = False
+
+    def __init__(self, layer: ReLU, width: int):
+        self.layer, self.width = layer, width
+        self.activation = LINEAR
+        self.parameters = {
+            "max_value": layer.max_value,
+            "negative_slope": layer.negative_slope,
+            "threshold": layer.threshold,
+        }
+
+    def forward(self, x, y, preact):
+        return functools.partial(kernels.relu_forward, x, out=y, **self.parameters)
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        return functools.partial(kernels.relu_backward, dy, x, out=dx, **self.parameters)
+
+    def infer(self, x, weights=None):
+        return kernels.relu_forward(x, **self.parameters)
+
+
 class DropoutOp:
     """Inverted dropout: y = x * mask, mask = floor(u + 1 - rate) / (1 - rate) with u ~ U[0, 1)
     (1 / (1 - rate) where u >= rate, else 0).
@@ -148,7 +176,7 @@ def inference_chain(ops, weights=None) -> kernels.DenseChain:
     """The inference ops as one kernel call, with the live weights or, per op, ``weights``
     (a snapshot: [kernel(, bias)], or None for an op without weights)."""
     weights = weights or [None] * len(ops)
-    if not all(hasattr(op, "inference_step") for op in ops):  # normalization layers
+    if not all(hasattr(op, "inference_step") for op in ops):  # normalization, ReluOp
         return _norm_plan.inference_pipeline(ops, weights)
     return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
 
@@ -163,6 +191,8 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None):
         if isinstance(layer, Dense):
             ops.append(DenseOp(layer, layer.activation))
             width = layer.units
+        elif isinstance(layer, ReLU) and layer.activation is None:
+            ops.append(ReluOp(layer, width))
         elif isinstance(layer, ActivationLayer):
             if layer.activation.name == "linear":
                 continue

@@ -740,21 +740,27 @@ def _non_negative(value, name: str) -> float:
 
 
 class ReLU(Activation):
-    """Keras's ``ReLU`` layer: ``max(x, 0)``, with ``negative_slope`` below 0, capped at
-    ``max_value``, zero up to ``threshold``.
+    """Keras's ``ReLU`` layer, with Keras's full semantics::
 
-    The kernels compute the forms Keras users reach for: the defaults (``relu``),
-    ``max_value=6`` (``relu6``) and ``negative_slope > 0`` (``leaky_relu``). Other
-    combinations (a threshold, another cap, a cap with a slope) raise ``ValueError``.
+        f(x) = min(x, max_value)                 for x > threshold
+        f(x) = negative_slope * (x - threshold)  for x < threshold
+        f(x) = 0                                 at the threshold
+
+    The forms with a fused activation kernel map onto it, so that a Dense layer before the
+    layer absorbs it: the defaults (``relu``), ``max_value=6`` (``relu6``) and
+    ``negative_slope > 0`` without a cap or threshold (``leaky_relu``). Every other
+    combination runs the ``relu_forward`` / ``relu_backward`` kernels as a layer of its own
+    (``activation`` is then None). Its derivative is 1 for ``threshold < x <= max_value``,
+    ``negative_slope`` below the threshold and 0 at it (Keras's at every other point).
 
     Parameters
     ----------
     max_value : float or None
-        The cap (None: none; 6: ``relu6``).
+        The cap, >= 0 (None: none).
     negative_slope : float
-        The slope below 0 (0: ``relu``).
+        The slope below the threshold, >= 0.
     threshold : float
-        Inputs up to it give 0 (only 0 is computed).
+        Inputs up to it give ``negative_slope * (x - threshold)``, >= 0.
     **kwargs
         ``name``, ``dtype``, ``input_shape`` as for every layer.
     """
@@ -764,22 +770,15 @@ class ReLU(Activation):
         self.max_value = None if max_value is None else _non_negative(max_value, "max_value")
         self.negative_slope = _non_negative(negative_slope, "negative_slope")
         self.threshold = _non_negative(threshold, "threshold")
-        if self.threshold != 0:
-            raise ValueError(
-                f"threshold: only 0 has a kernel (relu, relu6, leaky_relu), got {threshold!r}"
-            )
-        if self.max_value is None:
-            name = "leaky_relu" if self.negative_slope > 0 else "relu"
-        elif self.max_value == 6 and self.negative_slope == 0:
-            name = "relu6"
-        else:
-            raise ValueError(
-                f"max_value: only None and 6 (without negative_slope) have a kernel (relu, "
-                f"relu6, leaky_relu), got max_value={max_value!r}, "
-                f"negative_slope={negative_slope!r}"
-            )
-        alpha = self.negative_slope if name == "leaky_relu" else None
-        self.activation = activations.Activation(name, alpha)
+        self.activation = None
+        if self.threshold == 0:
+            if self.max_value is None:
+                if self.negative_slope > 0:
+                    self.activation = activations.Activation("leaky_relu", self.negative_slope)
+                else:
+                    self.activation = activations.get("relu")
+            elif self.max_value == 6 and self.negative_slope == 0:
+                self.activation = activations.get("relu6")
 
     def get_config(self) -> dict:
         config = Layer.get_config(self)
