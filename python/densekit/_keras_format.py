@@ -241,14 +241,30 @@ KERAS_OPTIMIZERS = {
 # Keras's optimizer slot variables: per Keras class, per set of densekit state names (the
 # optimizer's ``state_names()``, sorted), the groups of densekit states in Keras's order.
 # Within a group the slots alternate per trained variable; the groups follow one another
-# (Adam: m, v of each variable, then v_max of each). Only states whose numbers mean the same
-# in both are listed; any other optimizer state is not carried across (a fresh state).
+# (Adam: m, v of each variable, then v_max of each; RMSprop: its velocity (densekit's
+# square_avg) of each, then its momentum (velocity), then its average_gradient (grad_avg)).
+# densekit's model layer keeps Keras's states (its rules are Keras's), so the numbers mean the
+# same in both. Any other state (use_ema's average, gradient accumulation) is not carried
+# across: the optimizer starts from a fresh state.
 OPTIMIZER_SLOTS = {
-    "SGD": {(): ()},
+    "SGD": {(): (), ("velocity",): (("velocity",),)},
     "Adam": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
     "AdamW": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
-    "RMSprop": {("square_avg",): (("square_avg",),)},
+    "RMSprop": {
+        ("square_avg",): (("square_avg",),),
+        ("square_avg", "velocity"): (("square_avg",), ("velocity",)),
+        ("grad_avg", "square_avg"): (("square_avg",), ("grad_avg",)),
+        ("grad_avg", "square_avg", "velocity"): (("square_avg",), ("velocity",), ("grad_avg",)),
+    },
+    "Nadam": {("m", "v"): (("m", "v"),)},
+    "Adamax": {("m", "u"): (("m", "u"),)},
+    "Adagrad": {("accumulator",): (("accumulator",),)},
+    "Lion": {("m",): (("m",),)},
 }
+# Keras's Nadam keeps one more variable after its slots: u_product, the product of its
+# momentum schedule mu_1 ... mu_t. densekit's kernel computes that product from the step
+# count in Keras's arithmetic, so reading only checks it; writing takes it from the optimizer.
+_TRAILING_SCALARS = {"Nadam": 1}
 # densekit activations Keras has no name for (its gelu is the exact form only).
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
 
@@ -832,8 +848,9 @@ def _read_optimizer(store, compile_config, shapes: list, path):
         group = _hard_member(group, part, path, "optimizer/vars")
     first = 1 if isinstance(optimizer["config"].get("learning_rate"), dict) else 2
     names = [name for slots in groups for name in slots]
+    trailing = _TRAILING_SCALARS.get(optimizer.get("class_name"), 0)
     # an optimizer Keras never built has no slots yet: densekit starts it fresh too
-    if len(group) == first + len(names) * len(shapes):
+    if len(group) == first + len(names) * len(shapes) + trailing:
         iterations = _read_dataset(group, 0, (), path, "optimizer/vars/0", kinds="iu")
         if not 0 <= int(iterations) <= MAX_ITERATIONS:
             raise _error(path, f"optimizer iterations {int(iterations)}")
@@ -844,6 +861,11 @@ def _read_optimizer(store, compile_config, shapes: list, path):
                     where = f"optimizer/vars/{index} ({name})"
                     pieces[name].append(_read_dataset(group, index, shape, path, where).ravel())
                     index += 1
+        for _ in range(trailing):
+            value = _read_dataset(group, index, (), path, f"optimizer/vars/{index} (u_product)")
+            if not 0 < float(value) <= 1:
+                raise _error(path, f"optimizer/vars/{index}: u_product {float(value)}")
+            index += 1
         flat = {
             name: np.concatenate(parts) if parts else np.zeros(0, np.float32)
             for name, parts in pieces.items()
@@ -997,6 +1019,9 @@ def _write_optimizer(store, model, body) -> None:
                     value = variables[name][offsets[i] : offsets[i + 1]].reshape(weight.shape)
                 group.create_dataset(str(index), data=value)
                 index += 1
+    if _TRAILING_SCALARS.get(type(optimizer).__name__):  # Nadam's u_product
+        product = optimizer.momentum_product() if variables is not None else 1.0
+        group.create_dataset(str(index), data=np.asarray(product, model.dtype))
 
 
 def save(model, filepath) -> None:
