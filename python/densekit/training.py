@@ -145,6 +145,13 @@ def dataset_for(model, x, y, sample_weight=None, names=("x", "y", "sample_weight
     return model.training_state.dataset(x, y, sample_weight, names)
 
 
+def _is_state_value(value) -> bool:
+    """A number (not a bool) or an array: what a metric's running state is made of."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating, np.ndarray))
+
+
 class TrainingState:
     """Plans, workspaces, gradients, optimizer binding, regularization and metrics of a model.
 
@@ -766,6 +773,65 @@ class TrainingState:
         """Start the metrics over."""
         for metric in self.metrics:
             metric.reset_state()
+
+    def metric_states(self) -> list[dict]:
+        """Each metric's running state (for a backup taken inside an epoch): its public
+        attributes that hold numbers or arrays (a running mean's ``total`` and ``count``,
+        the counts of the other metrics), arrays copied.
+
+        Returns
+        -------
+        list of dict
+            One ``{attribute: value}`` per metric, in ``metrics`` order.
+        """
+        return [
+            {
+                key: value.copy() if isinstance(value, np.ndarray) else value
+                for key, value in vars(metric).items()
+                if not key.startswith("_") and _is_state_value(value)
+            }
+            for metric in self.metrics
+        ]
+
+    def set_metric_states(self, states) -> None:
+        """Put back what ``metric_states`` returned (arrays copied into the metrics' own,
+        which their bound updates hold).
+
+        Parameters
+        ----------
+        states : list of dict
+            One ``{attribute: value}`` per metric.
+
+        Raises
+        ------
+        ValueError
+            When the states do not fit the metrics: another count, attribute, kind of value
+            or array shape.
+        """
+        if len(states) != len(self.metrics):
+            raise ValueError(
+                f"states: expected {len(self.metrics)} metric states, got {len(states)}"
+            )
+        own = self.metric_states()
+        for metric, values, current in zip(self.metrics, states, own):
+            if set(values) != set(current):
+                raise ValueError(
+                    f"states: metric {metric.name!r} keeps {sorted(current)}, got {sorted(values)}"
+                )
+            for key, value in values.items():
+                if isinstance(current[key], np.ndarray) != isinstance(value, np.ndarray) or (
+                    isinstance(value, np.ndarray) and value.shape != current[key].shape
+                ):
+                    raise ValueError(f"states: metric {metric.name!r} {key}: {value!r}")
+                if not _is_state_value(value):
+                    raise ValueError(f"states: metric {metric.name!r} {key}: {value!r}")
+        for metric, values in zip(self.metrics, states):
+            for key, value in values.items():
+                target = getattr(metric, key)
+                if isinstance(target, np.ndarray):
+                    np.copyto(target, value, casting="unsafe")
+                else:
+                    setattr(metric, key, value)
 
     def logs(self, loss_total: float, seen: int, prefix: str = "") -> dict:
         """The logs dict: the mean loss and each metric's result.
