@@ -394,14 +394,63 @@ def test_a_key_densekit_does_not_support_is_a_clear_error(tmp_path):
         densekit.load_model(rewrite(path, tmp_path / "x.keras", change))
 
 
-def test_functional_models_and_non_flat_inputs_are_refused(tmp_path):
+def test_functional_models_and_inputs_of_unknown_extent_are_refused(tmp_path):
     inputs = keras.Input((5,))
     functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.raises(saving.ModelFileError, match=r"'Functional' model.*Sequential models only"):
         densekit.load_model(keras_file(tmp_path, functional, "f.keras"))
-    images = keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2)])
-    with pytest.raises(saving.ModelFileError, match=r"input shape \[None, 4, 4\]"):
-        densekit.load_model(keras_file(tmp_path, images, "i.keras"))
+    sequences = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(2)])
+    with pytest.raises(saving.ModelFileError, match=r"input shape \[None, None, 4\]"):
+        densekit.load_model(keras_file(tmp_path, sequences, "s.keras"))
+
+
+def test_a_model_of_several_axes_without_flatten_predicts_but_does_not_train(tmp_path):
+    """Keras's Dense on (batch, 4, 5) inputs maps the last axis: densekit's too (outputs
+    (n, 4, 2)); its losses need flat outputs."""
+    images = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(2)])
+    images.compile("sgd", "mse")
+    model = densekit.load_model(keras_file(tmp_path, images, "i.keras"))
+    assert model.input_shape == (None, 4, 5) and model.output_shape == (None, 4, 2)
+    x = np.random.default_rng(1).standard_normal((6, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), images.predict(x, verbose=0), 1e-6, 1e-6)
+    with pytest.raises(ValueError, match=r"outputs are \(None, 4, 2\).*Flatten"):
+        model.fit(x, np.zeros((6, 4, 2), np.float32), verbose=0)
+
+
+def test_models_of_samples_with_axes_cross_over_both_ways(tmp_path):
+    """Input((4, 5)), layers on the last axis, Flatten: Keras's file loads (weights, optimizer
+    state), trains on as in Keras, and densekit's file loads in Keras with the same shapes
+    and predictions."""
+    keras.utils.set_random_seed(2)
+    source = keras.Sequential(
+        [
+            keras.Input((4, 5)),
+            keras.layers.Dense(6, "tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, "softmax"),
+        ]
+    )
+    source.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((37, 4, 5)).astype(np.float32), rng.integers(0, 3, 37)
+    fit = {"batch_size": 16, "epochs": 1, "shuffle": False, "verbose": 0}
+    source.fit(x, y, **fit)
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert model.input_shape == (None, 4, 5)
+    assert [(None, *layer.output_sample_shape) for layer in model.layers] == [
+        tuple(layer.output.shape) for layer in source.layers
+    ]
+    assert_same_predictions(model, source, x)
+    source.fit(x, y, **fit)
+    model.fit(x, y, **fit)
+    for ours, theirs in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
+    model.save(tmp_path / "back.keras")
+    again = keras.saving.load_model(tmp_path / "back.keras")
+    assert again.input_shape == (None, 4, 5)
+    assert int(again.optimizer.iterations) == model.optimizer.iterations == 6
+    assert_same_predictions(again, model, x)
 
 
 def test_mixed_precision_is_refused(tmp_path):
