@@ -172,12 +172,12 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
     if not dataset.is_batched:
         dataset = dataset.batch(s.batch_size)
     if not model.built:
-        if dataset.feature_count is None:
+        if dataset.sample_shape is None:
             raise ValueError(
                 "x: build the model before training it from an iterator "
                 "(start it with Input(shape=...) or call model.build(input_shape))"
             )
-        model.ensure_built((None, dataset.feature_count))
+        model.ensure_built((None, *dataset.sample_shape))
     model.training_state  # noqa: B018 - made now, so that a bad compile raises here
     s.dataset = dataset
     s.steps = s.steps_per_epoch or dataset.batches_per_pass()
