@@ -203,12 +203,64 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
   });
 }
 
+namespace {
+
+// Runs body(begin, end) over fixed element blocks (see kElementBlock) on the pool.
+template <typename Body>
+void for_element_blocks(index_t count, int num_threads, const Body& body) {
+  if (count <= 0) return;
+  const index_t n_tasks = (count + kElementBlock - 1) / kElementBlock;
+  parallel_for(n_tasks, num_threads, [&](index_t task) {
+    const index_t begin = task * kElementBlock;
+    body(begin, std::min(count, begin + kElementBlock));
+  });
+}
+
+}  // namespace
+
+// The comparisons pick one of three values per element (no branch on the data, so the loops
+// vectorise); the operations and their order are Keras's (torch backend), so float32 gives
+// its bits: clip(z, 0, max_value) above the threshold, 0 - slope * (threshold - z) below.
+template <typename T>
+void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, int num_threads) {
+  const T cap = static_cast<T>(relu.max_value);
+  const T slope = static_cast<T>(relu.negative_slope);
+  const T threshold = static_cast<T>(relu.threshold);
+  const bool sloped = slope != T(0);  // a zero slope gives 0 below, even for z = -inf
+  for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const T v = z[i];
+      const T above = v < cap ? v : cap;
+      const T below = sloped ? T(0) - slope * (threshold - v) : T(0);
+      const T rest = v == v ? T(0) : v;  // at the threshold 0, NaN kept
+      y[i] = v > threshold ? above : (v < threshold ? below : rest);
+    }
+  });
+}
+
+template <typename T>
+void relu_backward(T* dz, const T* dy, const T* z, index_t count, const ReluParameters& relu,
+                   int num_threads) {
+  const T cap = static_cast<T>(relu.max_value);
+  const T slope = static_cast<T>(relu.negative_slope);
+  const T threshold = static_cast<T>(relu.threshold);
+  for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const T v = z[i];
+      const T above = v <= cap ? T(1) : T(0);
+      dz[i] = dy[i] * (v > threshold ? above : (v < threshold ? slope : T(0)));
+    }
+  });
+}
+
 #define DENSEKIT_INSTANTIATE(T)                                                              \
   template void activation_forward<T>(T*, const T*, index_t, index_t, const Activation&, int); \
   template void activation_backward<T>(T*, const T*, const T*, const T*, index_t, index_t,     \
                                        const Activation&, int);                               \
   template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                      \
-  template void log_softmax_rows_inplace<T>(T*, index_t, index_t, index_t);
+  template void log_softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                  \
+  template void relu_forward<T>(T*, const T*, index_t, const ReluParameters&, int);            \
+  template void relu_backward<T>(T*, const T*, const T*, index_t, const ReluParameters&, int);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

@@ -160,3 +160,21 @@ def dense_backward(dy, x, w, z, name="linear", alpha=None):
     dz = activation_grad(dy, z, name, alpha).reshape(rows, np.shape(w)[1])
     dx = (dz @ np.asarray(w, np.float64).T).reshape(np.shape(x))
     return dx, x2.T @ dz, dz.sum(axis=0)
+
+
+def relu(z, max_value=None, negative_slope=0.0, threshold=0.0):
+    """Keras's relu(z, negative_slope, max_value, threshold) in float64."""
+    z = np.asarray(z, np.float64)
+    cap = np.inf if max_value is None else max_value
+    with np.errstate(invalid="ignore"):
+        below = negative_slope * (z - threshold) if negative_slope else np.zeros_like(z)
+    return np.where(z > threshold, np.minimum(z, cap), np.where(z < threshold, below, 0.0 * z))
+
+
+def relu_grad(dy, z, max_value=None, negative_slope=0.0, threshold=0.0):
+    """dz = dy * relu'(z): 1 for threshold < z <= max_value, negative_slope below the
+    threshold, 0 elsewhere."""
+    z = np.asarray(z, np.float64)
+    cap = np.inf if max_value is None else max_value
+    slope = np.where(z > threshold, (z <= cap) * 1.0, np.where(z < threshold, negative_slope, 0.0))
+    return np.asarray(dy, np.float64) * slope

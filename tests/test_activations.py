@@ -505,3 +505,110 @@ def test_keras_itself_agrees(name):
     got = kernels.activation_forward(z, activations.get(name).name)
     want = keras.activations.get(name)(torch.from_numpy(z.copy())).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+# -- relu_forward / relu_backward: Keras's relu with max_value, negative_slope, threshold --
+RELU_PARAMETERS = [
+    {"max_value": 1.5},
+    {"max_value": 6.0, "negative_slope": 0.1},
+    {"threshold": 0.5},
+    {"threshold": 2.0, "negative_slope": 0.3},
+    {"max_value": 2.0, "negative_slope": 1.7, "threshold": 0.5},
+    {"max_value": 0.0},
+    {"max_value": 1.0, "threshold": 3.0},  # a cap below the threshold
+    {"negative_slope": 0.2},
+    {},
+]
+
+
+def in_dtype(parameters, dtype):
+    """The parameters rounded to ``dtype``, as the kernels compute with them."""
+    return {key: float(dtype(value)) for key, value in parameters.items()}
+
+
+@pytest.mark.parametrize("parameters", RELU_PARAMETERS)
+@given(shape=st.lists(dims, min_size=0, max_size=3), dtype=dtypes)
+def test_relu_matches_reference(parameters, shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    z = np.asarray(random_array(rng, shape, dtype, 3.0))  # 0-d included
+    dy = np.asarray(random_array(rng, shape, dtype))
+    y = kernels.relu_forward(z, **parameters)
+    dz = kernels.relu_backward(dy, z, **parameters)
+    assert y.dtype == dz.dtype == dtype and y.shape == dz.shape == z.shape
+    rounded = in_dtype(parameters, dtype)
+    rtol = 3 * eps(dtype)
+    np.testing.assert_allclose(y, reference.relu(z, **rounded), rtol, atol=0)
+    np.testing.assert_array_equal(dz, (reference.relu_grad(dy, z, **rounded)).astype(dtype))
+
+
+@pytest.mark.parametrize("parameters", RELU_PARAMETERS)
+def test_relu_backward_matches_finite_differences(parameters):
+    rng = np.random.default_rng(5)
+    z = rng.uniform(-4.0, 4.0, (6, 7))
+    # keep clear of the kinks (0, the threshold, the cap), where differences mean nothing
+    kinks = [0.0, parameters.get("threshold", 0.0), parameters.get("max_value", 0.0)]
+    for kink in kinks:
+        z = np.where(np.abs(z - kink) < 0.05, kink + 0.1, z)
+    r = rng.standard_normal(z.shape)
+    dz = kernels.relu_backward(r, z, **parameters)
+    h = 1e-6
+    numeric = np.empty_like(z)
+    for index in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[index] += h
+        zm[index] -= h
+        fp = (kernels.relu_forward(zp, **parameters) * r).sum()
+        fm = (kernels.relu_forward(zm, **parameters) * r).sum()
+        numeric[index] = (fp - fm) / (2 * h)
+    np.testing.assert_allclose(dz, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_relu_special_values(dtype):
+    z = np.array([np.nan, -np.inf, np.inf, 0.0, -0.0, 0.5, 1.0, 2.0], dtype)
+    y = kernels.relu_forward(z, max_value=1.0, negative_slope=0.5, threshold=0.5)
+    np.testing.assert_array_equal(y, np.array([np.nan, -np.inf, 1, -0.25, -0.25, 0, 1, 1], dtype))
+    # a zero slope gives 0 below the threshold, -inf included
+    y = kernels.relu_forward(z, threshold=0.5)
+    np.testing.assert_array_equal(y, np.array([np.nan, 0, np.inf, 0, 0, 0, 1, 2], dtype))
+    dz = kernels.relu_backward(np.ones_like(z), z, max_value=1.0, negative_slope=0.5, threshold=0.5)
+    np.testing.assert_array_equal(dz, np.array([0, 0.5, 0, 0.5, 0.5, 0, 1, 0], dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_relu_bitwise_for_every_thread_count_in_place_and_out(dtype):
+    rng = np.random.default_rng(4)
+    z = random_array(rng, (3001, 37), dtype, 3.0)
+    dy = random_array(rng, (3001, 37), dtype)
+    options = {"max_value": 2.5, "negative_slope": 0.2, "threshold": 0.3}
+    ys = [kernels.relu_forward(z, **options, num_threads=t) for t in THREAD_COUNTS]
+    dzs = [kernels.relu_backward(dy, z, **options, num_threads=t) for t in THREAD_COUNTS]
+    assert all(np.array_equal(y, ys[0]) for y in ys) and all(
+        np.array_equal(dz, dzs[0]) for dz in dzs
+    )
+    same = z.copy()
+    assert kernels.relu_forward(same, **options, out=same) is same
+    assert np.array_equal(same, ys[0])
+    same = dy.copy()
+    assert kernels.relu_backward(same, z, **options, out=same) is same
+    assert np.array_equal(same, dzs[0])
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "argument"),
+    [
+        (lambda z: kernels.relu_forward(z, max_value=-1.0), ValueError, "max_value"),
+        (lambda z: kernels.relu_forward(z, negative_slope=-0.1), ValueError, "negative_slope"),
+        (lambda z: kernels.relu_forward(z, threshold=float("nan")), ValueError, "threshold"),
+        (lambda z: kernels.relu_forward(z, threshold="1"), TypeError, "threshold"),
+        (lambda z: kernels.relu_forward(z.tolist()), TypeError, "z"),
+        (lambda z: kernels.relu_forward(z, out=np.empty(4, np.float32)), TypeError, "out"),
+        (lambda z: kernels.relu_forward(z, out=np.empty(5)), ValueError, "out"),
+        (lambda z: kernels.relu_backward(z, z[:3]), ValueError, "z"),
+        (lambda z: kernels.relu_backward(z, z.astype(np.float32)), TypeError, "z"),
+        (lambda z: kernels.relu_backward(z.copy(), z, out=z), ValueError, "out"),
+    ],
+)
+def test_relu_rejections_name_the_argument(call, error, argument):
+    with pytest.raises(error, match=argument):
+        call(np.linspace(-2.0, 2.0, 4))

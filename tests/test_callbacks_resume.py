@@ -145,12 +145,139 @@ def test_the_backup_is_kept_on_request_and_a_finished_run_does_not_train_again(t
 
 
 def test_backup_arguments_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="save_freq"):
-        callbacks.BackupAndRestore(tmp_path, save_freq=10)
+    for save_freq in (0, -3, True, 2.5, "batch"):
+        with pytest.raises(ValueError, match="save_freq"):
+            callbacks.BackupAndRestore(tmp_path, save_freq=save_freq)
+    assert callbacks.BackupAndRestore(tmp_path, save_freq=np.int64(10)).save_freq == 10
     with pytest.raises(TypeError, match="delete_checkpoint"):
         callbacks.BackupAndRestore(tmp_path, delete_checkpoint="yes")
     with pytest.raises(TypeError, match="double_checkpoint"):
         callbacks.BackupAndRestore(tmp_path, double_checkpoint=1)
+
+
+class CrashAtBatch(callbacks.Callback):
+    """Raises in the batch hook of (epoch, batch): before that batch's backup is written."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch = epoch, batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch) == (self.epoch, batch) and batch == self.batch:
+            raise RuntimeError("crash")
+
+
+# 40 training rows in batches of 16: 3 batches an epoch, 18 in 6 epochs; backups after every
+# 4th batch (counted across epochs, as Keras counts): after batches 3, 7, 11, 15 (0-based),
+# i.e. (epoch 1, batch 0), (2, 1), (3, 2: the epoch's last), (5, 0).
+@pytest.mark.parametrize(
+    ("crash", "backup_file", "resumed_epochs"),
+    [
+        (CrashAtBatch(2, 2), "backup-model-2-1.npz", [2, 3, 4, 5]),  # resumes at (2, 2)
+        (Crash(3), "backup-model-3-2.npz", [3, 4, 5]),  # resumes with epoch 3's batches done
+    ],
+    ids=["inside-an-epoch", "after-its-last-batch"],
+)
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_a_run_crashed_between_batches_resumes_bitwise(
+    tmp_path, name, crash, backup_file, resumed_epochs
+):
+    x, y = data()
+    fit = {"batch_size": 16, "epochs": 6, "verbose": 0, "validation_split": 0.2}
+    reference = make_model(OPTIMIZERS[name]())
+    kept = stateful_callbacks(tmp_path)
+    history = reference.fit(x, y, **fit, callbacks=kept)
+
+    model = make_model(OPTIMIZERS[name]())
+    backup = tmp_path / "backup"
+
+    def backup_callback():
+        return callbacks.BackupAndRestore(backup, save_freq=4)
+
+    with pytest.raises(RuntimeError, match="crash"):
+        model.fit(x, y, **fit, callbacks=[backup_callback(), *stateful_callbacks(tmp_path), crash])
+    assert sorted(os.listdir(backup)) == [backup_file, "backup-state.npz"]
+    densekit.set_random_seed(12345)  # another global generator: the backup's seed wins
+    resumed_callbacks = stateful_callbacks(tmp_path)
+    resumed = model.fit(x, y, **fit, callbacks=[backup_callback(), *resumed_callbacks])
+    assert resumed.epoch == resumed_epochs
+    first = resumed_epochs[0]
+    for key, values in history.history.items():  # the resumed epoch's metrics included
+        assert resumed.history[key] == values[first:], key
+    for a, b in zip(reference.get_weights(), model.get_weights()):
+        assert np.array_equal(a, b)
+    iterations, state = reference.optimizer_state()
+    resumed_iterations, resumed_state = model.optimizer_state()
+    assert resumed_iterations == iterations == 18
+    for key in state:
+        assert np.array_equal(state[key], resumed_state[key])
+    assert model.optimizer.learning_rate == reference.optimizer.learning_rate
+    assert resumed_callbacks[1].get_state() == kept[1].get_state()
+    assert not backup.exists()
+
+
+def test_a_dataset_run_crashed_inside_an_epoch_resumes_bitwise(tmp_path):
+    """A Dataset resumes after the batches of the backup's epoch it trained on already."""
+    x, y = data()
+    dataset = densekit.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 4 batches
+    reference = make_model(OPTIMIZERS["adam"]())
+    history = reference.fit(dataset, epochs=3, verbose=0)
+    model = make_model(OPTIMIZERS["adam"]())
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="crash"):
+        model.fit(
+            dataset,
+            epochs=3,
+            verbose=0,
+            callbacks=[callbacks.BackupAndRestore(backup, save_freq=3), CrashAtBatch(1, 3)],
+        )
+    assert sorted(os.listdir(backup)) == ["backup-model-1-1.npz", "backup-state.npz"]
+    resumed = model.fit(
+        dataset, epochs=3, verbose=0, callbacks=[callbacks.BackupAndRestore(backup, save_freq=3)]
+    )
+    assert resumed.epoch == [1, 2]
+    for key, values in history.history.items():
+        assert resumed.history[key] == values[1:], key
+    for a, b in zip(reference.get_weights(), model.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_batch_backups_need_a_fit_of_one_process(tmp_path):
+    x, y = data()
+    model = make_model("sgd")
+    with pytest.raises(ValueError, match="save_freq"):
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            strategy="hogwild",
+            workers=2,
+            callbacks=[callbacks.BackupAndRestore(tmp_path / "b", save_freq=2)],
+        )
+    # a backup taken inside an epoch is refused by a fit of another batch size
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="crash"):
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
+            callbacks=[callbacks.BackupAndRestore(backup, save_freq=5), CrashAtBatch(0, 6)],
+        )
+    with pytest.raises(ValueError, match="batch_size"):
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=2,
+            verbose=0,
+            callbacks=[callbacks.BackupAndRestore(backup, save_freq=5)],
+        )
 
 
 def test_a_corrupt_backup_is_a_model_file_error(tmp_path):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+import warnings
 import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -147,6 +148,97 @@ def test_compile_settings_and_optimizer_state_of_trained_keras_models(tmp_path, 
     # compile=False loads the model alone
     plain = densekit.load_model(tmp_path / "m.keras", compile=False)
     assert not plain.compiled
+
+
+# Keras's slot names (its variables' path suffixes) of densekit's optimizer states
+KERAS_SLOT_NAMES = {
+    "SGD": {"velocity": "momentum"},
+    "RMSprop": {"square_avg": "velocity", "velocity": "momentum", "grad_avg": "average_gradient"},
+    "Nadam": {"m": "momentum", "v": "velocity"},
+    "Adamax": {"m": "momentum", "u": "norm"},
+    "Adagrad": {"accumulator": "accumulator"},
+    "Lion": {"m": "momentum"},
+}
+
+
+def keras_slots(optimizer, name: str) -> np.ndarray:
+    """Keras's slots of one densekit state name, flat, in Keras's variable order."""
+    suffix = KERAS_SLOT_NAMES[type(optimizer).__name__][name]
+    values = [
+        np.asarray(v.numpy()).ravel()
+        for v in optimizer.variables
+        if v.path.endswith(f"_{suffix}") and "/" in v.path
+    ]
+    return np.concatenate(values)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.8, nesterov=True),
+        lambda: keras.optimizers.RMSprop(0.01, momentum=0.5),
+        lambda: keras.optimizers.RMSprop(0.01, centered=True),
+        lambda: keras.optimizers.RMSprop(0.01, momentum=0.3, centered=True),
+        lambda: keras.optimizers.Nadam(0.01),
+        lambda: keras.optimizers.Adamax(0.01),
+        lambda: keras.optimizers.Adagrad(0.05),
+        lambda: keras.optimizers.Lion(0.001),
+    ],
+    ids=[
+        "sgd",
+        "nesterov",
+        "rmsprop-momentum",
+        "rmsprop-centered",
+        "rmsprop-both",
+        "nadam",
+        "adamax",
+        "adagrad",
+        "lion",
+    ],
+)
+def test_optimizer_slots_cross_over_and_training_goes_on_the_same(tmp_path, make):
+    """Keras trains, saves; densekit loads the slots bitwise; both train on and agree; densekit
+    saves, Keras loads densekit's slots bitwise; both train on again and agree."""
+    keras.utils.set_random_seed(1)
+    source = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, "tanh"), keras.layers.Dense(3, "softmax")]
+    )
+    source.compile(make(), "sparse_categorical_crossentropy")
+    x, y = data()
+    fit = {"batch_size": 16, "epochs": 1, "shuffle": False, "verbose": 0}  # 37 rows: 3 steps
+    source.fit(x, y, **{**fit, "epochs": 2})
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert type(model.optimizer).__name__ == type(source.optimizer).__name__
+    iterations, state = model.optimizer_state()
+    assert iterations == int(source.optimizer.iterations) == 6
+    assert set(state) == set(KERAS_SLOT_NAMES[type(source.optimizer).__name__]) & set(
+        model.optimizer.state_names()
+    )
+    assert state, "no slots crossed over"
+    for name, flat in state.items():
+        np.testing.assert_array_equal(flat, keras_slots(source.optimizer, name), err_msg=name)
+
+    def same_training(theirs, what):
+        theirs.fit(x, y, **fit)
+        model.fit(x, y, **fit)
+        for i, (ours, their) in enumerate(zip(model.get_weights(), theirs.get_weights())):
+            np.testing.assert_allclose(ours, their, rtol=2e-5, atol=2e-6, err_msg=f"{what} {i}")
+
+    same_training(source, "Keras -> densekit, weight")
+    model.save(tmp_path / "back.keras")
+    again = keras.saving.load_model(tmp_path / "back.keras")
+    assert int(again.optimizer.iterations) == model.optimizer.iterations == 9
+    for name, flat in model.optimizer_state()[1].items():
+        np.testing.assert_array_equal(keras_slots(again.optimizer, name), flat, err_msg=name)
+    if isinstance(again.optimizer, keras.optimizers.Nadam):
+        # u_product, after densekit's updates and from the step count of a loaded state
+        want = source.optimizer._u_product.numpy()
+        np.testing.assert_allclose(again.optimizer._u_product.numpy(), want, rtol=1e-7)
+        densekit.load_model(tmp_path / "back.keras").save(tmp_path / "loaded.keras")
+        loaded = keras.saving.load_model(tmp_path / "loaded.keras")
+        np.testing.assert_allclose(loaded.optimizer._u_product.numpy(), want, rtol=1e-7)
+    same_training(again, "densekit -> Keras, weight")
 
 
 def test_a_keras_model_without_an_input_layer_but_built_loads(tmp_path):
@@ -302,14 +394,63 @@ def test_a_key_densekit_does_not_support_is_a_clear_error(tmp_path):
         densekit.load_model(rewrite(path, tmp_path / "x.keras", change))
 
 
-def test_functional_models_and_non_flat_inputs_are_refused(tmp_path):
+def test_functional_models_and_inputs_of_unknown_extent_are_refused(tmp_path):
     inputs = keras.Input((5,))
     functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.raises(saving.ModelFileError, match=r"'Functional' model.*Sequential models only"):
         densekit.load_model(keras_file(tmp_path, functional, "f.keras"))
-    images = keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2)])
-    with pytest.raises(saving.ModelFileError, match=r"input shape \[None, 4, 4\]"):
-        densekit.load_model(keras_file(tmp_path, images, "i.keras"))
+    sequences = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(2)])
+    with pytest.raises(saving.ModelFileError, match=r"input shape \[None, None, 4\]"):
+        densekit.load_model(keras_file(tmp_path, sequences, "s.keras"))
+
+
+def test_a_model_of_several_axes_without_flatten_predicts_but_does_not_train(tmp_path):
+    """Keras's Dense on (batch, 4, 5) inputs maps the last axis: densekit's too (outputs
+    (n, 4, 2)); its losses need flat outputs."""
+    images = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(2)])
+    images.compile("sgd", "mse")
+    model = densekit.load_model(keras_file(tmp_path, images, "i.keras"))
+    assert model.input_shape == (None, 4, 5) and model.output_shape == (None, 4, 2)
+    x = np.random.default_rng(1).standard_normal((6, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), images.predict(x, verbose=0), 1e-6, 1e-6)
+    with pytest.raises(ValueError, match=r"outputs are \(None, 4, 2\).*Flatten"):
+        model.fit(x, np.zeros((6, 4, 2), np.float32), verbose=0)
+
+
+def test_models_of_samples_with_axes_cross_over_both_ways(tmp_path):
+    """Input((4, 5)), layers on the last axis, Flatten: Keras's file loads (weights, optimizer
+    state), trains on as in Keras, and densekit's file loads in Keras with the same shapes
+    and predictions."""
+    keras.utils.set_random_seed(2)
+    source = keras.Sequential(
+        [
+            keras.Input((4, 5)),
+            keras.layers.Dense(6, "tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, "softmax"),
+        ]
+    )
+    source.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((37, 4, 5)).astype(np.float32), rng.integers(0, 3, 37)
+    fit = {"batch_size": 16, "epochs": 1, "shuffle": False, "verbose": 0}
+    source.fit(x, y, **fit)
+    model = densekit.load_model(keras_file(tmp_path, source))
+    assert model.input_shape == (None, 4, 5)
+    assert [(None, *layer.output_sample_shape) for layer in model.layers] == [
+        tuple(layer.output.shape) for layer in source.layers
+    ]
+    assert_same_predictions(model, source, x)
+    source.fit(x, y, **fit)
+    model.fit(x, y, **fit)
+    for ours, theirs in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
+    model.save(tmp_path / "back.keras")
+    again = keras.saving.load_model(tmp_path / "back.keras")
+    assert again.input_shape == (None, 4, 5)
+    assert int(again.optimizer.iterations) == model.optimizer.iterations == 6
+    assert_same_predictions(again, model, x)
 
 
 def test_mixed_precision_is_refused(tmp_path):
@@ -625,9 +766,11 @@ def test_keras_loss_and_metric_objects_cross_over(tmp_path):
     assert model.optimizer.get_config()["nesterov"] is True
     assert model.metrics_names == ["loss", "mse", "categorical_accuracy"]
     model.save(tmp_path / "back.keras")
-    # SGD's momentum buffer means another thing in each library: not carried over
-    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+    # SGD's momentum slots cross over (zeros before any training): no warning from Keras
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
         loaded = keras.saving.load_model(tmp_path / "back.keras")
+    assert int(loaded.optimizer.iterations) == 0
     assert loaded.loss.get_config()["from_logits"] is True
     assert loaded.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
 

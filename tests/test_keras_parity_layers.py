@@ -161,3 +161,61 @@ def test_gaussian_noise_inference_matches_keras_and_training_noise_has_its_stdde
         model.compile(optimizer=densekit.optimizers.SGD(learning_rate=0.0), loss="mse")
         again.append(float(model.train_on_batch(inputs, inputs)))
     assert again[0] == again[1] != again[2]
+
+
+def samples_with_axes(kind: str):
+    """Data and the same model in Keras and densekit on samples of several axes."""
+    rng = np.random.default_rng(7)
+    shape = (2, 3, 4) if kind == "channels_first" else (4, 5)
+    x = rng.normal(size=(N, *shape)).astype("float32")
+    y = np.tanh(x.reshape(N, -1) @ rng.normal(size=(x[0].size, 2)) / 3).astype("float32")
+    k, d = keras.layers, layers
+    if kind == "flatten":
+        kl = [k.Flatten(), k.Dense(8, "relu"), k.Dense(2)]
+        dl = [d.Flatten(), d.Dense(8, "relu"), d.Dense(2)]
+    elif kind == "last_axis":
+        kl = [k.Dense(6, "tanh"), k.BatchNormalization(), k.LayerNormalization(), k.Flatten()]
+        dl = [d.Dense(6, "tanh"), d.BatchNormalization(), d.LayerNormalization(), d.Flatten()]
+        kl.append(k.Dense(2))
+        dl.append(d.Dense(2))
+    elif kind == "normalization":
+        kn, dn = k.Normalization(), d.Normalization()
+        kn.adapt(x)
+        dn.adapt(x)
+        kl = [kn, k.Dense(3), k.ReLU(max_value=1.0, threshold=0.1), k.Flatten(), k.Dense(2)]
+        dl = [dn, d.Dense(3), d.ReLU(max_value=1.0, threshold=0.1), d.Flatten(), d.Dense(2)]
+    elif kind == "channels_first":
+        kl = [k.Flatten(data_format="channels_first"), k.Dense(2)]
+        dl = [d.Flatten(data_format="channels_first"), d.Dense(2)]
+    else:
+        raise AssertionError(kind)
+    kmodel = keras.Sequential([keras.Input(shape), *kl])
+    dmodel = densekit.Sequential([layers.Input(shape), *dl])
+    rng = np.random.default_rng(1)
+    start = [
+        (rng.normal(size=w.shape) / np.sqrt(w.shape[0])).astype("float32") if w.ndim == 2 else w
+        for w in kmodel.get_weights()
+    ]
+    kmodel.set_weights(start)
+    dmodel.set_weights(start)
+    for model, module in ((kmodel, keras), (dmodel, densekit)):
+        model.compile(optimizer=module.optimizers.SGD(learning_rate=0.05), loss="mse")
+    return x, y, kmodel, dmodel
+
+
+@pytest.mark.parametrize("kind", ["flatten", "last_axis", "normalization", "channels_first"])
+def test_samples_with_axes_train_as_in_keras(kind):
+    """Input((4, 5)): Keras's layers act on the last axis until Flatten; densekit's train to
+    the same History, weights, evaluate and predict, and its summary has Keras's shapes."""
+    x, y, kmodel, dmodel = samples_with_axes(kind)
+    assert [(None, *layer.output_sample_shape) for layer in dmodel.layers] == [
+        tuple(layer.output.shape) for layer in kmodel.layers
+    ]
+    fit = {"batch_size": BATCH, "epochs": 2, "shuffle": False, "verbose": 0}
+    khist = kmodel.fit(x, y, **fit).history
+    dhist = dmodel.fit(x, y, **fit).history
+    close(dhist["loss"], khist["loss"], "History loss")
+    for i, (dw, kw) in enumerate(zip(dmodel.get_weights(), kmodel.get_weights())):
+        close(dw, kw, f"weight {i}")
+    close(dmodel.evaluate(x, y, verbose=0), kmodel.evaluate(x, y, verbose=0), "evaluate")
+    close(dmodel.predict(x), kmodel.predict(x, verbose=0), "predict")

@@ -179,6 +179,26 @@ SPECS = {
         "pos": [("dy", "n,m"), ("activation", "act")],
         "kw": {"y": "n,m", "z": "n,m", "out": "n,m", "alpha": "alpha", "num_threads": "threads"},
     },
+    "relu_forward": {
+        "pos": [("z", "n,m")],
+        "kw": {
+            "max_value": "real",
+            "negative_slope": "real",
+            "threshold": "real",
+            "out": "n,m",
+            "num_threads": "threads",
+        },
+    },
+    "relu_backward": {
+        "pos": [("dy", "n,m"), ("z", "n,m")],
+        "kw": {
+            "max_value": "real",
+            "negative_slope": "real",
+            "threshold": "real",
+            "out": "n,m",
+            "num_threads": "threads",
+        },
+    },
     "mse": LOSS,
     "mae": LOSS,
     "huber": {"pos": LOSS["pos"], "kw": {**LOSS["kw"], "delta": "real"}},

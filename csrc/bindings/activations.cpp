@@ -1,6 +1,7 @@
 // Bindings of the activation kernels and the shared activation-name parser.
 #include "activations.hpp"
 
+#include <limits>
 #include <string>
 
 #include "bindings.hpp"
@@ -145,6 +146,76 @@ py::array activation_backward_py(py::handle dy_obj, py::handle name, py::handle 
   return out;
 }
 
+// Keras's ReLU parameters: numbers >= 0 (max_value may be None: no cap), as Keras checks them.
+ReluParameters relu_parameters(py::handle max_value, py::handle negative_slope,
+                               py::handle threshold) {
+  auto non_negative = [](py::handle obj, const char* name) {
+    const double value = real_number(obj, name);
+    if (!(value >= 0))
+      value_fail(name, "expected a number >= 0, got " +
+                           py::repr(py::float_(value)).cast<std::string>());
+    return value;
+  };
+  ReluParameters relu;
+  relu.max_value = max_value.is_none() ? std::numeric_limits<double>::infinity()
+                                       : non_negative(max_value, "max_value");
+  relu.negative_slope = non_negative(negative_slope, "negative_slope");
+  relu.threshold = non_negative(threshold, "threshold");
+  return relu;
+}
+
+py::array relu_forward_py(py::handle z_obj, py::handle max_value, py::handle negative_slope,
+                          py::handle threshold, py::handle out_obj, py::handle threads_obj) {
+  DType dtype;
+  py::array z = float_array(z_obj, "z", &dtype);
+  const ReluParameters relu = relu_parameters(max_value, negative_slope, threshold);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  py::array out;
+  if (out_array(out_obj, "out", dtype, shape_of(z), &out)) {
+    require_same_or_disjoint(out, "out", z, "z");
+  } else {
+    out = new_array(dtype, shape_of(z));
+  }
+  const index_t count = static_cast<index_t>(z.size());
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* zp = cptr<T>(z);
+    T* yp = mptr<T>(out);
+    const GilRelease nogil;
+    relu_forward<T>(yp, zp, count, relu, threads);
+  });
+  return out;
+}
+
+py::array relu_backward_py(py::handle dy_obj, py::handle z_obj, py::handle max_value,
+                           py::handle negative_slope, py::handle threshold, py::handle out_obj,
+                           py::handle threads_obj) {
+  DType dtype;
+  py::array dy = float_array(dy_obj, "dy", &dtype);
+  const auto shape = shape_of(dy);
+  py::array z = float_array_like(z_obj, "z", dtype, "dy");
+  require_shape(z, "z", shape, "the shape of dy");
+  const ReluParameters relu = relu_parameters(max_value, negative_slope, threshold);
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  py::array out;
+  if (out_array(out_obj, "out", dtype, shape, &out)) {
+    require_same_or_disjoint(out, "out", dy, "dy");
+    require_no_overlap(out, "out", {{&z, "z"}});
+  } else {
+    out = new_array(dtype, shape);
+  }
+  const index_t count = static_cast<index_t>(dy.size());
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* dyp = cptr<T>(dy);
+    const T* zp = cptr<T>(z);
+    T* dzp = mptr<T>(out);
+    const GilRelease nogil;
+    relu_backward<T>(dzp, dyp, zp, count, relu, threads);
+  });
+  return out;
+}
+
 }  // namespace
 
 void bind_activations(py::module_& m) {
@@ -158,6 +229,19 @@ void bind_activations(py::module_& m) {
         py::arg("num_threads") = py::none(),
         "dz = dy * f'(z) (softmax, log_softmax: the row Jacobian-vector product). out may be dy "
         "itself.");
+  m.def("relu_forward", &relu_forward_py, py::arg("z"), py::kw_only(),
+        py::arg("max_value") = py::none(), py::arg("negative_slope") = 0.0,
+        py::arg("threshold") = 0.0, py::arg("out") = py::none(),
+        py::arg("num_threads") = py::none(),
+        "Keras's relu(z, negative_slope, max_value, threshold) elementwise: min(z, max_value) "
+        "above the threshold, negative_slope * (z - threshold) below it, 0 at it. out may be z "
+        "itself.");
+  m.def("relu_backward", &relu_backward_py, py::arg("dy"), py::arg("z"), py::kw_only(),
+        py::arg("max_value") = py::none(), py::arg("negative_slope") = 0.0,
+        py::arg("threshold") = 0.0, py::arg("out") = py::none(),
+        py::arg("num_threads") = py::none(),
+        "dz = dy * relu'(z) for relu_forward's parameters: 1 for threshold < z <= max_value, "
+        "negative_slope below the threshold, 0 elsewhere. out may be dy itself.");
   // The activation table (activation_table.hpp), in its row order.
   py::list names;
   py::dict info;

@@ -67,6 +67,39 @@ def activation_backward(
     alpha: float | None = None,
     num_threads: int | None = None,
 ) -> FloatArray: ...
+def relu_forward(
+    z: FloatArray,
+    *,
+    max_value: float | None = None,
+    negative_slope: float = 0.0,
+    threshold: float = 0.0,
+    out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> FloatArray:
+    """Keras's ``relu(z, negative_slope, max_value, threshold)`` elementwise.
+
+    ``min(z, max_value)`` above the threshold, ``negative_slope * (z - threshold)`` below
+    it, 0 at it (NaN stays NaN); computed as Keras computes it (torch backend), so float32
+    gives its bits. Every parameter is a number >= 0; ``max_value=None`` sets no cap.
+    ``out`` may be ``z`` itself.
+    """
+
+def relu_backward(
+    dy: FloatArray,
+    z: FloatArray,
+    *,
+    max_value: float | None = None,
+    negative_slope: float = 0.0,
+    threshold: float = 0.0,
+    out: FloatArray | None = None,
+    num_threads: int | None = None,
+) -> FloatArray:
+    """``dz = dy * relu'(z)`` for ``relu_forward``'s parameters.
+
+    The derivative is 1 for ``threshold < z <= max_value``, ``negative_slope`` below the
+    threshold and 0 elsewhere (at the threshold, above the cap, at NaN). ``out`` may be
+    ``dy`` itself.
+    """
 
 class PackedWeights:
     @property

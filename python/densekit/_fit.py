@@ -101,6 +101,17 @@ def setup(model, arguments: dict) -> FitSetup:
         s.validation = s.held_out
     if not model.training_state.has_trainable_weights:
         raise ValueError("The model has no weights to train")
+    batch_backups = [
+        c
+        for c in s.callbacks
+        if isinstance(c, callbacks_module.BackupAndRestore) and c.save_freq != "epoch"
+    ]
+    if batch_backups and (s.hogwild or s.strategy is not None):
+        raise ValueError(
+            f"callbacks: BackupAndRestore(save_freq={batch_backups[0].save_freq}) backs up "
+            "between batches, which only a fit of one process (no strategy) has; use "
+            "save_freq='epoch'"
+        )
     if s.hogwild:
         _hogwild.check(s.callbacks)
         if model.optimizer.use_ema:
@@ -161,12 +172,12 @@ def _setup_stream(model, s, x, y, sample_weight, validation_split, class_weight)
     if not dataset.is_batched:
         dataset = dataset.batch(s.batch_size)
     if not model.built:
-        if dataset.feature_count is None:
+        if dataset.sample_shape is None:
             raise ValueError(
                 "x: build the model before training it from an iterator "
                 "(start it with Input(shape=...) or call model.build(input_shape))"
             )
-        model.ensure_built((None, dataset.feature_count))
+        model.ensure_built((None, *dataset.sample_shape))
     model.training_state  # noqa: B018 - made now, so that a bad compile raises here
     s.dataset = dataset
     s.steps = s.steps_per_epoch or dataset.batches_per_pass()
@@ -202,14 +213,25 @@ def run(model, s: FitSetup, job=None) -> callbacks_module.History:
     try:
         with deferring:
             hooks.on_train_begin()
-            # a BackupAndRestore resumes an interrupted run: its next epoch and shuffle seed
-            s.initial_epoch, s.seed = hooks.resume(s.initial_epoch, s.seed)
+            # a BackupAndRestore resumes an interrupted run: its next epoch and shuffle seed,
+            # and with a backup taken after a batch, the position in that epoch
+            s.initial_epoch, s.seed, point = hooks.resume(s.initial_epoch, s.seed)
+            if point is not None and not isinstance(train_epoch, (ArrayEpochs, StreamEpochs)):
+                raise ValueError(
+                    "callbacks: the BackupAndRestore backup was taken inside an epoch; resume "
+                    "it with a fit of one process (no strategy)"
+                )
             for epoch in range(s.initial_epoch, s.epochs):
                 if job is not None and job.stop_requested:
                     break
-                state.reset_metrics()
+                resumed = point if epoch == s.initial_epoch else None
+                if resumed is None:  # a resumed epoch goes on with its restored metrics
+                    state.reset_metrics()
                 hooks.on_epoch_begin(epoch)
-                loss_total, seen = train_epoch(epoch)
+                if resumed is None:
+                    loss_total, seen = train_epoch(epoch)
+                else:
+                    loss_total, seen = train_epoch(epoch, resumed)
                 if job is not None and job.cancel_requested:
                     break
                 if seen == 0 and train_epoch.exhausted:
@@ -245,15 +267,31 @@ def _ran_out(epoch: int, s: FitSetup) -> None:
     )
 
 
+def _resumed_step(resumed, steps) -> int:
+    """The first step of a resumed epoch, checked against the epoch's ``steps`` (None: as
+    many as the input gives)."""
+    if steps is not None and resumed.step > steps:
+        raise ValueError(
+            f"callbacks: the BackupAndRestore backup was taken after batch {resumed.step - 1} "
+            f"of an epoch, but this fit's epochs have {steps} batches (another batch_size?)"
+        )
+    return resumed.step
+
+
 class EpochTally:
     """One epoch's running loss, and what follows each training step: the callbacks' batch
     hooks, the progress bar, the job's position, the stop flag."""
 
-    def __init__(self, model, state, hooks, progress, job, epoch: int):
+    def __init__(self, model, state, hooks, progress, job, epoch: int, resumed=None):
         self.model, self.state, self.hooks = model, state, hooks
         self.progress, self.job, self.epoch = progress, job, epoch
         self.batch_hooks = hooks.batch_hooks["train"]
-        self.loss_total, self.seen = 0.0, 0
+        self.batch_backups = bool(hooks.batch_backups)
+        # the epoch's running loss (a resumed epoch, see callbacks.ResumePoint: the backup's)
+        if resumed is None:
+            self.loss_total, self.seen = 0.0, 0
+        else:
+            self.loss_total, self.seen = resumed.loss_total, resumed.seen
 
     def logs(self) -> dict:  # the progress bar reads the running logs only when it redraws
         return self.state.logs(self.loss_total, self.seen)
@@ -276,6 +314,8 @@ class EpochTally:
             self.progress.advance(self.logs)
         if self.job is not None:
             self.job.set_position(self.epoch, step + 1)
+        if self.batch_backups:  # after every callback's batch end: their state too
+            self.hooks.after_train_batch(self.epoch, step, self.loss_total, self.seen)
         return self.model.stop_training
 
 
@@ -300,7 +340,9 @@ class ArrayEpochs:
         self.order = np.arange(n)
         self.identity = self.order.copy()
 
-    def __call__(self, epoch: int) -> tuple[float, int]:
+    def __call__(self, epoch: int, resumed=None) -> tuple[float, int]:
+        """Train ``epoch`` (from ``resumed.step`` on, a ``callbacks.ResumePoint``); returns
+        its loss sum and sample count."""
         s = self.s
         x, y, sample_weight = s.x, s.y, s.sample_weight
         batch_size, order = s.batch_size, self.order
@@ -308,9 +350,12 @@ class ArrayEpochs:
         if s.shuffle:
             np.copyto(order, self.identity)
             np.random.default_rng((s.seed, epoch)).shuffle(order)
-        tally = EpochTally(self.model, self.state, self.hooks, self.progress, self.job, epoch)
+        first = 0 if resumed is None else _resumed_step(resumed, s.steps)
+        tally = EpochTally(
+            self.model, self.state, self.hooks, self.progress, self.job, epoch, resumed
+        )
         begin, train, batch_hooks = tally.begin, tally.train, tally.batch_hooks
-        for step in range(s.steps):
+        for step in range(first, s.steps):
             start = step * batch_size
             rows = order[start : start + batch_size]
             plan = full_plan if rows.shape[0] == full_plan.n else last_plan
@@ -356,11 +401,24 @@ class StreamEpochs:
             raise ValueError("x: a batch has no rows")
         return self.state.load_batch(x, y, weights)
 
-    def __call__(self, epoch: int) -> tuple[float, int]:
+    def __call__(self, epoch: int, resumed=None) -> tuple[float, int]:
+        """Train ``epoch`` (from ``resumed.step`` on, a ``callbacks.ResumePoint``: the batches
+        before it are read and left out); returns its loss sum and sample count."""
         steps = self.s.steps_per_epoch
         source, load = self.source, self.load
-        tally = EpochTally(self.model, self.state, self.hooks, self.progress, self.job, epoch)
+        tally = EpochTally(
+            self.model, self.state, self.hooks, self.progress, self.job, epoch, resumed
+        )
         step = 0
+        if resumed is not None:
+            step = _resumed_step(resumed, steps)
+            for _ in range(step):  # the batches the interrupted run trained on already
+                batch = source.next()
+                if batch is data.END_OF_PASS or batch is data.EXHAUSTED:
+                    raise ValueError(
+                        f"x: the input has fewer than the {step} batches the interrupted "
+                        f"run trained on in epoch {epoch}"
+                    )
         while steps is None or step < steps:
             batch = source.next()
             if batch is data.END_OF_PASS:

@@ -47,6 +47,7 @@ KERAS_FORMAT_VERSION = "3.0.0"  # the Keras version whose file layout the writer
 MAX_CONFIG_BYTES = _archive.MAX_HEADER_BYTES
 MAX_EXPANSION = 20  # how many times its stored size a compressed entry may expand
 MAX_ITERATIONS = 2**53  # the largest optimizer step count read (as densekit's own files)
+MAX_INPUT_AXES = 32  # per-sample axes of an input read (densekit's own files allow as many)
 # What building a layer from a translated config may raise when the config is wrong.
 _CONFIG_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
 _CONFIG_ENTRY, _METADATA_ENTRY, _WEIGHTS_ENTRY = "config.json", "metadata.json", "model.weights.h5"
@@ -241,14 +242,30 @@ KERAS_OPTIMIZERS = {
 # Keras's optimizer slot variables: per Keras class, per set of densekit state names (the
 # optimizer's ``state_names()``, sorted), the groups of densekit states in Keras's order.
 # Within a group the slots alternate per trained variable; the groups follow one another
-# (Adam: m, v of each variable, then v_max of each). Only states whose numbers mean the same
-# in both are listed; any other optimizer state is not carried across (a fresh state).
+# (Adam: m, v of each variable, then v_max of each; RMSprop: its velocity (densekit's
+# square_avg) of each, then its momentum (velocity), then its average_gradient (grad_avg)).
+# densekit's model layer keeps Keras's states (its rules are Keras's), so the numbers mean the
+# same in both. Any other state (use_ema's average, gradient accumulation) is not carried
+# across: the optimizer starts from a fresh state.
 OPTIMIZER_SLOTS = {
-    "SGD": {(): ()},
+    "SGD": {(): (), ("velocity",): (("velocity",),)},
     "Adam": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
     "AdamW": {("m", "v"): (("m", "v"),), ("m", "v", "v_max"): (("m", "v"), ("v_max",))},
-    "RMSprop": {("square_avg",): (("square_avg",),)},
+    "RMSprop": {
+        ("square_avg",): (("square_avg",),),
+        ("square_avg", "velocity"): (("square_avg",), ("velocity",)),
+        ("grad_avg", "square_avg"): (("square_avg",), ("grad_avg",)),
+        ("grad_avg", "square_avg", "velocity"): (("square_avg",), ("velocity",), ("grad_avg",)),
+    },
+    "Nadam": {("m", "v"): (("m", "v"),)},
+    "Adamax": {("m", "u"): (("m", "u"),)},
+    "Adagrad": {("accumulator",): (("accumulator",),)},
+    "Lion": {("m",): (("m",),)},
 }
+# Keras's Nadam keeps one more variable after its slots: u_product, the product of its
+# momentum schedule mu_1 ... mu_t. densekit's kernel computes that product from the step
+# count in Keras's arithmetic, so reading only checks it; writing takes it from the optimizer.
+_TRAILING_SCALARS = {"Nadam": 1}
 # densekit activations Keras has no name for (its gelu is the exact form only).
 _NO_KERAS_ACTIVATION = frozenset({"gelu_tanh"})
 
@@ -500,13 +517,18 @@ def _layer_to_densekit(layer_config, path, index: int, model_dtype):
 
 
 def _features(shape, path, where: str) -> list:
-    if not isinstance(shape, list) or len(shape) != 2 or type(shape[1]) is not int or shape[1] < 1:
+    """The per-sample shape of a Keras batch shape ``[None, a, b, ...]`` (extents known)."""
+    if (
+        not isinstance(shape, list)
+        or not 2 <= len(shape) <= MAX_INPUT_AXES + 1
+        or any(type(extent) is not int or extent < 1 for extent in shape[1:])
+    ):
         raise _error(
             path,
-            f"{where}: input shape {_short(shape)}; densekit models take flat (batch, features)"
-            " inputs",
+            f"{where}: input shape {_short(shape)}; densekit models take (batch, features) or "
+            f"(batch, a, b, ...) inputs of known extents (at most {MAX_INPUT_AXES} axes)",
         )
-    return [shape[1]]
+    return list(shape[1:])
 
 
 def _activation_to_densekit(value, path, where: str):
@@ -717,12 +739,12 @@ def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
     if any(c["class_name"] == "InputLayer" for c in layer_configs[1:]):
         raise _error(path, "an InputLayer can only be the first layer")
     if layer_configs[0]["class_name"] == "InputLayer":
-        input_dim = layer_configs[0]["config"]["shape"][0]
+        input_shape = tuple(layer_configs[0]["config"]["shape"])
     else:
         shape = inner.get("build_input_shape") or (config.get("build_config") or {}).get(
             "input_shape"
         )
-        input_dim = _features(shape, path, "the model (not built in Keras?)")[0]
+        input_shape = tuple(_features(shape, path, "the model (not built in Keras?)"))
     made = []
     for i, layer_config in enumerate(layer_configs):
         try:
@@ -732,7 +754,10 @@ def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
     body = [
         (i, layer) for i, layer in enumerate(made) if layer_configs[i]["class_name"] != "InputLayer"
     ]
-    shapes = layers_module.weight_shapes([layer for _, layer in body], input_dim)
+    try:
+        shapes = layers_module.weight_shapes([layer for _, layer in body], input_shape)
+    except ValueError as error:
+        raise _error(path, f"the layers do not fit the input shape ({error})") from None
     names = archive.namelist()
     weights_entry_size = archive.getinfo(_WEIGHTS_ENTRY).file_size if _WEIGHTS_ENTRY in names else 0
     needed = 4 * sum(_archive.product(shape) for shape in shapes)  # at 4 bytes a value, or more
@@ -744,14 +769,16 @@ def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
         )
     weights_bytes = _read_entry(archive, size, _WEIGHTS_ENTRY, max(MAX_EXPANSION * size, 1), path)
     arrays, optimizer_state = _read_weights(
-        weights_bytes, body, keras_layers, input_dim, config.get("compile_config"), path
+        weights_bytes, body, keras_layers, input_shape, config.get("compile_config"), path
     )
     model_config = {
         "name": inner.get("name") if isinstance(inner.get("name"), str) else "sequential",
         "dtype": dtype,
         "layers": layer_configs,
-        "input_dim": input_dim,
+        "input_dim": _archive.product(input_shape),
     }
+    if len(input_shape) > 1:
+        model_config["input_shape"] = list(input_shape)
     if inner.get("trainable") is False:  # Keras's model-wide flag (the layers' came with them)
         model_config["trainable"] = False
     header = {
@@ -770,7 +797,7 @@ def _read(archive, size, path) -> tuple[str, dict, dict, dict]:
     return path, model_config, header, entries
 
 
-def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_config, path):
+def _read_weights(data: bytes, body, keras_layers, input_shape: tuple, compile_config, path):
     """The densekit weights (model order) from the HDF5 weights file's bytes, and the
     optimizer state (``(iterations, {name: flat array})`` or None)."""
     h5py = _h5py()
@@ -780,12 +807,12 @@ def _read_weights(data: bytes, body, keras_layers, input_dim: int, compile_confi
     trained_shapes = []  # of the weights Keras trains, in its order (its optimizer's slots)
     same_split = True  # whether densekit trains exactly those
     with h5py.File(io.BytesIO(data), "r") as store:
-        width = input_dim
+        sample = input_shape  # each layer's per-sample input shape
         for (index, layer), group_path, class_name in zip(
             body, _variable_paths(class_names), class_names
         ):
             probe = copy.copy(layer)
-            width = probe.build_weights(width)
+            sample = probe.build_for(sample)
             specs = probe.weight_specs
             where = f"layer {index} ({class_name} {layer.name!r})"
             present = [
@@ -850,8 +877,9 @@ def _read_optimizer(store, compile_config, shapes: list, path):
         group = _hard_member(group, part, path, "optimizer/vars")
     first = 1 if isinstance(optimizer["config"].get("learning_rate"), dict) else 2
     names = [name for slots in groups for name in slots]
+    trailing = _TRAILING_SCALARS.get(optimizer.get("class_name"), 0)
     # an optimizer Keras never built has no slots yet: densekit starts it fresh too
-    if len(group) == first + len(names) * len(shapes):
+    if len(group) == first + len(names) * len(shapes) + trailing:
         iterations = _read_dataset(group, 0, (), path, "optimizer/vars/0", kinds="iu")
         if not 0 <= int(iterations) <= MAX_ITERATIONS:
             raise _error(path, f"optimizer iterations {int(iterations)}")
@@ -862,6 +890,11 @@ def _read_optimizer(store, compile_config, shapes: list, path):
                     where = f"optimizer/vars/{index} ({name})"
                     pieces[name].append(_read_dataset(group, index, shape, path, where).ravel())
                     index += 1
+        for _ in range(trailing):
+            value = _read_dataset(group, index, (), path, f"optimizer/vars/{index} (u_product)")
+            if not 0 < float(value) <= 1:
+                raise _error(path, f"optimizer/vars/{index}: u_product {float(value)}")
+            index += 1
         flat = {
             name: np.concatenate(parts) if parts else np.zeros(0, np.float32)
             for name, parts in pieces.items()
@@ -898,7 +931,7 @@ def _activation_to_keras(value, where: str) -> str:
     return name
 
 
-def _layer_to_keras(layer, dtype: str, input_dim: int):
+def _layer_to_keras(layer, dtype: str):
     """A densekit layer's Keras config and the mapping used."""
     class_name = type(layer).__name__
     mapping = LAYERS.get(class_name)
@@ -938,7 +971,7 @@ def _layer_to_keras(layer, dtype: str, input_dim: int):
         "registered_name": None,
     }
     if mapping.variables:
-        entry["build_config"] = {"input_shape": [None, layer.input_dim]}
+        entry["build_config"] = {"input_shape": [None, *layer.input_sample_shape]}
     return entry
 
 
@@ -1025,6 +1058,9 @@ def _write_optimizer(store, model, body) -> None:
                     value = variables[name][offsets[i] : offsets[i + 1]].reshape(weight.shape)
                 group.create_dataset(str(index), data=value)
                 index += 1
+    if _TRAILING_SCALARS.get(type(optimizer).__name__):  # Nadam's u_product
+        product = optimizer.momentum_product() if variables is not None else 1.0
+        group.create_dataset(str(index), data=np.asarray(product, model.dtype))
 
 
 def save(model, filepath) -> None:
@@ -1039,7 +1075,7 @@ def save(model, filepath) -> None:
         raise ValueError("model: build or fit the model before saving it")
     h5py = _h5py()
     dtype = model.dtype
-    input_dim = model.input_dim
+    batch_shape = [None, *model.input_sample_shape]
     layers = list(model.layers)
     first_input = layers[0] if layers and isinstance(layers[0], layers_module.InputLayer) else None
     body = [layer for layer in layers if not isinstance(layer, layers_module.InputLayer)]
@@ -1047,7 +1083,7 @@ def save(model, filepath) -> None:
         "module": "keras.layers",
         "class_name": "InputLayer",
         "config": {
-            "batch_shape": [None, input_dim],
+            "batch_shape": batch_shape,
             "dtype": dtype,
             "sparse": False,
             "ragged": False,
@@ -1056,7 +1092,7 @@ def save(model, filepath) -> None:
         },
         "registered_name": None,
     }
-    entries = [input_entry] + [_layer_to_keras(layer, dtype, input_dim) for layer in body]
+    entries = [input_entry] + [_layer_to_keras(layer, dtype) for layer in body]
     config = {
         "module": "keras",
         "class_name": "Sequential",
@@ -1065,10 +1101,10 @@ def save(model, filepath) -> None:
             "trainable": bool(model.trainable),
             "dtype": _dtype_policy(dtype),
             "layers": entries,
-            "build_input_shape": [None, input_dim],
+            "build_input_shape": batch_shape,
         },
         "registered_name": None,
-        "build_config": {"input_shape": [None, input_dim]},
+        "build_config": {"input_shape": batch_shape},
         "compile_config": _compile_to_keras(model.get_compile_config(), filepath),
     }
     metadata = {

@@ -259,6 +259,39 @@ class GaussianNoiseOp(_NormOp):
         return functools.partial(np.copyto, dx, dy)
 
 
+class FlattenOp(_NormOp):
+    """A Flatten with ``data_format="channels_first"`` on samples of more axes: the first
+    per-sample axis (the channels) moves last before flattening, as Keras does; a copy of
+    whole samples (NumPy, one call each way). A Flatten of the data as it lies is no op (the
+    next op reads a reshaped view)."""
+
+    has_weights = False
+    inference_weights = False
+    whole_samples = True  # _place leaves rows_per_sample and input_width as set here
+
+    def __init__(self, layer: Flatten, width: int):
+        super().__init__(layer, width)
+        self.rows_per_sample, self.input_width = 1, width
+        channels, *rest = layer.input_sample_shape
+        self._first, self._last = (channels, *rest), (*rest, channels)
+
+    def _views(self, first, last):
+        n = first.shape[0]
+        return first.reshape(n, *self._first), last.reshape(n, *self._last)
+
+    def forward(self, x, y, preact, scratch):
+        source, target = self._views(x, y)
+        return functools.partial(np.copyto, target, np.moveaxis(source, 1, -1))
+
+    def backward(self, dy, x, y, preact, dx, weight_grads, scratch):
+        target, source = self._views(dx, dy)
+        return functools.partial(np.copyto, target, np.moveaxis(source, -1, 1))
+
+    def infer(self, x, weights=None):
+        source = x.reshape(x.shape[0], *self._first)
+        return np.ascontiguousarray(np.moveaxis(source, 1, -1)).reshape(x.shape[0], -1)
+
+
 def op_for(layer, width: int, training: bool):
     """The op of a normalization, noise or Flatten layer (None: the layer is skipped in
     this mode), or NotImplemented for any other layer."""
@@ -271,41 +304,54 @@ def op_for(layer, width: int, training: bool):
     if isinstance(layer, GaussianNoise):
         return GaussianNoiseOp(layer, width) if training and layer.stddev > 0 else None
     if isinstance(layer, Flatten):
-        return None
+        return FlattenOp(layer, layer.output_sample_shape[0]) if layer.moves_channels else None
     return NotImplemented
 
 
 class Pipeline:
-    """A model's inference when some ops are not DenseChain steps: runs of chainable ops as
-    one DenseChain each, the other ops' kernels in between. Called like a DenseChain."""
+    """A model's inference when not all of it is one DenseChain call: runs of chainable ops
+    on the same rows as one DenseChain each, the other ops' kernels in between, each segment
+    on its rows of the samples (a reshaped view: see ``_plan``). Called like a DenseChain on
+    (n, features) inputs; returns (n, outputs)."""
 
     def __init__(self, segments):
-        self._segments = segments  # (DenseChain, None) or (op, weights snapshot or None)
+        # (DenseChain or op, weights snapshot or None, rows per sample, input width)
+        self._segments = segments
 
     def __call__(self, x, out=None):
-        last = len(self._segments) - 1
-        for i, (segment, weights) in enumerate(self._segments):
+        n, last = x.shape[0], len(self._segments) - 1
+        for i, (segment, weights, per_sample, width) in enumerate(self._segments):
+            x = x.reshape(n * per_sample, width)
+            target = None if out is None or i != last else out.reshape(x.shape[0], -1)
             if isinstance(segment, kernels.DenseChain):
-                x = segment(x, out=out) if i == last and out is not None else segment(x)
+                x = segment(x) if target is None else segment(x, out=target)
             else:
                 x = segment.infer(x, weights)
-                if i == last and out is not None:
-                    np.copyto(out, x)
-                    x = out
-        return x
+                if target is not None:
+                    np.copyto(target, x.reshape(target.shape))
+                    x = target
+        return x.reshape(n, -1)
 
 
 def inference_pipeline(ops, weights):
     """A ``Pipeline`` of the inference ops, each op's weights live (None) or a snapshot."""
     segments, run = [], []
+
+    def end_run():
+        if run:
+            first = run[0][0]
+            chain = kernels.DenseChain([step for _, step in run])
+            segments.append((chain, None, first.rows_per_sample, first.input_width))
+            run.clear()
+
     for op, own in zip(ops, weights):
         if getattr(op, "inference_step", None):
-            run.append(op.inference_step(own))
+            if run and run[0][0].rows_per_sample != op.rows_per_sample:
+                end_run()
+            run.append((op, op.inference_step(own)))
             continue
-        if run:
-            segments.append((kernels.DenseChain(run), None))
-            run = []
-        segments.append((op, own if getattr(op, "inference_weights", False) else None))
-    if run:
-        segments.append((kernels.DenseChain(run), None))
+        end_run()
+        snapshot = own if getattr(op, "inference_weights", False) else None
+        segments.append((op, snapshot, op.rows_per_sample, op.input_width))
+    end_run()
     return Pipeline(segments)

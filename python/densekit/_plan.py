@@ -9,19 +9,24 @@ training step is then: run the forward calls, the loss call, the backward calls,
 optimizer: no allocation, no lookups.
 
 Shapes: every buffer is (rows, width); x is (n, features), op i writes acts[i] (n, width_i),
-and in training grads[i] holds d(loss)/d(acts[i]).
+and in training grads[i] holds d(loss)/d(acts[i]). A model whose samples have more axes (an
+Input (a, b, ...)) holds them flattened, (n, a * b * ...); an op that acts on the last axis of
+per-sample inputs (a, b) sees n * a rows of b (``rows_per_sample`` = a): its input is a
+reshaped view of the buffer before it, so a Flatten is no call at all (a view of the same
+rows), and every op's buffers have n * rows_per_sample rows.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from . import _norm_plan, kernels
 from .activations import NEEDS_PREACTIVATION, Activation
 from .layers import Activation as ActivationLayer
-from .layers import Dense, Dropout
+from .layers import Dense, Dropout, ReLU
 
 LINEAR = Activation("linear", None)
 
@@ -231,6 +236,34 @@ class ActivationOp:
         return functools.partial(kernels.activation_backward, dy, self.activation.name, **options)
 
 
+class ReluOp:
+    """A ``ReLU`` layer whose parameters no fused activation computes (a threshold, a cap
+    other than 6, a cap with a slope): ``relu_forward`` / ``relu_backward``, the derivative
+    from the op's input."""
+
+    has_weights = False
+    needs_preact = False
+    inference_weights = False
+
+    def __init__(self, layer: ReLU, width: int):
+        self.layer, self.width = layer, width
+        self.activation = LINEAR
+        self.parameters = {
+            "max_value": layer.max_value,
+            "negative_slope": layer.negative_slope,
+            "threshold": layer.threshold,
+        }
+
+    def forward(self, x, y, preact):
+        return functools.partial(kernels.relu_forward, x, out=y, **self.parameters)
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        return functools.partial(kernels.relu_backward, dy, x, out=dx, **self.parameters)
+
+    def infer(self, x, weights=None):
+        return kernels.relu_forward(x, **self.parameters)
+
+
 class DropoutOp:
     """Inverted dropout: y = x * mask, mask = floor(u + 1 - rate) / (1 - rate) with u ~ U[0, 1)
     (1 / (1 - rate) where u >= rate, else 0).
@@ -273,9 +306,22 @@ def inference_chain(ops, weights=None) -> kernels.DenseChain:
     """The inference ops as one kernel call, with the live weights or, per op, ``weights``
     (a snapshot: [kernel(, bias)], or None for an op without weights)."""
     weights = weights or [None] * len(ops)
-    if not all(getattr(op, "inference_step", None) for op in ops):  # normalization, bf16, int8
+    # not chainable: normalization, ReluOp, bf16 and int8 Dense
+    chainable = all(getattr(op, "inference_step", None) for op in ops)
+    if not chainable or any(op.rows_per_sample != 1 for op in ops):
         return _norm_plan.inference_pipeline(ops, weights)
     return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
+
+
+def _place(op, layer) -> None:
+    """Set ``op.rows_per_sample`` and ``op.input_width`` from its layer's per-sample input
+    shape (a, ..., b): a * ... rows of b features per sample (an op that acts on whole
+    samples sets them itself)."""
+    if getattr(op, "whole_samples", False):
+        return
+    shape = layer.input_sample_shape
+    op.rows_per_sample = 1 if shape is None else math.prod(shape[:-1])
+    op.input_width = None if shape is None else shape[-1]
 
 
 def _always_new():
@@ -291,9 +337,13 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None, we
     ops: list = []
     width = input_width
     for layer in layers:
+        if layer.input_sample_shape is not None:
+            width = layer.input_sample_shape[-1]
         if isinstance(layer, Dense):
             ops.append(dense_op(layer, layer.activation, training, weights_key))
             width = layer.units
+        elif isinstance(layer, ReLU) and layer.activation is None:
+            ops.append(ReluOp(layer, width))
         elif isinstance(layer, ActivationLayer):
             if layer.activation.name == "linear":
                 continue
@@ -313,10 +363,19 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None, we
             op = _norm_plan.op_for(layer, width, training)
             if op is not NotImplemented and op is not None:
                 ops.append(op)
+    for op in ops:
+        _place(op, op.layer)
     if absorbed is not None:
         last = ops[-1] if ops else None
         if last is None or last.activation.name != absorbed:
             return None
+        if last.rows_per_sample != 1:
+            raise ValueError(
+                f"loss: it takes the {absorbed} over each sample's outputs, but the model's "
+                f"last {absorbed} acts on the last axis of {last.layer.name!r}'s per-sample "
+                f"input {last.layer.input_sample_shape}, before a Flatten; apply the "
+                f"{absorbed} after the Flatten, or use from_logits=True"
+            )
         if isinstance(last, DenseOp):
             if last.activity_regularizer is not None:
                 raise ValueError(
@@ -326,6 +385,7 @@ def build_ops(layers, input_width: int, training: bool, absorbed: str | None, we
                     "from_logits=True and a linear last layer"
                 )
             ops[-1] = last.with_activation(LINEAR)
+            _place(ops[-1], last.layer)
         else:
             ops.pop()
     return ops
@@ -446,7 +506,7 @@ class Workspace:
         self.activity_scratch = []  # per op: the L1 activity penalty's sign buffer, or None
         first_trained = first_weighted_op(ops, layer_grads)
         for i, op in enumerate(self.ops):
-            shape = (rows, op.width)
+            shape = (rows * op.rows_per_sample, op.width)
             self.acts.append(np.zeros(shape, dtype))
             keep_preact = self.training and op.needs_preact
             self.preacts.append(np.zeros(shape, dtype) if keep_preact else None)
@@ -480,25 +540,36 @@ class Workspace:
     def _make_plan(self, n: int, weighted: bool) -> Plan:
         loss = self.loss
 
-        def rows(a):
-            return None if a is None else a[:n]
+        counts = [n * op.rows_per_sample for op in self.ops]  # each op's rows
 
-        def rows_of(scratch):
-            return None if scratch is None else {k: v[:n] for k, v in scratch.items()}
+        def rows(buffers):
+            return [None if a is None else a[:count] for a, count in zip(buffers, counts)]
+
+        def rows_of(scratch, count):
+            return None if scratch is None else {k: v[:count] for k, v in scratch.items()}
 
         plan = Plan()
         plan.n = n
         plan.x, plan.y = self.x[:n], self.y[:n]
         plan.sample_weight = self.sample_weight[:n] if weighted else None
-        acts = [rows(a) for a in self.acts]
-        preacts = [rows(a) for a in self.preacts]
-        grads = [rows(a) for a in self.grads]
+        acts = rows(self.acts)
+        preacts = rows(self.preacts)
+        grads = rows(self.grads)
         scratch = [
-            op.scratch_rows(s, n) if hasattr(op, "scratch_rows") else rows_of(s)
-            for op, s in zip(self.ops, self.scratch)
+            op.scratch_rows(s, count) if hasattr(op, "scratch_rows") else rows_of(s, count)
+            for op, s, count in zip(self.ops, self.scratch, counts)
         ]
-        activity_scratch = [rows(a) for a in self.activity_scratch]
-        inputs = [plan.x, *acts[:-1]]
+        activity_scratch = rows(self.activity_scratch)
+        # op i's input, and where its backward writes d(loss)/d(input): the buffers before
+        # it, as its rows (a view: the same memory, reshaped; a Flatten between is no call)
+        inputs = [
+            before.reshape(count, op.input_width)
+            for before, op, count in zip([plan.x, *acts[:-1]], self.ops, counts)
+        ]
+        input_grads = [None] + [
+            None if before is None else before.reshape(count, op.input_width)
+            for before, op, count in zip(grads[:-1], self.ops[1:], counts[1:])
+        ]
 
         forward = []
         for i, op in enumerate(self.ops):
@@ -506,14 +577,14 @@ class Workspace:
                 forward.append(op.forward(inputs[i], acts[i], None, scratch[i]))
             else:
                 forward.append(op.forward(inputs[i], acts[i], preacts[i]))
-        output = acts[-1] if acts else plan.x
+        output = acts[-1].reshape(n, -1) if acts else plan.x  # flat samples
         plan.output = output
 
         options = {"reduction": loss.kernel_reduction, **loss.kernel_options()}
         if weighted:
             options["sample_weight"] = plan.sample_weight
         if self.training:
-            options["grad_out"] = grads[-1]
+            options["grad_out"] = grads[-1].reshape(n, -1)
         else:
             options["compute_grad"] = False
         kernel_loss = functools.partial(loss.kernel, output, plan.y, **options)
@@ -538,7 +609,7 @@ class Workspace:
                 if i in activity_grads:
                     backward.append(activity_grads[i])
                 op = self.ops[i]
-                dx = grads[i - 1] if i > self.first_trained else None
+                dx = input_grads[i] if i > self.first_trained else None
                 args = (
                     grads[i],
                     inputs[i],

@@ -86,7 +86,7 @@ def print_summary(model, line_length, positions, print_fn, show_trainable) -> No
     lines += _row_lines(header, widths, alignment)
     lines.append("=" * total_width)
     for i, layer in enumerate(model.layers):
-        shape = f"(None, {layer.output_dim})" if layer.built else "?"
+        shape = str((None, *layer.output_sample_shape)) if layer.built else "?"
         count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
         row = [f"{layer.name} ({type(layer).__name__})", shape, count]
         if show_trainable:

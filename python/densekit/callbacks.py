@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 import zipfile
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -72,6 +73,10 @@ class Callback:
     def on_predict_batch_end(self, batch, logs=None): ...
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _overrides(callback: Callback, hook: str) -> bool:
     return hook in vars(callback) or getattr(type(callback), hook) is not getattr(Callback, hook)
 
@@ -99,6 +104,10 @@ class CallbackList:
             mode: any(_overrides(c, hook) for c in self.callbacks for hook in hooks)
             for mode, hooks in _BATCH_HOOKS.items()
         }
+        # BackupAndRestore(save_freq=N): fit calls after_train_batch after every step
+        self.batch_backups = [
+            c for c in self.callbacks if isinstance(c, BackupAndRestore) and c.save_freq != "epoch"
+        ]
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -118,16 +127,25 @@ class CallbackList:
         logs = {} if logs is None else logs
         self._call("on_epoch_end", epoch, logs)
         for callback in self.callbacks:  # after every callback's epoch end: their state too
-            if isinstance(callback, BackupAndRestore):
+            if isinstance(callback, BackupAndRestore) and callback.save_freq == "epoch":
                 callback.back_up(epoch, self.callbacks)
 
-    def resume(self, initial_epoch: int, seed: int) -> tuple[int, int]:
-        """The first epoch and shuffle seed of this fit: those of the backup a
-        BackupAndRestore restored (weights, optimizer, callbacks' state), else as given."""
+    def after_train_batch(self, epoch: int, batch: int, loss_total: float, seen: int) -> None:
+        """After training step ``batch`` of ``epoch`` and its hooks: the batch backups that
+        are due (``BackupAndRestore(save_freq=N)``), with the epoch's running loss (the sum
+        of the batches' losses times their sizes) and its sample count."""
+        for callback in self.batch_backups:
+            callback.batch_done(epoch, batch, loss_total, seen, self.callbacks)
+
+    def resume(self, initial_epoch: int, seed: int) -> tuple[int, int, ResumePoint | None]:
+        """The first epoch and shuffle seed of this fit, and where in that epoch it starts:
+        those of the backup a BackupAndRestore restored (weights, optimizer, callbacks' and
+        metrics' state), else as given (and None: at the epoch's start)."""
+        point = None
         for callback in self.callbacks:
             if isinstance(callback, BackupAndRestore):
-                initial_epoch, seed = callback.restore(initial_epoch, seed, self.callbacks)
-        return initial_epoch, seed
+                initial_epoch, seed, point = callback.restore(initial_epoch, seed, self.callbacks)
+        return initial_epoch, seed, point
 
     def on_test_begin(self, logs=None):
         self._call("on_test_begin", {} if logs is None else logs)
@@ -650,28 +668,47 @@ class LambdaCallback(Callback):
             self.on_train_batch_end = self.on_batch_end
 
 
+class ResumePoint(NamedTuple):
+    """Where a fit resumes inside an epoch (a backup taken after a batch): the next step and
+    the epoch's running loss (the sum of the batches' losses times their sizes) and sample
+    count up to it."""
+
+    step: int
+    loss_total: float
+    seen: int
+
+
 class BackupAndRestore(Callback):
-    """Backs the run up after every epoch and, when a fit is interrupted (an exception, a
-    killed process), makes the next fit with this callback resume after the last completed
-    epoch: bitwise the run an uninterrupted fit would have made.
+    """Backs the run up after every epoch (or every ``save_freq`` batches) and, when a fit is
+    interrupted (an exception, a killed process), makes the next fit with this callback
+    resume where the last backup was taken: bitwise the run an uninterrupted fit would have
+    made.
 
     The backup in ``backup_dir`` holds the weights, the optimizer's state and step count,
     the learning rate, the Dropout layers' generator states, the fit's shuffle seed (the
     resumed fit shuffles as the interrupted one did, whatever its own ``seed``) and the
     state of the other callbacks that keep one (``Callback.get_state``: EarlyStopping,
     ReduceLROnPlateau, ModelCheckpoint). It is written after every callback's
-    ``on_epoch_end``, atomically (a model file, then the state file that names it), and
-    removed when training ends unless ``delete_checkpoint=False``. A Dataset or iterator
-    input resumes at the right epoch, in the order its own source gives the batches.
+    ``on_epoch_end`` (or ``on_train_batch_end``), atomically (a model file, then the state
+    file that names it), and removed when training ends unless ``delete_checkpoint=False``.
+    A Dataset or iterator input resumes at the right epoch (and batch), in the order its
+    own source gives the batches.
+
+    With ``save_freq=N`` a backup is taken after every N training batches, counted across
+    epochs as Keras counts them (and none at epoch ends, as in Keras). It also holds the
+    position in the epoch: the batches done, the epoch's running loss and the metrics'
+    running state, so that a resumed fit goes on with the next batch of that epoch and its
+    History equals the uninterrupted run's (Keras restarts the epoch instead). Batch backups
+    need the fit of one process (no ``strategy``).
 
     Parameters
     ----------
     backup_dir : str or os.PathLike
         The directory of the backup (created when needed); one per run.
-    save_freq : {"epoch"}
-        When to back up: after every epoch (the only choice).
+    save_freq : "epoch" or int
+        When to back up: after every epoch, or after every that many batches (>= 1).
     double_checkpoint : bool
-        Also keep the backup of the epoch before; a resume falls back to it (with a warning)
+        Also keep the backup before the latest; a resume falls back to it (with a warning)
         when the latest backup cannot be read.
     delete_checkpoint : bool
         Whether to remove the backup when training ends normally.
@@ -680,18 +717,22 @@ class BackupAndRestore(Callback):
     _STATE_FILE = "backup-state.npz"
     _PREVIOUS_STATE_FILE = "backup-state.previous.npz"
     _FORMAT = "densekit.backup"
-    _STATE_KEYS = frozenset(
+    # the state file's keys per version (1: epoch backups; 2 adds the position in an epoch)
+    _KEYS_V1 = frozenset(
         ("format", "version", "epoch", "seed", "model_file", "learning_rate", "callbacks", "arrays")
     )
+    _STATE_KEYS: ClassVar[dict] = {1: _KEYS_V1, 2: _KEYS_V1 | {"batch", "progress"}}
 
     def __init__(
         self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True
     ):
         super().__init__()
-        if save_freq != "epoch":
-            raise ValueError(
-                f"save_freq: only 'epoch' is supported (backups at epoch ends), got {save_freq!r}"
-            )
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer))
+        ):
+            raise ValueError(f"save_freq: expected 'epoch' or an int >= 1, got {save_freq!r}")
+        if save_freq != "epoch" and save_freq < 1:
+            raise ValueError(f"save_freq: expected 'epoch' or an int >= 1, got {save_freq!r}")
         for name, value in (
             ("double_checkpoint", double_checkpoint),
             ("delete_checkpoint", delete_checkpoint),
@@ -699,18 +740,23 @@ class BackupAndRestore(Callback):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name}: expected True or False, got {value!r}")
         self.backup_dir = os.fspath(backup_dir)
-        self.save_freq = save_freq
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
         self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = bool(delete_checkpoint)
         self._seed = None
         self._model_file = None  # the model file of the latest backup
+        self._batches_since_backup = 0
 
     def _path(self, name: str) -> str:
         return os.path.join(self.backup_dir, name)
 
-    def restore(self, initial_epoch: int, seed: int, callbacks) -> tuple[int, int]:
-        """Put the backup (if any) into the model and ``callbacks``; return the first epoch
-        and the shuffle seed of the fit (called by fit after ``on_train_begin``).
+    def restore(
+        self, initial_epoch: int, seed: int, callbacks
+    ) -> tuple[int, int, ResumePoint | None]:
+        """Put the backup (if any) into the model, its metrics and ``callbacks``; return the
+        first epoch and the shuffle seed of the fit, and where in that epoch it starts (None:
+        at its start; a backup taken after a batch: the next batch) (called by fit after
+        ``on_train_begin``).
 
         Raises
         ------
@@ -720,9 +766,10 @@ class BackupAndRestore(Callback):
         from . import saving
 
         self._seed = seed
+        self._batches_since_backup = 0  # Keras counts anew in every fit
         latest, previous = self._path(self._STATE_FILE), self._path(self._PREVIOUS_STATE_FILE)
         if not os.path.exists(latest):
-            return initial_epoch, seed
+            return initial_epoch, seed, None
         try:
             backup = self._read(latest)
         except saving.ModelFileError as error:
@@ -750,7 +797,23 @@ class BackupAndRestore(Callback):
                 values[key] = [arrays[f"callback.{index}.{key}.{j}"] for j in range(count)]
             callback.set_state(values)
         self._seed, self._model_file = state["seed"], state["model_file"]
-        return state["epoch"] + 1, state["seed"]
+        if state.get("batch") is None:  # after a whole epoch
+            return state["epoch"] + 1, state["seed"], None
+        progress = state["progress"]
+        metric_states = []
+        for index, kept in enumerate(progress["metrics"]):
+            values = dict(kept["state"])
+            values.update({key: arrays[f"metric.{index}.{key}"] for key in kept["arrays"]})
+            metric_states.append(values)
+        try:
+            self.model.training_state.set_metric_states(metric_states)
+        except (TypeError, ValueError) as error:
+            raise saving.ModelFileError(
+                f"{self._path(self._STATE_FILE)}: the backup's metrics are not this model's "
+                f"({error})"
+            ) from None
+        point = ResumePoint(state["batch"] + 1, progress["loss_total"], progress["seen"])
+        return state["epoch"], state["seed"], point
 
     def _read(self, path: str):
         """The state, its arrays and the model file of the backup whose state is ``path``."""
@@ -761,8 +824,9 @@ class BackupAndRestore(Callback):
                 state = archive.json_header("state")
                 if not (
                     isinstance(state, dict)
-                    and set(state) == self._STATE_KEYS
+                    and set(state) == self._STATE_KEYS.get(state.get("version"))
                     and state["format"] == self._FORMAT
+                    and self._valid_position(state)
                     and isinstance(state["arrays"], list)
                     and isinstance(state["model_file"], str)
                     and isinstance(state["callbacks"], list)
@@ -778,13 +842,62 @@ class BackupAndRestore(Callback):
         model_file = self._path(os.path.basename(state["model_file"]))
         return state, arrays, saving.read_model_file(model_file)
 
-    def back_up(self, epoch: int, callbacks) -> None:
+    @staticmethod
+    def _valid_position(state: dict) -> bool:
+        """Whether a state file's position (version 2: ``batch``, ``progress``) is well
+        formed; version 1 has none."""
+        if state.get("version") == 1:
+            return True
+        batch, progress = state["batch"], state["progress"]
+        if batch is None:
+            return progress is None
+        return (
+            _is_count(batch)
+            and isinstance(progress, dict)
+            and set(progress) == {"loss_total", "seen", "metrics"}
+            and isinstance(progress["loss_total"], (int, float))
+            and _is_count(progress["seen"])
+            and isinstance(progress["metrics"], list)
+            and all(
+                isinstance(m, dict)
+                and set(m) == {"state", "arrays"}
+                and isinstance(m["state"], dict)
+                and isinstance(m["arrays"], list)
+                for m in progress["metrics"]
+            )
+        )
+
+    def batch_done(self, epoch: int, batch: int, loss_total: float, seen: int, callbacks) -> None:
+        """Count a training batch and, every ``save_freq`` of them, write the backup of the
+        run after ``batch`` of ``epoch`` (called by fit after the batch's hooks, with the
+        epoch's running loss sum and sample count).
+
+        Parameters
+        ----------
+        epoch, batch : int
+            The epoch and the batch (step) just done.
+        loss_total : float
+            The sum of the epoch's batch losses times their sizes, up to this batch.
+        seen : int
+            The epoch's samples up to this batch.
+        callbacks : list of Callback
+            The fit's callbacks (their states go into the backup).
+        """
+        self._batches_since_backup += 1
+        if self._batches_since_backup >= self.save_freq:
+            self._batches_since_backup = 0
+            self.back_up(epoch, callbacks, batch=batch, progress=(loss_total, seen))
+
+    def back_up(self, epoch: int, callbacks, batch=None, progress=None) -> None:
         """Write the backup of the run after ``epoch`` (called by fit after every callback's
-        ``on_epoch_end``)."""
+        ``on_epoch_end``), or after ``batch`` of ``epoch`` with the epoch's running
+        ``progress`` ``(loss_total, seen)`` (see ``batch_done``)."""
         from . import _archive
 
         os.makedirs(self.backup_dir, exist_ok=True)
-        model_file = f"backup-model-{epoch}.npz"
+        model_file = (
+            f"backup-model-{epoch}.npz" if batch is None else (f"backup-model-{epoch}-{batch}.npz")
+        )
         self.model.save(self._path(model_file))
         optimizer = self.model.optimizer
         kept, arrays = [], {}
@@ -802,11 +915,30 @@ class BackupAndRestore(Callback):
                 else:
                     plain[key] = value.item() if isinstance(value, np.generic) else value
             kept.append({"class": type(callback).__name__, "state": plain, "arrays": counts})
+        position = None
+        if batch is not None:
+            metrics = []
+            for index, values in enumerate(self.model.training_state.metric_states()):
+                plain, named = {}, []
+                for key, value in values.items():
+                    if isinstance(value, np.ndarray):
+                        arrays[f"metric.{index}.{key}"] = value
+                        named.append(key)
+                    else:
+                        plain[key] = value.item() if isinstance(value, np.generic) else value
+                metrics.append({"state": plain, "arrays": named})
+            position = {
+                "loss_total": float(progress[0]),
+                "seen": int(progress[1]),
+                "metrics": metrics,
+            }
         scheduled = isinstance(optimizer.get_config()["learning_rate"], dict)
         state = {
             "format": self._FORMAT,
-            "version": 1,
+            "version": 2,
             "epoch": epoch,
+            "batch": batch,
+            "progress": position,
             "seed": self._seed,
             "model_file": model_file,
             "learning_rate": None if scheduled else optimizer.learning_rate,

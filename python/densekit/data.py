@@ -164,9 +164,18 @@ class Dataset:
 
     @property
     def feature_count(self) -> int | None:
+        """The features per sample of x (tensor slices of (n, features) inputs), or None."""
         if self._arrays is None or self._arrays[0].ndim != 2:
             return None
         return self._arrays[0].shape[1]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The per-sample shape of x for tensor slices, ``(features,)`` or ``(a, b, ...)``;
+        None for batches from an iterable (their shape is known when they come)."""
+        if self._arrays is None or self._arrays[0].ndim < 2:
+            return None
+        return tuple(self._arrays[0].shape[1:])
 
     def __len__(self) -> int:
         """Batches in one pass (from_tensor_slices datasets, and sized iterables)."""

@@ -512,7 +512,8 @@ class MPIStrategy:
         n = x.shape[0]
         self._check_data({"x": x}, "prediction")
         cuts = bounds(n, self.size)
-        local = x[cuts[self.rank] : cuts[self.rank + 1]]
+        # x is flat (n, input_dim): the model's samples again (a view), flat outputs back
+        local = x[cuts[self.rank] : cuts[self.rank + 1]].reshape(-1, *model.input_sample_shape)
         width = model.output_dim
         if local.shape[0]:
             mine = model.predict(
@@ -523,15 +524,16 @@ class MPIStrategy:
             )
         else:
             mine = np.empty((0, width), x.dtype)
-        mine = np.ascontiguousarray(mine)
+        mine = np.ascontiguousarray(mine).reshape(-1, width)
         counts = [(cuts[r + 1] - cuts[r]) * mine.shape[1] for r in range(self.size)]
+        shape = (n, *model.output_sample_shape)
         if self.predict_to == "all":
             outputs = np.empty((n, mine.shape[1]), mine.dtype)
             self.control_comm.Allgatherv(mine, [outputs, counts])
-            return outputs
+            return outputs.reshape(shape)
         outputs = np.empty((n, mine.shape[1]), mine.dtype) if self.is_root else None
         self.control_comm.Gatherv(mine, [outputs, counts] if self.is_root else None, root=0)
-        return outputs
+        return None if outputs is None else outputs.reshape(shape)
 
     def stop_requested_anywhere(self, stop: bool) -> bool:
         """Whether any rank asks to stop (every rank calls it at the same point).

@@ -2,7 +2,8 @@
 
 A layer describes itself (configuration, weight shapes and initializers); the model owns the
 storage (every weight is a view into one flat parameter buffer) and turns the layers into
-kernel calls (``_plan.py``). Inputs are (n, features) arrays: n samples, features per sample.
+kernel calls (``_plan.py``). Inputs are (n, features) arrays: n samples, features per sample,
+or (n, a, b, ...) arrays, whose last axis the layers act on until a ``Flatten``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import math
 
 import numpy as np
 
@@ -50,30 +52,51 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _feature_shape(shape, name: str) -> tuple[int]:
-    """A per-sample shape: (features,) (an int is accepted for it)."""
+def sample_shape(shape, name: str) -> tuple[int, ...]:
+    """A per-sample shape: ``(features,)`` or ``(a, b, ...)`` (an int is accepted for
+    ``(features,)``), every extent an int >= 1.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        The shape.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    tuple of int
+        The shape.
+    """
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
     try:
         shape = tuple(shape)
     except TypeError:
         raise TypeError(f"{name}: expected a shape tuple like (784,), got {shape!r}") from None
-    if len(shape) != 1:
-        raise ValueError(
-            f"{name}: expected a per-sample shape (features,), got {shape!r} (densekit models "
-            "take flat (n, features) inputs; reshape images to (n, height * width) first)"
-        )
-    return (_positive_int(shape[0], name),)
+    if not shape:
+        raise ValueError(f"{name}: expected a per-sample shape like (784,), got {shape!r}")
+    return tuple(_positive_int(extent, name) for extent in shape)
 
 
 class Layer(_registry.Configurable):
     """Base class of the layers.
 
-    The model builds a layer in two calls: ``build_weights(input_dim)`` declares its weights
-    (``weight_specs``) and returns its output width, then ``attach_weights(views)`` hands it
-    views into the model's flat parameter buffer, one per declared weight. Subclasses override
-    ``build_weights`` and say what they compute.
+    The model builds a layer in two calls: ``build_for(sample_shape)`` declares its weights
+    (``weight_specs``, through ``build_weights`` of the last axis) and returns its per-sample
+    output shape, then ``attach_weights(views)`` hands it views into the model's flat
+    parameter buffer, one per declared weight. Subclasses override ``build_weights`` and say
+    what they compute.
+
+    Every layer but ``Flatten`` computes on the last axis of its input, as Keras's do on
+    inputs of more axes (a Dense layer maps each row of the last axis; a normalization layer
+    takes that axis as its features): a per-sample input ``(a, b)`` is ``a`` rows of ``b``
+    features to it, and its output is ``(a, output_dim)``.
     """
+
+    # layers whose axis argument was given as 1 (the feature axis of flat inputs only) say
+    # so here: on inputs of more axes, Keras's axis 1 is not the last one
+    _axis_is_one = False
 
     def __init__(self, name=None, dtype=None, input_shape=None, input_dim=None, trainable=True):
         if name is not None and not isinstance(name, str):
@@ -99,10 +122,13 @@ class Layer(_registry.Configurable):
         if input_dim is not None:
             input_shape = (input_dim,)
         self._input_shape = (
-            None if input_shape is None else _feature_shape(input_shape, "input_shape")
+            None if input_shape is None else sample_shape(input_shape, "input_shape")
         )
         self.input_dim: int | None = None
         self.output_dim: int | None = None
+        # the per-sample input and output shapes (after build_for)
+        self.input_sample_shape: tuple[int, ...] | None = None
+        self.output_sample_shape: tuple[int, ...] | None = None
         self.built = False
         # (attribute, shape, initializer) per weight, in Keras's order; set by build_weights.
         self._weight_specs: list[tuple[str, tuple[int, ...], initializers.Initializer]] = []
@@ -131,7 +157,7 @@ class Layer(_registry.Configurable):
 
     # -- building ----------------------------------------------------------------------
     @property
-    def declared_input_shape(self) -> tuple[int] | None:
+    def declared_input_shape(self) -> tuple[int, ...] | None:
         """The per-sample input shape given as ``input_shape``/``input_dim``, or None."""
         return self._input_shape
 
@@ -156,6 +182,39 @@ class Layer(_registry.Configurable):
         """
         self.input_dim = self.output_dim = input_dim
         return input_dim
+
+    def build_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Declare the weights for per-sample inputs of ``input_shape`` (``build_weights`` of
+        its last axis) and return the per-sample output shape: ``input_shape`` with the last
+        axis ``output_dim`` wide.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            The per-sample shape of the layer's input, e.g. ``(784,)`` or ``(28, 28)``.
+
+        Returns
+        -------
+        tuple of int
+            The per-sample shape of its output.
+
+        Raises
+        ------
+        ValueError
+            When the layer's axis was given as 1 and the input has more than one axis
+            (Keras's axis 1 is then not the last one, which densekit's layers compute on).
+        """
+        input_shape = tuple(input_shape)
+        if self._axis_is_one and len(input_shape) > 1:
+            raise ValueError(
+                f"axis: layer {self.name!r} was given axis=1, which on its per-sample input "
+                f"{input_shape} is not the last axis; densekit's layers act on the last "
+                "axis (axis=-1)"
+            )
+        width = self.build_weights(input_shape[-1])
+        self.input_sample_shape = input_shape
+        self.output_sample_shape = (*input_shape[:-1], width)
+        return self.output_sample_shape
 
     def attach_weights(self, views: list[np.ndarray]) -> None:
         """Take the weights as views into the model's flat parameter buffer.
@@ -268,7 +327,9 @@ class Layer(_registry.Configurable):
 
 
 class InputLayer(Layer):
-    """The input's per-sample shape; ``Input(shape)`` makes one for ``Sequential([...])``."""
+    """The input's per-sample shape; ``Input(shape)`` makes one for ``Sequential([...])``:
+    ``(features,)``, or more axes, e.g. ``(28, 28)`` for images, which a ``Flatten`` turns
+    into ``(784,)`` (the layers before it act on the last axis)."""
 
     def __init__(self, shape=None, dtype=None, name=None, input_shape=None, trainable=True):
         shape = input_shape if shape is None else shape
@@ -284,7 +345,8 @@ class InputLayer(Layer):
 
 
 def Input(shape, dtype=None, name=None) -> InputLayer:
-    """Declare a model's per-sample input shape: ``Sequential([Input((784,)), Dense(10)])``."""
+    """Declare a model's per-sample input shape: ``Sequential([Input((784,)), Dense(10)])``,
+    or ``Sequential([Input((28, 28)), Flatten(), Dense(10)])``."""
     return InputLayer(shape=shape, dtype=dtype, name=name)
 
 
@@ -453,14 +515,14 @@ def _flag(value, name: str) -> bool:
     return bool(value)
 
 
-def _feature_axis(axis, name: str = "axis") -> int:
-    """The feature axis: densekit's inputs are (n, features), so -1 (or 1)."""
+def _feature_axis(layer: Layer, axis, name: str = "axis") -> int:
+    """The feature axis: the last, -1 (1 names it for flat (n, features) inputs only;
+    ``build_for`` refuses it on inputs of more axes)."""
     if isinstance(axis, (list, tuple)) and len(axis) == 1:
         axis = axis[0]
     if isinstance(axis, bool) or axis not in (-1, 1):
-        raise ValueError(
-            f"{name}: expected -1 (the feature axis of (n, features) inputs), got {axis!r}"
-        )
+        raise ValueError(f"{name}: expected -1 (the last axis, the features), got {axis!r}")
+    layer._axis_is_one = axis == 1
     return -1
 
 
@@ -521,7 +583,7 @@ class BatchNormalization(_StatefulLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.axis = _feature_axis(axis)
+        self.axis = _feature_axis(self, axis)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
         if not 0 <= momentum <= 1:
@@ -584,7 +646,7 @@ class LayerNormalization(Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.axis = _feature_axis(axis)
+        self.axis = _feature_axis(self, axis)
         self.epsilon = _positive_number(epsilon, "epsilon")
         self.center, self.scale = _flag(center, "center"), _flag(scale, "scale")
         self.beta_initializer = initializers.get(beta_initializer, "beta_initializer")
@@ -628,7 +690,7 @@ class Normalization(_StatefulLayer):
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         super().__init__(**kwargs)
-        self.axis = _feature_axis(axis)
+        self.axis = _feature_axis(self, axis)
         if (mean is None) != (variance is None):
             raise ValueError("mean, variance: give both (constants) or neither (adapt)")
         self.invert = _flag(invert, "invert")
@@ -708,7 +770,9 @@ class Normalization(_StatefulLayer):
         Parameters
         ----------
         data : array_like or iterable of array_like
-            (samples, features) values, or batches of them (combined exactly as Keras does).
+            (samples, features) values, or batches of them (combined exactly as Keras does);
+            arrays of more axes, (samples, ..., features), count each row of the last axis
+            as a sample, as Keras reduces over every axis but the last.
         batch_size, steps : None
             Accepted for Keras's signature; the data is read whole (an array) or batch by
             batch (an iterable).
@@ -716,7 +780,7 @@ class Normalization(_StatefulLayer):
         Raises
         ------
         ValueError
-            When the layer was given constant statistics, the data is empty, not 2-D, or
+            When the layer was given constant statistics, the data is empty, not at least 2-D, or
             has another number of features than the layer.
         """
         if self.input_mean is not None:
@@ -729,10 +793,12 @@ class Normalization(_StatefulLayer):
         count = 0
         for batch in batches:
             batch = np.asarray(batch, np.float64)
-            if batch.ndim != 2 or batch.shape[0] == 0:
+            if batch.ndim < 2 or batch.shape[0] == 0:
                 raise ValueError(
                     f"data: expected non-empty (samples, features) arrays, got shape {batch.shape}"
                 )
+            if batch.ndim > 2:  # as Keras: statistics over every axis but the last
+                batch = batch.reshape(-1, batch.shape[-1])
             features = batch.shape[1] if total_mean is None else total_mean.shape[0]
             if batch.shape[1] != features or (self.built and features != self.input_dim):
                 raise ValueError(
@@ -789,8 +855,14 @@ class GaussianNoise(Layer):
 
 
 class Flatten(Layer):
-    """Flattens each sample to one axis: the identity on densekit's (n, features) inputs (a
-    Keras model's ``Flatten`` after an ``Input`` of flat samples)."""
+    """Flattens each sample to one axis, as Keras's ``Flatten``: per-sample inputs
+    ``(a, b, ...)`` become ``(a * b * ...,)``, in C order (a view of the data, no copy);
+    the identity on flat ``(features,)`` inputs.
+
+    ``data_format="channels_first"`` (Keras's setting for inputs whose first per-sample axis
+    holds the channels) moves that axis last before flattening, as Keras does: then the
+    flattening is a copy. None and ``"channels_last"`` flatten as the data lies.
+    """
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -800,6 +872,20 @@ class Flatten(Layer):
                 f"got {data_format!r}"
             )
         self.data_format = data_format
+
+    @property
+    def moves_channels(self) -> bool:
+        """Whether the flattening moves the first per-sample axis last (channels_first on an
+        input of more than one axis; after ``build_for``)."""
+        shape = self.input_sample_shape
+        return self.data_format == "channels_first" and shape is not None and len(shape) > 1
+
+    def build_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        input_shape = tuple(input_shape)
+        width = math.prod(input_shape)
+        self.build_weights(width)
+        self.input_sample_shape, self.output_sample_shape = input_shape, (width,)
+        return self.output_sample_shape
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -836,21 +922,27 @@ def _non_negative(value, name: str) -> float:
 
 
 class ReLU(Activation):
-    """Keras's ``ReLU`` layer: ``max(x, 0)``, with ``negative_slope`` below 0, capped at
-    ``max_value``, zero up to ``threshold``.
+    """Keras's ``ReLU`` layer, with Keras's full semantics::
 
-    The kernels compute the forms Keras users reach for: the defaults (``relu``),
-    ``max_value=6`` (``relu6``) and ``negative_slope > 0`` (``leaky_relu``). Other
-    combinations (a threshold, another cap, a cap with a slope) raise ``ValueError``.
+        f(x) = min(x, max_value)                 for x > threshold
+        f(x) = negative_slope * (x - threshold)  for x < threshold
+        f(x) = 0                                 at the threshold
+
+    The forms with a fused activation kernel map onto it, so that a Dense layer before the
+    layer absorbs it: the defaults (``relu``), ``max_value=6`` (``relu6``) and
+    ``negative_slope > 0`` without a cap or threshold (``leaky_relu``). Every other
+    combination runs the ``relu_forward`` / ``relu_backward`` kernels as a layer of its own
+    (``activation`` is then None). Its derivative is 1 for ``threshold < x <= max_value``,
+    ``negative_slope`` below the threshold and 0 at it (Keras's at every other point).
 
     Parameters
     ----------
     max_value : float or None
-        The cap (None: none; 6: ``relu6``).
+        The cap, >= 0 (None: none).
     negative_slope : float
-        The slope below 0 (0: ``relu``).
+        The slope below the threshold, >= 0.
     threshold : float
-        Inputs up to it give 0 (only 0 is computed).
+        Inputs up to it give ``negative_slope * (x - threshold)``, >= 0.
     **kwargs
         ``name``, ``dtype``, ``input_shape`` as for every layer.
     """
@@ -860,22 +952,15 @@ class ReLU(Activation):
         self.max_value = None if max_value is None else _non_negative(max_value, "max_value")
         self.negative_slope = _non_negative(negative_slope, "negative_slope")
         self.threshold = _non_negative(threshold, "threshold")
-        if self.threshold != 0:
-            raise ValueError(
-                f"threshold: only 0 has a kernel (relu, relu6, leaky_relu), got {threshold!r}"
-            )
-        if self.max_value is None:
-            name = "leaky_relu" if self.negative_slope > 0 else "relu"
-        elif self.max_value == 6 and self.negative_slope == 0:
-            name = "relu6"
-        else:
-            raise ValueError(
-                f"max_value: only None and 6 (without negative_slope) have a kernel (relu, "
-                f"relu6, leaky_relu), got max_value={max_value!r}, "
-                f"negative_slope={negative_slope!r}"
-            )
-        alpha = self.negative_slope if name == "leaky_relu" else None
-        self.activation = activations.Activation(name, alpha)
+        self.activation = None
+        if self.threshold == 0:
+            if self.max_value is None:
+                if self.negative_slope > 0:
+                    self.activation = activations.Activation("leaky_relu", self.negative_slope)
+                else:
+                    self.activation = activations.get("relu")
+            elif self.max_value == 6 and self.negative_slope == 0:
+                self.activation = activations.get("relu6")
 
     def get_config(self) -> dict:
         config = Layer.get_config(self)
@@ -891,7 +976,7 @@ class Softmax(Activation):
     Parameters
     ----------
     axis : int
-        The axis of the (n, features) input: -1 or 1 (the features).
+        -1, the last axis (1 names it on flat (n, features) inputs).
     **kwargs
         ``name``, ``dtype``, ``input_shape`` as for every layer.
     """
@@ -903,6 +988,7 @@ class Softmax(Activation):
                 f"axis: expected -1 or 1 (the features of (n, features)), got {axis!r}"
             )
         self.axis = int(axis)
+        self._axis_is_one = self.axis == 1
         self.activation = activations.get("softmax")
 
     def get_config(self) -> dict:
@@ -954,17 +1040,18 @@ def deserialize(config: dict) -> Layer:
     return cls.from_config(dict(config.get("config", {})))
 
 
-def weight_shapes(layer_list, input_dim: int, trainable_only: bool = False) -> list:
-    """The shapes (Keras's order) of the weights ``layer_list`` gets on inputs of
-    ``input_dim`` features (``trainable_only``: of those training updates), worked out
-    without building the layers or allocating anything (the layers are left as they are)."""
-    shapes, width = [], input_dim
+def weight_shapes(layer_list, input_shape, trainable_only: bool = False) -> list:
+    """The shapes (Keras's order) of the weights ``layer_list`` gets on per-sample inputs of
+    ``input_shape`` (an int: that many features; ``trainable_only``: of those training
+    updates), worked out without building the layers or allocating anything (the layers are
+    left as they are)."""
+    shapes, shape = [], sample_shape(input_shape, "input_shape")
     for layer in layer_list:
-        probe = copy.copy(layer)  # build_weights sets attributes: on the copy only
-        width = probe.build_weights(width)
+        probe = copy.copy(layer)  # build_for sets attributes: on the copy only
+        shape = probe.build_for(shape)
         shapes.extend(
-            shape
-            for attr, shape, _ in probe.weight_specs
+            weight
+            for attr, weight, _ in probe.weight_specs
             if not trainable_only or probe.weight_is_trainable(attr)
         )
     return shapes

@@ -33,7 +33,10 @@ class Sequential:
     """A linear stack of layers: ``Sequential([Input((784,)), Dense(256, "relu"), Dense(10)])``.
 
     ``dtype`` ("float32" default, or "float64") is the dtype of every weight and buffer;
-    inputs are converted to it once per call.
+    inputs are converted to it once per call. Inputs are (n, features) arrays, or (n, a, b,
+    ...) arrays for a model whose Input has more axes: its layers act on the last axis (as
+    Keras's) until a ``Flatten``, which is a reshape of the data (no copy of C-contiguous
+    inputs), and its outputs are (n, outputs): the last layer's output must be flat.
     """
 
     def __init__(self, layers=None, name=None, dtype=None):
@@ -41,8 +44,10 @@ class Sequential:
         self._dtype = None if dtype is None else _float_dtype(dtype, "dtype")
         self._layers: list[Layer] = []
         self.built = False
-        self.input_dim: int | None = None
+        self.input_dim: int | None = None  # the width of a flattened sample
         self.output_dim: int | None = None
+        self.input_sample_shape: tuple[int, ...] | None = None  # per sample, e.g. (28, 28)
+        self.output_sample_shape: tuple[int, ...] | None = None
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.compiled = False
@@ -93,8 +98,8 @@ class Sequential:
             raise ValueError(f"layer: {layer.name!r} is already in this model")
         self._layers.append(layer)
         if self.built:
-            self._build(self.input_dim)
-        elif self._declared_input_dim() is not None and self.layers:
+            self._build(self.input_sample_shape)
+        elif self._declared_input_shape() is not None and self.layers:
             self.build()  # as Keras: a model that starts with an Input is built at once
 
     def pop(self) -> Layer:
@@ -103,24 +108,37 @@ class Sequential:
             raise IndexError("pop: the model has no layers")
         layer = self._layers.pop()
         if self.built and self.layers:
-            self._build(self.input_dim)
+            self._build(self.input_sample_shape)
         elif not self.layers:
             self.built = False
             self._invalidate()
         return layer
 
-    def _declared_input_dim(self) -> int | None:
+    def _declared_input_shape(self) -> tuple[int, ...] | None:
         for layer in self._layers[:1]:
             if layer.declared_input_shape is not None:
-                return layer.declared_input_shape[0]
+                return layer.declared_input_shape
         return None
 
     def build(self, input_shape=None) -> None:
-        """Create the weights for inputs of ``input_shape``: (None, features) or (features,).
-        Without an argument, the shape of the Input layer (or ``input_shape=``) is used."""
+        """Create the weights for inputs of ``input_shape``: ``(None, features)``, ``(None,
+        a, b, ...)`` (the batch axis first, as in Keras), or ``(features,)``. Without an
+        argument, the shape of the Input layer (or ``input_shape=``) is used.
+
+        Parameters
+        ----------
+        input_shape : tuple, int or None
+            The inputs' shape; an int or a 1-tuple is the per-sample feature count.
+
+        Raises
+        ------
+        ValueError
+            When the shape is unknown or malformed, or the model's layers do not fit it
+            (see ``Sequential``).
+        """
         if input_shape is None:
-            features = self._declared_input_dim()
-            if features is None:
+            shape = self._declared_input_shape()
+            if shape is None:
                 raise ValueError(
                     "input_shape: unknown; pass build(input_shape=(None, features)), start the "
                     "model with Input(shape=(features,)), or call fit/predict"
@@ -129,14 +147,15 @@ class Sequential:
             shape = (
                 (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
             )
-            if len(shape) == 2:
+            if len(shape) > 1:  # the batch axis first
                 shape = shape[1:]
-            if len(shape) != 1:
+            if not shape:
                 raise ValueError(
-                    f"input_shape: expected (None, features) or (features,), got {input_shape!r}"
+                    f"input_shape: expected (None, features), (None, a, b, ...) or "
+                    f"(features,), got {input_shape!r}"
                 )
-            features = int_at_least(shape[0], 1, "input_shape")
-        self._build(features)
+            shape = tuple(int_at_least(extent, 1, "input_shape") for extent in shape)
+        self._build(shape)
 
     def ensure_built(self, input_shape) -> None:
         """Build the model for ``input_shape`` unless it is built: what a first ``fit``,
@@ -146,7 +165,7 @@ class Sequential:
         Parameters
         ----------
         input_shape : tuple or int
-            ``(None, features)`` or ``(features,)``.
+            ``(None, features)``, ``(None, a, b, ...)`` or ``(features,)``.
         """
         if self.built:
             return
@@ -154,15 +173,17 @@ class Sequential:
             if not self.built:
                 self.build(input_shape)
 
-    def _build(self, features: int) -> None:
+    def _build(self, sample_shape: tuple[int, ...]) -> None:
         with self._guard.build_lock:  # one build at a time; re-entrant for training_state
-            self._build_unlocked(features)
+            self._build_unlocked(tuple(sample_shape))
 
-    def _build_unlocked(self, features: int) -> None:
+    def _build_unlocked(self, sample_shape: tuple[int, ...]) -> None:
         self._refuse_while_training("build")
-        declared = self._declared_input_dim()
-        if declared is not None and declared != features:
-            raise ValueError(f"input_shape: the model declares {declared} features, got {features}")
+        declared = self._declared_input_shape()
+        if declared is not None and declared != sample_shape:
+            raise ValueError(
+                f"input_shape: the model declares per-sample inputs {declared}, got {sample_shape}"
+            )
         if not self.layers:
             raise ValueError("The model has no layers; add some before building it")
         previous = {id(layer): layer.get_weights() for layer in self.layers if layer.built}
@@ -175,9 +196,10 @@ class Sequential:
                     f"dtype: layer {layer.name!r} has the policy {policy.name!r}, whose weights "
                     f"are {policy.variable_dtype}, but the model's dtype is {self.dtype}"
                 )
-        width = features
+        shape = sample_shape
         for layer in self.layers:
-            width = layer.build_weights(width)
+            shape = layer.build_for(shape)
+        output_sample_shape = shape
         dtype = self._np_dtype
         specs = [
             (shape, init, layer.weight_is_trainable(attr))
@@ -222,10 +244,15 @@ class Sequential:
             else:
                 layer.weights_changed()
         self._params, self._weight_views = params, views
-        self.input_dim, self.output_dim = features, width
+        self.input_sample_shape, self.output_sample_shape = sample_shape, output_sample_shape
+        self.input_dim, self.output_dim = math.prod(sample_shape), math.prod(output_sample_shape)
         guard = self._guard
         self._predict_ops = build_ops(
-            self.layers, features, training=False, absorbed=None, weights_key=lambda: guard.version
+            self.layers,
+            self.input_dim,
+            training=False,
+            absorbed=None,
+            weights_key=lambda: guard.version,
         )
         # predict's kernel call, holding the live weights (views into the buffer made above)
         self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
@@ -329,21 +356,24 @@ class Sequential:
 
     @property
     def input_shape(self) -> tuple:
-        """``(None, features)``: the shape of the inputs (the batch dimension None).
+        """``(None, features)`` or ``(None, a, b, ...)``: the shape of the inputs (the batch
+        dimension None).
 
         Raises
         ------
         AttributeError
-            When the input width is not known yet (no Input, not built), as in Keras.
+            When the input shape is not known yet (no Input, not built), as in Keras.
         """
-        features = self.input_dim if self.built else self._declared_input_dim()
-        if features is None:
+        shape = self.input_sample_shape if self.built else self._declared_input_shape()
+        if shape is None:
             raise AttributeError(f"Sequential model {self.name!r} has no defined input shape yet")
-        return (None, features)
+        return (None, *shape)
 
     @property
     def output_shape(self) -> tuple:
-        """``(None, outputs)``: the shape of the outputs (the batch dimension None).
+        """``(None, outputs)``: the shape of the outputs (the batch dimension None); ``(None,
+        a, ..., outputs)`` for a model whose last layers act on the last axis of samples of
+        more axes (it predicts, but a loss needs flat outputs).
 
         Raises
         ------
@@ -352,7 +382,7 @@ class Sequential:
         """
         if not self.built:
             raise AttributeError(f"Sequential model {self.name!r} has no defined output shape yet")
-        return (None, self.output_dim)
+        return (None, *self.output_sample_shape)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of the weights; from another thread while the model trains, those after
@@ -438,7 +468,7 @@ class Sequential:
             ]
         for layer in dense:
             layer.take_quantization(mode)
-        self._build(self.input_dim)
+        self._build(self.input_sample_shape)
         for layer in dense:
             layer.set_weights(new_weights[id(layer)])
         self._guard.version += 1
@@ -475,6 +505,8 @@ class Sequential:
             "layers": [layers.serialize(layer) for layer in self._layers],
             "input_dim": self.input_dim if self.built else None,
         }
+        if self.built and len(self.input_sample_shape) > 1:  # only then: flat configs as before
+            config["input_shape"] = list(self.input_sample_shape)
         if not self._trainable:  # only when set: other configs stay as they were
             config["trainable"] = False
         return config
@@ -488,8 +520,10 @@ class Sequential:
         )
         if config.get("trainable") is False:
             model._trainable = False  # the layers' own flags came with their configs
-        if config.get("input_dim") is not None:
-            model._build(int(config["input_dim"]))
+        if config.get("input_shape") is not None:
+            model._build(tuple(int(extent) for extent in config["input_shape"]))
+        elif config.get("input_dim") is not None:
+            model._build((int(config["input_dim"]),))
         return model
 
     # -- compile -----------------------------------------------------------------------
@@ -589,16 +623,23 @@ class Sequential:
                 return self._state
             if not self.built:
                 self.build()
+            if len(self.output_sample_shape) > 1:
+                raise ValueError(
+                    f"loss: the model's outputs are {self.output_shape}; densekit's losses and "
+                    "metrics take flat (n, outputs) outputs: put a Flatten after the layers "
+                    "that act on the last axis"
+                )
             if self._weights_trainable() != self._layout:
                 # trainable flags changed since the build: lay the buffer out again
                 # (trainable weights first), keeping the values
-                self._build_unlocked(self.input_dim)
+                self._build_unlocked(self.input_sample_shape)
             state = self._state = TrainingState(
                 self.layers,
                 self._params,
                 self._weight_slices,
                 input_dim=self.input_dim,
                 output_dim=self.output_dim,
+                input_shape=self.input_sample_shape,
                 loss=self.loss,
                 optimizer=self.optimizer,
                 metric_identifiers=self._metric_identifiers,
@@ -833,6 +874,13 @@ class Sequential:
         return outputs
 
     def _predict_arrays(self, x, batch_size, hooks, progress) -> np.ndarray:
+        outputs = self._predict_flat(x, batch_size, hooks, progress)
+        if len(self.output_sample_shape) > 1:  # outputs of more axes, as the last layer's
+            return outputs.reshape(x.shape[0], *self.output_sample_shape)
+        return outputs
+
+    def _predict_flat(self, x, batch_size, hooks, progress) -> np.ndarray:
+        """The outputs of the (n, input_dim) inputs ``x``, flat: (n, output_dim)."""
         n = x.shape[0]
         if self._predict_chain is None:
             return x.copy()
@@ -979,7 +1027,7 @@ def clone_model(model, clone_function=None) -> Sequential:
         clone.add(layer)
     clone._trainable = model.trainable
     if model.built and not clone.built:
-        clone.build((None, model.input_dim))
+        clone.build((None, *model.input_sample_shape))
     return clone
 
 

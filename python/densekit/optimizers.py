@@ -514,6 +514,38 @@ class Nadam(Optimizer):
 
         return nadam
 
+    def momentum_product(self) -> float:
+        """``mu_1 * ... * mu_t`` after ``t = iterations`` updates, as Keras keeps it (its
+        Nadam's ``u_product`` variable) and the kernel computes it: the product of the last
+        update, or computed from the step count in Keras's arithmetic.
+
+        Returns
+        -------
+        float
+            The product (1.0 before the first update).
+        """
+        steps = self._update_count(self.iterations)
+        if steps == 0:
+            return 1.0
+        carried = self._mu_product
+        if carried is not None and carried[0] == steps:
+            return carried[1]
+        dtype = self._params.dtype if self._params is not None else np.float32
+        empty = np.zeros(0, dtype)
+        # the kernel on no parameters: the product through `steps` and nothing else
+        return kernels.nadam_step(
+            empty,
+            empty,
+            empty.copy(),
+            empty.copy(),
+            step=steps,
+            lr=0.0,
+            beta1=self.beta_1,
+            beta2=self.beta_2,
+            eps=self.epsilon,
+            **_KERAS,
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)

@@ -239,7 +239,7 @@ def _check_model_header(header: dict, path: str) -> _Contents:
     config = header["model"]
     keys = {"name", "dtype", "layers", "input_dim"}
     _expect(
-        isinstance(config, dict) and set(config) - {"trainable"} == keys,
+        isinstance(config, dict) and set(config) - {"trainable", "input_shape"} == keys,
         path,
         f"invalid model configuration (expected a dict with keys {sorted(keys)})",
     )
@@ -251,6 +251,7 @@ def _check_model_header(header: dict, path: str) -> _Contents:
     )
     input_dim = config["input_dim"]
     _expect(_is_int(input_dim, 1), path, f"invalid model input_dim {_short(input_dim)}")
+    input_shape = _input_shape(config, path)
     configs = config["layers"]
     _expect(isinstance(configs, list) and configs, path, "invalid model layers")
     made = [_layer_from_config(c, path, i) for i, c in enumerate(configs)]
@@ -258,13 +259,16 @@ def _check_model_header(header: dict, path: str) -> _Contents:
         if isinstance(layer, layers_module.InputLayer):
             _expect(i == 0, path, f"invalid layer {i}: an Input can only be the first layer")
             _expect(
-                layer.shape == (input_dim,),
+                layer.shape == input_shape,
                 path,
-                f"invalid model: the Input's shape {layer.shape} and input_dim {input_dim}",
+                f"invalid model: the Input's shape {layer.shape} and the input shape {input_shape}",
             )
     body = [layer for layer in made if not isinstance(layer, layers_module.InputLayer)]
     _expect(bool(body), path, "invalid model: no layers")
-    shapes = layers_module.weight_shapes(body, input_dim)
+    try:
+        shapes = layers_module.weight_shapes(body, input_shape)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: invalid model ({error})") from None
     count = header["weight_count"]
     _expect(_is_int(count, 0), path, f"invalid weight_count {_short(count)}")
     _expect(
@@ -295,8 +299,28 @@ def _check_model_header(header: dict, path: str) -> _Contents:
         path,
         f"optimizer state {_short(saved['variables'])} does not match the optimizer's {names}",
     )
-    trained = layers_module.weight_shapes(body, input_dim, trainable_only=True)
+    trained = layers_module.weight_shapes(body, input_shape, trainable_only=True)
     return _Contents(shapes, names, sum(_archive.product(shape) for shape in trained))
+
+
+def _input_shape(config: dict, path: str) -> tuple:
+    """The per-sample input shape of a checked model config: ``input_shape`` (written for
+    samples of more than one axis; its extents multiply to ``input_dim``), else
+    ``(input_dim,)``."""
+    input_dim = config["input_dim"]
+    if "input_shape" not in config:
+        return (input_dim,)
+    shape = config["input_shape"]
+    _expect(
+        isinstance(shape, list)
+        and 1 < len(shape) <= 32
+        and all(_is_int(extent, 1) for extent in shape)
+        and _archive.product(shape) == input_dim,
+        path,
+        f"invalid model input_shape {_short(shape)} (expected extents >= 1 multiplying to "
+        f"input_dim {input_dim})",
+    )
+    return tuple(shape)
 
 
 def _check_rng_states(states, body: list, path: str) -> None:
@@ -564,8 +588,8 @@ def restore_model(model, contents: ModelFile, compile=True) -> None:
     except _CONFIG_ERRORS as error:
         raise ModelFileError(f"{path}: invalid compile settings ({error})") from None
     saved = header["optimizer_state"]
-    if not saved:
-        return
+    if not saved or len(model.output_sample_shape) > 1:
+        return  # (outputs of more axes: the model predicts but has no loss to train with)
     training_state = model.training_state
     _, own_state = training_state.optimizer_state()
     _expect(
@@ -616,21 +640,21 @@ def load_weights(model, filepath) -> None:
         header = _read_header(archive, path, WEIGHTS_FORMAT)
         if header["format"] == MODEL_FORMAT:
             stored = _check_model_header(header, path).shapes
-            input_dim = header["model"]["input_dim"]
+            input_shape = _input_shape(header["model"], path)
         else:
             stored = _check_weights_header(header, path)
-            input_dim = None
+            input_shape = None
             if stored and not model.built:
                 _expect(
                     len(stored[0]) == 2, path, f"weight 0 has shape {stored[0]}, not a kernel's"
                 )
-                input_dim = stored[0][0]
+                input_shape = (stored[0][0],)
         if model.built:
             expected = [w.shape for w in model.weights]
-        elif input_dim is None:
+        elif input_shape is None:
             expected = None
         else:
-            expected = layers_module.weight_shapes(model.layers, input_dim)
+            expected = layers_module.weight_shapes(model.layers, input_shape)
         if expected is not None:
             _expect(
                 len(stored) == len(expected),
@@ -644,5 +668,5 @@ def load_weights(model, filepath) -> None:
     if expected is None:
         raise ValueError("model: build the model before loading weights into it")
     if not model.built:
-        model.build((None, input_dim))
+        model.build((None, *input_shape))
     model.set_weights(arrays)

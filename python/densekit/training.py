@@ -57,30 +57,8 @@ def aligned_zeros(size: int, dtype) -> np.ndarray:
     return raw[start : start + size]
 
 
-def as_inputs(x, dtype, name: str = "x") -> np.ndarray:
-    """``x`` as a C-contiguous 2-D array of ``dtype`` (no copy when it is one already).
-
-    Parameters
-    ----------
-    x : array_like
-        The inputs, (samples, features).
-    dtype : numpy.dtype
-        The model's dtype.
-    name : str
-        The argument's name in error messages.
-
-    Returns
-    -------
-    numpy.ndarray
-        The converted inputs.
-
-    Raises
-    ------
-    TypeError
-        When ``x`` is None, complex or not convertible.
-    ValueError
-        When ``x`` is not 2-D.
-    """
+def _converted(x, dtype, name: str) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype`` (itself when it is one)."""
     if not (isinstance(x, np.ndarray) and x.dtype == dtype and x.flags.c_contiguous):
         if x is None:
             raise TypeError(f"{name}: expected an array of shape (samples, features), got None")
@@ -90,13 +68,54 @@ def as_inputs(x, dtype, name: str = "x") -> np.ndarray:
             x = np.ascontiguousarray(x, dtype=dtype)
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name}: cannot convert to a {dtype} array ({error})") from None
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {x.shape}")
     return x
 
 
+def as_inputs(x, dtype, name: str = "x", sample_shape=None) -> np.ndarray:
+    """``x`` as a C-contiguous 2-D array of ``dtype``: (samples, features), or (samples, a,
+    b, ...) reshaped to (samples, a * b * ...) when ``sample_shape`` is ``(a, b, ...)``. No
+    copy when it is one already (a C-contiguous array of that dtype: the reshape is a view).
+
+    Parameters
+    ----------
+    x : array_like
+        The inputs, (samples, features) or (samples, *sample_shape).
+    dtype : numpy.dtype
+        The model's dtype.
+    name : str
+        The argument's name in error messages.
+    sample_shape : tuple of int or None
+        The model's per-sample input shape (None: any, as long as ``x`` has at least two
+        axes).
+
+    Returns
+    -------
+    numpy.ndarray
+        The converted inputs, (samples, features).
+
+    Raises
+    ------
+    TypeError
+        When ``x`` is None, complex or not convertible.
+    ValueError
+        When ``x`` has fewer than two axes, or other per-sample extents than ``sample_shape``.
+    """
+    x = _converted(x, dtype, name)
+    if x.ndim < 2 or (sample_shape is not None and x.ndim != 1 + len(sample_shape)):
+        if sample_shape is None or len(sample_shape) == 1:
+            expected = "a 2-D array (samples, features)"
+        else:
+            extents = ", ".join(str(extent) for extent in sample_shape)
+            expected = f"a {1 + len(sample_shape)}-D array (samples, {extents})"
+        raise ValueError(f"{name}: expected {expected}, got shape {x.shape}")
+    if sample_shape is not None and x.shape[1:] != tuple(sample_shape):
+        expected = ", ".join(str(extent) for extent in ("n", *sample_shape))
+        raise ValueError(f"{name}: expected shape ({expected}), got {x.shape}")
+    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
 def inputs_for(model, x, name: str = "x") -> np.ndarray:
-    """``x`` converted for ``model`` (see ``as_inputs``), building the model from its width
+    """``x`` converted for ``model`` (see ``as_inputs``), building the model from its shape
     if it is not built yet.
 
     Parameters
@@ -104,26 +123,32 @@ def inputs_for(model, x, name: str = "x") -> np.ndarray:
     model : densekit.Sequential
         The model.
     x : array_like
-        The inputs, (samples, features).
+        The inputs, (samples, features) or (samples, a, b, ...).
     name : str
         The argument's name in error messages.
 
     Returns
     -------
     numpy.ndarray
-        The converted inputs.
+        The converted inputs, (samples, features): a view of ``x`` when it is C-contiguous
+        and of the model's dtype.
     """
-    x = as_inputs(x, np.dtype(model.dtype), name)
-    if not model.built:
-        model.ensure_built((None, x.shape[1]))  # once, whichever thread comes first
-    if x.shape[1] != model.input_dim:
-        raise ValueError(f"{name}: expected shape (n, {model.input_dim}), got {x.shape}")
+    x = _building(model, x, name)
+    return as_inputs(x, np.dtype(model.dtype), name, model.input_sample_shape)
+
+
+def _building(model, x, name: str) -> np.ndarray:
+    """``x`` converted to the model's dtype (its shape kept), the model built from that
+    shape if it is not built yet."""
+    x = _converted(x, np.dtype(model.dtype), name)
+    if not model.built and x.ndim >= 2:
+        model.ensure_built((None, *x.shape[1:]))  # once, whichever thread comes first
     return x
 
 
 def dataset_for(model, x, y, sample_weight=None, names=("x", "y", "sample_weight")):
     """``(x, y, sample_weight)`` converted for the compiled ``model``, building it from the
-    width of ``x`` if needed (see ``TrainingState.dataset``).
+    shape of ``x`` if needed (see ``TrainingState.dataset``).
 
     Parameters
     ----------
@@ -141,8 +166,15 @@ def dataset_for(model, x, y, sample_weight=None, names=("x", "y", "sample_weight
     tuple
         ``(x, y, sample_weight)``, C-contiguous arrays (``sample_weight`` may be None).
     """
-    x = inputs_for(model, x, names[0])
+    x = _building(model, x, names[0])  # converted once; dataset() checks and flattens it
     return model.training_state.dataset(x, y, sample_weight, names)
+
+
+def _is_state_value(value) -> bool:
+    """A number (not a bool) or an array: what a metric's running state is made of."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating, np.ndarray))
 
 
 class TrainingState:
@@ -157,7 +189,9 @@ class TrainingState:
     weight_slices : list of tuple
         ``(offset, size, shape)`` of each weight in ``parameters``, Keras's order.
     input_dim, output_dim : int
-        The model's input and output widths.
+        The model's input and output widths (the input's flattened).
+    input_shape : tuple of int or None
+        The model's per-sample input shape (None: ``(input_dim,)``).
     loss : densekit.losses.Loss
         The compiled loss.
     optimizer : densekit.optimizers.Optimizer
@@ -194,6 +228,7 @@ class TrainingState:
         *,
         input_dim: int,
         output_dim: int,
+        input_shape: tuple[int, ...] | None = None,
         loss,
         optimizer: optimizers.Optimizer,
         metric_identifiers,
@@ -224,6 +259,7 @@ class TrainingState:
         self.check_finite = bool(check_finite)
         self._parameters, self._weight_slices = parameters, list(weight_slices)
         self._input_dim, self._output_dim = input_dim, output_dim
+        self._input_shape = (input_dim,) if input_shape is None else tuple(input_shape)
         self._dtype = parameters.dtype
         self._guard, self._locked = guard, True
         self.loss = loss
@@ -431,7 +467,7 @@ class TrainingState:
         Parameters
         ----------
         x : array_like
-            Inputs, (n, input_dim).
+            Inputs, (n, input_dim) or (n, *input_shape).
         y : array_like
             Targets as the loss takes them.
         sample_weight : array_like or None
@@ -444,10 +480,8 @@ class TrainingState:
         tuple
             ``(x, y, sample_weight)``, C-contiguous arrays (``sample_weight`` may be None).
         """
-        x = as_inputs(x, self._dtype, names[0])
+        x = as_inputs(x, self._dtype, names[0], self._input_shape)
         n = x.shape[0]
-        if x.shape[1] != self._input_dim:
-            raise ValueError(f"{names[0]}: expected shape (n, {self._input_dim}), got {x.shape}")
         if y is None:
             raise TypeError(f"{names[1]}: the targets are missing")
         y = self.loss.prepare_target(y, n, self._output_dim, self._dtype, names[1])
@@ -785,6 +819,65 @@ class TrainingState:
         """Start the metrics over."""
         for metric in self.metrics:
             metric.reset_state()
+
+    def metric_states(self) -> list[dict]:
+        """Each metric's running state (for a backup taken inside an epoch): its public
+        attributes that hold numbers or arrays (a running mean's ``total`` and ``count``,
+        the counts of the other metrics), arrays copied.
+
+        Returns
+        -------
+        list of dict
+            One ``{attribute: value}`` per metric, in ``metrics`` order.
+        """
+        return [
+            {
+                key: value.copy() if isinstance(value, np.ndarray) else value
+                for key, value in vars(metric).items()
+                if not key.startswith("_") and _is_state_value(value)
+            }
+            for metric in self.metrics
+        ]
+
+    def set_metric_states(self, states) -> None:
+        """Put back what ``metric_states`` returned (arrays copied into the metrics' own,
+        which their bound updates hold).
+
+        Parameters
+        ----------
+        states : list of dict
+            One ``{attribute: value}`` per metric.
+
+        Raises
+        ------
+        ValueError
+            When the states do not fit the metrics: another count, attribute, kind of value
+            or array shape.
+        """
+        if len(states) != len(self.metrics):
+            raise ValueError(
+                f"states: expected {len(self.metrics)} metric states, got {len(states)}"
+            )
+        own = self.metric_states()
+        for metric, values, current in zip(self.metrics, states, own):
+            if set(values) != set(current):
+                raise ValueError(
+                    f"states: metric {metric.name!r} keeps {sorted(current)}, got {sorted(values)}"
+                )
+            for key, value in values.items():
+                if isinstance(current[key], np.ndarray) != isinstance(value, np.ndarray) or (
+                    isinstance(value, np.ndarray) and value.shape != current[key].shape
+                ):
+                    raise ValueError(f"states: metric {metric.name!r} {key}: {value!r}")
+                if not _is_state_value(value):
+                    raise ValueError(f"states: metric {metric.name!r} {key}: {value!r}")
+        for metric, values in zip(self.metrics, states):
+            for key, value in values.items():
+                target = getattr(metric, key)
+                if isinstance(target, np.ndarray):
+                    np.copyto(target, value, casting="unsafe")
+                else:
+                    setattr(metric, key, value)
 
     def logs(self, loss_total: float, seen: int, prefix: str = "") -> dict:
         """The logs dict: the mean loss and each metric's result.
