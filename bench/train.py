@@ -2,7 +2,8 @@
 NumPy MLP, the "train" family of the suite.
 
 Networks: relu hidden layers, softmax output, sparse categorical cross-entropy, Adam (lr 1e-3,
-eps 1e-8, torch's rule); shapes are written batch x layer widths, e.g. 64x784-256-128-10.
+eps 1e-8, Keras's rule, which densekit's model layer follows: torch's Adam is given the
+equivalent epsilon each step); shapes are written batch x layer widths, e.g. 64x784-256-128-10.
 Cases (float32 unless --dtype says otherwise):
 - step: one training step (forward, backward, Adam) of 784-256-128-10 at batch 64 and 512 and
   of the tiny 64-32-10 at batch 32, where per-call overhead dominates; densekit is
@@ -121,7 +122,7 @@ def densekit_model(sizes, weights, dtype, policy=None):
     stack.append(layers.Dense(sizes[-1], "softmax", dtype=policy))
     model = densekit.Sequential(stack, dtype=dtype)
     model.set_weights(weights)
-    # torch's epsilon, so that both run the same rule
+    # the peers' epsilon (torch's default), each peer running Keras's rule
     model.compile(optimizers.Adam(1e-3, epsilon=1e-8), "sparse_categorical_crossentropy")
     return model
 
@@ -141,8 +142,13 @@ def torch_model(sizes, weights, dtype):
             modules.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*modules)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Keras's rule, which densekit's model layer follows, in torch's: epsilon / sqrt(1 -
+    # beta_2^t) added after the bias correction is epsilon added before it
+    group, count = optimizer.param_groups[0], [0]
 
     def step(x, y):
+        count[0] += 1
+        group["eps"] = 1e-8 / math.sqrt(1.0 - 0.999 ** count[0])
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -160,7 +166,8 @@ def torch_model(sizes, weights, dtype):
 
 
 class NumpyMLP:
-    """The textbook NumPy MLP with Adam (torch's rule), written as a user would."""
+    """The textbook NumPy MLP with Adam, written as a user would, with Keras's rule (epsilon
+    added to sqrt(v) before the bias correction), which densekit's model layer follows."""
 
     def __init__(self, weights, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         self.params = [w.copy() for w in weights]
@@ -198,14 +205,13 @@ class NumpyMLP:
                 dz = (dz @ self.params[i].T) * (acts[i // 2] > 0)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        step_size = self.lr / (1 - b1**self.t)
-        root = math.sqrt(1 - b2**self.t)
+        step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         for p_, g, m, v in zip(self.params, grads, self.m, self.v):
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * g * g
-            p_ -= step_size * m / (np.sqrt(v) / root + self.eps)
+            p_ -= step_size * m / (np.sqrt(v) + self.eps)
         return loss
 
 
