@@ -194,9 +194,15 @@ print(json.dumps({"path": K.bf16_config()["path"],
 """
 
 
-def test_emulated_path_gives_the_same_bits():
+@pytest.mark.parametrize(
+    "env",
+    [{"DENSEKIT_BF16": "emulated"}, {"DENSEKIT_ISA": "avx2"}, {"DENSEKIT_ISA": "portable"}],
+)
+def test_every_forced_path_gives_the_same_bits(env):
+    """The products' path and the ISA of the rounding and packing code change no bit (relu:
+    no vector math in the epilogue)."""
     base = json_of_child(_SUBPROCESS, {})
-    forced = json_of_child(_SUBPROCESS, {"DENSEKIT_BF16": "emulated"})
+    forced = json_of_child(_SUBPROCESS, env)
     assert forced["path"] == "emulated"
     assert forced["bits"] == base["bits"]
 
