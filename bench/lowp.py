@@ -3,8 +3,10 @@ densekit's own float32, side by side.
 
 - ``matmul bf16`` (n, k, m): x (n, k) @ w (k, m), bf16 inputs, float32 accumulation, bf16 out;
   peers torch ``matmul`` on bf16 tensors (oneDNN) and densekit float32 ``dense_forward``.
-- ``dense bf16 relu``: act(x @ w + b) with the bias and relu in the product's epilogue, bf16
-  out; peers torch ``F.linear`` + ``relu_`` on bf16 tensors and densekit float32.
+- ``dense bf16 relu``: the layer API, ``dense_forward_bf16`` with the weights rounded and packed
+  once (``Bf16Weights``, as a model holds them), float32 x rounded while packed, bias and relu
+  in the epilogue, float32 out; peers torch ``F.linear`` + ``relu_`` on bf16 tensors and
+  densekit float32. ``matmul bf16`` packs b on every call.
 - ``dense int8 relu``: float32 x, int8 weights per output column, x quantized per row on the
   fly; peers ``torch.ao.quantization.quantize_dynamic`` of a ``Linear`` + ReLU (fbgemm) and
   densekit float32.
@@ -75,11 +77,22 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
     y32 = np.empty((n, m), np.float32)
     # The float32 peer runs on the bf16-rounded values, so that only the products differ.
     x_r, w_r = kernels.from_bfloat16(x), kernels.from_bfloat16(w)
+    y_dense = np.empty((n, m), np.float32)
 
-    def run_densekit():
-        return kernels.matmul_bf16(
-            x, w, out=y16, bias=b32, activation=act, out_dtype="bfloat16", num_threads=threads
-        )
+    if epilogue:  # the layer API: the weights rounded and packed once (Bf16Weights)
+        packed = kernels.Bf16Weights(w_r)
+
+        def run_densekit():
+            return kernels.dense_forward_bf16(
+                x_r, packed, b32, activation=act, out=y_dense, num_threads=threads
+            )
+
+    else:  # the product: op(b) packed on every call
+
+        def run_densekit():
+            return kernels.matmul_bf16(
+                x, w, out=y16, bias=b32, activation=act, out_dtype="bfloat16", num_threads=threads
+            )
 
     def run_fp32():
         return kernels.dense_forward(x_r, w_r, b32, activation=act, out=y32, num_threads=threads)

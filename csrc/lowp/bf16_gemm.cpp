@@ -97,8 +97,8 @@ void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows,
   if (!trans_a) {
     for (int i = 0; i < rows; ++i) {
       const bf16_bits* row = a + (r0 + i) * lda;
-      for (index_t q = 0; q < k / 2; ++q)
-        out[q * rows + i] = std::uint32_t(row[2 * q]) | (std::uint32_t(row[2 * q + 1]) << 16);
+      for (index_t q = 0; q < k / 2; ++q)  // a pair is the 32 bits of two halves (low: even)
+        std::memcpy(out + q * rows + i, row + 2 * q, sizeof(std::uint32_t));
       if (k % 2) out[(pairs - 1) * rows + i] = row[k - 1];
     }
   } else {
@@ -159,7 +159,7 @@ void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c3
   // one plain loop per step, each vectorised (the same sums in the same order: acc, + C, + b)
   if (ep.accumulate) {
     for (index_t j = 0; j < cols; ++j) v[j] = v[j] + acc[j];
-  } else {
+  } else if (acc != v) {  // the tiles wrote into C itself when they could
     std::copy(acc, acc + cols, v);
   }
   if (ep.bias != nullptr) {
@@ -216,6 +216,8 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
   std::vector<std::vector<float>> rows(static_cast<size_t>(std::max(num_threads, 1)));
   const bool flush = tiles_for(path).sets_mxcsr;
+  // a float32 C without accumulate and of whole panels takes the sums in place
+  const bool direct = c32 != nullptr && !ep.accumulate && n % kPanel == 0 && ldc >= n;
   run_tiles<float>(
       m, b, tiles_for(path), flops, num_threads, kBlockPairs,
       [&](index_t r0, int count, std::uint32_t* out) {
@@ -231,7 +233,8 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
         std::vector<float>& row = rows[static_cast<size_t>(participant)];
         if (c32 == nullptr && row.size() < static_cast<size_t>(cols)) row.resize(size_t(cols));
         finish_row(acc, cols, i, j0, c32, c16, ldc, ep, row.data());
-      });
+      },
+      direct ? c32 : nullptr, ldc);
 }
 
 }  // namespace
@@ -264,13 +267,41 @@ void gemm_bf16(index_t m, index_t n, index_t k, const float* a, index_t lda, boo
 
 PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
                      int num_threads) {
-  auto at = [&](index_t p, index_t j) -> std::uint32_t {
-    if (p >= k) return 0u;
-    return transposed ? b[j * ld + p] : b[p * ld + j];
-  };
-  return pack_panels(k, n, (k + 1) / 2, num_threads, [&](index_t q, index_t j) {
-    return at(2 * q, j) | (at(2 * q + 1, j) << 16);
+  PackedBf16 out;
+  const index_t words = (k + 1) / 2;
+  out.k = k;
+  out.n = n;
+  out.words = words;
+  out.panels = (n + kPanel - 1) / kPanel;
+  out.data.resize(buffer_bytes(words * kPanel, out.panels, 1));
+  std::uint32_t* base = out.data.data();
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
+  parallel_for(out.panels, threads, [&](index_t panel) {
+    std::uint32_t* dst = base + panel * words * kPanel;
+    const index_t j0 = panel * kPanel;
+    const index_t cols = std::min<index_t>(kPanel, n - j0);
+    if (cols < kPanel || k % 2) std::fill(dst, dst + words * kPanel, 0u);
+    if (!transposed) {  // rows 2q and 2q + 1, columns j0..: loops the baseline ISA vectorises
+      for (index_t q = 0; q < words; ++q) {
+        const bf16_bits* lo = b + 2 * q * ld + j0;
+        std::uint32_t* word = dst + q * kPanel;
+        if (2 * q + 1 < k) {
+          const bf16_bits* hi = lo + ld;
+          for (index_t j = 0; j < cols; ++j) word[j] = std::uint32_t(lo[j]) | (std::uint32_t(hi[j]) << 16);
+        } else {
+          for (index_t j = 0; j < cols; ++j) word[j] = lo[j];
+        }
+      }
+    } else {  // column j of B is row j of b: its pairs are 32-bit words already
+      for (index_t j = 0; j < cols; ++j) {
+        const bf16_bits* row = b + (j0 + j) * ld;
+        for (index_t q = 0; q < k / 2; ++q)
+          std::memcpy(dst + q * kPanel + j, row + 2 * q, sizeof(std::uint32_t));
+        if (k % 2) dst[(words - 1) * kPanel + j] = row[k - 1];
+      }
+    }
   });
+  return out;
 }
 
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,

@@ -83,16 +83,18 @@ struct PackedPanels {
 // pack_a(r0, rows, out): rows [r0, r0 + rows) of A as words into out (words * rows);
 // guard(): an object alive while the tiles run (e.g. an MXCSR mode);
 // finish(acc, cols, i, j0, participant): row i's accumulators for columns [j0, j0 + cols).
+// direct (ldc): the tiles accumulate straight into this (m, n) array, n a multiple of kPanel,
+// and finish gets its rows; null: into task-local blocks.
 template <typename Acc, class PackA, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
                int num_threads, index_t block_words, PackA&& pack_a, Guard&& guard,
-               Finish&& finish) {
+               Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0) {
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
   const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
   const int threads = threads_for_work(num_threads, flops, 4e6);
-  // Columns per task: as many panels as keep a chunk of B within about half of L2 (each row
-  // tile's A is packed once per chunk), at least 8, but enough chunks for every thread.
+  // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
+  // 8, but enough chunks for every thread.
   const index_t panel_bytes = std::max<index_t>(words, 1) * kPanel * index_t(sizeof(std::uint32_t));
   index_t chunk_panels = std::max<index_t>(8, (index_t(512) << 10) / panel_bytes);
   const index_t wanted_chunks = (4 * index_t(threads) + row_tiles - 1) / row_tiles;
@@ -106,6 +108,18 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     std::vector<Acc> acc;
   };
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
+  // With several chunks, A is packed once for all of them (row tile rt at words * r0) when
+  // that copy stays within 64 MiB; otherwise each task packs its row tile.
+  std::vector<std::uint32_t> packed_a;
+  const bool prepacked = chunks > 1 && words > 0 &&
+                         double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20);
+  if (prepacked) {
+    packed_a.resize(static_cast<size_t>(m * words));
+    parallel_for(row_tiles, threads, [&](index_t rt) {
+      const index_t r0 = m * rt / row_tiles;
+      pack_a(r0, static_cast<int>(m * (rt + 1) / row_tiles - r0), packed_a.data() + words * r0);
+    });
+  }
   parallel_tasks(row_tiles * chunks, threads, [&](int participant, index_t task) {
     Scratch& s = scratch[static_cast<size_t>(participant)];
     const index_t chunk = task / row_tiles, rt = task % row_tiles;
@@ -114,32 +128,43 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t p0 = chunk * kChunkPanels;
     const index_t panels = std::min(kChunkPanels, b.panels - p0);
     const index_t width = panels * kPanel;
-    s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
+    if (!prepacked) s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
     // the tiles' first k block overwrites the accumulators: zeros only where k is empty
-    if (words > 0)
-      s.acc.resize(static_cast<size_t>(rows * width));
-    else
-      s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
+    Acc* acc = nullptr;
+    index_t ld = width;
+    if (direct != nullptr) {
+      acc = direct + r0 * direct_ldc + p0 * kPanel;
+      ld = direct_ldc;
+      if (words == 0)
+        for (int i = 0; i < rows; ++i) std::fill(acc + i * ld, acc + i * ld + width, Acc(0));
+    } else {
+      if (words > 0)
+        s.acc.resize(static_cast<size_t>(rows * width));
+      else
+        s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
+      acc = s.acc.data();
+    }
     if (words > 0) {
-      pack_a(r0, rows, s.a.data());
+      const std::uint32_t* a_tile = prepacked ? packed_a.data() + words * r0 : s.a.data();
+      if (!prepacked) pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
       const int wide = wide_panels(rows);
       for (index_t q0 = 0; q0 < words; q0 += block_words) {
         const index_t kq = std::min(block_words, words - q0);
-        const std::uint32_t* ablock = s.a.data() + q0 * rows;
+        const std::uint32_t* ablock = a_tile + q0 * rows;
         index_t p = 0;
         if (wide > 1)
           for (; p + wide <= panels; p += wide)
             tiles.wide[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             s.acc.data() + p * kPanel, width, q0 > 0);
+                             acc + p * kPanel, ld, q0 > 0);
         for (; p < panels; ++p)
           tiles.narrow[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             s.acc.data() + p * kPanel, width, q0 > 0);
+                             acc + p * kPanel, ld, q0 > 0);
       }
     }
     const index_t j0 = p0 * kPanel;
     const index_t cols = std::min(width, b.n - j0);
-    for (int i = 0; i < rows; ++i) finish(s.acc.data() + i * width, cols, r0 + i, j0, participant);
+    for (int i = 0; i < rows; ++i) finish(acc + i * ld, cols, r0 + i, j0, participant);
   });
 }
 
