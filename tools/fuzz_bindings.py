@@ -327,7 +327,7 @@ SPECS = {
         "kw": {"sample_weight": "n", "num_threads": "threads"},
     },
     # Low precision: "bf16:" arrays are ml_dtypes.bfloat16, "f32:" float32, "qw:" weights
-    # quantized to int8 (QuantizedWeights).
+    # quantized to int8 (QuantizedWeights), "bw:" weights rounded to bf16 (Bf16Weights).
     "to_bfloat16": {"pos": [("x", "f32:n,k")], "kw": {"out": "bf16:n,k", "num_threads": "threads"}},
     "from_bfloat16": {
         "pos": [("x", "bf16:n,k")],
@@ -345,6 +345,33 @@ SPECS = {
             "alpha": "alpha",
             "accumulate": "bool",
             "out_dtype": "out_dtype",
+            "num_threads": "threads",
+        },
+    },
+    "dense_forward_bf16": {
+        "pos": [("x", "f32:n,k"), ("w", "bw:k,m"), ("b", "f32:m")],
+        "kw": {
+            "activation": "act",
+            "alpha": "alpha",
+            "out": "f32:n,m",
+            "preact_out": "f32:n,m",
+            "num_threads": "threads",
+        },
+    },
+    "dense_backward_bf16": {
+        "pos": [("dy", "f32:n,m"), ("x", "f32:n,k"), ("w", "bw:k,m")],
+        "kw": {
+            "y": "f32:n,m",
+            "preact": "f32:n,m",
+            "activation": "act",
+            "alpha": "alpha",
+            "need_dx": "bool",
+            "need_dw": "bool",
+            "need_db": "bool",
+            "dx_out": "f32:n,k",
+            "dw_out": "f32:k,m",
+            "db_out": "f32:m",
+            "accumulate": "bool",
             "num_threads": "threads",
         },
     },
@@ -466,6 +493,12 @@ def well_formed(draw, name: str):
             w = value("f32:" + kind[3:])
             try:  # huge zero-size weights are refused here already: pass the array instead
                 return _core.QuantizedWeights.quantize(w)
+            except ACCEPTED:
+                return w
+        if kind.startswith("bw:"):
+            w = value("f32:" + kind[3:])
+            try:
+                return _core.Bf16Weights(w, transposed=draw(st.booleans()))
             except ACCEPTED:
                 return w
         if kind.startswith(("bf16:", "f32:")):
