@@ -574,9 +574,9 @@ def calls(draw):
             elif how == "poison" and new.size:
                 flat = new.reshape(-1)
                 poison = (np.nan, np.inf, -np.inf) if new.dtype.kind == "f" else ()
-                flat[draw(st.integers(0, flat.size - 1))] = draw(
-                    st.sampled_from((*poison, 10**6, -1))
-                )
+                value = draw(st.sampled_from((*poison, 10**6, -1)))
+                # an out-of-range integer wraps as a cast would (NumPy 2 refuses the assignment)
+                flat[draw(st.integers(0, flat.size - 1))] = np.array(value).astype(new.dtype)
         else:
             new = draw(st.sampled_from(SCALARS))
         if where == "pos":
