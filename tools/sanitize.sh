@@ -100,7 +100,7 @@ if [[ $# -eq 0 && $mode == address ]]; then
   set -- tests/test_activations.py tests/test_dense.py tests/test_dense_chain.py \
     tests/test_losses.py tests/test_optim.py tests/test_data.py tests/test_gemm_isa.py \
     tests/test_threads.py tests/test_fuzz_bindings.py tests/test_bf16.py tests/test_int8.py \
-    tests/test_normalization.py \
+    tests/test_normalization.py tests/test_bf16_dense.py tests/test_metric_kernels.py \
     --deselect tests/test_fuzz_bindings.py::test_random_calls_return_or_raise_a_clear_error
 elif [[ $# -eq 0 ]]; then
   # Callers on several Python threads and kernels on several pool threads. Left out: the
