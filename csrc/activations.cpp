@@ -36,10 +36,15 @@ void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
 }
 
 // dz = dy * f'(y) for an activation known at compile time, so that the loop has no
-// per-element switch (scalar::derivative_from_y folds to the one formula).
+// per-element switch (scalar::derivative_from_y folds to the one formula). f'(y) is a
+// statement of its own: folded into one expression, dy * (c ? 1 : 0) becomes a branch
+// (c ? dy : dy * 0) that keeps relu6's loop from vectorising.
 template <ActivationKind Kind, typename T>
 void derivative_from_y_loop(T* dz, const T* dy, const T* y, index_t count, T alpha) {
-  for (index_t i = 0; i < count; ++i) dz[i] = dy[i] * scalar::derivative_from_y(Kind, alpha, y[i]);
+  for (index_t i = 0; i < count; ++i) {
+    const T slope = scalar::derivative_from_y(Kind, alpha, y[i]);
+    dz[i] = dy[i] * slope;
+  }
 }
 
 // dz = dy * f'(y) for an activation whose derivative follows from its output (relu and
