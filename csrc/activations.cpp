@@ -36,10 +36,37 @@ void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
 }
 
 // dz = dy * f'(y) for an activation known at compile time, so that the loop has no
-// per-element switch (scalar::derivative_from_y folds to the one formula).
+// per-element switch (scalar::derivative_from_y folds to the one formula). f'(y) is a
+// statement of its own: folded into one expression, dy * (c ? 1 : 0) becomes a branch
+// (c ? dy : dy * 0) that keeps relu6's loop from vectorising.
 template <ActivationKind Kind, typename T>
 void derivative_from_y_loop(T* dz, const T* dy, const T* y, index_t count, T alpha) {
-  for (index_t i = 0; i < count; ++i) dz[i] = dy[i] * scalar::derivative_from_y(Kind, alpha, y[i]);
+  for (index_t i = 0; i < count; ++i) {
+    const T slope = scalar::derivative_from_y(Kind, alpha, y[i]);
+    dz[i] = dy[i] * slope;
+  }
+}
+
+// dz = dy * f'(y) for an activation whose derivative follows from its output (relu and
+// leaky_relu have positive_slopes), by its own loop.
+template <typename T>
+void derivative_from_y_loops(ActivationKind kind, T* dz, const T* dy, const T* y, index_t count,
+                             T alpha) {
+  switch (kind) {
+    case ActivationKind::sigmoid:
+      return derivative_from_y_loop<ActivationKind::sigmoid>(dz, dy, y, count, alpha);
+    case ActivationKind::tanh:
+      return derivative_from_y_loop<ActivationKind::tanh>(dz, dy, y, count, alpha);
+    case ActivationKind::relu6:
+      return derivative_from_y_loop<ActivationKind::relu6>(dz, dy, y, count, alpha);
+    case ActivationKind::hard_sigmoid:
+      return derivative_from_y_loop<ActivationKind::hard_sigmoid>(dz, dy, y, count, alpha);
+    case ActivationKind::exponential:
+      return derivative_from_y_loop<ActivationKind::exponential>(dz, dy, y, count, alpha);
+    default:
+      for (index_t i = 0; i < count; ++i)
+        dz[i] = dy[i] * scalar::derivative_from_y(kind, alpha, y[i]);
+  }
 }
 
 }  // namespace
@@ -184,18 +211,8 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       const T* from = use_y ? y : z;
       positive_slopes(dz + begin, dy + begin, from + begin, end - begin,
                       act.kind == ActivationKind::relu ? T(0) : alpha);
-    } else if (use_y && act.kind == ActivationKind::relu6) {
-      derivative_from_y_loop<ActivationKind::relu6>(dz + begin, dy + begin, y + begin,
-                                                    end - begin, alpha);
-    } else if (use_y && act.kind == ActivationKind::hard_sigmoid) {
-      derivative_from_y_loop<ActivationKind::hard_sigmoid>(dz + begin, dy + begin, y + begin,
-                                                           end - begin, alpha);
-    } else if (use_y && act.kind == ActivationKind::exponential) {
-      derivative_from_y_loop<ActivationKind::exponential>(dz + begin, dy + begin, y + begin,
-                                                          end - begin, alpha);
     } else if (use_y) {
-      for (index_t i = begin; i < end; ++i)
-        dz[i] = dy[i] * scalar::derivative_from_y(act.kind, alpha, y[i]);
+      derivative_from_y_loops(act.kind, dz + begin, dy + begin, y + begin, end - begin, alpha);
     } else if (!vecmath::vector_activation(dz + begin, dy + begin, z + begin, end - begin, act)) {
       for (index_t i = begin; i < end; ++i)
         dz[i] = dy[i] * scalar::derivative_from_z(act.kind, alpha, z[i]);

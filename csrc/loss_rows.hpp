@@ -45,6 +45,7 @@ struct LossRows {
   bool balanced = false;   // focal: apply_class_balancing
   Smoothing smoothing{1.0, 0.0};  // softmax cross-entropy
   T* block_max = nullptr;         // online_blocks(width, grad != null) entries (softmax)
+  T* scratch = nullptr;           // row_scratch(kernel, width, grad != null) entries
 };
 
 enum class RowKernel : int {
@@ -69,11 +70,21 @@ enum class RowKernel : int {
   count,
 };
 
+// Entries of a row kernel's scratch (LossRows::scratch): one row for the categorical focal
+// cross-entropy with a gradient.
+inline size_t row_scratch(RowKernel kernel, index_t width, bool with_grad) {
+  return with_grad && kernel == RowKernel::focal_softmax_cross_entropy
+             ? static_cast<size_t>(width)
+             : 0;
+}
+
 // rows[kernel][with_grad](args, begin, end): the sum of the rows' weighted losses.
+// log[plus_one](out, x, count): out[j] = log(x[j]) (log1p) as the kernels compute it.
 template <typename T>
 struct LossKernels {
   double (*rows[static_cast<int>(RowKernel::count)][2])(const LossRows<T>&, index_t begin,
                                                          index_t end) = {};
+  void (*log[2])(T* out, const T* x, index_t count) = {};
 };
 
 LossKernels<float> portable_loss_kernels_f32();

@@ -91,7 +91,8 @@ double empty_rows(T* per_sample, index_t n) {
 
 // What every loss runs: nothing for rows without elements, else reduce_rows's chunks, each
 // computed by the row kernel `kernel` of the ISA for loops over loop_bytes (see
-// loss_kernels), with or without the gradient. args.block_max is set per chunk.
+// loss_kernels), with or without the gradient. args.block_max and args.scratch are set per
+// chunk.
 template <typename T>
 double loss_rows(RowKernel kernel, LossRows<T> args, index_t n, index_t loop_bytes,
                  const LossOptions& options, int num_threads) {
@@ -102,10 +103,13 @@ double loss_rows(RowKernel kernel, LossRows<T> args, index_t n, index_t loop_byt
                        kernel == RowKernel::softmax_labels_int64 ||
                        kernel == RowKernel::softmax_probs;
   const size_t blocks = softmax ? online_blocks(args.width, with_grad) : 0;
+  const size_t scratch_size = row_scratch(kernel, args.width, with_grad);
   return reduce_rows(n, args.width, options, num_threads, [&](index_t begin, index_t end) {
     std::vector<T> block_max(blocks);
+    std::vector<T> scratch(scratch_size);
     LossRows<T> chunk = args;
     chunk.block_max = block_max.data();
+    chunk.scratch = scratch.data();
     return rows(chunk, begin, end);
   });
 }
@@ -194,6 +198,11 @@ double elementwise_loss(T* grad, T* per_sample, const T* prediction, const T* ta
   return loss_rows(kernel, args, n, loop_bytes, options, num_threads);
 }
 
+template <typename T>
+void loss_log_with_isa(gemm::Isa isa, T* out, const T* x, index_t count, bool plus_one) {
+  isa_loss_kernels<T>(isa).log[plus_one ? 1 : 0](out, x, count);
+}
+
 template <typename Label>
 index_t first_label_out_of_range(const Label* labels, index_t n, index_t c) {
   for (index_t i = 0; i < n; ++i) {
@@ -251,6 +260,7 @@ double softmax_cross_entropy_probs(T* grad, T* per_sample, const T* logits, cons
                                       LossKind, const LossOptions&, int);                    \
   template double softmax_cross_entropy_probs<T>(T*, T*, const T*, const T*, const T*,        \
                                                  index_t, index_t, const LossOptions&, int); \
+  template void loss_log_with_isa<T>(gemm::Isa, T*, const T*, index_t, bool);                \
   DENSEKIT_INSTANTIATE_LABEL(T, std::int32_t)                                                \
   DENSEKIT_INSTANTIATE_LABEL(T, std::int64_t)
 DENSEKIT_INSTANTIATE(float)

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "common.hpp"
+#include "gemm/isa.hpp"
 
 namespace densekit {
 
@@ -83,6 +84,11 @@ template <typename T>
 double softmax_cross_entropy_probs(T* grad, T* per_sample, const T* logits, const T* target,
                                    const T* sample_weight, index_t n, index_t c,
                                    const LossOptions& options, int num_threads);
+
+// out[j] = log(x[j]) (plus_one: log(1 + x[j])) for j < count, as the loss kernels of `isa`
+// compute them (vecmath's vector_log over its vector type, the fma rounded twice): a test hook.
+template <typename T>
+void loss_log_with_isa(gemm::Isa isa, T* out, const T* x, index_t count, bool plus_one);
 
 // Index of the first label outside [0, c), or -1 when all are valid.
 template <typename Label>

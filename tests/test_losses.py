@@ -17,8 +17,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import densekit
 from densekit import _core, kernels
 
+from .helpers import json_of_child
 from .reference_losses import reference_loss
 
 LOSSES = kernels.LOSSES
@@ -722,6 +724,141 @@ def test_elementwise_huge_values_are_finite(name, dtype):
     ref_loss, ref_grad = reference_loss(name, prediction, target, reduction="none")
     np.testing.assert_allclose(loss, ref_loss, rtol=RTOL[dtype])
     np.testing.assert_allclose(grad, ref_grad, rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_rows_match_reference(name, dtype):
+    # Rows longer than a block of 256 elements: elementwise rows are evaluated block by block,
+    # the softmax focal cross-entropy keeps a row of scratch, softmax cross-entropy goes online.
+    for cols in (257, 1031):
+        problem = build_problem(
+            name,
+            n=3,
+            cols=cols,
+            dtype=dtype,
+            scale=2.0,
+            kind=TARGET_KINDS[name][-1],
+            weighted=True,
+            params=PARAMETERS[name][-1],
+            seed=cols,
+        )
+        for reduction in ("none", "sum"):
+            problem.reduction = reduction
+            loss, grad = problem.run()
+            assert_close_to_reference(problem, loss, grad)
+
+
+# ---- ISAs ----
+
+ISA_BITS_SCRIPT = """
+import hashlib, json, numpy as np, densekit
+from densekit import kernels
+kinds, params, positive = {kinds!r}, {params!r}, {positive!r}
+digests = {{}}
+for name in kernels.LOSSES:
+    digest = hashlib.sha256()
+    for dtype in (np.float32, np.float64):
+        for n, d in ((1, 1), (300, 1), (37, 10), (130, 7), (5, 300), (3, 1031)):
+            rng = np.random.default_rng(1000 * n + d)
+            p = rng.standard_normal((n, d)) * 4
+            p.flat[0], p.flat[-1] = 80.0, -95.0
+            p = np.abs(p) if name in positive else p
+            kind = kinds[name]
+            if kind == "real":
+                t = p + rng.standard_normal((n, d))
+            elif kind == "binary":
+                t = rng.integers(0, 2, (n, d))
+            elif kind == "signs":
+                t = 2 * rng.integers(0, 2, (n, d)) - 1
+            elif kind == "probabilities":
+                t = rng.random((n, d))
+                t /= t.sum(axis=1, keepdims=True)
+            else:
+                t = np.eye(d)[rng.integers(0, d, n)]
+            p, t, w = p.astype(dtype), t.astype(dtype), rng.random(n).astype(dtype)
+            call = getattr(kernels, name)
+            per_sample, grad = call(p, t, reduction="none", sample_weight=w, **params[name])
+            value, _ = call(p, t, compute_grad=False, **params[name])
+            digest.update(per_sample.tobytes() + grad.tobytes() + np.float64(value).tobytes())
+    digests[name] = digest.hexdigest()
+print(json.dumps({{"isa": densekit.cpu_info()["isa"]["float32"], "digests": digests}}))
+"""
+
+
+def test_every_isa_gives_the_same_bits():
+    """The row kernels are compiled per ISA (DENSEKIT_ISA forces a lower one; the AVX-512 build
+    runs AVX2's on short rows) with IEEE operations in a fixed order, vector_exp and vector_log
+    over the vector type with its fma rounded twice: every loss gives the same bits on each."""
+    script = ISA_BITS_SCRIPT.format(
+        kinds={name: TARGET_KINDS[name][-1] for name in LOSSES},
+        params={name: PARAMETERS[name][-1] for name in LOSSES},
+        positive=NON_NEGATIVE_PREDICTIONS,
+    )
+    results = {}
+    for isa in densekit.cpu_info()["available_isas"]:
+        result = json_of_child(script, {"DENSEKIT_ISA": isa}, timeout=300)
+        assert result["isa"] == isa
+        results[isa] = result["digests"]
+    first = next(iter(results.values()))
+    for name in LOSSES:
+        assert len({digests[name] for digests in results.values()}) == 1, name
+    assert set(first) == set(LOSSES)
+
+
+# The losses' log (vecmath's vector_log and vector_log1p over each ISA's vector type, the fma
+# rounded twice; the portable ISA's one-lane tail type is its scalar form): within these many
+# units in the last place of a long-double reference (docs/guide/kernels.md).
+LOG_ULP_BOUND = {False: 1.0, True: 1.5}  # log, log1p
+
+
+def log_test_inputs(dtype):
+    """Every float32 in [1, 2) and every 1021st positive float32 (subnormals included); for
+    float64, 2**21 log-uniform samples over the whole range and 2**20 in [0.5, 2)."""
+    if dtype == np.float32:
+        one, two, inf = np.array([1.0, 2.0, np.inf], np.float32).view(np.int32)
+        bits = np.concatenate([np.arange(one, two), np.arange(1, inf, 1021)]).astype(np.int32)
+        return bits.view(np.float32)
+    rng = np.random.default_rng(11)
+    return np.concatenate(
+        [np.exp(rng.uniform(-744.0, 709.7, 1 << 21)), rng.uniform(0.5, 2.0, 1 << 20)]
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("log1p", [False, True])
+def test_log_within_bound_of_long_double(dtype, log1p):
+    x = log_test_inputs(dtype)
+    longdouble = x.astype(np.longdouble)
+    reference = np.log1p(longdouble) if log1p else np.log(longdouble)
+    isas = densekit.cpu_info()["available_isas"]
+    results = {isa: _core._loss_log_isa_test(isa, x, log1p=log1p) for isa in isas}
+    for isa, got in results.items():
+        assert got.dtype == dtype
+        assert got.tobytes() == results[isas[0]].tobytes(), isa
+    got = results[isas[0]]
+    ulp = np.spacing(np.abs(reference.astype(dtype))).astype(np.longdouble)
+    error = np.abs(got.astype(np.longdouble) - reference) / ulp
+    worst = int(np.argmax(error))
+    assert error[worst] <= LOG_ULP_BOUND[log1p], (x[worst], got[worst], reference[worst])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_special_values(dtype):
+    info = np.finfo(dtype)
+    x = np.array(
+        [0.0, -0.0, -1.0, -info.tiny, np.inf, -np.inf, np.nan, 1.0, info.max, info.tiny,
+         info.smallest_subnormal, -2.0],
+        dtype,
+    )  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_log = np.log(x.astype(np.longdouble)).astype(dtype)
+        want_log1p = np.log1p(x.astype(np.longdouble)).astype(dtype)
+    for isa in densekit.cpu_info()["available_isas"]:
+        for log1p, want in ((False, want_log), (True, want_log1p)):
+            got = _core._loss_log_isa_test(isa, x, log1p=log1p)
+            np.testing.assert_allclose(got, want, rtol=2 * float(info.eps), err_msg=isa)
+            assert np.array_equal(np.signbit(got[np.isinf(want)]), np.signbit(want[np.isinf(want)]))
 
 
 # ---- Threads ----

@@ -8,6 +8,8 @@ about one. Per shape it reports the median call time of each and B's speed over 
 
     python -m tools.ab_kernels --a-so old/_core.so --b-so new/_core.so [--threads 2]
     python -m tools.ab_kernels --a-so old.so --b-so new.so --only dense,loss --rounds 10
+
+Families: dense, activation, loss, keras_loss (Keras's further losses), optim.
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ def cases(threads: int) -> list[tuple[str, str, Callable]]:
                 return lambda: core.activation_backward(dy, act, z=z, out=y, num_threads=threads)
 
             out.append(("activation", f"backward 1M {name} {act}", make_back))
+        for act in ("sigmoid", "tanh", "relu6", "hard_sigmoid", "exponential"):
+            y_act = (z / 3 + 0.5).astype(dtype)  # an output in the range of each activation
+            dz = np.empty_like(z)
+
+            def make_back_y(core, y_act=y_act, dy=dy, dz=dz, act=act):
+                return lambda: core.activation_backward(
+                    dy, act, y=y_act, out=dz, num_threads=threads
+                )
+
+            out.append(("activation", f"backward from y 1M {name} {act}", make_back_y))
         rows = arr(4096, 256, dtype=dtype)
         rows_out = np.empty_like(rows)
 
@@ -121,6 +133,7 @@ def cases(threads: int) -> list[tuple[str, str, Callable]]:
             return lambda: fn(pred, tgt, grad_out=grad, num_threads=threads)
 
         out.append(("loss", f"{loss} 1M", make))
+    out += keras_loss_cases(rng, threads)
     param, g = arr(1 << 21), arr(1 << 21)
     m1, v1 = np.zeros_like(param), np.zeros_like(param)
 
@@ -150,6 +163,58 @@ def cases(threads: int) -> list[tuple[str, str, Callable]]:
 
     out.append(("optim", "sgd_step nesterov 2M", make_sgd))
     out.append(("optim", "rmsprop_step centered momentum 2M", make_rmsprop))
+    return out
+
+
+def loss_target(rng, kind: str, n: int, d: int) -> np.ndarray:
+    """A float64 (n, d) target of the given kind."""
+    if kind == "real":
+        return rng.standard_normal((n, d))
+    if kind == "positive":
+        return np.abs(rng.standard_normal((n, d)))
+    if kind == "probabilities":
+        return rng.dirichlet(np.ones(d), n)
+    if kind == "signs":
+        return 2.0 * rng.integers(0, 2, (n, d)) - 1
+    if kind == "binary":
+        return rng.integers(0, 2, (n, d)).astype(np.float64)
+    return np.eye(d)[rng.integers(0, d, n)]  # one_hot
+
+
+def keras_loss_cases(rng, threads: int) -> list[tuple[str, str, Callable]]:
+    """Keras's further losses (family keras_loss), value and gradient: the elementwise ones on
+    (16384, 64), the row ones also on (65536, 10), float32 and float64."""
+    out = []
+    elementwise = {
+        "mape": "real",
+        "msle": "positive",
+        "poisson": "positive",
+        "kl_divergence": "probabilities",
+        "hinge": "signs",
+        "squared_hinge": "signs",
+        "sigmoid_focal_cross_entropy": "binary",
+    }
+    rows = {
+        "categorical_hinge": "one_hot",
+        "cosine_similarity": "real",
+        "softmax_focal_cross_entropy": "one_hot",
+    }
+    for dtype in (np.float32, np.float64):
+        for name, kind in {**elementwise, **rows}.items():
+            shapes = [(16384, 64)] + ([(65536, 10)] if name in rows else [])
+            for n, d in shapes:
+                pred = (rng.standard_normal((n, d)) * 2).astype(dtype)
+                if kind in ("positive", "probabilities"):
+                    pred = np.abs(pred) / (d if kind == "probabilities" else 1)
+                target = loss_target(rng, kind, n, d).astype(dtype)
+                grad = np.empty_like(pred)
+
+                def make(core, name=name, pred=pred, target=target, grad=grad):
+                    fn = getattr(core, name)
+                    return lambda: fn(pred, target, grad_out=grad, num_threads=threads)
+
+                label = f"{name} {n}x{d} {np.dtype(dtype).name}"
+                out.append(("keras_loss", label, make))
     return out
 
 
@@ -186,7 +251,7 @@ def main() -> None:
                 times[name] += timed(calls[name], args.seconds)
         a, b = (float(np.median(times[name])) for name in ("A", "B"))
         ratios.append(a / b)
-        print(f"{family:>10} {label:<38} A {a * 1e3:9.3f} ms  B {b * 1e3:9.3f} ms  B/A {a / b:.3f}")
+        print(f"{family:>10} {label:<46} A {a * 1e3:9.3f} ms  B {b * 1e3:9.3f} ms  B/A {a / b:.3f}")
     if ratios:
         geo = float(np.exp(np.mean(np.log(ratios))))
         print(f"geometric mean B/A over {len(ratios)} cases: {geo:.3f}; min {min(ratios):.3f}")

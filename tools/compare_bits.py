@@ -4,10 +4,10 @@ Each build is loaded in its own process, once per instruction set (DENSEKIT_ISA 
 at import), and runs a fixed set of calls covering every kernel: dense forward (every
 activation, bias or none, preact_out, leading axes, shapes on the small, wide-row and blocked
 paths), packed weights, dense backward (every activation, dx/db on or off, accumulate),
-DenseChain, activations forward and backward (special values included), every loss and
-reduction, every optimizer step, clip_by_global_norm and take_rows, in float32 and float64, on
-1 and 3 threads. The outputs (and the messages of calls that raise) of the two builds must be
-identical byte for byte.
+DenseChain, activations forward and backward (special values included), every loss (with and
+without its parameters) and reduction, every optimizer step, clip_by_global_norm and
+take_rows, in float32 and float64, on 1 and 3 threads. The outputs (and the messages of calls
+that raise) of the two builds must be identical byte for byte.
 
     python -m tools.compare_bits --a-so /path/to/old/_core.so --b-so /path/to/new/_core.so
     python -m tools.compare_bits --a-so old.so --b-so new.so --isa avx2,portable
@@ -229,6 +229,9 @@ def run_losses(core, rec: Recorder, rng, dtype) -> None:
         if n > 1:
             pred[0, 0] = 80.0
             pred[-1, -1] = -95.0
+        positive = np.abs(pred)
+        signs = 2 * binary - 1
+        one_hot = np.eye(c, dtype=dtype)[labels] if c else np.zeros((n, 0), dtype)
         cases = {
             "mse": (core.mse, target, {}),
             "mae": (core.mae, target, {}),
@@ -238,8 +241,30 @@ def run_losses(core, rec: Recorder, rng, dtype) -> None:
             "sce_probs": (core.softmax_cross_entropy, probs, {}),
             "sbce": (core.sigmoid_binary_cross_entropy, binary, {"label_smoothing": 0.05}),
             "sbce_plain": (core.sigmoid_binary_cross_entropy, binary, {}),
+            "mape": (core.mape, target, {}),
+            "msle": (core.msle, np.abs(target), {}),
+            "log_cosh": (core.log_cosh, target, {}),
+            "poisson": (core.poisson, np.abs(target), {}),
+            "kl_divergence": (core.kl_divergence, probs, {}),
+            "hinge": (core.hinge, signs, {}),
+            "squared_hinge": (core.squared_hinge, signs, {}),
+            "categorical_hinge": (core.categorical_hinge, one_hot, {}),
+            "cosine_similarity": (core.cosine_similarity, target, {}),
+            "focal": (core.sigmoid_focal_cross_entropy, binary, {}),
+            "focal_balanced": (
+                core.sigmoid_focal_cross_entropy,
+                binary,
+                {"gamma": 1.5, "alpha": 0.3, "apply_class_balancing": True, "label_smoothing": 0.1},
+            ),
+            "softmax_focal": (core.softmax_focal_cross_entropy, one_hot, {}),
+            "softmax_focal_smooth": (
+                core.softmax_focal_cross_entropy,
+                probs,
+                {"gamma": 0.5, "alpha": 1.0, "label_smoothing": 0.1},
+            ),
         }
         for case, (fn, tgt, extra) in cases.items():
+            pred_case = positive if case in ("poisson", "kl_divergence", "msle") else pred
             for reduction in ("mean", "sum", "none"):
                 for weighted in (False, True):
                     for threads in THREADS:
@@ -247,14 +272,21 @@ def run_losses(core, rec: Recorder, rng, dtype) -> None:
                         rec.call(
                             tag,
                             fn,
-                            pred,
+                            pred_case,
                             tgt,
                             reduction=reduction,
                             sample_weight=weight if weighted else None,
                             num_threads=threads,
                             **extra,
                         )
-            rec.call(f"loss/{name}/{n}x{c}/{case}/nograd", fn, pred, tgt, compute_grad=False)
+            rec.call(
+                f"loss/{name}/{n}x{c}/{case}/nograd",
+                fn,
+                pred_case,
+                tgt,
+                compute_grad=False,
+                **extra,
+            )
 
 
 def run_optimizers(core, rec: Recorder, rng, dtype) -> None:
@@ -390,6 +422,7 @@ def compare(a_path: str, b_path: str, shared_only: bool = False) -> tuple[list[s
             if x.tobytes() != y.tobytes():
                 problems.append(f"{key}: {x} vs {y}")
         elif np.ascontiguousarray(x).tobytes() != np.ascontiguousarray(y).tobytes():
+            x, y = x.reshape(-1), y.reshape(-1)  # 0-d values (reduced losses) too
             count = int(np.sum(x.view(np.uint8) != y.view(np.uint8)))
             problems.append(f"{key}: {count} bytes differ, max {ulps(x, y)} ulp")
     return problems, unshared

@@ -1,10 +1,12 @@
-"""Accuracy of the exp-based loss kernels of one or two builds of densekit._core.
+"""Accuracy of the exp- and log-based loss kernels of one or two builds of densekit._core.
 
 Sweeps logits over the whole range where exp matters (random values, plus every float32 and
 a dense float64 grid near the smallest normal exp, -87.34 and -708.40), and reports the largest
 error, in units in the last place of the kernel's dtype, of the per-sample losses and the
 gradients of sigmoid_binary_cross_entropy and softmax_cross_entropy against a long-double
-reference computed from the same inputs.
+reference computed from the same inputs; and, for builds that have the hook
+_loss_log_isa_test, of the losses' own log and log1p (vecmath's vector_log) over positive
+numbers of every magnitude, subnormals included.
 
     python -m tools.loss_accuracy --so old/_core.so --so new/_core.so
 """
@@ -86,9 +88,29 @@ def softmax_reference(z: np.ndarray, labels: np.ndarray):
     return loss, grad
 
 
+def sweep_positive(dtype, rng) -> np.ndarray:
+    """Every float32 in [1, 2) and 4M log-uniform samples over the positive floats (float64:
+    4M log-uniform and 1M in [0.5, 2))."""
+    if dtype == np.float32:
+        one, two = np.array([1.0, 2.0], np.float32).view(np.int32)
+        spread = np.exp(rng.uniform(-103.0, 88.7, 4_000_000)).astype(np.float32)
+        return np.concatenate([np.arange(one, two, dtype=np.int32).view(np.float32), spread])
+    return np.concatenate(
+        [np.exp(rng.uniform(-744.0, 709.7, 4_000_000)), rng.uniform(0.5, 2, 1 << 20)]
+    )
+
+
 def measure(core, dtype, rng) -> dict[str, float]:
-    z = sweep_logits(dtype, rng)
     errors = {}
+    if hasattr(core, "_loss_log_isa_test"):
+        x = sweep_positive(dtype, np.random.default_rng(6))  # the logits sweep keeps rng
+        isa = core.build_info()["gemm_isa"]
+        for log1p, reference in ((False, np.log), (True, np.log1p)):
+            got = core._loss_log_isa_test(isa, x, log1p=log1p)
+            errors[f"{'log1p' if log1p else 'log'} ({isa})"] = ulp_error(
+                got, reference(x.astype(LD))
+            )
+    z = sweep_logits(dtype, rng)
     for t in (0.0, 1.0, 0.25):
         target = np.full_like(z, t)
         loss, grad = core.sigmoid_binary_cross_entropy(z, target, reduction="none")
@@ -123,10 +145,12 @@ def main() -> None:
         )
     print("max error in ulp of the kernel's dtype; columns: " + " | ".join(args.so))
     for dtype in ("float32", "float64"):
-        for key in results[0][dtype]:
+        for key in dict.fromkeys(k for r in results for k in r[dtype]):
             cells = " | ".join(
                 f"max {r[dtype][key][0]:9.3f} mean {r[dtype][key][1]:.4f} ulp, "
                 f"{r[dtype][key][2]:.2e} below normal"
+                if key in r[dtype]
+                else "(no hook)"
                 for r in results
             )
             print(f"{dtype:8s} {key:32s} {cells}")

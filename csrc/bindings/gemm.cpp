@@ -7,6 +7,7 @@
 #include "bindings.hpp"
 #include "checks.hpp"
 #include "gemm/gemm.hpp"
+#include "losses.hpp"
 #include "lowp/bf16_gemm.hpp"
 #include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
@@ -121,6 +122,20 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
   return done;
 }
 
+// log(x) (log1p: log(1 + x)) elementwise as a chosen ISA's loss kernels compute it.
+py::array loss_log_isa_test(const std::string& isa_text, py::handle x_obj, bool log1p) {
+  const gemm::Isa isa = usable_isa(isa_text);
+  DType dtype;
+  py::array x = float_array(x_obj, "x", &dtype);
+  py::array out = new_array(dtype, std::vector<index_t>(x.shape(), x.shape() + x.ndim()));
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const GilRelease nogil;
+    loss_log_with_isa<T>(isa, mptr<T>(out), cptr<T>(x), static_cast<index_t>(x.size()), log1p);
+  });
+  return out;
+}
+
 // Floating-point operations of `steps` rounds of register-only multiply-adds on the kernels
 // in use for `dtype`, shared among num_threads threads; the benchmark times the call.
 double fma_peak(const std::string& dtype, py::handle steps_obj, py::handle threads_obj) {
@@ -156,6 +171,10 @@ void bind_gemm_testing(py::module_& m) {
         py::arg("dy") = py::none(),
         "Test hook: out = f(z), or dy * f'(z), by a given ISA's vector math; False where it "
         "has none.");
+  m.def("_loss_log_isa_test", &loss_log_isa_test, py::arg("isa"), py::arg("x"), py::kw_only(),
+        py::arg("log1p") = false,
+        "Test hook: log(x), or log(1 + x), elementwise as a given ISA's loss kernels compute "
+        "it (vecmath's vector_log, the fma rounded twice).");
   m.def("_gemm_isa_test", &gemm_isa_test, py::arg("isa"), py::arg("a"), py::arg("b"),
         py::arg("c"), py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("preact") = py::none(),

@@ -185,10 +185,10 @@ inline T derivative_from_y(ActivationKind kind, T alpha, T y) {
     case ActivationKind::tanh: return T(1) - y * y;
     // The flat ends are exactly 0 and 6 (1): inside them the slope is 1 (1/6), as torch's
     // strict bounds on z.
-    // (bitwise &: no branch, so the loops vectorise)
-    case ActivationKind::relu6: return static_cast<T>((y > T(0)) & (y < T(6)));
-    case ActivationKind::hard_sigmoid:
-      return static_cast<T>((y > T(0)) & (y < T(1))) * (T(1) / T(6));
+    // (bitwise & and a selection: no branch and no bool-to-double conversion, which SSE2
+    // lacks, so the loops vectorise in both dtypes)
+    case ActivationKind::relu6: return (y > T(0)) & (y < T(6)) ? T(1) : T(0);
+    case ActivationKind::hard_sigmoid: return (y > T(0)) & (y < T(1)) ? T(1) / T(6) : T(0);
     case ActivationKind::exponential: return y;
     default: return T(1);
   }
