@@ -440,3 +440,58 @@ def test_no_features_with_huge_row_counts_return_at_once():
     assert kernels.batch_norm_forward(x, g, g, training=True)[0].shape == x.shape
     assert kernels.batch_norm_backward(x, x, g, g, g, training=True)[0].shape == x.shape
     assert kernels.normalization_forward(x, g, g).shape == x.shape
+
+
+def _unfolded_predict(model, x):
+    """predict computed layer by layer with the kernels: Dense, the inference batch norm,
+    the activation (what the folded DenseChain step stands for)."""
+    h = x.astype(np.float64)
+    for layer in model.layers:
+        if isinstance(layer, layers.Dense):
+            h = h @ layer.kernel + (layer.bias if layer.use_bias else 0)
+            h = kernels.activation_forward(h, layer.activation.name)
+        elif isinstance(layer, layers.BatchNormalization):
+            scale = 1.0 / np.sqrt(layer.moving_variance.astype(np.float64) + layer.epsilon)
+            h = (h - layer.moving_mean) * scale
+            h = h * (1.0 if layer.gamma is None else layer.gamma)
+            h = h + (0.0 if layer.beta is None else layer.beta)
+        else:
+            h = kernels.activation_forward(h, layer.activation.name)
+    return h
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_predict_folds_batch_norm_into_the_dense_layer_before_it(use_bias):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((300, 20)).astype(np.float32) * 3 + 1
+    y = rng.integers(0, 4, 300)
+    densekit.set_random_seed(5)
+    model = densekit.Sequential(
+        [
+            layers.Input((20,)),
+            layers.Dense(32, use_bias=use_bias),
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+            layers.Dense(16),
+            layers.BatchNormalization(center=False, scale=False),
+            layers.Dense(4, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    # the whole model is one DenseChain call, its batch norms folded into the products
+    assert type(model._predict_chain).__name__ == "RefreshedChain"
+    want = _unfolded_predict(model, x)
+    np.testing.assert_allclose(model.predict(x, batch_size=64), want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(model.predict(x[:1]), want[:1], rtol=2e-5, atol=2e-6)
+    # the folded weights follow the moving statistics and weights set afterwards
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    np.testing.assert_allclose(model.predict(x), _unfolded_predict(model, x), rtol=2e-5, atol=2e-6)
+    model.layers[1].set_weights([w * 2 for w in model.layers[1].get_weights()])
+    np.testing.assert_allclose(model.predict(x), _unfolded_predict(model, x), rtol=2e-5, atol=2e-6)
+    # evaluate runs the layers one by one: the same probabilities to float32 rounding
+    np.testing.assert_allclose(
+        model.evaluate(x, y, verbose=0),
+        float(-np.log(_unfolded_predict(model, x)[np.arange(300), y]).mean()),
+        rtol=1e-5,
+    )

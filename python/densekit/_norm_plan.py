@@ -11,6 +11,7 @@ pass. ``infer(x, weights)`` computes the op alone for ``predict`` (a new output 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from .activations import Activation
 from .layers import BatchNormalization, Flatten, GaussianNoise, LayerNormalization, Normalization
 
 LINEAR = Activation("linear", None)
+ELEMENTWISE = {name for name, info in kernels.ACTIVATION_INFO.items() if info["elementwise"]}
 
 
 def _weights_by_name(layer, weights=None) -> dict:
@@ -306,6 +308,116 @@ def op_for(layer, width: int, training: bool):
     if isinstance(layer, Flatten):
         return FlattenOp(layer, layer.output_sample_shape[0]) if layer.moves_channels else None
     return NotImplemented
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An array starting on a 64-byte cache line, as the model's weights do."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 64 // dtype.itemsize, dtype)
+    start = (-buffer.ctypes.data % 64) // dtype.itemsize
+    return buffer[start : start + size].reshape(shape)
+
+
+class FoldedBatchNormOp:
+    """Inference of a Dense layer without activation followed by batch normalization (and
+    an elementwise activation after it) as one DenseChain step: with s = gamma /
+    sqrt(moving_variance + epsilon), the kernel becomes kernel * s and the bias (bias -
+    moving_mean) * s + beta, computed in float64 and rounded once. So predict makes one
+    product where it made a product and a normalization pass (equal to within the rounding
+    of the folded weights). The folded arrays are made again by ``refresh(version)`` when the
+    model's weight version or a layer's ``weights_generation`` has moved; from a snapshot of
+    the weights they are made once."""
+
+    has_weights = True
+    needs_preact = False
+    rows_per_sample = 1
+
+    def __init__(self, dense_op, norm_op, activation, weights=None):
+        self.dense, self.norm, self.activation = dense_op, norm_op, activation
+        self.layer, self.width = dense_op.layer, norm_op.width
+        self.input_width = dense_op.input_width
+        self._lock = threading.Lock()
+        self._key = None
+        self._kernel = self._bias = None
+        if weights is not None:
+            self._fold(*weights)
+
+    @staticmethod
+    def fits(dense_op, norm_op) -> bool:
+        return (
+            getattr(dense_op, "inference_step", None) is not None
+            and dense_op.activation.name == "linear"
+            and isinstance(norm_op, BatchNormOp)
+            and not norm_op.training
+            and dense_op.rows_per_sample == norm_op.rows_per_sample == 1
+        )
+
+    def _fold(self, dense_weights, norm_weights) -> None:
+        dense = self.dense.layer
+        kernel = dense_weights[0] if dense_weights else dense.kernel
+        bias = (dense_weights[1] if dense_weights else dense.bias) if dense.use_bias else None
+        w = _weights_by_name(self.norm.layer, norm_weights)
+        norm = self.norm.layer
+        scale = 1.0 / np.sqrt(w["moving_variance"].astype(np.float64) + norm.epsilon)
+        if w.get("gamma") is not None:
+            scale = scale * w["gamma"]
+        shift = -w["moving_mean"].astype(np.float64)
+        if bias is not None:
+            shift = shift + bias
+        shift = shift * scale
+        if w.get("beta") is not None:
+            shift = shift + w["beta"]
+        if self._kernel is None:
+            self._kernel = _aligned_empty(kernel.shape, kernel.dtype)
+            self._bias = _aligned_empty(shift.shape, kernel.dtype)
+        np.multiply(kernel, scale, out=self._kernel, casting="same_kind")
+        np.copyto(self._bias, shift, casting="same_kind")
+
+    def refresh(self, version) -> None:
+        """Fold the live weights again if they may have changed since (``version``: the
+        model's weight version)."""
+        key = (version, self.dense.layer.weights_generation, self.norm.layer.weights_generation)
+        with self._lock:
+            if key != self._key:
+                self._fold(None, None)
+                self._key = key
+
+    def inference_step(self, weights=None):
+        return (self._kernel, self._bias, self.activation.name, self.activation.alpha)
+
+
+def fold_batch_norms(ops, weights, version=None):
+    """``ops`` and their ``weights`` with each Dense (no activation) + inference batch norm
+    (+ elementwise activation) replaced by a ``FoldedBatchNormOp``: live weights (weights
+    None) folded at ``version``, snapshots folded at once."""
+    new_ops, new_weights, i = [], [], 0
+    while i < len(ops):
+        op = ops[i]
+        if i + 1 < len(ops) and FoldedBatchNormOp.fits(op, ops[i + 1]):
+            norm, activation, used = ops[i + 1], ops[i + 1].activation, 2
+            after = ops[i + 2] if i + 2 < len(ops) else None
+            if (
+                after is not None
+                and type(after).__name__ == "ActivationOp"
+                and after.activation.name in ELEMENTWISE
+                and after.rows_per_sample == 1
+            ):
+                activation, used = after.activation, 3
+            live = weights[i] is None
+            folded = FoldedBatchNormOp(
+                op, norm, activation, None if live else (weights[i], weights[i + 1])
+            )
+            if live:
+                folded.refresh(version)
+            new_ops.append(folded)
+            new_weights.append(None)
+            i += used
+        else:
+            new_ops.append(op)
+            new_weights.append(weights[i])
+            i += 1
+    return new_ops, new_weights
 
 
 class Pipeline:

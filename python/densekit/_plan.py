@@ -302,15 +302,37 @@ class DropoutOp:
         return functools.partial(np.multiply, dy, scratch["mask"], out=dx)
 
 
-def inference_chain(ops, weights=None) -> kernels.DenseChain:
-    """The inference ops as one kernel call, with the live weights or, per op, ``weights``
-    (a snapshot: [kernel(, bias)], or None for an op without weights)."""
+class RefreshedChain:
+    """A DenseChain holding folded weights (``_norm_plan.FoldedBatchNormOp``): called like
+    it; ``refresh(version)`` folds the live weights again where they moved."""
+
+    def __init__(self, chain, folded):
+        self._chain, self._folded = chain, folded
+
+    def refresh(self, version) -> None:
+        for op in self._folded:
+            op.refresh(version)
+
+    def __call__(self, x, out=None):
+        return self._chain(x) if out is None else self._chain(x, out=out)
+
+
+def inference_chain(ops, weights=None, version=None):
+    """The inference ops as one kernel call where they chain (else a Pipeline), with the live
+    weights or, per op, ``weights`` (a snapshot: [kernel(, bias)], or None for an op without
+    weights). A Dense layer and the batch normalization after it fold into one step; with
+    live weights the result then has ``refresh(version)``, to call before each use."""
     weights = weights or [None] * len(ops)
+    ops, weights = _norm_plan.fold_batch_norms(ops, weights, version)
+    folded = [op for op in ops if isinstance(op, _norm_plan.FoldedBatchNormOp)]
+    live = folded and all(own is None for own in weights)
     # not chainable: normalization, ReluOp, bf16 and int8 Dense
     chainable = all(getattr(op, "inference_step", None) for op in ops)
     if not chainable or any(op.rows_per_sample != 1 for op in ops):
-        return _norm_plan.inference_pipeline(ops, weights)
-    return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
+        chain = _norm_plan.inference_pipeline(ops, weights)
+    else:
+        chain = kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
+    return RefreshedChain(chain, folded) if live else chain
 
 
 def _place(op, layer) -> None:

@@ -24,7 +24,7 @@ from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from ._fit import int_at_least
 from ._guard import WeightGuard
-from ._plan import build_ops, inference_chain
+from ._plan import RefreshedChain, build_ops, inference_chain
 from .layers import InputLayer, Layer, unique_name
 from .training import TrainingState, aligned_zeros, dataset_for, inputs_for
 
@@ -255,7 +255,9 @@ class Sequential:
             weights_key=lambda: guard.version,
         )
         # predict's kernel call, holding the live weights (views into the buffer made above)
-        self._predict_chain = inference_chain(self._predict_ops) if self._predict_ops else None
+        self._predict_chain = (
+            inference_chain(self._predict_ops, version=guard.version) if self._predict_ops else None
+        )
         self._invalidate()
         self.built = True  # last: a thread that sees it built (without the lock) sees it all
 
@@ -889,6 +891,8 @@ class Sequential:
             chain = self._predict_chain
             if params is not self._params:  # training on another thread: a snapshot
                 chain = inference_chain(self._predict_ops, self._snapshot_weights(params))
+            elif isinstance(chain, RefreshedChain):  # batch norms folded into Dense layers
+                chain.refresh(self._guard.version)
             if n <= batch_size and hooks is None:
                 # one batch, the latency path: the kernel allocates the outputs (checking an
                 # out= array against every weight is a sizeable part of a batch-1 call)
