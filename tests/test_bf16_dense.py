@@ -125,6 +125,21 @@ def test_accumulate_and_what_is_needed():
     np.testing.assert_array_equal(only_db[2], fresh_db)
 
 
+@pytest.mark.parametrize(("k", "m"), [(0, 5), (5, 0), (0, 0), (1, 1)])
+def test_empty_and_single_weights(k, m):
+    """Zero-size weights pack (w.T too) and give empty or zero products, as float32 does."""
+    rng = np.random.default_rng(8)
+    x, w, b = layer(rng, 3, k, m)
+    packed = K.Bf16Weights(w, transposed=True)
+    z = np.empty((3, m), np.float32)
+    y = K.dense_forward_bf16(x, packed, b, activation="relu", preact_out=z)
+    np.testing.assert_array_equal(y, composed_forward(x, w, b, "relu")[1])
+    dx, dw, db = K.dense_backward_bf16(np.ones_like(y), x, packed, preact=z, activation="relu")
+    assert dx.shape == (3, k) and dw.shape == (k, m) and db.shape == (m,)
+    for got, want in zip((dx, dw, db), composed_backward(np.ones_like(y), x, w, z, "relu")):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_pack_follows_new_weights_and_keeps_its_shape():
     rng = np.random.default_rng(5)
     x, w, b = layer(rng, 5, 12, 7)

@@ -123,7 +123,7 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
     row.resize(static_cast<size_t>(2 * pairs * rows));
     for (int i = 0; i < rows; ++i) {
       bf16_bits* words = row.data() + 2 * pairs * i;
-      words[2 * pairs - 1] = 0;
+      if (pairs > 0) words[2 * pairs - 1] = 0;  // an odd k's zero member
       row_ops().round_to_bf16(a + (r0 + i) * lda, words, k);
     }
     std::uint32_t rounded[kMaxRows];
@@ -332,7 +332,7 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
     } else {  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
       thread_local std::vector<bf16_bits> row;
       row.resize(static_cast<size_t>(2 * words));
-      row[static_cast<size_t>(2 * words - 1)] = 0;
+      if (words > 0) row[static_cast<size_t>(2 * words - 1)] = 0;  // an odd k's zero member
       for (index_t j = 0; j < cols; ++j) {
         row_ops().round_to_bf16(b + (j0 + j) * ld, row.data(), k);
         for (index_t q = 0; q < words; ++q) {
