@@ -68,10 +68,12 @@ class DenseOp:
             kernels.dense_forward, x, layer.kernel, layer.bias, self.activation.name, **options
         )
 
-    def backward(self, dy, x, y, preact, dx, weight_grads):
-        # a frozen weight has no gradient view (None): the kernel skips its product
+    def backward_options(self, y, preact, dx, weight_grads) -> dict:
+        """The keywords of a dense backward kernel: activation, the outputs wanted (a frozen
+        weight has no gradient view, None: the kernel skips its product) and the
+        derivative's input (preact or y)."""
         act = self.activation
-        options = _with_alpha({"need_dx": dx is not None}, act)
+        options = _with_alpha({"need_dx": dx is not None, "activation": act.name}, act)
         if dx is not None:
             options["dx_out"] = dx
         if weight_grads[0] is not None:
@@ -87,9 +89,11 @@ class DenseOp:
                 options["preact"] = preact
             else:
                 options["y"] = y
-        return functools.partial(
-            kernels.dense_backward, dy, x, self.layer.kernel, activation=act.name, **options
-        )
+        return options
+
+    def backward(self, dy, x, y, preact, dx, weight_grads):
+        options = self.backward_options(y, preact, dx, weight_grads)
+        return functools.partial(kernels.dense_backward, dy, x, self.layer.kernel, **options)
 
 
 class Bf16DenseOp(DenseOp):
@@ -138,21 +142,9 @@ class Bf16DenseOp(DenseOp):
         return forward
 
     def backward(self, dy, x, y, preact, dx, weight_grads):
-        act = self.activation
-        options = _with_alpha({"need_dx": dx is not None, "activation": act.name}, act)
+        options = self.backward_options(y, preact, dx, weight_grads)
         if dx is not None:
-            options["dx_out"] = dx
             self.with_transposed = True
-        if weight_grads[0] is not None:
-            options["dw_out"] = weight_grads[0]
-        else:
-            options["need_dw"] = False
-        if self.layer.use_bias and weight_grads[1] is not None:
-            options["db_out"] = weight_grads[1]
-        else:
-            options["need_db"] = False
-        if act.name != "linear":
-            options["preact" if self.needs_preact else "y"] = preact if self.needs_preact else y
         op, dense_backward_bf16 = self, kernels.dense_backward_bf16
 
         def backward():
