@@ -5,7 +5,7 @@
 # .ci/run). With --thread, ThreadSanitizer over densekit's thread pool (tools/tsan.sh). Any
 # sanitizer report ends the process with an error, so a finding fails the run.
 #
-#   tools/sanitize.sh                              # build, kernel tests, 5000 fuzzer calls
+#   tools/sanitize.sh                              # build, kernel tests, 4000 fuzzer calls
 #   DENSEKIT_FUZZ_EXAMPLES=20000 tools/sanitize.sh # a longer fuzzer run
 #   tools/sanitize.sh tests/test_dense.py -k relu  # other pytest arguments instead of the subset
 #   tools/sanitize.sh --thread                     # TSan over the concurrent tests
@@ -101,7 +101,8 @@ if [[ $# -eq 0 && $mode == address ]]; then
     tests/test_losses.py tests/test_optim.py tests/test_data.py tests/test_gemm_isa.py \
     tests/test_threads.py tests/test_fuzz_bindings.py tests/test_bf16.py tests/test_int8.py \
     tests/test_normalization.py tests/test_bf16_dense.py tests/test_metric_kernels.py \
-    --deselect tests/test_fuzz_bindings.py::test_random_calls_return_or_raise_a_clear_error
+    --deselect tests/test_fuzz_bindings.py::test_random_calls_return_or_raise_a_clear_error \
+    --deselect tests/test_bf16_dense.py::test_every_forced_path_gives_the_same_bits
 elif [[ $# -eq 0 ]]; then
   # Callers on several Python threads and kernels on several pool threads. Left out: the
   # three tests that require an OpenMP build, the two that fork while threads run and then
@@ -140,7 +141,7 @@ findings || status=1
 echo "sanitize.sh: tests passed in $(($(date +%s) - start)) s"
 
 if [[ $mode == address ]]; then
-  examples="${DENSEKIT_FUZZ_EXAMPLES:-5000}"
+  examples="${DENSEKIT_FUZZ_EXAMPLES:-4000}"
   start=$(date +%s)
   "${sanitized[@]}" "$python" -m tools.fuzz_bindings --examples "$examples" --memory-gib 0 ||
     status=$?
