@@ -26,7 +26,7 @@ inline std::uint32_t bits_from_float(float f) {
 
 inline float bf16_to_float(bf16_bits h) { return float_from_bits(std::uint32_t(h) << 16); }
 
-// float_to_bf16 on the bits, without branches (a select), so that loops over arrays vectorise
+// float -> bf16 on the bits, without branches (a select), so that loops over arrays vectorise
 // on every ISA; a NaN is kept quiet with its sign and top payload bits.
 inline std::uint32_t bf16_round_bits(std::uint32_t u) {
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -35,11 +35,6 @@ inline std::uint32_t bf16_round_bits(std::uint32_t u) {
   return static_cast<std::int32_t>(u & 0x7fffffffu) > 0x7f800000 ? quiet_nan : rounded;
 }
 
-inline bf16_bits float_to_bf16(float f) {
-  std::uint32_t u = bits_from_float(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_bits((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16_bits(u >> 16);
-}
+inline bf16_bits float_to_bf16(float f) { return bf16_bits(bf16_round_bits(bits_from_float(f))); }
 
 }  // namespace densekit::lowp
