@@ -20,7 +20,6 @@ from .activations import Activation
 from .layers import BatchNormalization, Flatten, GaussianNoise, LayerNormalization, Normalization
 
 LINEAR = Activation("linear", None)
-ELEMENTWISE = {name for name, info in kernels.ACTIVATION_INFO.items() if info["elementwise"]}
 
 
 def _weights_by_name(layer, weights=None) -> dict:
@@ -385,39 +384,6 @@ class FoldedBatchNormOp:
 
     def inference_step(self, weights=None):
         return (self._kernel, self._bias, self.activation.name, self.activation.alpha)
-
-
-def fold_batch_norms(ops, weights, version=None):
-    """``ops`` and their ``weights`` with each Dense (no activation) + inference batch norm
-    (+ elementwise activation) replaced by a ``FoldedBatchNormOp``: live weights (weights
-    None) folded at ``version``, snapshots folded at once."""
-    new_ops, new_weights, i = [], [], 0
-    while i < len(ops):
-        op = ops[i]
-        if i + 1 < len(ops) and FoldedBatchNormOp.fits(op, ops[i + 1]):
-            norm, activation, used = ops[i + 1], ops[i + 1].activation, 2
-            after = ops[i + 2] if i + 2 < len(ops) else None
-            if (
-                after is not None
-                and type(after).__name__ == "ActivationOp"
-                and after.activation.name in ELEMENTWISE
-                and after.rows_per_sample == 1
-            ):
-                activation, used = after.activation, 3
-            live = weights[i] is None
-            folded = FoldedBatchNormOp(
-                op, norm, activation, None if live else (weights[i], weights[i + 1])
-            )
-            if live:
-                folded.refresh(version)
-            new_ops.append(folded)
-            new_weights.append(None)
-            i += used
-        else:
-            new_ops.append(op)
-            new_weights.append(weights[i])
-            i += 1
-    return new_ops, new_weights
 
 
 class Pipeline:

@@ -294,6 +294,38 @@ class DropoutOp:
         return functools.partial(np.multiply, dy, scratch["mask"], out=dx)
 
 
+def fold_batch_norms(ops, weights, version=None):
+    """``ops`` and their ``weights`` with each Dense (no activation) + inference batch norm
+    (+ elementwise activation) replaced by a ``FoldedBatchNormOp``: live weights (weights
+    None) folded at ``version``, snapshots folded at once."""
+    new_ops, new_weights, i = [], [], 0
+    while i < len(ops):
+        op = ops[i]
+        if i + 1 < len(ops) and _norm_plan.FoldedBatchNormOp.fits(op, ops[i + 1]):
+            norm, activation, used = ops[i + 1], ops[i + 1].activation, 2
+            after = ops[i + 2] if i + 2 < len(ops) else None
+            if (
+                isinstance(after, ActivationOp)
+                and kernels.ACTIVATION_INFO[after.activation.name]["elementwise"]
+                and after.rows_per_sample == 1
+            ):
+                activation, used = after.activation, 3
+            live = weights[i] is None
+            folded = _norm_plan.FoldedBatchNormOp(
+                op, norm, activation, None if live else (weights[i], weights[i + 1])
+            )
+            if live:
+                folded.refresh(version)
+            new_ops.append(folded)
+            new_weights.append(None)
+            i += used
+        else:
+            new_ops.append(op)
+            new_weights.append(weights[i])
+            i += 1
+    return new_ops, new_weights
+
+
 class RefreshedChain:
     """A DenseChain holding folded weights (``_norm_plan.FoldedBatchNormOp``): called like
     it; ``refresh(version)`` folds the live weights again where they moved."""
@@ -315,7 +347,7 @@ def inference_chain(ops, weights=None, version=None):
     weights). A Dense layer and the batch normalization after it fold into one step; with
     live weights the result then has ``refresh(version)``, to call before each use."""
     weights = weights or [None] * len(ops)
-    ops, weights = _norm_plan.fold_batch_norms(ops, weights, version)
+    ops, weights = fold_batch_norms(ops, weights, version)
     folded = [op for op in ops if isinstance(op, _norm_plan.FoldedBatchNormOp)]
     live = folded and all(own is None for own in weights)
     # not chainable: normalization, ReluOp, bf16 and int8 Dense

@@ -107,6 +107,7 @@ class Layer(_registry.Configurable):
         # dtype: a NumPy dtype (the model's, float32 or float64) or a policy name
         # (densekit.mixed_precision); None takes the global policy where it is mixed.
         self._policy: mixed_precision.DTypePolicy | None = None
+        self.weights_generation = 0  # counted by weights_changed
         if dtype is None:
             policy = mixed_precision.global_policy()
             self._policy = policy if policy.is_mixed else None
@@ -153,7 +154,7 @@ class Layer(_registry.Configurable):
         """Called after new values were written into this layer's weights by ``set_weights``
         (the layer's or the model's) or a build: counts ``weights_generation``, and a layer
         holding a derived copy of its weights (int8 weights) makes it again."""
-        self.weights_generation = getattr(self, "weights_generation", 0) + 1
+        self.weights_generation += 1
 
     # -- building ----------------------------------------------------------------------
     @property
