@@ -66,6 +66,33 @@ def _bf16():
     return ml_dtypes.bfloat16
 
 
+def _case(name, shape, dtype, threads, work, formula, tolerance, run, case_peers, note) -> Case:
+    """A case of this family: GFLOP/s, torch on the same thread count."""
+    return Case(
+        family=FAMILY,
+        name=name,
+        shape=shape,
+        dtype=dtype,
+        threads=threads,
+        work=work,
+        unit="GFLOP/s",
+        work_formula=formula,
+        tolerance=tolerance,
+        densekit=Impl("densekit", run),
+        peers=case_peers,
+        context=lambda: peers.torch_threads(threads),
+        notes=[note],
+    )
+
+
+def _torch_dynamic_int8(module):
+    """``torch.ao.quantization.quantize_dynamic`` of the module's Linear layers (fbgemm)."""
+    torch = peers.torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -> Case:
     rng = np.random.default_rng(n * 31 + k * 7 + m)
     x32 = random_array(rng, (n, k), "float32")
@@ -118,20 +145,17 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
 
         case_peers.append(Impl("torch", run_torch))
     case_peers.append(Impl("densekit fp32", run_fp32))
-    return Case(
-        family=FAMILY,
-        name=name,
-        shape=shape_name(n, k, m),
-        dtype="bfloat16",
-        threads=threads,
-        work=2.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="2*n*k*m",
-        tolerance=BF16_TOLERANCE,
-        densekit=Impl("densekit", run_densekit),
-        peers=case_peers,
-        context=lambda: peers.torch_threads(threads),
-        notes=["peers' inputs are the bf16-rounded values (float32 peer: widened)"],
+    return _case(
+        name,
+        shape_name(n, k, m),
+        "bfloat16",
+        threads,
+        2.0 * n * k * m,
+        "2*n*k*m",
+        BF16_TOLERANCE,
+        run_densekit,
+        case_peers,
+        "peers' inputs are the bf16-rounded values (float32 peer: widened)",
     )
 
 
@@ -157,12 +181,7 @@ def int8_case(n: int, k: int, m: int, threads: int) -> Case:
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
             linear.bias.copy_(torch.from_numpy(b))
-        model = torch.nn.Sequential(linear, torch.nn.ReLU())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-            quantized = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+        quantized = _torch_dynamic_int8(torch.nn.Sequential(linear, torch.nn.ReLU()))
         x_t = torch.from_numpy(x)
         no_grad = torch.no_grad
 
@@ -172,20 +191,17 @@ def int8_case(n: int, k: int, m: int, threads: int) -> Case:
 
         case_peers.append(Impl("torch", run_torch))
     case_peers.append(Impl("densekit fp32", run_fp32))
-    return Case(
-        family=FAMILY,
-        name="dense int8 relu",
-        shape=shape_name(n, k, m),
-        dtype="int8",
-        threads=threads,
-        work=2.0 * n * k * m,
-        unit="GFLOP/s",
-        work_formula="2*n*k*m",
-        tolerance=INT8_TOLERANCE,
-        densekit=Impl("densekit", run_densekit),
-        peers=case_peers,
-        context=lambda: peers.torch_threads(threads),
-        notes=["torch: quantize_dynamic (per-tensor 7-bit x, fbgemm); densekit: per-row x"],
+    return _case(
+        "dense int8 relu",
+        shape_name(n, k, m),
+        "int8",
+        threads,
+        2.0 * n * k * m,
+        "2*n*k*m",
+        INT8_TOLERANCE,
+        run_densekit,
+        case_peers,
+        "torch: quantize_dynamic (per-tensor 7-bit x, fbgemm); densekit: per-row x",
     )
 
 
@@ -216,20 +232,17 @@ def mixed_step_case(batch: int, threads: int) -> Case:
                 return torch_step(*next_torch()).float()
 
         case_peers.insert(0, Impl("torch", run_torch))
-    return Case(
-        family=FAMILY,
-        name="train step mixed_bfloat16",
-        shape=mlp_shape_name(MLP, batch),
-        dtype="bfloat16",
-        threads=threads,
-        work=step_flop(MLP, batch),
-        unit="GFLOP/s",
-        work_formula=STEP_FORMULA,
-        tolerance=LOSS_TOLERANCE,
-        densekit=Impl("densekit", lambda: mixed.train_on_batch(*next_mixed())),
-        peers=case_peers,
-        context=lambda: peers.torch_threads(threads),
-        notes=["Adam; checked: the first step's loss; torch: autocast bf16 (oneDNN)"],
+    return _case(
+        "train step mixed_bfloat16",
+        mlp_shape_name(MLP, batch),
+        "bfloat16",
+        threads,
+        step_flop(MLP, batch),
+        STEP_FORMULA,
+        LOSS_TOLERANCE,
+        lambda: mixed.train_on_batch(*next_mixed()),
+        case_peers,
+        "Adam; checked: the first step's loss; torch: autocast bf16 (oneDNN)",
     )
 
 
@@ -241,12 +254,7 @@ def int8_predict_case(batch: int, threads: int) -> Case:
     case_peers = []
     if peers.torch is not None:
         torch = peers.torch
-        net, _, _ = torch_model(MLP, weights, "float32")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-            net_q = torch.ao.quantization.quantize_dynamic(
-                net, {torch.nn.Linear}, dtype=torch.qint8
-            )
+        net_q = _torch_dynamic_int8(torch_model(MLP, weights, "float32")[0])
         x_t = torch.from_numpy(x)
 
         def run_torch():
@@ -255,20 +263,17 @@ def int8_predict_case(batch: int, threads: int) -> Case:
 
         case_peers.append(Impl("torch", run_torch))
     case_peers.append(Impl("densekit fp32", lambda: full.predict(x, batch_size=batch)))
-    return Case(
-        family=FAMILY,
-        name="predict int8",
-        shape=mlp_shape_name(MLP, batch),
-        dtype="int8",
-        threads=threads,
-        work=predict_flop(MLP, batch),
-        unit="GFLOP/s",
-        work_formula="2n*sum(k*m)",
-        tolerance=PREDICT_INT8_TOLERANCE,
-        densekit=Impl("densekit", lambda: quantized.predict(x, batch_size=batch)),
-        peers=case_peers,
-        context=lambda: peers.torch_threads(threads),
-        notes=["densekit.quantize (per-row x, per-column w); torch: quantize_dynamic (fbgemm)"],
+    return _case(
+        "predict int8",
+        mlp_shape_name(MLP, batch),
+        "int8",
+        threads,
+        predict_flop(MLP, batch),
+        "2n*sum(k*m)",
+        PREDICT_INT8_TOLERANCE,
+        lambda: quantized.predict(x, batch_size=batch),
+        case_peers,
+        "densekit.quantize (per-row x, per-column w); torch: quantize_dynamic (fbgemm)",
     )
 
 
