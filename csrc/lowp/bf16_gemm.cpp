@@ -269,25 +269,15 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
                      int num_threads) {
   PackedBf16 out;
   const index_t words = (k + 1) / 2;
-  out.k = k;
-  out.n = n;
-  out.words = words;
-  out.panels = (n + kPanel - 1) / kPanel;
-  out.data.resize(buffer_bytes(words * kPanel, out.panels, 1));
-  std::uint32_t* base = out.data.data();
-  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
-  parallel_for(out.panels, threads, [&](index_t panel) {
-    std::uint32_t* dst = base + panel * words * kPanel;
-    const index_t j0 = panel * kPanel;
-    const index_t cols = std::min<index_t>(kPanel, n - j0);
-    if (cols < kPanel || k % 2) std::fill(dst, dst + words * kPanel, 0u);
+  pack_panels_with(&out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
     if (!transposed) {  // rows 2q and 2q + 1, columns j0..: loops the baseline ISA vectorises
       for (index_t q = 0; q < words; ++q) {
         const bf16_bits* lo = b + 2 * q * ld + j0;
         std::uint32_t* word = dst + q * kPanel;
         if (2 * q + 1 < k) {
           const bf16_bits* hi = lo + ld;
-          for (index_t j = 0; j < cols; ++j) word[j] = std::uint32_t(lo[j]) | (std::uint32_t(hi[j]) << 16);
+          for (index_t j = 0; j < cols; ++j)
+            word[j] = std::uint32_t(lo[j]) | (std::uint32_t(hi[j]) << 16);
         } else {
           for (index_t j = 0; j < cols; ++j) word[j] = lo[j];
         }
@@ -307,18 +297,7 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
                     index_t n, int num_threads) {
   const index_t words = (k + 1) / 2;
-  out->k = k;
-  out->n = n;
-  out->words = words;
-  out->panels = (n + kPanel - 1) / kPanel;
-  out->data.resize(buffer_bytes(words * kPanel, out->panels, 1));
-  std::uint32_t* base = out->data.data();
-  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
-  parallel_for(out->panels, threads, [&](index_t panel) {
-    std::uint32_t* dst = base + panel * words * kPanel;
-    const index_t j0 = panel * kPanel;
-    const index_t cols = std::min<index_t>(kPanel, n - j0);
-    if (cols < kPanel) std::fill(dst, dst + words * kPanel, 0u);
+  pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
     if (!transposed) {  // rows 2q and 2q + 1 of B, columns j0.. of each
       const auto round_pairs = row_ops().round_pairs;
       for (index_t q = 0; q < k / 2; ++q)

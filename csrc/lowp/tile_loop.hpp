@@ -187,12 +187,13 @@ inline void apply_row_activation(float* v, index_t cols, const Activation& act) 
   }
 }
 
-// B's words into p: word q of column j is word(q, j) for j < n, zero past n; parallel over
-// panels. p's storage is reused when it is large enough (a weight packed again after each
-// update costs no allocation).
-template <class Word>
-void pack_panels_into(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
-                      Word&& word) {
+// B (k, n) into p in panels of `words` words per column: fill(dst, j0, cols) writes the words
+// of columns [j0, j0 + cols) of one panel (word q of column j0 + c at dst[q * kPanel + c]); the
+// columns past n are zero. Parallel over panels; p's storage is reused when it is large enough
+// (a weight packed again after each update costs no allocation).
+template <class FillPanel>
+void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
+                      FillPanel&& fill) {
   p->k = k;
   p->n = n;
   p->words = words;
@@ -201,13 +202,21 @@ void pack_panels_into(PackedPanels* p, index_t k, index_t n, index_t words, int 
   const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
   std::uint32_t* base = p->data.data();
   parallel_for(p->panels, threads, [&](index_t panel) {
-    std::uint32_t* out = base + panel * words * kPanel;
+    std::uint32_t* dst = base + panel * words * kPanel;
     const index_t j0 = panel * kPanel;
     const index_t cols = std::min<index_t>(kPanel, n - j0);
-    for (index_t q = 0; q < words; ++q) {
-      for (index_t j = 0; j < cols; ++j) out[q * kPanel + j] = word(q, j0 + j);
-      for (index_t j = cols; j < kPanel; ++j) out[q * kPanel + j] = 0u;
-    }
+    if (cols < kPanel) std::fill(dst, dst + words * kPanel, 0u);
+    fill(dst, j0, cols);
+  });
+}
+
+// The same with word(q, j), the word q of column j, for each word.
+template <class Word>
+void pack_panels_into(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
+                      Word&& word) {
+  pack_panels_with(p, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
+    for (index_t q = 0; q < words; ++q)
+      for (index_t j = 0; j < cols; ++j) dst[q * kPanel + j] = word(q, j0 + j);
   });
 }
 
