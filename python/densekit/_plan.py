@@ -68,12 +68,15 @@ class DenseOp:
             kernels.dense_forward, x, layer.kernel, layer.bias, self.activation.name, **options
         )
 
+    def activation_options(self) -> dict:
+        """``activation`` (and ``alpha`` where it has one) as a kernel's keywords."""
+        return _with_alpha({"activation": self.activation.name}, self.activation)
+
     def backward_options(self, y, preact, dx, weight_grads) -> dict:
         """The keywords of a dense backward kernel: activation, the outputs wanted (a frozen
         weight has no gradient view, None: the kernel skips its product) and the
         derivative's input (preact or y)."""
-        act = self.activation
-        options = _with_alpha({"need_dx": dx is not None, "activation": act.name}, act)
+        options = {"need_dx": dx is not None, **self.activation_options()}
         if dx is not None:
             options["dx_out"] = dx
         if weight_grads[0] is not None:
@@ -84,7 +87,7 @@ class DenseOp:
             options["db_out"] = weight_grads[1]
         else:
             options["need_db"] = False
-        if act.name != "linear":
+        if self.activation.name != "linear":
             if self.needs_preact:
                 options["preact"] = preact
             else:
@@ -131,7 +134,7 @@ class Bf16DenseOp(DenseOp):
         return packed
 
     def forward(self, x, y, preact):
-        options = _with_alpha({"out": y, "activation": self.activation.name}, self.activation)
+        options = {"out": y, **self.activation_options()}
         if preact is not None:
             options["preact_out"] = preact
         layer, packed, dense_forward_bf16 = self.layer, self.packed, kernels.dense_forward_bf16
@@ -162,9 +165,7 @@ class Bf16DenseOp(DenseOp):
             if held is not kernel:
                 packed = kernels.Bf16Weights(kernel)
                 self._snapshot = (kernel, packed)
-        return kernels.dense_forward_bf16(
-            x, packed, bias, **_with_alpha({"activation": self.activation.name}, self.activation)
-        )
+        return kernels.dense_forward_bf16(x, packed, bias, **self.activation_options())
 
 
 class Int8DenseOp(DenseOp):
@@ -178,7 +179,7 @@ class Int8DenseOp(DenseOp):
         return Int8DenseOp(self.layer, activation)
 
     def forward(self, x, y, preact):
-        options = _with_alpha({"out": y, "activation": self.activation.name}, self.activation)
+        options = {"out": y, **self.activation_options()}
         layer, dense_forward_int8 = self.layer, kernels.dense_forward_int8
 
         def forward():
@@ -193,7 +194,7 @@ class Int8DenseOp(DenseOp):
         )
 
     def infer(self, x, weights=None):
-        options = _with_alpha({"activation": self.activation.name}, self.activation)
+        options = self.activation_options()
         return kernels.dense_forward_int8(
             x, self.layer.quantized_kernel, self.layer.bias, **options
         )
