@@ -21,7 +21,7 @@
 namespace densekit::lowp {
 namespace {
 
-constexpr index_t kBlockPairs = 128;  // k block: 256 k, a 32-column B panel of 16 KiB
+constexpr index_t kBlockPairs = 256;  // k block: 512 k, a 32-column B panel of 32 KiB
 
 bool cpu_has_avx512_bf16() {
 #if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
@@ -94,13 +94,12 @@ class FlushDenormals {
 void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
             std::uint32_t* out) {
   const index_t pairs = (k + 1) / 2;
-  if (!trans_a) {
-    for (int i = 0; i < rows; ++i) {
-      const bf16_bits* row = a + (r0 + i) * lda;
-      for (index_t q = 0; q < k / 2; ++q)  // a pair is the 32 bits of two halves (low: even)
-        std::memcpy(out + q * rows + i, row + 2 * q, sizeof(std::uint32_t));
-      if (k % 2) out[(pairs - 1) * rows + i] = row[k - 1];
-    }
+  if (!trans_a) {  // the rows' whole pairs by the ISA's pair-major copy, an odd k's last alone
+    const bf16_bits* row[kMaxRows];
+    for (int i = 0; i < rows; ++i) row[i] = a + (r0 + i) * lda;
+    row_ops().pair_major(row, rows, k / 2, out, rows);
+    if (k % 2)
+      for (int i = 0; i < rows; ++i) out[(pairs - 1) * rows + i] = row[i][k - 1];
   } else {
     for (index_t q = 0; q < pairs; ++q) {
       const bf16_bits* lo = a + 2 * q * lda + r0;
@@ -126,12 +125,9 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
       if (pairs > 0) words[2 * pairs - 1] = 0;  // an odd k's zero member
       row_ops().round_to_bf16(a + (r0 + i) * lda, words, k);
     }
-    std::uint32_t rounded[kMaxRows];
-    for (index_t q = 0; q < pairs; ++q) {
-      for (int i = 0; i < rows; ++i)
-        std::memcpy(&rounded[i], row.data() + 2 * pairs * i + 2 * q, sizeof(std::uint32_t));
-      std::copy(rounded, rounded + rows, out + q * rows);
-    }
+    const bf16_bits* rounded[kMaxRows];
+    for (int i = 0; i < rows; ++i) rounded[i] = row.data() + 2 * pairs * i;
+    row_ops().pair_major(rounded, rows, pairs, out, rows);
   } else {
     const auto round_pairs = row_ops().round_pairs;
     for (index_t q = 0; q < k / 2; ++q)
@@ -270,25 +266,25 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
   PackedBf16 out;
   const index_t words = (k + 1) / 2;
   pack_panels_with(&out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
-    if (!transposed) {  // rows 2q and 2q + 1, columns j0..: loops the baseline ISA vectorises
+    if (!transposed) {  // rows 2q and 2q + 1, columns j0.., joined by the ISA's row operation
+      const auto join_pairs = row_ops().join_pairs;
       for (index_t q = 0; q < words; ++q) {
         const bf16_bits* lo = b + 2 * q * ld + j0;
         std::uint32_t* word = dst + q * kPanel;
         if (2 * q + 1 < k) {
-          const bf16_bits* hi = lo + ld;
-          for (index_t j = 0; j < cols; ++j)
-            word[j] = std::uint32_t(lo[j]) | (std::uint32_t(hi[j]) << 16);
+          join_pairs(lo, lo + ld, word, cols);
         } else {
           for (index_t j = 0; j < cols; ++j) word[j] = lo[j];
         }
       }
     } else {  // column j of B is row j of b: its pairs are 32-bit words already
-      for (index_t j = 0; j < cols; ++j) {
-        const bf16_bits* row = b + (j0 + j) * ld;
-        for (index_t q = 0; q < k / 2; ++q)
-          std::memcpy(dst + q * kPanel + j, row + 2 * q, sizeof(std::uint32_t));
-        if (k % 2) dst[(words - 1) * kPanel + j] = row[k - 1];
-      }
+      const bf16_bits* row[kPanel];
+      for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
+      for (index_t j = 0; j < cols; j += 16)
+        row_ops().pair_major(row + j, static_cast<int>(std::min<index_t>(16, cols - j)), k / 2,
+                             dst + j, kPanel);
+      if (k % 2)
+        for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
     }
   });
   return out;
@@ -310,15 +306,17 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
         }
     } else {  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
       thread_local std::vector<bf16_bits> row;
-      row.resize(static_cast<size_t>(2 * words));
-      if (words > 0) row[static_cast<size_t>(2 * words - 1)] = 0;  // an odd k's zero member
-      for (index_t j = 0; j < cols; ++j) {
-        row_ops().round_to_bf16(b + (j0 + j) * ld, row.data(), k);
-        for (index_t q = 0; q < words; ++q) {
-          std::uint32_t word;
-          std::memcpy(&word, row.data() + 2 * q, sizeof word);
-          dst[q * kPanel + j] = word;
+      row.resize(static_cast<size_t>(2 * words * 16));
+      const bf16_bits* rounded[16];
+      for (index_t j0b = 0; j0b < cols; j0b += 16) {  // 16 columns rounded, then written pair-major
+        const int count = static_cast<int>(std::min<index_t>(16, cols - j0b));
+        for (int j = 0; j < count; ++j) {
+          bf16_bits* words_j = row.data() + 2 * words * j;
+          if (words > 0) words_j[2 * words - 1] = 0;  // an odd k's zero member
+          row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
+          rounded[j] = words_j;
         }
+        row_ops().pair_major(rounded, count, words, dst + j0b, kPanel);
       }
     }
   });

@@ -17,6 +17,13 @@ struct RowOps {
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
   // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count
   void (*round_pairs)(const float* lo, const float* hi, std::uint32_t* out, index_t count) = nullptr;
+  // out[t] = lo[t] | hi[t] << 16, t < count (two rows of bf16 into pair words)
+  void (*join_pairs)(const bf16_bits* lo, const bf16_bits* hi, std::uint32_t* out,
+                     index_t count) = nullptr;
+  // out[q * ld_out + i] = pair word q of rows[i] (its halves 2q, 2q + 1), for i < count <= 16
+  // and q < pairs: rows of bf16 written pair-major (A's row tiles, a transposed B's panels)
+  void (*pair_major)(const bf16_bits* const* rows, int count, index_t pairs, std::uint32_t* out,
+                     index_t ld_out) = nullptr;
   // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] /
   // scale) + 128 clamped to [1, 255], out[k..stride) = 128; all 128 when the scale is 0.
   // Returns the scale, or NaN (and all 128) when the row holds an inf or NaN.

@@ -1,4 +1,6 @@
 // The row operations (row_ops.inc) built for the avx512 ISA (this file alone has its flags).
+#include <immintrin.h>
+
 #include <cstdint>
 #include <cstring>
 #include <limits>

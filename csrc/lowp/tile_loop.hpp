@@ -103,6 +103,9 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   const index_t kChunkPanels = chunk_panels;
   const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
   const index_t panel_stride = words * kPanel;
+  // k blocks of equal size, at most block_words each (no short last block)
+  const index_t k_blocks = std::max<index_t>(1, (words + block_words - 1) / block_words);
+  const index_t kq_block = std::max<index_t>(1, (words + k_blocks - 1) / k_blocks);
   struct Scratch {
     std::vector<std::uint32_t> a;
     std::vector<Acc> acc;
@@ -149,8 +152,8 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
       if (!prepacked) pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
       const int wide = wide_panels(rows);
-      for (index_t q0 = 0; q0 < words; q0 += block_words) {
-        const index_t kq = std::min(block_words, words - q0);
+      for (index_t q0 = 0; q0 < words; q0 += kq_block) {
+        const index_t kq = std::min(kq_block, words - q0);
         const std::uint32_t* ablock = a_tile + q0 * rows;
         index_t p = 0;
         if (wide > 1)
