@@ -28,10 +28,18 @@ def rne_quantize(v, scale):
     return np.where(scale == 0, 0, np.clip(q, -127, 127)).astype(np.int64)
 
 
+def rne_quantize_rows(v, scale):
+    """The kernels' rounding of x: nearest even of v * (1 / scale), the reciprocal in float32."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inverse = (np.float32(1) / scale.astype(np.float32)).astype(np.float32)
+        q = np.rint(v.astype(np.float32) * inverse)
+    return np.where(scale == 0, 0, np.clip(q, -127, 127)).astype(np.int64)
+
+
 def reference(x, qw, bias=None):
     """Float32 dequantized result from exact integer sums (no activation)."""
     scale_x = (np.abs(x).max(axis=1, initial=0.0) / np.float32(127)).astype(np.float32)
-    xq = rne_quantize(x, scale_x[:, None])
+    xq = rne_quantize_rows(x, scale_x[:, None])
     exact = xq @ qw.weights.astype(np.int64)
     v = exact.astype(np.float32) * (scale_x[:, None] * qw.scales[None, :])
     return v if bias is None else v + bias

@@ -94,10 +94,10 @@ class FlushDenormals {
 void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
             std::uint32_t* out) {
   const index_t pairs = (k + 1) / 2;
-  if (!trans_a) {  // the rows' whole pairs by the ISA's pair-major copy, an odd k's last alone
+  if (!trans_a) {  // the rows' whole pairs by the ISA's word-major copy, an odd k's last alone
     const bf16_bits* row[kMaxRows];
     for (int i = 0; i < rows; ++i) row[i] = a + (r0 + i) * lda;
-    row_ops().pair_major(row, rows, k / 2, out, rows);
+    row_ops().word_major(reinterpret_cast<const void* const*>(row), rows, k / 2, out, rows);
     if (k % 2)
       for (int i = 0; i < rows; ++i) out[(pairs - 1) * rows + i] = row[i][k - 1];
   } else {
@@ -127,7 +127,7 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
     }
     const bf16_bits* rounded[kMaxRows];
     for (int i = 0; i < rows; ++i) rounded[i] = row.data() + 2 * pairs * i;
-    row_ops().pair_major(rounded, rows, pairs, out, rows);
+    row_ops().word_major(reinterpret_cast<const void* const*>(rounded), rows, pairs, out, rows);
   } else {
     const auto round_pairs = row_ops().round_pairs;
     for (index_t q = 0; q < k / 2; ++q)
@@ -281,8 +281,8 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
       const bf16_bits* row[kPanel];
       for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
       for (index_t j = 0; j < cols; j += 16)
-        row_ops().pair_major(row + j, static_cast<int>(std::min<index_t>(16, cols - j)), k / 2,
-                             dst + j, kPanel);
+        row_ops().word_major(reinterpret_cast<const void* const*>(row + j),
+                             static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j, kPanel);
       if (k % 2)
         for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
     }
@@ -316,7 +316,7 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
           row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
           rounded[j] = words_j;
         }
-        row_ops().pair_major(rounded, count, words, dst + j0b, kPanel);
+        row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words, dst + j0b, kPanel);
       }
     }
   });

@@ -164,12 +164,11 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 14), [&](index_t i) {
     row_scale[size_t(i)] = quantize_row(x + i * k, k, stride, xq.data() + i * stride);
   });
+  const RowOps& ops = row_ops();
   auto pack_a = [&](index_t r0, int rows, std::uint32_t* out) {
-    for (int i = 0; i < rows; ++i) {
-      const std::uint8_t* row = xq.data() + (r0 + i) * stride;
-      for (index_t q = 0; q < quads; ++q)  // a word is 4 consecutive bytes, little-endian
-        std::memcpy(out + q * rows + i, row + 4 * q, sizeof(std::uint32_t));
-    }
+    const void* row[kMaxRows];  // a word is 4 consecutive bytes of a row, little-endian
+    for (int i = 0; i < rows; ++i) row[i] = xq.data() + (r0 + i) * stride;
+    ops.word_major(row, rows, quads, out, rows);
   };
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
   // Every word of A carries +128 per member, padding included: 128 * colsum covers the real
@@ -179,17 +178,8 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
       [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
-        const float s = row_scale[size_t(i)];
-        const std::int32_t* col_sums = w.col_sums.data() + j0;
-        const float* scales = w.scales.data() + j0;
-        for (index_t j = 0; j < cols; ++j) {
-          const std::int32_t exact = acc[j] - 128 * col_sums[j];
-          out[j] = static_cast<float>(exact) * (s * scales[j]);
-        }
-        if (ep.bias != nullptr) {
-          const float* bias = ep.bias + j0;
-          for (index_t j = 0; j < cols; ++j) out[j] += bias[j];
-        }
+        ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[size_t(i)],
+                           ep.bias != nullptr ? ep.bias + j0 : nullptr, out, cols);
         apply_row_activation(out, cols, ep.activation);
       });
 }

@@ -6,8 +6,10 @@
 //   v(i, j) = float(sum_p (xq(i, p) + 128) W(p, j) - 128 colsum(j)) * (scale_i * scale_j)
 //   v += b[j]; y = act(v)          (the float32 engine's activations)
 // The integer part is exact, so every path and thread count gives the same bits.
-// Quantization rounds to nearest even: q = nearbyint(x / scale), within [-127, 127]. A row of
-// zeros has scale 0 and q = 0; a row holding a non-finite value gives NaN outputs.
+// Quantization rounds to nearest even, within [-127, 127]: weights q = nearbyint(W / scale)
+// (once, when packed); a row of x q = nearbyint(x * (1 / scale)) with the reciprocal rounded to
+// float32 (fbgemm's rule: a multiply, not a division per element). A row of zeros has scale 0
+// and q = 0; a row holding a non-finite value gives NaN outputs.
 #pragma once
 
 #include <cstdint>

@@ -20,12 +20,18 @@ struct RowOps {
   // out[t] = lo[t] | hi[t] << 16, t < count (two rows of bf16 into pair words)
   void (*join_pairs)(const bf16_bits* lo, const bf16_bits* hi, std::uint32_t* out,
                      index_t count) = nullptr;
-  // out[q * ld_out + i] = pair word q of rows[i] (its halves 2q, 2q + 1), for i < count <= 16
-  // and q < pairs: rows of bf16 written pair-major (A's row tiles, a transposed B's panels)
-  void (*pair_major)(const bf16_bits* const* rows, int count, index_t pairs, std::uint32_t* out,
+  // out[q * ld_out + i] = 32-bit word q of rows[i] (bytes 4q..4q + 3), for i < count <= 16 and
+  // q < words: rows written word-major (bf16 pairs or int8 quads of A's row tiles, a
+  // transposed B's panels); rows need no alignment
+  void (*word_major)(const void* const* rows, int count, index_t words, std::uint32_t* out,
                      index_t ld_out) = nullptr;
-  // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] /
-  // scale) + 128 clamped to [1, 255], out[k..stride) = 128; all 128 when the scale is 0.
+  // out[j] = float(acc[j] - 128 col_sums[j]) * (row_scale * scales[j]) (+ bias[j] when bias is
+  // not null), j < count: an int8 product's row dequantized
+  void (*dequantize_row)(const std::int32_t* acc, const std::int32_t* col_sums, const float* scales,
+                         float row_scale, const float* bias, float* out, index_t count) = nullptr;
+  // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] *
+  // (1 / scale)) + 128 clamped to [1, 255] (the reciprocal rounded to float32), out[k..stride)
+  // = 128; all 128 when the scale is 0.
   // Returns the scale, or NaN (and all 128) when the row holds an inf or NaN.
   float (*quantize_row)(const float* x, index_t k, index_t stride, std::uint8_t* out) = nullptr;
 };
