@@ -101,12 +101,11 @@ void pack_a(const bf16_bits* a, index_t lda, bool trans_a, index_t r0, int rows,
     if (k % 2)
       for (int i = 0; i < rows; ++i) out[(pairs - 1) * rows + i] = row[i][k - 1];
   } else {
-    for (index_t q = 0; q < pairs; ++q) {
-      const bf16_bits* lo = a + 2 * q * lda + r0;
-      const bf16_bits* hi = 2 * q + 1 < k ? lo + lda : nullptr;
-      for (int i = 0; i < rows; ++i)
-        out[q * rows + i] = std::uint32_t(lo[i]) | (hi ? std::uint32_t(hi[i]) << 16 : 0u);
-    }
+    const auto join_pairs = row_ops().join_pairs;  // rows 2q and 2q + 1 of A^T, joined
+    for (index_t q = 0; q < k / 2; ++q)
+      join_pairs(a + 2 * q * lda + r0, a + (2 * q + 1) * lda + r0, out + q * rows, rows);
+    if (k % 2)
+      for (int i = 0; i < rows; ++i) out[(pairs - 1) * rows + i] = a[(k - 1) * lda + r0 + i];
   }
 }
 
