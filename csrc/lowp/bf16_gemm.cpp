@@ -281,7 +281,8 @@ PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k,
       for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
       for (index_t j = 0; j < cols; j += 16)
         row_ops().word_major(reinterpret_cast<const void* const*>(row + j),
-                             static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j, kPanel);
+                             static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j,
+                             kPanel);
       if (k % 2)
         for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
     }
@@ -315,7 +316,8 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
           row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
           rounded[j] = words_j;
         }
-        row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words, dst + j0b, kPanel);
+        row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words,
+                             dst + j0b, kPanel);
       }
     }
   });

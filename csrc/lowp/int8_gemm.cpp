@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "gemm/isa.hpp"
+#include "gemm/scratch.hpp"
 #include "lowp/path_choice.hpp"
 #include "lowp/row_ops.hpp"
 #include "parallel.hpp"
@@ -18,6 +19,8 @@ namespace densekit::lowp {
 namespace {
 
 constexpr index_t kBlockQuads = 128;  // k block: 512 k, a 32-column B panel of 16 KiB
+
+thread_local gemm::Scratch t_quantized_x;  // a call's x scales and quantized rows
 
 bool cpu_has_avx512_vnni() {
 #if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__)
@@ -158,16 +161,21 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   // that the tasks of a row tile only gather words.
   const index_t quads = w.panels.words;
   const index_t stride = 4 * quads;
-  std::vector<float> row_scale(static_cast<size_t>(m));
-  std::vector<std::uint8_t> xq(buffer_bytes(m, stride, 1));
+  // the row scales, then the quantized rows, in the calling thread's kept scratch (no
+  // allocation, and no fresh pages to fault in, once a call of this size has run)
+  const size_t scale_bytes = (static_cast<size_t>(m) * sizeof(float) + 63) / 64 * 64;
+  auto* scratch =
+      static_cast<unsigned char*>(t_quantized_x.get(scale_bytes + buffer_bytes(m, stride, 1)));
+  float* row_scale = reinterpret_cast<float*>(scratch);
+  std::uint8_t* xq = scratch + scale_bytes;
   const auto quantize_row = row_ops().quantize_row;
   parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 14), [&](index_t i) {
-    row_scale[size_t(i)] = quantize_row(x + i * k, k, stride, xq.data() + i * stride);
+    row_scale[i] = quantize_row(x + i * k, k, stride, xq + i * stride);
   });
   const RowOps& ops = row_ops();
   auto pack_a = [&](index_t r0, int rows, std::uint32_t* out) {
     const void* row[kMaxRows];  // a word is 4 consecutive bytes of a row, little-endian
-    for (int i = 0; i < rows; ++i) row[i] = xq.data() + (r0 + i) * stride;
+    for (int i = 0; i < rows; ++i) row[i] = xq + (r0 + i) * stride;
     ops.word_major(row, rows, quads, out, rows);
   };
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
@@ -178,10 +186,11 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
       [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
-        ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[size_t(i)],
+        ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[i],
                            ep.bias != nullptr ? ep.bias + j0 : nullptr, out, cols);
         apply_row_activation(out, cols, ep.activation);
       });
+  t_quantized_x.trim();
 }
 
 double int8_peak_probe(index_t steps, int num_threads) {
