@@ -190,13 +190,17 @@ def test_epilogue_is_the_float32_engine_s(path, activation):
     np.testing.assert_array_equal(bits(out16), bits(want.astype(BF16)))
 
 
+@pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("path", PATHS)
-def test_bitwise_identical_for_any_thread_count(path):
+def test_bitwise_identical_for_any_thread_count(path, trans_a):
     rng = np.random.default_rng(4)
     a, b = bf16(rng, (131, 517)), bf16(rng, (517, 300))
-    first = run(path, a, b, num_threads=1)
+    a_in = np.ascontiguousarray(a.T) if trans_a else a
+    first = run(path, a_in, b, trans_a=trans_a, num_threads=1)
+    np.testing.assert_array_equal(bits(first), bits(pair_rule(a, b)))
     for threads in (2, 3, 7):
-        np.testing.assert_array_equal(bits(run(path, a, b, num_threads=threads)), bits(first))
+        again = run(path, a_in, b, trans_a=trans_a, num_threads=threads)
+        np.testing.assert_array_equal(bits(again), bits(first))
 
 
 def test_paths_agree_on_subnormals_infinities_and_nan():
@@ -229,15 +233,18 @@ def test_paths_agree_on_subnormals_infinities_and_nan():
     m=st.sampled_from([0, 1, 2, 3, 5, 7, 13, 14, 15, 29, 31]),
     n=st.sampled_from([0, 1, 2, 15, 16, 17, 31, 33, 97, 129, 257]),
     k=st.sampled_from([0, 1, 2, 3, 5, 7, 31, 33, 255, 257, 259]),
+    trans_a=st.booleans(),
     trans_b=st.booleans(),
     seed=st.integers(0, 2**31),
 )
-def test_hypothesis_shapes_on_every_path(m, n, k, trans_b, seed):
+def test_hypothesis_shapes_on_every_path(m, n, k, trans_a, trans_b, seed):
     rng = np.random.default_rng(seed)
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
     want = bits(pair_rule(a, b))
+    a_in = np.ascontiguousarray(a.T) if trans_a else a
+    b_in = np.ascontiguousarray(b.T) if trans_b else b
     for path in PATHS:
-        got = run(path, a, np.ascontiguousarray(b.T) if trans_b else b, trans_b=trans_b)
+        got = run(path, a_in, b_in, trans_a=trans_a, trans_b=trans_b)
         np.testing.assert_array_equal(bits(got), want)
 
 

@@ -2,7 +2,6 @@
 // gemm_bf16, with the float32 -> bf16 rounding fused into the packing of each operand.
 #include "lowp/bf16_dense.hpp"
 
-#include <vector>
 
 #include "activations.hpp"
 #include "dense.hpp"
@@ -15,7 +14,6 @@ namespace {
 // between calls (a fresh buffer each step costs its page faults).
 thread_local gemm::Scratch t_dz_scratch;
 thread_local PackedBf16 t_dz_packed;
-thread_local std::vector<bf16_bits> t_x16;  // x rounded, for dw's product
 
 }  // namespace
 
@@ -59,12 +57,9 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
         for (index_t i = 0; i < k * m; ++i) dw[i] = 0.0f;
     } else {
       pack_bf16_into(&t_dz_packed, dz, m, false, n, m, num_threads);
-      // x^T is read by columns of x, a few at a time: round x once, whole rows at a time
-      t_x16.resize(static_cast<size_t>(n * k));
-      convert_to_bf16(x, t_x16.data(), n * k, num_threads);
-      Bf16Epilogue ep;
+      Bf16Epilogue ep;  // x^T rounded as it is packed, two rows of x at a time
       ep.accumulate = accumulate;
-      gemm_bf16(k, m, n, t_x16.data(), k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
+      gemm_bf16(k, m, n, x, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
     }
   }
   if (dx != nullptr) {
@@ -74,7 +69,6 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
   t_dz_scratch.trim();
   if (t_dz_packed.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
     t_dz_packed = PackedBf16{};
-  if (t_x16.size() * sizeof(bf16_bits) > gemm::Scratch::kMaxKept) t_x16 = {};
 }
 
 }  // namespace densekit::lowp

@@ -142,6 +142,65 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
   }
 }
 
+// All of op(A) = A^T at once, row tile rt at out + words * r0: pair q of every row of op(A)
+// is rows 2q and 2q + 1 of the stored a, joined (float32 rounded first) along their whole
+// length into a line of words. A block of lines is made first, then cut into the row tiles
+// (each tile's words of the block are one contiguous run, and the lines' stores have retired
+// before they are read back). Reads whole rows in order where packing tile by tile would read
+// a few columns of every row. Blocks run in parallel.
+template <typename AT>
+void pack_a_transposed(const AT* a, index_t lda, index_t m, index_t k, index_t row_tiles,
+                       std::uint32_t* out, int threads) {
+  const index_t words = (k + 1) / 2;
+  constexpr index_t kBlock = 16;
+  std::vector<index_t> first_row(static_cast<size_t>(row_tiles) + 1);
+  for (index_t rt = 0; rt <= row_tiles; ++rt) first_row[size_t(rt)] = m * rt / row_tiles;
+  parallel_for((words + kBlock - 1) / kBlock, threads, [&](index_t block) {
+    thread_local std::vector<std::uint32_t> lines;
+    lines.resize(static_cast<size_t>(kBlock * m));
+    const index_t q0 = block * kBlock;
+    const index_t count = std::min(words, q0 + kBlock) - q0;
+    for (index_t b = 0; b < count; ++b) {
+      const AT* lo = a + 2 * (q0 + b) * lda;
+      std::uint32_t* line = lines.data() + b * m;
+      if (2 * (q0 + b) + 1 < k) {
+        if constexpr (std::is_same_v<AT, float>) {
+          row_ops().round_pairs(lo, lo + lda, line, m);
+        } else {
+          row_ops().join_pairs(lo, lo + lda, line, m);
+        }
+      } else {  // an odd k's last pair: the even member alone
+        for (index_t i = 0; i < m; ++i) {
+          if constexpr (std::is_same_v<AT, float>) {
+            std::uint32_t u;
+            std::memcpy(&u, lo + i, sizeof u);
+            line[i] = bf16_round_bits(u);
+          } else {
+            line[i] = lo[i];
+          }
+        }
+      }
+    }
+    for (index_t rt = 0; rt < row_tiles; ++rt) {
+      const index_t r0 = first_row[size_t(rt)];
+      const index_t rows = first_row[size_t(rt) + 1] - r0;
+      std::uint32_t* to = out + words * r0 + q0 * rows;
+      // the usual tile heights as copies of a known length, inlined (a copy of a length
+      // known only at run time is a library call)
+      for (index_t b = 0; b < count; ++b, to += rows) {
+        const std::uint32_t* from = lines.data() + b * m + r0;
+        if (rows == kMaxRows) {
+          std::memcpy(to, from, kMaxRows * sizeof(std::uint32_t));
+        } else if (rows == kMaxRows - 1) {
+          std::memcpy(to, from, (kMaxRows - 1) * sizeof(std::uint32_t));
+        } else {
+          for (index_t i = 0; i < rows; ++i) to[i] = from[i];
+        }
+      }
+    }
+  });
+}
+
 void check_path(Bf16Path path) {
   if (!bf16_path_supported(path))
     throw ArgumentError(std::string("bf16 path '") + bf16_path_name(path) +
@@ -222,6 +281,11 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
         } else {
           pack_a(a, lda, trans_a, r0, count, k, out);
         }
+      },
+      [&](std::uint32_t* out, index_t row_tiles, int threads) {
+        if (!trans_a) return false;
+        pack_a_transposed(a, lda, m, k, row_tiles, out, threads);
+        return true;
       },
       [&] { return FlushDenormals(flush); },
       [&](const float* acc, index_t cols, index_t i, index_t j0, int participant) {

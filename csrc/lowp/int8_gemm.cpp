@@ -183,7 +183,7 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   // rows, and padded rows of B are zero.
   run_tiles<std::int32_t>(
       m, w.panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
-      [] { return NoGuard{}; },
+      [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
         ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[i],

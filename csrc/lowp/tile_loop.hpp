@@ -17,6 +17,7 @@
 #include "activation_table.hpp"
 #include "common.hpp"
 #include "gemm/isa.hpp"
+#include "gemm/scratch.hpp"
 #include "parallel.hpp"
 #include "vecmath/scalar_activations.hpp"
 #include "vecmath/vecmath.hpp"
@@ -80,15 +81,24 @@ struct PackedPanels {
   }
 };
 
+// Rows of row tile rt when m rows are split into row_tiles tiles: [m rt / row_tiles, m (rt +
+// 1) / row_tiles).
+inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
+  return static_cast<int>(m * (rt + 1) / row_tiles - m * rt / row_tiles);
+}
+
 // pack_a(r0, rows, out): rows [r0, r0 + rows) of A as words into out (words * rows);
+// pack_whole(out, row_tiles, threads): every row tile at once (row tile rt, rows
+// tile_rows(m, row_tiles, rt), at out + words * r0), returning false where A has no such pass
+// (then row tiles are packed one by one);
 // guard(): an object alive while the tiles run (e.g. an MXCSR mode);
 // finish(acc, cols, i, j0, participant): row i's accumulators for columns [j0, j0 + cols).
 // direct (ldc): the tiles accumulate straight into this (m, n) array, n a multiple of kPanel,
 // and finish gets its rows; null: into task-local blocks.
-template <typename Acc, class PackA, class Guard, class Finish>
+template <typename Acc, class PackA, class PackWhole, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
-               int num_threads, index_t block_words, PackA&& pack_a, Guard&& guard,
-               Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0) {
+               int num_threads, index_t block_words, PackA&& pack_a, PackWhole&& pack_whole,
+               Guard&& guard, Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0) {
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
   const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
@@ -111,23 +121,30 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     std::vector<Acc> acc;
   };
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
-  // With several chunks, A is packed once for all of them (row tile rt at words * r0) when
-  // that copy stays within 64 MiB; otherwise each task packs its row tile.
-  std::vector<std::uint32_t> packed_a;
-  const bool prepacked = chunks > 1 && words > 0 &&
-                         double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20);
-  if (prepacked) {
-    packed_a.resize(static_cast<size_t>(m * words));
-    parallel_for(row_tiles, threads, [&](index_t rt) {
-      const index_t r0 = m * rt / row_tiles;
-      pack_a(r0, static_cast<int>(m * (rt + 1) / row_tiles - r0), packed_a.data() + words * r0);
-    });
+  // A is packed once for all chunks (row tile rt at words * r0) when that copy stays within
+  // 64 MiB and either pack_whole has a pass over all of A or there are several chunks;
+  // otherwise each task packs its row tile.
+  // The copy lives in the calling thread's kept scratch (a fresh one each call costs its page
+  // faults).
+  thread_local gemm::Scratch t_packed_a;
+  std::uint32_t* packed_a = nullptr;
+  bool prepacked = false;
+  if (words > 0 && double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20)) {
+    packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, words, 4)));
+    prepacked = pack_whole(packed_a, row_tiles, threads);
+    if (!prepacked && chunks > 1) {
+      parallel_for(row_tiles, threads, [&](index_t rt) {
+        const index_t r0 = m * rt / row_tiles;
+        pack_a(r0, tile_rows(m, row_tiles, rt), packed_a + words * r0);
+      });
+      prepacked = true;
+    }
   }
   parallel_tasks(row_tiles * chunks, threads, [&](int participant, index_t task) {
     Scratch& s = scratch[static_cast<size_t>(participant)];
     const index_t chunk = task / row_tiles, rt = task % row_tiles;
     const index_t r0 = m * rt / row_tiles;
-    const int rows = static_cast<int>(m * (rt + 1) / row_tiles - r0);
+    const int rows = tile_rows(m, row_tiles, rt);
     const index_t p0 = chunk * kChunkPanels;
     const index_t panels = std::min(kChunkPanels, b.panels - p0);
     const index_t width = panels * kPanel;
@@ -148,7 +165,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
       acc = s.acc.data();
     }
     if (words > 0) {
-      const std::uint32_t* a_tile = prepacked ? packed_a.data() + words * r0 : s.a.data();
+      const std::uint32_t* a_tile = prepacked ? packed_a + words * r0 : s.a.data();
       if (!prepacked) pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
       const int wide = wide_panels(rows);
@@ -169,6 +186,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t cols = std::min(width, b.n - j0);
     for (int i = 0; i < rows; ++i) finish(acc + i * ld, cols, r0 + i, j0, participant);
   });
+  t_packed_a.trim();
 }
 
 // act(v) in place over a finished row: relu and leaky_relu as plain loops that vectorise
