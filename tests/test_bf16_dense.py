@@ -140,6 +140,14 @@ def test_empty_and_single_weights(k, m):
         np.testing.assert_array_equal(got, want)
 
 
+def test_weights_with_many_rows_and_no_columns_pack_at_once():
+    """Zero-size kernels with a huge extent pack at once: the packing loops over neither
+    2^39 empty k pairs nor 2^35 empty panels (the fuzzer found both passes)."""
+    for shape in ((2**40, 0), (0, 2**40)):
+        packed = K.Bf16Weights(np.empty(shape, np.float32), transposed=True)
+        assert packed.shape == shape
+
+
 def test_pack_follows_new_weights_and_keeps_its_shape():
     rng = np.random.default_rng(5)
     x, w, b = layer(rng, 5, 12, 7)

@@ -176,11 +176,8 @@ py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::han
   if (m == 0 || n == 0) return out;  // nothing to compute (and op(b) need not be packed)
   {
     const GilRelease nogil;
-    const lowp::PackedBf16 packed = lowp::pack_bf16(bp, ldb, trans_b, k, n, threads);
-    if (path != nullptr)
-      lowp::gemm_bf16_with_path(*path, m, n, k, ap, lda, trans_a, packed, c32, c16, n, ep, threads);
-    else
-      lowp::gemm_bf16(m, n, k, ap, lda, trans_a, packed, c32, c16, n, ep, threads);
+    lowp::matmul_bf16(path, m, n, k, ap, lda, trans_a, bp, ldb, trans_b, c32, c16, n, ep,
+                      threads);
   }
   return out;
 }

@@ -2,7 +2,6 @@
 // gemm_bf16, with the float32 -> bf16 rounding fused into the packing of each operand.
 #include "lowp/bf16_dense.hpp"
 
-
 #include "activations.hpp"
 #include "dense.hpp"
 #include "gemm/scratch.hpp"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gemm/isa.hpp"
+#include "gemm/scratch.hpp"
 #include "lowp/path_choice.hpp"
 #include "lowp/row_ops.hpp"
 #include "parallel.hpp"
@@ -209,6 +210,11 @@ void check_path(Bf16Path path) {
 
 void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c32, bf16_bits* c16,
                 index_t ldc, const Bf16Epilogue& ep, float* scratch) {
+  if (c16 != nullptr && ep.bias == nullptr && ep.preact == nullptr &&
+      ep.activation.kind == ActivationKind::linear) {  // the sums alone: rounded as they are
+    row_ops().round_to_bf16(acc, c16 + i * ldc + j0, cols);
+    return;
+  }
   float* v = c32 != nullptr ? c32 + i * ldc + j0 : scratch;
   // one plain loop per step, each vectorised (the same sums in the same order: acc, + C, + b)
   if (ep.accumulate) {
@@ -272,6 +278,8 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
   const bool flush = tiles_for(path).sets_mxcsr;
   // a float32 C without accumulate and of whole panels takes the sums in place
   const bool direct = c32 != nullptr && !ep.accumulate && n % kPanel == 0 && ldc >= n;
+  // a row-major bf16 A of whole pairs is read in place by the paths that can
+  const bool in_place = std::is_same_v<AT, bf16_bits> && !trans_a && k % 2 == 0;
   run_tiles<float>(
       m, b, tiles_for(path), flops, num_threads, kBlockPairs,
       [&](index_t r0, int count, std::uint32_t* out) {
@@ -293,7 +301,8 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
         if (c32 == nullptr && row.size() < static_cast<size_t>(cols)) row.resize(size_t(cols));
         finish_row(acc, cols, i, j0, c32, c16, ldc, ep, row.data());
       },
-      direct ? c32 : nullptr, ldc);
+      direct ? c32 : nullptr, ldc, in_place ? a : nullptr,
+      static_cast<index_t>(lda * sizeof(AT)));
 }
 
 }  // namespace
@@ -324,65 +333,78 @@ void gemm_bf16(index_t m, index_t n, index_t k, const float* a, index_t lda, boo
            num_threads);
 }
 
-PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
-                     int num_threads) {
-  PackedBf16 out;
+void pack_bf16_into(PackedBf16* out, const bf16_bits* b, index_t ld, bool transposed, index_t k,
+                    index_t n, int num_threads) {
   const index_t words = (k + 1) / 2;
-  pack_panels_with(&out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
-    if (!transposed) {  // rows 2q and 2q + 1, columns j0.., joined by the ISA's row operation
-      const auto join_pairs = row_ops().join_pairs;
-      for (index_t q = 0; q < words; ++q) {
-        const bf16_bits* lo = b + 2 * q * ld + j0;
-        std::uint32_t* word = dst + q * kPanel;
-        if (2 * q + 1 < k) {
-          join_pairs(lo, lo + ld, word, cols);
-        } else {
-          for (index_t j = 0; j < cols; ++j) word[j] = lo[j];
-        }
+  if (!transposed) {  // rows 2q and 2q + 1 joined by the ISA's row operation
+    pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
+      const bf16_bits* lo = b + 2 * q * ld;
+      if (2 * q + 1 < k) {
+        row_ops().join_pairs_panels(lo, lo + ld, n, dst, words * kPanel);
+      } else {  // an odd k's last pair: the even member alone
+        for (index_t j = 0; j < out->panels * kPanel; ++j)
+          dst[(j / kPanel) * words * kPanel + j % kPanel] = j < n ? lo[j] : 0u;
       }
-    } else {  // column j of B is row j of b: its pairs are 32-bit words already
-      const bf16_bits* row[kPanel];
-      for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
-      for (index_t j = 0; j < cols; j += 16)
-        row_ops().word_major(reinterpret_cast<const void* const*>(row + j),
-                             static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j,
-                             kPanel);
-      if (k % 2)
-        for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
-    }
+    });
+    return;
+  }
+  // column j of B is row j of b: its pairs are 32-bit words already
+  pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
+    const bf16_bits* row[kPanel];
+    for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
+    for (index_t j = 0; j < cols; j += 16)
+      row_ops().word_major(reinterpret_cast<const void* const*>(row + j),
+                           static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j,
+                           kPanel);
+    if (k % 2)
+      for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
   });
-  return out;
+}
+
+void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf16_bits* a,
+                 index_t lda, bool trans_a, const bf16_bits* b, index_t ldb, bool trans_b,
+                 float* c32, bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
+                 int num_threads) {
+  thread_local PackedBf16 t_b;
+  pack_bf16_into(&t_b, b, ldb, trans_b, k, n, num_threads);
+  run_gemm(path != nullptr ? *path : bf16_choice().path, m, n, k, a, lda, trans_a, t_b, c32, c16,
+           ldc, epilogue, num_threads);
+  if (t_b.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept) t_b = PackedBf16{};
 }
 
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
                     index_t n, int num_threads) {
   const index_t words = (k + 1) / 2;
-  pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
-    if (!transposed) {  // rows 2q and 2q + 1 of B, columns j0.. of each
-      const auto round_pairs = row_ops().round_pairs;
-      for (index_t q = 0; q < k / 2; ++q)
-        round_pairs(b + 2 * q * ld + j0, b + (2 * q + 1) * ld + j0, dst + q * kPanel, cols);
-      if (k % 2)
-        for (index_t j = 0; j < cols; ++j) {
-          std::uint32_t u;
-          std::memcpy(&u, b + (k - 1) * ld + j0 + j, sizeof u);
-          dst[(words - 1) * kPanel + j] = bf16_round_bits(u);
+  if (!transposed) {  // rows 2q and 2q + 1 of B rounded into pair words
+    pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
+      const float* lo = b + 2 * q * ld;
+      if (2 * q + 1 < k) {
+        row_ops().round_pairs_panels(lo, lo + ld, n, dst, words * kPanel);
+      } else {  // an odd k's last pair: the even member alone
+        for (index_t j = 0; j < out->panels * kPanel; ++j) {
+          std::uint32_t u = 0;
+          if (j < n) std::memcpy(&u, lo + j, sizeof u);
+          dst[(j / kPanel) * words * kPanel + j % kPanel] = j < n ? bf16_round_bits(u) : 0u;
         }
-    } else {  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
-      thread_local std::vector<bf16_bits> row;
-      row.resize(static_cast<size_t>(2 * words * 16));
-      const bf16_bits* rounded[16];
-      for (index_t j0b = 0; j0b < cols; j0b += 16) {  // 16 columns rounded, then written pair-major
-        const int count = static_cast<int>(std::min<index_t>(16, cols - j0b));
-        for (int j = 0; j < count; ++j) {
-          bf16_bits* words_j = row.data() + 2 * words * j;
-          if (words > 0) words_j[2 * words - 1] = 0;  // an odd k's zero member
-          row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
-          rounded[j] = words_j;
-        }
-        row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words,
-                             dst + j0b, kPanel);
       }
+    });
+    return;
+  }
+  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
+  pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
+    thread_local std::vector<bf16_bits> row;
+    row.resize(static_cast<size_t>(2 * words * 16));
+    const bf16_bits* rounded[16];
+    for (index_t j0b = 0; j0b < cols; j0b += 16) {  // 16 columns rounded, then written pair-major
+      const int count = static_cast<int>(std::min<index_t>(16, cols - j0b));
+      for (int j = 0; j < count; ++j) {
+        bf16_bits* words_j = row.data() + 2 * words * j;
+        if (words > 0) words_j[2 * words - 1] = 0;  // an odd k's zero member
+        row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
+        rounded[j] = words_j;
+      }
+      row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words,
+                           dst + j0b, kPanel);
     }
   });
 }

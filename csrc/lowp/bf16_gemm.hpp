@@ -48,9 +48,10 @@ bool bf16_path_from_name(const std::string& name, Bf16Path* path);
 // low half is B(2q, j) and high half B(2q + 1, j) (zero past k and past n).
 using PackedBf16 = PackedPanels;
 
-// op(B) (k, n) with op(B)(p, j) = b[p * ld + j], or b[j * ld + p] when transposed.
-PackedBf16 pack_bf16(const bf16_bits* b, index_t ld, bool transposed, index_t k, index_t n,
-                     int num_threads);
+// op(B) (k, n) with op(B)(p, j) = b[p * ld + j], or b[j * ld + p] when transposed, into out
+// (its storage reused).
+void pack_bf16_into(PackedBf16* out, const bf16_bits* b, index_t ld, bool transposed, index_t k,
+                    index_t n, int num_threads);
 
 struct Bf16Epilogue {
   const float* bias = nullptr;  // (n,)
@@ -83,6 +84,15 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const f
                          index_t lda, bool trans_a, const PackedBf16& b, float* c32,
                          bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
                          int num_threads);
+
+// C (m, n) = op(A) @ op(B) with op(B) packed for this call alone, into the calling thread's
+// kept buffer (a product that packs B on every call pays no allocation and no page faults;
+// buffers above gemm::Scratch::kMaxKept are given back). path: the path, or null for the
+// chosen one.
+void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf16_bits* a,
+                 index_t lda, bool trans_a, const bf16_bits* b, index_t ldb, bool trans_b,
+                 float* c32, bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
+                 int num_threads);
 
 // The bf16 path in use: operations of `steps` rounds of register-only multiply-adds on
 // num_threads threads (TileSet::probe); the caller times the call for the peak rate.

@@ -12,6 +12,9 @@
 
 namespace densekit::lowp {
 
+// Words per packed panel of B (tile_loop.hpp's kPanel).
+constexpr index_t kRowPanel = 32;
+
 struct RowOps {
   // y[t] = bf16(x[t]), t < count
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
@@ -20,6 +23,13 @@ struct RowOps {
   // out[t] = lo[t] | hi[t] << 16, t < count (two rows of bf16 into pair words)
   void (*join_pairs)(const bf16_bits* lo, const bf16_bits* hi, std::uint32_t* out,
                      index_t count) = nullptr;
+  // The same two, written into B's panels: word t at out[(t / kRowPanel) * panel_stride + t %
+  // kRowPanel], t < count, and zeros from count to the end of the last panel (word q of
+  // every panel of a packed B in one pass along two of its rows)
+  void (*round_pairs_panels)(const float* lo, const float* hi, index_t count, std::uint32_t* out,
+                             index_t panel_stride) = nullptr;
+  void (*join_pairs_panels)(const bf16_bits* lo, const bf16_bits* hi, index_t count,
+                            std::uint32_t* out, index_t panel_stride) = nullptr;
   // out[q * ld_out + i] = 32-bit word q of rows[i] (bytes 4q..4q + 3), for i < count <= 16 and
   // q < words: rows written word-major (bf16 pairs or int8 quads of A's row tiles, a
   // transposed B's panels); rows need no alignment

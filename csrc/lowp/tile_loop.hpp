@@ -18,6 +18,7 @@
 #include "common.hpp"
 #include "gemm/isa.hpp"
 #include "gemm/scratch.hpp"
+#include "lowp/row_ops.hpp"
 #include "parallel.hpp"
 #include "vecmath/scalar_activations.hpp"
 #include "vecmath/vecmath.hpp"
@@ -25,6 +26,7 @@
 namespace densekit::lowp {
 
 constexpr int kPanel = 32;     // columns per packed panel of B
+static_assert(kPanel == kRowPanel, "the row operations write B's panels");
 constexpr int kMaxRows = 14;   // rows per register tile
 // Panels per wide tile for thin row tiles (more independent accumulator chains).
 constexpr int wide_panels(int rows) { return rows <= 2 ? 4 : rows <= 4 ? 3 : 1; }
@@ -38,6 +40,12 @@ struct TileSet {
                       index_t panel_stride, Acc* c, index_t ldc, bool load_c);
   Fn narrow[kMaxRows + 1] = {};
   Fn wide[kMaxRows + 1] = {};
+  // The same with A read in place: word q of row i at bytes a + i * lda + 4q (any alignment).
+  // Null where the path has none (then A is packed).
+  using InPlaceFn = void (*)(index_t words, const void* a, index_t lda, const std::uint32_t* b,
+                             index_t panel_stride, Acc* c, index_t ldc, bool load_c);
+  InPlaceFn in_place_narrow[kMaxRows + 1] = {};
+  InPlaceFn in_place_wide[kMaxRows + 1] = {};
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
   // memory: its arithmetic peak, for the benchmarks. Returns the operations done (a
@@ -95,12 +103,17 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
 // finish(acc, cols, i, j0, participant): row i's accumulators for columns [j0, j0 + cols).
 // direct (ldc): the tiles accumulate straight into this (m, n) array, n a multiple of kPanel,
 // and finish gets its rows; null: into task-local blocks.
+// a_in_place (lda bytes): A's rows already hold their words in order (word q of row i at
+// a_in_place + i * lda + 4q); where the path has tiles that read A in place, nothing is packed.
 template <typename Acc, class PackA, class PackWhole, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
                int num_threads, index_t block_words, PackA&& pack_a, PackWhole&& pack_whole,
-               Guard&& guard, Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0) {
+               Guard&& guard, Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0,
+               const void* a_in_place = nullptr, index_t a_lda = 0) {
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
+  const bool in_place = a_in_place != nullptr && tiles.in_place_narrow[1] != nullptr;
+  const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
   const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
   const int threads = threads_for_work(num_threads, flops, 4e6);
   // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
@@ -129,7 +142,8 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   thread_local gemm::Scratch t_packed_a;
   std::uint32_t* packed_a = nullptr;
   bool prepacked = false;
-  if (words > 0 && double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20)) {
+  if (!in_place && words > 0 &&
+      double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20)) {
     packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, words, 4)));
     prepacked = pack_whole(packed_a, row_tiles, threads);
     if (!prepacked && chunks > 1) {
@@ -148,7 +162,8 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t p0 = chunk * kChunkPanels;
     const index_t panels = std::min(kChunkPanels, b.panels - p0);
     const index_t width = panels * kPanel;
-    if (!prepacked) s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
+    if (!prepacked && !in_place)
+      s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
     // the tiles' first k block overwrites the accumulators: zeros only where k is empty
     Acc* acc = nullptr;
     index_t ld = width;
@@ -164,7 +179,22 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
         s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
       acc = s.acc.data();
     }
-    if (words > 0) {
+    if (words > 0 && in_place) {
+      [[maybe_unused]] const auto mode = guard();
+      const int wide = wide_panels(rows);
+      for (index_t q0 = 0; q0 < words; q0 += kq_block) {
+        const index_t kq = std::min(kq_block, words - q0);
+        const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
+        index_t p = 0;
+        if (wide > 1)
+          for (; p + wide <= panels; p += wide)
+            tiles.in_place_wide[rows](kq, ablock, a_lda, b.panel(p0 + p) + q0 * kPanel,
+                                      panel_stride, acc + p * kPanel, ld, q0 > 0);
+        for (; p < panels; ++p)
+          tiles.in_place_narrow[rows](kq, ablock, a_lda, b.panel(p0 + p) + q0 * kPanel,
+                                      panel_stride, acc + p * kPanel, ld, q0 > 0);
+      }
+    } else if (words > 0) {
       const std::uint32_t* a_tile = prepacked ? packed_a + words * r0 : s.a.data();
       if (!prepacked) pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
@@ -220,6 +250,7 @@ void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int 
   p->words = words;
   p->panels = (n + kPanel - 1) / kPanel;
   p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
+  if (p->panels == 0 || words == 0) return;  // nothing to write, however many panels or words
   const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
   std::uint32_t* base = p->data.data();
   parallel_for(p->panels, threads, [&](index_t panel) {
@@ -228,6 +259,27 @@ void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int 
     const index_t cols = std::min<index_t>(kPanel, n - j0);
     if (cols < kPanel) std::fill(dst, dst + words * kPanel, 0u);
     fill(dst, j0, cols);
+  });
+}
+
+// The same one word row at a time: row(q, dst) writes word q of every column, panel p's at
+// dst + p * words * kPanel (and zeros past n). B's rows are read whole and in order (a panel
+// at a time would read 32 columns of every row). Parallel over blocks of word rows.
+template <class WordRow>
+void pack_panels_by_rows(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
+                         WordRow&& row) {
+  p->k = k;
+  p->n = n;
+  p->words = words;
+  p->panels = (n + kPanel - 1) / kPanel;
+  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
+  if (p->panels == 0 || words == 0) return;  // nothing to write, however many panels or words
+  constexpr index_t kBlock = 16;
+  const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
+  std::uint32_t* base = p->data.data();
+  parallel_for((words + kBlock - 1) / kBlock, threads, [&](index_t block) {
+    for (index_t q = block * kBlock; q < std::min(words, (block + 1) * kBlock); ++q)
+      row(q, base + q * kPanel);
   });
 }
 
