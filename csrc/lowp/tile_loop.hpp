@@ -238,6 +238,18 @@ inline void apply_row_activation(float* v, index_t cols, const Activation& act) 
   }
 }
 
+// p's shape for B (k, n) in panels of `words` words per column, its storage resized (reused
+// when it is large enough). False when there is nothing to write, however many panels or words
+// the other extent asks for.
+inline bool size_panels(PackedPanels* p, index_t k, index_t n, index_t words) {
+  p->k = k;
+  p->n = n;
+  p->words = words;
+  p->panels = (n + kPanel - 1) / kPanel;
+  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
+  return p->panels > 0 && words > 0;
+}
+
 // B (k, n) into p in panels of `words` words per column: fill(dst, j0, cols) writes the words
 // of columns [j0, j0 + cols) of one panel (word q of column j0 + c at dst[q * kPanel + c]); the
 // columns past n are zero. Parallel over panels; p's storage is reused when it is large enough
@@ -245,12 +257,7 @@ inline void apply_row_activation(float* v, index_t cols, const Activation& act) 
 template <class FillPanel>
 void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
                       FillPanel&& fill) {
-  p->k = k;
-  p->n = n;
-  p->words = words;
-  p->panels = (n + kPanel - 1) / kPanel;
-  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
-  if (p->panels == 0 || words == 0) return;  // nothing to write, however many panels or words
+  if (!size_panels(p, k, n, words)) return;
   const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
   std::uint32_t* base = p->data.data();
   parallel_for(p->panels, threads, [&](index_t panel) {
@@ -268,12 +275,7 @@ void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int 
 template <class WordRow>
 void pack_panels_by_rows(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
                          WordRow&& row) {
-  p->k = k;
-  p->n = n;
-  p->words = words;
-  p->panels = (n + kPanel - 1) / kPanel;
-  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
-  if (p->panels == 0 || words == 0) return;  // nothing to write, however many panels or words
+  if (!size_panels(p, k, n, words)) return;
   constexpr index_t kBlock = 16;
   const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
   std::uint32_t* base = p->data.data();
