@@ -163,23 +163,12 @@ void pack_a_transposed(const AT* a, index_t lda, index_t m, index_t k, index_t r
     const index_t count = std::min(words, q0 + kBlock) - q0;
     for (index_t b = 0; b < count; ++b) {
       const AT* lo = a + 2 * (q0 + b) * lda;
+      const AT* hi = 2 * (q0 + b) + 1 < k ? lo + lda : nullptr;  // null: an odd k's last pair
       std::uint32_t* line = lines.data() + b * m;
-      if (2 * (q0 + b) + 1 < k) {
-        if constexpr (std::is_same_v<AT, float>) {
-          row_ops().round_pairs(lo, lo + lda, line, m);
-        } else {
-          row_ops().join_pairs(lo, lo + lda, line, m);
-        }
-      } else {  // an odd k's last pair: the even member alone
-        for (index_t i = 0; i < m; ++i) {
-          if constexpr (std::is_same_v<AT, float>) {
-            std::uint32_t u;
-            std::memcpy(&u, lo + i, sizeof u);
-            line[i] = bf16_round_bits(u);
-          } else {
-            line[i] = lo[i];
-          }
-        }
+      if constexpr (std::is_same_v<AT, float>) {
+        row_ops().round_pairs(lo, hi, line, m);
+      } else {
+        row_ops().join_pairs(lo, hi, line, m);
       }
     }
     for (index_t rt = 0; rt < row_tiles; ++rt) {
@@ -339,12 +328,7 @@ void pack_bf16_into(PackedBf16* out, const bf16_bits* b, index_t ld, bool transp
   if (!transposed) {  // rows 2q and 2q + 1 joined by the ISA's row operation
     pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
       const bf16_bits* lo = b + 2 * q * ld;
-      if (2 * q + 1 < k) {
-        row_ops().join_pairs_panels(lo, lo + ld, n, dst, words * kPanel);
-      } else {  // an odd k's last pair: the even member alone
-        for (index_t j = 0; j < out->panels * kPanel; ++j)
-          dst[(j / kPanel) * words * kPanel + j % kPanel] = j < n ? lo[j] : 0u;
-      }
+      row_ops().join_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst, words * kPanel);
     });
     return;
   }
@@ -378,15 +362,7 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
   if (!transposed) {  // rows 2q and 2q + 1 of B rounded into pair words
     pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
       const float* lo = b + 2 * q * ld;
-      if (2 * q + 1 < k) {
-        row_ops().round_pairs_panels(lo, lo + ld, n, dst, words * kPanel);
-      } else {  // an odd k's last pair: the even member alone
-        for (index_t j = 0; j < out->panels * kPanel; ++j) {
-          std::uint32_t u = 0;
-          if (j < n) std::memcpy(&u, lo + j, sizeof u);
-          dst[(j / kPanel) * words * kPanel + j % kPanel] = j < n ? bf16_round_bits(u) : 0u;
-        }
-      }
+      row_ops().round_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst, words * kPanel);
     });
     return;
   }

@@ -18,7 +18,8 @@ constexpr index_t kRowPanel = 32;
 struct RowOps {
   // y[t] = bf16(x[t]), t < count
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
-  // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count
+  // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count; in these and the join below, a null
+  // hi stands for a row of zeros (an odd k's last pair)
   void (*round_pairs)(const float* lo, const float* hi, std::uint32_t* out, index_t count) = nullptr;
   // out[t] = lo[t] | hi[t] << 16, t < count (two rows of bf16 into pair words)
   void (*join_pairs)(const bf16_bits* lo, const bf16_bits* hi, std::uint32_t* out,

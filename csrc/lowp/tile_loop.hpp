@@ -25,8 +25,7 @@
 
 namespace densekit::lowp {
 
-constexpr int kPanel = 32;     // columns per packed panel of B
-static_assert(kPanel == kRowPanel, "the row operations write B's panels");
+constexpr int kPanel = static_cast<int>(kRowPanel);  // columns per packed panel of B
 constexpr int kMaxRows = 14;   // rows per register tile
 // Panels per wide tile for thin row tiles (more independent accumulator chains).
 constexpr int wide_panels(int rows) { return rows <= 2 ? 4 : rows <= 4 ? 3 : 1; }
@@ -179,37 +178,32 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
         s.acc.assign(static_cast<size_t>(rows * width), Acc(0));
       acc = s.acc.data();
     }
-    if (words > 0 && in_place) {
-      [[maybe_unused]] const auto mode = guard();
-      const int wide = wide_panels(rows);
-      for (index_t q0 = 0; q0 < words; q0 += kq_block) {
-        const index_t kq = std::min(kq_block, words - q0);
-        const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
-        index_t p = 0;
-        if (wide > 1)
-          for (; p + wide <= panels; p += wide)
-            tiles.in_place_wide[rows](kq, ablock, a_lda, b.panel(p0 + p) + q0 * kPanel,
-                                      panel_stride, acc + p * kPanel, ld, q0 > 0);
-        for (; p < panels; ++p)
-          tiles.in_place_narrow[rows](kq, ablock, a_lda, b.panel(p0 + p) + q0 * kPanel,
-                                      panel_stride, acc + p * kPanel, ld, q0 > 0);
+    if (words > 0) {
+      const std::uint32_t* a_tile = nullptr;
+      if (!in_place) {
+        a_tile = prepacked ? packed_a + words * r0 : s.a.data();
+        if (!prepacked) pack_a(r0, rows, s.a.data());
       }
-    } else if (words > 0) {
-      const std::uint32_t* a_tile = prepacked ? packed_a + words * r0 : s.a.data();
-      if (!prepacked) pack_a(r0, rows, s.a.data());
       [[maybe_unused]] const auto mode = guard();
       const int wide = wide_panels(rows);
+      // the tile of `count` panels (1 or wide) at panel p over k block [q0, q0 + kq)
+      auto run = [&](int count, index_t p, index_t q0, index_t kq) {
+        const std::uint32_t* bq = b.panel(p0 + p) + q0 * kPanel;
+        if (in_place) {
+          const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
+          (count > 1 ? tiles.in_place_wide : tiles.in_place_narrow)[rows](
+              kq, ablock, a_lda, bq, panel_stride, acc + p * kPanel, ld, q0 > 0);
+        } else {
+          (count > 1 ? tiles.wide : tiles.narrow)[rows](kq, a_tile + q0 * rows, bq, panel_stride,
+                                                        acc + p * kPanel, ld, q0 > 0);
+        }
+      };
       for (index_t q0 = 0; q0 < words; q0 += kq_block) {
         const index_t kq = std::min(kq_block, words - q0);
-        const std::uint32_t* ablock = a_tile + q0 * rows;
         index_t p = 0;
         if (wide > 1)
-          for (; p + wide <= panels; p += wide)
-            tiles.wide[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             acc + p * kPanel, ld, q0 > 0);
-        for (; p < panels; ++p)
-          tiles.narrow[rows](kq, ablock, b.panel(p0 + p) + q0 * kPanel, panel_stride,
-                             acc + p * kPanel, ld, q0 > 0);
+          for (; p + wide <= panels; p += wide) run(wide, p, q0, kq);
+        for (; p < panels; ++p) run(1, p, q0, kq);
       }
     }
     const index_t j0 = p0 * kPanel;
