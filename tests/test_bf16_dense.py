@@ -77,6 +77,43 @@ def test_backward_is_the_composition_bit_for_bit(activation):
         np.testing.assert_array_equal(bits(got), bits(expected))
 
 
+def awkward_floats(rng, shape):
+    """float32 values whose rounding to bf16 is easy to get wrong: exact ties (even and odd
+    upper halves), just below and above them, carries into the exponent, subnormals."""
+    upper = rng.integers(0x3C00, 0x4100, shape, dtype=np.uint32)  # |v| in [2^-7, 8)
+    upper |= rng.integers(0, 2, shape, dtype=np.uint32) << 15  # either sign
+    upper[rng.random(shape) < 0.1] |= 0x007F  # all-ones mantissa: rounding up carries
+    lower = rng.choice(np.array([0x8000, 0x7FFF, 0x8001, 0xFFFF, 0x0000, 0x0001], np.uint32), shape)
+    v = (upper << 16 | lower).view(np.float32)
+    v[rng.random(shape) < 0.05] = np.float32(1e-40)  # subnormal: its bf16 is read as zero
+    return v
+
+
+@pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.nan])
+def test_float32_operands_round_as_to_bfloat16_does(special):
+    # Every float32 operand (x, the weights for w and w.T, x^T and dz in the backward pass) is
+    # rounded while it is packed: ties, carries and tails of every vector width must give the
+    # bits of the separately rounded operands, and a NaN or inf stays one.
+    rng = np.random.default_rng(12)
+    n, k, m = 19, 47, 45
+    x, w, dy = awkward_floats(rng, (n, k)), awkward_floats(rng, (k, m)), awkward_floats(rng, (n, m))
+    if special is not None:
+        x[3, 5] = w[7, 40] = dy[11, 2] = special
+    b = np.zeros(m, np.float32)
+    packed = K.Bf16Weights(w, transposed=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = K.dense_forward_bf16(x, packed, b)
+        dx, dw, _ = K.dense_backward_bf16(dy, x, packed)
+        want_y = K.matmul_bf16(x.astype(BF16), w.astype(BF16), bias=b)
+        *want_grads, _ = composed_backward(dy, x, w, want_y, "linear")
+    for got, want in zip((y, dx, dw), (want_y, *want_grads)):
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(got), nan)
+        np.testing.assert_array_equal(bits(got)[~nan], bits(want)[~nan])
+    if special is None:
+        assert np.isfinite(y).all()
+
+
 @pytest.mark.parametrize("activation", ["linear", "relu", "gelu", "sigmoid", "tanh"])
 def test_gradients_are_near_the_float64_reference(activation):
     """bf16 rounds each operand to 8 significant bits: the layer's gradients are those of the
