@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
+import densekit
 from densekit import kernels
 
 from . import reference_optim as reference
+from .helpers import json_of_child
 
 DTYPES = [np.float32, np.float64]
 # float64 agrees with torch and the references to rounding; float32 to its own precision.
@@ -354,6 +357,50 @@ def test_step_bitwise_same_for_any_thread_count(case, dtype):
     for arrays in results[1:]:
         for got, want in zip(arrays, results[0]):
             assert got.tobytes() == want.tobytes()
+
+
+ISA_BITS_SCRIPT = """
+import hashlib, json, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import densekit
+from densekit import kernels
+from tests.test_optim import CASES, new_state, random_like, take_step
+digests = {{}}
+for case in CASES:
+    digest = hashlib.sha256()
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(7)
+        param = random_like(rng, (16384 + 1237,), dtype)  # a whole block and a ragged tail
+        param[:3] = [np.nan, np.inf, 0.0]
+        state = new_state(case, param)
+        for step in range(1, 4):
+            grad = random_like(rng, param.shape, dtype)
+            grad[3:6] = [np.nan, -np.inf, 0.0]
+            take_step(kernels, case, param, grad, state, step)
+        for array in (param, *state.values()):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    digests[case.name] = digest.hexdigest()
+print(json.dumps({{"isa": densekit.cpu_info()["isa"]["float32"], "digests": digests}}))
+"""
+
+
+def test_every_isa_gives_the_same_bits():
+    """The steps' loops are compiled per ISA (DENSEKIT_ISA forces a lower one) from IEEE
+    operations in a fixed order, none contracted: every step gives the same bits on each,
+    NaN and infinities included."""
+    root = str(Path(__file__).resolve().parent.parent)
+    results = {}
+    for isa in densekit.cpu_info()["available_isas"]:
+        result = json_of_child(
+            ISA_BITS_SCRIPT.format(root=root), {"DENSEKIT_ISA": isa}, timeout=300
+        )
+        assert result["isa"] == isa
+        results[isa] = result["digests"]
+    first = next(iter(results.values()))
+    assert set(first) == {case.name for case in CASES}
+    for digests in results.values():
+        assert digests == first
 
 
 def test_concurrent_python_threads_get_the_sequential_results():

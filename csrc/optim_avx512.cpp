@@ -1,0 +1,19 @@
+// The optimizer steps (optim_steps.inc) built for the avx512 ISA (-mavx512f -mavx2 -mfma; this file alone has
+// its flags), entered only after the CPU check in gemm/isa.cpp.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "optim_kernels.hpp"
+#include "parallel.hpp"
+
+namespace densekit {
+namespace {
+#include "optim_steps.inc"
+}  // namespace
+
+OptimKernels<float> avx512_optim_kernels_f32() { return make_optim_kernels<float>(); }
+OptimKernels<double> avx512_optim_kernels_f64() { return make_optim_kernels<double>(); }
+
+}  // namespace densekit
