@@ -205,16 +205,13 @@ void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c3
     return;
   }
   float* v = c32 != nullptr ? c32 + i * ldc + j0 : scratch;
-  // one plain loop per step, each vectorised (the same sums in the same order: acc, + C, + b)
+  // one row loop of the ISA per step (the same sums in the same order: acc, + C, + b)
   if (ep.accumulate) {
-    for (index_t j = 0; j < cols; ++j) v[j] = v[j] + acc[j];
+    row_ops().add_rows(v, acc, cols);
   } else if (acc != v) {  // the tiles wrote into C itself when they could
     std::copy(acc, acc + cols, v);
   }
-  if (ep.bias != nullptr) {
-    const float* bias = ep.bias + j0;
-    for (index_t j = 0; j < cols; ++j) v[j] += bias[j];
-  }
+  if (ep.bias != nullptr) row_ops().add_rows(v, ep.bias + j0, cols);
   if (ep.preact != nullptr) std::copy(v, v + cols, ep.preact + i * ep.ld_preact + j0);
   apply_row_activation(v, cols, ep.activation);
   if (c16 != nullptr) row_ops().round_to_bf16(v, c16 + i * ldc + j0, cols);

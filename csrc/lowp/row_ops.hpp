@@ -40,6 +40,11 @@ struct RowOps {
   // not null), j < count: an int8 product's row dequantized
   void (*dequantize_row)(const std::int32_t* acc, const std::int32_t* col_sums, const float* scales,
                          float row_scale, const float* bias, float* out, index_t count) = nullptr;
+  // v[j] = v[j] + a[j], j < count (an accumulated output, a bias)
+  void (*add_rows)(float* v, const float* a, index_t count) = nullptr;
+  // v[j] = relu(v[j]) (scalar::relu: NaN kept), and leaky_relu (v > 0 ? v : alpha v), in place
+  void (*relu_row)(float* v, index_t count) = nullptr;
+  void (*leaky_relu_row)(float* v, index_t count, float alpha) = nullptr;
   // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] *
   // (1 / scale)) + 128 clamped to [1, 255] (the reciprocal rounded to float32), out[k..stride)
   // = 128; all 128 when the scale is 0.

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "lowp/row_ops.hpp"
+#include "vecmath/scalar_activations.hpp"
 
 namespace densekit::lowp {
 namespace {

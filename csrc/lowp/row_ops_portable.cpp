@@ -5,6 +5,7 @@
 
 #include "gemm/isa.hpp"
 #include "lowp/row_ops.hpp"
+#include "vecmath/scalar_activations.hpp"
 
 namespace densekit::lowp {
 namespace {

@@ -213,18 +213,18 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   t_packed_a.trim();
 }
 
-// act(v) in place over a finished row: relu and leaky_relu as plain loops that vectorise
-// (a switch per element does not), the others through the vector math where it has them;
+// act(v) in place over a finished row: relu and leaky_relu as the ISA's row loops (a switch
+// per element does not vectorise), the others through the vector math where it has them;
 // the same values as activation_forward.
 inline void apply_row_activation(float* v, index_t cols, const Activation& act) {
   const float alpha = static_cast<float>(act.alpha);
   switch (act.kind) {
     case ActivationKind::linear: return;
     case ActivationKind::relu:
-      for (index_t j = 0; j < cols; ++j) v[j] = scalar::relu(v[j]);
+      row_ops().relu_row(v, cols);
       return;
     case ActivationKind::leaky_relu:
-      for (index_t j = 0; j < cols; ++j) v[j] = v[j] > 0.0f ? v[j] : alpha * v[j];
+      row_ops().leaky_relu_row(v, cols, alpha);
       return;
     default:
       if (!vecmath::vector_activation<float>(v, nullptr, v, cols, act))
