@@ -162,6 +162,54 @@ def test_accumulate_and_what_is_needed():
     np.testing.assert_array_equal(only_db[2], fresh_db)
 
 
+@pytest.mark.parametrize("m", [1, 3, 10, 16])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_narrow_layers_are_the_composition_bit_for_bit(m, threads):
+    # A layer of a few units over a large batch computes y^T = w^T x^T and dw^T = dz^T x (its
+    # columns would be mostly padding): the bits of the direct product, accumulate included.
+    rng = np.random.default_rng(m)
+    n, k = 256, 131
+    x, w, b = layer(rng, n, k, m)
+    packed = K.Bf16Weights(w, transposed=True, num_threads=threads)
+    preact = np.empty((n, m), np.float32)
+    y = K.dense_forward_bf16(
+        x, packed, b, activation="gelu", preact_out=preact, num_threads=threads
+    )
+    z, want_y = composed_forward(x, w, b, "gelu")
+    np.testing.assert_array_equal(bits(preact), bits(z))
+    np.testing.assert_array_equal(bits(y), bits(want_y))
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    dw0 = rng.standard_normal((k, m)).astype(np.float32)
+    dw = dw0.copy()
+    dx, _, db = K.dense_backward_bf16(
+        dy,
+        x,
+        packed,
+        preact=preact,
+        activation="gelu",
+        dw_out=dw,
+        accumulate=False,
+        num_threads=threads,
+    )
+    want_dx, want_dw, want_db = composed_backward(dy, x, w, z, "gelu")
+    for got, expected in zip((dx, dw, db), (want_dx, want_dw, want_db)):
+        np.testing.assert_array_equal(bits(got), bits(expected))
+    dw[...] = dw0
+    K.dense_backward_bf16(
+        dy,
+        x,
+        packed,
+        preact=preact,
+        activation="gelu",
+        need_dx=False,
+        need_db=False,
+        dw_out=dw,
+        accumulate=True,
+        num_threads=threads,
+    )
+    np.testing.assert_array_equal(bits(dw), bits(dw0 + want_dw))
+
+
 @pytest.mark.parametrize(("k", "m"), [(0, 5), (5, 0), (0, 0), (1, 1)])
 def test_empty_and_single_weights(k, m):
     """Zero-size weights pack (w.T too) and give empty or zero products, as float32 does."""
