@@ -169,7 +169,9 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   float* row_scale = reinterpret_cast<float*>(scratch);
   std::uint8_t* xq = scratch + scale_bytes;
   const auto quantize_row = row_ops().quantize_row;
-  parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 14), [&](index_t i) {
+  // a thread per 64K values: below that, waking a worker costs more than it saves (the 256 x
+  // 256 x of a 256-128 layer: 53 -> 44 us on 2 threads with 16K)
+  parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 16), [&](index_t i) {
     row_scale[i] = quantize_row(x + i * k, k, stride, xq + i * stride);
   });
   const RowOps& ops = row_ops();
