@@ -118,6 +118,30 @@ def test_bitwise_identical_for_any_thread_count(path):
         )
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n", [1, 3, 10, 16])
+def test_narrow_layers_equal_the_integer_reference(path, n):
+    # A layer of a few units over a large batch runs as y^T = (W + 128)^T q^T - 128 rowsum(q):
+    # the same integer sums, the same dequantization, for any thread count; rows of zeros,
+    # inf and NaN as in the direct product.
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((256, 131)).astype(np.float32)
+    x[5] = 0.0
+    x[6, 3] = np.nan
+    x[7, 130] = -np.inf
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((131, n)).astype(np.float32))
+    b = rng.standard_normal(n).astype(np.float32)
+    ok = np.ones(256, bool)
+    ok[[6, 7]] = False
+    with np.errstate(invalid="ignore"):
+        want = K.activation_forward(reference(x[ok], qw, b), activation="relu")
+    for threads in (1, 2, 3):
+        y = _core._dense_int8_path_test(path, x, qw, b, activation="relu", num_threads=threads)
+        np.testing.assert_array_equal(y[ok], want)
+        np.testing.assert_array_equal(y[5], np.maximum(b, 0))
+        assert np.isnan(y[[6, 7]]).all()
+
+
 def test_special_rows_zero_and_non_finite():
     qw = K.QuantizedWeights.quantize(np.ones((6, 4), np.float32))
     x = np.zeros((3, 6), np.float32)

@@ -15,23 +15,13 @@ namespace {
 // between calls (a fresh buffer each step costs its page faults).
 thread_local gemm::Scratch t_dz_scratch;
 thread_local PackedBf16 t_dz_packed;
-// A narrow product's transposed result and its operands (below); kept likewise.
+// A narrow product's transposed result and its operands (transposed_is_cheaper: every
+// element is the same chain over the same k pairs of the same exact products, since a bf16
+// product is exact in float32 and the pair rule adds a pair's products in a fixed order, so
+// the bits are the direct product's); kept likewise.
 thread_local gemm::Scratch t_narrow_out;
 thread_local gemm::Scratch t_narrow_a;
 thread_local PackedBf16 t_narrow_b;
-
-index_t padded_columns(index_t n) { return (n + kRowPanel - 1) / kRowPanel * kRowPanel; }
-
-// Whether C (rows, cols) is better computed as C^T = B^T A^T: B's panels hold 32 columns, so
-// a product with few columns (a layer of a few units: 10 classes) spends most of its work on
-// padding; transposed, those columns are the rows of a row tile and the many rows fill the
-// panels. Taken when that is at least half the padded work. Every element is the same chain
-// over the same k pairs of the same exact products (a bf16 product is exact in float32, and
-// the pair rule adds the pair's products in a fixed order), so the bits are the direct
-// product's.
-bool transposed_is_cheaper(index_t rows, index_t cols) {
-  return 2 * cols * padded_columns(rows) <= rows * padded_columns(cols);
-}
 
 void check_finite_size(index_t a, index_t b) {
   if (a > 0 && b > (index_t(1) << 40) / a)

@@ -148,6 +148,94 @@ PackedInt8 pack_int8(const std::int8_t* wq, const float* scales, index_t k, inde
   return p;
 }
 
+namespace {
+
+thread_local PackedPanels t_x_panels;  // a narrow product's x, packed as B (below)
+
+// The quantized rows of x: row_scale[i] and xq (m rows of `stride` bytes, q + 128, padding
+// 128), in the calling thread's kept scratch (no allocation, and no fresh pages to fault in,
+// once a call of this size has run).
+struct QuantizedRows {
+  float* row_scale;
+  std::uint8_t* xq;
+};
+
+QuantizedRows quantize_rows(index_t m, const float* x, index_t k, index_t stride,
+                            int num_threads) {
+  const size_t scale_bytes = (static_cast<size_t>(m) * sizeof(float) + 63) / 64 * 64;
+  auto* scratch =
+      static_cast<unsigned char*>(t_quantized_x.get(scale_bytes + buffer_bytes(m, stride, 1)));
+  QuantizedRows rows{reinterpret_cast<float*>(scratch), scratch + scale_bytes};
+  const auto quantize_row = row_ops().quantize_row;
+  // a thread per 64K values: below that, waking a worker costs more than it saves (the 256 x
+  // 256 x of a 256-128 layer: 53 -> 44 us on 2 threads with 16K)
+  parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 16), [&](index_t i) {
+    rows.row_scale[i] = quantize_row(x + i * k, k, stride, rows.xq + i * stride);
+  });
+  return rows;
+}
+
+// A quantized row's bytes q + 128 made q (signed bytes, xor 0x80) in place; returns sum q.
+// Two plain loops that vectorise (len is a parameter: a byte store could alias a local whose
+// address escaped, and the loop would reload it every turn).
+std::int32_t to_signed_bytes(std::uint8_t* row, index_t len) {
+  std::int32_t biased = 0;  // sum of q + 128
+  for (index_t p = 0; p < len; ++p) biased += row[p];
+  for (index_t p = 0; p < len; ++p) row[p] ^= 0x80u;
+  return biased - 128 * static_cast<std::int32_t>(len);
+}
+
+// y (m, n) for a narrow W (few columns, transposed_is_cheaper) as y^T = W^T x^T, with the
+// operands' signs swapped for vpdpbusd's unsigned-by-signed form: A = W^T + 128 (a packed word
+// of W xor 0x80808080; its zero padding becomes 128), B = x's q as signed bytes (the rows xor
+// 0x80, padding 0), so the sums are sum_p (W + 128) q = sum_p W q + 128 rowsum(q). The integer
+// W q is the direct product's, exactly, and it is dequantized by the same float32 operations
+// (float(S) * (scale_i * scale_j), then + b[j]): the same bits.
+void dense_int8_transposed(Int8Path path, index_t m, const float* x, const PackedInt8& w,
+                           float* y, const Int8Epilogue& ep, int num_threads) {
+  const index_t k = w.panels.k, n = w.panels.n, quads = w.panels.words;
+  const index_t stride = 4 * quads;
+  const QuantizedRows rows = quantize_rows(m, x, k, stride, num_threads);
+  std::vector<std::int32_t> row_sums(static_cast<size_t>(m));
+  for (index_t i = 0; i < m; ++i)
+    row_sums[size_t(i)] = to_signed_bytes(rows.xq + i * stride, stride);
+  const RowOps& ops = row_ops();
+  pack_panels_with(&t_x_panels, k, m, quads, num_threads,
+                   [&](std::uint32_t* dst, index_t i0, index_t cols) {
+                     for (index_t c0 = 0; c0 < cols; c0 += 16) {  // 16 rows of x at a time
+                       const void* from[16];
+                       const int count = static_cast<int>(std::min<index_t>(16, cols - c0));
+                       for (int c = 0; c < count; ++c) from[c] = rows.xq + (i0 + c0 + c) * stride;
+                       ops.word_major(from, count, quads, dst + c0, kPanel);
+                     }
+                   });
+  auto pack_a = [&](index_t r0, int count, std::uint32_t* out) {  // rows r0.. of W^T + 128
+    for (int r = 0; r < count; ++r) {
+      const index_t j = r0 + r;
+      const std::uint32_t* column = w.panels.panel(j / kPanel) + j % kPanel;
+      for (index_t q = 0; q < quads; ++q) out[q * count + r] = column[q * kPanel] ^ 0x80808080u;
+    }
+  };
+  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  run_tiles<std::int32_t>(
+      n, t_x_panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
+      [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
+      [&](const std::int32_t* acc, index_t cols, index_t j, index_t i0, int) {
+        const float scale = w.scales[size_t(j)];
+        for (index_t c = 0; c < cols; ++c) {
+          const index_t i = i0 + c;
+          const std::int32_t s = acc[c] - 128 * row_sums[size_t(i)];
+          float v = static_cast<float>(s) * (rows.row_scale[i] * scale);
+          if (ep.bias != nullptr) v += ep.bias[j];
+          y[i * n + j] = v;
+        }
+      });
+  for (index_t i = 0; i < m; ++i) apply_row_activation(y + i * n, n, ep.activation);
+  t_quantized_x.trim();
+}
+
+}  // namespace
+
 void dense_int8_with_path(Int8Path path, index_t m, const float* x, const PackedInt8& w, float* y,
                           const Int8Epilogue& ep, int num_threads) {
   if (!int8_path_supported(path))
@@ -157,28 +245,22 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
     throw ArgumentError("dense_int8: a row activation (softmax, log_softmax) is not an elementwise epilogue");
   const index_t k = w.panels.k, n = w.panels.n;
   if (m <= 0 || n <= 0) return;
+  if (k > 0 && transposed_is_cheaper(m, n)) {
+    dense_int8_transposed(path, m, x, w, y, ep, num_threads);
+    return;
+  }
   // x quantized once, row by row, as unsigned bytes q + 128 (padding past k is 128 too), so
   // that the tasks of a row tile only gather words.
   const index_t quads = w.panels.words;
   const index_t stride = 4 * quads;
-  // the row scales, then the quantized rows, in the calling thread's kept scratch (no
-  // allocation, and no fresh pages to fault in, once a call of this size has run)
-  const size_t scale_bytes = (static_cast<size_t>(m) * sizeof(float) + 63) / 64 * 64;
-  auto* scratch =
-      static_cast<unsigned char*>(t_quantized_x.get(scale_bytes + buffer_bytes(m, stride, 1)));
-  float* row_scale = reinterpret_cast<float*>(scratch);
-  std::uint8_t* xq = scratch + scale_bytes;
-  const auto quantize_row = row_ops().quantize_row;
-  // a thread per 64K values: below that, waking a worker costs more than it saves (the 256 x
-  // 256 x of a 256-128 layer: 53 -> 44 us on 2 threads with 16K)
-  parallel_for(m, threads_for_work(num_threads, double(m) * double(k), 1 << 16), [&](index_t i) {
-    row_scale[i] = quantize_row(x + i * k, k, stride, xq + i * stride);
-  });
+  const QuantizedRows rows = quantize_rows(m, x, k, stride, num_threads);
+  const float* row_scale = rows.row_scale;
+  const std::uint8_t* xq = rows.xq;
   const RowOps& ops = row_ops();
-  auto pack_a = [&](index_t r0, int rows, std::uint32_t* out) {
+  auto pack_a = [&](index_t r0, int count, std::uint32_t* out) {
     const void* row[kMaxRows];  // a word is 4 consecutive bytes of a row, little-endian
-    for (int i = 0; i < rows; ++i) row[i] = xq + (r0 + i) * stride;
-    ops.word_major(row, rows, quads, out, rows);
+    for (int i = 0; i < count; ++i) row[i] = xq + (r0 + i) * stride;
+    ops.word_major(row, count, quads, out, count);
   };
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
   // Every word of A carries +128 per member, padding included: 128 * colsum covers the real

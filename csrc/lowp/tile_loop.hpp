@@ -88,6 +88,15 @@ struct PackedPanels {
   }
 };
 
+// Whether C (rows, cols) is better computed as C^T = B^T A^T: B's panels hold kPanel columns,
+// so a product with few columns (a layer of a few units: 10 classes) spends most of its work
+// on padding; transposed, those columns are the rows of a row tile and the many rows fill the
+// panels. Taken when that is at most half the padded work. Depends on the shape alone.
+inline bool transposed_is_cheaper(index_t rows, index_t cols) {
+  const auto padded = [](index_t c) { return (c + kPanel - 1) / kPanel * kPanel; };
+  return 2 * cols * padded(rows) <= rows * padded(cols);
+}
+
 // Rows of row tile rt when m rows are split into row_tiles tiles: [m rt / row_tiles, m (rt +
 // 1) / row_tiles).
 inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
