@@ -23,11 +23,6 @@ thread_local gemm::Scratch t_narrow_out;
 thread_local gemm::Scratch t_narrow_a;
 thread_local PackedBf16 t_narrow_b;
 
-void check_finite_size(index_t a, index_t b) {
-  if (a > 0 && b > (index_t(1) << 40) / a)
-    throw ArgumentError("dense_bf16: a narrow product's scratch is too large");
-}
-
 }  // namespace
 
 void pack_dense_bf16(Bf16DenseWeights* out, const float* w, index_t k, index_t m,
@@ -47,7 +42,6 @@ namespace {
 void forward_transposed(float* y, float* preact, const float* x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads) {
   const index_t k = w.k, m = w.m, words = w.forward.words;
-  check_finite_size(m, std::max(n, words));
   auto* wt = static_cast<std::uint32_t*>(t_narrow_a.get(buffer_bytes(m, words, 4)));
   for (index_t j = 0; j < m; ++j) {
     const std::uint32_t* column = w.forward.panel(j / kRowPanel) + j % kRowPanel;
@@ -67,6 +61,8 @@ void forward_transposed(float* y, float* preact, const float* x, const Bf16Dense
   if (act.kind != ActivationKind::linear) activation_forward<float>(y, y, n, m, act, num_threads);
   t_narrow_a.trim();
   t_narrow_out.trim();
+  if (t_narrow_b.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
+    t_narrow_b = PackedBf16{};
 }
 
 }  // namespace
@@ -106,7 +102,6 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
         for (index_t i = 0; i < k * m; ++i) dw[i] = 0.0f;
     } else if (k > 0 && m > 0 && transposed_is_cheaper(k, m)) {
       // dw^T (m, k) = dz^T x: dz^T packed as A (two rows of dz joined at a time), x as B
-      check_finite_size(m, k);
       pack_bf16_into(&t_dz_packed, x, k, false, n, k, num_threads);
       auto* dwt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, k, sizeof(float))));
       gemm_bf16(m, k, n, dz, m, true, t_dz_packed, dwt, nullptr, k, Bf16Epilogue{}, num_threads);

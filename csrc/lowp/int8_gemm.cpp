@@ -232,6 +232,8 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
       });
   for (index_t i = 0; i < m; ++i) apply_row_activation(y + i * n, n, ep.activation);
   t_quantized_x.trim();
+  if (t_x_panels.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
+    t_x_panels = PackedPanels{};
 }
 
 }  // namespace
