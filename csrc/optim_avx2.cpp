@@ -1,5 +1,5 @@
-// The optimizer steps (optim_steps.inc) built for the avx2 ISA (-mavx2 -mfma; this file alone has
-// its flags), entered only after the CPU check in gemm/isa.cpp.
+// The optimizer steps (optim_steps.inc) built for the avx2 ISA (-mavx2 -mfma; this file
+// alone has its flags), entered only after the CPU check in gemm/isa.cpp.
 #include <algorithm>
 #include <cmath>
 #include <string>

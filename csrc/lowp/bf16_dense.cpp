@@ -61,8 +61,7 @@ void forward_transposed(float* y, float* preact, const float* x, const Bf16Dense
   if (act.kind != ActivationKind::linear) activation_forward<float>(y, y, n, m, act, num_threads);
   t_narrow_a.trim();
   t_narrow_out.trim();
-  if (t_narrow_b.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
-    t_narrow_b = PackedBf16{};
+  trim_kept(&t_narrow_b);
 }
 
 }  // namespace
@@ -121,8 +120,7 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
     gemm_bf16(n, k, m, dz, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
   }
   t_dz_scratch.trim();
-  if (t_dz_packed.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
-    t_dz_packed = PackedBf16{};
+  trim_kept(&t_dz_packed);
 }
 
 }  // namespace densekit::lowp

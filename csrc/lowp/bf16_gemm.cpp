@@ -350,7 +350,7 @@ void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf
   pack_bf16_into(&t_b, b, ldb, trans_b, k, n, num_threads);
   run_gemm(path != nullptr ? *path : bf16_choice().path, m, n, k, a, lda, trans_a, t_b, c32, c16,
            ldc, epilogue, num_threads);
-  if (t_b.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept) t_b = PackedBf16{};
+  trim_kept(&t_b);
 }
 
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,

@@ -151,6 +151,7 @@ PackedInt8 pack_int8(const std::int8_t* wq, const float* scales, index_t k, inde
 namespace {
 
 thread_local PackedPanels t_x_panels;  // a narrow product's x, packed as B (below)
+thread_local std::vector<std::int32_t> t_row_sums;  // and its rows' sums of q
 
 // The quantized rows of x: row_scale[i] and xq (m rows of `stride` bytes, q + 128, padding
 // 128), in the calling thread's kept scratch (no allocation, and no fresh pages to fault in,
@@ -196,7 +197,8 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
   const index_t k = w.panels.k, n = w.panels.n, quads = w.panels.words;
   const index_t stride = 4 * quads;
   const QuantizedRows rows = quantize_rows(m, x, k, stride, num_threads);
-  std::vector<std::int32_t> row_sums(static_cast<size_t>(m));
+  std::vector<std::int32_t>& row_sums = t_row_sums;
+  row_sums.resize(static_cast<size_t>(m));
   for (index_t i = 0; i < m; ++i)
     row_sums[size_t(i)] = to_signed_bytes(rows.xq + i * stride, stride);
   const RowOps& ops = row_ops();
@@ -232,8 +234,8 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
       });
   for (index_t i = 0; i < m; ++i) apply_row_activation(y + i * n, n, ep.activation);
   t_quantized_x.trim();
-  if (t_x_panels.data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept)
-    t_x_panels = PackedPanels{};
+  trim_kept(&t_x_panels);
+  if (t_row_sums.size() * sizeof(std::int32_t) > gemm::Scratch::kMaxKept) t_row_sums = {};
 }
 
 }  // namespace

@@ -88,6 +88,12 @@ struct PackedPanels {
   }
 };
 
+// A thread's kept packing buffer given back when it grew past gemm::Scratch::kMaxKept (as
+// Scratch::trim does): a call of ordinary size costs no allocation, one huge call keeps nothing.
+inline void trim_kept(PackedPanels* p) {
+  if (p->data.size() * sizeof(std::uint32_t) > gemm::Scratch::kMaxKept) *p = PackedPanels{};
+}
+
 // Whether C (rows, cols) is better computed as C^T = B^T A^T: B's panels hold kPanel columns,
 // so a product with few columns (a layer of a few units: 10 classes) spends most of its work
 // on padding; transposed, those columns are the rows of a row tile and the many rows fill the
