@@ -246,10 +246,8 @@ const Bf16Choice& bf16_choice() {
 
 namespace {
 
-template <typename AT>
-void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index_t lda,
-              bool trans_a, const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
-              const Bf16Epilogue& ep, int num_threads) {
+void check_product(Bf16Path path, const float* c32, const bf16_bits* c16,
+                   const Bf16Epilogue& ep) {
   check_path(path);
   if ((c32 == nullptr) == (c16 == nullptr))
     throw ArgumentError("gemm_bf16: exactly one of the float32 and bf16 outputs");
@@ -257,6 +255,13 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
     throw ArgumentError("gemm_bf16: accumulate needs a float32 output");
   if (is_row_activation(ep.activation.kind))
     throw ArgumentError("gemm_bf16: a row activation (softmax, log_softmax) is not an elementwise epilogue");
+}
+
+template <typename AT>
+void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index_t lda,
+              bool trans_a, const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
+              const Bf16Epilogue& ep, int num_threads) {
+  check_product(path, c32, c16, ep);
   if (b.k != k || b.n != n) throw ArgumentError("gemm_bf16: packed B does not match k and n");
   if (m <= 0 || n <= 0) return;
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
@@ -289,6 +294,62 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
       },
       direct ? c32 : nullptr, ldc, in_place ? a : nullptr,
       static_cast<index_t>(lda * sizeof(AT)));
+}
+
+// C (m, n) = op(A) @ B for one row tile (m <= kMaxRows) and a row-major B (k, n) read in
+// place by the path's b_in_place tiles: a packed B would be read once, so packing it costs
+// more than the product (1 x 784 x 256: the packing is most of the call). A's rows are
+// joined into pair words first (m * (k + 1) / 2 words); the tasks are B's 32-column
+// blocks, each finished by the usual epilogue. Each element is the chain of the packed
+// tiles, so the bits are theirs for any thread count.
+void product_b_in_place(const Bf16Tiles& tiles, index_t m, index_t n, index_t k,
+                        const bf16_bits* a, index_t lda, bool trans_a, const bf16_bits* b,
+                        index_t ldb, float* c32, bf16_bits* c16, index_t ldc,
+                        const Bf16Epilogue& ep, int num_threads) {
+  const index_t words = (k + 1) / 2;
+  thread_local gemm::Scratch t_words;
+  auto* a_words = static_cast<std::uint32_t*>(t_words.get(buffer_bytes(m, words, 4)));
+  for (index_t i = 0; i < m; ++i) {
+    std::uint32_t* row = a_words + i * words;
+    for (index_t q = 0; q < words; ++q) {
+      const index_t p = 2 * q;
+      const std::uint32_t even = trans_a ? a[p * lda + i] : a[i * lda + p];
+      const std::uint32_t odd =
+          p + 1 < k ? (trans_a ? a[(p + 1) * lda + i] : a[i * lda + p + 1]) : 0u;
+      row[q] = even | odd << 16;
+    }
+  }
+  // tasks of `wide` panels (the last one's panels one at a time)
+  const int wide = wide_panels(static_cast<int>(m));
+  const index_t panels = (n + kPanel - 1) / kPanel;
+  const index_t tasks = (panels + wide - 1) / wide;
+  // threads by the bytes of B read: the product is bound by that stream
+  const int threads = threads_for_work(num_threads, 2.0 * double(k) * double(n), 1 << 17);
+  struct Scratch {
+    std::vector<float> acc, row;
+  };
+  std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
+  parallel_tasks(tasks, threads, [&](int participant, index_t task) {
+    Scratch& s = scratch[static_cast<size_t>(participant)];
+    const index_t width = index_t(wide) * kPanel;
+    s.acc.resize(static_cast<size_t>(m * width));
+    s.row.resize(static_cast<size_t>(width));
+    const index_t j0 = task * width;
+    const index_t cols = std::min<index_t>(width, n - j0);
+    auto run = [&](const Bf16Tiles::RowMajorBFn tile, index_t offset, index_t count) {
+      tile(k, a_words, words, k > 0 ? b + j0 + offset : b, ldb, static_cast<int>(count),
+           s.acc.data() + offset, width);
+    };
+    if (cols == width) {
+      run(tiles.b_in_place_wide[m], 0, cols);
+    } else {
+      for (index_t offset = 0; offset < cols; offset += kPanel)
+        run(tiles.b_in_place[m], offset, std::min<index_t>(kPanel, cols - offset));
+    }
+    for (index_t i = 0; i < m; ++i)
+      finish_row(s.acc.data() + i * width, cols, i, j0, c32, c16, ldc, ep, s.row.data());
+  });
+  t_words.trim();
 }
 
 }  // namespace
@@ -346,10 +407,18 @@ void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf
                  index_t lda, bool trans_a, const bf16_bits* b, index_t ldb, bool trans_b,
                  float* c32, bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
                  int num_threads) {
+  const Bf16Path chosen = path != nullptr ? *path : bf16_choice().path;
+  check_product(chosen, c32, c16, epilogue);
+  if (m <= 0 || n <= 0) return;
+  const Bf16Tiles& tiles = tiles_for(chosen);
+  if (!trans_b && m <= kMaxRows && tiles.b_in_place[m] != nullptr) {
+    product_b_in_place(tiles, m, n, k, a, lda, trans_a, b, ldb, c32, c16, ldc, epilogue,
+                       num_threads);
+    return;
+  }
   thread_local PackedBf16 t_b;
   pack_bf16_into(&t_b, b, ldb, trans_b, k, n, num_threads);
-  run_gemm(path != nullptr ? *path : bf16_choice().path, m, n, k, a, lda, trans_a, t_b, c32, c16,
-           ldc, epilogue, num_threads);
+  run_gemm(chosen, m, n, k, a, lda, trans_a, t_b, c32, c16, ldc, epilogue, num_threads);
   trim_kept(&t_b);
 }
 

@@ -45,6 +45,15 @@ struct TileSet {
                              index_t panel_stride, Acc* c, index_t ldc, bool load_c);
   InPlaceFn in_place_narrow[kMaxRows + 1] = {};
   InPlaceFn in_place_wide[kMaxRows + 1] = {};
+  // C (rows x panels * kPanel) = the chain over k read from a row-major B of 16-bit pair
+  // members in place, nothing packed: rows 2q and 2q + 1 of b (row stride ldb elements),
+  // their first `cols` columns (the rest count as zero); A packed by row, word q of row i at
+  // a[i * a_stride + q]. All the panels' columns of C are written. For one row tile, where a
+  // packed B would be used once. One panel, or wide_panels(rows); null where the path has none.
+  using RowMajorBFn = void (*)(index_t k, const std::uint32_t* a, index_t a_stride,
+                               const void* b, index_t ldb, int cols, Acc* c, index_t ldc);
+  RowMajorBFn b_in_place[kMaxRows + 1] = {};
+  RowMajorBFn b_in_place_wide[kMaxRows + 1] = {};
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
   // memory: its arithmetic peak, for the benchmarks. Returns the operations done (a
