@@ -205,7 +205,9 @@ def test_bitwise_identical_for_any_thread_count(path, trans_a):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 13, 14])
-@pytest.mark.parametrize("n,k", [(1, 1), (31, 2), (32, 7), (33, 64), (96, 95), (97, 130), (200, 301)])
+@pytest.mark.parametrize(
+    "n,k", [(1, 1), (31, 2), (32, 7), (33, 64), (96, 95), (97, 130), (200, 301)]
+)
 def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
     # One row tile (m <= 14) with a row-major b: b is read in place, its pair rows joined in
     # registers (no packing), on the paths that can; with trans_b it is packed. Every panel
