@@ -64,14 +64,22 @@ def test_forward_is_the_composition_bit_for_bit(activation):
 
 
 @pytest.mark.parametrize("activation", ["linear", "relu", "gelu", "tanh", "sigmoid", "softmax"])
-def test_backward_is_the_composition_bit_for_bit(activation):
+@pytest.mark.parametrize(
+    ("n", "m", "threads"),
+    # an odd m (dx's A rounded as it is packed), an even one (dz in bf16 rows, read in place),
+    # an odd n (the last row pair of dz's panels), many row pairs on several threads
+    [(31, 37, 1), (31, 38, 2), (97, 64, 3), (256, 130, 2)],
+)
+def test_backward_is_the_composition_bit_for_bit(activation, n, m, threads):
     rng = np.random.default_rng(2)
-    x, w, b = layer(rng, 31, 53, 37)
+    x, w, b = layer(rng, n, 53, m)
     packed = K.Bf16Weights(w, transposed=True)
-    preact = np.empty((31, 37), np.float32)
+    preact = np.empty((n, m), np.float32)
     y = K.dense_forward_bf16(x, packed, b, activation=activation, preact_out=preact)
-    dy = rng.standard_normal((31, 37)).astype(np.float32)
-    dx, dw, db = K.dense_backward_bf16(dy, x, packed, preact=preact, y=y, activation=activation)
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    dx, dw, db = K.dense_backward_bf16(
+        dy, x, packed, preact=preact, y=y, activation=activation, num_threads=threads
+    )
     want = composed_backward(dy, x, w, preact, activation)
     for got, expected in zip((dx, dw, db), want):
         np.testing.assert_array_equal(bits(got), bits(expected))

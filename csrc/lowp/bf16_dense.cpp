@@ -15,6 +15,8 @@ namespace {
 // between calls (a fresh buffer each step costs its page faults).
 thread_local gemm::Scratch t_dz_scratch;
 thread_local PackedBf16 t_dz_packed;
+// dz rounded to bf16 by row, for dx's product (its A read in place); kept likewise.
+thread_local gemm::Scratch t_dz_bf16;
 // A narrow product's transposed result and its operands (transposed_is_cheaper: every
 // element is the same chain over the same k pairs of the same exact products, since a bf16
 // product is exact in float32 and the pair rule adds a pair's products in a fixed order, so
@@ -22,6 +24,39 @@ thread_local PackedBf16 t_dz_packed;
 thread_local gemm::Scratch t_narrow_out;
 thread_local gemm::Scratch t_narrow_a;
 thread_local PackedBf16 t_narrow_b;
+
+// One parallel pass over dz's rows, 32 at a time: dz = dy act'(.) for those rows (into dz;
+// nothing where the derivative is one and dz is dy), then, while they are in cache, their
+// pairs joined into dw's B panels (`panels`, when not null) and the rows rounded to bf16
+// (`rows16`, when not null). Each piece is the call it replaces (activation_backward over the
+// rows, pack_bf16_into, the rounding of dz while dx's A is packed), elementwise, so the values
+// are the same; one pass keeps the rows on the thread that made them, where the separate
+// passes read them back from memory or from the other cores.
+void dz_pass(float* dz, const float* dy, const float* y, const float* preact, index_t n,
+             index_t m, const Activation& act, PackedBf16* panels, bf16_bits* rows16,
+             int num_threads) {
+  const bool compute = dz != dy;
+  const index_t words = (n + 1) / 2;
+  std::uint32_t* base = nullptr;
+  if (panels != nullptr && size_panels(panels, n, m, words)) base = panels->data.data();
+  constexpr index_t kPairs = 16;  // row pairs per task
+  const int threads = threads_for_work(num_threads, double(n) * double(m), 1 << 14);
+  const RowOps& ops = row_ops();
+  parallel_for((words + kPairs - 1) / kPairs, threads, [&](index_t task) {
+    const index_t q0 = task * kPairs, q1 = std::min(words, q0 + kPairs);
+    const index_t r0 = 2 * q0, r1 = std::min(n, 2 * q1), at = r0 * m;
+    if (compute)
+      activation_backward<float>(dz + at, dy + at, y != nullptr ? y + at : nullptr,
+                                 preact != nullptr ? preact + at : nullptr, r1 - r0, m, act, 1);
+    if (base != nullptr)
+      for (index_t q = q0; q < q1; ++q) {
+        const float* lo = dz + 2 * q * m;
+        ops.round_pairs_panels(lo, 2 * q + 1 < n ? lo + m : nullptr, m, base + q * kPanel,
+                               words * kPanel);
+      }
+    if (rows16 != nullptr) ops.round_to_bf16(dz + at, rows16 + at, (r1 - r0) * m);
+  });
+}
 
 }  // namespace
 
@@ -88,18 +123,25 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
   const index_t k = w.k, m = w.m;
   if (dx != nullptr && !w.has_transposed)
     throw ArgumentError("dense_backward_bf16: dx needs the weights packed with_transposed");
-  const float* dz = dy;
-  if (!derivative_is_one(act)) {
-    auto* buffer = static_cast<float*>(t_dz_scratch.get(buffer_bytes(n, m, sizeof(float))));
-    activation_backward<float>(buffer, dy, y, preact, n, m, act, num_threads);
-    dz = buffer;
-  }
+  float* dz = const_cast<float*>(dy);  // written only when it is the scratch
+  if (!derivative_is_one(act))
+    dz = static_cast<float*>(t_dz_scratch.get(buffer_bytes(n, m, sizeof(float))));
+  // dw's B is dz packed (unless the product runs transposed); dx's A is dz in bf16 rows, read
+  // in place (an even m: whole pairs)
+  const bool dw_direct =
+      dw != nullptr && n > 0 && !(k > 0 && m > 0 && transposed_is_cheaper(k, m));
+  bf16_bits* dz16 = nullptr;
+  if (dx != nullptr && m % 2 == 0 && n > 0 && m > 0)
+    dz16 = static_cast<bf16_bits*>(t_dz_bf16.get(buffer_bytes(n, m, sizeof(bf16_bits))));
+  if (n > 0 && m > 0)
+    dz_pass(dz, dy, y, preact, n, m, act, dw_direct ? &t_dz_packed : nullptr, dz16,
+            num_threads);
   if (db != nullptr) dense_bias_gradient<float>(db, dz, n, m, accumulate, num_threads);
   if (dw != nullptr) {
     if (n == 0) {
       if (!accumulate)
         for (index_t i = 0; i < k * m; ++i) dw[i] = 0.0f;
-    } else if (k > 0 && m > 0 && transposed_is_cheaper(k, m)) {
+    } else if (!dw_direct) {
       // dw^T (m, k) = dz^T x: dz^T packed as A (two rows of dz joined at a time), x as B
       pack_bf16_into(&t_dz_packed, x, k, false, n, k, num_threads);
       auto* dwt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, k, sizeof(float))));
@@ -109,7 +151,7 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
           dw[p * m + j] = accumulate ? dw[p * m + j] + dwt[j * k + p] : dwt[j * k + p];
       t_narrow_out.trim();
     } else {
-      pack_bf16_into(&t_dz_packed, dz, m, false, n, m, num_threads);
+      if (m == 0) size_panels(&t_dz_packed, n, m, (n + 1) / 2);  // no columns: no pass
       Bf16Epilogue ep;  // x^T rounded as it is packed, two rows of x at a time
       ep.accumulate = accumulate;
       gemm_bf16(k, m, n, x, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
@@ -117,9 +159,14 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
   }
   if (dx != nullptr) {
     Bf16Epilogue ep;
-    gemm_bf16(n, k, m, dz, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
+    if (dz16 != nullptr) {
+      gemm_bf16(n, k, m, dz16, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
+    } else {
+      gemm_bf16(n, k, m, dz, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
+    }
   }
   t_dz_scratch.trim();
+  t_dz_bf16.trim();
   trim_kept(&t_dz_packed);
 }
 
