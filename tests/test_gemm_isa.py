@@ -569,6 +569,40 @@ def test_vector_softmax_matches_float64(isa):
         assert np.all(err <= 8 * 2.0**-24 * (truth[good] + 1 / cols) * 4 + tiny), (isa, cols)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["softmax", "log_softmax"])
+def test_narrow_rows_in_blocks_are_the_row_by_row_bits(isa, dtype, activation):
+    """Rows of at most one vector's width run a vector's width of rows at once, transposed
+    (vector_math.inc's narrow_rows_exp); a lone row runs by itself. Both give the same bits,
+    with NaN (whose sign and payload may differ), infinities, signed zeros, ties for the max
+    and exps below the normal range."""
+    rng = np.random.default_rng(11)
+    for cols in range(1, 18):
+        z = rng.standard_normal((37, cols)) * rng.choice([0.1, 3, 30, 300], (37, 1))
+        z = z.astype(dtype)
+        z[1, 0] = -np.inf
+        z[2, cols // 2] = np.nan
+        z[3, -1] = np.inf
+        z[4, :] = -np.inf
+        z[5, :] = 0.0
+        z[6, ::2] = -0.0
+        z[7, :] = 5.0
+        z[8, 0] = -200
+        out = np.full_like(z, 7.0)
+        if not _core._vector_math_isa_test(isa, out, z, activation=activation):
+            assert isa == "portable"
+            return
+        for i in range(z.shape[0]):
+            row = np.full_like(z[i : i + 1], 7.0)
+            assert _core._vector_math_isa_test(isa, row, z[i : i + 1], activation=activation)
+            got = out[i : i + 1]
+            same = (got.view(f"u{z.itemsize}") == row.view(f"u{z.itemsize}")) | (
+                np.isnan(got) & np.isnan(row)
+            )
+            assert same.all(), (cols, i, got, row)
+
+
 def test_hook_rejects_bad_isa():
     a = np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError, match="isa"):
