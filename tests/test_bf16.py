@@ -235,6 +235,39 @@ def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
     np.testing.assert_array_equal(bits(out16), bits(want16))
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("m", "n"), [(15, 1), (64, 3), (257, 10), (300, 16), (97, 33)])
+@pytest.mark.parametrize("k", [1, 6, 131])
+def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
+    # Few columns over many rows run as C^T = B^T A^T (the panels would be mostly padding):
+    # the same chains of the same exact products, finished by row as the direct product is.
+    rng = np.random.default_rng(m * 131 + n * 7 + k)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    want = pair_rule(a, b)
+    a_t, b_t = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
+    for threads in (1, 2, 3):
+        for ta, tb in ((False, False), (True, False), (False, True), (True, True)):
+            got = run(
+                path,
+                a_t if ta else a,
+                b_t if tb else b,
+                trans_a=ta,
+                trans_b=tb,
+                num_threads=threads,
+            )
+            np.testing.assert_array_equal(bits(got), bits(want))
+    bias = rng.standard_normal(n).astype(np.float32)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+    out, preact = start.copy(), np.empty((m, n), np.float32)
+    run(path, a, b, out=out, bias=bias, preact=preact, activation="elu", accumulate=True)
+    v = (start + want) + bias
+    np.testing.assert_array_equal(bits(preact), bits(v))
+    np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation="elu")))
+    out16 = run(path, a, b, bias=bias, activation="relu", out_dtype="bfloat16", num_threads=2)
+    want16 = K.activation_forward(want + bias, activation="relu").astype(BF16)
+    np.testing.assert_array_equal(bits(out16), bits(want16))
+
+
 def test_paths_agree_on_subnormals_infinities_and_nan():
     rng = np.random.default_rng(5)
     a = bf16(rng, (9, 40))

@@ -352,6 +352,37 @@ void product_b_in_place(const Bf16Tiles& tiles, index_t m, index_t n, index_t k,
   t_words.trim();
 }
 
+// C (m, n) with few columns (transposed_is_cheaper) as C^T = op(B)^T op(A)^T: op(B)^T is
+// the row tiles' A and op(A)^T the packed B, so that the many rows of C fill the 32-column
+// panels which its few columns would mostly leave as padding. Each sum is the same chain of
+// the same exact products (a bf16 product is exact in float32 and the pair rule adds a pair's
+// two products in a fixed order), so the bits are the direct product's; the sums are then
+// finished by row, as the direct product finishes them.
+template <typename AT>
+void product_transposed(Bf16Path path, index_t m, index_t n, index_t k, const AT* a,
+                        index_t lda, bool trans_a, const bf16_bits* b, index_t ldb, bool trans_b,
+                        float* c32, bf16_bits* c16, index_t ldc, const Bf16Epilogue& ep,
+                        int num_threads) {
+  thread_local PackedBf16 t_at;
+  thread_local gemm::Scratch t_ct;
+  pack_bf16_into(&t_at, a, lda, !trans_a, k, m, num_threads);
+  auto* ct = static_cast<float*>(t_ct.get(buffer_bytes(n, m, sizeof(float))));
+  run_gemm(path, n, m, k, b, ldb, !trans_b, t_at, ct, nullptr, m, Bf16Epilogue{}, num_threads);
+  constexpr index_t kRows = 64;  // rows of C per task
+  const int threads = threads_for_work(num_threads, double(m) * double(n), 1 << 14);
+  std::vector<std::vector<float>> rows(static_cast<size_t>(std::max(threads, 1)));
+  parallel_tasks((m + kRows - 1) / kRows, threads, [&](int participant, index_t task) {
+    std::vector<float>& row = rows[static_cast<size_t>(participant)];
+    row.resize(static_cast<size_t>(2 * n));
+    for (index_t i = task * kRows; i < std::min(m, (task + 1) * kRows); ++i) {
+      for (index_t j = 0; j < n; ++j) row[size_t(j)] = ct[j * m + i];
+      finish_row(row.data(), n, i, 0, c32, c16, ldc, ep, row.data() + n);
+    }
+  });
+  t_ct.trim();
+  trim_kept(&t_at);
+}
+
 }  // namespace
 
 void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const bf16_bits* a,
@@ -414,6 +445,11 @@ void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf
   if (!trans_b && m <= kMaxRows && tiles.b_in_place[m] != nullptr) {
     product_b_in_place(tiles, m, n, k, a, lda, trans_a, b, ldb, c32, c16, ldc, epilogue,
                        num_threads);
+    return;
+  }
+  if (k > 0 && transposed_is_cheaper(m, n)) {
+    product_transposed(chosen, m, n, k, a, lda, trans_a, b, ldb, trans_b, c32, c16, ldc,
+                       epilogue, num_threads);
     return;
   }
   thread_local PackedBf16 t_b;
