@@ -203,47 +203,9 @@ def test_bitwise_identical_for_any_thread_count(path, trans_a):
         np.testing.assert_array_equal(bits(again), bits(first))
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 13, 14])
-@pytest.mark.parametrize(
-    "n,k", [(1, 1), (31, 2), (32, 7), (33, 64), (96, 95), (97, 130), (200, 301)]
-)
-def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
-    # One row tile (m <= 14) with a row-major b: b is read in place, its pair rows joined in
-    # registers (no packing), on the paths that can; with trans_b it is packed. Every panel
-    # tail, odd k, transposed a, thread count and epilogue gives the same bits.
-    rng = np.random.default_rng(m * 7919 + n * 31 + k)
-    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
-    want = pair_rule(a, b)
-    a_t, b_t = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
-    for threads in (1, 2, 3):
-        for got in (
-            run(path, a, b, num_threads=threads),
-            run(path, a_t, b, trans_a=True, num_threads=threads),
-            run(path, a, b_t, trans_b=True, num_threads=threads),
-        ):
-            np.testing.assert_array_equal(bits(got), bits(want))
-    bias = rng.standard_normal(n).astype(np.float32)
-    start = rng.standard_normal((m, n)).astype(np.float32)
-    out, preact = start.copy(), np.empty((m, n), np.float32)
-    run(path, a, b, out=out, bias=bias, preact=preact, activation="gelu", accumulate=True)
-    v = (start + want) + bias
-    np.testing.assert_array_equal(bits(preact), bits(v))
-    np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation="gelu")))
-    out16 = run(path, a, b, bias=bias, activation="relu", out_dtype="bfloat16", num_threads=2)
-    want16 = K.activation_forward(want + bias, activation="relu").astype(BF16)
-    np.testing.assert_array_equal(bits(out16), bits(want16))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("m", "n"), [(15, 1), (64, 3), (257, 10), (300, 16), (97, 33)])
-@pytest.mark.parametrize("k", [1, 6, 131])
-def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
-    # Few columns over many rows run as C^T = B^T A^T (the panels would be mostly padding):
-    # the same chains of the same exact products, finished by row as the direct product is.
-    rng = np.random.default_rng(m * 131 + n * 7 + k)
-    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
-    want = pair_rule(a, b)
+def check_every_layout(path, a, b, want):
+    """op(a) @ op(b) with a and b stored as given or transposed, on 1 to 3 threads: the bits
+    of `want` (the pair rule's sums)."""
     a_t, b_t = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
     for threads in (1, 2, 3):
         for ta, tb in ((False, False), (True, False), (False, True), (True, True)):
@@ -256,16 +218,51 @@ def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
                 num_threads=threads,
             )
             np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def check_epilogues(path, rng, a, b, want, activation):
+    """C += op(a) @ op(b) with bias, preact and `activation`, and a bf16 output with bias and
+    relu, against the sums `want` (the pair rule's) finished by the float32 kernels."""
+    m, n = want.shape
     bias = rng.standard_normal(n).astype(np.float32)
     start = rng.standard_normal((m, n)).astype(np.float32)
     out, preact = start.copy(), np.empty((m, n), np.float32)
-    run(path, a, b, out=out, bias=bias, preact=preact, activation="elu", accumulate=True)
+    run(path, a, b, out=out, bias=bias, preact=preact, activation=activation, accumulate=True)
     v = (start + want) + bias
     np.testing.assert_array_equal(bits(preact), bits(v))
-    np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation="elu")))
+    np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation=activation)))
     out16 = run(path, a, b, bias=bias, activation="relu", out_dtype="bfloat16", num_threads=2)
     want16 = K.activation_forward(want + bias, activation="relu").astype(BF16)
     np.testing.assert_array_equal(bits(out16), bits(want16))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 13, 14])
+@pytest.mark.parametrize(
+    "n,k", [(1, 1), (31, 2), (32, 7), (33, 64), (96, 95), (97, 130), (200, 301)]
+)
+def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
+    # One row tile (m <= 14) with a row-major b: b is read in place, its pair rows joined in
+    # registers (no packing), on the paths that can; with trans_b it is packed. Every panel
+    # tail, odd k, transposed a, thread count and epilogue gives the same bits.
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    want = pair_rule(a, b)
+    check_every_layout(path, a, b, want)
+    check_epilogues(path, rng, a, b, want, "gelu")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("m", "n"), [(15, 1), (64, 3), (257, 10), (300, 16), (97, 33)])
+@pytest.mark.parametrize("k", [1, 6, 131])
+def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
+    # Few columns over many rows run as C^T = B^T A^T (the panels would be mostly padding):
+    # the same chains of the same exact products, finished by row as the direct product is.
+    rng = np.random.default_rng(m * 131 + n * 7 + k)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    want = pair_rule(a, b)
+    check_every_layout(path, a, b, want)
+    check_epilogues(path, rng, a, b, want, "elu")
 
 
 def test_paths_agree_on_subnormals_infinities_and_nan():
