@@ -254,7 +254,8 @@ void check_product(Bf16Path path, const float* c32, const bf16_bits* c16,
   if (ep.accumulate && c32 == nullptr)
     throw ArgumentError("gemm_bf16: accumulate needs a float32 output");
   if (is_row_activation(ep.activation.kind))
-    throw ArgumentError("gemm_bf16: a row activation (softmax, log_softmax) is not an elementwise epilogue");
+    throw ArgumentError(
+        "gemm_bf16: a row activation (softmax, log_softmax) is not an elementwise epilogue");
 }
 
 template <typename AT>
