@@ -4,6 +4,7 @@ against torch's functional form and its autograd backward on the same array.
 
 Memory-bound, so reported in GB/s: forward 2 N s (read z, write y), backward 3 N s (read dy
 and y or z, write dz); N elements of s bytes, shape (rows, cols), row activations over cols.
+The row activations' forward runs on rows of 10 too (a classifier's output).
 Run alone: python -m bench.activations [options].
 """
 
@@ -21,6 +22,8 @@ from .harness import Case, Impl, Skip, Tolerance, random_array
 
 FAMILY = "activations"
 SHAPE = (4096, 1024)
+# Rows of a classifier's output (10 classes): the row activations' narrow rows.
+NARROW_SHAPE = (4096, 10)
 TOLERANCE = {
     "float32": Tolerance(rtol=2e-5, atol=1e-6),
     "float64": Tolerance(rtol=1e-7, atol=1e-12),  # torch's float64 hardsigmoid' is 1/6 in float32
@@ -49,15 +52,15 @@ TORCH_FORMS = {
 }
 
 
-def _arrays(activation: str, dtype: str):
+def _arrays(activation: str, dtype: str, shape=SHAPE):
     rng = np.random.default_rng(len(activation))
-    z = random_array(rng, SHAPE, dtype) * 3
-    dy = random_array(rng, SHAPE, dtype)
+    z = random_array(rng, shape, dtype) * 3
+    dy = random_array(rng, shape, dtype)
     return z, dy
 
 
-def forward_case(activation: str, dtype: str, threads: int) -> Case:
-    z, _ = _arrays(activation, dtype)
+def forward_case(activation: str, dtype: str, threads: int, shape=SHAPE) -> Case:
+    z, _ = _arrays(activation, dtype, shape)
     y = np.empty_like(z)
     functional = peers.torch.nn.functional
     z_t = peers.torch.from_numpy(z)
@@ -72,7 +75,7 @@ def forward_case(activation: str, dtype: str, threads: int) -> Case:
     return Case(
         family=FAMILY,
         name=f"forward {activation}",
-        shape=f"{SHAPE[0]}x{SHAPE[1]}",
+        shape=f"{shape[0]}x{shape[1]}",
         dtype=dtype,
         threads=threads,
         work=2.0 * z.size * z.itemsize,
@@ -129,6 +132,8 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
                 continue
             yield forward_case(activation, dtype, settings.threads)
             yield backward_case(activation, dtype, settings.threads)
+            if not kernels.ACTIVATION_INFO[activation]["elementwise"]:
+                yield forward_case(activation, dtype, settings.threads, NARROW_SHAPE)
 
 
 if __name__ == "__main__":

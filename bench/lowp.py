@@ -51,7 +51,15 @@ from .train import (
 from .train import shape_name as mlp_shape_name
 
 FAMILY = "lowp"
-SHAPES = ((1024, 1024, 1024), (4096, 512, 512), (256, 784, 256), (64, 784, 256), (1, 784, 256))
+# the shapes, then the MLP's output layer (10 columns: the products run transposed)
+SHAPES = (
+    (1024, 1024, 1024),
+    (4096, 512, 512),
+    (256, 784, 256),
+    (64, 784, 256),
+    (1, 784, 256),
+    (256, 128, 10),
+)
 QUICK_SHAPES = ((1024, 1024, 1024), (256, 784, 256), (64, 784, 256))
 # bf16 outputs are rounded to 8 bits: half an ulp is 2^-9 of the value; sums in a different
 # order differ by a few float32 ulp before that rounding. int8 peers quantize differently
