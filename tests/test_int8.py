@@ -142,6 +142,33 @@ def test_narrow_layers_equal_the_integer_reference(path, n):
         assert np.isnan(y[[6, 7]]).all()
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_are_quantized_in_blocks_with_each_row_s_own_scale(path):
+    # x's rows are quantized 16 at a time (their peaks and scales together): special rows at
+    # the edges of the blocks and in a short last block give what they give alone.
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((37, 131)).astype(np.float32)
+    x[0] = 0.0
+    x[15, 9] = np.nan
+    x[16, 130] = np.inf
+    x[17] *= np.float32(1e-30)  # a tiny scale, still normal
+    x[18] = 0.0
+    x[18, 4] = np.float32(1e-44)  # a subnormal peak: its scale is 0
+    x[31] *= np.float32(1e30)
+    x[36, 0] = -np.inf
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((131, 50)).astype(np.float32))
+    b = rng.standard_normal(50).astype(np.float32)
+    bad = np.zeros(37, bool)
+    bad[[15, 16, 36]] = True
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference(x[~bad], qw, b)
+    for threads in (1, 2, 3):
+        y = _core._dense_int8_path_test(path, x, qw, b, num_threads=threads)
+        np.testing.assert_array_equal(y[~bad], want)
+        assert np.isnan(y[bad]).all()
+        np.testing.assert_array_equal(y[[0, 18]], np.stack([b, b]))
+
+
 def test_special_rows_zero_and_non_finite():
     qw = K.QuantizedWeights.quantize(np.ones((6, 4), np.float32))
     x = np.zeros((3, 6), np.float32)

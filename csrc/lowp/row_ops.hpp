@@ -45,12 +45,16 @@ struct RowOps {
   // v[j] = relu(v[j]) (scalar::relu: NaN kept), and leaky_relu (v > 0 ? v : alpha v), in place
   void (*relu_row)(float* v, index_t count) = nullptr;
   void (*leaky_relu_row)(float* v, index_t count, float alpha) = nullptr;
-  // Row x (k values) quantized symmetrically: scale = max |x| / 127, out[p] = nearbyint(x[p] *
-  // (1 / scale)) + 128 clamped to [1, 255] (the reciprocal rounded to float32), out[k..stride)
-  // = 128; all 128 when the scale is 0.
-  // Returns the scale, or NaN (and all 128) when the row holds an inf or NaN.
-  float (*quantize_row)(const float* x, index_t k, index_t stride, std::uint8_t* out) = nullptr;
+  // Rows of x (rows <= kQuantizeBlock, row r at x + r * k, k values) quantized symmetrically
+  // into out + r * stride: scale = max |x| / 127, out[p] = nearbyint(x[p] * (1 / scale)) + 128
+  // clamped to [1, 255] (the reciprocal rounded to float32), out[k..stride) = 128; all 128 when
+  // the scale is 0. scales[r] is the scale, or NaN (and all 128) when the row holds an inf or
+  // NaN.
+  void (*quantize_rows)(const float* x, index_t rows, index_t k, index_t stride,
+                        std::uint8_t* out, float* scales) = nullptr;
 };
+
+constexpr index_t kQuantizeBlock = 16;  // rows per quantize_rows call
 
 // The row operations of the float32 engine's ISA.
 const RowOps& row_ops();

@@ -15,6 +15,8 @@
 
 namespace densekit::lowp {
 namespace {
+#include "vecmath/vectors_avx512.inc"  // F32x16::transpose, for the quantization of row blocks
+
 #include "lowp/row_ops.inc"
 }  // namespace
 
