@@ -573,12 +573,12 @@ def test_vector_softmax_matches_float64(isa):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ["softmax", "log_softmax"])
 def test_narrow_rows_in_blocks_are_the_row_by_row_bits(isa, dtype, activation):
-    """Rows of at most one vector's width run a vector's width of rows at once, transposed
+    """Rows of at most two vectors' width run a vector's width of rows at once, transposed
     (vector_math.inc's narrow_rows_exp); a lone row runs by itself. Both give the same bits,
     with NaN (whose sign and payload may differ), infinities, signed zeros, ties for the max
     and exps below the normal range."""
     rng = np.random.default_rng(11)
-    for cols in range(1, 18):
+    for cols in range(1, 34):
         z = rng.standard_normal((37, cols)) * rng.choice([0.1, 3, 30, 300], (37, 1))
         z = z.astype(dtype)
         z[1, 0] = -np.inf
