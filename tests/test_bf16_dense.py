@@ -172,7 +172,8 @@ def test_accumulate_and_what_is_needed():
 
 @pytest.mark.parametrize("m", [1, 3, 10, 16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_narrow_layers_are_the_composition_bit_for_bit(m, threads):
+@pytest.mark.parametrize("activation", ["gelu", "relu", "softmax"])
+def test_narrow_layers_are_the_composition_bit_for_bit(m, threads, activation):
     # A layer of a few units over a large batch computes y^T = w^T x^T and dw^T = dz^T x (its
     # columns would be mostly padding): the bits of the direct product, accumulate included.
     rng = np.random.default_rng(m)
@@ -181,9 +182,9 @@ def test_narrow_layers_are_the_composition_bit_for_bit(m, threads):
     packed = K.Bf16Weights(w, transposed=True, num_threads=threads)
     preact = np.empty((n, m), np.float32)
     y = K.dense_forward_bf16(
-        x, packed, b, activation="gelu", preact_out=preact, num_threads=threads
+        x, packed, b, activation=activation, preact_out=preact, num_threads=threads
     )
-    z, want_y = composed_forward(x, w, b, "gelu")
+    z, want_y = composed_forward(x, w, b, activation)
     np.testing.assert_array_equal(bits(preact), bits(z))
     np.testing.assert_array_equal(bits(y), bits(want_y))
     dy = rng.standard_normal((n, m)).astype(np.float32)
@@ -194,12 +195,12 @@ def test_narrow_layers_are_the_composition_bit_for_bit(m, threads):
         x,
         packed,
         preact=preact,
-        activation="gelu",
+        activation=activation,
         dw_out=dw,
         accumulate=False,
         num_threads=threads,
     )
-    want_dx, want_dw, want_db = composed_backward(dy, x, w, z, "gelu")
+    want_dx, want_dw, want_db = composed_backward(dy, x, w, z, activation)
     for got, expected in zip((dx, dw, db), (want_dx, want_dw, want_db)):
         np.testing.assert_array_equal(bits(got), bits(expected))
     dw[...] = dw0
@@ -208,7 +209,7 @@ def test_narrow_layers_are_the_composition_bit_for_bit(m, threads):
         x,
         packed,
         preact=preact,
-        activation="gelu",
+        activation=activation,
         need_dx=False,
         need_db=False,
         dw_out=dw,

@@ -86,7 +86,8 @@ void forward_transposed(float* y, float* preact, const float* x, const Bf16Dense
   auto* yt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, n, sizeof(float))));
   gemm_bf16(m, n, k, reinterpret_cast<const bf16_bits*>(wt), 2 * words, false, t_narrow_b, yt,
             nullptr, n, Bf16Epilogue{}, num_threads);
-  // v = sums + b, preact = v, y = act(v): the direct product's epilogue, in its order
+  // v = sums + b, preact = v, y = act(v): the direct product's epilogue, in its order, each
+  // step over the whole of y (its rows are a few elements long)
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < m; ++j) y[i * m + j] = yt[j * n + i];
   if (b != nullptr)
@@ -133,7 +134,7 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
   bf16_bits* dz16 = nullptr;
   if (dx != nullptr && m % 2 == 0 && n > 0 && m > 0)
     dz16 = static_cast<bf16_bits*>(t_dz_bf16.get(buffer_bytes(n, m, sizeof(bf16_bits))));
-  if (n > 0 && m > 0)
+  if (n > 0)
     dz_pass(dz, dy, y, preact, n, m, act, dw_direct ? &t_dz_packed : nullptr, dz16,
             num_threads);
   if (db != nullptr) dense_bias_gradient<float>(db, dz, n, m, accumulate, num_threads);
@@ -151,7 +152,6 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
           dw[p * m + j] = accumulate ? dw[p * m + j] + dwt[j * k + p] : dwt[j * k + p];
       t_narrow_out.trim();
     } else {
-      if (m == 0) size_panels(&t_dz_packed, n, m, (n + 1) / 2);  // no columns: no pass
       Bf16Epilogue ep;  // x^T rounded as it is packed, two rows of x at a time
       ep.accumulate = accumulate;
       gemm_bf16(k, m, n, x, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
