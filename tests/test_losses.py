@@ -9,6 +9,7 @@ tolerance of the largest reference gradient entry plus the per-row gradient scal
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -889,6 +890,39 @@ def test_bitwise_equal_for_any_thread_count(name, dtype, reduction):
         np.testing.assert_array_equal(grad, grad_1, strict=True)
         value_only, _ = problem.run(num_threads=threads, compute_grad=False)
         np.testing.assert_array_equal(np.asarray(value_only), np.asarray(loss_1), strict=True)
+
+
+@pytest.mark.parametrize("cols", [1, 3, 10, 17, 64, 65])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", TARGET_KINDS[SOFTMAX])
+def test_softmax_rows_in_groups_are_the_row_by_row_bits(cols, dtype, kind):
+    """Rows of up to 64 logits go 16 at a time, each sweep over the group's rows in turn
+    (loss_rows.inc): every row's loss and gradient are the bits of that row computed alone,
+    with -inf, huge and tied logits, in a short last group; the widths reach both of the
+    AVX-512 build's row kernels (AVX2's for rows under 128 bytes)."""
+    rng = np.random.default_rng(cols)
+    n = 37  # two groups of 16 and a short one
+    z = (rng.standard_normal((n, cols)) * 4.0).astype(dtype)
+    z[3, :] = -np.inf
+    z[3, 0] = 0.0
+    z[5, :] = np.finfo(dtype).max / 4
+    z[7, :] = 1.5  # every logit tied
+    z[20, cols // 2] = np.inf if cols > 1 else 2.0
+    z[33, 0] = -np.inf
+    target = make_target(SOFTMAX, rng, z, kind, dtype)
+    weight = rng.uniform(0.5, 2.0, n).astype(dtype)
+    for params in PARAMETERS[SOFTMAX]:
+        call = functools.partial(
+            kernels.softmax_cross_entropy, reduction="none", num_threads=1, **params
+        )
+        with np.errstate(invalid="ignore", over="ignore"):
+            losses, grad = call(z, target, sample_weight=weight)
+            for i in range(n):
+                alone, grad_alone = call(
+                    z[i : i + 1], target[i : i + 1], sample_weight=weight[i : i + 1]
+                )
+                np.testing.assert_array_equal(losses[i : i + 1], alone, strict=True)
+                np.testing.assert_array_equal(grad[i : i + 1], grad_alone, strict=True)
 
 
 @pytest.mark.parametrize("name", LOSSES)
