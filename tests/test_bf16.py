@@ -253,6 +253,19 @@ def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k", [2048, 2050, 4096])
+def test_rows_that_crowd_l1_give_the_pair_rule_s_bits(path, k):
+    # A row-major bf16 a whose rows lie a multiple of 4 KiB apart (or nearly) would put a row
+    # tile's lines in one L1 set: it is packed instead of read in place (tile_loop.hpp), with
+    # the same chains, so the same bits, on any thread count.
+    rng = np.random.default_rng(k)
+    a, b = bf16(rng, (29, k)), bf16(rng, (k, 40))
+    want = pair_rule(a, b)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(bits(run(path, a, b, num_threads=threads)), bits(want))
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("m", "n"), [(15, 1), (64, 3), (257, 10), (300, 16), (97, 33)])
 @pytest.mark.parametrize("k", [1, 6, 131])
 def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
