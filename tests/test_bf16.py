@@ -253,6 +253,20 @@ def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_every_tile_height_reading_a_in_place_gives_the_pair_rule_s_bits(path, trans_b):
+    # A row-major bf16 a of even k is read in place, each tile height (1 to 14 rows; a few
+    # rows take wide tiles) addressing its rows its own way (bf16_tiles.inc): m from 1 to 29
+    # gives every height, with b packed (trans_b) or, past 14 rows, row-major.
+    rng = np.random.default_rng(29)
+    for m in range(1, 30):
+        a, b = bf16(rng, (m, 36)), bf16(rng, (36, 70))
+        b_in = np.ascontiguousarray(b.T) if trans_b else b
+        got = run(path, a, b_in, trans_b=trans_b)
+        np.testing.assert_array_equal(bits(got), bits(pair_rule(a, b)), err_msg=f"m={m}")
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("k", [2048, 2050, 4096])
 def test_rows_that_crowd_l1_give_the_pair_rule_s_bits(path, k):
     # A row-major bf16 a whose rows lie a multiple of 4 KiB apart (or nearly) would put a row
