@@ -2,10 +2,12 @@
 #include "dense.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gemm/gemm.hpp"
 #include "gemm/scratch.hpp"
+#include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
 
 namespace densekit {
@@ -145,11 +147,24 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   for (int s = 0; s < count; ++s) {
     const DenseStep<T>& step = steps[s];
     T* target = s + 1 == count ? y : scratch + size_t(s % 2) * buffer;
-    if (step.w != nullptr)
+    if (step.int8 != nullptr) {
+      if constexpr (std::is_same_v<T, float>) {
+        // a row activation (softmax, log_softmax) over the finished rows, as dense_forward_int8
+        const bool row_wise = is_row_activation(step.act.kind);
+        lowp::Int8Epilogue ep;
+        ep.bias = step.b;
+        ep.activation = row_wise ? Activation{} : step.act;
+        lowp::dense_int8(n, source, *step.int8, target, ep, num_threads);
+        if (row_wise) activation_forward<T>(target, target, n, step.m, step.act, num_threads);
+      } else {
+        throw ArgumentError("dense_chain_forward: an int8 step in a float64 chain");
+      }
+    } else if (step.w != nullptr) {
       dense_forward<T>(target, nullptr, source, step.w, step.b, n, step.k, step.m, step.act,
                        num_threads);
-    else
+    } else {
       activation_forward<T>(target, source, n, step.m, step.act, num_threads);
+    }
     source = target;
   }
   t_chain_scratch.trim();

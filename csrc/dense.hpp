@@ -38,11 +38,17 @@ template <typename T>
 void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumulate,
                          int num_threads);
 
-// One step of an inference chain: y = act(x @ w + b) with w (k, m), or, with w null, the
-// activation alone (m == k). b may be null.
+namespace lowp {
+struct PackedInt8;
+}
+
+// One step of an inference chain: y = act(x @ w + b) with w (k, m), or, with int8 set (a
+// float32 chain only), the int8 layer of those packed weights (lowp::dense_int8), or, with
+// neither, the activation alone (m == k). b may be null.
 template <typename T>
 struct DenseStep {
   const T* w = nullptr;
+  const lowp::PackedInt8* int8 = nullptr;
   const T* b = nullptr;
   index_t k = 0;
   index_t m = 0;
@@ -52,7 +58,7 @@ struct DenseStep {
 // y (n, steps[count - 1].m) = the steps applied in order to x (n, steps[0].k): a model's
 // inference in one call. Intermediate outputs live in scratch memory of the calling thread
 // (kept between calls), so a batch-1 predict pays no allocation and no crossing per layer.
-// Every step gives the bits dense_forward / activation_forward give.
+// Every step gives the bits dense_forward / dense_forward_int8 / activation_forward give.
 template <typename T>
 void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps, int count,
                          int num_threads);

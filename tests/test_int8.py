@@ -245,6 +245,53 @@ def test_errors_name_the_argument():
         _core._dense_int8_path_test("amx", x, qw)
 
 
+def test_dense_chain_takes_int8_steps_with_the_per_layer_bits():
+    # A model's int8 inference in one call (DenseChain steps with QuantizedWeights), beside
+    # float32 and activation-only steps: each step the bits of its own kernel, at every batch
+    # size and thread count.
+    rng = np.random.default_rng(12)
+    widths = [37, 64, 17, 10]
+    ws = [
+        (rng.standard_normal((k, n)) * 0.2).astype(np.float32) for k, n in zip(widths, widths[1:])
+    ]
+    qs = [K.QuantizedWeights.quantize(w) for w in ws]
+    bs = [rng.standard_normal(w.shape[1]).astype(np.float32) for w in ws]
+    chain = K.DenseChain(
+        [(qs[0], bs[0], "relu"), (ws[1], bs[1], "leaky_relu", 0.1), (None, None, "tanh"),
+         (qs[2], None, "softmax")]
+    )  # fmt: skip
+    assert (len(chain), chain.input_width, chain.output_width) == (4, 37, 10)
+    for n in (1, 7, 300):
+        x = rng.standard_normal((n, 37)).astype(np.float32)
+        h = K.dense_forward_int8(x, qs[0], bs[0], activation="relu")
+        h = K.dense_forward(h, ws[1], bs[1], "leaky_relu", alpha=0.1)
+        h = K.dense_forward_int8(K.activation_forward(h, "tanh"), qs[2], activation="softmax")
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(chain(x, num_threads=threads), h, strict=True)
+        out = np.empty((n, 10), np.float32)
+        assert chain(x, out=out) is out
+        np.testing.assert_array_equal(out, h)
+
+
+def test_dense_chain_int8_steps_check_their_inputs():
+    q = K.QuantizedWeights.quantize(np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match=r"steps\[1\] w: QuantizedWeights need a float32 chain"):
+        K.DenseChain([(np.ones((2, 4)), None, "relu"), (q, None, "relu")])
+    with pytest.raises(TypeError, match=r"steps\[1\] w: expected dtype float32"):
+        K.DenseChain([(q, None, "relu"), (np.ones((3, 2)), None, "relu")])
+    with pytest.raises(ValueError, match=r"steps\[1\] w: expected 3 rows .*got shape \(4, 3\)"):
+        K.DenseChain([(q, None, "relu"), (q, None, "relu")])
+    with pytest.raises(ValueError, match=r"steps\[0\] b: expected shape \(3,\)"):
+        K.DenseChain([(q, np.ones(4, np.float32), "relu")])
+    with pytest.raises(TypeError, match=r"steps\[0\] b: expected dtype float32"):
+        K.DenseChain([(q, np.ones(3), "relu")])
+    chain = K.DenseChain([(q, None, "relu")])
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        chain(np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., 4\)"):
+        chain(np.ones((2, 5), np.float32))
+
+
 _SUBPROCESS = """
 import json
 import numpy as np

@@ -221,6 +221,28 @@ def test_quantize_gives_int8_layers_and_predict_is_the_int8_chain():
     np.testing.assert_array_equal(quantized.predict_async(x[:75]).result(), h)
 
 
+def test_quantized_predict_follows_new_int8_weights():
+    # predict runs an int8 model as one DenseChain call holding each layer's QuantizedWeights;
+    # setting the weights makes new ones, and predict follows them at once.
+    (x, _), _ = digits()
+    model = mlp(64, 10)
+    model.quantize("int8")
+    before = model.predict(x[:1])
+    weights = model.get_weights()  # kernel (int8 values times their scales), bias, scale
+    doubled = [w * 2 if i % 3 == 2 else w for i, w in enumerate(weights)]  # every scale
+    model.set_weights(doubled)
+    h = x[:5]
+    for dense in model.layers:
+        h = K.dense_forward_int8(
+            h, dense.quantized_kernel, dense.bias, activation=dense.activation.name
+        )
+    np.testing.assert_array_equal(model.predict(x[:5]), h)
+    np.testing.assert_array_equal(model.predict(x[:1]), h[:1])
+    assert not np.array_equal(h[:1], before)
+    model.set_weights(weights)
+    np.testing.assert_array_equal(model.predict(x[:1]), before)
+
+
 def test_quantized_model_saves_loads_and_refuses_training(tmp_path):
     (x, y), _ = digits()
     model = mlp(64, 10)

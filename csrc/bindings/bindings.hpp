@@ -3,7 +3,17 @@
 
 #include <pybind11/pybind11.h>
 
+#include "common.hpp"
+
+namespace densekit::lowp {
+struct PackedInt8;
+}
+
 namespace densekit::bind {
+
+// The packed int8 weights of a densekit.kernels.QuantizedWeights and its shape (k, n), or
+// null when obj is not one (bindings/lowp.cpp; DenseChain takes them as steps).
+const lowp::PackedInt8* quantized_weights_of(pybind11::handle obj, index_t* k, index_t* n);
 
 void bind_activations(pybind11::module_& m);
 void bind_dense(pybind11::module_& m);

@@ -238,10 +238,40 @@ class DenseChain {
       Held held;
       held.act = parse_activation(step[2], step.size() == 4 ? step[3] : py::handle(py::none()),
                                   (name + " activation").c_str());
+      index_t int8_k = 0, int8_n = 0;
+      const lowp::PackedInt8* int8 = quantized_weights_of(step[0], &int8_k, &int8_n);
       if (step[0].is_none()) {
         if (!step[1].is_none())
           value_fail(name.c_str(), "a step without w (an activation alone) takes no b");
         held.k = held.m = width;
+      } else if (int8 != nullptr) {
+        // an int8 layer: float32 only (x is quantized from float32 rows)
+        const std::string w_name = name + " w";
+        if (has_dtype_ && dtype_ != DType::float32)
+          type_fail(w_name.c_str(), "QuantizedWeights need a float32 chain, got float64 "
+                                    "weights before them");
+        dtype_ = DType::float32;
+        has_dtype_ = true;
+        held.int8 = int8;
+        held.int8_owner = py::reinterpret_borrow<py::object>(step[0]);
+        held.k = int8_k;
+        held.m = int8_n;
+        if (width >= 0 && held.k != width)
+          value_fail(w_name.c_str(), "expected " + std::to_string(width) +
+                                         " rows (the previous step's width), got shape (" +
+                                         std::to_string(int8_k) + ", " +
+                                         std::to_string(int8_n) + ")");
+        if (width < 0) {
+          for (Held& earlier : held_) earlier.k = earlier.m = held.k;
+          input_width_ = held.k;
+        }
+        width = held.m;
+        if (!step[1].is_none()) {
+          const std::string b_name = name + " b";
+          held.b = float_array_like(step[1], b_name.c_str(), dtype_, "the QuantizedWeights");
+          require_shape(held.b, b_name.c_str(), {held.m}, "w.shape[1]");
+          held.has_b = true;
+        }
       } else {
         const std::string w_name = name + " w";
         held.has_w = true;
@@ -316,6 +346,7 @@ class DenseChain {
       for (size_t i = 0; i < held_.size(); ++i) {
         const Held& held = held_[i];
         steps[i].w = held.has_w ? cptr<T>(held.w) : nullptr;
+        steps[i].int8 = held.int8;
         steps[i].b = held.has_b ? cptr<T>(held.b) : nullptr;
         steps[i].k = held.k >= 0 ? held.k : k;
         steps[i].m = held.m >= 0 ? held.m : k;
@@ -333,7 +364,9 @@ class DenseChain {
   struct Held {
     py::array w;
     py::array b;
-    bool has_w = false;  // false: an activation alone
+    py::object int8_owner;                     // the QuantizedWeights of an int8 step
+    const lowp::PackedInt8* int8 = nullptr;  // its packed weights (int8_owner keeps them)
+    bool has_w = false;  // false: an int8 step or an activation alone
     bool has_b = false;
     index_t k = -1, m = -1;
     Activation act;
@@ -355,6 +388,11 @@ class DenseChain {
   // checks themselves, naming the step's w or b.
   void recheck(size_t i, DType dtype) const {
     const Held& held = held_[i];
+    if (held.int8 != nullptr && held.has_b && !unchanged(held.b, py::dtype::of<float>().num(), {held.m})) {
+      const std::string b_name = step_name(i) + " b (changed since the chain was made)";
+      float_array_like(held.b, b_name.c_str(), dtype, "the chain's weights");
+      require_shape(held.b, b_name.c_str(), {held.m});
+    }
     if (!held.has_w) return;
     const int num = dtype == DType::float32 ? py::dtype::of<float>().num()
                                             : py::dtype::of<double>().num();
@@ -382,7 +420,8 @@ class DenseChain {
 void bind_dense(py::module_& m) {
   py::class_<DenseChain>(m, "DenseChain",
                          "A model's inference as one kernel call: steps (w, b, activation"
-                         "[, alpha]) applied in order, w None for an activation alone.")
+                         "[, alpha]) applied in order, w None for an activation alone or a "
+                         "QuantizedWeights for an int8 layer (float32 chains).")
       .def(py::init<py::handle>(), py::arg("steps"))
       .def("__call__", &DenseChain::call, py::arg("x"), py::kw_only(),
            py::arg("out") = py::none(), py::arg("num_threads") = py::none(),

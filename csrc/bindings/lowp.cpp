@@ -524,6 +524,14 @@ py::dict int8_config() {
 
 }  // namespace
 
+const lowp::PackedInt8* quantized_weights_of(py::handle obj, index_t* k, index_t* n) {
+  if (!py::isinstance<QuantizedWeights>(obj)) return nullptr;
+  const QuantizedWeights& w = obj.cast<const QuantizedWeights&>();
+  *k = w.weights().shape(0);
+  *n = w.weights().shape(1);
+  return &w.packed();
+}
+
 void bind_lowp(py::module_& m) {
   py::class_<QuantizedWeights>(m, "QuantizedWeights",
                                "Dense weights (k, n) as int8 per output column (symmetric, "

@@ -170,10 +170,15 @@ class Bf16DenseOp(DenseOp):
 
 class Int8DenseOp(DenseOp):
     """A Dense layer quantized to int8 (``Sequential.quantize``): kernels.dense_forward_int8
-    with the layer's ``quantized_kernel``. Inference only."""
+    with the layer's ``quantized_kernel``. Inference only. Its quantized weights are fixed
+    (a snapshot of ``weights`` has nothing newer): in a chain, the step holds them."""
 
-    inference_step = None
     inference_weights = True
+
+    def inference_step(self, weights=None):
+        """This layer as a DenseChain step (an int8 step), with its quantized weights."""
+        layer = self.layer
+        return (layer.quantized_kernel, layer.bias, self.activation.name, self.activation.alpha)
 
     def with_activation(self, activation: Activation) -> Int8DenseOp:
         return Int8DenseOp(self.layer, activation)
@@ -328,15 +333,25 @@ def fold_batch_norms(ops, weights, version=None):
 
 
 class RefreshedChain:
-    """A DenseChain holding folded weights (``_norm_plan.FoldedBatchNormOp``): called like
-    it; ``refresh(version)`` folds the live weights again where they moved."""
+    """A DenseChain on live weights that are not the layers' arrays themselves: folded
+    weights (``_norm_plan.FoldedBatchNormOp``) and int8 layers' ``QuantizedWeights`` (a new
+    object whenever the layer's weights are set). Called like the chain; ``refresh(version)``
+    folds the live weights again where they moved and makes the chain again when an int8
+    layer holds other quantized weights than it was made with."""
 
-    def __init__(self, chain, folded):
-        self._chain, self._folded = chain, folded
+    def __init__(self, make, folded, int8):
+        self._make_chain, self._folded, self._int8 = make, folded, int8
+        self._chain, self._held = self._make()
+
+    def _make(self):
+        held = tuple(op.layer.quantized_kernel for op in self._int8)
+        return self._make_chain(), held
 
     def refresh(self, version) -> None:
         for op in self._folded:
             op.refresh(version)
+        if any(op.layer.quantized_kernel is not held for op, held in zip(self._int8, self._held)):
+            self._chain, self._held = self._make()
 
     def __call__(self, x, out=None):
         return self._chain(x) if out is None else self._chain(x, out=out)
@@ -346,18 +361,23 @@ def inference_chain(ops, weights=None, version=None):
     """The inference ops as one kernel call where they chain (else a Pipeline), with the live
     weights or, per op, ``weights`` (a snapshot: [kernel(, bias)], or None for an op without
     weights). A Dense layer and the batch normalization after it fold into one step; with
-    live weights the result then has ``refresh(version)``, to call before each use."""
+    live weights, folded steps or int8 layers, the result has ``refresh(version)``, to call
+    before each use."""
     weights = weights or [None] * len(ops)
     ops, weights = fold_batch_norms(ops, weights, version)
+    live = all(own is None for own in weights)
     folded = [op for op in ops if isinstance(op, _norm_plan.FoldedBatchNormOp)]
-    live = folded and all(own is None for own in weights)
-    # not chainable: normalization, ReluOp, bf16 and int8 Dense
+    # not chainable: normalization, ReluOp, bf16 Dense (a pipeline reads int8 weights live)
     chainable = all(getattr(op, "inference_step", None) for op in ops)
     if not chainable or any(op.rows_per_sample != 1 for op in ops):
-        chain = _norm_plan.inference_pipeline(ops, weights)
-    else:
-        chain = kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
-    return RefreshedChain(chain, folded) if live else chain
+        pipeline = _norm_plan.inference_pipeline(ops, weights)
+        return RefreshedChain(lambda: pipeline, folded, []) if folded and live else pipeline
+    int8 = [op for op in ops if isinstance(op, Int8DenseOp)]
+
+    def chain():
+        return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
+
+    return RefreshedChain(chain, folded, int8) if (folded or int8) and live else chain()
 
 
 def _place(op, layer) -> None:
