@@ -7,6 +7,7 @@
 
 #include "gemm/gemm.hpp"
 #include "gemm/scratch.hpp"
+#include "lowp/bf16_dense.hpp"
 #include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
 
@@ -147,7 +148,14 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   for (int s = 0; s < count; ++s) {
     const DenseStep<T>& step = steps[s];
     T* target = s + 1 == count ? y : scratch + size_t(s % 2) * buffer;
-    if (step.int8 != nullptr) {
+    if (step.bf16 != nullptr) {
+      if constexpr (std::is_same_v<T, float>) {
+        lowp::dense_forward_bf16(target, nullptr, source, *step.bf16, step.b, n, step.act,
+                                 num_threads);
+      } else {
+        throw ArgumentError("dense_chain_forward: a bf16 step in a float64 chain");
+      }
+    } else if (step.int8 != nullptr) {
       if constexpr (std::is_same_v<T, float>) {
         // a row activation (softmax, log_softmax) over the finished rows, as dense_forward_int8
         const bool row_wise = is_row_activation(step.act.kind);

@@ -40,15 +40,18 @@ void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumula
 
 namespace lowp {
 struct PackedInt8;
-}
+struct Bf16DenseWeights;
+}  // namespace lowp
 
-// One step of an inference chain: y = act(x @ w + b) with w (k, m), or, with int8 set (a
-// float32 chain only), the int8 layer of those packed weights (lowp::dense_int8), or, with
-// neither, the activation alone (m == k). b may be null.
+// One step of an inference chain: y = act(x @ w + b) with w (k, m); or, in a float32 chain,
+// with int8 set, the int8 layer of those packed weights (lowp::dense_int8), or with bf16 set,
+// the bf16 layer (lowp::dense_forward_bf16); or, with none, the activation alone (m == k).
+// b may be null.
 template <typename T>
 struct DenseStep {
   const T* w = nullptr;
   const lowp::PackedInt8* int8 = nullptr;
+  const lowp::Bf16DenseWeights* bf16 = nullptr;
   const T* b = nullptr;
   index_t k = 0;
   index_t m = 0;
@@ -58,7 +61,8 @@ struct DenseStep {
 // y (n, steps[count - 1].m) = the steps applied in order to x (n, steps[0].k): a model's
 // inference in one call. Intermediate outputs live in scratch memory of the calling thread
 // (kept between calls), so a batch-1 predict pays no allocation and no crossing per layer.
-// Every step gives the bits dense_forward / dense_forward_int8 / activation_forward give.
+// Every step gives the bits its own kernel gives (dense_forward, dense_forward_int8,
+// dense_forward_bf16, activation_forward).
 template <typename T>
 void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps, int count,
                          int num_threads);

@@ -256,6 +256,47 @@ def test_pack_follows_new_weights_and_keeps_its_shape():
         packed.pack(np.zeros((7, 12), np.float32))
 
 
+def test_dense_chain_takes_bf16_steps_with_the_per_layer_bits():
+    # Bf16Weights as DenseChain steps (beside float32, int8 and activation-only steps): each
+    # step the bits of its own kernel, at every batch size and thread count; the chain reads
+    # the weights' packing of the moment, so a pack(w) shows in its next call.
+    rng = np.random.default_rng(21)
+    widths = [33, 64, 20, 10]
+    ws = [
+        (rng.standard_normal((k, n)) * 0.2).astype(np.float32) for k, n in zip(widths, widths[1:])
+    ]
+    bs = [rng.standard_normal(w.shape[1]).astype(np.float32) for w in ws]
+    packed = K.Bf16Weights(ws[0])
+    q = K.QuantizedWeights.quantize(ws[1])
+    last = K.Bf16Weights(ws[2])
+    chain = K.DenseChain(
+        [(packed, bs[0], "gelu"), (q, bs[1], "relu"), (None, None, "tanh"),
+         (last, None, "softmax")]
+    )  # fmt: skip
+
+    def composed(x):
+        h = K.dense_forward_bf16(x, packed, bs[0], activation="gelu")
+        h = K.activation_forward(K.dense_forward_int8(h, q, bs[1], activation="relu"), "tanh")
+        return K.dense_forward_bf16(h, last, None, activation="softmax")
+
+    for n in (1, 7, 300):
+        x = rng.standard_normal((n, 33)).astype(np.float32)
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(chain(x, num_threads=threads), composed(x), strict=True)
+    x = rng.standard_normal((5, 33)).astype(np.float32)
+    before = chain(x)
+    packed.pack(ws[0] * 2)
+    after = chain(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, composed(x))
+    with pytest.raises(TypeError, match=r"steps\[1\] w: Bf16Weights need a float32 chain"):
+        K.DenseChain([(np.ones((2, 33)), None, "relu"), (packed, None, "relu")])
+    with pytest.raises(ValueError, match=r"steps\[1\] w: expected 64 rows"):
+        K.DenseChain([(packed, None, "relu"), (last, None, "relu")])
+    with pytest.raises(TypeError, match=r"steps\[0\] b: expected dtype float32"):
+        K.DenseChain([(packed, np.ones(64), "relu")])
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_bitwise_identical_for_any_thread_count(threads):
     rng = np.random.default_rng(6)

@@ -221,6 +221,26 @@ def test_quantize_gives_int8_layers_and_predict_is_the_int8_chain():
     np.testing.assert_array_equal(quantized.predict_async(x[:75]).result(), h)
 
 
+def test_mixed_predict_is_one_chain_call_of_bf16_layers():
+    # predict runs a mixed_bfloat16 model as one DenseChain call of bf16 steps: the bits of
+    # the layer-by-layer bf16 kernels, at batch 1 and in batches, also after training moved
+    # the weights (the chain's Bf16Weights are packed again before the call).
+    (x, y), _ = digits()
+    model = mlp(64, 10, "mixed_bfloat16")
+
+    def composed(rows):
+        h = rows
+        for dense in model.layers:
+            packed = K.Bf16Weights(dense.kernel)
+            h = K.dense_forward_bf16(h, packed, dense.bias, activation=dense.activation.name)
+        return h
+
+    np.testing.assert_array_equal(model.predict(x[:1]), composed(x[:1]))
+    model.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    np.testing.assert_array_equal(model.predict(x[:1]), composed(x[:1]))
+    np.testing.assert_array_equal(model.predict(x[:50], batch_size=16), composed(x[:50]))
+
+
 def test_quantized_predict_follows_new_int8_weights():
     # predict runs an int8 model as one DenseChain call holding each layer's QuantizedWeights;
     # setting the weights makes new ones, and predict follows them at once.

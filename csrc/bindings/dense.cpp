@@ -238,29 +238,33 @@ class DenseChain {
       Held held;
       held.act = parse_activation(step[2], step.size() == 4 ? step[3] : py::handle(py::none()),
                                   (name + " activation").c_str());
-      index_t int8_k = 0, int8_n = 0;
-      const lowp::PackedInt8* int8 = quantized_weights_of(step[0], &int8_k, &int8_n);
+      index_t low_k = 0, low_m = 0;
+      const lowp::PackedInt8* int8 = quantized_weights_of(step[0], &low_k, &low_m);
+      const bool bf16 = int8 == nullptr && is_bf16_weights(step[0], &low_k, &low_m);
       if (step[0].is_none()) {
         if (!step[1].is_none())
           value_fail(name.c_str(), "a step without w (an activation alone) takes no b");
         held.k = held.m = width;
-      } else if (int8 != nullptr) {
-        // an int8 layer: float32 only (x is quantized from float32 rows)
+      } else if (int8 != nullptr || bf16) {
+        // an int8 or bf16 layer: float32 only (x is quantized or rounded from float32 rows)
         const std::string w_name = name + " w";
+        const char* kind = bf16 ? "Bf16Weights" : "QuantizedWeights";
         if (has_dtype_ && dtype_ != DType::float32)
-          type_fail(w_name.c_str(), "QuantizedWeights need a float32 chain, got float64 "
-                                    "weights before them");
+          type_fail(w_name.c_str(), std::string(kind) + " need a float32 chain, got float64 "
+                                                        "weights before them");
         dtype_ = DType::float32;
         has_dtype_ = true;
         held.int8 = int8;
-        held.int8_owner = py::reinterpret_borrow<py::object>(step[0]);
-        held.k = int8_k;
-        held.m = int8_n;
+        held.bf16 = bf16;
+        has_bf16_ = has_bf16_ || bf16;
+        held.low_owner = py::reinterpret_borrow<py::object>(step[0]);
+        held.k = low_k;
+        held.m = low_m;
         if (width >= 0 && held.k != width)
           value_fail(w_name.c_str(), "expected " + std::to_string(width) +
                                          " rows (the previous step's width), got shape (" +
-                                         std::to_string(int8_k) + ", " +
-                                         std::to_string(int8_n) + ")");
+                                         std::to_string(low_k) + ", " +
+                                         std::to_string(low_m) + ")");
         if (width < 0) {
           for (Held& earlier : held_) earlier.k = earlier.m = held.k;
           input_width_ = held.k;
@@ -268,7 +272,7 @@ class DenseChain {
         width = held.m;
         if (!step[1].is_none()) {
           const std::string b_name = name + " b";
-          held.b = float_array_like(step[1], b_name.c_str(), dtype_, "the QuantizedWeights");
+          held.b = float_array_like(step[1], b_name.c_str(), dtype_, kind);
           require_shape(held.b, b_name.c_str(), {held.m}, "w.shape[1]");
           held.has_b = true;
         }
@@ -334,6 +338,14 @@ class DenseChain {
     } else {
       out = new_array(dtype, out_shape);
     }
+    // the bf16 steps' packed weights as they are now, held through the call (no allocation
+    // for a chain without bf16 steps)
+    std::vector<std::shared_ptr<const lowp::Bf16DenseWeights>> bf16_now;
+    if (has_bf16_) {
+      bf16_now.resize(held_.size());
+      for (size_t i = 0; i < held_.size(); ++i)
+        if (held_[i].bf16) bf16_now[i] = bf16_weights_now(held_[i].low_owner);
+    }
     for_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       DenseStep<T> local[8];
@@ -347,6 +359,7 @@ class DenseChain {
         const Held& held = held_[i];
         steps[i].w = held.has_w ? cptr<T>(held.w) : nullptr;
         steps[i].int8 = held.int8;
+        steps[i].bf16 = has_bf16_ ? bf16_now[i].get() : nullptr;
         steps[i].b = held.has_b ? cptr<T>(held.b) : nullptr;
         steps[i].k = held.k >= 0 ? held.k : k;
         steps[i].m = held.m >= 0 ? held.m : k;
@@ -364,9 +377,10 @@ class DenseChain {
   struct Held {
     py::array w;
     py::array b;
-    py::object int8_owner;                     // the QuantizedWeights of an int8 step
-    const lowp::PackedInt8* int8 = nullptr;  // its packed weights (int8_owner keeps them)
-    bool has_w = false;  // false: an int8 step or an activation alone
+    py::object low_owner;                    // the QuantizedWeights / Bf16Weights of the step
+    const lowp::PackedInt8* int8 = nullptr;  // an int8 step's packed weights (low_owner keeps them)
+    bool bf16 = false;                       // a bf16 step (its packed weights taken per call)
+    bool has_w = false;  // false: an int8 or bf16 step or an activation alone
     bool has_b = false;
     index_t k = -1, m = -1;
     Activation act;
@@ -388,7 +402,8 @@ class DenseChain {
   // checks themselves, naming the step's w or b.
   void recheck(size_t i, DType dtype) const {
     const Held& held = held_[i];
-    if (held.int8 != nullptr && held.has_b && !unchanged(held.b, py::dtype::of<float>().num(), {held.m})) {
+    if ((held.int8 != nullptr || held.bf16) && held.has_b &&
+        !unchanged(held.b, py::dtype::of<float>().num(), {held.m})) {
       const std::string b_name = step_name(i) + " b (changed since the chain was made)";
       float_array_like(held.b, b_name.c_str(), dtype, "the chain's weights");
       require_shape(held.b, b_name.c_str(), {held.m});
@@ -411,6 +426,7 @@ class DenseChain {
   std::vector<Held> held_;
   DType dtype_ = DType::float32;
   bool has_dtype_ = false;
+  bool has_bf16_ = false;
   index_t input_width_ = -1;
   index_t output_width_ = -1;
 };
@@ -420,8 +436,9 @@ class DenseChain {
 void bind_dense(py::module_& m) {
   py::class_<DenseChain>(m, "DenseChain",
                          "A model's inference as one kernel call: steps (w, b, activation"
-                         "[, alpha]) applied in order, w None for an activation alone or a "
-                         "QuantizedWeights for an int8 layer (float32 chains).")
+                         "[, alpha]) applied in order, w None for an activation alone, or a "
+                         "QuantizedWeights or Bf16Weights for an int8 or bf16 layer (float32 "
+                         "chains).")
       .def(py::init<py::handle>(), py::arg("steps"))
       .def("__call__", &DenseChain::call, py::arg("x"), py::kw_only(),
            py::arg("out") = py::none(), py::arg("num_threads") = py::none(),

@@ -532,6 +532,18 @@ const lowp::PackedInt8* quantized_weights_of(py::handle obj, index_t* k, index_t
   return &w.packed();
 }
 
+bool is_bf16_weights(py::handle obj, index_t* k, index_t* m) {
+  if (!py::isinstance<Bf16Weights>(obj)) return false;
+  const Bf16Weights& w = obj.cast<const Bf16Weights&>();
+  *k = w.k();
+  *m = w.m();
+  return true;
+}
+
+std::shared_ptr<const lowp::Bf16DenseWeights> bf16_weights_now(py::handle obj) {
+  return obj.cast<const Bf16Weights&>().current();
+}
+
 void bind_lowp(py::module_& m) {
   py::class_<QuantizedWeights>(m, "QuantizedWeights",
                                "Dense weights (k, n) as int8 per output column (symmetric, "

@@ -106,7 +106,6 @@ class Bf16DenseOp(DenseOp):
     or the layer's ``weights_generation`` has moved since: once per optimizer step in
     training, once per change of the weights in inference."""
 
-    inference_step = None  # not a DenseChain step: the pipeline calls infer
     inference_weights = True
 
     def __init__(self, layer: Dense, activation: Activation, weights_key):
@@ -156,15 +155,27 @@ class Bf16DenseOp(DenseOp):
 
         return backward
 
-    def infer(self, x, weights=None):
+    def _inference_weights(self, weights):
+        """(Bf16Weights, bias) of the live weights (packed again if they moved) or of the
+        snapshot ``weights`` ([kernel(, bias)])."""
         if weights is None:
-            packed, bias = self.packed(), self.layer.bias
-        else:
-            kernel, bias = weights[0], weights[1] if len(weights) > 1 else None
-            held, packed = self._snapshot
-            if held is not kernel:
-                packed = kernels.Bf16Weights(kernel)
-                self._snapshot = (kernel, packed)
+            return self.packed(), self.layer.bias
+        kernel, bias = weights[0], weights[1] if len(weights) > 1 else None
+        held, packed = self._snapshot
+        if held is not kernel:
+            packed = kernels.Bf16Weights(kernel)
+            self._snapshot = (kernel, packed)
+        return packed, bias
+
+    def inference_step(self, weights=None):
+        """This layer as a DenseChain step (a bf16 step). With the live weights, the chain
+        holds this op's Bf16Weights, which ``packed()`` packs again in place when they move
+        (RefreshedChain calls it before each use)."""
+        packed, bias = self._inference_weights(weights)
+        return (packed, bias, self.activation.name, self.activation.alpha)
+
+    def infer(self, x, weights=None):
+        packed, bias = self._inference_weights(weights)
         return kernels.dense_forward_bf16(x, packed, bias, **self.activation_options())
 
 
@@ -334,26 +345,32 @@ def fold_batch_norms(ops, weights, version=None):
 
 class RefreshedChain:
     """A DenseChain on live weights that are not the layers' arrays themselves: folded
-    weights (``_norm_plan.FoldedBatchNormOp``) and int8 layers' ``QuantizedWeights`` (a new
-    object whenever the layer's weights are set). Called like the chain; ``refresh(version)``
-    folds the live weights again where they moved and makes the chain again when an int8
-    layer holds other quantized weights than it was made with."""
+    weights (``_norm_plan.FoldedBatchNormOp``), int8 layers' ``QuantizedWeights`` (a new
+    object whenever the layer's weights are set) and bf16 layers' ``Bf16Weights``. Called
+    like the chain; ``refresh(version)`` folds and packs the live weights again where they
+    moved, and makes the chain again when a layer holds other packed weights than it was
+    made with."""
 
-    def __init__(self, make, folded, int8):
-        self._make_chain, self._folded, self._int8 = make, folded, int8
-        self._chain, self._held = self._make()
+    def __init__(self, make, folded, low):
+        self._make_chain, self._folded, self._low = make, folded, low
+        self._chain, self._held = None, None  # made at the first use (bf16 weights pack then)
 
-    def _make(self):
-        held = tuple(op.layer.quantized_kernel for op in self._int8)
-        return self._make_chain(), held
+    def _current(self):
+        return tuple(
+            op.layer.quantized_kernel if isinstance(op, Int8DenseOp) else op.packed()
+            for op in self._low
+        )
 
     def refresh(self, version) -> None:
         for op in self._folded:
             op.refresh(version)
-        if any(op.layer.quantized_kernel is not held for op, held in zip(self._int8, self._held)):
-            self._chain, self._held = self._make()
+        held = self._current()
+        if self._chain is None or any(a is not b for a, b in zip(held, self._held)):
+            self._chain, self._held = self._make_chain(), held
 
     def __call__(self, x, out=None):
+        if self._chain is None:
+            self.refresh(None)
         return self._chain(x) if out is None else self._chain(x, out=out)
 
 
@@ -367,17 +384,17 @@ def inference_chain(ops, weights=None, version=None):
     ops, weights = fold_batch_norms(ops, weights, version)
     live = all(own is None for own in weights)
     folded = [op for op in ops if isinstance(op, _norm_plan.FoldedBatchNormOp)]
-    # not chainable: normalization, ReluOp, bf16 Dense (a pipeline reads int8 weights live)
+    # not chainable: normalization, ReluOp (a pipeline reads int8 and bf16 weights live)
     chainable = all(getattr(op, "inference_step", None) for op in ops)
     if not chainable or any(op.rows_per_sample != 1 for op in ops):
         pipeline = _norm_plan.inference_pipeline(ops, weights)
         return RefreshedChain(lambda: pipeline, folded, []) if folded and live else pipeline
-    int8 = [op for op in ops if isinstance(op, Int8DenseOp)]
+    low = [op for op in ops if isinstance(op, (Int8DenseOp, Bf16DenseOp))]
 
     def chain():
         return kernels.DenseChain([op.inference_step(own) for op, own in zip(ops, weights)])
 
-    return RefreshedChain(chain, folded, int8) if (folded or int8) and live else chain()
+    return RefreshedChain(chain, folded, low) if (folded or low) and live else chain()
 
 
 def _place(op, layer) -> None:
