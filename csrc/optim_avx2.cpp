@@ -2,6 +2,7 @@
 // alone has its flags), entered only after the CPU check in gemm/isa.cpp.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 

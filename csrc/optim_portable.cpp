@@ -1,6 +1,7 @@
 // The optimizer steps (optim_steps.inc) built at the baseline ISA: every CPU's fallback.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 

@@ -895,3 +895,29 @@ def test_disjoint_views_of_one_buffer_are_accepted():
     kernels.sgd_step(param, grad, lr=1.0, momentum=0.5, velocity=velocity)
     grads = [buffer[:5], buffer[5:]]
     assert kernels.clip_by_global_norm(grads, 1.0) == pytest.approx(math.sqrt(3.0))
+
+
+@pytest.mark.parametrize("convention", ["torch", "keras"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nadam_recomputed_product_stops_where_it_stays_and_refuses_endless_ones(convention, dtype):
+    # Without mu_product the kernel multiplies mu_1 ... mu_(step - 1) one by one (torch's
+    # float32 product, or Keras's in the parameters' dtype); the product stops changing once
+    # it reaches zero or a rounding fixed point, and the kernel stops there: the bits of the
+    # product carried step by step (mu_product passed), at once for a step of 2^40.
+    empty = np.zeros(0, dtype)
+
+    def kernel(step, **options):
+        return kernels.nadam_step(
+            empty, empty, empty.copy(), empty.copy(), step=step, lr=0.0, convention=convention,
+            **options
+        )  # fmt: skip
+
+    carried = 1.0
+    for step in range(1, 9001):
+        carried = kernel(step, mu_product=carried)
+        if step in (1, 37, 800, 9000):
+            assert kernel(step) == carried, step
+    assert kernel(2**40) == carried == kernel(9001, mu_product=carried)
+    if dtype == np.float64 and convention == "keras":  # a product that falls for ~2^40 steps
+        with pytest.raises(ValueError, match=r"pass mu_product"):
+            kernel(2**40, beta1=1 - 2**-40)
