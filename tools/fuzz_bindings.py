@@ -597,6 +597,17 @@ def chains(draw):
     steps = []
     for k, m in zip(widths, widths[1:]):
         w = np.empty((k, m), dtype) if k * m == 0 else np.full((k, m), 0.1, dtype)
+        low = draw(st.sampled_from((None, None, "int8", "bf16")))
+        if low is not None:  # an int8 or bf16 step (float32 chains; float64 ones refuse it)
+            try:
+                f32 = w.astype(np.float32)
+                w = (
+                    _core.QuantizedWeights.quantize(f32)
+                    if low == "int8"
+                    else _core.Bf16Weights(f32, transposed=False)
+                )
+            except ACCEPTED:
+                pass
         b = None if m > MAX_ELEMENTS or draw(st.booleans()) else np.zeros(m, dtype)
         step = [w, b, draw(st.sampled_from(ACTIVATION_NAMES))]
         if draw(st.booleans()):
