@@ -148,24 +148,19 @@ void dense_chain_forward(T* y, const T* x, index_t n, const DenseStep<T>* steps,
   for (int s = 0; s < count; ++s) {
     const DenseStep<T>& step = steps[s];
     T* target = s + 1 == count ? y : scratch + size_t(s % 2) * buffer;
-    if (step.bf16 != nullptr) {
+    if (step.bf16 != nullptr || step.int8 != nullptr) {
       if constexpr (std::is_same_v<T, float>) {
-        lowp::dense_forward_bf16(target, nullptr, source, *step.bf16, step.b, n, step.act,
-                                 num_threads);
+        if (step.bf16 != nullptr) {
+          lowp::dense_forward_bf16(target, nullptr, source, *step.bf16, step.b, n, step.act,
+                                   num_threads);
+        } else {
+          lowp::Int8Epilogue ep;
+          ep.bias = step.b;
+          ep.activation = step.act;
+          lowp::dense_int8(n, source, *step.int8, target, ep, num_threads);
+        }
       } else {
-        throw ArgumentError("dense_chain_forward: a bf16 step in a float64 chain");
-      }
-    } else if (step.int8 != nullptr) {
-      if constexpr (std::is_same_v<T, float>) {
-        // a row activation (softmax, log_softmax) over the finished rows, as dense_forward_int8
-        const bool row_wise = is_row_activation(step.act.kind);
-        lowp::Int8Epilogue ep;
-        ep.bias = step.b;
-        ep.activation = row_wise ? Activation{} : step.act;
-        lowp::dense_int8(n, source, *step.int8, target, ep, num_threads);
-        if (row_wise) activation_forward<T>(target, target, n, step.m, step.act, num_threads);
-      } else {
-        throw ArgumentError("dense_chain_forward: an int8 step in a float64 chain");
+        throw ArgumentError("dense_chain_forward: an int8 or bf16 step in a float64 chain");
       }
     } else if (step.w != nullptr) {
       dense_forward<T>(target, nullptr, source, step.w, step.b, n, step.k, step.m, step.act,

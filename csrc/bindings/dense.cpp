@@ -245,26 +245,36 @@ class DenseChain {
         if (!step[1].is_none())
           value_fail(name.c_str(), "a step without w (an activation alone) takes no b");
         held.k = held.m = width;
-      } else if (int8 != nullptr || bf16) {
-        // an int8 or bf16 layer: float32 only (x is quantized or rounded from float32 rows)
+      } else {
         const std::string w_name = name + " w";
-        const char* kind = bf16 ? "Bf16Weights" : "QuantizedWeights";
-        if (has_dtype_ && dtype_ != DType::float32)
-          type_fail(w_name.c_str(), std::string(kind) + " need a float32 chain, got float64 "
-                                                        "weights before them");
-        dtype_ = DType::float32;
+        const char* b_like = "w";  // what b's dtype is checked against
+        if (int8 != nullptr || bf16) {
+          // an int8 or bf16 layer: float32 only (x is quantized or rounded from float32 rows)
+          b_like = bf16 ? "Bf16Weights" : "QuantizedWeights";
+          if (has_dtype_ && dtype_ != DType::float32)
+            type_fail(w_name.c_str(), std::string(b_like) + " need a float32 chain, got "
+                                                            "float64 weights before them");
+          dtype_ = DType::float32;
+          held.int8 = int8;
+          held.bf16 = bf16;
+          has_bf16_ = has_bf16_ || bf16;
+          held.low_owner = py::reinterpret_borrow<py::object>(step[0]);
+          held.k = low_k;
+          held.m = low_m;
+        } else {
+          held.has_w = true;
+          held.w = has_dtype_ ? float_array_like(step[0], w_name.c_str(), dtype_, "the first w")
+                              : float_array(step[0], w_name.c_str(), &dtype_);
+          require_ndim(held.w, w_name.c_str(), 2);
+          held.k = held.w.shape(0);
+          held.m = held.w.shape(1);
+        }
         has_dtype_ = true;
-        held.int8 = int8;
-        held.bf16 = bf16;
-        has_bf16_ = has_bf16_ || bf16;
-        held.low_owner = py::reinterpret_borrow<py::object>(step[0]);
-        held.k = low_k;
-        held.m = low_m;
         if (width >= 0 && held.k != width)
           value_fail(w_name.c_str(), "expected " + std::to_string(width) +
                                          " rows (the previous step's width), got shape (" +
-                                         std::to_string(low_k) + ", " +
-                                         std::to_string(low_m) + ")");
+                                         std::to_string(held.k) + ", " +
+                                         std::to_string(held.m) + ")");
         if (width < 0) {
           for (Held& earlier : held_) earlier.k = earlier.m = held.k;
           input_width_ = held.k;
@@ -272,31 +282,7 @@ class DenseChain {
         width = held.m;
         if (!step[1].is_none()) {
           const std::string b_name = name + " b";
-          held.b = float_array_like(step[1], b_name.c_str(), dtype_, kind);
-          require_shape(held.b, b_name.c_str(), {held.m}, "w.shape[1]");
-          held.has_b = true;
-        }
-      } else {
-        const std::string w_name = name + " w";
-        held.has_w = true;
-        held.w = has_dtype_ ? float_array_like(step[0], w_name.c_str(), dtype_, "the first w")
-                            : float_array(step[0], w_name.c_str(), &dtype_);
-        has_dtype_ = true;
-        require_ndim(held.w, w_name.c_str(), 2);
-        held.k = held.w.shape(0);
-        held.m = held.w.shape(1);
-        if (width >= 0 && held.k != width)
-          value_fail(w_name.c_str(), "expected " + std::to_string(width) +
-                                         " rows (the previous step's width), got shape " +
-                                         shape_string(held.w));
-        if (width < 0) {
-          for (Held& earlier : held_) earlier.k = earlier.m = held.k;
-          input_width_ = held.k;
-        }
-        width = held.m;
-        if (!step[1].is_none()) {
-          const std::string b_name = name + " b";
-          held.b = float_array_like(step[1], b_name.c_str(), dtype_, "w");
+          held.b = float_array_like(step[1], b_name.c_str(), dtype_, b_like);
           require_shape(held.b, b_name.c_str(), {held.m}, "w.shape[1]");
           held.has_b = true;
         }
@@ -402,25 +388,21 @@ class DenseChain {
   // checks themselves, naming the step's w or b.
   void recheck(size_t i, DType dtype) const {
     const Held& held = held_[i];
-    if ((held.int8 != nullptr || held.bf16) && held.has_b &&
-        !unchanged(held.b, py::dtype::of<float>().num(), {held.m})) {
+    const int num = dtype == DType::float32 ? py::dtype::of<float>().num()
+                                            : py::dtype::of<double>().num();
+    if ((!held.has_w || unchanged(held.w, num, {held.k, held.m})) &&
+        (!held.has_b || unchanged(held.b, num, {held.m})))
+      return;
+    if (held.has_w) {
+      const std::string w_name = step_name(i) + " w (changed since the chain was made)";
+      float_array_like(held.w, w_name.c_str(), dtype, "the chain's weights");
+      require_shape(held.w, w_name.c_str(), {held.k, held.m});
+    }
+    if (held.has_b) {
       const std::string b_name = step_name(i) + " b (changed since the chain was made)";
       float_array_like(held.b, b_name.c_str(), dtype, "the chain's weights");
       require_shape(held.b, b_name.c_str(), {held.m});
     }
-    if (!held.has_w) return;
-    const int num = dtype == DType::float32 ? py::dtype::of<float>().num()
-                                            : py::dtype::of<double>().num();
-    if (unchanged(held.w, num, {held.k, held.m}) &&
-        (!held.has_b || unchanged(held.b, num, {held.m})))
-      return;
-    const std::string w_name = step_name(i) + " w (changed since the chain was made)";
-    float_array_like(held.w, w_name.c_str(), dtype, "the chain's weights");
-    require_shape(held.w, w_name.c_str(), {held.k, held.m});
-    if (!held.has_b) return;
-    const std::string b_name = step_name(i) + " b (changed since the chain was made)";
-    float_array_like(held.b, b_name.c_str(), dtype, "the chain's weights");
-    require_shape(held.b, b_name.c_str(), {held.m});
   }
 
   std::vector<Held> held_;

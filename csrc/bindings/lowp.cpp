@@ -485,15 +485,13 @@ py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
     require_shape(b, "b", {n}, "w.shape[1]");
   }
   const Activation act = parse_activation(activation, alpha);
-  // a row activation (softmax, log_softmax) runs over the finished rows, as dense_forward's
-  const bool row_wise = is_row_activation(act.kind);
   py::array out;
   if (!out_array(out_obj, "out", DType::float32, {m, n}, &out)) out = new_array<float>({m, n});
   require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
   const int threads = resolve_num_threads(thread_count(threads_obj));
   lowp::Int8Epilogue ep;
   ep.bias = has_b ? cptr<float>(b) : nullptr;
-  ep.activation = row_wise ? Activation{} : act;
+  ep.activation = act;
   const float* xp = cptr<float>(x);
   float* yp = mptr<float>(out);
   {
@@ -502,7 +500,6 @@ py::array dense_forward_int8_impl(const lowp::Int8Path* path, py::handle x_obj,
       lowp::dense_int8_with_path(*path, m, xp, w.packed(), yp, ep, threads);
     else
       lowp::dense_int8(m, xp, w.packed(), yp, ep, threads);
-    if (row_wise) activation_forward<float>(yp, yp, m, n, act, threads);
   }
   return out;
 }

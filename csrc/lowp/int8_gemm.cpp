@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "activations.hpp"
 #include "gemm/isa.hpp"
 #include "gemm/scratch.hpp"
 #include "lowp/path_choice.hpp"
@@ -249,9 +250,15 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   if (!int8_path_supported(path))
     throw ArgumentError(std::string("int8 path '") + int8_path_name(path) +
                         "' is not supported by this CPU/build");
-  if (is_row_activation(ep.activation.kind))
-    throw ArgumentError("dense_int8: a row activation (softmax, log_softmax) is not an elementwise epilogue");
   const index_t k = w.panels.k, n = w.panels.n;
+  if (is_row_activation(ep.activation.kind)) {
+    // softmax / log_softmax over the finished rows, as dense_forward's row activations
+    Int8Epilogue sums = ep;
+    sums.activation = Activation{};
+    dense_int8_with_path(path, m, x, w, y, sums, num_threads);
+    if (m > 0) activation_forward<float>(y, y, m, n, ep.activation, num_threads);
+    return;
+  }
   if (m <= 0 || n <= 0) return;
   if (k > 0 && transposed_is_cheaper(m, n)) {
     dense_int8_transposed(path, m, x, w, y, ep, num_threads);

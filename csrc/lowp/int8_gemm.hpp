@@ -60,7 +60,8 @@ struct Int8Epilogue {
   Activation activation{};
 };
 
-// y (m, n) = act(dequantized x @ W + b); x (m, k) float32 row-major.
+// y (m, n) = act(dequantized x @ W + b); x (m, k) float32 row-major. A row activation
+// (softmax, log_softmax) runs over the finished rows.
 void dense_int8(index_t m, const float* x, const PackedInt8& w, float* y,
                 const Int8Epilogue& epilogue, int num_threads);
 void dense_int8_with_path(Int8Path path, index_t m, const float* x, const PackedInt8& w, float* y,
