@@ -378,8 +378,8 @@ def inference_chain(ops, weights=None, version=None):
     """The inference ops as one kernel call where they chain (else a Pipeline), with the live
     weights or, per op, ``weights`` (a snapshot: [kernel(, bias)], or None for an op without
     weights). A Dense layer and the batch normalization after it fold into one step; with
-    live weights, folded steps or int8 layers, the result has ``refresh(version)``, to call
-    before each use."""
+    live weights, folded steps or int8 / bf16 layers, the result has ``refresh(version)``, to
+    call before each use."""
     weights = weights or [None] * len(ops)
     ops, weights = fold_batch_norms(ops, weights, version)
     live = all(own is None for own in weights)

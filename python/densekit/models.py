@@ -891,7 +891,7 @@ class Sequential:
             chain = self._predict_chain
             if params is not self._params:  # training on another thread: a snapshot
                 chain = inference_chain(self._predict_ops, self._snapshot_weights(params))
-            elif isinstance(chain, RefreshedChain):  # folded batch norms, int8 layers
+            elif isinstance(chain, RefreshedChain):  # folded batch norms, int8 / bf16 layers
                 chain.refresh(self._guard.version)
             if n <= batch_size and hooks is None:
                 # one batch, the latency path: the kernel allocates the outputs (checking an
