@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records: list[Record] = []
     skips: list[Skip] = []
-    summaries: list[str] = []
+    summaries: dict[str, list[str]] = {}  # a family's summary lines, where it has one
     print(report.header(), flush=True)
     for family in settings.families:
         module = importlib.import_module(f"{__package__}.{family}")
@@ -123,13 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
             print("\n".join(report.rows(record, copy["gb_per_s"], peaks)), flush=True)
         summary = getattr(module, "summarize", None)
-        if summary is not None:
-            summaries += summary(records, peaks)
+        lines = [] if summary is None else summary(records, peaks)
+        if lines:
+            summaries[family] = lines
 
     elapsed = time.perf_counter() - started
     failed = report.failures(records)
     print()
-    for line in [*summaries, *report.skip_lines(skips)]:
+    for line in [
+        *(line for lines in summaries.values() for line in lines),
+        *report.skip_lines(skips),
+    ]:
         print(line)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = settings.out_dir / f"bench-{stamp}.json"
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "records": [r.to_dict() for r in records],
             "thread_scaling": scaling,
+            "summaries": summaries,
             "skipped": [vars(s) for s in skips],
             "failures": failed,
         },

@@ -1,0 +1,137 @@
+"""The low-precision family's target summary (bench/lowp.py): each target's verdict at each
+thread count measured, with the ceiling that the CPU's peak puts on the ratio, and the
+benchmarks page showing a family's summary as the run printed it."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ml_dtypes")
+
+from bench import lowp, report
+from bench.harness import Record, Timing
+
+
+def _record(name, shape, dtype, threads, work, seconds: dict) -> Record:
+    record = Record(
+        family=lowp.FAMILY,
+        name=name,
+        shape=shape,
+        dtype=dtype,
+        threads=threads,
+        work=work,
+        unit="GFLOP/s",
+        work_formula="2*n*k*m",
+        tolerance="",
+        notes=[],
+    )
+    for library, value in seconds.items():
+        record.timings[library] = Timing(library, 1, [value])
+    return record
+
+
+def _line(lines, *words):
+    found = [line for line in lines if all(word in line for word in words)]
+    assert len(found) == 1, (words, lines)
+    return found[0]
+
+
+def test_verdicts_and_ceilings_per_thread_count():
+    work = 2e9  # 1 s at 2 GFLOP/s
+    peaks = {"bfloat16": {1: 4.0, 2: 8.0}, "int8": {1: 8.0, 2: 16.0}}
+    records = [
+        # 1 thread: densekit 2.0, torch 2.0 GFLOP/s: ratio 1.00, ceiling 4 / 2 = 2.00x
+        _record(
+            "matmul bf16", "1024x1024x1024", "bfloat16", 1, work, {"densekit": 1.0, "torch": 1.0}
+        ),
+        # torch at 3.2 GFLOP/s: a 1.3x target is above the ceiling 4 / 3.2 = 1.25x
+        _record(
+            "dense bf16 relu",
+            "256x784x256",
+            "bfloat16",
+            1,
+            work,
+            {"densekit": 0.625, "torch": 0.625},
+        ),
+        # 2 threads: densekit 7.6 of 8 GFLOP/s (95%): the peak target met
+        _record(
+            "matmul bf16",
+            "1024x1024x1024",
+            "bfloat16",
+            2,
+            work,
+            {"densekit": 2 / 7.6, "torch": 0.5},
+        ),
+        _record(
+            "predict int8",
+            "256x784-256-128-10",
+            "int8",
+            2,
+            work,
+            {"densekit": 0.25, "torch": 0.5, "densekit fp32": 1.0},
+        ),
+    ]
+    lines = lowp.summarize(records, peaks)
+    assert "at 1 thread " in lines[0] and any("at 2 threads " in line for line in lines)
+    one = lines[: next(i for i, line in enumerate(lines) if "at 2 threads " in line)]
+    two = lines[len(one) :]
+    matmul = _line(one, "matmul bf16", "1024x1024x1024", "vs torch")
+    assert "1.00x, MISSED (ceiling 2.00x)" in matmul
+    dense = _line(one, "dense bf16 relu", "256x784x256")
+    assert "1.00x, MISSED (ceiling 1.25x: out of reach on this CPU)" in dense
+    assert "50% of 4 GFLOP/s, MISSED" in _line(one, "1024x1024x1024", "of the bf16 peak")
+    assert "not measured" in _line(one, "4096x512x512", "vs torch")
+    # int8 ratios bounded by the int8 peak: 16 / (2e9 / 0.5 / 1e9) = 4x over torch
+    assert "2.00x, met (ceiling 4.00x)" in _line(two, "predict int8", "vs torch")
+    assert "4.00x, met (ceiling 8.00x)" in _line(two, "predict int8", "vs densekit fp32")
+    assert "1.90x, met (ceiling 2.00x)" in _line(two, "matmul bf16", "1024x1024x1024", "vs torch")
+    assert "95% of 8 GFLOP/s, met" in _line(two, "1024x1024x1024", "of the bf16 peak")
+
+
+def test_no_ceiling_without_a_peak_and_nothing_without_records():
+    record = _record(
+        "matmul bf16", "1024x1024x1024", "bfloat16", 1, 2e9, {"densekit": 1.0, "torch": 2.0}
+    )
+    lines = lowp.summarize([record], None)
+    line = _line(lines, "matmul bf16", "1024x1024x1024", "vs torch")
+    assert line.endswith("2.00x, met")
+    assert lowp.summarize([], None) == []
+
+
+def test_page_shows_a_family_summary_below_its_table():
+    document = {
+        "machine": {
+            "cpu": {"model": "test CPU", "isa_flags": []},
+            "cpus_usable": 1,
+            "cpu_count": 1,
+            "memory_gib": 1,
+            "platform": "test",
+            "python": "3",
+            "versions": {},
+            "threads": {"densekit": 1},
+            "command": ["python", "-m", "bench"],
+            "date": "2026-01-01",
+        },
+        "records": [
+            {
+                "family": "lowp",
+                "case": "matmul bf16",
+                "shape": "8x8x8",
+                "dtype": "bfloat16",
+                "threads": 1,
+                "work": 1024.0,
+                "unit": "GFLOP/s",
+                "checks": {},
+                "timings": {},
+                "ratios": {},
+                "error": None,
+            }
+        ],
+        "summaries": {"lowp": ["low-precision targets at 1 thread:", "  a line"]},
+    }
+    page = report.markdown_page(document, "x.json")
+    table = page.index("| matmul bf16 | 8x8x8 |")
+    block = page.index("```text\nlow-precision targets at 1 thread:\n  a line\n```")
+    assert block > table
+    del document["summaries"]  # a run from before summaries were kept: the table alone
+    assert "```text" not in report.markdown_page(document, "x.json")
