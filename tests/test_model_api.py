@@ -765,3 +765,23 @@ def test_model_file_keeps_regularizers_constraints_and_initializers(tmp_path):
     loaded.fit(x, y, batch_size=6, epochs=1, verbose=0, seed=1)
     for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_plan_load_copies_every_layout_of_the_batch_exactly():
+    # contiguous inputs go through the take_rows kernel (GIL released), others through NumPy
+    rng = np.random.default_rng(15)
+    x, y = rng.normal(size=(37, 5)), rng.normal(size=(37, 2))
+    model = frozen_model()
+    state = model.training_state
+    plan = state.load_batch(*state.dataset(x, y))
+    np.testing.assert_array_equal(plan.x, x)
+    np.testing.assert_array_equal(plan.y, y)
+    for layout in (np.asfortranarray(x), x[::-1].copy()[::-1]):
+        plan.x.fill(np.nan)
+        plan.load(layout, y)
+        np.testing.assert_array_equal(plan.x, x)
+    twin = frozen_model()
+    twin.set_weights(model.get_weights())
+    assert model.train_on_batch(np.asfortranarray(x), y) == twin.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
