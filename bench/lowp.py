@@ -7,6 +7,9 @@ densekit's own float32, side by side.
   once (``Bf16Weights``, as a model holds them), float32 x rounded while packed, bias and relu
   in the epilogue, float32 out; peers torch ``F.linear`` + ``relu_`` on bf16 tensors and
   densekit float32. ``matmul bf16`` packs b on every call.
+- ``dense bf16 relu fwd+bwd``: a mixed_bfloat16 layer's training work, the weights packed
+  (both layouts), forward with the pre-activation kept, dx, dw, db in float32; peers torch
+  ``relu(F.linear)`` on bf16 tensors with ``backward`` and densekit float32.
 - ``dense int8 relu``: float32 x, int8 weights per output column, x quantized per row on the
   fly; peers ``torch.ao.quantization.quantize_dynamic`` of a ``Linear`` + ReLU (fbgemm) and
   densekit float32.
@@ -38,7 +41,7 @@ from densekit import kernels
 from . import peers
 from .config import Settings
 from .gemm import shape_name
-from .harness import Case, Impl, Skip, Tolerance, random_array
+from .harness import Case, Impl, Skip, Tolerance, grid_array, random_array
 from .train import (
     MLP,
     STEP_FORMULA,
@@ -166,6 +169,91 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
         run_densekit,
         case_peers,
         "peers' inputs are the bf16-rounded values (float32 peer: widened)",
+    )
+
+
+def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
+    """A dense layer's training work in bf16: the float32 weights rounded and packed (both
+    layouts: dx needs w^T), forward with relu and the pre-activation kept, then dx, dw, db in
+    float32 accumulation, as a mixed_bfloat16 layer runs them once per step. Peers: torch
+    ``relu(F.linear)`` on bf16 tensors with ``backward`` (its gradients in bf16) and densekit
+    float32 ``dense_forward`` + ``dense_backward``."""
+    rng = np.random.default_rng(n * 31 + k * 7 + m + 2)
+    # Values on a 1/8 grid, exact in bf16: every library gets the same pre-activations, so
+    # relu's mask (and with it dx, dw, db) cannot differ by a rounding at zero.
+    x = grid_array(rng, (n, k), "float32")
+    w = grid_array(rng, (k, m), "float32")
+    b = grid_array(rng, (m,), "float32")
+    dy = grid_array(rng, (n, m), "float32")
+    packed = kernels.Bf16Weights(w, transposed=True)
+    out = {lib: (np.empty((n, m), np.float32), np.empty((n, m), np.float32)) for lib in "bf"}
+    grads = {lib: (np.empty_like(x), np.empty_like(w), np.empty_like(b)) for lib in "bf"}
+
+    def run_densekit():
+        y, z = out["b"]
+        dx, dw, db = grads["b"]
+        packed.pack(w, num_threads=threads)  # once per optimizer step in training
+        kernels.dense_forward_bf16(
+            x, packed, b, activation="relu", out=y, preact_out=z, num_threads=threads
+        )
+        kernels.dense_backward_bf16(
+            dy,
+            x,
+            packed,
+            preact=z,
+            activation="relu",
+            dx_out=dx,
+            dw_out=dw,
+            db_out=db,
+            num_threads=threads,
+        )
+        return y, dx, dw, db
+
+    def run_fp32():
+        y, z = out["f"]
+        dx, dw, db = grads["f"]
+        kernels.dense_forward(x, w, b, "relu", out=y, preact_out=z, num_threads=threads)
+        kernels.dense_backward(
+            dy,
+            x,
+            w,
+            preact=z,
+            activation="relu",
+            dx_out=dx,
+            dw_out=dw,
+            db_out=db,
+            num_threads=threads,
+        )
+        return y, dx, dw, db
+
+    case_peers = []
+    if peers.torch is not None:
+        torch, functional = peers.torch, peers.torch.nn.functional
+        x_t = torch.from_numpy(x).to(torch.bfloat16).requires_grad_()
+        w_t = torch.from_numpy(np.ascontiguousarray(w.T)).to(torch.bfloat16).requires_grad_()
+        b_t = torch.from_numpy(b).to(torch.bfloat16).requires_grad_()
+        dy_t = torch.from_numpy(dy).to(torch.bfloat16)
+
+        def run_torch():
+            x_t.grad = w_t.grad = b_t.grad = None
+            y_t = functional.relu(functional.linear(x_t, w_t, b_t))
+            y_t.backward(dy_t)
+            return y_t, x_t.grad, w_t.grad.T, b_t.grad
+
+        case_peers.append(Impl("torch", run_torch))
+    case_peers.append(Impl("densekit fp32", run_fp32))
+    return _case(
+        "dense bf16 relu fwd+bwd",
+        shape_name(n, k, m),
+        "bfloat16",
+        threads,
+        6.0 * n * k * m,
+        "6*n*k*m (y, dx, dw)",
+        BF16_TOLERANCE,
+        run_densekit,
+        case_peers,
+        "densekit: the weights packed each call, float32 gradients; torch: bf16 tensors and "
+        "gradients; inputs on a 1/8 grid",
     )
 
 
@@ -303,6 +391,7 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
                 continue
             yield bf16_case("matmul bf16", n, k, m, threads, epilogue=False)
             yield bf16_case("dense bf16 relu", n, k, m, threads, epilogue=True)
+            yield bf16_forward_backward_case(n, k, m, threads)
             yield int8_case(n, k, m, threads)
         for batch in TRAIN_BATCHES:
             yield mixed_step_case(batch, threads)
@@ -316,6 +405,8 @@ TARGETS = (
     ("matmul bf16", "4096x512x512", "torch", 1.1),
     ("dense bf16 relu", "256x784x256", "torch", 1.3),
     ("dense bf16 relu", "64x784x256", "torch", 1.3),
+    ("dense bf16 relu fwd+bwd", "256x784x256", "torch", 1.3),
+    ("dense bf16 relu fwd+bwd", "64x784x256", "torch", 1.3),
     ("train step mixed_bfloat16", "256x784-256-128-10", "densekit fp32", 1.7),
     ("train step mixed_bfloat16", "256x784-256-128-10", "torch", 3.0),
     ("predict int8", "256x784-256-128-10", "torch", 1.2),
