@@ -316,6 +316,20 @@ def test_bitwise_identical_for_any_thread_count(threads):
         np.testing.assert_array_equal(bits(got), bits(expected))
 
 
+@pytest.mark.parametrize("shape", [(64, 784, 256), (64, 2000, 300)])
+def test_a_packed_in_its_own_pass_or_per_task_gives_the_same_bits(shape):
+    # Row tiles serving several column chunks are packed in a pass of their own on one thread
+    # or for a large product (64x2000x300), by each task otherwise (64x784x256 on several
+    # threads, tile_loop.hpp): the same words either way, so the same bits.
+    rng = np.random.default_rng(7)
+    x, w, b = layer(rng, *shape)
+    packed = K.Bf16Weights(w)
+    _, want = composed_forward(x, w, b, "relu")
+    for threads in (1, 2, 3, 7):
+        y = K.dense_forward_bf16(x, packed, b, activation="relu", num_threads=threads)
+        np.testing.assert_array_equal(bits(y), bits(want), err_msg=f"threads={threads}")
+
+
 @given(
     n=st.sampled_from([0, 1, 2, 3, 13, 14, 15, 29]),
     k=st.sampled_from([0, 1, 2, 3, 7, 31, 33, 257]),

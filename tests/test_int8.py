@@ -107,10 +107,13 @@ def test_epilogue_activation_is_the_float32_engine_s(path, activation):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_bitwise_identical_for_any_thread_count(path):
+@pytest.mark.parametrize("shape", [(133, 517, 301), (64, 784, 256), (64, 2000, 300)])
+def test_bitwise_identical_for_any_thread_count(path, shape):
+    # the last two: x's row tiles packed by each task, or in a pass of their own (tile_loop.hpp)
+    n, k, m = shape
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((133, 517)).astype(np.float32)
-    qw = K.QuantizedWeights.quantize(rng.standard_normal((517, 301)).astype(np.float32))
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    qw = K.QuantizedWeights.quantize(rng.standard_normal((k, m)).astype(np.float32))
     first = _core._dense_int8_path_test(path, x, qw, num_threads=1)
     for threads in (2, 3, 7):
         np.testing.assert_array_equal(

@@ -27,6 +27,9 @@ namespace densekit::lowp {
 
 constexpr int kPanel = static_cast<int>(kRowPanel);  // columns per packed panel of B
 constexpr int kMaxRows = 14;   // rows per register tile
+// Products of at least this many FLOPs pack A in a pass of its own on several threads (see
+// run_tiles).
+constexpr double kPrepackFlops = 64e6;
 // Panels per wide tile for thin row tiles (more independent accumulator chains).
 constexpr int wide_panels(int rows) { return rows <= 2 ? 4 : rows <= 4 ? 3 : 1; }
 
@@ -171,8 +174,12 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   };
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
   // A is packed once for all chunks (row tile rt at words * r0) when that copy stays within
-  // 64 MiB and either pack_whole has a pass over all of A or there are several chunks;
-  // otherwise each task packs its row tile.
+  // 64 MiB and either pack_whole has a pass over all of A or there are several chunks and
+  // the product runs on one thread or is large (kPrepackFlops); otherwise each task packs
+  // its row tile. A separate pass saves the chunks' repacking but is a parallel region of its
+  // own, and a task then reads its packed tile from another core's cache: on several threads
+  // a small product loses more by that than the repacking costs, while on one thread the
+  // pass costs nothing (measured: README.md).
   // The copy lives in the calling thread's kept scratch (a fresh one each call costs its page
   // faults).
   thread_local gemm::Scratch t_packed_a;
@@ -182,7 +189,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
       double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20)) {
     packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, words, 4)));
     prepacked = pack_whole(packed_a, row_tiles, threads);
-    if (!prepacked && chunks > 1) {
+    if (!prepacked && chunks > 1 && (threads == 1 || flops >= kPrepackFlops)) {
       parallel_for(row_tiles, threads, [&](index_t rt) {
         const index_t r0 = m * rt / row_tiles;
         pack_a(r0, tile_rows(m, row_tiles, rt), packed_a + words * r0);
