@@ -186,12 +186,20 @@ def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
     b = grid_array(rng, (m,), "float32")
     dy = grid_array(rng, (n, m), "float32")
     packed = kernels.Bf16Weights(w, transposed=True)
-    out = {lib: (np.empty((n, m), np.float32), np.empty((n, m), np.float32)) for lib in "bf"}
-    grads = {lib: (np.empty_like(x), np.empty_like(w), np.empty_like(b)) for lib in "bf"}
+
+    def buffers():  # y, z (the pre-activation), dx, dw, db
+        return (
+            np.empty((n, m), np.float32),
+            np.empty((n, m), np.float32),
+            np.empty_like(x),
+            np.empty_like(w),
+            np.empty_like(b),
+        )
+
+    y, z, dx, dw, db = buffers()
+    y32, z32, dx32, dw32, db32 = buffers()
 
     def run_densekit():
-        y, z = out["b"]
-        dx, dw, db = grads["b"]
         packed.pack(w, num_threads=threads)  # once per optimizer step in training
         kernels.dense_forward_bf16(
             x, packed, b, activation="relu", out=y, preact_out=z, num_threads=threads
@@ -210,21 +218,19 @@ def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
         return y, dx, dw, db
 
     def run_fp32():
-        y, z = out["f"]
-        dx, dw, db = grads["f"]
-        kernels.dense_forward(x, w, b, "relu", out=y, preact_out=z, num_threads=threads)
+        kernels.dense_forward(x, w, b, "relu", out=y32, preact_out=z32, num_threads=threads)
         kernels.dense_backward(
             dy,
             x,
             w,
-            preact=z,
+            preact=z32,
             activation="relu",
-            dx_out=dx,
-            dw_out=dw,
-            db_out=db,
+            dx_out=dx32,
+            dw_out=dw32,
+            db_out=db32,
             num_threads=threads,
         )
-        return y, dx, dw, db
+        return y32, dx32, dw32, db32
 
     case_peers = []
     if peers.torch is not None:
