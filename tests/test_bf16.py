@@ -3,8 +3,10 @@
 The product's rule (csrc/lowp/bf16_gemm.hpp) is vdpbf16ps's: per k pair, acc += a_odd b_odd,
 then acc += a_even b_even, each rounded to float32 (a bf16 product is exact in float32), with
 subnormals read and written as zero. ``pair_rule`` below is that rule in NumPy float32
-arithmetic, so every path must equal it bit for bit on data without subnormals, and be within
-the float32 accumulation bound of the float64 product of the bf16 values.
+arithmetic, so the emulated and avx512_bf16 paths must equal it bit for bit on data without
+subnormals. The amx path follows tdpbf16ps's rule (``amx_rule``: steps of 16 pairs, two
+chains per step, then acc += even + odd), bit for bit. Every path is within the float32
+accumulation bound of the float64 product of the bf16 values.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .helpers import json_of_child
 
 BF16 = ml_dtypes.bfloat16
 PATHS = list(_core.bf16_config()["available"])
+# The environment that makes the default product follow vdpbf16ps's rule (amx has its own).
+PAIR_RULE_DEFAULT = {"DENSEKIT_BF16": "avx512_bf16"} if PATHS[0] == "amx" else {}
 ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
 SHAPES = [
     (0, 5, 3),
@@ -61,6 +65,31 @@ def pair_rule(a, b):
                 acc = acc + np.outer(a32[:, q + 1], b32[q + 1])
             acc = acc + np.outer(a32[:, q], b32[q])
     return acc
+
+
+def amx_rule(a, b):
+    """op(A) @ B by tdpbf16ps's rule in float32 NumPy arithmetic: per step of 16 k pairs (32 k,
+    from 0), the even members' products and the odd members' in two chains from 0, then
+    acc = acc + (even + odd)."""
+    a32 = a.astype(np.float32)
+    b32 = b.astype(np.float32)
+    m, k = a32.shape
+    acc = np.zeros((m, b32.shape[1]), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in range(0, k, 32):
+            even = np.zeros_like(acc)
+            odd = np.zeros_like(acc)
+            for q in range(s, min(s + 32, k), 2):
+                even = even + np.outer(a32[:, q], b32[q])
+                if q + 1 < k:
+                    odd = odd + np.outer(a32[:, q + 1], b32[q + 1])
+            acc = acc + (even + odd)
+    return acc
+
+
+def rule(path, a, b):
+    """The path's sums of op(A) @ B, bit for bit."""
+    return amx_rule(a, b) if path == "amx" else pair_rule(a, b)
 
 
 def reference64(a, b):
@@ -153,7 +182,7 @@ def test_matmul_equals_the_pair_rule_bitwise_and_is_near_float64(path, m, n, k):
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
     c = run(path, a, b)
     assert c.dtype == np.float32 and c.shape == (m, n)
-    np.testing.assert_array_equal(bits(c), bits(pair_rule(a, b)))
+    np.testing.assert_array_equal(bits(c), bits(rule(path, a, b)))
     bound = 2.0 * (k + 1) * 2.0**-24 * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
     assert (np.abs(c - reference64(a, b)) <= bound).all()
 
@@ -168,7 +197,7 @@ def test_transposed_operands(path, trans_a, trans_b):
     a_in = np.ascontiguousarray(a.T) if trans_a else a
     b_in = np.ascontiguousarray(b.T) if trans_b else b
     c = run(path, a_in, b_in, trans_a=trans_a, trans_b=trans_b)
-    np.testing.assert_array_equal(bits(c), bits(pair_rule(a, b)))
+    np.testing.assert_array_equal(bits(c), bits(rule(path, a, b)))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -182,11 +211,11 @@ def test_epilogue_is_the_float32_engine_s(path, activation):
     out = start.copy()
     preact = np.empty((m, n), np.float32)
     run(path, a, b, out=out, bias=bias, preact=preact, activation=activation, accumulate=True)
-    v = (start + pair_rule(a, b)) + bias
+    v = (start + rule(path, a, b)) + bias
     np.testing.assert_array_equal(bits(preact), bits(v))
     np.testing.assert_array_equal(bits(out), bits(K.activation_forward(v, activation=activation)))
     out16 = run(path, a, b, bias=bias, activation=activation, out_dtype="bfloat16")
-    want = K.activation_forward(pair_rule(a, b) + bias, activation=activation)
+    want = K.activation_forward(rule(path, a, b) + bias, activation=activation)
     np.testing.assert_array_equal(bits(out16), bits(want.astype(BF16)))
 
 
@@ -197,7 +226,7 @@ def test_bitwise_identical_for_any_thread_count(path, trans_a):
     a, b = bf16(rng, (131, 517)), bf16(rng, (517, 300))
     a_in = np.ascontiguousarray(a.T) if trans_a else a
     first = run(path, a_in, b, trans_a=trans_a, num_threads=1)
-    np.testing.assert_array_equal(bits(first), bits(pair_rule(a, b)))
+    np.testing.assert_array_equal(bits(first), bits(rule(path, a, b)))
     for threads in (2, 3, 7):
         again = run(path, a_in, b, trans_a=trans_a, num_threads=threads)
         np.testing.assert_array_equal(bits(again), bits(first))
@@ -247,7 +276,7 @@ def test_few_rows_with_a_row_major_b_give_the_pair_rule_s_bits(path, m, n, k):
     # tail, odd k, transposed a, thread count and epilogue gives the same bits.
     rng = np.random.default_rng(m * 7919 + n * 31 + k)
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
-    want = pair_rule(a, b)
+    want = rule(path, a, b)
     check_every_layout(path, a, b, want)
     check_epilogues(path, rng, a, b, want, "gelu")
 
@@ -263,7 +292,7 @@ def test_every_tile_height_reading_a_in_place_gives_the_pair_rule_s_bits(path, t
         a, b = bf16(rng, (m, 36)), bf16(rng, (36, 70))
         b_in = np.ascontiguousarray(b.T) if trans_b else b
         got = run(path, a, b_in, trans_b=trans_b)
-        np.testing.assert_array_equal(bits(got), bits(pair_rule(a, b)), err_msg=f"m={m}")
+        np.testing.assert_array_equal(bits(got), bits(rule(path, a, b)), err_msg=f"m={m}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -274,7 +303,7 @@ def test_rows_that_crowd_l1_give_the_pair_rule_s_bits(path, k):
     # the same chains, so the same bits, on any thread count.
     rng = np.random.default_rng(k)
     a, b = bf16(rng, (29, k)), bf16(rng, (k, 40))
-    want = pair_rule(a, b)
+    want = rule(path, a, b)
     for threads in (1, 2):
         np.testing.assert_array_equal(bits(run(path, a, b, num_threads=threads)), bits(want))
 
@@ -287,7 +316,7 @@ def test_narrow_products_give_the_pair_rule_s_bits(path, m, n, k):
     # the same chains of the same exact products, finished by row as the direct product is.
     rng = np.random.default_rng(m * 131 + n * 7 + k)
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
-    want = pair_rule(a, b)
+    want = rule(path, a, b)
     check_every_layout(path, a, b, want)
     check_epilogues(path, rng, a, b, want, "elu")
 
@@ -302,20 +331,24 @@ def test_paths_agree_on_subnormals_infinities_and_nan():
     b.view(np.uint16)[3, 9] = 0xFFC0  # nan
     a.view(np.uint16)[4, :] = 0x1F80  # 2^-64: products of 2^-128 flush to zero
     b.view(np.uint16)[:, 11] = 0x1F80
-    results = [run(path, a, b) for path in PATHS]
-    for r in results[1:]:
-        same = (bits(r) == bits(results[0])) | (np.isnan(r) & np.isnan(results[0]))
-        assert same.all()
-    c = results[0]
-    assert c[4, 11] == 0.0  # every product is below the normal range
     zeroed_a, zeroed_b = a.copy(), b.copy()
     zeroed_a.view(np.uint16)[:, ::5] = 0
     zeroed_b.view(np.uint16)[::7, 3] = 0
-    ok = ~np.isnan(c)
-    ok[4, :] = False
-    ok[:, 11] = False
-    with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(bits(c)[ok], bits(pair_rule(zeroed_a, zeroed_b))[ok])
+    results = {path: run(path, a, b) for path in PATHS}
+    # the paths of one rule agree on every bit (NaN payloads aside)
+    pair_paths = [results[path] for path in PATHS if path != "amx"]
+    for r in pair_paths[1:]:
+        same = (bits(r) == bits(pair_paths[0])) | (np.isnan(r) & np.isnan(pair_paths[0]))
+        assert same.all()
+    for path, c in results.items():
+        assert c[4, 11] == 0.0  # every product is below the normal range
+        assert np.isnan(c[:, 9]).all()  # column 9 meets b's NaN
+        ok = ~np.isnan(c)
+        ok[4, :] = False
+        ok[:, 11] = False
+        with np.errstate(invalid="ignore"):
+            want = rule(path, zeroed_a, zeroed_b)
+        np.testing.assert_array_equal(bits(c)[ok], bits(want)[ok], err_msg=path)
 
 
 @given(
@@ -329,12 +362,11 @@ def test_paths_agree_on_subnormals_infinities_and_nan():
 def test_hypothesis_shapes_on_every_path(m, n, k, trans_a, trans_b, seed):
     rng = np.random.default_rng(seed)
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
-    want = bits(pair_rule(a, b))
     a_in = np.ascontiguousarray(a.T) if trans_a else a
     b_in = np.ascontiguousarray(b.T) if trans_b else b
     for path in PATHS:
         got = run(path, a_in, b_in, trans_a=trans_a, trans_b=trans_b)
-        np.testing.assert_array_equal(bits(got), want)
+        np.testing.assert_array_equal(bits(got), bits(rule(path, a, b)), err_msg=path)
 
 
 _SUBPROCESS = """
@@ -357,7 +389,8 @@ def test_forced_paths_give_the_same_bits(env):
     def child(extra):
         return json_of_child(_SUBPROCESS, extra)
 
-    base, forced = child({}), child(env)
+    # the baseline is a path of the emulation's rule: avx512_bf16 where amx is the default
+    base, forced = child(PAIR_RULE_DEFAULT), child(env)
     assert forced["config"]["path"] == "emulated"
     if "DENSEKIT_BF16" in env:
         assert forced["config"]["forced"]
@@ -369,6 +402,14 @@ def test_forced_paths_give_the_same_bits(env):
         got = np.array(forced["bits"], np.uint32).view(np.float32)
         want = np.array(base["bits"], np.uint32).view(np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_best_path_is_the_default_and_each_lower_one_can_be_forced():
+    code = "from densekit import _core; import json; print(json.dumps(_core.bf16_config()))"
+    assert _core.bf16_config()["path"] == PATHS[0] == _core.bf16_config()["best"]
+    for path in PATHS[1:]:
+        config = json_of_child(code, {"DENSEKIT_BF16": path}, timeout=60)
+        assert config["path"] == path and config["forced"] and config["best"] == PATHS[0]
 
 
 def test_bad_path_request_is_reported_not_fatal():
@@ -401,7 +442,7 @@ def test_matmul_errors_name_the_argument():
         K.matmul_bf16(a, b, activation="softmax")
     with pytest.raises(ValueError, match="activation: log_softmax is a row operation"):
         K.matmul_bf16(a, b, activation="log_softmax")
-    with pytest.raises(ValueError, match="path: expected 'avx512_bf16' or 'emulated'"):
-        _core._matmul_bf16_path_test("amx", a, b)
+    with pytest.raises(ValueError, match="path: expected 'amx', 'avx512_bf16' or 'emulated'"):
+        _core._matmul_bf16_path_test("tpu", a, b)
     with pytest.raises(ValueError, match="a: expected a 2-d array"):
         K.matmul_bf16(np.zeros(4, BF16), b)

@@ -244,8 +244,8 @@ def test_errors_name_the_argument():
         K.QuantizedWeights.quantize(np.array([[np.nan]], np.float32))
     with pytest.raises(ValueError, match="out: expected shape"):
         K.dense_forward_int8(x, qw, out=np.empty((2, 4), np.float32))
-    with pytest.raises(ValueError, match="path: expected 'avx512_vnni' or 'emulated'"):
-        _core._dense_int8_path_test("amx", x, qw)
+    with pytest.raises(ValueError, match="path: expected 'amx', 'avx512_vnni' or 'emulated'"):
+        _core._dense_int8_path_test("tpu", x, qw)
 
 
 def test_dense_chain_takes_int8_steps_with_the_per_layer_bits():

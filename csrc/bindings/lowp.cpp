@@ -111,7 +111,7 @@ py::array from_bfloat16(py::handle x_obj, py::handle out_obj, py::handle threads
 lowp::Bf16Path path_named(const std::string& text) {
   lowp::Bf16Path path;
   if (!lowp::bf16_path_from_name(text, &path))
-    value_fail("path", "expected 'avx512_bf16' or 'emulated', got '" + text + "'");
+    value_fail("path", "expected 'amx', 'avx512_bf16' or 'emulated', got '" + text + "'");
   if (!lowp::bf16_path_supported(path))
     value_fail("path", "'" + text + "' is not supported by this CPU/build/DENSEKIT_ISA");
   return path;
@@ -361,7 +361,7 @@ py::dict bf16_config() {
   d["requested"] = c.requested;
   d["note"] = c.note;
   py::list available;
-  for (auto p : {lowp::Bf16Path::avx512_bf16, lowp::Bf16Path::emulated})
+  for (auto p : {lowp::Bf16Path::amx, lowp::Bf16Path::avx512_bf16, lowp::Bf16Path::emulated})
     if (lowp::bf16_path_supported(p)) available.append(lowp::bf16_path_name(p));
   d["available"] = available;
   return d;
@@ -458,7 +458,7 @@ class QuantizedWeights {
 lowp::Int8Path int8_path_named(const std::string& text) {
   lowp::Int8Path path;
   if (!lowp::int8_path_from_name(text, &path))
-    value_fail("path", "expected 'avx512_vnni' or 'emulated', got '" + text + "'");
+    value_fail("path", "expected 'amx', 'avx512_vnni' or 'emulated', got '" + text + "'");
   if (!lowp::int8_path_supported(path))
     value_fail("path", "'" + text + "' is not supported by this CPU/build/DENSEKIT_ISA");
   return path;
@@ -513,7 +513,7 @@ py::dict int8_config() {
   d["requested"] = c.requested;
   d["note"] = c.note;
   py::list available;
-  for (auto p : {lowp::Int8Path::avx512_vnni, lowp::Int8Path::emulated})
+  for (auto p : {lowp::Int8Path::amx, lowp::Int8Path::avx512_vnni, lowp::Int8Path::emulated})
     if (lowp::int8_path_supported(p)) available.append(lowp::int8_path_name(p));
   d["available"] = available;
   return d;
@@ -580,7 +580,7 @@ void bind_lowp(py::module_& m) {
       py::arg("path"), py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::kw_only(),
       py::arg("activation") = "linear", py::arg("alpha") = py::none(),
       py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
-      "Test hook: dense_forward_int8 on a given path ('avx512_vnni' or 'emulated').");
+      "Test hook: dense_forward_int8 on a given path ('amx', 'avx512_vnni' or 'emulated').");
   m.def("int8_config", &int8_config,
         "The int8 product's path: in use, best, available, and DENSEKIT_INT8's request.");
   m.def("to_bfloat16", &to_bfloat16, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
@@ -622,7 +622,7 @@ void bind_lowp(py::module_& m) {
       py::arg("preact") = py::none(), py::arg("activation") = "linear",
       py::arg("alpha") = py::none(), py::arg("accumulate") = false,
       py::arg("out_dtype") = "float32", py::arg("num_threads") = py::none(),
-      "Test hook: matmul_bf16 on a given path ('avx512_bf16' or 'emulated').");
+      "Test hook: matmul_bf16 on a given path ('amx', 'avx512_bf16' or 'emulated').");
   py::class_<Bf16Weights>(m, "Bf16Weights",
                           "Dense weights (k, m) rounded to bfloat16 and packed for "
                           "dense_forward_bf16 (and, with transposed=True, for "

@@ -52,7 +52,7 @@ void dz_pass(float* dz, const float* dy, const float* y, const float* preact, in
       for (index_t q = q0; q < q1; ++q) {
         const float* lo = dz + 2 * q * m;
         ops.round_pairs_panels(lo, 2 * q + 1 < n ? lo + m : nullptr, m, base + q * kPanel,
-                               words * kPanel);
+                               panels->panel_stride());
       }
     if (rows16 != nullptr) ops.round_to_bf16(dz + at, rows16 + at, (r1 - r0) * m);
   });

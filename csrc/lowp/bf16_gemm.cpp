@@ -9,6 +9,7 @@
 
 #include "gemm/isa.hpp"
 #include "gemm/scratch.hpp"
+#include "lowp/amx.hpp"
 #include "lowp/path_choice.hpp"
 #include "lowp/row_ops.hpp"
 #include "parallel.hpp"
@@ -39,10 +40,11 @@ bool cpu_has_avx512_bf16() {
 
 Bf16Choice choose() {
   Bf16Choice choice;
-  choice.best = bf16_path_supported(Bf16Path::avx512_bf16) ? Bf16Path::avx512_bf16
-                                                           : Bf16Path::emulated;
-  const PathRequest r =
-      read_path_request("DENSEKIT_BF16", {"emulated", "avx512_bf16"}, static_cast<int>(choice.best));
+  choice.best = bf16_path_supported(Bf16Path::amx)           ? Bf16Path::amx
+                : bf16_path_supported(Bf16Path::avx512_bf16) ? Bf16Path::avx512_bf16
+                                                             : Bf16Path::emulated;
+  const PathRequest r = read_path_request("DENSEKIT_BF16", {"emulated", "avx512_bf16", "amx"},
+                                          static_cast<int>(choice.best));
   choice.path = static_cast<Bf16Path>(r.path);
   choice.forced = r.forced;
   choice.requested = r.requested;
@@ -58,6 +60,11 @@ const Bf16Tiles& tiles_for(Bf16Path path) {
                                       : Bf16Tiles{};
   static const Bf16Tiles emulated = emulated_tiles<float>(
       bf16_tiles_portable, bf16_tiles_avx2, bf16_tiles_avx512);
+#if defined(DENSEKIT_HAVE_AMX_KERNELS)
+  static const Bf16Tiles amx =
+      bf16_path_supported(Bf16Path::amx) ? bf16_tiles_amx() : Bf16Tiles{};
+  if (path == Bf16Path::amx) return amx;
+#endif
   return path == Bf16Path::avx512_bf16 ? native : emulated;
 #else
   (void)path;
@@ -143,6 +150,37 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
   }
 }
 
+// Rows [r0, r0 + rows) of op(A) by row for the block tiles: pair q of row i at out[i * stride
+// + q], zero words from the pairs' end to stride (an odd k's last pair has a zero high half). A
+// row-major A is copied (float32 rounded) row by row; a transposed one is packed word-major
+// (pack_word_major: its two-rows-at-a-time join) and the words transposed.
+template <typename AT, class PackWordMajor>
+void pack_a_by_row(const AT* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+                   std::uint32_t* out, index_t stride, PackWordMajor&& pack_word_major) {
+  const index_t pairs = (k + 1) / 2;
+  if (!trans_a) {
+    for (int i = 0; i < rows; ++i) {
+      std::uint32_t* row = out + i * stride;
+      std::fill(row + k / 2, row + stride, 0u);
+      auto* halves = reinterpret_cast<bf16_bits*>(row);
+      if constexpr (std::is_same_v<AT, float>) {
+        row_ops().round_to_bf16(a + (r0 + i) * lda, halves, k);
+      } else {
+        std::memcpy(halves, a + (r0 + i) * lda, size_t(k) * sizeof(bf16_bits));
+      }
+    }
+    return;
+  }
+  thread_local std::vector<std::uint32_t> word_major;
+  word_major.resize(static_cast<size_t>(pairs * rows));
+  pack_word_major(word_major.data());
+  for (int i = 0; i < rows; ++i) {
+    std::uint32_t* row = out + i * stride;
+    for (index_t q = 0; q < pairs; ++q) row[q] = word_major[size_t(q * rows + i)];
+    std::fill(row + pairs, row + stride, 0u);
+  }
+}
+
 // All of op(A) = A^T at once, row tile rt at out + words * r0: pair q of every row of op(A)
 // is rows 2q and 2q + 1 of the stored a, joined (float32 rounded first) along their whole
 // length into a line of words. A block of lines is made first, then cut into the row tiles
@@ -221,15 +259,20 @@ void finish_row(const float* acc, index_t cols, index_t i, index_t j0, float* c3
 
 bool bf16_path_supported(Bf16Path path) {
   if (path == Bf16Path::emulated) return true;
-  return gemm::isa_choice().isa == gemm::Isa::avx512 && cpu_has_avx512_bf16();
+  if (gemm::isa_choice().isa != gemm::Isa::avx512) return false;
+  return path == Bf16Path::amx ? amx_support().bf16 : cpu_has_avx512_bf16();
 }
 
 const char* bf16_path_name(Bf16Path path) {
-  return path == Bf16Path::avx512_bf16 ? "avx512_bf16" : "emulated";
+  return path == Bf16Path::amx           ? "amx"
+         : path == Bf16Path::avx512_bf16 ? "avx512_bf16"
+                                         : "emulated";
 }
 
 bool bf16_path_from_name(const std::string& name, Bf16Path* path) {
-  if (name == "avx512_bf16") {
+  if (name == "amx") {
+    *path = Bf16Path::amx;
+  } else if (name == "avx512_bf16") {
     *path = Bf16Path::avx512_bf16;
   } else if (name == "emulated") {
     *path = Bf16Path::emulated;
@@ -274,12 +317,19 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
   const bool in_place = std::is_same_v<AT, bf16_bits> && !trans_a && k % 2 == 0;
   run_tiles<float>(
       m, b, tiles_for(path), flops, num_threads, kBlockPairs,
-      [&](index_t r0, int count, std::uint32_t* out) {
-        if constexpr (std::is_same_v<AT, float>) {
-          thread_local std::vector<bf16_bits> row;
-          pack_a(a, lda, trans_a, r0, count, k, out, row);
+      [&](index_t r0, int count, std::uint32_t* out, index_t stride) {
+        auto word_major = [&](std::uint32_t* to) {
+          if constexpr (std::is_same_v<AT, float>) {
+            thread_local std::vector<bf16_bits> row;
+            pack_a(a, lda, trans_a, r0, count, k, to, row);
+          } else {
+            pack_a(a, lda, trans_a, r0, count, k, to);
+          }
+        };
+        if (stride > 0) {
+          pack_a_by_row(a, lda, trans_a, r0, count, k, out, stride, word_major);
         } else {
-          pack_a(a, lda, trans_a, r0, count, k, out);
+          word_major(out);
         }
       },
       [&](std::uint32_t* out, index_t row_tiles, int threads) {
@@ -418,7 +468,8 @@ void pack_bf16_into(PackedBf16* out, const bf16_bits* b, index_t ld, bool transp
   if (!transposed) {  // rows 2q and 2q + 1 joined by the ISA's row operation
     pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
       const bf16_bits* lo = b + 2 * q * ld;
-      row_ops().join_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst, words * kPanel);
+      row_ops().join_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst,
+                                  out->panel_stride());
     });
     return;
   }
@@ -465,7 +516,8 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
   if (!transposed) {  // rows 2q and 2q + 1 of B rounded into pair words
     pack_panels_by_rows(out, k, n, words, num_threads, [&](index_t q, std::uint32_t* dst) {
       const float* lo = b + 2 * q * ld;
-      row_ops().round_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst, words * kPanel);
+      row_ops().round_pairs_panels(lo, 2 * q + 1 < k ? lo + ld : nullptr, n, dst,
+                                   out->panel_stride());
     });
     return;
   }

@@ -11,6 +11,14 @@
 // The emulated paths follow the same rule with float32 fma under MXCSR's DAZ and FTZ, so every
 // path gives the same bits; the results never depend on the thread count, tiling or blocking
 // (partial sums between k blocks go through float32 memory exactly). NaN payloads may differ.
+// The amx path follows tdpbf16ps's rule instead (the Intel SDM's pseudo-code, and what the CPU
+// does: checked bit for bit by the tests): k is cut into steps of 16 pairs from pair 0 (the
+// last step padded with zero pairs); per step, the even members' products and the odd members'
+// are summed in two chains of float32 fma from 0, in increasing pair order, and then
+//   acc = acc + (even + odd)
+// each rounded to nearest even, subnormals read and written as zero. Its bits differ from the
+// other paths' (by float32 accumulation error) but, as theirs, not with the thread count,
+// tiling or blocking (k blocks are whole steps).
 // After the chain: v = (accumulate ? C : 0) + chain, v += bias[j], preact = v, C = act(v), in
 // float32 with the float32 engine's vector math; a bf16 output is then rounded to nearest even.
 #pragma once
@@ -26,8 +34,9 @@
 namespace densekit::lowp {
 
 // How the bf16 products run. emulated: float32 fma on the float32 engine's ISA (defined
-// everywhere); avx512_bf16: vdpbf16ps (Zen 4, Sapphire Rapids and later).
-enum class Bf16Path { emulated = 0, avx512_bf16 = 1 };
+// everywhere); avx512_bf16: vdpbf16ps (Zen 4, Sapphire Rapids and later); amx: tdpbf16ps on
+// AMX tiles (Sapphire Rapids and later), whose rule differs (below).
+enum class Bf16Path { emulated = 0, avx512_bf16 = 1, amx = 2 };
 
 struct Bf16Choice {
   Bf16Path path = Bf16Path::emulated;  // in use
@@ -37,8 +46,8 @@ struct Bf16Choice {
   std::string note;                    // why a request was not honoured ("" when it was)
 };
 
-// Made once, on first use (the extension module asks at import): DENSEKIT_BF16=emulated lowers
-// it; a DENSEKIT_ISA below avx512 rules out avx512_bf16.
+// Made once, on first use (the extension module asks at import): DENSEKIT_BF16=avx512_bf16 or
+// emulated lowers it; a DENSEKIT_ISA below avx512 rules out avx512_bf16 and amx.
 const Bf16Choice& bf16_choice();
 bool bf16_path_supported(Bf16Path path);
 const char* bf16_path_name(Bf16Path path);
@@ -110,6 +119,9 @@ Bf16Tiles bf16_tiles_portable();
 Bf16Tiles bf16_tiles_avx2();
 Bf16Tiles bf16_tiles_avx512();
 Bf16Tiles bf16_tiles_avx512_bf16();
+#endif
+#if defined(DENSEKIT_HAVE_AMX_KERNELS)
+Bf16Tiles bf16_tiles_amx();
 #endif
 
 }  // namespace densekit::lowp

@@ -10,6 +10,7 @@
 #include "activations.hpp"
 #include "gemm/isa.hpp"
 #include "gemm/scratch.hpp"
+#include "lowp/amx.hpp"
 #include "lowp/path_choice.hpp"
 #include "lowp/row_ops.hpp"
 #include "parallel.hpp"
@@ -34,10 +35,11 @@ bool cpu_has_avx512_vnni() {
 
 Int8Choice choose() {
   Int8Choice choice;
-  choice.best = int8_path_supported(Int8Path::avx512_vnni) ? Int8Path::avx512_vnni
-                                                           : Int8Path::emulated;
-  const PathRequest r =
-      read_path_request("DENSEKIT_INT8", {"emulated", "avx512_vnni"}, static_cast<int>(choice.best));
+  choice.best = int8_path_supported(Int8Path::amx)           ? Int8Path::amx
+                : int8_path_supported(Int8Path::avx512_vnni) ? Int8Path::avx512_vnni
+                                                             : Int8Path::emulated;
+  const PathRequest r = read_path_request("DENSEKIT_INT8", {"emulated", "avx512_vnni", "amx"},
+                                          static_cast<int>(choice.best));
   choice.path = static_cast<Int8Path>(r.path);
   choice.forced = r.forced;
   choice.requested = r.requested;
@@ -52,6 +54,11 @@ const TileSet<std::int32_t>& tiles_for(Int8Path path) {
                                                   : TileSet<std::int32_t>{};
   static const TileSet<std::int32_t> emulated = emulated_tiles<std::int32_t>(
       int8_tiles_portable, int8_tiles_avx2, int8_tiles_avx512);
+#if defined(DENSEKIT_HAVE_AMX_KERNELS)
+  static const TileSet<std::int32_t> amx =
+      int8_path_supported(Int8Path::amx) ? int8_tiles_amx() : TileSet<std::int32_t>{};
+  if (path == Int8Path::amx) return amx;
+#endif
   return path == Int8Path::avx512_vnni ? native : emulated;
 #else
   (void)path;
@@ -81,15 +88,20 @@ struct NoGuard {};
 
 bool int8_path_supported(Int8Path path) {
   if (path == Int8Path::emulated) return true;
-  return gemm::isa_choice().isa == gemm::Isa::avx512 && cpu_has_avx512_vnni();
+  if (gemm::isa_choice().isa != gemm::Isa::avx512) return false;
+  return path == Int8Path::amx ? amx_support().int8 : cpu_has_avx512_vnni();
 }
 
 const char* int8_path_name(Int8Path path) {
-  return path == Int8Path::avx512_vnni ? "avx512_vnni" : "emulated";
+  return path == Int8Path::amx           ? "amx"
+         : path == Int8Path::avx512_vnni ? "avx512_vnni"
+                                         : "emulated";
 }
 
 bool int8_path_from_name(const std::string& name, Int8Path* path) {
-  if (name == "avx512_vnni") {
+  if (name == "amx") {
+    *path = Int8Path::amx;
+  } else if (name == "avx512_vnni") {
     *path = Int8Path::avx512_vnni;
   } else if (name == "emulated") {
     *path = Int8Path::emulated;
@@ -216,11 +228,19 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
                        ops.word_major(from, count, quads, dst + c0, kPanel);
                      }
                    });
-  auto pack_a = [&](index_t r0, int count, std::uint32_t* out) {  // rows r0.. of W^T + 128
+  // rows r0.. of W^T + 128, word-major or by row (stride > 0: the padding 128 too, times B's
+  // zero padding)
+  auto pack_a = [&](index_t r0, int count, std::uint32_t* out, index_t row_stride) {
     for (int r = 0; r < count; ++r) {
       const index_t j = r0 + r;
       const std::uint32_t* column = w.panels.panel(j / kPanel) + j % kPanel;
-      for (index_t q = 0; q < quads; ++q) out[q * count + r] = column[q * kPanel] ^ 0x80808080u;
+      if (row_stride > 0) {
+        std::uint32_t* row = out + r * row_stride;
+        for (index_t q = 0; q < quads; ++q) row[q] = column[q * kPanel] ^ 0x80808080u;
+        std::fill(row + quads, row + row_stride, 0x80808080u);
+      } else {
+        for (index_t q = 0; q < quads; ++q) out[q * count + r] = column[q * kPanel] ^ 0x80808080u;
+      }
     }
   };
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
@@ -265,14 +285,22 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
     return;
   }
   // x quantized once, row by row, as unsigned bytes q + 128 (padding past k is 128 too), so
-  // that the tasks of a row tile only gather words.
+  // that the tasks of a row tile only gather words. The block tiles read the rows in place,
+  // padded to their steps of k words.
+  const TileSet<std::int32_t>& tiles = tiles_for(path);
+  const bool blocks = tiles.block != nullptr;
   const index_t quads = w.panels.words;
-  const index_t stride = 4 * quads;
+  const index_t stride = 4 * (blocks ? padded_words(quads) : quads);
   const QuantizedRows rows = quantize_rows(m, x, k, stride, num_threads);
   const float* row_scale = rows.row_scale;
   const std::uint8_t* xq = rows.xq;
   const RowOps& ops = row_ops();
-  auto pack_a = [&](index_t r0, int count, std::uint32_t* out) {
+  auto pack_a = [&](index_t r0, int count, std::uint32_t* out, index_t row_stride) {
+    if (row_stride > 0) {  // the rows as they are (the block tiles, where not in place)
+      for (int i = 0; i < count; ++i)
+        std::memcpy(out + i * row_stride, xq + (r0 + i) * stride, size_t(stride));
+      return;
+    }
     const void* row[kMaxRows];  // a word is 4 consecutive bytes of a row, little-endian
     for (int i = 0; i < count; ++i) row[i] = xq + (r0 + i) * stride;
     ops.word_major(row, count, quads, out, count);
@@ -281,14 +309,15 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   // Every word of A carries +128 per member, padding included: 128 * colsum covers the real
   // rows, and padded rows of B are zero.
   run_tiles<std::int32_t>(
-      m, w.panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
+      m, w.panels, tiles, flops, num_threads, kBlockQuads, pack_a,
       [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
         ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[i],
                            ep.bias != nullptr ? ep.bias + j0 : nullptr, out, cols);
         apply_row_activation(out, cols, ep.activation);
-      });
+      },
+      nullptr, 0, blocks ? xq : nullptr, stride, /*a_rows_padded=*/true);
   t_quantized_x.trim();
 }
 

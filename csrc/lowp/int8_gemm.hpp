@@ -22,7 +22,9 @@
 
 namespace densekit::lowp {
 
-enum class Int8Path { emulated = 0, avx512_vnni = 1 };
+// emulated: int32 arithmetic; avx512_vnni: vpdpbusd; amx: tdpbusd on AMX tiles. The sums are
+// exact integers on every path, so every path gives the same bits.
+enum class Int8Path { emulated = 0, avx512_vnni = 1, amx = 2 };
 
 struct Int8Choice {
   Int8Path path = Int8Path::emulated;
@@ -77,6 +79,9 @@ TileSet<std::int32_t> int8_tiles_portable();
 TileSet<std::int32_t> int8_tiles_avx2();
 TileSet<std::int32_t> int8_tiles_avx512();
 TileSet<std::int32_t> int8_tiles_avx512_vnni();
+#endif
+#if defined(DENSEKIT_HAVE_AMX_KERNELS)
+TileSet<std::int32_t> int8_tiles_amx();
 #endif
 
 }  // namespace densekit::lowp

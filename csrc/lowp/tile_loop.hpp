@@ -27,6 +27,12 @@ namespace densekit::lowp {
 
 constexpr int kPanel = static_cast<int>(kRowPanel);  // columns per packed panel of B
 constexpr int kMaxRows = 14;   // rows per register tile
+// A packed panel's word rows are padded with zeros to a multiple of this (the AMX tiles read
+// k in steps of 16 words); the other tiles read only the words there are.
+constexpr index_t kPanelWordAlign = 16;
+constexpr index_t padded_words(index_t words) {
+  return (words + kPanelWordAlign - 1) / kPanelWordAlign * kPanelWordAlign;
+}
 // Products of at least this many FLOPs pack A in a pass of its own on several threads (see
 // run_tiles).
 constexpr double kPrepackFlops = 64e6;
@@ -57,6 +63,18 @@ struct TileSet {
                                const void* b, index_t ldb, int cols, Acc* c, index_t ldc);
   RowMajorBFn b_in_place[kMaxRows + 1] = {};
   RowMajorBFn b_in_place_wide[kMaxRows + 1] = {};
+  // Block tiles (AMX): C (rows x panels * kPanel) [+]= the chain over `words` k words (a
+  // multiple of kPanelWordAlign, the panels' padded rows included) of A in rows (word q of row
+  // i at a[i * a_stride + q], zeros past the product's words) and B (panel p at b + p *
+  // panel_stride). rows <= block_rows. Where set, they replace the register tiles: row tiles
+  // of block_rows rows, A packed by row, k blocks of whole kPanelWordAlign steps. `release`
+  // ends a task's use of the tile registers (block keeps its configuration until then).
+  using BlockFn = void (*)(int rows, index_t panels, index_t words, const std::uint32_t* a,
+                           index_t a_stride, const std::uint32_t* b, index_t panel_stride, Acc* c,
+                           index_t ldc, bool load_c);
+  BlockFn block = nullptr;
+  int block_rows = 0;
+  void (*release)() = nullptr;
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
   // memory: its arithmetic peak, for the benchmarks. Returns the operations done (a
@@ -90,13 +108,16 @@ double run_probe(const TileSet<Acc>& tiles, index_t steps, int num_threads) {
   return total;
 }
 
-// Packed B: panel p's words at data + p * words * kPanel.
+// Packed B: panel p's words at data + p * panel_stride(), word rows [words, stride_words)
+// zero.
 struct PackedPanels {
   index_t k = 0, n = 0;
   index_t words = 0, panels = 0;
+  index_t stride_words = 0;  // padded_words(words)
   std::vector<std::uint32_t> data;
+  index_t panel_stride() const { return stride_words * kPanel; }
   const std::uint32_t* panel(index_t p) const {
-    return data.data() + static_cast<size_t>(p * words * kPanel);
+    return data.data() + static_cast<size_t>(p * panel_stride());
   }
 };
 
@@ -119,9 +140,9 @@ inline bool transposed_is_cheaper(index_t rows, index_t cols) {
 // them (the ways of Zen 4's L1) on lines of one set, L1 having 64 sets of 64-byte lines (4 KiB
 // apart) on both CPU kinds. A tile's lines then evict each other as B streams through: a bf16
 // A of 2048 columns (4 KiB rows) ran at 67% of the peak in place, 89% packed (Zen 4).
-inline bool rows_crowd_l1(index_t lda) {
+inline bool rows_crowd_l1(index_t lda, index_t rows = kMaxRows) {
   int in_set[64] = {};
-  for (index_t i = 0; i < kMaxRows; ++i)
+  for (index_t i = 0; i < rows; ++i)
     if (++in_set[((i * lda) >> 6) & 63] > 8) return true;
   return false;
 }
@@ -132,7 +153,9 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
   return static_cast<int>(m * (rt + 1) / row_tiles - m * rt / row_tiles);
 }
 
-// pack_a(r0, rows, out): rows [r0, r0 + rows) of A as words into out (words * rows);
+// pack_a(r0, rows, out, stride): rows [r0, r0 + rows) of A as words into out: word-major
+// (word q of row i at out[q * rows + i]) when stride is 0, else by row (word q of row i at
+// out[i * stride + q], zeros from the product's words to stride: the block tiles);
 // pack_whole(out, row_tiles, threads): every row tile at once (row tile rt, rows
 // tile_rows(m, row_tiles, rt), at out + words * r0), returning false where A has no such pass
 // (then row tiles are packed one by one);
@@ -142,18 +165,27 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
 // and finish gets its rows; null: into task-local blocks.
 // a_in_place (lda bytes): A's rows already hold their words in order (word q of row i at
 // a_in_place + i * lda + 4q); where the path has tiles that read A in place and the rows do not
-// crowd L1 (rows_crowd_l1), nothing is packed.
+// crowd L1 (rows_crowd_l1), nothing is packed. The block tiles read A in place when its rows
+// hold whole steps of kPanelWordAlign words: words is a multiple of it, or a_rows_padded (each
+// row holds padded_words(words) words, the padding's products with B's zero padding zero).
 template <typename Acc, class PackA, class PackWhole, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
                int num_threads, index_t block_words, PackA&& pack_a, PackWhole&& pack_whole,
                Guard&& guard, Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0,
-               const void* a_in_place = nullptr, index_t a_lda = 0) {
+               const void* a_in_place = nullptr, index_t a_lda = 0, bool a_rows_padded = false) {
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
-  const bool in_place =
-      a_in_place != nullptr && tiles.in_place_narrow[1] != nullptr && !rows_crowd_l1(a_lda);
+  const bool blocks = tiles.block != nullptr;
+  // the block tiles read k in whole steps of kPanelWordAlign words: A in place only when its
+  // rows hold whole steps (the padding of packed A is zero)
+  const bool in_place = a_in_place != nullptr &&
+                        !rows_crowd_l1(a_lda, blocks ? tiles.block_rows : kMaxRows) &&
+                        (blocks ? (words % kPanelWordAlign == 0 || a_rows_padded) && a_lda % 4 == 0
+                                : tiles.in_place_narrow[1] != nullptr);
   const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
-  const index_t row_tiles = (m + kMaxRows - 1) / kMaxRows;
+  const index_t tile_height = blocks ? tiles.block_rows : kMaxRows;
+  const index_t a_stride = blocks ? padded_words(words) : 0;  // packed A's row stride (blocks)
+  const index_t row_tiles = (m + tile_height - 1) / tile_height;
   const int threads = threads_for_work(num_threads, flops, 4e6);
   // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
   // 8, but enough chunks for every thread.
@@ -164,10 +196,13 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
       1, std::min(chunk_panels, (b.panels + wanted_chunks - 1) / wanted_chunks));
   const index_t kChunkPanels = chunk_panels;
   const index_t chunks = (b.panels + kChunkPanels - 1) / kChunkPanels;
-  const index_t panel_stride = words * kPanel;
-  // k blocks of equal size, at most block_words each (no short last block)
-  const index_t k_blocks = std::max<index_t>(1, (words + block_words - 1) / block_words);
-  const index_t kq_block = std::max<index_t>(1, (words + k_blocks - 1) / k_blocks);
+  const index_t panel_stride = b.panel_stride();
+  // k blocks of equal size, at most block_words each (no short last block); the block tiles'
+  // of whole steps over the padded words
+  const index_t chain_words = blocks ? padded_words(words) : words;
+  const index_t k_blocks = std::max<index_t>(1, (chain_words + block_words - 1) / block_words);
+  index_t kq_block = std::max<index_t>(1, (chain_words + k_blocks - 1) / k_blocks);
+  if (blocks) kq_block = padded_words(kq_block);
   struct Scratch {
     std::vector<std::uint32_t> a;
     std::vector<Acc> acc;
@@ -185,14 +220,16 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   thread_local gemm::Scratch t_packed_a;
   std::uint32_t* packed_a = nullptr;
   bool prepacked = false;
+  // A's row tile rt in the packed copy (word-major: words per row, by row: a_stride)
+  const index_t row_words = blocks ? a_stride : words;
   if (!in_place && words > 0 &&
-      double(m) * double(words) * sizeof(std::uint32_t) <= double(64 << 20)) {
-    packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, words, 4)));
-    prepacked = pack_whole(packed_a, row_tiles, threads);
+      double(m) * double(row_words) * sizeof(std::uint32_t) <= double(64 << 20)) {
+    packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, row_words, 4)));
+    prepacked = !blocks && pack_whole(packed_a, row_tiles, threads);
     if (!prepacked && chunks > 1 && (threads == 1 || flops >= kPrepackFlops)) {
       parallel_for(row_tiles, threads, [&](index_t rt) {
         const index_t r0 = m * rt / row_tiles;
-        pack_a(r0, tile_rows(m, row_tiles, rt), packed_a + words * r0);
+        pack_a(r0, tile_rows(m, row_tiles, rt), packed_a + row_words * r0, a_stride);
       });
       prepacked = true;
     }
@@ -206,7 +243,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     const index_t panels = std::min(kChunkPanels, b.panels - p0);
     const index_t width = panels * kPanel;
     if (!prepacked && !in_place)
-      s.a.resize(static_cast<size_t>(std::max<index_t>(words, 1) * rows));
+      s.a.resize(static_cast<size_t>(std::max<index_t>(row_words, 1) * rows));
     // the tiles' first k block overwrites the accumulators: zeros only where k is empty
     Acc* acc = nullptr;
     index_t ld = width;
@@ -225,10 +262,19 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     if (words > 0) {
       const std::uint32_t* a_tile = nullptr;
       if (!in_place) {
-        a_tile = prepacked ? packed_a + words * r0 : s.a.data();
-        if (!prepacked) pack_a(r0, rows, s.a.data());
+        a_tile = prepacked ? packed_a + row_words * r0 : s.a.data();
+        if (!prepacked) pack_a(r0, rows, s.a.data(), a_stride);
       }
       [[maybe_unused]] const auto mode = guard();
+      if (blocks) {
+        const std::uint32_t* a_rows =
+            in_place ? reinterpret_cast<const std::uint32_t*>(a_bytes + r0 * a_lda) : a_tile;
+        const index_t stride = in_place ? a_lda / 4 : a_stride;
+        for (index_t q0 = 0; q0 < chain_words; q0 += kq_block)
+          tiles.block(rows, panels, std::min(kq_block, chain_words - q0), a_rows + q0, stride,
+                      b.panel(p0) + q0 * kPanel, panel_stride, acc, ld, q0 > 0);
+        tiles.release();
+      }
       const int wide = wide_panels(rows);
       // the tile of `count` panels (1 or wide) at panel p over k block [q0, q0 + kq)
       auto run = [&](int count, index_t p, index_t q0, index_t kq) {
@@ -242,7 +288,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
                                                         acc + p * kPanel, ld, q0 > 0);
         }
       };
-      for (index_t q0 = 0; q0 < words; q0 += kq_block) {
+      for (index_t q0 = 0; q0 < words && !blocks; q0 += kq_block) {
         const index_t kq = std::min(kq_block, words - q0);
         index_t p = 0;
         if (wide > 1)
@@ -283,8 +329,14 @@ inline bool size_panels(PackedPanels* p, index_t k, index_t n, index_t words) {
   p->k = k;
   p->n = n;
   p->words = words;
+  p->stride_words = padded_words(words);
   p->panels = (n + kPanel - 1) / kPanel;
-  p->data.resize(buffer_bytes(words * kPanel, p->panels, 1));
+  p->data.resize(buffer_bytes(p->panel_stride(), p->panels, 1));
+  // the padding word rows, which no packing writes
+  if (words > 0 && p->stride_words > words)
+    for (index_t panel = 0; panel < p->panels; ++panel)
+      std::fill(p->data.data() + panel * p->panel_stride() + words * kPanel,
+                p->data.data() + (panel + 1) * p->panel_stride(), 0u);
   return p->panels > 0 && words > 0;
 }
 
@@ -299,7 +351,7 @@ void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int 
   const int threads = threads_for_work(num_threads, double(k) * double(n), 1 << 16);
   std::uint32_t* base = p->data.data();
   parallel_for(p->panels, threads, [&](index_t panel) {
-    std::uint32_t* dst = base + panel * words * kPanel;
+    std::uint32_t* dst = base + panel * p->panel_stride();
     const index_t j0 = panel * kPanel;
     const index_t cols = std::min<index_t>(kPanel, n - j0);
     if (cols < kPanel) std::fill(dst, dst + words * kPanel, 0u);
@@ -308,7 +360,7 @@ void pack_panels_with(PackedPanels* p, index_t k, index_t n, index_t words, int 
 }
 
 // The same one word row at a time: row(q, dst) writes word q of every column, panel p's at
-// dst + p * words * kPanel (and zeros past n). B's rows are read whole and in order (a panel
+// dst + p * p->panel_stride() (and zeros past n). B's rows are read whole and in order (a panel
 // at a time would read 32 columns of every row). Parallel over blocks of word rows.
 template <class WordRow>
 void pack_panels_by_rows(PackedPanels* p, index_t k, index_t n, index_t words, int num_threads,
