@@ -419,6 +419,11 @@ TARGETS = (
     ("predict int8", "256x784-256-128-10", "densekit fp32", 2.5),
 )
 PEAK_TARGETS = (("matmul bf16", "1024x1024x1024", 0.9), ("matmul bf16", "4096x512x512", 0.9))
+# On a CPU whose bf16 products run on AMX tiles: the products >= 4x densekit float32.
+AMX_TARGETS = tuple(
+    ("matmul bf16", shape, "densekit fp32", 4.0)
+    for shape in ("1024x1024x1024", "4096x512x512", "256x784x256", "64x784x256")
+)
 
 
 def _ceiling(record, peer: str, peaks: dict | None) -> float | None:
@@ -433,7 +438,13 @@ def _ceiling(record, peer: str, peaks: dict | None) -> float | None:
     return peak / peer_rate
 
 
-def summarize(records: list, peaks: dict | None = None) -> list[str]:
+def summarize(
+    records: list, peaks: dict | None = None, bf16_path: str | None = None
+) -> list[str]:
+    """The targets per thread count; bf16_path: the run's bf16 path (this process's when
+    None), which decides whether the AMX targets apply."""
+    if bf16_path is None:
+        bf16_path = densekit.cpu_info()["isa"]["bfloat16"]
     mine = {(r.name, r.shape, r.threads): r for r in records if r.family == FAMILY}
     lines = []
     for threads in sorted({threads for _, _, threads in mine}):
@@ -454,6 +465,22 @@ def summarize(records: list, peaks: dict | None = None) -> list[str]:
                     verdict += f" (ceiling {ceiling:.2f}x"
                     verdict += ": out of reach on this CPU)" if ceiling < target else ")"
             lines.append(f"  {name:<26} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}")
+        if bf16_path != "amx":
+            lines.append(
+                f"  AMX: bf16 products >= 4x densekit fp32: not measured (no AMX path on this "
+                f"CPU/build: the bf16 path is {bf16_path})"
+            )
+        for name, shape, peer, target in AMX_TARGETS if bf16_path == "amx" else ():
+            record = mine.get((name, shape, threads))
+            ratio = None if record is None else record.ratio(peer)
+            verdict = (
+                "not measured"
+                if ratio is None
+                else f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
+            )
+            lines.append(
+                f"  AMX: {name:<21} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}"
+            )
         for name, shape, target in PEAK_TARGETS:
             record = mine.get((name, shape, threads))
             rate = None if record is None else record.rate("densekit")

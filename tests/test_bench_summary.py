@@ -71,7 +71,7 @@ def test_verdicts_and_ceilings_per_thread_count():
             {"densekit": 0.25, "torch": 0.5, "densekit fp32": 1.0},
         ),
     ]
-    lines = lowp.summarize(records, peaks)
+    lines = lowp.summarize(records, peaks, bf16_path="avx512_bf16")
     assert "at 1 thread " in lines[0] and any("at 2 threads " in line for line in lines)
     one = lines[: next(i for i, line in enumerate(lines) if "at 2 threads " in line)]
     two = lines[len(one) :]
@@ -86,13 +86,41 @@ def test_verdicts_and_ceilings_per_thread_count():
     assert "4.00x, met (ceiling 8.00x)" in _line(two, "predict int8", "vs densekit fp32")
     assert "1.90x, met (ceiling 2.00x)" in _line(two, "matmul bf16", "1024x1024x1024", "vs torch")
     assert "95% of 8 GFLOP/s, met" in _line(two, "1024x1024x1024", "of the bf16 peak")
+    assert "not measured (no AMX path on this CPU/build" in _line(one, "AMX: bf16 products")
+
+
+def test_amx_targets_apply_where_the_bf16_path_is_amx():
+    work = 2e9
+    records = [
+        _record(
+            "matmul bf16",
+            "1024x1024x1024",
+            "bfloat16",
+            1,
+            work,
+            {"densekit": 1.0, "torch": 1.0, "densekit fp32": 4.5},
+        ),
+        _record(
+            "matmul bf16",
+            "64x784x256",
+            "bfloat16",
+            1,
+            work,
+            {"densekit": 1.0, "torch": 1.0, "densekit fp32": 3.0},
+        ),
+    ]
+    lines = lowp.summarize(records, None, bf16_path="amx")
+    assert "4.50x, met" in _line(lines, "AMX: matmul bf16", "1024x1024x1024")
+    assert "3.00x, MISSED" in _line(lines, "AMX: matmul bf16", "64x784x256")
+    assert "not measured" in _line(lines, "AMX: matmul bf16", "4096x512x512")
+    assert not any("no AMX path" in line for line in lines)
 
 
 def test_no_ceiling_without_a_peak_and_nothing_without_records():
     record = _record(
         "matmul bf16", "1024x1024x1024", "bfloat16", 1, 2e9, {"densekit": 1.0, "torch": 2.0}
     )
-    lines = lowp.summarize([record], None)
+    lines = lowp.summarize([record], None, bf16_path="avx512_bf16")
     line = _line(lines, "matmul bf16", "1024x1024x1024", "vs torch")
     assert line.endswith("2.00x, met")
     assert lowp.summarize([], None) == []
