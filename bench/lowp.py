@@ -438,9 +438,7 @@ def _ceiling(record, peer: str, peaks: dict | None) -> float | None:
     return peak / peer_rate
 
 
-def summarize(
-    records: list, peaks: dict | None = None, bf16_path: str | None = None
-) -> list[str]:
+def summarize(records: list, peaks: dict | None = None, bf16_path: str | None = None) -> list[str]:
     """The targets per thread count; bf16_path: the run's bf16 path (this process's when
     None), which decides whether the AMX targets apply."""
     if bf16_path is None:
@@ -478,9 +476,7 @@ def summarize(
                 if ratio is None
                 else f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
             )
-            lines.append(
-                f"  AMX: {name:<21} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}"
-            )
+            lines.append(f"  AMX: {name:<21} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}")
         for name, shape, target in PEAK_TARGETS:
             record = mine.get((name, shape, threads))
             rate = None if record is None else record.rate("densekit")
