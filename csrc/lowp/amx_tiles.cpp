@@ -169,6 +169,10 @@ TileSet<Acc> make_tiles() {
   TileSet<Acc> t;
   t.block = &block<Op, Acc>;
   t.block_rows = 2 * kHalf;
+  // k blocks of 128 words: A's 32-row block (16 KiB) and one panel's block of B (16 KiB) stay
+  // in L1 together while the task's panels pass (tile loads from L2 run at a fraction of the
+  // tile rate); 64 to 1024 measured within 10%, 128 best at 2 threads (Intel Xeon, AMX)
+  t.block_words = 128;
   t.release = &release;
   t.probe = &probe<Op>;
   return t;

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -74,6 +76,7 @@ struct TileSet {
                            index_t ldc, bool load_c);
   BlockFn block = nullptr;
   int block_rows = 0;
+  index_t block_words = 0;  // the block tiles' k block, in place of the caller's
   void (*release)() = nullptr;
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
@@ -108,13 +111,39 @@ double run_probe(const TileSet<Acc>& tiles, index_t steps, int num_threads) {
   return total;
 }
 
+// An allocator of 64-byte aligned storage: a tile row or a vector of 64 bytes then lies in one
+// cache line. (A large std::vector's storage starts 16 bytes into a page, and every 64-byte
+// row of an AMX tile load then straddles two lines: the tiles ran at half the rate.)
+template <typename T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <typename U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(size_t count) {
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, CacheAligned<T>>;
+
+inline bool cache_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
+
 // Packed B: panel p's words at data + p * panel_stride(), word rows [words, stride_words)
-// zero.
+// zero; 64-byte aligned (a panel's word rows are 128 bytes).
 struct PackedPanels {
   index_t k = 0, n = 0;
   index_t words = 0, panels = 0;
   index_t stride_words = 0;  // padded_words(words)
-  std::vector<std::uint32_t> data;
+  AlignedVector<std::uint32_t> data;
   index_t panel_stride() const { return stride_words * kPanel; }
   const std::uint32_t* panel(index_t p) const {
     return data.data() + static_cast<size_t>(p * panel_stride());
@@ -180,8 +209,12 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // rows hold whole steps (the padding of packed A is zero)
   const bool in_place = a_in_place != nullptr &&
                         !rows_crowd_l1(a_lda, blocks ? tiles.block_rows : kMaxRows) &&
-                        (blocks ? (words % kPanelWordAlign == 0 || a_rows_padded) && a_lda % 4 == 0
+                        (blocks ? (words % kPanelWordAlign == 0 || a_rows_padded) &&
+                                      cache_aligned(a_in_place) && a_lda % 64 == 0
                                 : tiles.in_place_narrow[1] != nullptr);
+  // the block tiles accumulate in C itself only where its tile rows are whole cache lines
+  if (blocks && direct != nullptr && !(cache_aligned(direct) && direct_ldc * sizeof(Acc) % 64 == 0))
+    direct = nullptr;
   const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
   const index_t tile_height = blocks ? tiles.block_rows : kMaxRows;
   const index_t a_stride = blocks ? padded_words(words) : 0;  // packed A's row stride (blocks)
@@ -200,12 +233,13 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // k blocks of equal size, at most block_words each (no short last block); the block tiles'
   // of whole steps over the padded words
   const index_t chain_words = blocks ? padded_words(words) : words;
+  if (blocks) block_words = tiles.block_words;
   const index_t k_blocks = std::max<index_t>(1, (chain_words + block_words - 1) / block_words);
   index_t kq_block = std::max<index_t>(1, (chain_words + k_blocks - 1) / k_blocks);
   if (blocks) kq_block = padded_words(kq_block);
   struct Scratch {
-    std::vector<std::uint32_t> a;
-    std::vector<Acc> acc;
+    AlignedVector<std::uint32_t> a;
+    AlignedVector<Acc> acc;
   };
   std::vector<Scratch> scratch(static_cast<size_t>(std::max(threads, 1)));
   // A is packed once for all chunks (row tile rt at words * r0) when that copy stays within
