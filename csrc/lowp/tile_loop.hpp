@@ -77,6 +77,11 @@ struct TileSet {
   BlockFn block = nullptr;
   int block_rows = 0;
   index_t block_words = 0;  // the block tiles' k block, in place of the caller's
+  // A's words from word-major (word q of row i at word_major[q * rows + i], rows <= 32) into
+  // the block tiles' rows (word q of row i at out[i * stride + q], zeros from words to stride,
+  // stride a multiple of kPanelWordAlign); null: the caller's loop.
+  void (*words_to_rows)(const std::uint32_t* word_major, int rows, index_t words,
+                        std::uint32_t* out, index_t stride) = nullptr;
   void (*release)() = nullptr;
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
