@@ -35,7 +35,20 @@ ENVIRONMENT = (  # variables that change how the libraries thread
     "OPENBLAS_NUM_THREADS",
     "OPENBLAS_THREAD_TIMEOUT",
 )
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def _cpuinfo() -> dict[str, Any]:
