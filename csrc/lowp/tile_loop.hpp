@@ -170,10 +170,12 @@ inline bool transposed_is_cheaper(index_t rows, index_t cols) {
   return 2 * cols * padded(rows) <= rows * padded(cols);
 }
 
-// Whether a row tile's rows read in place, lda bytes apart, crowd into L1 sets: more than 8 of
-// them (the ways of Zen 4's L1) on lines of one set, L1 having 64 sets of 64-byte lines (4 KiB
-// apart) on both CPU kinds. A tile's lines then evict each other as B streams through: a bf16
-// A of 2048 columns (4 KiB rows) ran at 67% of the peak in place, 89% packed (Zen 4).
+// Whether a row tile's `rows` rows (14 for the register tiles, 32 for the AMX blocks) read in
+// place, lda bytes apart, crowd into L1 sets: more than 8 of them (the ways of Zen 4's L1) on
+// lines of one set, L1 having 64 sets of 64-byte lines (4 KiB apart) on both CPU kinds. A
+// tile's lines then evict each other as B streams through: a bf16 A of 2048 columns (4 KiB
+// rows) ran at 67% of the peak in place, 89% packed (Zen 4); checked over 14 rows only, 1024
+// columns (2 KiB rows, 16 of 32 rows in one set) ran the AMX tiles at 60% of the packed rate.
 inline bool rows_crowd_l1(index_t lda, index_t rows = kMaxRows) {
   int in_set[64] = {};
   for (index_t i = 0; i < rows; ++i)
