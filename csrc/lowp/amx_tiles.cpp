@@ -169,62 +169,17 @@ double probe(index_t steps) {
   return double(steps) * 4 * kHalf * kHalf * kHalf * kPerWord;
 }
 
-// r[i] = row i of a 16 x 16 block of 32-bit words, in place of column i: pairs of rows
-// interleaved by words, then by pairs of words, then 128-bit lanes exchanged twice.
-inline void transpose16(__m512i (&r)[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    t[k] = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x88);
-    t[k + 4] = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xdd);
-    t[k + 8] = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x88);
-    t[k + 12] = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xdd);
-  }
-  for (int k = 0; k < 4; ++k) {
-    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
-    r[k + 8] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
-    r[k + 4] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0x88);
-    r[k + 12] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0xdd);
-  }
-}
-
-// TileSet::words_to_rows: 16 x 16 blocks of words transposed in registers.
-void words_to_rows(const std::uint32_t* word_major, int rows, index_t words, std::uint32_t* out,
-                   index_t stride) {
-  for (int i0 = 0; i0 < rows; i0 += kHalf) {
-    const int count = std::min(kHalf, rows - i0);
-    const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1);
-    for (index_t q0 = 0; q0 < stride; q0 += kHalf) {
-      __m512i r[kHalf];
-      for (int q = 0; q < kHalf; ++q)
-        r[q] = q0 + q < words ? _mm512_maskz_loadu_epi32(lanes, word_major + (q0 + q) * rows + i0)
-                              : _mm512_setzero_si512();
-      transpose16(r);
-      for (int i = 0; i < count; ++i) _mm512_storeu_si512(out + (i0 + i) * stride + q0, r[i]);
-    }
-  }
-}
-
 template <int Op, typename Acc>
 TileSet<Acc> make_tiles() {
   TileSet<Acc> t;
   t.block = &block<Op, Acc>;
-  t.block_rows = 2 * kHalf;
+  static_assert(2 * kHalf == kMaxBlockRows, "a block is two tiles of rows");
+  t.block_rows = kMaxBlockRows;
   // k blocks of 128 words: A's 32-row block (16 KiB) and one panel's block of B (16 KiB) stay
   // in L1 together while the task's panels pass (tile loads from L2 run at a fraction of the
   // tile rate); 64 to 1024 measured within 10%, 128 best at 2 threads (Intel Xeon, AMX)
   t.block_words = 128;
   t.release = &release;
-  t.words_to_rows = &words_to_rows;
   t.probe = &probe<Op>;
   return t;
 }

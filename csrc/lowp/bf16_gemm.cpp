@@ -153,11 +153,11 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
 // Rows [r0, r0 + rows) of op(A) by row for the block tiles: pair q of row i at out[i * stride
 // + q], zero words from the pairs' end to stride (an odd k's last pair has a zero high half). A
 // row-major A is copied (float32 rounded) row by row; a transposed one is packed word-major
-// (pack_word_major: its two-rows-at-a-time join) and the words transposed.
+// (pack_word_major: its two-rows-at-a-time join) and the words transposed back (16 x 16 word
+// transposes in registers on AVX-512).
 template <typename AT, class PackWordMajor>
-void pack_a_by_row(const Bf16Tiles& tiles, const AT* a, index_t lda, bool trans_a, index_t r0,
-                   int rows, index_t k, std::uint32_t* out, index_t stride,
-                   PackWordMajor&& pack_word_major) {
+void pack_a_by_row(const AT* a, index_t lda, bool trans_a, index_t r0, int rows, index_t k,
+                   std::uint32_t* out, index_t stride, PackWordMajor&& pack_word_major) {
   const index_t pairs = (k + 1) / 2;
   if (!trans_a) {
     for (int i = 0; i < rows; ++i) {
@@ -175,14 +175,14 @@ void pack_a_by_row(const Bf16Tiles& tiles, const AT* a, index_t lda, bool trans_
   thread_local std::vector<std::uint32_t> word_major;
   word_major.resize(static_cast<size_t>(pairs * rows));
   pack_word_major(word_major.data());
-  if (tiles.words_to_rows != nullptr) {
-    tiles.words_to_rows(word_major.data(), rows, pairs, out, stride);
-    return;
-  }
-  for (int i = 0; i < rows; ++i) {
-    std::uint32_t* row = out + i * stride;
-    for (index_t q = 0; q < pairs; ++q) row[q] = word_major[size_t(q * rows + i)];
-    std::fill(row + pairs, row + stride, 0u);
+  // back by the ISA's word-major copy, its "rows" being the word-major lines: 16 lines (pairs
+  // q0..q0 + 15, a zero line past the pairs) give words q0..q0 + 15 of every row
+  static const std::uint32_t zeros[kMaxBlockRows] = {};
+  for (index_t q0 = 0; q0 < stride; q0 += kPanelWordAlign) {
+    const void* lines[kPanelWordAlign];
+    for (index_t c = 0; c < kPanelWordAlign; ++c)
+      lines[c] = q0 + c < pairs ? word_major.data() + (q0 + c) * rows : zeros;
+    row_ops().word_major(lines, int(kPanelWordAlign), rows, out + q0, stride);
   }
 }
 
@@ -332,7 +332,7 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
           }
         };
         if (stride > 0) {
-          pack_a_by_row(tiles_for(path), a, lda, trans_a, r0, count, k, out, stride, word_major);
+          pack_a_by_row(a, lda, trans_a, r0, count, k, out, stride, word_major);
         } else {
           word_major(out);
         }

@@ -29,6 +29,7 @@ namespace densekit::lowp {
 
 constexpr int kPanel = static_cast<int>(kRowPanel);  // columns per packed panel of B
 constexpr int kMaxRows = 14;   // rows per register tile
+constexpr int kMaxBlockRows = 32;  // rows per block of the block tiles (AMX)
 // A packed panel's word rows are padded with zeros to a multiple of this (the AMX tiles read
 // k in steps of 16 words); the other tiles read only the words there are.
 constexpr index_t kPanelWordAlign = 16;
@@ -68,20 +69,16 @@ struct TileSet {
   // Block tiles (AMX): C (rows x panels * kPanel) [+]= the chain over `words` k words (a
   // multiple of kPanelWordAlign, the panels' padded rows included) of A in rows (word q of row
   // i at a[i * a_stride + q], zeros past the product's words) and B (panel p at b + p *
-  // panel_stride). rows <= block_rows. Where set, they replace the register tiles: row tiles
-  // of block_rows rows, A packed by row, k blocks of whole kPanelWordAlign steps. `release`
-  // ends a task's use of the tile registers (block keeps its configuration until then).
+  // panel_stride). rows <= block_rows <= kMaxBlockRows. Where set, they replace the register
+  // tiles: row tiles of block_rows rows, A packed by row, k blocks of whole kPanelWordAlign
+  // steps. `release` ends a task's use of the tile registers (block keeps its configuration
+  // until then).
   using BlockFn = void (*)(int rows, index_t panels, index_t words, const std::uint32_t* a,
                            index_t a_stride, const std::uint32_t* b, index_t panel_stride, Acc* c,
                            index_t ldc, bool load_c);
   BlockFn block = nullptr;
   int block_rows = 0;
   index_t block_words = 0;  // the block tiles' k block, in place of the caller's
-  // A's words from word-major (word q of row i at word_major[q * rows + i], rows <= 32) into
-  // the block tiles' rows (word q of row i at out[i * stride + q], zeros from words to stride,
-  // stride a multiple of kPanelWordAlign); null: the caller's loop.
-  void (*words_to_rows)(const std::uint32_t* word_major, int rows, index_t words,
-                        std::uint32_t* out, index_t stride) = nullptr;
   void (*release)() = nullptr;
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
   // `steps` rounds of the path's multiply-adds on independent register chains, nothing from
