@@ -11,11 +11,6 @@
 // configuration and release cost about 100 ns): `configure` skips it while the rows are the
 // configured ones; run_tiles calls `release` at the end of each task, so no tile state
 // outlives a task and no other code on the thread sees a configuration of ours.
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12 reports the intrinsics' undefined-value idiom (_mm512_undefined_*) as uninitialized
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 #include <immintrin.h>
 
 #include <algorithm>
@@ -66,6 +61,17 @@ void release() {
   t_configured_rows = 0;
 }
 
+// Tile C += tile A times tile B: tdpbf16ps (Op 0) or tdpbusd (Op 1), in a function with a
+// template parameter Op. A macro: the tile intrinsics take their register numbers as literals.
+#define DENSEKIT_TILE_PRODUCT(C, A, B) \
+  do {                                 \
+    if constexpr (Op == 0) {           \
+      _tile_dpbf16ps(C, A, B);         \
+    } else {                           \
+      _tile_dpbusd(C, A, B);           \
+    }                                  \
+  } while (false)
+
 // Rows > 16 (Bottom) use tmm2, tmm3 and tmm5 as well. Op: 0 bf16, 1 int8.
 template <int Op, bool Bottom, typename Acc>
 void block_rows(index_t panels, index_t words, const std::uint32_t* a, index_t a_stride,
@@ -96,22 +102,12 @@ void block_rows(index_t panels, index_t words, const std::uint32_t* a, index_t a
       _tile_loadd(6, bp + q * kPanel, kB);
       _tile_loadd(7, bp + q * kPanel + kHalf, kB);
       _tile_loadd(4, a + q, a_bytes);
-      if constexpr (Op == 0) {
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-      } else {
-        _tile_dpbusd(0, 4, 6);
-        _tile_dpbusd(1, 4, 7);
-      }
+      DENSEKIT_TILE_PRODUCT(0, 4, 6);
+      DENSEKIT_TILE_PRODUCT(1, 4, 7);
       if constexpr (Bottom) {
         _tile_loadd(5, a_low + q, a_bytes);
-        if constexpr (Op == 0) {
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        } else {
-          _tile_dpbusd(2, 5, 6);
-          _tile_dpbusd(3, 5, 7);
-        }
+        DENSEKIT_TILE_PRODUCT(2, 5, 6);
+        DENSEKIT_TILE_PRODUCT(3, 5, 7);
       }
     }
     _tile_stored(0, cp, c_bytes);
@@ -152,17 +148,10 @@ double probe(index_t steps) {
     }
   }
   for (index_t s = 0; s < steps; ++s) {
-    if constexpr (Op == 0) {
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    } else {
-      _tile_dpbusd(0, 4, 6);
-      _tile_dpbusd(1, 4, 7);
-      _tile_dpbusd(2, 5, 6);
-      _tile_dpbusd(3, 5, 7);
-    }
+    DENSEKIT_TILE_PRODUCT(0, 4, 6);
+    DENSEKIT_TILE_PRODUCT(1, 4, 7);
+    DENSEKIT_TILE_PRODUCT(2, 5, 6);
+    DENSEKIT_TILE_PRODUCT(3, 5, 7);
   }
   release();
   constexpr double kPerWord = Op == 0 ? 2 * 2 : 4 * 2;  // operations per k word and output
