@@ -439,6 +439,37 @@ def test_the_best_path_is_the_default_and_each_lower_one_can_be_forced():
         assert config["path"] == path and config["forced"] and config["best"] == PATHS[0]
 
 
+_REFUSED = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+memory = ctypes.create_string_buffer(4096)
+stack = Stack(ctypes.cast(memory, ctypes.c_void_p), 0, 4096)
+assert libc.sigaltstack(ctypes.byref(stack), None) == 0
+import ml_dtypes, numpy as np
+from densekit import _core
+a = np.arange(40 * 64).reshape(40, 64).astype(ml_dtypes.bfloat16)
+c = _core.matmul_bf16(a, a.T.copy())
+print(json.dumps({"bf16": _core.bf16_config(), "int8": _core.int8_config(),
+                  "bits": c.view(np.uint32).tolist()}))
+"""
+
+
+@pytest.mark.skipif(PATHS[0] != "amx", reason="the AMX path is not this CPU's best")
+def test_a_refused_amx_tile_state_leaves_the_avx512_paths():
+    # A 4 KiB alternate signal stack is too small for the AMX signal frame: Linux refuses the
+    # tile state (arch_prctl ARCH_REQ_XCOMP_PERM), and the products run on the next path.
+    child = json_of_child(_REFUSED, {}, timeout=60)
+    assert child["bf16"]["path"] == "avx512_bf16" and "amx" not in child["bf16"]["available"]
+    assert child["int8"]["path"] == "avx512_vnni" and "amx" not in child["int8"]["available"]
+    assert "refused" in child["bf16"]["amx_note"] == child["int8"]["amx_note"]
+    a = (np.arange(40 * 64).reshape(40, 64)).astype(BF16)
+    want = run("avx512_bf16", a, np.ascontiguousarray(a.T))
+    np.testing.assert_array_equal(np.array(child["bits"], np.uint32), bits(want))
+    assert _core.bf16_config()["amx_note"] == ""
+
+
 def test_bad_path_request_is_reported_not_fatal():
     code = "from densekit import _core; import json; print(json.dumps(_core.bf16_config()))"
     config = json_of_child(code, {"DENSEKIT_BF16": "amx_please"}, timeout=60)

@@ -11,6 +11,7 @@
 #include "activations.hpp"
 #include "bindings.hpp"
 #include "checks.hpp"
+#include "lowp/amx.hpp"
 #include "lowp/bf16_dense.hpp"
 #include "lowp/bf16_gemm.hpp"
 #include "lowp/int8_gemm.hpp"
@@ -360,6 +361,8 @@ py::dict bf16_config() {
   d["forced"] = c.forced;
   d["requested"] = c.requested;
   d["note"] = c.note;
+  // why the CPU's AMX tiles are not used ("" where they are, or where the CPU has none)
+  d["amx_note"] = lowp::amx_support().note;
   py::list available;
   for (auto p : {lowp::Bf16Path::amx, lowp::Bf16Path::avx512_bf16, lowp::Bf16Path::emulated})
     if (lowp::bf16_path_supported(p)) available.append(lowp::bf16_path_name(p));
@@ -512,6 +515,8 @@ py::dict int8_config() {
   d["forced"] = c.forced;
   d["requested"] = c.requested;
   d["note"] = c.note;
+  // why the CPU's AMX tiles are not used ("" where they are, or where the CPU has none)
+  d["amx_note"] = lowp::amx_support().note;
   py::list available;
   for (auto p : {lowp::Int8Path::amx, lowp::Int8Path::avx512_vnni, lowp::Int8Path::emulated})
     if (lowp::int8_path_supported(p)) available.append(lowp::int8_path_name(p));
