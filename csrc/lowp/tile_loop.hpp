@@ -69,15 +69,14 @@ struct TileSet {
   // Block tiles (AMX): C (rows x panels * kPanel) [+]= the chain over `words` k words (a
   // multiple of kPanelWordAlign, the panels' padded rows included) of A in rows (word q of row
   // i at a[i * a_stride + q], zeros past the product's words) and B (panel p at b + p *
-  // panel_stride). rows <= block_rows <= kMaxBlockRows. Where set, they replace the register
-  // tiles: row tiles of block_rows rows, A packed by row, k blocks of whole kPanelWordAlign
+  // panel_stride). rows <= kMaxBlockRows. Where set, they replace the register
+  // tiles: row tiles of kMaxBlockRows rows, A packed by row, k blocks of whole kPanelWordAlign
   // steps. `release` ends a task's use of the tile registers (block keeps its configuration
   // until then).
   using BlockFn = void (*)(int rows, index_t panels, index_t words, const std::uint32_t* a,
                            index_t a_stride, const std::uint32_t* b, index_t panel_stride, Acc* c,
                            index_t ldc, bool load_c);
   BlockFn block = nullptr;
-  int block_rows = 0;
   index_t block_words = 0;  // the block tiles' k block, in place of the caller's
   void (*release)() = nullptr;
   bool sets_mxcsr = false;  // the tiles need DAZ and FTZ (x86 emulation of vdpbf16ps)
@@ -209,10 +208,10 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
   const bool blocks = tiles.block != nullptr;
+  const index_t tile_height = blocks ? kMaxBlockRows : kMaxRows;
   // the block tiles read k in whole steps of kPanelWordAlign words: A in place only when its
   // rows hold whole steps (the padding of packed A is zero)
-  const bool in_place = a_in_place != nullptr &&
-                        !rows_crowd_l1(a_lda, blocks ? tiles.block_rows : kMaxRows) &&
+  const bool in_place = a_in_place != nullptr && !rows_crowd_l1(a_lda, tile_height) &&
                         (blocks ? (words % kPanelWordAlign == 0 || a_rows_padded) &&
                                       cache_aligned(a_in_place) && a_lda % 64 == 0
                                 : tiles.in_place_narrow[1] != nullptr);
@@ -220,7 +219,6 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   if (blocks && direct != nullptr && !(cache_aligned(direct) && direct_ldc * sizeof(Acc) % 64 == 0))
     direct = nullptr;
   const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
-  const index_t tile_height = blocks ? tiles.block_rows : kMaxRows;
   const index_t a_stride = blocks ? padded_words(words) : 0;  // packed A's row stride (blocks)
   const index_t row_tiles = (m + tile_height - 1) / tile_height;
   // The block tiles run a product ~5x faster than the register tiles, so a thread's share
