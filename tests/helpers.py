@@ -22,6 +22,16 @@ dtypes = st.sampled_from(FLOATS)
 scales = st.sampled_from([1e-3, 1.0, 10.0, 1e3])
 
 
+def at_offset(array, offset):
+    """A C-contiguous copy of `array` starting `offset` elements past a 64-byte boundary."""
+    itemsize = array.dtype.itemsize
+    buffer = np.empty(array.size + 64 // itemsize + offset, array.dtype)
+    start = (-buffer.ctypes.data % 64) // itemsize + offset
+    view = buffer[start : start + array.size].reshape(array.shape)
+    view[...] = array
+    return view
+
+
 def random_array(rng, shape, dtype, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
 

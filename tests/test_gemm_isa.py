@@ -25,6 +25,11 @@ import densekit
 from densekit import _core
 from densekit import kernels as K
 
+if __package__:
+    from .helpers import at_offset
+else:  # imported as a top-level module by the child processes below (tests/ on sys.path)
+    from helpers import at_offset
+
 ISAS = list(densekit.build_info()["gemm_isas_available"])
 ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -211,16 +216,6 @@ def test_gemm_bitwise_across_threads(isa, dtype):
                     if first is None:
                         first = got
                     assert got == first, (isa, dtype, (m, n, k), trans_a, trans_b, threads)
-
-
-def at_offset(array, offset):
-    """A C-contiguous copy of `array` starting `offset` elements past a 64-byte boundary."""
-    itemsize = array.dtype.itemsize
-    buffer = np.empty(array.size + 64 // itemsize + offset, array.dtype)
-    start = (-buffer.ctypes.data % 64) // itemsize + offset
-    view = buffer[start : start + array.size].reshape(array.shape)
-    view[...] = array
-    return view
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
