@@ -14,9 +14,9 @@
 namespace densekit {
 namespace {
 
-// Columns per task of the bias-gradient sum; each task sums its columns over all rows in
-// row order, so the result does not depend on the thread count.
-constexpr index_t kColumnBlock = 64;
+// The bias-gradient sum's columns are split among the threads in runs of this many (64 bytes
+// of float32).
+constexpr index_t kColumnAlign = 16;
 
 thread_local gemm::Scratch t_chain_scratch;  // two intermediate outputs of a chain
 // dz of a backward whose derivative is not folded into the products: kept between calls, as
@@ -26,17 +26,25 @@ thread_local gemm::Scratch t_dz_scratch;
 
 }  // namespace
 
+// Each column's sum runs over the rows in row order in double precision, so the result does
+// not depend on the thread count. A thread takes one range of columns and walks the rows in
+// order, adding each row's run into its sums (kept in cache): dz is read as it lies in memory
+// (a task per 64 columns read 256 bytes of every row, 2-4x slower on large batches).
 template <typename T>
 void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumulate, int num_threads) {
-  const index_t n_tasks = (m + kColumnBlock - 1) / kColumnBlock;
-  const int threads = threads_for_work(num_threads, double(n) * m, 1 << 15);
-  parallel_for(n_tasks, threads, [&](index_t task) {
-    const index_t c0 = task * kColumnBlock;
-    const index_t c1 = std::min(m, c0 + kColumnBlock);
-    double sums[kColumnBlock] = {};
+  if (m <= 0) return;
+  const index_t runs = (m + kColumnAlign - 1) / kColumnAlign;
+  const int threads = static_cast<int>(
+      std::min<index_t>(threads_for_work(num_threads, double(n) * m, 1 << 15), runs));
+  parallel_for(threads, threads, [&](index_t task) {
+    const index_t c0 = std::min(m, runs * task / threads * kColumnAlign);
+    const index_t c1 = std::min(m, runs * (task + 1) / threads * kColumnAlign);
+    thread_local std::vector<double> t_sums;
+    t_sums.assign(static_cast<size_t>(c1 - c0), 0.0);
+    double* sums = t_sums.data();
     for (index_t r = 0; r < n; ++r) {
-      const T* row = dz + r * m;
-      for (index_t c = c0; c < c1; ++c) sums[c - c0] += static_cast<double>(row[c]);
+      const T* row = dz + r * m + c0;
+      for (index_t c = 0; c < c1 - c0; ++c) sums[c] += static_cast<double>(row[c]);
     }
     for (index_t c = c0; c < c1; ++c) {
       const double total = accumulate ? static_cast<double>(db[c]) + sums[c - c0] : sums[c - c0];

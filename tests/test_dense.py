@@ -285,6 +285,22 @@ def test_bitwise_identical_for_skinny_shapes():
                 assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_bias_gradient_is_the_row_ordered_double_sum(dtype):
+    """db is each column of dz summed over the rows in row order in float64, then rounded:
+    bit for bit, for column counts that split among the threads unevenly (1, 17, 203, 1000)
+    and any thread count. linear: dz is dy."""
+    rng = np.random.default_rng(10)
+    for n, m in [(1, 1), (513, 17), (300, 203), (64, 1000), (0, 5)]:
+        x, w, b = make_layer(rng, n, 3, m, dtype)
+        dy = random_array(rng, (n, m), dtype)
+        # np.cumsum adds in order (np.sum adds pairwise)
+        want = (np.cumsum(dy.astype(np.float64), axis=0)[-1] if n else np.zeros(m)).astype(dtype)
+        for threads in THREAD_COUNTS:
+            db = kernels.dense_backward(dy, x, w, activation="linear", num_threads=threads)[2]
+            assert np.array_equal(db, want), (n, m, threads)
+
+
 def read_only(a):
     a = a.copy()
     a.flags.writeable = False
