@@ -292,7 +292,7 @@ def test_bias_gradient_is_the_row_ordered_double_sum(dtype):
     and any thread count. linear: dz is dy."""
     rng = np.random.default_rng(10)
     for n, m in [(1, 1), (513, 17), (300, 203), (64, 1000), (0, 5)]:
-        x, w, b = make_layer(rng, n, 3, m, dtype)
+        x, w, _ = make_layer(rng, n, 3, m, dtype)
         dy = random_array(rng, (n, m), dtype)
         # np.cumsum adds in order (np.sum adds pairwise)
         want = (np.cumsum(dy.astype(np.float64), axis=0)[-1] if n else np.zeros(m)).astype(dtype)
