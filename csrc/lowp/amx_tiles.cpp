@@ -99,8 +99,8 @@ void block_rows(index_t panels, index_t words, const std::uint32_t* a, index_t a
       }
     }
     for (index_t q = 0; q < words; q += kHalf) {
-      _tile_loadd(6, bp + q * kPanel, kB);
-      _tile_loadd(7, bp + q * kPanel + kHalf, kB);
+      _tile_stream_loadd(6, bp + q * kPanel, kB);
+      _tile_stream_loadd(7, bp + q * kPanel + kHalf, kB);
       _tile_loadd(4, a + q, a_bytes);
       DENSEKIT_TILE_PRODUCT(0, 4, 6);
       DENSEKIT_TILE_PRODUCT(1, 4, 7);
@@ -158,10 +158,12 @@ template <int Op, typename Acc>
 TileSet<Acc> make_tiles() {
   TileSet<Acc> t;
   t.block = &block<Op, Acc>;
-  // k blocks of 128 words: A's 32-row block (16 KiB) and one panel's block of B (16 KiB) stay
-  // in L1 together while the task's panels pass (tile loads from L2 run at a fraction of the
-  // tile rate); 64 to 1024 measured within 10%, 128 best at 2 threads (Intel Xeon, AMX)
-  t.block_words = 128;
+  // k blocks of 256 words: A's 32-row block (32 KiB) stays in L1 while the task's panels pass;
+  // B's tiles are loaded with the streaming hint (tileloaddt1), so that B, read once per row
+  // tile, does not evict it. Without the hint 128 words were best (B's block of a panel and
+  // A's block together within L1); with it 256 words halve the reloads of C per product (see
+  // README.md).
+  t.block_words = 256;
   t.release = &release;
   t.probe = &probe<Op>;
   return t;
