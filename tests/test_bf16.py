@@ -462,6 +462,45 @@ def test_a_refused_amx_tile_state_leaves_the_avx512_paths():
     assert _core.bf16_config()["amx_note"] == ""
 
 
+_SMALL_STACK_AFTER_USE = """
+import ctypes, json
+import ml_dtypes, numpy as np
+from densekit import _core
+a = np.arange(40 * 64).reshape(40, 64).astype(ml_dtypes.bfloat16)
+c = _core.matmul_bf16(a, a.T.copy())
+libc = ctypes.CDLL(None, use_errno=True)
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+memory = ctypes.create_string_buffer(4096)
+stack = Stack(ctypes.cast(memory, ctypes.c_void_p), 0, 4096)
+accepted = libc.sigaltstack(ctypes.byref(stack), None) == 0
+print(json.dumps({"bf16": _core.bf16_config(), "int8": _core.int8_config(),
+                  "small_stack_accepted": accepted, "bits": c.view(np.uint32).tolist()}))
+"""
+
+
+@pytest.mark.skipif(PATHS[0] != "amx", reason="the AMX path is not this CPU's best")
+def test_densekit_amx_0_never_asks_for_the_tile_state():
+    # Once Linux grants the tile state, it refuses a later 4 KiB alternate signal stack (too
+    # small for the AMX signal frame); with DENSEKIT_AMX=0 the state is never asked for, so the
+    # same stack is accepted after a bf16 product, which ran on the AVX-512 path.
+    granted = json_of_child(_SMALL_STACK_AFTER_USE, {}, timeout=60)
+    assert granted["bf16"]["path"] == "amx" and not granted["small_stack_accepted"]
+    for value in ("0", "off", "False"):
+        child = json_of_child(_SMALL_STACK_AFTER_USE, {"DENSEKIT_AMX": value}, timeout=60)
+        assert child["small_stack_accepted"]
+        assert child["bf16"]["path"] == child["bf16"]["best"] == "avx512_bf16"
+        assert child["int8"]["path"] == "avx512_vnni" and "amx" not in child["int8"]["available"]
+        assert child["bf16"]["amx_note"] == child["int8"]["amx_note"]
+        assert child["bf16"]["amx_note"].startswith(f"DENSEKIT_AMX='{value}'")
+        a = (np.arange(40 * 64).reshape(40, 64)).astype(BF16)
+        want = run("avx512_bf16", a, np.ascontiguousarray(a.T))
+        np.testing.assert_array_equal(np.array(child["bits"], np.uint32), bits(want))
+    # a value of neither kind is reported and ignored
+    child = json_of_child(_SMALL_STACK_AFTER_USE, {"DENSEKIT_AMX": "maybe"}, timeout=60)
+    assert child["bf16"]["path"] == "amx" and "'maybe' is not one of" in child["bf16"]["amx_note"]
+
+
 def test_bad_path_request_is_reported_not_fatal():
     code = "from densekit import _core; import json; print(json.dumps(_core.bf16_config()))"
     config = json_of_child(code, {"DENSEKIT_BF16": "amx_please"}, timeout=60)

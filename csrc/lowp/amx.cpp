@@ -6,7 +6,9 @@
 #include <unistd.h>
 #endif
 
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 
 namespace densekit::lowp {
 namespace {
@@ -22,6 +24,28 @@ std::uint64_t xcr0() {
   return (std::uint64_t(hi) << 32) | lo;
 }
 
+// DENSEKIT_AMX: "0", "off", "false" or "no" keep the tile state unasked for (a process that
+// installs small alternate signal stacks later needs that: once the state is granted, Linux
+// refuses stacks smaller than its signal frame); "1", "on", "true", "yes" or unset: asked for.
+// Returns false, with a note, for the first kind; a value of neither kind is noted and ignored.
+bool amx_allowed(std::string* note) {
+  const char* env = std::getenv("DENSEKIT_AMX");
+  if (env == nullptr || *env == '\0') return true;
+  std::string value;
+  for (const char* p = env; *p != '\0'; ++p)
+    value += static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  for (const char* off : {"0", "off", "false", "no"})
+    if (value == off) {
+      *note = std::string("DENSEKIT_AMX='") + env + "': the AMX tile state is not asked for";
+      return false;
+    }
+  for (const char* on : {"1", "on", "true", "yes"})
+    if (value == on) return true;
+  *note = std::string("DENSEKIT_AMX='") + env + "' is not one of 0, off, false, no, 1, on, " +
+          "true, yes; AMX allowed";
+  return true;
+}
+
 AmxSupport probe_support() {
   AmxSupport s;
   __builtin_cpu_init();
@@ -29,6 +53,11 @@ AmxSupport probe_support() {
   const bool bf16 = tile && __builtin_cpu_supports("amx-bf16");
   const bool int8 = tile && __builtin_cpu_supports("amx-int8");
   if (!bf16 && !int8) return s;
+  std::string request_note;
+  if (!amx_allowed(&request_note)) {
+    s.note = request_note;
+    return s;
+  }
   if (!__builtin_cpu_supports("avx512f") || (xcr0() & (3u << 17)) != (3u << 17)) {
     s.note = "the OS does not enable the AMX tile state (XCR0)";
     return s;
@@ -45,6 +74,7 @@ AmxSupport probe_support() {
   }
   s.bf16 = bf16;
   s.int8 = int8;
+  s.note = request_note;  // an unrecognised DENSEKIT_AMX, ignored
   return s;
 }
 #else
