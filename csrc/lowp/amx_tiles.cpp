@@ -5,7 +5,8 @@
 // A block is up to 32 rows x one 32-column panel at a time: tmm0-3 hold C (rows 0-15 and
 // 16-31, columns 0-15 and 16-31 of the panel), tmm4 and tmm5 A's two row halves (16 k words
 // each), tmm6 and tmm7 the panel's two column halves of B (16 word rows, 128 bytes apart in the
-// panel). Per step of 16 k words: 2 loads of A, 2 of B, 4 tile products.
+// panel). Per step of 16 k words: 2 loads of A, 2 of B (with the streaming hint: B is read
+// once per row tile, A's block is kept in L1), 4 tile products.
 //
 // The tile configuration depends on the block's rows and is loaded once per task (a
 // configuration and release cost about 100 ns): `configure` skips it while the rows are the
