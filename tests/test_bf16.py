@@ -190,9 +190,11 @@ def test_matmul_equals_the_pair_rule_bitwise_and_is_near_float64(path, m, n, k):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("path", PATHS)
-def test_transposed_operands(path, trans_a, trans_b):
+# k from 1024 up: a transposed A is packed whole on AMX (kWholeTransposedRows); odd k: the
+# last pair's high half is zero
+@pytest.mark.parametrize(("m", "n", "k"), [(17, 45, 39), (45, 70, 1025)])
+def test_transposed_operands(path, trans_a, trans_b, m, n, k):
     rng = np.random.default_rng(2)
-    m, n, k = 17, 45, 39
     a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
     a_in = np.ascontiguousarray(a.T) if trans_a else a
     b_in = np.ascontiguousarray(b.T) if trans_b else b

@@ -68,8 +68,9 @@ def test_forward_is_the_composition_bit_for_bit(activation):
 @pytest.mark.parametrize(
     ("n", "m", "threads"),
     # an odd m (dx's A rounded as it is packed), an even one (dz in bf16 rows, read in place),
-    # an odd n (the last row pair of dz's panels), many row pairs on several threads
-    [(31, 37, 1), (31, 38, 2), (97, 64, 3), (256, 130, 2)],
+    # an odd n (the last row pair of dz's panels), many row pairs on several threads, and
+    # batches from 1024 rows up (dw's x^T packed whole on AMX: kWholeTransposedRows)
+    [(31, 37, 1), (31, 38, 2), (97, 64, 3), (256, 130, 2), (1031, 37, 1), (1056, 38, 3)],
 )
 def test_backward_is_the_composition_bit_for_bit(activation, n, m, threads):
     rng = np.random.default_rng(2)
@@ -98,13 +99,14 @@ def awkward_floats(rng, shape):
     return v
 
 
+@pytest.mark.parametrize("n", [19, 1031])
 @pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.nan])
-def test_float32_operands_round_as_to_bfloat16_does(special):
+def test_float32_operands_round_as_to_bfloat16_does(special, n):
     # Every float32 operand (x, the weights for w and w.T, x^T and dz in the backward pass) is
     # rounded while it is packed: ties, carries and tails of every vector width must give the
     # bits of the separately rounded operands, and a NaN or inf stays one.
     rng = np.random.default_rng(12)
-    n, k, m = 19, 47, 45
+    k, m = 47, 45
     x, w, dy = awkward_floats(rng, (n, k)), awkward_floats(rng, (k, m)), awkward_floats(rng, (n, m))
     if special is not None:
         x[3, 5] = w[7, 40] = dy[11, 2] = special

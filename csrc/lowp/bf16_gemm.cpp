@@ -234,6 +234,14 @@ void pack_a_transposed(const AT* a, index_t lda, index_t m, index_t k, index_t r
   });
 }
 
+// A transposed A is packed whole for the block tiles (pack_a_transposed_by_row) from this many
+// rows of the stored a (its k) up; below, row tile by row tile. dense bf16 backward, Intel
+// Xeon (AMX): at batch 4096 (dw's x^T of 4096 rows) row tiles read 128 bytes of every row
+// (the whole pass and the bias sum's fix together: backward 11.2 -> 9.6 ms, 1 thread); at
+// batch 1-256 in the benchmark run the whole pass made forward + backward 7-30% and the mixed
+// train step 3-20% slower than packing by row tile (alone, within 5%; see README.md).
+constexpr index_t kWholeTransposedRows = 1024;
+
 // All of op(A) = A^T by row for the block tiles: pair q of row i at out[i * stride + q], zeros
 // from the pairs' end to stride. Per block of 16 pairs, the 16 lines of pair words along whole
 // rows of the stored a (rows 2q and 2q + 1 joined, float32 rounded), read in order, then
@@ -378,6 +386,7 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
       [&](std::uint32_t* out, index_t row_tiles, int threads, index_t stride) {
         if (!trans_a) return false;
         if (stride > 0) {
+          if (k < kWholeTransposedRows) return false;
           pack_a_transposed_by_row(a, lda, m, k, out, stride, threads);
         } else {
           pack_a_transposed(a, lda, m, k, row_tiles, out, threads);
