@@ -54,7 +54,7 @@ void dz_pass(float* dz, const float* dy, const float* y, const float* preact, in
         ops.round_pairs_panels(lo, 2 * q + 1 < n ? lo + m : nullptr, m, base + q * kPanel,
                                panels->panel_stride());
       }
-    if (rows16 != nullptr) ops.round_to_bf16(dz + at, rows16 + at, (r1 - r0) * m);
+    if (rows16 != nullptr) ops.round_operand(dz + at, rows16 + at, (r1 - r0) * m);
   });
 }
 

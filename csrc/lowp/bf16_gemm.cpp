@@ -130,7 +130,7 @@ void pack_a(const float* a, index_t lda, bool trans_a, index_t r0, int rows, ind
     for (int i = 0; i < rows; ++i) {
       bf16_bits* words = row.data() + 2 * pairs * i;
       if (pairs > 0) words[2 * pairs - 1] = 0;  // an odd k's zero member
-      row_ops().round_to_bf16(a + (r0 + i) * lda, words, k);
+      row_ops().round_operand(a + (r0 + i) * lda, words, k);
     }
     const bf16_bits* rounded[kMaxRows];
     for (int i = 0; i < rows; ++i) rounded[i] = row.data() + 2 * pairs * i;
@@ -165,7 +165,7 @@ void pack_a_by_row(const AT* a, index_t lda, bool trans_a, index_t r0, int rows,
       std::fill(row + k / 2, row + stride, 0u);
       auto* halves = reinterpret_cast<bf16_bits*>(row);
       if constexpr (std::is_same_v<AT, float>) {
-        row_ops().round_to_bf16(a + (r0 + i) * lda, halves, k);
+        row_ops().round_operand(a + (r0 + i) * lda, halves, k);
       } else {
         std::memcpy(halves, a + (r0 + i) * lda, size_t(k) * sizeof(bf16_bits));
       }
@@ -587,7 +587,7 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
       for (int j = 0; j < count; ++j) {
         bf16_bits* words_j = row.data() + 2 * words * j;
         if (words > 0) words_j[2 * words - 1] = 0;  // an odd k's zero member
-        row_ops().round_to_bf16(b + (j0 + j0b + j) * ld, words_j, k);
+        row_ops().round_operand(b + (j0 + j0b + j) * ld, words_j, k);
         rounded[j] = words_j;
       }
       row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words,

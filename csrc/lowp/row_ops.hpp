@@ -18,6 +18,11 @@ constexpr index_t kRowPanel = 32;
 struct RowOps {
   // y[t] = bf16(x[t]), t < count
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
+  // The same for an operand of a product, which may give a zero of x's sign for a subnormal x
+  // (every product reads bf16 subnormals as zero): AVX512-BF16's conversion where the bf16
+  // path uses that ISA's instructions (row_ops_avx512_bf16.cpp), else round_to_bf16. The
+  // roundings into pair words below are operand roundings too.
+  void (*round_operand)(const float* x, bf16_bits* y, index_t count) = nullptr;
   // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count; in these and the join below, a null
   // hi stands for a row of zeros (an odd k's last pair)
   void (*round_pairs)(const float* lo, const float* hi, std::uint32_t* out, index_t count) = nullptr;
@@ -56,13 +61,15 @@ struct RowOps {
 
 constexpr index_t kQuantizeBlock = 16;  // rows per quantize_rows call
 
-// The row operations of the float32 engine's ISA.
+// The row operations of the float32 engine's ISA (and, where the bf16 path is not the
+// emulated one, AVX512-BF16's operand roundings).
 const RowOps& row_ops();
 
 RowOps row_ops_portable();
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
 RowOps row_ops_avx2();
 RowOps row_ops_avx512();
+RowOps row_ops_avx512_bf16();  // needs the CPU's AVX512-BF16 (bf16_path_supported)
 #endif
 
 }  // namespace densekit::lowp
