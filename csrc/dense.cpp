@@ -29,7 +29,8 @@ thread_local gemm::Scratch t_dz_scratch;
 // Each column's sum runs over the rows in row order in double precision, so the result does
 // not depend on the thread count. A thread takes one range of columns and walks the rows in
 // order, adding each row's run into its sums (kept in cache): dz is read as it lies in memory
-// (a task per 64 columns read 256 bytes of every row, 2-4x slower on large batches).
+// (a task per 64 columns read 256 bytes of every row: dz of 4096 x 512, 1.6 against 0.55 ms on
+// 1 thread, Intel Xeon).
 template <typename T>
 void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumulate, int num_threads) {
   if (m <= 0) return;

@@ -236,18 +236,19 @@ void pack_a_transposed(const AT* a, index_t lda, index_t m, index_t k, index_t r
 
 // A transposed A is packed whole for the block tiles (pack_a_transposed_by_row) from this many
 // rows of the stored a (its k) up; below, row tile by row tile. dense bf16 backward, Intel
-// Xeon (AMX): at batch 4096 (dw's x^T of 4096 rows) row tiles read 128 bytes of every row
-// (the whole pass and the bias sum's fix together: backward 11.2 -> 9.6 ms, 1 thread); at
-// batch 1-256 in the benchmark run the whole pass made forward + backward 7-30% and the mixed
-// train step 3-20% slower than packing by row tile (alone, within 5%; see README.md).
+// Xeon (AMX): at batch 4096 (dw's x^T of 4096 rows, where row tiles read 128 bytes of every
+// row) the whole pass took the backward of 4096x512x512 from 10.4-11.5 to 9.8-10.5 ms on 1
+// thread, 5.4-5.6 to 5.0 ms on 2; at batch 1-256 in the benchmark run it made forward +
+// backward 7-30% and the mixed train step 3-20% slower than packing by row tile (alone,
+// within 5%; see README.md).
 constexpr index_t kWholeTransposedRows = 1024;
 
 // All of op(A) = A^T by row for the block tiles: pair q of row i at out[i * stride + q], zeros
 // from the pairs' end to stride. Per block of 16 pairs, the 16 lines of pair words along whole
 // rows of the stored a (rows 2q and 2q + 1 joined, float32 rounded), read in order, then
 // transposed into every row's 16 words (the ISA's word-major copy, the lines as its "rows").
-// Packing row tile by row tile would read 32 columns of every row of a for each tile, a stride
-// the prefetchers do not follow (dw's x^T at batch 4096: 3-4x slower). Blocks run in parallel.
+// Packing row tile by row tile reads 32 columns of every row of a for each tile instead.
+// Blocks run in parallel.
 template <typename AT>
 void pack_a_transposed_by_row(const AT* a, index_t lda, index_t m, index_t k, std::uint32_t* out,
                               index_t stride, int threads) {
