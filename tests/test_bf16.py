@@ -103,6 +103,28 @@ def run(path, a, b, **kwargs):
 # --- conversions -------------------------------------------------------------------------------
 
 
+_ROUND_PATTERNS = """
+import json, numpy as np
+from densekit import kernels as K
+rng = np.random.default_rng(1)
+u = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+u[::3] = (u[::3] & 0x807FFFFF) | 0x7F800000  # NaN payloads (quiet and signalling), infinities
+u[1::5] &= 0x807FFFFF  # subnormals and zeros
+u[2::7] = (u[2::7] & 0xFFFF0000) | 0x8000  # ties
+print(json.dumps(K.to_bfloat16(u.view(np.float32)).view(np.uint16).tolist()))
+"""
+
+
+@pytest.mark.skipif(len(PATHS) < 2, reason="one bf16 path: nothing to compare")
+def test_to_bfloat16_gives_the_same_bits_on_every_path():
+    # Where the bf16 path uses AVX512-BF16, the rounding runs on its conversion (and the
+    # integer rounding for a vector holding a subnormal); the emulated path rounds with
+    # integers. Every bit, NaN payloads included, is the same.
+    emulated = json_of_child(_ROUND_PATTERNS, {"DENSEKIT_BF16": "emulated"}, timeout=60)
+    for path in PATHS[:-1]:
+        assert json_of_child(_ROUND_PATTERNS, {"DENSEKIT_BF16": path}, timeout=60) == emulated
+
+
 def test_to_bfloat16_matches_ml_dtypes_on_every_bit_pattern_class():
     rng = np.random.default_rng(0)
     pieces = [

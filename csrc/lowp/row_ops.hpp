@@ -16,7 +16,8 @@ namespace densekit::lowp {
 constexpr index_t kRowPanel = 32;
 
 struct RowOps {
-  // y[t] = bf16(x[t]), t < count
+  // y[t] = bf16(x[t]), t < count (exactly: subnormals kept; AVX512-BF16's conversion where
+  // the bf16 path uses that ISA, row_ops_avx512_bf16.cpp)
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
   // The same for an operand of a product, which may give a zero of x's sign for a subnormal x
   // (every product reads bf16 subnormals as zero): AVX512-BF16's conversion where the bf16
@@ -62,7 +63,7 @@ struct RowOps {
 constexpr index_t kQuantizeBlock = 16;  // rows per quantize_rows call
 
 // The row operations of the float32 engine's ISA (and, where the bf16 path is not the
-// emulated one, AVX512-BF16's operand roundings).
+// emulated one, AVX512-BF16's roundings).
 const RowOps& row_ops();
 
 RowOps row_ops_portable();

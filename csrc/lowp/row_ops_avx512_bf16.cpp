@@ -1,10 +1,13 @@
-// The operand roundings of the row operations with AVX512-BF16's conversion (vcvtne2ps2bf16:
-// 32 floats to bf16, round to nearest even, in one instruction where the integer rounding of
-// row_ops.inc takes about ten per 16). This file alone has the -mavx512bf16 flags; the other
-// row operations are the avx512 ISA's. The conversion reads float32 subnormals as zero, which
-// every product does with bf16 subnormals anyway (bf16_gemm.hpp), so a product's bits are
-// those of the exactly rounded operands; it is used for operands only (RowOps::round_operand,
-// round_pairs, round_pairs_panels), never for an output or a conversion the caller sees.
+// The bf16 roundings of the row operations with AVX512-BF16's conversion (vcvtne2ps2bf16: 32
+// floats to bf16, round to nearest even, in one instruction where the integer rounding of
+// row_ops.inc takes about ten per 16 and is bound by the two vector ports). This file alone
+// has the -mavx512bf16 flags; the other row operations are the avx512 ISA's.
+// The conversion reads float32 subnormals as zero. For operands (RowOps::round_operand,
+// round_pairs, round_pairs_panels) that is harmless: every product reads bf16 subnormals as
+// zero (bf16_gemm.hpp), so a product's bits are those of the exactly rounded operands. The
+// exact rounding (round_to_bf16: outputs, to_bfloat16) converts vectors without a subnormal
+// and rounds a vector holding one with integers; NaNs convert as the integer rounding does
+// (quiet bit set, payload truncated), checked bit for bit against it.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -22,6 +25,29 @@ inline __mmask16 lanes(index_t left) {
 inline __m256i round16(const float* x, index_t left) {
   const __m512 v = left >= 16 ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(lanes(left), x);
   return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+}
+
+// The exact rounding (round_to_bf16's bits, subnormals kept): the conversion, and for a vector
+// that holds a subnormal, the integer rounding of row_ops.inc (here bf16_round_bits per lane).
+inline __m256i round16_exact(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);  // subnormal: exponent zero, mantissa not
+  if ((_mm512_testn_epi32_mask(bits, _mm512_set1_epi32(0x7f800000)) &
+       _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x007fffff))) == 0)
+    return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+  alignas(64) std::uint32_t u[16];
+  alignas(32) bf16_bits h[16];
+  _mm512_store_si512(u, _mm512_castps_si512(v));
+  for (int i = 0; i < 16; ++i) h[i] = static_cast<bf16_bits>(bf16_round_bits(u[i]));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(h));
+}
+
+void round_to_bf16_row(const float* __restrict x, bf16_bits* __restrict y, index_t count) {
+  index_t t = 0;
+  for (; t + 16 <= count; t += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + t), round16_exact(_mm512_loadu_ps(x + t)));
+  if (t < count)
+    _mm256_mask_storeu_epi16(y + t, lanes(count - t),
+                             round16_exact(_mm512_maskz_loadu_ps(lanes(count - t), x + t)));
 }
 
 void round_operand_row(const float* __restrict x, bf16_bits* __restrict y, index_t count) {
@@ -74,6 +100,7 @@ void round_pairs_panels_row(const float* __restrict lo, const float* __restrict 
 
 RowOps row_ops_avx512_bf16() {
   RowOps ops = row_ops_avx512();
+  ops.round_to_bf16 = &round_to_bf16_row;
   ops.round_operand = &round_operand_row;
   ops.round_pairs = &round_pairs_row;
   ops.round_pairs_panels = &round_pairs_panels_row;
