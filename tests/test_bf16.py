@@ -212,8 +212,8 @@ def test_matmul_equals_the_pair_rule_bitwise_and_is_near_float64(path, m, n, k):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("path", PATHS)
-# k from 1024 up: a transposed A is packed whole on AMX (kWholeTransposedRows); odd k: the
-# last pair's high half is zero
+# k of 1025: many pairs of rows of a transposed A per row tile; odd k: the last pair's high
+# half is zero
 @pytest.mark.parametrize(("m", "n", "k"), [(17, 45, 39), (45, 70, 1025)])
 def test_transposed_operands(path, trans_a, trans_b, m, n, k):
     rng = np.random.default_rng(2)

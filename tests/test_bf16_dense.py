@@ -69,7 +69,7 @@ def test_forward_is_the_composition_bit_for_bit(activation):
     ("n", "m", "threads"),
     # an odd m (dx's A rounded as it is packed), an even one (dz in bf16 rows, read in place),
     # an odd n (the last row pair of dz's panels), many row pairs on several threads, and
-    # batches from 1024 rows up (dw's x^T packed whole on AMX: kWholeTransposedRows)
+    # batches over 1024 rows (dw's x^T of many row pairs per row tile)
     [(31, 37, 1), (31, 38, 2), (97, 64, 3), (256, 130, 2), (1031, 37, 1), (1056, 38, 3)],
 )
 def test_backward_is_the_composition_bit_for_bit(activation, n, m, threads):

@@ -234,53 +234,6 @@ void pack_a_transposed(const AT* a, index_t lda, index_t m, index_t k, index_t r
   });
 }
 
-// A transposed A is packed whole for the block tiles (pack_a_transposed_by_row) from this many
-// rows of the stored a (its k) up; below, row tile by row tile. dense bf16 backward, Intel
-// Xeon (AMX): at batch 4096 (dw's x^T of 4096 rows, where row tiles read 128 bytes of every
-// row) the whole pass took the backward of 4096x512x512 from 10.4-11.5 to 9.8-10.5 ms on 1
-// thread, 5.4-5.6 to 5.0 ms on 2; at batch 1-256 in the benchmark run it made forward +
-// backward 7-30% and the mixed train step 3-20% slower than packing by row tile (alone,
-// within 5%; see README.md).
-constexpr index_t kWholeTransposedRows = 1024;
-
-// All of op(A) = A^T by row for the block tiles: pair q of row i at out[i * stride + q], zeros
-// from the pairs' end to stride. Per block of 16 pairs, the 16 lines of pair words along whole
-// rows of the stored a (rows 2q and 2q + 1 joined, float32 rounded), read in order, then
-// transposed into every row's 16 words (the ISA's word-major copy, the lines as its "rows").
-// Packing row tile by row tile reads 32 columns of every row of a for each tile instead.
-// Blocks run in parallel.
-template <typename AT>
-void pack_a_transposed_by_row(const AT* a, index_t lda, index_t m, index_t k, std::uint32_t* out,
-                              index_t stride, int threads) {
-  const index_t pairs = (k + 1) / 2;
-  constexpr index_t kBlock = kPanelWordAlign;
-  parallel_for(stride / kBlock, threads, [&](index_t block) {
-    thread_local AlignedVector<std::uint32_t> lines;
-    lines.resize(static_cast<size_t>((kBlock + 1) * m));
-    std::uint32_t* zeros = lines.data() + kBlock * m;  // the line of a pair past the pairs
-    std::fill(zeros, zeros + m, 0u);
-    const index_t q0 = block * kBlock;
-    const void* from[kBlock];
-    for (index_t b = 0; b < kBlock; ++b) {
-      const index_t q = q0 + b;
-      if (q >= pairs) {
-        from[b] = zeros;
-        continue;
-      }
-      const AT* lo = a + 2 * q * lda;
-      const AT* hi = 2 * q + 1 < k ? lo + lda : nullptr;  // null: an odd k's last pair
-      std::uint32_t* line = lines.data() + b * m;
-      if constexpr (std::is_same_v<AT, float>) {
-        row_ops().round_pairs(lo, hi, line, m);
-      } else {
-        row_ops().join_pairs(lo, hi, line, m);
-      }
-      from[b] = line;
-    }
-    row_ops().word_major(from, int(kBlock), m, out + q0, stride);
-  });
-}
-
 void check_path(Bf16Path path) {
   if (!bf16_path_supported(path))
     throw ArgumentError(std::string("bf16 path '") + bf16_path_name(path) +
@@ -384,14 +337,9 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
           word_major(out);
         }
       },
-      [&](std::uint32_t* out, index_t row_tiles, int threads, index_t stride) {
+      [&](std::uint32_t* out, index_t row_tiles, int threads) {
         if (!trans_a) return false;
-        if (stride > 0) {
-          if (k < kWholeTransposedRows) return false;
-          pack_a_transposed_by_row(a, lda, m, k, out, stride, threads);
-        } else {
-          pack_a_transposed(a, lda, m, k, row_tiles, out, threads);
-        }
+        pack_a_transposed(a, lda, m, k, row_tiles, out, threads);
         return true;
       },
       [&] { return FlushDenormals(flush); },

@@ -246,7 +246,7 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
   const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
   run_tiles<std::int32_t>(
       n, t_x_panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
-      [](std::uint32_t*, index_t, int, index_t) { return false; }, [] { return NoGuard{}; },
+      [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t j, index_t i0, int) {
         const float scale = w.scales[size_t(j)];
         for (index_t c = 0; c < cols; ++c) {
@@ -310,7 +310,7 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
   // rows, and padded rows of B are zero.
   run_tiles<std::int32_t>(
       m, w.panels, tiles, flops, num_threads, kBlockQuads, pack_a,
-      [](std::uint32_t*, index_t, int, index_t) { return false; }, [] { return NoGuard{}; },
+      [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
       [&](const std::int32_t* acc, index_t cols, index_t i, index_t j0, int) {
         float* out = y + i * n + j0;
         ops.dequantize_row(acc, w.col_sums.data() + j0, w.scales.data() + j0, row_scale[i],

@@ -188,10 +188,9 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
 // pack_a(r0, rows, out, stride): rows [r0, r0 + rows) of A as words into out: word-major
 // (word q of row i at out[q * rows + i]) when stride is 0, else by row (word q of row i at
 // out[i * stride + q], zeros from the product's words to stride: the block tiles);
-// pack_whole(out, row_tiles, threads, stride): every row tile at once, returning false where A
-// has no such pass (then row tiles are packed one by one): word-major row tiles when stride is
-// 0 (row tile rt, rows tile_rows(m, row_tiles, rt), at out + words * r0), else all of A by row
-// as pack_a writes it (row i at out + i * stride);
+// pack_whole(out, row_tiles, threads): every row tile at once (row tile rt, rows
+// tile_rows(m, row_tiles, rt), at out + words * r0), returning false where A has no such pass
+// (then row tiles are packed one by one);
 // guard(): an object alive while the tiles run (e.g. an MXCSR mode);
 // finish(acc, cols, i, j0, participant): row i's accumulators for columns [j0, j0 + cols).
 // direct (ldc): the tiles accumulate straight into this (m, n) array, n a multiple of kPanel,
@@ -276,7 +275,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   if (!in_place && words > 0 &&
       double(m) * double(row_words) * sizeof(std::uint32_t) <= double(64 << 20)) {
     packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, row_words, 4)));
-    prepacked = pack_whole(packed_a, row_tiles, threads, a_stride);
+    prepacked = !blocks && pack_whole(packed_a, row_tiles, threads);
     if (!prepacked && chunks > 1 && (threads == 1 || flops >= kPrepackFlops)) {
       parallel_for(row_tiles, threads, [&](index_t rt) {
         const index_t r0 = m * rt / row_tiles;
