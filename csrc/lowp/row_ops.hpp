@@ -20,8 +20,8 @@ struct RowOps {
   // the bf16 path uses that ISA, row_ops_avx512_bf16.cpp)
   void (*round_to_bf16)(const float* x, bf16_bits* y, index_t count) = nullptr;
   // The same for an operand of a product, which may give a zero of x's sign for a subnormal x
-  // (every product reads bf16 subnormals as zero): AVX512-BF16's conversion where the bf16
-  // path uses that ISA's instructions (row_ops_avx512_bf16.cpp), else round_to_bf16. The
+  // (every product reads bf16 subnormals as zero): AVX512-BF16's conversion alone where the
+  // bf16 path uses that ISA's instructions (row_ops_avx512_bf16.cpp), else round_to_bf16. The
   // roundings into pair words below are operand roundings too.
   void (*round_operand)(const float* x, bf16_bits* y, index_t count) = nullptr;
   // out[t] = bf16(lo[t]) | bf16(hi[t]) << 16, t < count; in these and the join below, a null
