@@ -138,14 +138,13 @@ using AlignedVector = std::vector<T, CacheAligned<T>>;
 
 inline bool cache_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
 
-// Packed B: panel p's words at data + p * panel_stride(), word rows [words, stride_words)
-// zero; 64-byte aligned (a panel's word rows are 128 bytes).
+// Packed B: panel p's words at data + p * panel_stride(), word rows [words,
+// padded_words(words)) zero; 64-byte aligned (a panel's word rows are 128 bytes).
 struct PackedPanels {
   index_t k = 0, n = 0;
   index_t words = 0, panels = 0;
-  index_t stride_words = 0;  // padded_words(words)
   AlignedVector<std::uint32_t> data;
-  index_t panel_stride() const { return stride_words * kPanel; }
+  index_t panel_stride() const { return padded_words(words) * kPanel; }
   const std::uint32_t* panel(index_t p) const {
     return data.data() + static_cast<size_t>(p * panel_stride());
   }
@@ -327,26 +326,28 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
           tiles.block(rows, panels, std::min(kq_block, chain_words - q0), a_rows + q0, stride,
                       b.panel(p0) + q0 * kPanel, panel_stride, acc, ld, q0 > 0);
         tiles.release();
-      }
-      const int wide = wide_panels(rows);
-      // the tile of `count` panels (1 or wide) at panel p over k block [q0, q0 + kq)
-      auto run = [&](int count, index_t p, index_t q0, index_t kq) {
-        const std::uint32_t* bq = b.panel(p0 + p) + q0 * kPanel;
-        if (in_place) {
-          const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
-          (count > 1 ? tiles.in_place_wide : tiles.in_place_narrow)[rows](
-              kq, ablock, a_lda, bq, panel_stride, acc + p * kPanel, ld, q0 > 0);
-        } else {
-          (count > 1 ? tiles.wide : tiles.narrow)[rows](kq, a_tile + q0 * rows, bq, panel_stride,
-                                                        acc + p * kPanel, ld, q0 > 0);
+      } else {
+        const int wide = wide_panels(rows);
+        // the tile of `count` panels (1 or wide) at panel p over k block [q0, q0 + kq)
+        auto run = [&](int count, index_t p, index_t q0, index_t kq) {
+          const std::uint32_t* bq = b.panel(p0 + p) + q0 * kPanel;
+          if (in_place) {
+            const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
+            (count > 1 ? tiles.in_place_wide : tiles.in_place_narrow)[rows](
+                kq, ablock, a_lda, bq, panel_stride, acc + p * kPanel, ld, q0 > 0);
+          } else {
+            (count > 1 ? tiles.wide : tiles.narrow)[rows](kq, a_tile + q0 * rows, bq,
+                                                          panel_stride, acc + p * kPanel, ld,
+                                                          q0 > 0);
+          }
+        };
+        for (index_t q0 = 0; q0 < words; q0 += kq_block) {
+          const index_t kq = std::min(kq_block, words - q0);
+          index_t p = 0;
+          if (wide > 1)
+            for (; p + wide <= panels; p += wide) run(wide, p, q0, kq);
+          for (; p < panels; ++p) run(1, p, q0, kq);
         }
-      };
-      for (index_t q0 = 0; q0 < words && !blocks; q0 += kq_block) {
-        const index_t kq = std::min(kq_block, words - q0);
-        index_t p = 0;
-        if (wide > 1)
-          for (; p + wide <= panels; p += wide) run(wide, p, q0, kq);
-        for (; p < panels; ++p) run(1, p, q0, kq);
       }
     }
     const index_t j0 = p0 * kPanel;
@@ -382,11 +383,10 @@ inline bool size_panels(PackedPanels* p, index_t k, index_t n, index_t words) {
   p->k = k;
   p->n = n;
   p->words = words;
-  p->stride_words = padded_words(words);
   p->panels = (n + kPanel - 1) / kPanel;
   p->data.resize(buffer_bytes(p->panel_stride(), p->panels, 1));
   // the padding word rows, which no packing writes
-  if (words > 0 && p->stride_words > words)
+  if (words > 0 && padded_words(words) > words)
     for (index_t panel = 0; panel < p->panels; ++panel)
       std::fill(p->data.data() + panel * p->panel_stride() + words * kPanel,
                 p->data.data() + (panel + 1) * p->panel_stride(), 0u);
