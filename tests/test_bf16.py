@@ -53,12 +53,16 @@ def bits(x):
     return np.ascontiguousarray(x).view(np.uint32 if x.dtype == np.float32 else np.uint16)
 
 
+def _widened(a, b):
+    """op(A) and B widened to float32, and a zero float32 C."""
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    return a32, b32, np.zeros((a32.shape[0], b32.shape[1]), np.float32)
+
+
 def pair_rule(a, b):
     """op(A) @ B by vdpbf16ps's rule in float32 NumPy arithmetic (no subnormals in the data)."""
-    a32 = a.astype(np.float32)
-    b32 = b.astype(np.float32)
-    m, k = a32.shape
-    acc = np.zeros((m, b32.shape[1]), np.float32)
+    a32, b32, acc = _widened(a, b)
+    k = a32.shape[1]
     with np.errstate(over="ignore", invalid="ignore"):
         for q in range(0, k, 2):
             if q + 1 < k:
@@ -71,10 +75,8 @@ def amx_rule(a, b):
     """op(A) @ B by tdpbf16ps's rule in float32 NumPy arithmetic: per step of 16 k pairs (32 k,
     from 0), the even members' products and the odd members' in two chains from 0, then
     acc = acc + (even + odd)."""
-    a32 = a.astype(np.float32)
-    b32 = b.astype(np.float32)
-    m, k = a32.shape
-    acc = np.zeros((m, b32.shape[1]), np.float32)
+    a32, b32, acc = _widened(a, b)
+    k = a32.shape[1]
     with np.errstate(over="ignore", invalid="ignore"):
         for s in range(0, k, 32):
             even = np.zeros_like(acc)
