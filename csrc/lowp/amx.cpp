@@ -6,9 +6,10 @@
 #include <unistd.h>
 #endif
 
-#include <cctype>
 #include <cstdint>
 #include <cstdlib>
+
+#include "lowp/path_choice.hpp"
 
 namespace densekit::lowp {
 namespace {
@@ -31,9 +32,7 @@ std::uint64_t xcr0() {
 bool amx_allowed(std::string* note) {
   const char* env = std::getenv("DENSEKIT_AMX");
   if (env == nullptr || *env == '\0') return true;
-  std::string value;
-  for (const char* p = env; *p != '\0'; ++p)
-    value += static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  const std::string value = lowered(env);
   for (const char* off : {"0", "off", "false", "no"})
     if (value == off) {
       *note = std::string("DENSEKIT_AMX='") + env + "': the AMX tile state is not asked for";

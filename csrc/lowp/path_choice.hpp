@@ -16,6 +16,14 @@ struct PathRequest {
   std::string note;       // why a request was not honoured ("" when it was)
 };
 
+// An environment variable's value in lower case.
+inline std::string lowered(const char* value) {
+  std::string out;
+  for (const char* p = value; *p != '\0'; ++p)
+    out += static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  return out;
+}
+
 inline PathRequest read_path_request(const char* variable, const std::vector<std::string>& names,
                                      int best) {
   PathRequest r;
@@ -23,12 +31,10 @@ inline PathRequest read_path_request(const char* variable, const std::vector<std
   const char* env = std::getenv(variable);
   if (env == nullptr || *env == '\0') return r;
   r.requested = env;
-  std::string lowered;
-  for (const char* p = env; *p != '\0'; ++p)
-    lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  const std::string value = lowered(env);
   int wanted = -1;
   for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == lowered) wanted = static_cast<int>(i);
+    if (names[i] == value) wanted = static_cast<int>(i);
   const std::string prefix = std::string(variable) + "='" + r.requested + "' ";
   if (wanted < 0) {
     std::string known;
