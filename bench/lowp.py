@@ -438,6 +438,20 @@ def _ceiling(record, peer: str, peaks: dict | None) -> float | None:
     return peak / peer_rate
 
 
+def _ratio_verdict(record, peer: str, target: float, peaks: dict | None) -> str:
+    """A ratio target's verdict: the ratio, met or MISSED, and its ceiling where peaks give
+    one ("not measured" without a record or a ratio)."""
+    ratio = None if record is None else record.ratio(peer)
+    if ratio is None:
+        return "not measured"
+    verdict = f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
+    ceiling = _ceiling(record, peer, peaks)
+    if ceiling is not None:
+        verdict += f" (ceiling {ceiling:.2f}x"
+        verdict += ": out of reach on this CPU)" if ceiling < target else ")"
+    return verdict
+
+
 def summarize(records: list, peaks: dict | None = None, bf16_path: str | None = None) -> list[str]:
     """The targets per thread count; bf16_path: the run's bf16 path (this process's when
     None), which decides whether the AMX targets apply."""
@@ -452,16 +466,7 @@ def summarize(records: list, peaks: dict | None = None, bf16_path: str | None = 
             "at 100% of its path's peak):"
         )
         for name, shape, peer, target in TARGETS:
-            record = mine.get((name, shape, threads))
-            ratio = None if record is None else record.ratio(peer)
-            if ratio is None:
-                verdict = "not measured"
-            else:
-                verdict = f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
-                ceiling = _ceiling(record, peer, peaks)
-                if ceiling is not None:
-                    verdict += f" (ceiling {ceiling:.2f}x"
-                    verdict += ": out of reach on this CPU)" if ceiling < target else ")"
+            verdict = _ratio_verdict(mine.get((name, shape, threads)), peer, target, peaks)
             lines.append(f"  {name:<26} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}")
         if bf16_path != "amx":
             lines.append(
@@ -469,13 +474,7 @@ def summarize(records: list, peaks: dict | None = None, bf16_path: str | None = 
                 f"CPU/build: the bf16 path is {bf16_path})"
             )
         for name, shape, peer, target in AMX_TARGETS if bf16_path == "amx" else ():
-            record = mine.get((name, shape, threads))
-            ratio = None if record is None else record.ratio(peer)
-            verdict = (
-                "not measured"
-                if ratio is None
-                else f"{ratio:.2f}x, {'met' if ratio >= target else 'MISSED'}"
-            )
+            verdict = _ratio_verdict(mine.get((name, shape, threads)), peer, target, None)
             lines.append(f"  AMX: {name:<21} {shape:<19} vs {peer:<13} >= {target:g}x: {verdict}")
         for name, shape, target in PEAK_TARGETS:
             record = mine.get((name, shape, threads))
