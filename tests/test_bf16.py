@@ -457,21 +457,39 @@ def test_the_best_path_is_the_default_and_each_lower_one_can_be_forced():
         assert config["path"] == path and config["forced"] and config["best"] == PATHS[0]
 
 
-_REFUSED = """
+# Child-process pieces: a 4 KiB alternate signal stack (too small for the AMX signal frame;
+# returns whether Linux accepted it), and a bf16 product after densekit's import (which asks
+# for the tile state) with what the child reports.
+_SMALL_STACK = """
 import ctypes, json
-libc = ctypes.CDLL(None, use_errno=True)
-class Stack(ctypes.Structure):
-    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
-memory = ctypes.create_string_buffer(4096)
-stack = Stack(ctypes.cast(memory, ctypes.c_void_p), 0, 4096)
-assert libc.sigaltstack(ctypes.byref(stack), None) == 0
+def install_small_stack():
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+    global memory
+    memory = ctypes.create_string_buffer(4096)
+    stack = Stack(ctypes.cast(memory, ctypes.c_void_p), 0, 4096)
+    return libc.sigaltstack(ctypes.byref(stack), None) == 0
+"""
+_PRODUCT = """
 import ml_dtypes, numpy as np
 from densekit import _core
 a = np.arange(40 * 64).reshape(40, 64).astype(ml_dtypes.bfloat16)
 c = _core.matmul_bf16(a, a.T.copy())
-print(json.dumps({"bf16": _core.bf16_config(), "int8": _core.int8_config(),
-                  "bits": c.view(np.uint32).tolist()}))
 """
+_REPORT = """
+print(json.dumps({"bf16": _core.bf16_config(), "int8": _core.int8_config(),
+                  "small_stack_accepted": accepted, "bits": c.view(np.uint32).tolist()}))
+"""
+_REFUSED = _SMALL_STACK + "accepted = install_small_stack()\n" + _PRODUCT + _REPORT
+_SMALL_STACK_AFTER_USE = _SMALL_STACK + _PRODUCT + "accepted = install_small_stack()\n" + _REPORT
+
+
+def assert_avx512_bf16_bits(child):
+    """The child's product has the avx512_bf16 path's bits."""
+    a = (np.arange(40 * 64).reshape(40, 64)).astype(BF16)
+    want = run("avx512_bf16", a, np.ascontiguousarray(a.T))
+    np.testing.assert_array_equal(np.array(child["bits"], np.uint32), bits(want))
 
 
 @pytest.mark.skipif(PATHS[0] != "amx", reason="the AMX path is not this CPU's best")
@@ -479,30 +497,12 @@ def test_a_refused_amx_tile_state_leaves_the_avx512_paths():
     # A 4 KiB alternate signal stack is too small for the AMX signal frame: Linux refuses the
     # tile state (arch_prctl ARCH_REQ_XCOMP_PERM), and the products run on the next path.
     child = json_of_child(_REFUSED, {}, timeout=60)
+    assert child["small_stack_accepted"]
     assert child["bf16"]["path"] == "avx512_bf16" and "amx" not in child["bf16"]["available"]
     assert child["int8"]["path"] == "avx512_vnni" and "amx" not in child["int8"]["available"]
     assert "refused" in child["bf16"]["amx_note"] == child["int8"]["amx_note"]
-    a = (np.arange(40 * 64).reshape(40, 64)).astype(BF16)
-    want = run("avx512_bf16", a, np.ascontiguousarray(a.T))
-    np.testing.assert_array_equal(np.array(child["bits"], np.uint32), bits(want))
+    assert_avx512_bf16_bits(child)
     assert _core.bf16_config()["amx_note"] == ""
-
-
-_SMALL_STACK_AFTER_USE = """
-import ctypes, json
-import ml_dtypes, numpy as np
-from densekit import _core
-a = np.arange(40 * 64).reshape(40, 64).astype(ml_dtypes.bfloat16)
-c = _core.matmul_bf16(a, a.T.copy())
-libc = ctypes.CDLL(None, use_errno=True)
-class Stack(ctypes.Structure):
-    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
-memory = ctypes.create_string_buffer(4096)
-stack = Stack(ctypes.cast(memory, ctypes.c_void_p), 0, 4096)
-accepted = libc.sigaltstack(ctypes.byref(stack), None) == 0
-print(json.dumps({"bf16": _core.bf16_config(), "int8": _core.int8_config(),
-                  "small_stack_accepted": accepted, "bits": c.view(np.uint32).tolist()}))
-"""
 
 
 @pytest.mark.skipif(PATHS[0] != "amx", reason="the AMX path is not this CPU's best")
@@ -519,9 +519,7 @@ def test_densekit_amx_0_never_asks_for_the_tile_state():
         assert child["int8"]["path"] == "avx512_vnni" and "amx" not in child["int8"]["available"]
         assert child["bf16"]["amx_note"] == child["int8"]["amx_note"]
         assert child["bf16"]["amx_note"].startswith(f"DENSEKIT_AMX='{value}'")
-        a = (np.arange(40 * 64).reshape(40, 64)).astype(BF16)
-        want = run("avx512_bf16", a, np.ascontiguousarray(a.T))
-        np.testing.assert_array_equal(np.array(child["bits"], np.uint32), bits(want))
+        assert_avx512_bf16_bits(child)
     # a value of neither kind is reported and ignored
     child = json_of_child(_SMALL_STACK_AFTER_USE, {"DENSEKIT_AMX": "maybe"}, timeout=60)
     assert child["bf16"]["path"] == "amx" and "'maybe' is not one of" in child["bf16"]["amx_note"]
