@@ -7,9 +7,10 @@ densekit's own float32, side by side.
   once (``Bf16Weights``, as a model holds them), float32 x rounded while packed, bias and relu
   in the epilogue, float32 out; peers torch ``F.linear`` + ``relu_`` on bf16 tensors and
   densekit float32. ``matmul bf16`` packs b on every call.
-- ``dense bf16 relu fwd+bwd``: a mixed_bfloat16 layer's training work, the weights packed
-  (both layouts), forward with the pre-activation kept, dx, dw, db in float32; peers torch
-  ``relu(F.linear)`` on bf16 tensors with ``backward`` and densekit float32.
+- ``dense bf16 relu fwd+bwd``: a mixed_bfloat16 layer's training work, the float32 weights
+  packed (both layouts), x, y, dy and dx bf16 arrays (torch's tensors are bf16 too), relu's
+  derivative from y, dw and db in float32; peers torch ``relu(F.linear)`` on bf16 tensors
+  with ``backward`` and densekit float32 (on the same values in float32).
 - ``dense int8 relu``: float32 x, int8 weights per output column, x quantized per row on the
   fly; peers ``torch.ao.quantization.quantize_dynamic`` of a ``Linear`` + ReLU (fbgemm) and
   densekit float32.
@@ -174,10 +175,10 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
 
 def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
     """A dense layer's training work in bf16: the float32 weights rounded and packed (both
-    layouts: dx needs w^T), forward with relu and the pre-activation kept, then dx, dw, db in
-    float32 accumulation, as a mixed_bfloat16 layer runs them once per step. Peers: torch
-    ``relu(F.linear)`` on bf16 tensors with ``backward`` (its gradients in bf16) and densekit
-    float32 ``dense_forward`` + ``dense_backward``."""
+    layouts: dx needs w^T), forward with relu, then dx, dw, db in float32 accumulation, as a
+    mixed_bfloat16 layer runs them once per step; x, y, dy and dx are bf16 arrays, as torch's
+    tensors are. Peers: torch ``relu(F.linear)`` on bf16 tensors with ``backward`` (its
+    gradients in bf16) and densekit float32 ``dense_forward`` + ``dense_backward``."""
     rng = np.random.default_rng(n * 31 + k * 7 + m + 2)
     # Values on a 1/8 grid, exact in bf16: every library gets the same pre-activations, so
     # relu's mask (and with it dx, dw, db) cannot differ by a rounding at zero.
@@ -185,6 +186,7 @@ def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
     w = grid_array(rng, (k, m), "float32")
     b = grid_array(rng, (m,), "float32")
     dy = grid_array(rng, (n, m), "float32")
+    x16, dy16 = kernels.to_bfloat16(x), kernels.to_bfloat16(dy)
     packed = kernels.Bf16Weights(w, transposed=True)
 
     def buffers():  # y, z (the pre-activation), dx, dw, db
@@ -196,23 +198,25 @@ def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
             np.empty_like(b),
         )
 
-    y, z, dx, dw, db = buffers()
     y32, z32, dx32, dw32, db32 = buffers()
+    y, dx = np.empty((n, m), _bf16()), np.empty((n, k), _bf16())
+    dw, db = np.empty_like(w), np.empty_like(b)
 
     def run_densekit():
         packed.pack(w, num_threads=threads)  # once per optimizer step in training
         kernels.dense_forward_bf16(
-            x, packed, b, activation="relu", out=y, preact_out=z, num_threads=threads
+            x16, packed, b, activation="relu", out=y, out_dtype="bfloat16", num_threads=threads
         )
         kernels.dense_backward_bf16(
-            dy,
-            x,
+            dy16,
+            x16,
             packed,
-            preact=z,
+            y=y,
             activation="relu",
             dx_out=dx,
             dw_out=dw,
             db_out=db,
+            dx_dtype="bfloat16",
             num_threads=threads,
         )
         return y, dx, dw, db

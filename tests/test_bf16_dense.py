@@ -23,7 +23,7 @@ from .helpers import json_of_child
 
 BF16 = ml_dtypes.bfloat16
 ELEMENTWISE = [name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["elementwise"]]
-NEEDS_Z = {name for name in K.ACTIVATIONS if not K.ACTIVATION_INFO[name]["derivative_from_output"]}
+NEEDS_Z = {name for name in K.ACTIVATIONS if K.ACTIVATION_INFO[name]["needs_preactivation"]}
 
 
 def bits(a):
@@ -338,19 +338,72 @@ def test_a_packed_in_its_own_pass_or_per_task_gives_the_same_bits(shape):
     k=st.sampled_from([0, 1, 2, 3, 7, 31, 33, 257]),
     m=st.sampled_from([1, 2, 15, 17, 31, 33, 97]),
     seed=st.integers(0, 2**31),
+    bf16_io=st.booleans(),
 )
-def test_hypothesis_shapes(n, k, m, seed):
+def test_hypothesis_shapes(n, k, m, seed, bf16_io):
+    """With bf16_io, x, y, dy and dx are bf16 arrays (the float32 reference gets their values)."""
     rng = np.random.default_rng(seed)
     x, w, b = layer(rng, n, k, m)
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    if bf16_io:
+        x, dy = K.from_bfloat16(K.to_bfloat16(x)), K.from_bfloat16(K.to_bfloat16(dy))
+    io = (lambda a: K.to_bfloat16(a)) if bf16_io else (lambda a: a)
+    dtype = "bfloat16" if bf16_io else "float32"
     packed = K.Bf16Weights(w, transposed=True)
     preact = np.empty((n, m), np.float32)
-    y = K.dense_forward_bf16(x, packed, b, activation="relu", preact_out=preact)
+    y = K.dense_forward_bf16(
+        io(x), packed, b, activation="relu", preact_out=preact, out_dtype=dtype
+    )
     z, want = composed_forward(x, w, b, "relu")
-    np.testing.assert_array_equal(bits(y), bits(want))
-    dy = rng.standard_normal((n, m)).astype(np.float32)
-    grads = K.dense_backward_bf16(dy, x, packed, preact=preact, activation="relu")
-    for got, expected in zip(grads, composed_backward(dy, x, w, z, "relu")):
-        np.testing.assert_array_equal(bits(got), bits(expected))
+    np.testing.assert_array_equal(y.view(np.uint8), io(want).view(np.uint8))
+    grads = K.dense_backward_bf16(
+        io(dy), io(x), packed, preact=preact, activation="relu", dx_dtype=dtype
+    )
+    expected = composed_backward(dy, x, w, z, "relu")
+    for got, want in zip(grads, (io(expected[0]), *expected[1:])):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def widened(a):
+    return K.from_bfloat16(a) if a.dtype == BF16 else a
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "gelu", "softmax"])
+@pytest.mark.parametrize(
+    ("n", "k", "m", "threads"),
+    # m = 3: the transposed forward and dw; odd and even m (dx's A rounded as packed or read
+    # as bf16 rows); k = 1
+    [(37, 19, 41, 1), (64, 33, 3, 2), (130, 1, 38, 3), (1, 784, 256, 2), (0, 5, 4, 1)],
+)
+def test_bf16_activations_give_the_bits_of_their_float32_values(activation, n, k, m, threads):
+    """x, dy and y in bf16 are read as their float32 values; y and dx in bf16 are the float32
+    results rounded to nearest even (to_bfloat16); dw and db are unchanged."""
+    rng = np.random.default_rng(n + k + m)
+    x32, w, b = layer(rng, n, k, m)
+    x16 = K.to_bfloat16(x32)
+    x = K.from_bfloat16(x16)
+    packed = K.Bf16Weights(w, transposed=True)
+    preact = np.empty((n, m), np.float32)
+    y = K.dense_forward_bf16(x, packed, b, activation=activation, preact_out=preact)
+    options = {"activation": activation, "num_threads": threads}
+    y16 = K.dense_forward_bf16(x16, packed, b, out_dtype="bfloat16", **options)
+    assert y16.dtype == BF16
+    np.testing.assert_array_equal(y16.view(np.uint16), K.to_bfloat16(y).view(np.uint16))
+    np.testing.assert_array_equal(bits(K.dense_forward_bf16(x16, packed, b, **options)), bits(y))
+    dy16 = K.to_bfloat16(rng.standard_normal((n, m)).astype(np.float32))
+    # the derivative from y where the activation takes it (bf16 y: its rounded values)
+    from_y = activation not in NEEDS_Z and activation != "linear"
+    for y_given in (y, y16) if from_y else (None,):
+        given = {"y": y_given} if from_y else {"preact": preact}
+        float32 = {"y": widened(y_given)} if from_y else given
+        want = K.dense_backward_bf16(widened(dy16), x, packed, **options, **float32)
+        dx16, dw, db = K.dense_backward_bf16(
+            dy16, x16, packed, dx_dtype="bfloat16", **options, **given
+        )
+        assert dx16.dtype == BF16
+        np.testing.assert_array_equal(dx16.view(np.uint16), K.to_bfloat16(want[0]).view(np.uint16))
+        np.testing.assert_array_equal(bits(dw), bits(want[1]))
+        np.testing.assert_array_equal(bits(db), bits(want[2]))
 
 
 _SUBPROCESS = """
@@ -391,8 +444,14 @@ def test_errors_name_the_argument():
     x = np.ones((2, 4), np.float32)
     with pytest.raises(TypeError, match=r"w: expected densekit\.kernels\.Bf16Weights"):
         K.dense_forward_bf16(x, w)
-    with pytest.raises(TypeError, match="x: expected dtype float32, got float16"):
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 or bfloat16.*got float16 "):
         K.dense_forward_bf16(x.astype(np.float16), packed)
+    with pytest.raises(TypeError, match="out: expected dtype float32, got bfloat16"):
+        K.dense_forward_bf16(x, packed, out=np.empty((2, 3), BF16))
+    with pytest.raises(TypeError, match="out: expected dtype bfloat16, got float32"):
+        K.dense_forward_bf16(x, packed, out=np.empty((2, 3), np.float32), out_dtype="bfloat16")
+    with pytest.raises(ValueError, match="out_dtype: expected 'float32' or 'bfloat16'"):
+        K.dense_forward_bf16(x, packed, out_dtype="float16")
     with pytest.raises(TypeError, match="w: expected dtype float32, got float64"):
         K.Bf16Weights(w.astype(np.float64))
     with pytest.raises(ValueError, match=r"x: expected 4 columns \(w.shape\[0\]\)"):
@@ -408,6 +467,16 @@ def test_errors_name_the_argument():
         K.dense_backward_bf16(dy, x, packed, activation="gelu", need_dx=False)
     with pytest.raises(ValueError, match="dy: expected shape"):
         K.dense_backward_bf16(np.ones((2, 4), np.float32), x, packed, need_dx=False)
+    with pytest.raises(TypeError, match=r"dy: expected dtype float32 or bfloat16.*got float64"):
+        K.dense_backward_bf16(dy.astype(np.float64), x, packed, need_dx=False)
+    with pytest.raises(TypeError, match="preact: expected dtype float32, got bfloat16"):
+        K.dense_backward_bf16(dy, x, packed, preact=dy.astype(BF16), need_dx=False)
+    with pytest.raises(ValueError, match="dx_dtype: expected 'float32' or 'bfloat16'"):
+        K.dense_backward_bf16(dy, x, K.Bf16Weights(w, transposed=True), dx_dtype="bf16")
+    with pytest.raises(TypeError, match="dx_out: expected dtype bfloat16, got float32"):
+        K.dense_backward_bf16(
+            dy, x, K.Bf16Weights(w, transposed=True), dx_out=x.copy(), dx_dtype="bfloat16"
+        )
     with pytest.raises(ValueError, match="dw_out: accumulate=True adds into dw_out"):
         K.dense_backward_bf16(dy, x, packed, need_dx=False, accumulate=True)
     out = np.empty((2, 3), np.float32)

@@ -33,16 +33,38 @@ const py::dtype& bf16_dtype() {
 
 bool is_bf16(const py::array& a) { return a.dtype().equal(bf16_dtype()); }
 
+// The hint for a float16 array given where bf16 is expected.
+std::string float16_hint(const py::array& a) {
+  return dtype_string(a) == "float16"
+             ? " (float16 is IEEE half precision, a different format: convert with "
+               "densekit.kernels.to_bfloat16 or .astype(ml_dtypes.bfloat16))"
+             : "";
+}
+
 py::array bf16_array(py::handle obj, const char* name) {
   py::array a = require_array(obj, name, "ml_dtypes.bfloat16");
   if (!is_bf16(a))
     type_fail(name, "expected dtype bfloat16 (ml_dtypes.bfloat16), got " + dtype_string(a) +
-                        (dtype_string(a) == "float16"
-                             ? " (float16 is IEEE half precision, a different format: convert "
-                               "with densekit.kernels.to_bfloat16 or .astype(ml_dtypes.bfloat16))"
-                             : ""));
+                        float16_hint(a));
   require_c_contiguous(a, name);
   return a;
+}
+
+bool is_float32(const py::array& a) { return a.dtype().num() == py::dtype::of<float>().num(); }
+
+// An activation or gradient of a bf16 layer: float32 or bf16, C-contiguous.
+py::array float32_or_bf16(py::handle obj, const char* name) {
+  py::array a = require_array(obj, name, "float32 or ml_dtypes.bfloat16");
+  if (!is_float32(a) && !is_bf16(a))
+    type_fail(name, "expected dtype float32 or bfloat16 (ml_dtypes.bfloat16), got " +
+                        dtype_string(a) + float16_hint(a));
+  require_c_contiguous(a, name);
+  return a;
+}
+
+lowp::Bf16Io io_of(const py::array& a) {
+  if (is_bf16(a)) return {static_cast<const bf16_bits*>(a.data())};
+  return {cptr<float>(a)};
 }
 
 py::array float32_array(py::handle obj, const char* name) {
@@ -73,6 +95,29 @@ bool out_bf16(py::handle obj, const char* name, const std::vector<index_t>& shap
   require_writeable(a, name);
   *r = a;
   return true;
+}
+
+// out_dtype: true for 'bfloat16', false for 'float32'.
+bool bf16_out_dtype(const std::string& value, const char* name) {
+  if (value != "float32" && value != "bfloat16")
+    value_fail(name, "expected 'float32' or 'bfloat16', got '" + value + "'");
+  return value == "bfloat16";
+}
+
+// An output of the bf16 layer in float32 or bf16 (out16): out_obj checked, or a new array.
+py::array float32_or_bf16_out(py::handle out_obj, const char* name, bool out16,
+                              const std::vector<index_t>& shape, bool* given = nullptr) {
+  py::array out;
+  const bool has = out16 ? out_bf16(out_obj, name, shape, &out)
+                         : out_array(out_obj, name, DType::float32, shape, &out);
+  if (!has) out = out16 ? new_bf16(shape) : new_array<float>(shape);
+  if (given != nullptr) *given = has;
+  return out;
+}
+
+lowp::Bf16IoOut io_out_of(py::array& a) {
+  if (is_bf16(a)) return {static_cast<bf16_bits*>(a.mutable_data())};
+  return {mptr<float>(a)};
 }
 
 py::array to_bfloat16(py::handle x_obj, py::handle out_obj, py::handle threads_obj) {
@@ -127,24 +172,15 @@ py::array matmul_bf16_impl(const lowp::Bf16Path* path, py::handle a_obj, py::han
   py::array b = bf16_array(b_obj, "b");
   require_ndim(a, "a", 2);
   require_ndim(b, "b", 2);
-  if (out_dtype != "float32" && out_dtype != "bfloat16")
-    value_fail("out_dtype", "expected 'float32' or 'bfloat16', got '" + out_dtype + "'");
-  const bool out16 = out_dtype == "bfloat16";
+  const bool out16 = bf16_out_dtype(out_dtype, "out_dtype");
   const index_t m = a.shape(trans_a ? 1 : 0);
   const index_t k = a.shape(trans_a ? 0 : 1);
   const index_t n = b.shape(trans_b ? 0 : 1);
   if (b.shape(trans_b ? 1 : 0) != k)
     value_fail("b", "expected " + std::to_string(k) + " rows in op(b) (the columns of op(a)), got " +
                         std::to_string(b.shape(trans_b ? 1 : 0)));
-  py::array out;
   bool given;
-  if (out16) {
-    given = out_bf16(out_obj, "out", {m, n}, &out);
-    if (!given) out = new_bf16({m, n});
-  } else {
-    given = out_array(out_obj, "out", DType::float32, {m, n}, &out);
-    if (!given) out = new_array<float>({m, n});
-  }
+  py::array out = float32_or_bf16_out(out_obj, "out", out16, {m, n}, &given);
   if (accumulate && !given) value_fail("out", "accumulate=True needs out= (the sum to add to)");
   if (accumulate && out16)
     value_fail("accumulate", "needs out_dtype='float32' (float32 master gradients)");
@@ -249,8 +285,10 @@ index_t bf16_dense_rows(const py::array& x, const Bf16Weights& w, const char* na
 
 py::array dense_forward_bf16_py(py::handle x_obj, py::handle w_obj, py::handle b_obj,
                                 py::handle activation, py::handle alpha, py::handle out_obj,
-                                py::handle preact_obj, py::handle threads_obj) {
-  py::array x = float32_array(x_obj, "x");
+                                py::handle preact_obj, const std::string& out_dtype,
+                                py::handle threads_obj) {
+  py::array x = float32_or_bf16(x_obj, "x");
+  const bool out16 = bf16_out_dtype(out_dtype, "out_dtype");
   const Bf16Weights& w = bf16_weights_arg(w_obj, "w");
   const index_t n = bf16_dense_rows(x, w, "x"), m = w.m();
   py::array b;
@@ -260,17 +298,17 @@ py::array dense_forward_bf16_py(py::handle x_obj, py::handle w_obj, py::handle b
     require_shape(b, "b", {m}, "w.shape[1]");
   }
   const Activation act = parse_activation(activation, alpha);
-  py::array out, preact;
-  if (!out_array(out_obj, "out", DType::float32, {n, m}, &out)) out = new_array<float>({n, m});
+  py::array preact;
+  py::array out = float32_or_bf16_out(out_obj, "out", out16, {n, m});
   const bool has_preact = out_array(preact_obj, "preact_out", DType::float32, {n, m}, &preact);
   require_no_overlap(out, "out", {{&x, "x"}, {has_b ? &b : nullptr, "b"},
                                   {has_preact ? &preact : nullptr, "preact_out"}});
   if (has_preact) require_no_overlap(preact, "preact_out", {{&x, "x"}, {has_b ? &b : nullptr, "b"}});
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const std::shared_ptr<const lowp::Bf16DenseWeights> packed = w.current();
-  const float* xp = cptr<float>(x);
+  const lowp::Bf16Io xp = io_of(x);
   const float* bp = has_b ? cptr<float>(b) : nullptr;
-  float* yp = mptr<float>(out);
+  const lowp::Bf16IoOut yp = io_out_of(out);
   float* zp = has_preact ? mptr<float>(preact) : nullptr;
   {
     const GilRelease nogil;
@@ -283,9 +321,11 @@ py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle
                                  py::handle y_obj, py::handle preact_obj, py::handle activation,
                                  py::handle alpha, bool need_dx, bool need_dw, bool need_db,
                                  py::handle dx_obj, py::handle dw_obj, py::handle db_obj,
-                                 bool accumulate, py::handle threads_obj) {
-  py::array dy = float32_array(dy_obj, "dy");
-  py::array x = float32_array(x_obj, "x");
+                                 bool accumulate, const std::string& dx_dtype,
+                                 py::handle threads_obj) {
+  py::array dy = float32_or_bf16(dy_obj, "dy");
+  py::array x = float32_or_bf16(x_obj, "x");
+  const bool dx16 = bf16_out_dtype(dx_dtype, "dx_dtype");
   const Bf16Weights& w = bf16_weights_arg(w_obj, "w");
   const index_t n = bf16_dense_rows(x, w, "x"), k = w.k(), m = w.m();
   require_shape(dy, "dy", {n, m}, "x.shape[0], w.shape[1]");
@@ -295,7 +335,7 @@ py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle
   py::array y, preact;
   const bool has_y = !y_obj.is_none(), has_preact = !preact_obj.is_none();
   if (has_y) {
-    y = float32_array(y_obj, "y");
+    y = float32_or_bf16(y_obj, "y");
     require_shape(y, "y", {n, m}, "the shape of dy");
   }
   if (has_preact) {
@@ -313,7 +353,8 @@ py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle
   if (!need_dw && !dw_obj.is_none()) value_fail("dw_out", "given, but need_dw is False");
   if (!need_db && !db_obj.is_none()) value_fail("db_out", "given, but need_db is False");
   py::array dx, dw, db;
-  const bool has_dx = need_dx && out_array(dx_obj, "dx_out", DType::float32, {n, k}, &dx);
+  bool has_dx = false;
+  if (need_dx) dx = float32_or_bf16_out(dx_obj, "dx_out", dx16, {n, k}, &has_dx);
   const bool has_dw = need_dw && out_array(dw_obj, "dw_out", DType::float32, {k, m}, &dw);
   const bool has_db = need_db && out_array(db_obj, "db_out", DType::float32, {m}, &db);
   if (accumulate && need_dw && !has_dw)
@@ -331,17 +372,15 @@ py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle
                                       {has_db ? &db : nullptr, "db_out"}});
   if (has_db)
     require_no_overlap(db, "db_out", {{&dy, "dy"}, {&x, "x"}, {y_ptr, "y"}, {z_ptr, "preact"}});
-  if (need_dx && !has_dx) dx = new_array<float>({n, k});
   if (need_dw && !has_dw) dw = new_array<float>({k, m});
   if (need_db && !has_db) db = new_array<float>({m});
   const int threads = resolve_num_threads(thread_count(threads_obj));
   const std::shared_ptr<const lowp::Bf16DenseWeights> packed = w.current();
-  float* dxp = need_dx ? mptr<float>(dx) : nullptr;
+  const lowp::Bf16IoOut dxp = need_dx ? io_out_of(dx) : lowp::Bf16IoOut{};
   float* dwp = need_dw ? mptr<float>(dw) : nullptr;
   float* dbp = need_db ? mptr<float>(db) : nullptr;
-  const float* dyp = cptr<float>(dy);
-  const float* xp = cptr<float>(x);
-  const float* yp = use_y ? cptr<float>(y) : nullptr;
+  const lowp::Bf16Io dyp = io_of(dy), xp = io_of(x);
+  const lowp::Bf16Io yp = use_y ? io_of(y) : lowp::Bf16Io{};
   const float* zp = has_preact ? cptr<float>(preact) : nullptr;
   {
     const GilRelease nogil;
@@ -645,19 +684,22 @@ void bind_lowp(py::module_& m) {
   m.def("dense_forward_bf16", &dense_forward_bf16_py, py::arg("x"), py::arg("w"),
         py::arg("b") = py::none(), py::kw_only(), py::arg("activation") = "linear",
         py::arg("alpha") = py::none(), py::arg("out") = py::none(),
-        py::arg("preact_out") = py::none(), py::arg("num_threads") = py::none(),
-        "y = act(bf16(x) @ bf16(w) + b): x float32 (n, k) rounded to bfloat16 as it is packed, "
-        "w Bf16Weights, float32 accumulation (matmul_bf16's rule), bias and activation in "
-        "float32, y float32. The same bits on every path and thread count.");
+        py::arg("preact_out") = py::none(), py::arg("out_dtype") = "float32",
+        py::arg("num_threads") = py::none(),
+        "y = act(bf16(x) @ bf16(w) + b): x (n, k) float32 (rounded to bfloat16 as it is "
+        "packed) or bfloat16, w Bf16Weights, float32 accumulation (matmul_bf16's rule), bias "
+        "and activation in float32, y in out_dtype ('float32' or 'bfloat16': rounded to "
+        "nearest even), preact_out float32. The same bits on every path and thread count.");
   m.def("dense_backward_bf16", &dense_backward_bf16_py, py::arg("dy"), py::arg("x"),
         py::arg("w"), py::kw_only(), py::arg("y") = py::none(), py::arg("preact") = py::none(),
         py::arg("activation") = "linear", py::arg("alpha") = py::none(),
         py::arg("need_dx") = true, py::arg("need_dw") = true, py::arg("need_db") = true,
         py::arg("dx_out") = py::none(), py::arg("dw_out") = py::none(),
         py::arg("db_out") = py::none(), py::arg("accumulate") = false,
-        py::arg("num_threads") = py::none(),
+        py::arg("dx_dtype") = "float32", py::arg("num_threads") = py::none(),
         "Gradients of dense_forward_bf16: dz = dy * act'(.) and db in float32, dw = bf16(x).T "
-        "@ bf16(dz) and dx = bf16(dz) @ bf16(w).T with float32 accumulation and results. "
+        "@ bf16(dz) and dx = bf16(dz) @ bf16(w).T with float32 accumulation; dy, x and y "
+        "float32 or bfloat16, dw and db float32, dx in dx_dtype ('float32' or 'bfloat16'). "
         "Returns (dx, dw, db), None for each not needed.");
   m.def("bf16_config", &bf16_config,
         "The bf16 product's path: in use, best, available, and DENSEKIT_BF16's request.");

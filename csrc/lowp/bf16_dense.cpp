@@ -3,6 +3,7 @@
 #include "lowp/bf16_dense.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "activations.hpp"
 #include "dense.hpp"
@@ -24,18 +25,35 @@ thread_local gemm::Scratch t_dz_bf16;
 thread_local gemm::Scratch t_narrow_out;
 thread_local gemm::Scratch t_narrow_a;
 thread_local PackedBf16 t_narrow_b;
+// A float32 y for a bf16 output that is finished after the product (softmax, the transposed
+// product's epilogue); kept likewise.
+thread_local gemm::Scratch t_y32;
+
+// f(p) with the array's pointer, float32 or bf16 (the overloads of the products and packings).
+template <class F>
+void with_values(Bf16Io v, F&& f) {
+  if (v.b16 != nullptr) {
+    f(v.b16);
+  } else {
+    f(v.f32);
+  }
+}
+
+// y[t] = float(x[t]), t < count
+void widen(const bf16_bits* x, float* y, index_t count) {
+  for (index_t t = 0; t < count; ++t) y[t] = bf16_to_float(x[t]);
+}
 
 // One parallel pass over dz's rows, 32 at a time: dz = dy act'(.) for those rows (into dz;
-// nothing where the derivative is one and dz is dy), then, while they are in cache, their
-// pairs joined into dw's B panels (`panels`, when not null) and the rows rounded to bf16
-// (`rows16`, when not null). Each piece is the call it replaces (activation_backward over the
-// rows, pack_bf16_into, the rounding of dz while dx's A is packed), elementwise, so the values
-// are the same; one pass keeps the rows on the thread that made them, where the separate
-// passes read them back from memory or from the other cores.
-void dz_pass(float* dz, const float* dy, const float* y, const float* preact, index_t n,
-             index_t m, const Activation& act, PackedBf16* panels, bf16_bits* rows16,
-             int num_threads) {
-  const bool compute = dz != dy;
+// nothing where the derivative is one and dz is a float32 dy; a bf16 dy widened), then, while
+// they are in cache, their pairs joined into dw's B panels (`panels`, when not null) and the
+// rows rounded to bf16 (`rows16`, when not null). Each piece is the call it replaces
+// (activation_backward over the rows, pack_bf16_into, the rounding of dz while dx's A is
+// packed), elementwise, so the values are the same; one pass keeps the rows on the thread that
+// made them, where the separate passes read them back from memory or from the other cores.
+void dz_pass(float* dz, Bf16Io dy, Bf16Io y, const float* preact, index_t n, index_t m,
+             const Activation& act, PackedBf16* panels, bf16_bits* rows16, int num_threads) {
+  const bool compute = dz != dy.f32, derivative = !derivative_is_one(act);
   const index_t words = (n + 1) / 2;
   std::uint32_t* base = nullptr;
   if (panels != nullptr && size_panels(panels, n, m, words)) base = panels->data.data();
@@ -44,17 +62,28 @@ void dz_pass(float* dz, const float* dy, const float* y, const float* preact, in
   const RowOps& ops = row_ops();
   parallel_for((words + kPairs - 1) / kPairs, threads, [&](index_t task) {
     const index_t q0 = task * kPairs, q1 = std::min(words, q0 + kPairs);
-    const index_t r0 = 2 * q0, r1 = std::min(n, 2 * q1), at = r0 * m;
-    if (compute)
-      activation_backward<float>(dz + at, dy + at, y != nullptr ? y + at : nullptr,
-                                 preact != nullptr ? preact + at : nullptr, r1 - r0, m, act, 1);
+    const index_t r0 = 2 * q0, r1 = std::min(n, 2 * q1), at = r0 * m, count = (r1 - r0) * m;
+    if (compute) {
+      const float* dy_rows = dy.f32 != nullptr ? dy.f32 + at : dz + at;
+      if (dy.b16 != nullptr) widen(dy.b16 + at, dz + at, count);
+      const float* y_rows = y.f32 != nullptr ? y.f32 + at : nullptr;
+      if (y.b16 != nullptr) {  // a bf16 y's rows widened for the derivative
+        thread_local std::vector<float> widened;
+        widened.resize(static_cast<size_t>(count));
+        widen(y.b16 + at, widened.data(), count);
+        y_rows = widened.data();
+      }
+      if (derivative)
+        activation_backward<float>(dz + at, dy_rows, y_rows,
+                                   preact != nullptr ? preact + at : nullptr, r1 - r0, m, act, 1);
+    }
     if (base != nullptr)
       for (index_t q = q0; q < q1; ++q) {
         const float* lo = dz + 2 * q * m;
         ops.round_pairs_panels(lo, 2 * q + 1 < n ? lo + m : nullptr, m, base + q * kPanel,
                                panels->panel_stride());
       }
-    if (rows16 != nullptr) ops.round_operand(dz + at, rows16 + at, (r1 - r0) * m);
+    if (rows16 != nullptr) ops.round_operand(dz + at, rows16 + at, count);
   });
 }
 
@@ -73,8 +102,8 @@ namespace {
 
 // y (n, m) = x @ w + b, then preact and act (elementwise), as y^T = w^T x^T: w^T's rows read
 // from the forward panels (word q of column j at panel(j / 32)[q * 32 + j % 32]) into row-major
-// pair words, x packed as the transposed B, the sums transposed into y.
-void forward_transposed(float* y, float* preact, const float* x, const Bf16DenseWeights& w,
+// pair words, x packed as the transposed B, the sums transposed into y (float32: y32).
+void forward_transposed(float* y32, float* preact, Bf16Io x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads) {
   const index_t k = w.k, m = w.m, words = w.forward.words;
   auto* wt = static_cast<std::uint32_t*>(t_narrow_a.get(buffer_bytes(m, words, 4)));
@@ -82,12 +111,15 @@ void forward_transposed(float* y, float* preact, const float* x, const Bf16Dense
     const std::uint32_t* column = w.forward.panel(j / kRowPanel) + j % kRowPanel;
     for (index_t q = 0; q < words; ++q) wt[j * words + q] = column[q * kRowPanel];
   }
-  pack_bf16_into(&t_narrow_b, x, k, true, k, n, num_threads);
+  with_values(x, [&](const auto* xp) {
+    pack_bf16_into(&t_narrow_b, xp, k, true, k, n, num_threads);
+  });
   auto* yt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, n, sizeof(float))));
   gemm_bf16(m, n, k, reinterpret_cast<const bf16_bits*>(wt), 2 * words, false, t_narrow_b, yt,
             nullptr, n, Bf16Epilogue{}, num_threads);
   // v = sums + b, preact = v, y = act(v): the direct product's epilogue, in its order, each
   // step over the whole of y (its rows are a few elements long)
+  float* y = y32;
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < m; ++j) y[i * m + j] = yt[j * n + i];
   if (b != nullptr)
@@ -102,37 +134,48 @@ void forward_transposed(float* y, float* preact, const float* x, const Bf16Dense
 
 }  // namespace
 
-void dense_forward_bf16(float* y, float* preact, const float* x, const Bf16DenseWeights& w,
+void dense_forward_bf16(Bf16IoOut y, float* preact, Bf16Io x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads) {
-  if (n > 0 && w.m > 0 && w.k > 0 && transposed_is_cheaper(n, w.m)) {
-    forward_transposed(y, preact, x, w, b, n, act, num_threads);
-    return;
-  }
+  const index_t m = w.m;
+  const bool transposed = n > 0 && m > 0 && w.k > 0 && transposed_is_cheaper(n, m);
   const bool row_wise = is_row_activation(act.kind);
-  Bf16Epilogue ep;
-  ep.bias = b;
-  ep.preact = preact;
-  ep.ld_preact = w.m;
-  ep.activation = row_wise ? Activation{} : act;
-  gemm_bf16(n, w.m, w.k, x, w.k, false, w.forward, y, nullptr, w.m, ep, num_threads);
-  if (row_wise) activation_forward<float>(y, y, n, w.m, act, num_threads);
+  // a bf16 y finished after the product is finished in float32, then rounded
+  float* y32 = y.f32;
+  if (y32 == nullptr && (transposed || row_wise))
+    y32 = static_cast<float*>(t_y32.get(buffer_bytes(n, m, sizeof(float))));
+  if (transposed) {
+    forward_transposed(y32, preact, x, w, b, n, act, num_threads);
+  } else {
+    Bf16Epilogue ep;
+    ep.bias = b;
+    ep.preact = preact;
+    ep.ld_preact = m;
+    ep.activation = row_wise ? Activation{} : act;
+    with_values(x, [&](const auto* xp) {
+      gemm_bf16(n, m, w.k, xp, w.k, false, w.forward, y32, y32 != nullptr ? nullptr : y.b16, m,
+                ep, num_threads);
+    });
+    if (row_wise) activation_forward<float>(y32, y32, n, m, act, num_threads);
+  }
+  if (y.b16 != nullptr && y32 != nullptr) convert_to_bf16(y32, y.b16, n * m, num_threads);
+  t_y32.trim();
 }
 
-void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const float* x,
-                         const Bf16DenseWeights& w, const float* y, const float* preact,
-                         index_t n, const Activation& act, bool accumulate, int num_threads) {
+void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x,
+                         const Bf16DenseWeights& w, Bf16Io y, const float* preact, index_t n,
+                         const Activation& act, bool accumulate, int num_threads) {
   const index_t k = w.k, m = w.m;
-  if (dx != nullptr && !w.has_transposed)
+  if (dx.given() && !w.has_transposed)
     throw ArgumentError("dense_backward_bf16: dx needs the weights packed with_transposed");
-  float* dz = const_cast<float*>(dy);  // written only when it is the scratch
-  if (!derivative_is_one(act))
+  float* dz = const_cast<float*>(dy.f32);  // written only when it is the scratch
+  if (dy.b16 != nullptr || !derivative_is_one(act))
     dz = static_cast<float*>(t_dz_scratch.get(buffer_bytes(n, m, sizeof(float))));
   // dw's B is dz packed (unless the product runs transposed); dx's A is dz in bf16 rows, read
   // in place (an even m: whole pairs)
   const bool dw_direct =
       dw != nullptr && n > 0 && !(k > 0 && m > 0 && transposed_is_cheaper(k, m));
   bf16_bits* dz16 = nullptr;
-  if (dx != nullptr && m % 2 == 0 && n > 0 && m > 0)
+  if (dx.given() && m % 2 == 0 && n > 0 && m > 0)
     dz16 = static_cast<bf16_bits*>(t_dz_bf16.get(buffer_bytes(n, m, sizeof(bf16_bits))));
   if (n > 0)
     dz_pass(dz, dy, y, preact, n, m, act, dw_direct ? &t_dz_packed : nullptr, dz16,
@@ -144,7 +187,9 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
         for (index_t i = 0; i < k * m; ++i) dw[i] = 0.0f;
     } else if (!dw_direct) {
       // dw^T (m, k) = dz^T x: dz^T packed as A (two rows of dz joined at a time), x as B
-      pack_bf16_into(&t_dz_packed, x, k, false, n, k, num_threads);
+      with_values(x, [&](const auto* xp) {
+        pack_bf16_into(&t_dz_packed, xp, k, false, n, k, num_threads);
+      });
       auto* dwt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, k, sizeof(float))));
       gemm_bf16(m, k, n, dz, m, true, t_dz_packed, dwt, nullptr, k, Bf16Epilogue{}, num_threads);
       for (index_t p = 0; p < k; ++p)  // v = (accumulate ? dw : 0) + sums, as the epilogue
@@ -154,15 +199,17 @@ void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const
     } else {
       Bf16Epilogue ep;  // x^T rounded as it is packed, two rows of x at a time
       ep.accumulate = accumulate;
-      gemm_bf16(k, m, n, x, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
+      with_values(x, [&](const auto* xp) {
+        gemm_bf16(k, m, n, xp, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
+      });
     }
   }
-  if (dx != nullptr) {
-    Bf16Epilogue ep;
+  if (dx.given()) {
+    const Bf16Epilogue ep;
     if (dz16 != nullptr) {
-      gemm_bf16(n, k, m, dz16, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
+      gemm_bf16(n, k, m, dz16, m, false, w.transposed, dx.f32, dx.b16, k, ep, num_threads);
     } else {
-      gemm_bf16(n, k, m, dz, m, false, w.transposed, dx, nullptr, k, ep, num_threads);
+      gemm_bf16(n, k, m, dz, m, false, w.transposed, dx.f32, dx.b16, k, ep, num_threads);
     }
   }
   t_dz_scratch.trim();

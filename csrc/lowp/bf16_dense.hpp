@@ -7,6 +7,10 @@
 //             both products in bf16 with float32 accumulation and float32 results.
 // round() is float32 -> bf16 to nearest even, done while each operand is packed, so no bf16
 // copy of an activation exists in memory. The results do not depend on the thread count.
+// x, y, dy and dx may each be bf16 instead (Keras's bf16 activations between layers, torch's
+// bf16 tensors): a bf16 x or dy is read as its float32 value, a bf16 y or dx is the float32
+// result rounded to nearest even (as a bf16 output of gemm_bf16). round(x) of a bf16 x is x, so
+// a bf16 x gives the bits of its float32 widening.
 #pragma once
 
 #include "activation_table.hpp"
@@ -28,15 +32,34 @@ struct Bf16DenseWeights {
 void pack_dense_bf16(Bf16DenseWeights* out, const float* w, index_t k, index_t m,
                      bool with_transposed, int num_threads);
 
+// An array of activations or gradients held in float32 or in bf16: one of the two pointers
+// set (neither: not given).
+struct Bf16Io {
+  const float* f32 = nullptr;
+  const bf16_bits* b16 = nullptr;
+  Bf16Io() = default;
+  Bf16Io(const float* p) : f32(p) {}      // NOLINT: a float32 array converts implicitly
+  Bf16Io(const bf16_bits* p) : b16(p) {}  // NOLINT: and a bf16 one
+  bool given() const { return f32 != nullptr || b16 != nullptr; }
+};
+struct Bf16IoOut {
+  float* f32 = nullptr;
+  bf16_bits* b16 = nullptr;
+  Bf16IoOut() = default;
+  Bf16IoOut(float* p) : f32(p) {}      // NOLINT
+  Bf16IoOut(bf16_bits* p) : b16(p) {}  // NOLINT
+  bool given() const { return f32 != nullptr || b16 != nullptr; }
+};
+
 // preact (n, m) may be null. A row activation (softmax) is applied to y afterwards.
-void dense_forward_bf16(float* y, float* preact, const float* x, const Bf16DenseWeights& w,
+void dense_forward_bf16(Bf16IoOut y, float* preact, Bf16Io x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads);
 
 // dx (n, k), dw (k, m), db (m,) may each be null; dx needs w packed with_transposed. y or
 // preact as dense_backward takes them; dz lives in scratch memory of the calling thread.
 // accumulate adds to dw and db.
-void dense_backward_bf16(float* dx, float* dw, float* db, const float* dy, const float* x,
-                         const Bf16DenseWeights& w, const float* y, const float* preact,
-                         index_t n, const Activation& act, bool accumulate, int num_threads);
+void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x,
+                         const Bf16DenseWeights& w, Bf16Io y, const float* preact, index_t n,
+                         const Activation& act, bool accumulate, int num_threads);
 
 }  // namespace densekit::lowp

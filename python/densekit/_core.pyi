@@ -643,35 +643,39 @@ class Bf16Weights:
     def transposed(self) -> bool: ...
 
 def dense_forward_bf16(
-    x: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32] | Bf16Array,
     w: Bf16Weights,
     b: npt.NDArray[np.float32] | None = None,
     *,
     activation: ActivationName | None = "linear",
     alpha: float | None = None,
-    out: npt.NDArray[np.float32] | None = None,
+    out: npt.NDArray[np.float32] | Bf16Array | None = None,
     preact_out: npt.NDArray[np.float32] | None = None,
+    out_dtype: Literal["float32", "bfloat16"] = "float32",
     num_threads: int | None = None,
-) -> npt.NDArray[np.float32]: ...
+) -> npt.NDArray[np.float32] | Bf16Array: ...
 def dense_backward_bf16(
-    dy: npt.NDArray[np.float32],
-    x: npt.NDArray[np.float32],
+    dy: npt.NDArray[np.float32] | Bf16Array,
+    x: npt.NDArray[np.float32] | Bf16Array,
     w: Bf16Weights,
     *,
-    y: npt.NDArray[np.float32] | None = None,
+    y: npt.NDArray[np.float32] | Bf16Array | None = None,
     preact: npt.NDArray[np.float32] | None = None,
     activation: ActivationName | None = "linear",
     alpha: float | None = None,
     need_dx: bool = True,
     need_dw: bool = True,
     need_db: bool = True,
-    dx_out: npt.NDArray[np.float32] | None = None,
+    dx_out: npt.NDArray[np.float32] | Bf16Array | None = None,
     dw_out: npt.NDArray[np.float32] | None = None,
     db_out: npt.NDArray[np.float32] | None = None,
     accumulate: bool = False,
+    dx_dtype: Literal["float32", "bfloat16"] = "float32",
     num_threads: int | None = None,
 ) -> tuple[
-    npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None
+    npt.NDArray[np.float32] | Bf16Array | None,
+    npt.NDArray[np.float32] | None,
+    npt.NDArray[np.float32] | None,
 ]: ...
 
 class QuantizedWeights:
