@@ -767,21 +767,71 @@ def test_model_file_keeps_regularizers_constraints_and_initializers(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_plan_load_copies_every_layout_of_the_batch_exactly():
-    # contiguous inputs go through the take_rows kernel (GIL released), others through NumPy
+def test_plan_load_reads_a_contiguous_batch_in_place_and_copies_other_layouts():
+    # a C-contiguous x is read where it is (the first op's calls bound to it); other layouts
+    # are copied into the plan's buffer, exactly, and the buffer's calls are used
     rng = np.random.default_rng(15)
     x, y = rng.normal(size=(37, 5)), rng.normal(size=(37, 2))
     model = frozen_model()
     state = model.training_state
-    plan = state.load_batch(*state.dataset(x, y))
-    np.testing.assert_array_equal(plan.x, x)
+    plan = state.load_batch(*state.dataset(x, y), in_place=True)
     np.testing.assert_array_equal(plan.y, y)
-    for layout in (np.asfortranarray(x), x[::-1].copy()[::-1]):
+    assert plan.forward != plan.buffer_calls[0]
+    assert plan.forward[1:] == plan.buffer_calls[0][1:]
+    # not asked (a batch a prefetching source may fill again), or another layout: copied
+    for layout, in_place in (
+        (x, False),
+        (np.asfortranarray(x), True),
+        (x[::-1].copy()[::-1], True),
+    ):
         plan.x.fill(np.nan)
-        plan.load(layout, y)
+        plan.load(layout, y, in_place=in_place)
         np.testing.assert_array_equal(plan.x, x)
+        assert (plan.forward, plan.backward) == plan.buffer_calls
     twin = frozen_model()
     twin.set_weights(model.get_weights())
+    kept = x.copy()
     assert model.train_on_batch(np.asfortranarray(x), y) == twin.train_on_batch(x, y)
+    np.testing.assert_array_equal(x, kept)  # read, never written
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
+@pytest.mark.parametrize("first", ["dense", "dropout", "batch_norm", "activation"])
+def test_a_batch_read_in_place_trains_as_a_copied_one(first, policy):
+    """train_on_batch and evaluate on a C-contiguous x (read in place) give the bits of the
+    same batch in another layout (copied), whatever the first layer, and leave x as it was."""
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(29, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=29)
+
+    def model():
+        head = {
+            "dense": [],
+            "dropout": [densekit.layers.Dropout(0.25, seed=3)],
+            "batch_norm": [densekit.layers.BatchNormalization()],
+            "activation": [densekit.layers.Activation("tanh")],
+        }[first]
+        m = densekit.Sequential(
+            [
+                densekit.layers.Input((6,)),
+                *head,
+                Dense(7, "relu", dtype=policy),
+                Dense(3, "softmax", dtype=policy),
+            ]
+        )
+        m.compile(densekit.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        return m
+
+    direct, copied = model(), model()
+    copied.set_weights(direct.get_weights())
+    kept = x.copy()
+    for _ in range(3):
+        a = direct.train_on_batch(x, y)
+        b = copied.train_on_batch(np.asfortranarray(x), y)
+        assert a == b
+    np.testing.assert_array_equal(x, kept)
+    for a, b in zip(direct.get_weights(), copied.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert direct.evaluate(x, y, verbose=0) == copied.evaluate(np.asfortranarray(x), y, verbose=0)

@@ -493,23 +493,28 @@ class Plan:
 
     __slots__ = (
         "backward",
+        "buffer_calls",
         "forward",
         "loss",
         "metric_updates",
         "n",
         "output",
-        "rows",
+        "reading",
         "sample_weight",
         "updates",
         "x",
         "y",
     )
 
-    def load(self, x, y, sample_weight=None) -> None:
-        """Copy a batch of ``n`` rows into this plan's buffers. The inputs, the one large
-        copy (800 KB for 256 rows of 784 float32), go through the ``take_rows`` kernel: in
-        parallel and without the GIL, so a step's copy neither holds up other Python threads
-        nor runs on one core.
+    def load(self, x, y, sample_weight=None, in_place: bool = False) -> None:
+        """Take a batch of ``n`` rows: copy it into this plan's buffers, or, with
+        ``in_place``, read a C-contiguous x of the plan's dtype and shape where it is: the
+        first op's calls are bound to it (``reading``), as torch reads a tensor it is given,
+        which saves the step the one large copy (800 KB for 256 rows of 784 float32). Only a
+        caller that holds x unchanged until the step's calls have run may ask for it
+        (``train_on_batch``, ``evaluate``: they return after them; not a batch of a source
+        that a prefetching thread may fill again). Any other x is copied into the plan's
+        buffer and the calls bound to it are used. Targets and sample weights are copied.
 
         Parameters
         ----------
@@ -517,11 +522,20 @@ class Plan:
             The inputs and targets, already of the plan's dtypes and shapes.
         sample_weight : numpy.ndarray or None
             The samples' weights; given exactly when the plan was made weighted.
+        in_place : bool
+            Read x where it is when its layout allows.
         """
-        if x.flags.c_contiguous and x.dtype == self.x.dtype and x.shape == self.x.shape:
-            kernels.take_rows(x, self.rows, out=self.x)
+        if (
+            in_place
+            and self.reading is not None
+            and x.flags.c_contiguous
+            and x.dtype == self.x.dtype
+            and x.shape == self.x.shape
+        ):
+            self.forward, self.backward = self.reading(x)
         else:
             np.copyto(self.x, x)
+            self.forward, self.backward = self.buffer_calls
         np.copyto(self.y, y)
         if sample_weight is not None:
             np.copyto(self.sample_weight, sample_weight)
@@ -544,6 +558,7 @@ class Plan:
         take_rows(y, rows, out=self.y)
         if sample_weight is not None:
             take_rows(sample_weight, rows, out=self.sample_weight)
+        self.forward, self.backward = self.buffer_calls
 
 
 def first_weighted_op(ops, layer_grads=None) -> int | None:
@@ -642,7 +657,6 @@ class Workspace:
         plan = Plan()
         plan.n = n
         plan.x, plan.y = self.x[:n], self.y[:n]
-        plan.rows = np.arange(n, dtype=np.int64)  # load's row indices: all of them, in order
         plan.sample_weight = self.sample_weight[:n] if weighted else None
         acts = rows(self.acts)
         preacts = rows(self.preacts)
@@ -663,12 +677,13 @@ class Workspace:
             for before, op, count in zip(grads[:-1], self.ops[1:], counts[1:])
         ]
 
-        forward = []
-        for i, op in enumerate(self.ops):
+        def forward_call(i, source):
+            op = self.ops[i]
             if scratch[i] is not None:
-                forward.append(op.forward(inputs[i], acts[i], None, scratch[i]))
-            else:
-                forward.append(op.forward(inputs[i], acts[i], preacts[i]))
+                return op.forward(source, acts[i], None, scratch[i])
+            return op.forward(source, acts[i], preacts[i])
+
+        forward = [forward_call(i, source) for i, source in enumerate(inputs)]
         output = acts[-1].reshape(n, -1) if acts else plan.x  # flat samples
         plan.output = output
 
@@ -695,25 +710,20 @@ class Workspace:
             if grads[i] is not None
         }
 
+        def backward_call(i, source):
+            op = self.ops[i]
+            dx = input_grads[i] if i > self.first_trained else None
+            args = (grads[i], source, acts[i], preacts[i], dx, self.layer_grads[id(op.layer)])
+            if scratch[i] is not None:
+                return op.backward(*args, scratch[i])
+            return op.backward(*args)
+
         backward = []
         if self.training:
             for i in range(len(self.ops) - 1, self.first_trained - 1, -1):
                 if i in activity_grads:
                     backward.append(activity_grads[i])
-                op = self.ops[i]
-                dx = input_grads[i] if i > self.first_trained else None
-                args = (
-                    grads[i],
-                    inputs[i],
-                    acts[i],
-                    preacts[i],
-                    dx,
-                    self.layer_grads[id(op.layer)],
-                )
-                if scratch[i] is not None:
-                    backward.append(op.backward(*args, scratch[i]))
-                else:
-                    backward.append(op.backward(*args))
+                backward.append(backward_call(i, inputs[i]))
 
         predictions, kind = output, "probabilities"
         metric_updates = []
@@ -745,5 +755,20 @@ class Workspace:
         )
         plan.forward = tuple(forward)
         plan.backward = tuple(backward)
+        plan.buffer_calls = (plan.forward, plan.backward)
+        plan.reading = None
+        if self.ops:
+            # the first op's calls on a caller's x (its rows as the op reads them); its
+            # backward, when it has one, is the last backward call
+            last_reads_x = self.training and self.first_trained == 0
+
+            def reading(x):
+                source = x.reshape(counts[0], self.ops[0].input_width)
+                calls = (forward_call(0, source), *plan.buffer_calls[0][1:])
+                if not last_reads_x:
+                    return calls, plan.buffer_calls[1]
+                return calls, (*plan.buffer_calls[1][:-1], backward_call(0, source))
+
+            plan.reading = reading
         plan.metric_updates = tuple(metric_updates)
         return plan

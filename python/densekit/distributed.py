@@ -469,7 +469,12 @@ class MPIStrategy:
                     rows.append(tally.empty_row())
                     continue
                 plan = workspace.plan(high - low, weighted)
-                plan.load(x[low:high], y[low:high], sample_weight[low:high] if weighted else None)
+                plan.load(
+                    x[low:high],
+                    y[low:high],
+                    sample_weight[low:high] if weighted else None,
+                    in_place=True,
+                )
                 for call in plan.forward:
                     call()
                 loss = plan.loss()[0]

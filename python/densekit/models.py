@@ -772,7 +772,7 @@ class Sequential:
         self._guard.claim("train_on_batch", self.name)
         try:
             state = self._state
-            plan = state.load_batch(x, y, sample_weight)
+            plan = state.load_batch(x, y, sample_weight, in_place=True)
             state.reset_metrics()
             with state.deferring_interrupts():  # Ctrl-C: the whole step or none of it
                 loss = state.train_step(plan)

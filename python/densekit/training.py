@@ -586,8 +586,10 @@ class TrainingState:
             )
         return workspace
 
-    def load_batch(self, x, y, sample_weight=None, mode: str = "train") -> Plan:
-        """Copy one converted batch (see ``dataset``) into a plan of its size.
+    def load_batch(
+        self, x, y, sample_weight=None, mode: str = "train", in_place: bool = False
+    ) -> Plan:
+        """Load one converted batch (see ``dataset``) into a plan of its size.
 
         Parameters
         ----------
@@ -597,15 +599,18 @@ class TrainingState:
             Its weights.
         mode : {"train", "evaluate"}
             The plan's mode.
+        in_place : bool
+            Let the plan read x where it is (``Plan.load``): only for a caller that holds x
+            unchanged until the plan's calls have run.
 
         Returns
         -------
         Plan
-            The plan, its buffers holding the batch.
+            The plan, holding the batch.
         """
         n = x.shape[0]
         plan = self.workspace(mode, n).plan(n, sample_weight is not None)
-        plan.load(x, y, sample_weight)
+        plan.load(x, y, sample_weight, in_place)
         return plan
 
     # -- steps ---------------------------------------------------------------------------
@@ -806,7 +811,7 @@ class TrainingState:
         tuple
             ``(loss, [gradient of each trainable weight, Keras's order])``.
         """
-        plan = self.load_batch(*self.dataset(x, y, sample_weight))
+        plan = self.load_batch(*self.dataset(x, y, sample_weight), in_place=True)
         loss = self.compute_gradients(plan)
         return loss, [g.copy() for g in self._trained_views()]
 
@@ -941,7 +946,12 @@ class TrainingState:
             plan = workspace.plan(stop - start, weighted)
             if batch_hooks:
                 hooks.on_test_batch_begin(step, {})
-            plan.load(x[start:stop], y[start:stop], sample_weight[start:stop] if weighted else None)
+            plan.load(
+                x[start:stop],
+                y[start:stop],
+                sample_weight[start:stop] if weighted else None,
+                in_place=True,
+            )
             for call in plan.forward:
                 call()
             loss_total += plan.loss()[0] * plan.n
