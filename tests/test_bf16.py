@@ -258,6 +258,34 @@ def test_bitwise_identical_for_any_thread_count(path, trans_a):
         np.testing.assert_array_equal(bits(again), bits(first))
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize(("m", "k", "n"), [(64, 300, 500), (40, 301, 470), (200, 520, 256)])
+@pytest.mark.parametrize("path", PATHS)
+def test_threads_taking_columns_of_b_give_the_same_bits(path, m, k, n, trans_b):
+    """A product of a few row tiles, or with m <= n, runs as one product per part of B's
+    columns on several threads (each packing its own panels): the epilogue (bias, preact,
+    accumulate, bf16 output) sees each column where it is, and the bits are those of one
+    thread."""
+    rng = np.random.default_rng(m + n)
+    a, b = bf16(rng, (m, k)), bf16(rng, (k, n))
+    b_in = np.ascontiguousarray(b.T) if trans_b else b
+    bias = rng.standard_normal(n).astype(np.float32)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+
+    def product(threads):
+        out, preact = start.copy(), np.empty((m, n), np.float32)
+        options = {"trans_b": trans_b, "bias": bias, "activation": "gelu", "num_threads": threads}
+        run(path, a, b_in, out=out, preact=preact, accumulate=True, **options)
+        out16 = run(path, a, b_in, out_dtype="bfloat16", **options)
+        return out, preact, out16
+
+    first = product(1)
+    np.testing.assert_array_equal(bits(first[1]), bits((start + rule(path, a, b)) + bias))
+    for threads in (2, 3):
+        for got, want in zip(product(threads), first):
+            np.testing.assert_array_equal(bits(got), bits(want), err_msg=f"threads={threads}")
+
+
 def check_every_layout(path, a, b, want):
     """op(a) @ op(b) with a and b stored as given or transposed, on 1 to 3 threads: the bits
     of `want` (the pair rule's sums)."""

@@ -184,6 +184,23 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
   return static_cast<int>(m * (rt + 1) / row_tiles - m * rt / row_tiles);
 }
 
+// The threads run_tiles runs a product of m rows and `flops` on. The block tiles run a
+// product ~5x faster than the register tiles, so a thread's share must be larger to pay for
+// the region: 8 MFLOP, and 32 where there are fewer than two row tiles per thread and the
+// threads split B's columns instead (Intel Xeon, AMX, dense bf16 2 threads against 1:
+// 128x256x128 18 vs 15 us, 256x256x128 17 vs 27; 64x784x256 (2 row tiles) 34 vs 30,
+// 128x784x256 47 vs 58).
+template <typename Acc>
+int tile_threads(const TileSet<Acc>& tiles, index_t m, double flops, int num_threads) {
+  const bool blocks = tiles.block != nullptr;
+  const index_t tile_height = blocks ? kMaxBlockRows : kMaxRows;
+  const index_t row_tiles = (m + tile_height - 1) / tile_height;
+  int threads = threads_for_work(num_threads, flops, blocks ? 8e6 : 4e6);
+  if (blocks && row_tiles < 2 * index_t(threads))
+    threads = std::min(threads, threads_for_work(num_threads, flops, 32e6));
+  return threads;
+}
+
 // pack_a(r0, rows, out, stride): rows [r0, r0 + rows) of A as words into out: word-major
 // (word q of row i at out[q * rows + i]) when stride is 0, else by row (word q of row i at
 // out[i * stride + q], zeros from the product's words to stride: the block tiles);
@@ -223,14 +240,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   index_t a_stride = blocks ? padded_words(words) : 0;
   if (blocks && (a_stride / kPanelWordAlign) % 2 == 0) a_stride += kPanelWordAlign;
   const index_t row_tiles = (m + tile_height - 1) / tile_height;
-  // The block tiles run a product ~5x faster than the register tiles, so a thread's share
-  // must be larger to pay for the region: 8 MFLOP, and 32 where there are fewer than two row
-  // tiles per thread and the threads split B's columns instead (Intel Xeon, AMX, dense bf16
-  // 2 threads against 1: 128x256x128 18 vs 15 us, 256x256x128 17 vs 27; 64x784x256 (2 row
-  // tiles) 34 vs 30, 128x784x256 47 vs 58).
-  int threads = threads_for_work(num_threads, flops, blocks ? 8e6 : 4e6);
-  if (blocks && row_tiles < 2 * index_t(threads))
-    threads = std::min(threads, threads_for_work(num_threads, flops, 32e6));
+  const int threads = tile_threads(tiles, m, flops, num_threads);
   // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
   // 8, but enough chunks for every thread. At least 16 for the block tiles: B streams from L2
   // through them while each k block of A stays in L1, so the more panels a k block of A serves
