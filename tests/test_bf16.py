@@ -258,6 +258,17 @@ def test_bitwise_identical_for_any_thread_count(path, trans_a):
         np.testing.assert_array_equal(bits(again), bits(first))
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_a_long_k_in_chunks_of_few_panels_gives_the_rule_s_bits(path):
+    """k = 4100: the AMX tiles cut B into chunks of a few panels (at most 1 MiB each), and
+    the register tiles into several k blocks; the bits are the rule's on 1 and 2 threads."""
+    rng = np.random.default_rng(41)
+    a, b = bf16(rng, (40, 4100)), bf16(rng, (4100, 200))
+    want = rule(path, a, b)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(bits(run(path, a, b, num_threads=threads)), bits(want))
+
+
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize(("m", "k", "n"), [(64, 300, 500), (40, 301, 470), (200, 520, 256)])
 @pytest.mark.parametrize("path", PATHS)
