@@ -102,8 +102,8 @@ namespace {
 
 // y (n, m) = x @ w + b, then preact and act (elementwise), as y^T = w^T x^T: w^T's rows read
 // from the forward panels (word q of column j at panel(j / 32)[q * 32 + j % 32]) into row-major
-// pair words, x packed as the transposed B, the sums transposed into y (float32: y32).
-void forward_transposed(float* y32, float* preact, Bf16Io x, const Bf16DenseWeights& w,
+// pair words, x packed as the transposed B, the sums transposed into y (float32).
+void forward_transposed(float* y, float* preact, Bf16Io x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads) {
   const index_t k = w.k, m = w.m, words = w.forward.words;
   auto* wt = static_cast<std::uint32_t*>(t_narrow_a.get(buffer_bytes(m, words, 4)));
@@ -119,7 +119,6 @@ void forward_transposed(float* y32, float* preact, Bf16Io x, const Bf16DenseWeig
             nullptr, n, Bf16Epilogue{}, num_threads);
   // v = sums + b, preact = v, y = act(v): the direct product's epilogue, in its order, each
   // step over the whole of y (its rows are a few elements long)
-  float* y = y32;
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < m; ++j) y[i * m + j] = yt[j * n + i];
   if (b != nullptr)
