@@ -39,11 +39,6 @@ void with_values(Bf16Io v, F&& f) {
   }
 }
 
-// y[t] = float(x[t]), t < count
-void widen(const bf16_bits* x, float* y, index_t count) {
-  for (index_t t = 0; t < count; ++t) y[t] = bf16_to_float(x[t]);
-}
-
 // One parallel pass over dz's rows, 32 at a time: dz = dy act'(.) for those rows (into dz;
 // nothing where the derivative is one and dz is a float32 dy; a bf16 dy widened), then, while
 // they are in cache, their pairs joined into dw's B panels (`panels`, when not null) and the
@@ -65,12 +60,12 @@ void dz_pass(float* dz, Bf16Io dy, Bf16Io y, const float* preact, index_t n, ind
     const index_t r0 = 2 * q0, r1 = std::min(n, 2 * q1), at = r0 * m, count = (r1 - r0) * m;
     if (compute) {
       const float* dy_rows = dy.f32 != nullptr ? dy.f32 + at : dz + at;
-      if (dy.b16 != nullptr) widen(dy.b16 + at, dz + at, count);
+      if (dy.b16 != nullptr) ops.widen(dy.b16 + at, dz + at, count);
       const float* y_rows = y.f32 != nullptr ? y.f32 + at : nullptr;
       if (y.b16 != nullptr) {  // a bf16 y's rows widened for the derivative
         thread_local std::vector<float> widened;
         widened.resize(static_cast<size_t>(count));
-        widen(y.b16 + at, widened.data(), count);
+        ops.widen(y.b16 + at, widened.data(), count);
         y_rows = widened.data();
       }
       if (derivative)

@@ -595,7 +595,7 @@ void convert_from_bf16(const bf16_bits* x, float* y, index_t count, int num_thre
   const index_t chunks = (count + kChunk - 1) / kChunk;
   parallel_for(chunks, threads_for_work(num_threads, double(count), kChunk), [&](index_t c) {
     const index_t end = std::min(count, (c + 1) * kChunk);
-    for (index_t i = c * kChunk; i < end; ++i) y[i] = bf16_to_float(x[i]);
+    row_ops().widen(x + c * kChunk, y + c * kChunk, end - c * kChunk);
   });
 }
 

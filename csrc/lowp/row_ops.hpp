@@ -46,6 +46,8 @@ struct RowOps {
   // not null), j < count: an int8 product's row dequantized
   void (*dequantize_row)(const std::int32_t* acc, const std::int32_t* col_sums, const float* scales,
                          float row_scale, const float* bias, float* out, index_t count) = nullptr;
+  // y[t] = float(x[t]), t < count (a bf16 activation or gradient widened)
+  void (*widen)(const bf16_bits* x, float* y, index_t count) = nullptr;
   // v[j] = v[j] + a[j], j < count (an accumulated output, a bias)
   void (*add_rows)(float* v, const float* a, index_t count) = nullptr;
   // v[j] = relu(v[j]) (scalar::relu: NaN kept), and leaky_relu (v > 0 ? v : alpha v), in place
