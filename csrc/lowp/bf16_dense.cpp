@@ -84,13 +84,64 @@ void dz_pass(float* dz, Bf16Io dy, Bf16Io y, const float* preact, index_t n, ind
 
 }  // namespace
 
+namespace {
+
+// Both layouts of w (k, m) in one pass over its rows, the two pack_bf16_into calls fused: a
+// block of 32 rows is rounded once (as an operand), then written word-major as one panel of
+// w^T (its 32 columns: pair q of column j is w[j][2q], w[j][2q + 1]) and joined two rows at a
+// time into 16 word rows of w's panels. The words of the two packings (each element rounded
+// the same way), with w read and rounded once.
+void pack_both_layouts(Bf16DenseWeights* out, const float* w, index_t k, index_t m,
+                       int num_threads) {
+  const index_t words_t = (m + 1) / 2;
+  const bool forward = size_panels(&out->forward, k, m, (k + 1) / 2);
+  const bool transposed = size_panels(&out->transposed, m, k, words_t);
+  if (!forward || !transposed) return;  // both hold words exactly when k > 0 and m > 0
+  const index_t blocks = (k + kPanel - 1) / kPanel;
+  const int threads = threads_for_work(num_threads, double(k) * double(m), 1 << 16);
+  const RowOps& ops = row_ops();
+  std::uint32_t* forward_words = out->forward.data.data();
+  std::uint32_t* transposed_words = out->transposed.data.data();
+  const index_t forward_stride = out->forward.panel_stride();
+  const index_t transposed_stride = out->transposed.panel_stride();
+  parallel_for(blocks, threads, [&](index_t block) {
+    const index_t r0 = block * kPanel;
+    const int rows = static_cast<int>(std::min<index_t>(kPanel, k - r0));
+    thread_local std::vector<bf16_bits> rounded;
+    rounded.resize(static_cast<size_t>(kPanel * 2 * words_t));
+    for (int i = 0; i < rows; ++i) {
+      bf16_bits* row = rounded.data() + i * 2 * words_t;
+      row[2 * words_t - 1] = 0;  // an odd m's zero member
+      ops.round_operand(w + (r0 + i) * m, row, m);
+    }
+    std::uint32_t* panel = transposed_words + block * transposed_stride;
+    if (rows < kPanel) std::fill(panel, panel + words_t * kPanel, 0u);
+    for (int i0 = 0; i0 < rows; i0 += 16) {
+      const void* lines[16];
+      const int count = std::min(16, rows - i0);
+      for (int i = 0; i < count; ++i) lines[i] = rounded.data() + (i0 + i) * 2 * words_t;
+      ops.word_major(lines, count, words_t, panel + i0, kPanel);
+    }
+    for (int i = 0; i < rows; i += 2) {
+      const bf16_bits* lo = rounded.data() + i * 2 * words_t;
+      ops.join_pairs_panels(lo, i + 1 < rows ? lo + 2 * words_t : nullptr, m,
+                            forward_words + (r0 + i) / 2 * kPanel, forward_stride);
+    }
+  });
+}
+
+}  // namespace
+
 void pack_dense_bf16(Bf16DenseWeights* out, const float* w, index_t k, index_t m,
                      bool with_transposed, int num_threads) {
   out->k = k;
   out->m = m;
-  pack_bf16_into(&out->forward, w, m, false, k, m, num_threads);
   out->has_transposed = with_transposed;
-  if (with_transposed) pack_bf16_into(&out->transposed, w, m, true, m, k, num_threads);
+  if (with_transposed) {
+    pack_both_layouts(out, w, k, m, num_threads);
+  } else {
+    pack_bf16_into(&out->forward, w, m, false, k, m, num_threads);
+  }
 }
 
 namespace {
