@@ -4,12 +4,13 @@ benchmarks page showing a family's summary as the run printed it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ml_dtypes")
 
 from bench import lowp, report
-from bench.harness import Record, Timing
+from bench.harness import Case, Impl, Record, Timing, TimingSettings, Tolerance, measure
 
 
 def _record(name, shape, dtype, threads, work, seconds: dict) -> Record:
@@ -211,3 +212,35 @@ def test_fma_peak_measures_a_disturbed_multi_thread_peak_again(
     for by_threads in peaks.values():
         assert by_threads == {1: pytest.approx(100.0), 2: pytest.approx(expected)}
     assert calls == {1: 4 * 3, 2: 4 * len(two_thread_rates)}
+
+
+def test_a_failed_check_says_what_the_peer_gives_on_a_second_call():
+    """The check of a peer whose first call disagrees stays failed; its detail adds what the
+    peer's second call gives (a first-call glitch, or a lasting disagreement)."""
+    calls = {"glitch": 0}
+
+    def glitch():  # wrong on its first call only
+        calls["glitch"] += 1
+        return np.full(4, 1.0 if calls["glitch"] > 1 else 1.5)
+
+    case = Case(
+        family="test",
+        name="second call",
+        shape="4",
+        dtype="float32",
+        threads=1,
+        work=4.0,
+        unit="GB/s",
+        work_formula="4",
+        tolerance=Tolerance(rtol=1e-6, atol=0.0),
+        densekit=Impl("densekit", lambda: np.ones(4)),
+        peers=[Impl("glitch", glitch), Impl("wrong", lambda: np.full(4, 2.0))],
+    )
+    settings = TimingSettings(
+        min_sample_s=1e-4, case_budget_s=1e-3, min_repeats=1, max_repeats=2, slow_call_s=1.0
+    )
+    record = measure(case, settings)
+    glitched, wrong = record.checks["glitch"], record.checks["wrong"]
+    assert not glitched.ok and not wrong.ok
+    assert "its second call: ok" in glitched.detail
+    assert "its second call: error" in wrong.detail
