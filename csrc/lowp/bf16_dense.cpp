@@ -93,9 +93,8 @@ namespace {
 // the same way), with w read and rounded once.
 void pack_both_layouts(Bf16DenseWeights* out, const float* w, index_t k, index_t m,
                        int num_threads) {
-  const index_t words_t = (m + 1) / 2;
   const bool forward = size_panels(&out->forward, k, m, (k + 1) / 2);
-  const bool transposed = size_panels(&out->transposed, m, k, words_t);
+  const bool transposed = size_panels(&out->transposed, m, k, (m + 1) / 2);
   if (!forward || !transposed) return;  // both hold words exactly when k > 0 and m > 0
   const index_t blocks = (k + kPanel - 1) / kPanel;
   const int threads = threads_for_work(num_threads, double(k) * double(m), 1 << 16);
@@ -106,27 +105,20 @@ void pack_both_layouts(Bf16DenseWeights* out, const float* w, index_t k, index_t
   const index_t transposed_stride = out->transposed.panel_stride();
   parallel_for(blocks, threads, [&](index_t block) {
     const index_t r0 = block * kPanel;
-    const int rows = static_cast<int>(std::min<index_t>(kPanel, k - r0));
+    const index_t rows = std::min<index_t>(kPanel, k - r0);
     thread_local std::vector<bf16_bits> rounded;
-    rounded.resize(static_cast<size_t>(kPanel * 2 * words_t));
-    for (int i = 0; i < rows; ++i) {
-      bf16_bits* row = rounded.data() + i * 2 * words_t;
-      row[2 * words_t - 1] = 0;  // an odd m's zero member
-      ops.round_operand(w + (r0 + i) * m, row, m);
+    rounded.resize(static_cast<size_t>(kPanel * m));
+    const bf16_bits* row[kPanel];
+    for (index_t i = 0; i < rows; ++i) {
+      row[i] = rounded.data() + i * m;
+      ops.round_operand(w + (r0 + i) * m, rounded.data() + i * m, m);
     }
     std::uint32_t* panel = transposed_words + block * transposed_stride;
-    if (rows < kPanel) std::fill(panel, panel + words_t * kPanel, 0u);
-    for (int i0 = 0; i0 < rows; i0 += 16) {
-      const void* lines[16];
-      const int count = std::min(16, rows - i0);
-      for (int i = 0; i < count; ++i) lines[i] = rounded.data() + (i0 + i) * 2 * words_t;
-      ops.word_major(lines, count, words_t, panel + i0, kPanel);
-    }
-    for (int i = 0; i < rows; i += 2) {
-      const bf16_bits* lo = rounded.data() + i * 2 * words_t;
-      ops.join_pairs_panels(lo, i + 1 < rows ? lo + 2 * words_t : nullptr, m,
+    if (rows < kPanel) std::fill(panel, panel + (m + 1) / 2 * kPanel, 0u);
+    panel_from_rows(row, rows, m, panel);
+    for (index_t i = 0; i < rows; i += 2)
+      ops.join_pairs_panels(row[i], i + 1 < rows ? row[i + 1] : nullptr, m,
                             forward_words + (r0 + i) / 2 * kPanel, forward_stride);
-    }
   });
 }
 

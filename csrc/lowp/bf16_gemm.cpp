@@ -478,17 +478,21 @@ void pack_bf16_into(PackedBf16* out, const bf16_bits* b, index_t ld, bool transp
     });
     return;
   }
-  // column j of B is row j of b: its pairs are 32-bit words already
+  // column j of B is row j of b
   pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
     const bf16_bits* row[kPanel];
     for (index_t j = 0; j < cols; ++j) row[j] = b + (j0 + j) * ld;
-    for (index_t j = 0; j < cols; j += 16)
-      row_ops().word_major(reinterpret_cast<const void* const*>(row + j),
-                           static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j,
-                           kPanel);
-    if (k % 2)
-      for (index_t j = 0; j < cols; ++j) dst[(words - 1) * kPanel + j] = row[j][k - 1];
+    panel_from_rows(row, cols, k, dst);
   });
+}
+
+void panel_from_rows(const bf16_bits* const* rows, index_t cols, index_t k, std::uint32_t* dst) {
+  for (index_t j = 0; j < cols; j += 16)
+    row_ops().word_major(reinterpret_cast<const void* const*>(rows + j),
+                         static_cast<int>(std::min<index_t>(16, cols - j)), k / 2, dst + j,
+                         kPanel);
+  if (k % 2)
+    for (index_t j = 0; j < cols; ++j) dst[(k / 2) * kPanel + j] = rows[j][k - 1];
 }
 
 void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf16_bits* a,
@@ -556,21 +560,18 @@ void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed
     });
     return;
   }
-  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded into pair words
+  // B(p, j) = b[j * ld + p]: column j of B is a row of b, rounded, then its pair words
   pack_panels_with(out, k, n, words, num_threads, [&](std::uint32_t* dst, index_t j0, index_t cols) {
     thread_local std::vector<bf16_bits> row;
-    row.resize(static_cast<size_t>(2 * words * 16));
+    row.resize(static_cast<size_t>(k * 16));
     const bf16_bits* rounded[16];
     for (index_t j0b = 0; j0b < cols; j0b += 16) {  // 16 columns rounded, then written pair-major
-      const int count = static_cast<int>(std::min<index_t>(16, cols - j0b));
-      for (int j = 0; j < count; ++j) {
-        bf16_bits* words_j = row.data() + 2 * words * j;
-        if (words > 0) words_j[2 * words - 1] = 0;  // an odd k's zero member
-        row_ops().round_operand(b + (j0 + j0b + j) * ld, words_j, k);
-        rounded[j] = words_j;
+      const index_t count = std::min<index_t>(16, cols - j0b);
+      for (index_t j = 0; j < count; ++j) {
+        row_ops().round_operand(b + (j0 + j0b + j) * ld, row.data() + k * j, k);
+        rounded[j] = row.data() + k * j;
       }
-      row_ops().word_major(reinterpret_cast<const void* const*>(rounded), count, words,
-                           dst + j0b, kPanel);
+      panel_from_rows(rounded, count, k, dst + j0b);
     }
   });
 }

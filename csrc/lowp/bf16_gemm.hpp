@@ -70,6 +70,12 @@ struct Bf16Epilogue {
   bool accumulate = false;  // float32 output only: add to what C holds
 };
 
+// Columns [j0, j0 + cols) (cols <= kPanel) of a panel of a packed B whose column j is the
+// bf16 row rows[j - j0] of k elements (a transposed B: its pairs are 32-bit words already,
+// an odd k's last word with a zero high half), written at dst (word q of column j0 + c at
+// dst[q * kPanel + c]).
+void panel_from_rows(const bf16_bits* const* rows, index_t cols, index_t k, std::uint32_t* dst);
+
 // op(B) (k, n) of float32 values rounded to bf16 while packed, into out (its storage reused).
 void pack_bf16_into(PackedBf16* out, const float* b, index_t ld, bool transposed, index_t k,
                     index_t n, int num_threads);
