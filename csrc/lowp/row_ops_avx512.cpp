@@ -1,4 +1,5 @@
-// The row operations (row_ops.inc) built for the avx512 ISA (this file alone has its flags).
+// The row operations (row_ops.inc) built for the avx512 ISA (this file alone has its flags);
+// row_ops_avx512_bf16.cpp builds this file again with AVX512-BF16 under another name.
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized and -Wuninitialized (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -20,6 +21,9 @@ namespace {
 #include "lowp/row_ops.inc"
 }  // namespace
 
-RowOps row_ops_avx512() { return make_row_ops(); }
+#ifndef DENSEKIT_ROW_OPS_AVX512_NAME
+#define DENSEKIT_ROW_OPS_AVX512_NAME row_ops_avx512
+#endif
+RowOps DENSEKIT_ROW_OPS_AVX512_NAME() { return make_row_ops(); }
 
 }  // namespace densekit::lowp

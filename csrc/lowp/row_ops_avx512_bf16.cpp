@@ -6,27 +6,5 @@
 // round_pairs_panels) may turn a subnormal into a zero, which every product reads it as
 // (bf16_gemm.hpp), so a product's bits are those of the exactly rounded operands. row_ops()
 // picks this set where the bf16 path uses AVX512-BF16's instructions.
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized and -Wuninitialized (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-
-#include <cstdint>
-#include <cstring>
-#include <limits>
-
-#include "lowp/row_ops.hpp"
-#include "vecmath/scalar_activations.hpp"
-
-namespace densekit::lowp {
-namespace {
-#include "vecmath/vectors_avx512.inc"  // F32x16::transpose, for the quantization of row blocks
-
-#include "lowp/row_ops.inc"
-}  // namespace
-
-RowOps row_ops_avx512_bf16() { return make_row_ops(); }
-
-}  // namespace densekit::lowp
+#define DENSEKIT_ROW_OPS_AVX512_NAME row_ops_avx512_bf16
+#include "lowp/row_ops_avx512.cpp"
