@@ -69,7 +69,7 @@ lowp::Bf16Io io_of(const py::array& a) {
 
 py::array float32_array(py::handle obj, const char* name) {
   py::array a = require_array(obj, name, "float32");
-  if (a.dtype().num() != py::dtype::of<float>().num())
+  if (!is_float32(a))
     type_fail(name, "expected dtype float32, got " + dtype_string(a));
   require_c_contiguous(a, name);
   return a;
