@@ -1134,3 +1134,31 @@ def test_parameters_belong_to_their_loss(name):
         loss_function(name)(prediction, target, delta=1.0)
     with pytest.raises(TypeError):
         loss_function(name)(prediction, target, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([7], np.int64),
+        np.array([3, -2, 9, 0, 9], np.int64),
+        np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0], np.int64),
+        np.random.default_rng(3).integers(-50, 50, 1031, dtype=np.int64),
+    ],
+)
+def test_label_bounds_is_the_min_and_max(labels):
+    assert _core._label_bounds(labels) == (labels.min(), labels.max())
+
+
+@pytest.mark.parametrize(
+    ("labels", "error", "match"),
+    [
+        (np.array([1.0, 2.0]), TypeError, "labels: expected"),
+        (np.array([1, 2], np.int32), TypeError, "labels: expected"),
+        (np.zeros((2, 2), np.int64), TypeError, "1-D C-contiguous int64"),
+        (np.arange(10, dtype=np.int64)[::2], TypeError, "1-D C-contiguous int64"),
+        (np.zeros(0, np.int64), ValueError, "at least one label"),
+    ],
+)
+def test_label_bounds_refuses_other_arrays(labels, error, match):
+    with pytest.raises(error, match=match):
+        _core._label_bounds(labels)

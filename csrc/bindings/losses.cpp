@@ -5,6 +5,8 @@
 // grad is the gradient of the returned loss (of its sum for "none"), or None.
 #include "losses.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -318,9 +320,29 @@ void def_elementwise(py::module_& m, LossKind kind, const std::string& summary) 
   }
 }
 
+// (min, max) of int64 class labels in one pass (the model layer's check of a batch's labels,
+// which two NumPy reductions cost several microseconds each).
+py::tuple label_bounds_py(py::handle labels_obj) {
+  py::array labels = require_array(labels_obj, "labels", "int64");
+  if (!py::isinstance<py::array_t<std::int64_t>>(labels) || labels.ndim() != 1 ||
+      !(labels.flags() & py::array::c_style))
+    type_fail("labels", "expected a 1-D C-contiguous int64 array");
+  const index_t n = labels.shape(0);
+  if (n == 0) value_fail("labels", "expected at least one label, got none");
+  const auto* data = cptr<std::int64_t>(labels);
+  std::int64_t low = data[0], high = data[0];
+  for (index_t i = 1; i < n; ++i) {
+    low = std::min(low, data[i]);
+    high = std::max(high, data[i]);
+  }
+  return py::make_tuple(low, high);
+}
+
 }  // namespace
 
 void bind_losses(py::module_& m) {
+  m.def("_label_bounds", &label_bounds_py, py::arg("labels"),
+        "(min, max) of a 1-D C-contiguous int64 array of class labels, in one pass.");
   def_elementwise(m, LossKind::mse,
                   "Mean squared error: per-sample loss mean_j (prediction - target)^2.");
   def_elementwise(m, LossKind::mae,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _registry, kernels
+from . import _core, _registry, kernels
 
 # Keras's reductions and the kernel reduction each runs on ("mean_with_sample_weight" then
 # divides by the sum of the weights, see _WeightedMean).
@@ -238,7 +238,10 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         elif y.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected integer class labels, got dtype {y.dtype}")
         if n:
-            low, high = y.min(), y.max()
+            if y.dtype == np.int64 and y.flags.c_contiguous:
+                low, high = _core._label_bounds(y)  # one pass: a step's labels are int64
+            else:
+                low, high = y.min(), y.max()
             if low < 0 or high >= width:
                 bad = low if low < 0 else high
                 raise ValueError(
