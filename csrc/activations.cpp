@@ -29,6 +29,7 @@ index_t row_block_for(index_t cols) {
 // test on bits vectorises.
 template <typename T>
 void positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
+  if (vecmath::vector_positive_slopes(dz, dy, y, count, slope)) return;  // the ISA's vectors
   for (index_t i = 0; i < count; ++i) {
     const Bits<T> bits = bit_cast<Bits<T>>(y[i]);
     dz[i] = dy[i] * select<T>(mask_if<T>((bits > 0) & (bits <= kInfinityBits<T>)), T(1), slope);

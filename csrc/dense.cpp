@@ -10,6 +10,7 @@
 #include "lowp/bf16_dense.hpp"
 #include "lowp/int8_gemm.hpp"
 #include "parallel.hpp"
+#include "vecmath/vecmath.hpp"
 
 namespace densekit {
 namespace {
@@ -43,10 +44,11 @@ void dense_bias_gradient(T* db, const T* dz, index_t n, index_t m, bool accumula
     thread_local std::vector<double> t_sums;
     t_sums.assign(static_cast<size_t>(c1 - c0), 0.0);
     double* sums = t_sums.data();
-    for (index_t r = 0; r < n; ++r) {
-      const T* row = dz + r * m + c0;
-      for (index_t c = 0; c < c1 - c0; ++c) sums[c] += static_cast<double>(row[c]);
-    }
+    if (!vecmath::vector_column_sums(sums, dz + c0, n, c1 - c0, m))  // the ISA's vectors
+      for (index_t r = 0; r < n; ++r) {
+        const T* row = dz + r * m + c0;
+        for (index_t c = 0; c < c1 - c0; ++c) sums[c] += static_cast<double>(row[c]);
+      }
     for (index_t c = c0; c < c1; ++c) {
       const double total = accumulate ? static_cast<double>(db[c]) + sums[c - c0] : sums[c - c0];
       db[c] = static_cast<T>(total);

@@ -1013,3 +1013,51 @@ def test_gemm_tune_accepts_known_keys():
     result = import_with_tuning("kc=128,nc=512,packb=1,swap=0,")
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == 24.0
+
+
+def _positive_bits(y):
+    """y's bits are those of a positive number or +inf (NaN and zeros are not)."""
+    ints = np.int32 if y.dtype == np.float32 else np.int64
+    inf_bits = np.array(np.inf, y.dtype).view(ints)
+    bits = y.view(ints)
+    return (bits > 0) & (bits <= inf_bits)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_positive_slopes_match_the_scalar_rule(isa, dtype):
+    """dz = dy * (y > 0 ? 1 : slope) with y > 0 on y's bits: the same bits as the scalar loop,
+    subnormals, zeros, NaN and infinities included, at every tail length."""
+    rng = np.random.default_rng(5)
+    info = np.finfo(dtype)
+    specials = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, info.tiny, -info.tiny,
+                info.tiny / 8, -info.tiny / 8, info.max, -info.max, 1.0, -1.0]  # fmt: skip
+    y = np.concatenate([rng.standard_normal(1000), specials]).astype(dtype)
+    dy = np.concatenate([rng.standard_normal(1000), specials[::-1]]).astype(dtype)
+    for slope in (0.0, 0.01, -2.5):
+        for count in (y.size, 0, 1, 7, 15, 16, 17, 33):
+            dz = _core._positive_slopes_isa_test(isa, dy[:count], y[:count], slope)
+            if isa == "portable":
+                assert dz is None
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):  # inf * 0, max * -2.5
+                truth = dy[:count] * np.where(_positive_bits(y[:count]), dtype(1), dtype(slope))
+            assert dz.tobytes() == truth.tobytes(), (isa, slope, count)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (256, 10), (97, 64), (5, 0), (0, 9)])
+def test_vector_column_sums_are_the_row_order_chain(isa, dtype, shape):
+    """Each column's float64 sum over the rows in order, as the scalar loop adds them: the
+    values span many magnitudes, so another order would round differently."""
+    rng = np.random.default_rng(6)
+    rows = (rng.standard_normal(shape) * 10.0 ** rng.integers(-20, 20, shape)).astype(dtype)
+    sums = _core._column_sums_isa_test(isa, rows)
+    if isa == "portable":
+        assert sums is None
+        return
+    truth = np.zeros(shape[1])
+    for row in rows:
+        truth += row.astype(np.float64)
+    assert sums.tobytes() == truth.tobytes()

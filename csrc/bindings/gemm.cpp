@@ -122,6 +122,45 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
   return done;
 }
 
+// dz = dy * (y > 0 ? 1 : slope) (y's bits) by a chosen ISA's vector math; None where it has
+// none.
+py::object positive_slopes_isa_test(const std::string& isa_text, py::handle dy_obj,
+                                    py::handle y_obj, double slope) {
+  const gemm::Isa isa = usable_isa(isa_text);
+  DType dtype;
+  py::array dy = float_array(dy_obj, "dy", &dtype);
+  py::array y = float_array_like(y_obj, "y", dtype, "dy");
+  require_shape(y, "y", std::vector<index_t>(dy.shape(), dy.shape() + dy.ndim()));
+  py::array dz = py::array(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
+  bool done = false;
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    done = vecmath::vector_positive_slopes_with_isa<T>(isa, mptr<T>(dz), cptr<T>(dy), cptr<T>(y),
+                                                       static_cast<index_t>(dy.size()),
+                                                       static_cast<T>(slope));
+  });
+  return done ? py::object(dz) : py::object(py::none());
+}
+
+// The column sums (float64, rows in order) of a 2-D array by a chosen ISA's vector math;
+// None where it has none.
+py::object column_sums_isa_test(const std::string& isa_text, py::handle rows_obj) {
+  const gemm::Isa isa = usable_isa(isa_text);
+  DType dtype;
+  py::array rows = float_array(rows_obj, "rows", &dtype);
+  require_ndim(rows, "rows", 2);
+  const index_t n = rows.shape(0), cols = rows.shape(1);
+  py::array_t<double> sums(cols);
+  std::fill(sums.mutable_data(), sums.mutable_data() + cols, 0.0);
+  bool done = false;
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    done = vecmath::vector_column_sums_with_isa<T>(isa, sums.mutable_data(), cptr<T>(rows), n,
+                                                   cols, cols);
+  });
+  return done ? py::object(sums) : py::object(py::none());
+}
+
 // log(x) (log1p: log(1 + x)) elementwise as a chosen ISA's loss kernels compute it.
 py::array loss_log_isa_test(const std::string& isa_text, py::handle x_obj, bool log1p) {
   const gemm::Isa isa = usable_isa(isa_text);
@@ -171,6 +210,13 @@ void bind_gemm_testing(py::module_& m) {
         py::arg("dy") = py::none(),
         "Test hook: out = f(z), or dy * f'(z), by a given ISA's vector math; False where it "
         "has none.");
+  m.def("_positive_slopes_isa_test", &positive_slopes_isa_test, py::arg("isa"), py::arg("dy"),
+        py::arg("y"), py::arg("slope"),
+        "Test hook: dy * (y > 0 ? 1 : slope), y > 0 on its bits, by a given ISA's vector math; "
+        "None where it has none.");
+  m.def("_column_sums_isa_test", &column_sums_isa_test, py::arg("isa"), py::arg("rows"),
+        "Test hook: the float64 column sums of a 2-D array, rows in order, by a given ISA's "
+        "vector math; None where it has none.");
   m.def("_loss_log_isa_test", &loss_log_isa_test, py::arg("isa"), py::arg("x"), py::kw_only(),
         py::arg("log1p") = false,
         "Test hook: log(x), or log(1 + x), elementwise as a given ISA's loss kernels compute "

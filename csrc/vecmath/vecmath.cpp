@@ -56,6 +56,34 @@ bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Act
 }
 
 template <typename T>
+bool vector_positive_slopes_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
+                                     index_t count, T slope) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.positive_slopes == nullptr) return false;
+  math.positive_slopes(dz, dy, y, count, slope);
+  return true;
+}
+
+template <typename T>
+bool vector_positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope) {
+  return vector_positive_slopes_with_isa(gemm::isa_choice().isa, dz, dy, y, count, slope);
+}
+
+template <typename T>
+bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
+                                 index_t cols, index_t ld) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.column_sums == nullptr) return false;
+  math.column_sums(sums, rows, n, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_column_sums(double* sums, const T* rows, index_t n, index_t cols, index_t ld) {
+  return vector_column_sums_with_isa(gemm::isa_choice().isa, sums, rows, n, cols, ld);
+}
+
+template <typename T>
 bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
   const VectorMath<T>& math = vector_math<T>(isa);
   if (math.softmax == nullptr) return false;
@@ -88,7 +116,13 @@ bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
   template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
   template bool vector_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);      \
   template bool vector_log_softmax<T>(T*, index_t, index_t, index_t);                      \
-  template bool vector_log_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);
+  template bool vector_log_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);    \
+  template bool vector_positive_slopes<T>(T*, const T*, const T*, index_t, T);               \
+  template bool vector_positive_slopes_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \
+                                                   T);                                       \
+  template bool vector_column_sums<T>(double*, const T*, index_t, index_t, index_t);         \
+  template bool vector_column_sums_with_isa<T>(gemm::Isa, double*, const T*, index_t, index_t, \
+                                               index_t);
 DENSEKIT_INSTANTIATE(float)
 DENSEKIT_INSTANTIATE(double)
 #undef DENSEKIT_INSTANTIATE

@@ -24,6 +24,10 @@ struct VectorMath {
   // dz[i] = dy[i] * f'(z[i]) for i < count.
   void (*derivative)(T* dz, const T* dy, const T* z, index_t count, ActivationKind kind,
                      T alpha) = nullptr;
+  // dz[i] = dy[i] * (y[i] > 0 ? 1 : slope), y > 0 on its bits (vector_positive_slopes).
+  void (*positive_slopes)(T* dz, const T* dy, const T* y, index_t count, T slope) = nullptr;
+  // sums[j] += rows[r * ld + j] in double over r < n in order (vector_column_sums).
+  void (*column_sums)(double* sums, const T* rows, index_t n, index_t cols, index_t ld) = nullptr;
 };
 
 #if defined(DENSEKIT_HAVE_X86_KERNELS)
@@ -50,6 +54,26 @@ bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Act
 template <typename T>
 bool vector_activation_with_isa(gemm::Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act);
+
+// dz[i] = dy[i] * (y[i] > 0 ? 1 : slope) for i < count, y > 0 tested on y's bits (0 < bits <=
+// +inf's: NaN and zeros take the slope, subnormals count whatever MXCSR says): the
+// derivative of relu (slope 0) and leaky_relu from the output or the pre-activation, and
+// leaky_relu itself (dy = y). The bits of the scalar loop. False, nothing written, where the
+// ISA has none.
+template <typename T>
+bool vector_positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slope);
+template <typename T>
+bool vector_positive_slopes_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
+                                     index_t count, T slope);
+
+// sums[j] += rows[r * ld + j] in double for j < cols, over rows r < n in increasing order (a
+// bias gradient's column sums): each sum the scalar loop's chain, the same bits. False,
+// nothing added, where the ISA has none.
+template <typename T>
+bool vector_column_sums(double* sums, const T* rows, index_t n, index_t cols, index_t ld);
+template <typename T>
+bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
+                                 index_t cols, index_t ld);
 
 // Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
 // (vector_exp, lane sums); false, and nothing written, where it has none for T.
