@@ -10,10 +10,20 @@ from .harness import TimingSettings
 DTYPES = ("float32", "float64")
 
 FULL_TIMING = TimingSettings(
-    min_sample_s=0.02, case_budget_s=6.0, min_repeats=5, max_repeats=25, slow_call_s=0.2
+    min_sample_s=0.02,
+    case_budget_s=6.0,
+    min_repeats=5,
+    max_repeats=25,
+    slow_call_s=0.2,
+    warmup_s=0.01,
 )
 QUICK_TIMING = TimingSettings(
-    min_sample_s=0.004, case_budget_s=0.6, min_repeats=3, max_repeats=7, slow_call_s=0.05
+    min_sample_s=0.004,
+    case_budget_s=0.6,
+    min_repeats=3,
+    max_repeats=7,
+    slow_call_s=0.05,
+    warmup_s=0.004,
 )
 
 

@@ -75,6 +75,9 @@ class TimingSettings:
     min_repeats: int
     max_repeats: int
     slow_call_s: float  # a first call this slow counts as the warm-up and the calibration
+    # untimed calls before each sample of a library for at least this long (one at least,
+    # for a call shorter than slow_call_s): see _time_interleaved
+    warmup_s: float = 0.0
 
 
 @dataclass
@@ -286,9 +289,18 @@ def _time_interleaved(
         slow = first_call[impl.library] >= settings.slow_call_s
         per_call[impl.library] = first_call[impl.library] if slow else _timed_call(impl)[1]
     calls = {lib: max(1, math.ceil(settings.min_sample_s / t)) for lib, t in per_call.items()}
-    # A short call gets one untimed call before its sample, so that the previous library's
-    # threads, still spinning, are not counted against it.
-    round_cost = sum(t * (calls[lib] + (calls[lib] > 1)) for lib, t in per_call.items())
+    # Before its sample a library runs untimed for warmup_s (one call at least, none for a
+    # call as slow as slow_call_s): after the switch from another library the caches, the
+    # TLBs and the clock take milliseconds to settle, and the previous library's threads may
+    # still spin. One untimed call was not enough: on Intel Xeon (KVM, 1 thread) the mixed
+    # train step's calls after torch's step took 1.82, 1.35, 1.09, 1.06, 1.01 ms, ... 0.93 ms
+    # from the 8th; torch's after densekit's 3.25, 2.81, 2.68, ... 2.6 ms; so a sample of the
+    # shorter call counted more of the transient against it.
+    warm = {
+        lib: 0 if t >= settings.slow_call_s else max(1, math.ceil(settings.warmup_s / t))
+        for lib, t in per_call.items()
+    }
+    round_cost = sum(t * (calls[lib] + warm[lib]) for lib, t in per_call.items())
     repeats = int(settings.case_budget_s / max(round_cost, 1e-9))
     repeats = min(max(repeats, settings.min_repeats), settings.max_repeats)
     timings = {impl.library: Timing(impl.library, calls[impl.library], []) for impl in impls}
@@ -302,7 +314,7 @@ def _time_interleaved(
         for r in range(repeats):
             for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
                 timings[impl.library].samples.append(
-                    _sample(impl.run, calls[impl.library], sample_limit)
+                    _sample(impl.run, calls[impl.library], sample_limit, warm[impl.library])
                 )
             if r + 1 >= settings.min_repeats and time.perf_counter() > case_limit:
                 break
@@ -312,10 +324,14 @@ def _time_interleaved(
     return timings
 
 
-def _sample(run: Callable[[], Any], count: int, limit_s: float) -> float:
-    """Seconds per call over up to count back-to-back calls (fewer past limit_s)."""
-    if count > 1:
+def _sample(run: Callable[[], Any], count: int, limit_s: float, warm_calls: int = 0) -> float:
+    """Seconds per call over up to count back-to-back calls (fewer past limit_s), after
+    warm_calls untimed ones (fewer past limit_s)."""
+    start = time.perf_counter()
+    for _ in range(warm_calls):
         run()
+        if time.perf_counter() - start > limit_s:
+            break
     start = time.perf_counter()
     done = 0
     while done < count:

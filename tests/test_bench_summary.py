@@ -4,6 +4,8 @@ benchmarks page showing a family's summary as the run printed it."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -244,3 +246,65 @@ def test_a_failed_check_says_what_the_peer_gives_on_a_second_call():
     assert not glitched.ok and not wrong.ok
     assert "its second call: ok" in glitched.detail
     assert "its second call: error" in wrong.detail
+
+
+def test_samples_follow_an_untimed_warm_up_of_warmup_s(monkeypatch):
+    """Each library runs untimed for warmup_s before each of its samples (the transient after
+    a switch of library counts against no one), and a call as slow as slow_call_s runs none."""
+    from bench import harness
+
+    seen = []
+    real_sample = harness._sample
+
+    def recording_sample(run, count, limit_s, warm_calls=0):
+        seen.append((run, count, warm_calls))
+        return real_sample(run, count, limit_s, warm_calls)
+
+    monkeypatch.setattr(harness, "_sample", recording_sample)
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+        time.sleep(0.001)
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.03)
+
+    impls = [Impl("fast", fast), Impl("slow", slow)]
+    settings = TimingSettings(
+        min_sample_s=0.003,
+        case_budget_s=0.05,
+        min_repeats=2,
+        max_repeats=2,
+        slow_call_s=0.02,
+        warmup_s=0.01,
+    )
+    first = {"fast": 0.001, "slow": 0.03}
+    timings = harness._time_interleaved(impls, first, settings)
+    fast_samples = [(count, warm) for run, count, warm in seen if run is fast]
+    slow_samples = [(count, warm) for run, count, warm in seen if run is slow]
+    assert len(fast_samples) == len(slow_samples) == 2
+    # ~1 ms calls: at least 10 ms of untimed calls (the calibration may read a call longer)
+    assert all(warm >= 3 and warm * 0.001 <= 0.011 for _, warm in fast_samples)
+    assert all(warm == 0 for _, warm in slow_samples)
+    # the calls made: calibration, then each sample's warm-up and timed calls (a loaded
+    # machine may cut a warm-up short at the sample's time limit)
+    assert calls["fast"] <= 1 + sum(count + warm for count, warm in fast_samples)
+    assert calls["fast"] >= 1 + sum(count + 1 for count, _ in fast_samples)
+    assert timings["fast"].calls_per_sample == fast_samples[0][0]
+
+
+def test_sample_runs_its_warm_up_calls_untimed():
+    from bench import harness
+
+    stamps = []
+
+    def run():
+        stamps.append(time.perf_counter())
+        time.sleep(0.002)
+
+    per_call = harness._sample(run, 2, 1.0, warm_calls=3)
+    assert len(stamps) == 5
+    # timed: the last two calls (~2 ms each), not the five
+    assert 0.0015 < per_call < 0.0045
