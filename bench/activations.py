@@ -84,6 +84,7 @@ def forward_case(activation: str, dtype: str, threads: int, shape=SHAPE) -> Case
         tolerance=TOLERANCE[dtype],
         densekit=Impl("densekit", run_densekit),
         peers=[Impl("torch", run_torch)],
+        pure=True,
     )
 
 
@@ -118,6 +119,7 @@ def backward_case(activation: str, dtype: str, threads: int) -> Case:
         densekit=Impl("densekit", run_densekit),
         peers=[Impl("torch-autograd", run_torch)],
         notes=[f"densekit: derivative from {'y' if from_y else 'z'}; torch: backward only"],
+        pure=True,
     )
 
 

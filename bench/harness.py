@@ -57,6 +57,11 @@ class Case:
     peers: list[Impl]
     context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     notes: list[str] = field(default_factory=list)
+    # The outputs depend on the inputs alone (no state that the calls advance): a peer whose
+    # first call fails the check is judged by its later calls when they agree with each other
+    # (_later_calls); a stateful case's later calls compute something else, so its check
+    # stays on the first call.
+    pure: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,14 +225,33 @@ def _timed_call(impl: Impl) -> tuple[Any, float]:
 
 def _second_call(peer: Impl, reference: list[np.ndarray], tol: Tolerance) -> str:
     """What a failed check's peer gives on a second call, against the same densekit outputs:
-    a peer's first call in a process was once seen to differ from all its later ones (torch's
-    float32 tanh on 2 threads, by 5e-5). The check stays failed either way; this tells a
-    first-call glitch of the peer from a disagreement that lasts."""
+    a peer's first call in a process was seen to differ from all its later ones (torch's
+    float32 tanh at 4096x1024 on 2 threads, by 5.03e-5, in two reference runs). This tells a
+    first-call glitch of the peer from a disagreement that lasts; the check stays failed."""
     try:
         again = compare(reference, snapshot(peer.run()), tol)
     except Exception as exc:
         return f"; its second call raised {_error_line(exc)}"
     return f"; its second call: {again.detail}"
+
+
+def _later_calls(peer: Impl, reference: list[np.ndarray], tol: Tolerance, first: Check) -> Check:
+    """A pure case's check of a peer whose first call failed: its second and third calls,
+    when they give the same bits and pass, are its answer (the detail names the first call's
+    glitch); otherwise the check fails, with what the second call gave."""
+    try:
+        second, third = snapshot(peer.run()), snapshot(peer.run())
+    except Exception as exc:
+        return Check(False, f"{first.detail}; a later call raised {_error_line(exc)}")
+    again = compare(reference, second, tol)
+    same = len(second) == len(third) and all(
+        a.shape == b.shape and a.tobytes() == b.tobytes() for a, b in zip(second, third)
+    )
+    if again.ok and same:
+        return Check(True, f"{again.detail}; the peer's first call differed from its later "
+                           f"ones, which agree: {first.detail}")  # fmt: skip
+    repeat = "" if same else "; its second and third calls differ"
+    return Check(False, f"{first.detail}; its second call: {again.detail}{repeat}")
 
 
 def _error_line(exc: BaseException) -> str:
@@ -272,7 +296,9 @@ def _measure(case: Case, settings: TimingSettings) -> Record:
             except Exception as exc:
                 record.checks[peer.library] = Check(False, "peer raised " + _error_line(exc))
                 continue
-            if not check.ok:
+            if not check.ok and case.pure:
+                check = _later_calls(peer, reference, case.tolerance, check)
+            elif not check.ok:
                 check = Check(False, check.detail + _second_call(peer, reference, case.tolerance))
             record.checks[peer.library] = check
             live.append(peer)

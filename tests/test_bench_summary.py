@@ -308,3 +308,45 @@ def test_sample_runs_its_warm_up_calls_untimed():
     assert len(stamps) == 5
     # timed: the last two calls (~2 ms each), not the five
     assert 0.0015 < per_call < 0.0045
+
+
+def test_a_pure_case_judges_a_peer_by_its_later_calls_when_they_agree():
+    """In a pure case, a peer wrong on its first call only passes, its detail naming the first
+    call's glitch; one always wrong, or whose later calls differ from each other, fails."""
+    counts = {"glitch": 0, "drift": 0}
+
+    def glitch():  # wrong on its first call only
+        counts["glitch"] += 1
+        return np.full(4, 1.0 if counts["glitch"] > 1 else 1.5)
+
+    def drift():  # right on its second call, another value on its third
+        counts["drift"] += 1
+        return np.full(4, 1.0 if counts["drift"] == 2 else 1.0 + counts["drift"])
+
+    peers = [
+        Impl("glitch", glitch),
+        Impl("wrong", lambda: np.full(4, 2.0)),
+        Impl("drift", drift),
+    ]
+    case = Case(
+        family="test",
+        name="later calls",
+        shape="4",
+        dtype="float32",
+        threads=1,
+        work=4.0,
+        unit="GB/s",
+        work_formula="4",
+        tolerance=Tolerance(rtol=1e-6, atol=0.0),
+        densekit=Impl("densekit", lambda: np.ones(4)),
+        peers=peers,
+        pure=True,
+    )
+    settings = TimingSettings(
+        min_sample_s=1e-4, case_budget_s=1e-3, min_repeats=1, max_repeats=2, slow_call_s=1.0
+    )
+    record = measure(case, settings)
+    glitched, wrong, drifted = (record.checks[name] for name in ("glitch", "wrong", "drift"))
+    assert glitched.ok and "first call differed" in glitched.detail
+    assert not wrong.ok and "its second call: error" in wrong.detail
+    assert not drifted.ok and "second and third calls differ" in drifted.detail
