@@ -216,6 +216,28 @@ def test_fma_peak_measures_a_disturbed_multi_thread_peak_again(
     assert calls == {1: 4 * 3, 2: 4 * len(two_thread_rates)}
 
 
+def _checked(peers, pure=False):
+    """The record of a tiny case whose densekit output is four ones, checked against peers."""
+    case = Case(
+        family="test",
+        name="checks",
+        shape="4",
+        dtype="float32",
+        threads=1,
+        work=4.0,
+        unit="GB/s",
+        work_formula="4",
+        tolerance=Tolerance(rtol=1e-6, atol=0.0),
+        densekit=Impl("densekit", lambda: np.ones(4)),
+        peers=peers,
+        pure=pure,
+    )
+    settings = TimingSettings(
+        min_sample_s=1e-4, case_budget_s=1e-3, min_repeats=1, max_repeats=2, slow_call_s=1.0
+    )
+    return measure(case, settings)
+
+
 def test_a_failed_check_says_what_the_peer_gives_on_a_second_call():
     """The check of a peer whose first call disagrees stays failed; its detail adds what the
     peer's second call gives (a first-call glitch, or a lasting disagreement)."""
@@ -225,23 +247,7 @@ def test_a_failed_check_says_what_the_peer_gives_on_a_second_call():
         calls["glitch"] += 1
         return np.full(4, 1.0 if calls["glitch"] > 1 else 1.5)
 
-    case = Case(
-        family="test",
-        name="second call",
-        shape="4",
-        dtype="float32",
-        threads=1,
-        work=4.0,
-        unit="GB/s",
-        work_formula="4",
-        tolerance=Tolerance(rtol=1e-6, atol=0.0),
-        densekit=Impl("densekit", lambda: np.ones(4)),
-        peers=[Impl("glitch", glitch), Impl("wrong", lambda: np.full(4, 2.0))],
-    )
-    settings = TimingSettings(
-        min_sample_s=1e-4, case_budget_s=1e-3, min_repeats=1, max_repeats=2, slow_call_s=1.0
-    )
-    record = measure(case, settings)
+    record = _checked([Impl("glitch", glitch), Impl("wrong", lambda: np.full(4, 2.0))])
     glitched, wrong = record.checks["glitch"], record.checks["wrong"]
     assert not glitched.ok and not wrong.ok
     assert "its second call: ok" in glitched.detail
@@ -328,24 +334,7 @@ def test_a_pure_case_judges_a_peer_by_its_later_calls_when_they_agree():
         Impl("wrong", lambda: np.full(4, 2.0)),
         Impl("drift", drift),
     ]
-    case = Case(
-        family="test",
-        name="later calls",
-        shape="4",
-        dtype="float32",
-        threads=1,
-        work=4.0,
-        unit="GB/s",
-        work_formula="4",
-        tolerance=Tolerance(rtol=1e-6, atol=0.0),
-        densekit=Impl("densekit", lambda: np.ones(4)),
-        peers=peers,
-        pure=True,
-    )
-    settings = TimingSettings(
-        min_sample_s=1e-4, case_budget_s=1e-3, min_repeats=1, max_repeats=2, slow_call_s=1.0
-    )
-    record = measure(case, settings)
+    record = _checked(peers, pure=True)
     glitched, wrong, drifted = (record.checks[name] for name in ("glitch", "wrong", "drift"))
     assert glitched.ok and "first call differed" in glitched.detail
     assert not wrong.ok and "its second call: error" in wrong.detail
