@@ -8,6 +8,8 @@ point of accuracy against float32 on two of scikit-learn's bundled data sets.
 
 from __future__ import annotations
 
+import warnings
+
 import ml_dtypes  # noqa: F401 - the bf16 dtype the kernels take
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 import densekit
 from densekit import kernels as K
 from densekit import layers, mixed_precision
+
+from .helpers import json_of_child
 
 # Keras on torch converts arrays with NumPy 1's __array__ signature
 pytestmark = [
@@ -350,3 +354,61 @@ def test_keras_files_carry_the_mixed_policy_and_refuse_int8(tmp_path, monkeypatc
     theirs.save(tmp_path / "keras_int8.keras")
     with pytest.raises(densekit.saving.ModelFileError, match="int8-quantized Keras layers"):
         densekit.load_model(tmp_path / "keras_int8.keras")
+
+
+_SLOW_PATH_CHILD = """
+import json, warnings
+import numpy as np
+import densekit
+from densekit import layers
+
+def model():
+    m = densekit.Sequential([layers.Input((12,)), layers.Dense(8, activation="relu",
+        dtype="mixed_bfloat16"), layers.Dense(3, activation="softmax")])
+    m.compile("adam", "sparse_categorical_crossentropy")
+    m.train_on_batch(np.ones((4, 12), np.float32), np.zeros(4, np.int64))
+    return m
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model()
+    model()  # once per process
+print(json.dumps({
+    "path": densekit.kernels.bf16_config()["path"],
+    "warnings": [[w.category.__name__, str(w.message), w.filename] for w in caught],
+}))
+"""
+
+
+def test_a_forced_slow_bf16_path_warns_once_at_the_users_line():
+    child = json_of_child(_SLOW_PATH_CHILD, {"DENSEKIT_BF16": "emulated"}, timeout=120)
+    assert child["path"] == "emulated"
+    [(category, message, filename)] = child["warnings"]
+    assert category == "SlowBfloat16Warning"
+    assert "'emulated' path (DENSEKIT_BF16='emulated' forces it" in message
+    assert "slower than with the float32 policy" in message
+    assert filename == "<string>"  # the user's code, not densekit's
+
+
+def test_the_amx_path_does_not_warn():
+    if "amx" not in K.bf16_config()["available"]:
+        pytest.skip("no AMX on this CPU")
+    child = json_of_child(_SLOW_PATH_CHILD, {}, timeout=120)
+    assert child == {"path": "amx", "warnings": []}
+
+
+@pytest.mark.parametrize(("bf16", "fp32", "warns"), [(110.0, 220.0, True), (230.0, 115.0, False)])
+def test_the_speed_check_warns_below_the_ratio(monkeypatch, bf16, fp32, warns):
+    # Intel Xeon without AMX (AVX512-BF16 at half float32's rate) against Zen 4 (twice it)
+    monkeypatch.setattr(mixed_precision, "_checked", False)
+    config = {"path": "avx512_bf16", "amx_note": "", "forced": False}
+    monkeypatch.setattr(mixed_precision.kernels, "bf16_config", lambda: config)
+    rates = {"bfloat16": bf16, "float32": fp32}
+    monkeypatch.setattr(mixed_precision, "_peak_gflops", lambda dtype, steps: rates[dtype])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixed_precision.check_bf16_speed()
+        mixed_precision.check_bf16_speed()
+    assert [w.category for w in caught] == ([mixed_precision.SlowBfloat16Warning] if warns else [])
+    if warns:
+        assert "at about 110 GFLOP/s per core, against 220 for float32" in str(caught[0].message)

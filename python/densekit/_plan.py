@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from . import _norm_plan, kernels
+from . import _norm_plan, kernels, mixed_precision
 from .activations import NEEDS_PREACTIVATION, Activation
 from .layers import Activation as ActivationLayer
 from .layers import Dense, Dropout, ReLU
@@ -110,6 +110,7 @@ class Bf16DenseOp(DenseOp):
 
     def __init__(self, layer: Dense, activation: Activation, weights_key):
         super().__init__(layer, activation)
+        mixed_precision.check_bf16_speed()
         self.weights_key = weights_key
         self.with_transposed = False  # set when a backward call needs dx = dz @ w.T
         self._packed = None

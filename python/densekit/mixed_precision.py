@@ -12,13 +12,24 @@
 
 ``set_global_policy`` sets the policy that layers made afterwards without ``dtype=`` take,
 as Keras does; ``Dense(..., dtype="mixed_bfloat16")`` sets one layer's.
+
+Whether bf16 pays depends on the CPU: AMX tiles (Intel Xeon 4th generation on) run bf16
+products many times faster than float32, AVX512-BF16 on AMD Zen 4 twice as fast, but
+AVX512-BF16 alone on Intel runs at half float32's rate and the emulated path (neither) slower
+still. The first mixed layer a process builds measures the bf16 path against float32 (a few
+milliseconds, skipped on AMX) and warns (``SlowBfloat16Warning``) where bf16 is not clearly
+faster, as TensorFlow's mixed precision warns on a GPU without fast float16.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
+import warnings
 
-from . import _registry
+from . import _core, _registry, kernels
 
 # name -> (compute dtype, variable dtype)
 _POLICIES = {
@@ -108,4 +119,72 @@ def is_policy_name(value) -> bool:
     )
 
 
-__all__ = ["DTypePolicy", "Policy", "global_policy", "set_global_policy"]
+class SlowBfloat16Warning(RuntimeWarning):
+    """mixed_bfloat16 on a CPU whose bf16 products are not clearly faster than float32's."""
+
+
+# The bf16 path's peak must reach this multiple of float32's for mixed_bfloat16 to pay: a
+# step also rounds and packs its operands (AVX512-BF16 on Intel Xeon without AMX: 0.5x,
+# a train step 1.4x slower than float32; on Zen 4: 2x; AMX: 14x).
+BF16_PAYS_RATIO = 1.5
+_checked = False
+
+
+def _peak_gflops(dtype: str, steps: int) -> float:
+    """The best of three 1-thread runs of the register-only multiply-add probe, GFLOP/s."""
+    _core._fma_peak(dtype, steps // 10, num_threads=1)  # warm the code and the clock
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        ops = _core._fma_peak(dtype, steps, num_threads=1)
+        best = max(best, ops / max(time.perf_counter() - start, 1e-9) / 1e9)
+    return best
+
+
+def _outside_densekit() -> int:
+    """The stacklevel of the innermost caller outside the densekit package (the user's
+    compile, fit or predict), for warnings.warn."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_bf16_speed() -> None:
+    """Warn once per process (``SlowBfloat16Warning``) when this CPU's bf16 products run
+    slower than ``BF16_PAYS_RATIO`` times its float32 multiply-adds; called when a
+    mixed_bfloat16 layer is first planned. Free where the path is AMX; else ~1-3 ms of
+    probes on one thread."""
+    global _checked
+    with _lock:
+        if _checked:
+            return
+        _checked = True
+    config = kernels.bf16_config()
+    if config["path"] == "amx":
+        return
+    bf16, fp32 = _peak_gflops("bfloat16", 100_000), _peak_gflops("float32", 200_000)
+    if bf16 >= BF16_PAYS_RATIO * fp32:
+        return
+    why = f" (AMX: {config['amx_note']})" if config["amx_note"] else ""
+    if config["forced"]:
+        why = f" (DENSEKIT_BF16={config['requested']!r} forces it; the best path is "
+        why += f"{config['best']!r})"
+    warnings.warn(
+        f"mixed_bfloat16: this CPU computes bf16 products on the {config['path']!r} path"
+        f"{why} at about {bf16:.0f} GFLOP/s per core, against {fp32:.0f} for float32: "
+        "training and inference will likely be slower than with the float32 policy",
+        SlowBfloat16Warning,
+        stacklevel=_outside_densekit(),
+    )
+
+
+__all__ = [
+    "DTypePolicy",
+    "Policy",
+    "SlowBfloat16Warning",
+    "check_bf16_speed",
+    "global_policy",
+    "set_global_policy",
+]
