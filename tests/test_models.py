@@ -1250,3 +1250,19 @@ def test_fit_puts_back_the_sigint_handler_it_found():
         assert calls == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, original)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_predict_outputs_start_on_a_cache_line(policy):
+    rng = np.random.default_rng(3)
+    densekit.set_random_seed(0)
+    model = densekit.Sequential(
+        [Input((12,)), Dense(16, "relu", dtype=policy), Dense(4, "softmax")]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = classification_data(rng)
+    x = x.astype(np.float32)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    one_batch, batches = model.predict(x[:5], verbose=0), model.predict(x, batch_size=32, verbose=0)
+    assert one_batch.ctypes.data % 64 == 0 and batches.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(batches[:5], one_batch)

@@ -308,6 +308,7 @@ SPECS = {
         "pos": [("source", "r,c"), ("indices", "labels:q,r")],
         "kw": {"out": "q,c", "num_threads": "threads"},
     },
+    "empty": {"pos": [("shape", "shape"), ("dtype", "dtype")], "kw": {}},
     "pack_weights": {"pos": [("w", "k,m")], "kw": {"num_threads": "threads"}},
     "confusion_counts": {
         "pos": [("prediction", "n,c"), ("target", "n,c"), ("thresholds", "sorted:t")],
@@ -487,6 +488,10 @@ def well_formed(draw, name: str):
             return draw(st.sampled_from(("mean", "sum", "none")))
         if kind == "convention":
             return draw(st.sampled_from(("torch", "keras")))
+        if kind == "shape":  # up to 3 extents, huge ones among them in a huge call
+            return tuple(dim(f"shape{i}") for i in range(draw(st.integers(0, 3))))
+        if kind == "dtype":
+            return draw(st.sampled_from(DTYPES))
         if kind == "out_dtype":
             return draw(st.sampled_from(("float32", "bfloat16")))
         if kind.startswith("qw:"):

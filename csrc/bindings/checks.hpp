@@ -7,7 +7,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <new>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -230,10 +233,44 @@ inline bool out_array(py::handle obj, const char* name, DType dtype,
   return true;
 }
 
+// A new C-contiguous array whose data starts on a 64-byte boundary (NumPy's own allocations
+// start 16 bytes into a line): a row of 64 bytes then lies in one cache line, which the AMX
+// tiles need to read an operand in place or accumulate into an output (a tile row across two
+// lines halves their rate), as torch aligns its tensors. The storage belongs to a capsule
+// that is the array's base.
+inline py::array aligned_array(const py::dtype& dtype, const std::vector<py::ssize_t>& dims) {
+  auto no_memory = [&](const std::string& size) {
+    std::string shape;
+    for (const py::ssize_t d : dims) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+    const std::string what = "unable to allocate " + size + " for an array of shape (" + shape +
+                             (dims.size() == 1 ? ",)" : ")") + " and dtype " +
+                             std::string(py::str(dtype));
+    PyErr_SetString(PyExc_MemoryError, what.c_str());
+    throw py::error_already_set();
+  };
+  constexpr size_t kMaxBytes = size_t(1) << 62;  // beyond any machine; no overflow below it
+  size_t bytes = static_cast<size_t>(dtype.itemsize());
+  for (const py::ssize_t d : dims) {
+    if (d < 0) throw py::value_error("array dimensions must be >= 0");
+    if (d > 0 && bytes > kMaxBytes / static_cast<size_t>(d)) no_memory("more than 2^62 bytes");
+    bytes *= static_cast<size_t>(d);
+  }
+  bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  void* data = std::aligned_alloc(64, bytes);
+  if (data == nullptr) no_memory(std::to_string(bytes) + " bytes");
+  py::capsule owner;
+  try {
+    owner = py::capsule(data, [](void* p) { std::free(p); });
+  } catch (...) {
+    std::free(data);
+    throw;
+  }
+  return py::array(dtype, dims, data, owner);
+}
+
 template <typename T>
 py::array new_array(const std::vector<index_t>& shape) {
-  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return py::array_t<T>(dims);
+  return aligned_array(py::dtype::of<T>(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
 inline py::array new_array(DType dtype, const std::vector<index_t>& shape) {

@@ -1,4 +1,5 @@
-// Binding of take_rows: numpy.take(source, indices, axis=0, out=out) without the GIL.
+// Bindings of take_rows (numpy.take(source, indices, axis=0, out=out) without the GIL) and of
+// empty (numpy.empty with the data on a 64-byte boundary).
 #include "data.hpp"
 
 #include <cstdint>
@@ -17,8 +18,9 @@ py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle
   py::array source = require_array(source_obj, "source", "any dtype");
   require_c_contiguous(source, "source");
   if (source.ndim() < 1) value_fail("source", "expected at least one axis, got a 0-d array");
-  if (source.dtype().kind() == 'O')
-    type_fail("source", "object arrays hold references and cannot be copied without the GIL");
+  if (source.dtype().attr("hasobject").cast<bool>())
+    type_fail("source", "arrays holding Python objects (dtype " + dtype_string(source) +
+                            ") hold references and cannot be copied without the GIL");
   py::array indices = require_array(indices_obj, "indices", "int32 or int64");
   const bool int64 = indices.dtype().num() == py::dtype::of<std::int64_t>().num() ||
                      (indices.dtype().kind() == 'i' && indices.itemsize() == 8);
@@ -43,7 +45,7 @@ py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle
   shape[0] = count;
   py::array out;
   if (out_obj.is_none()) {
-    out = py::array(source.dtype(), shape);
+    out = aligned_array(source.dtype(), shape);
   } else {
     out = require_array(out_obj, "out", "the dtype of source");
     if (!out.dtype().is(source.dtype()) && !(out.dtype().num() == source.dtype().num() &&
@@ -68,6 +70,50 @@ py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle
   return out;
 }
 
+// numpy.empty(shape, dtype) for numeric dtypes (bool, integers, floats, complex, and NumPy's
+// bfloat16 from ml_dtypes), C order, the data 64-byte aligned (aligned_array).
+py::array empty_py(py::handle shape_obj, py::handle dtype_obj) {
+  std::vector<py::ssize_t> dims;
+  auto dimension = [&](py::handle d) {
+    auto not_int = [&] {
+      type_fail("shape", "expected an int or a sequence of ints, got " + type_name(d));
+    };
+    if (py::isinstance<py::bool_>(d) || !py::hasattr(d, "__index__")) not_int();
+    py::object index;
+    try {
+      index = d.attr("__index__")();  // an ndarray has __index__ but refuses most shapes
+    } catch (py::error_already_set&) {
+      not_int();
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (overflow != 0 || v < 0)
+      value_fail("shape", "expected dimensions in [0, 2^63), got " + std::string(py::str(index)));
+    dims.push_back(static_cast<py::ssize_t>(v));
+  };
+  if (py::isinstance<py::sequence>(shape_obj) && !py::isinstance<py::str>(shape_obj)) {
+    // each item held while it is read: a sequence such as an ndarray makes its items anew
+    const auto shape = py::reinterpret_borrow<py::sequence>(shape_obj);
+    for (size_t i = 0; i < shape.size(); ++i) dimension(py::object(shape[i]));
+  } else {
+    dimension(shape_obj);
+  }
+  py::dtype dtype;
+  try {
+    dtype = py::dtype::from_args(py::reinterpret_borrow<py::object>(dtype_obj));
+  } catch (py::error_already_set&) {
+    type_fail("dtype", "expected a NumPy dtype, got " + std::string(py::repr(dtype_obj)));
+  }
+  const char kind = dtype.kind();
+  // ml_dtypes' bfloat16 is of kind 'V' without fields; structured dtypes are refused
+  const bool plain_void = kind == 'V' && dtype.attr("fields").is_none() && dtype.itemsize() > 0;
+  const bool numeric = std::string("biufc").find(kind) != std::string::npos || plain_void;
+  if (!numeric || dtype.attr("hasobject").cast<bool>())
+    type_fail("dtype", "expected a numeric dtype (bool, integer, float, complex, bfloat16), "
+                       "got " + std::string(py::str(dtype)));
+  return aligned_array(dtype, dims);
+}
+
 }  // namespace
 
 void bind_data(py::module_& m) {
@@ -75,6 +121,10 @@ void bind_data(py::module_& m) {
         py::arg("out") = py::none(), py::arg("num_threads") = py::none(),
         "out[i] = source[indices[i]] along the first axis (numpy.take(..., axis=0)), with the "
         "GIL released; indices are checked first.");
+  m.def("empty", &empty_py, py::arg("shape"), py::arg("dtype") = py::str("float32"),
+        "A new uninitialised C-contiguous array, as numpy.empty(shape, dtype), whose data "
+        "starts on a 64-byte boundary (a cache line), as torch aligns its tensors; numeric "
+        "dtypes only (bool, integers, floats, complex, ml_dtypes.bfloat16).");
 }
 
 }  // namespace densekit::bind

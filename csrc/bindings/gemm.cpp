@@ -131,7 +131,7 @@ py::object positive_slopes_isa_test(const std::string& isa_text, py::handle dy_o
   py::array dy = float_array(dy_obj, "dy", &dtype);
   py::array y = float_array_like(y_obj, "y", dtype, "dy");
   require_shape(y, "y", std::vector<index_t>(dy.shape(), dy.shape() + dy.ndim()));
-  py::array dz = py::array(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
+  py::array dz = aligned_array(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
   bool done = false;
   for_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);

@@ -80,7 +80,7 @@ std::vector<index_t> shape_of(const py::array& a) {
 }
 
 py::array new_bf16(const std::vector<index_t>& shape) {
-  return py::array(bf16_dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  return aligned_array(bf16_dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
 // An out= array: None, or writeable C-contiguous of exactly this shape and dtype.
@@ -420,8 +420,8 @@ class QuantizedWeights {
     const index_t k = w.shape(0), n = w.shape(1);
     check_depth(k, "w");
     const int threads = resolve_num_threads(thread_count(threads_obj));
-    py::array wq = py::array_t<std::int8_t>({w.shape(0), w.shape(1)});
-    py::array scales = py::array_t<float>({w.shape(1)});
+    py::array wq = new_array<std::int8_t>({k, n});
+    py::array scales = new_array<float>({n});
     bool finite;
     {
       const GilRelease nogil;

@@ -454,6 +454,9 @@ def take_rows(
     out: npt.NDArray[np.generic] | None = None,
     num_threads: int | None = None,
 ) -> npt.NDArray[np.generic]: ...
+def empty(
+    shape: SupportsIndex | Sequence[SupportsIndex], dtype: npt.DTypeLike = "float32"
+) -> npt.NDArray[Any]: ...
 
 # Metric kernels (csrc/metrics.hpp): prediction and target (n, d); float64 sums.
 def confusion_counts(

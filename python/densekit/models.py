@@ -897,7 +897,7 @@ class Sequential:
                 # one batch, the latency path: the kernel allocates the outputs (checking an
                 # out= array against every weight is a sizeable part of a batch-1 call)
                 return chain(x)
-            outputs = np.empty((n, self.output_dim), self._np_dtype)
+            outputs = kernels.empty((n, self.output_dim), self._np_dtype)
             self._predict_batches(chain, x, outputs, batch_size, hooks, progress)
             return outputs
         finally:
