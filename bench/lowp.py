@@ -114,11 +114,12 @@ def bf16_case(name: str, n: int, k: int, m: int, threads: int, epilogue: bool) -
     b32 = random_array(rng, (m,), "float32") if epilogue else None
     x, w = kernels.to_bfloat16(x32), kernels.to_bfloat16(w32)
     act = "relu" if epilogue else "linear"
-    y16 = np.empty((n, m), _bf16())
-    y32 = np.empty((n, m), np.float32)
+    # densekit's buffers from kernels.empty (on a cache line, as torch allocates its tensors)
+    y16 = kernels.empty((n, m), _bf16())
+    y32 = kernels.empty((n, m), np.float32)
     # The float32 peer runs on the bf16-rounded values, so that only the products differ.
     x_r, w_r = kernels.from_bfloat16(x), kernels.from_bfloat16(w)
-    y_dense = np.empty((n, m), np.float32)
+    y_dense = kernels.empty((n, m), np.float32)
 
     if epilogue:  # the layer API: the weights rounded and packed once (Bf16Weights)
         packed = kernels.Bf16Weights(w_r)
@@ -191,16 +192,16 @@ def bf16_forward_backward_case(n: int, k: int, m: int, threads: int) -> Case:
 
     def buffers():  # y, z (the pre-activation), dx, dw, db
         return (
-            np.empty((n, m), np.float32),
-            np.empty((n, m), np.float32),
-            np.empty_like(x),
-            np.empty_like(w),
-            np.empty_like(b),
+            kernels.empty((n, m), np.float32),
+            kernels.empty((n, m), np.float32),
+            kernels.empty(x.shape, x.dtype),
+            kernels.empty(w.shape, w.dtype),
+            kernels.empty(b.shape, b.dtype),
         )
 
     y32, z32, dx32, dw32, db32 = buffers()
-    y, dx = np.empty((n, m), _bf16()), np.empty((n, k), _bf16())
-    dw, db = np.empty_like(w), np.empty_like(b)
+    y, dx = kernels.empty((n, m), _bf16()), kernels.empty((n, k), _bf16())
+    dw, db = kernels.empty(w.shape, w.dtype), kernels.empty(b.shape, b.dtype)
 
     def run_densekit():
         packed.pack(w, num_threads=threads)  # once per optimizer step in training
@@ -273,8 +274,8 @@ def int8_case(n: int, k: int, m: int, threads: int) -> Case:
     w = random_array(rng, (k, m), "float32")
     b = random_array(rng, (m,), "float32")
     qw = kernels.QuantizedWeights.quantize(w)
-    y = np.empty((n, m), np.float32)
-    y32 = np.empty((n, m), np.float32)
+    y = kernels.empty((n, m), np.float32)
+    y32 = kernels.empty((n, m), np.float32)
 
     def run_densekit():
         return kernels.dense_forward_int8(x, qw, b, activation="relu", out=y, num_threads=threads)
