@@ -89,7 +89,7 @@ def test_an_object_field_keeps_its_references():
     "dtype", ["float32", np.float64, np.int8, np.uint16, bool, "complex64", ml_dtypes.bfloat16]
 )
 @pytest.mark.parametrize("shape", [(), 0, 1, 7, (3, 5), (0, 4), (2, 3, 17)])
-def test_empty_is_numpy_empty_on_a_cache_line(dtype, shape):
+def test_empty_and_zeros_are_numpys_on_a_cache_line(dtype, shape):
     a = kernels.empty(shape, dtype)
     b = np.empty(shape, dtype)
     assert (a.shape, a.dtype) == (b.shape, b.dtype)
@@ -98,6 +98,9 @@ def test_empty_is_numpy_empty_on_a_cache_line(dtype, shape):
     assert a.flags.c_contiguous and a.flags.writeable
     a[...] = 1
     assert np.all(a == 1)
+    z = kernels.zeros(shape, dtype)
+    assert (z.shape, z.dtype, z.ctypes.data % 64) == (b.shape, b.dtype, 0)
+    np.testing.assert_array_equal(z, np.zeros(shape, dtype))
     assert kernels.empty(np.int64(3)).shape == (3,)  # any integer with __index__
     assert kernels.empty([2, 3]).dtype == np.float32  # the default dtype
     assert kernels.empty(np.array([2, 3])).shape == (2, 3)
@@ -134,25 +137,26 @@ def test_empty_frees_its_storage():
     assert peak_mib() - start < 160
 
 
-def test_empty_rejections_name_the_argument():
+def test_empty_and_zeros_rejections_name_the_argument():
     cases = [
-        (lambda: kernels.empty((2, -1)), ValueError, "shape"),
-        (lambda: kernels.empty(2**70), ValueError, "shape"),
-        (lambda: kernels.empty(2.5), TypeError, "shape"),
-        (lambda: kernels.empty((2, 2.0)), TypeError, "shape"),
-        (lambda: kernels.empty(True), TypeError, "shape"),
-        (lambda: kernels.empty("3"), TypeError, "shape"),
+        (lambda make: make((2, -1)), ValueError, "shape"),
+        (lambda make: make(2**70), ValueError, "shape"),
+        (lambda make: make(2.5), TypeError, "shape"),
+        (lambda make: make((2, 2.0)), TypeError, "shape"),
+        (lambda make: make(True), TypeError, "shape"),
+        (lambda make: make("3"), TypeError, "shape"),
         # an ndarray's items are made as they are read (found by tools/fuzz_bindings.py: read
         # after their release, a crash)
-        (lambda: kernels.empty(np.empty((5, 0))), TypeError, "shape"),
-        (lambda: kernels.empty(3, "no such dtype"), TypeError, "dtype"),
-        (lambda: kernels.empty(3, object), TypeError, "dtype"),
-        (lambda: kernels.empty(3, "U4"), TypeError, "dtype"),
-        (lambda: kernels.empty(3, [("a", "f4"), ("b", "i4")]), TypeError, "dtype"),
+        (lambda make: make(np.empty((5, 0))), TypeError, "shape"),
+        (lambda make: make(3, "no such dtype"), TypeError, "dtype"),
+        (lambda make: make(3, object), TypeError, "dtype"),
+        (lambda make: make(3, "U4"), TypeError, "dtype"),
+        (lambda make: make(3, [("a", "f4"), ("b", "i4")]), TypeError, "dtype"),
     ]
-    for call, error, argument in cases:
-        with pytest.raises(error) as info:
-            call()
-        assert str(info.value).startswith(argument + ":"), str(info.value)
-    with pytest.raises(MemoryError, match="unable to allocate"):
-        kernels.empty((1 << 40, 1 << 30))
+    for make in (kernels.empty, kernels.zeros):
+        for call, error, argument in cases:
+            with pytest.raises(error) as info:
+                call(make)
+            assert str(info.value).startswith(argument + ":"), str(info.value)
+        with pytest.raises(MemoryError, match="unable to allocate"):
+            make((1 << 40, 1 << 30))

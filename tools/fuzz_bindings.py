@@ -309,6 +309,7 @@ SPECS = {
         "kw": {"out": "q,c", "num_threads": "threads"},
     },
     "empty": {"pos": [("shape", "shape"), ("dtype", "dtype")], "kw": {}},
+    "zeros": {"pos": [("shape", "shape"), ("dtype", "dtype")], "kw": {}},
     "pack_weights": {"pos": [("w", "k,m")], "kw": {"num_threads": "threads"}},
     "confusion_counts": {
         "pos": [("prediction", "n,c"), ("target", "n,c"), ("thresholds", "sorted:t")],

@@ -3,6 +3,7 @@
 #include "data.hpp"
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,19 @@ py::array empty_py(py::handle shape_obj, py::handle dtype_obj) {
   return aligned_array(dtype, dims);
 }
 
+// numpy.zeros(shape, dtype), the data 64-byte aligned: empty_py, then zero bytes (zero for
+// every numeric dtype, bfloat16 included).
+py::array zeros_py(py::handle shape_obj, py::handle dtype_obj) {
+  py::array a = empty_py(shape_obj, dtype_obj);
+  void* data = a.mutable_data();
+  const size_t bytes = static_cast<size_t>(a.nbytes());
+  {
+    const GilRelease nogil;
+    std::memset(data, 0, bytes);
+  }
+  return a;
+}
+
 }  // namespace
 
 void bind_data(py::module_& m) {
@@ -125,6 +139,9 @@ void bind_data(py::module_& m) {
         "A new uninitialised C-contiguous array, as numpy.empty(shape, dtype), whose data "
         "starts on a 64-byte boundary (a cache line), as torch aligns its tensors; numeric "
         "dtypes only (bool, integers, floats, complex, ml_dtypes.bfloat16).");
+  m.def("zeros", &zeros_py, py::arg("shape"), py::arg("dtype") = py::str("float32"),
+        "A new zero C-contiguous array, as numpy.zeros(shape, dtype), whose data starts on a "
+        "64-byte boundary; the dtypes of empty.");
 }
 
 }  // namespace densekit::bind

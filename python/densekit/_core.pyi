@@ -457,6 +457,9 @@ def take_rows(
 def empty(
     shape: SupportsIndex | Sequence[SupportsIndex], dtype: npt.DTypeLike = "float32"
 ) -> npt.NDArray[Any]: ...
+def zeros(
+    shape: SupportsIndex | Sequence[SupportsIndex], dtype: npt.DTypeLike = "float32"
+) -> npt.NDArray[Any]: ...
 
 # Metric kernels (csrc/metrics.hpp): prediction and target (n, d); float64 sums.
 def confusion_counts(

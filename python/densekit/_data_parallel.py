@@ -21,8 +21,7 @@ import time
 
 import numpy as np
 
-from . import data
-from .training import aligned_zeros
+from . import data, kernels
 
 # finish's polling: a few tens of microseconds of plain polls, then polls that yield the core
 # (about a millisecond in all), then polls with a sleep between them
@@ -234,9 +233,9 @@ class StepEngine:
         self.buckets = self._buckets(segments, strategy.bucket_bytes // gradients.itemsize)
         per_rank = strategy.slots // strategy.size
         depth = per_rank.bit_length() - 1  # partial sums held while a rank's leaves come in
-        self.free = [aligned_zeros(gradients.size, self.dtype) for _ in range(depth)]
+        self.free = [kernels.zeros(gradients.size, self.dtype) for _ in range(depth)]
         self.received = (
-            aligned_zeros(gradients.size, self.dtype)
+            kernels.zeros(gradients.size, self.dtype)
             if strategy.deterministic and strategy.size > 1
             else None
         )

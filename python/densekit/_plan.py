@@ -31,14 +31,6 @@ from .layers import Dense, Dropout, ReLU
 LINEAR = Activation("linear", None)
 
 
-def _zeros(shape, dtype) -> np.ndarray:
-    """A zeroed buffer whose data starts on a cache line (``kernels.empty``): the AMX tiles
-    read a bf16 operand in place and accumulate into a float32 output only there."""
-    buffer = kernels.empty(shape, dtype)
-    buffer.fill(0)
-    return buffer
-
-
 def _with_alpha(options: dict, activation: Activation) -> dict:
     if activation.alpha is not None:
         options["alpha"] = activation.alpha
@@ -614,28 +606,28 @@ class Workspace:
         self.training = mode == "train"
         self.ops = ops
         rows = capacity
-        self.x = _zeros((rows, input_width), dtype)
-        self.y = _zeros((rows, *target_template.shape[1:]), target_template.dtype)
-        self.sample_weight = _zeros(rows, dtype)
+        self.x = kernels.zeros((rows, input_width), dtype)
+        self.y = kernels.zeros((rows, *target_template.shape[1:]), target_template.dtype)
+        self.sample_weight = kernels.zeros(rows, dtype)
         self.acts, self.preacts, self.grads, self.scratch = [], [], [], []
         self.activity_scratch = []  # per op: the L1 activity penalty's sign buffer, or None
         first_trained = first_weighted_op(ops, layer_grads)
         for i, op in enumerate(self.ops):
             shape = (rows * op.rows_per_sample, op.width)
-            self.acts.append(_zeros(shape, dtype))
+            self.acts.append(kernels.zeros(shape, dtype))
             keep_preact = self.training and op.needs_preact
-            self.preacts.append(_zeros(shape, dtype) if keep_preact else None)
+            self.preacts.append(kernels.zeros(shape, dtype) if keep_preact else None)
             needs_grad = self.training and first_trained is not None and i >= first_trained
-            self.grads.append(_zeros(shape, dtype) if needs_grad else None)
+            self.grads.append(kernels.zeros(shape, dtype) if needs_grad else None)
             has_scratch = hasattr(op, "scratch")
             self.scratch.append(op.scratch(shape, dtype) if has_scratch else None)
             activity = getattr(op, "activity_regularizer", None)
             needs = activity is not None and activity.needs_scratch
-            self.activity_scratch.append(_zeros(shape, dtype) if needs else None)
+            self.activity_scratch.append(kernels.zeros(shape, dtype) if needs else None)
         self.first_trained = first_trained
         self.probabilities = None
         if absorbed is not None and any(m.needs_probabilities for m in metrics):
-            self.probabilities = _zeros((rows, output_width), dtype)
+            self.probabilities = kernels.zeros((rows, output_width), dtype)
         self._plans: dict[tuple[int, bool], Plan] = {}
 
     def plan(self, n: int, weighted: bool) -> Plan:

@@ -74,6 +74,7 @@ from ._core import (
     take_rows,
     to_bfloat16,
     top_k_hits,
+    zeros,
 )
 
 __all__ = [
@@ -137,4 +138,5 @@ __all__ = [
     "take_rows",
     "to_bfloat16",
     "top_k_hits",
+    "zeros",
 ]

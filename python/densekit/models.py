@@ -26,7 +26,7 @@ from ._fit import int_at_least
 from ._guard import WeightGuard
 from ._plan import RefreshedChain, build_ops, inference_chain
 from .layers import InputLayer, Layer, unique_name
-from .training import TrainingState, aligned_zeros, dataset_for, inputs_for
+from .training import TrainingState, dataset_for, inputs_for
 
 
 class Sequential:
@@ -206,7 +206,7 @@ class Sequential:
             for layer in self.layers
             for attr, shape, init in layer.weight_specs
         ]
-        params = aligned_zeros(sum(math.prod(shape) for shape, _, _ in specs), dtype)
+        params = kernels.zeros(sum(math.prod(shape) for shape, _, _ in specs), dtype)
         # The trainable weights come first in the buffer, the frozen ones after them, so
         # that the optimizer's one kernel call covers exactly the trainable prefix; the
         # weights are drawn in Keras's order all the same.

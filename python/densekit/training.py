@@ -34,29 +34,6 @@ _BIG_NORM = 1e300  # clip_by_global_norm with this bound only measures the norm
 _MAX_WORKSPACES = 8  # batch shapes kept at once; a ninth clears them
 
 
-def aligned_zeros(size: int, dtype) -> np.ndarray:
-    """A zero vector starting on a 64-byte cache line (NumPy gives 16 bytes), so that the
-    kernels read weights and gradients in whole lines.
-
-    Parameters
-    ----------
-    size : int
-        The number of elements.
-    dtype : numpy.dtype or str
-        Their type.
-
-    Returns
-    -------
-    numpy.ndarray
-        A 1-D zero array whose data starts on a 64-byte boundary.
-    """
-    dtype = np.dtype(dtype)
-    spare = 64 // dtype.itemsize
-    raw = np.zeros(size + spare, dtype)
-    start = (-raw.ctypes.data % 64) // dtype.itemsize
-    return raw[start : start + size]
-
-
 def _converted(x, dtype, name: str) -> np.ndarray:
     """``x`` as a C-contiguous array of ``dtype`` (itself when it is one)."""
     if not (isinstance(x, np.ndarray) and x.dtype == dtype and x.flags.c_contiguous):
@@ -326,7 +303,7 @@ class TrainingState:
     def _bind_gradients(self) -> None:
         """A new flat gradient buffer shaped like the trainable parameters, its views in
         Keras's order (None for a frozen weight), and each layer's views (by layer id)."""
-        gradients = aligned_zeros(self._trainable_parameters.size, self._dtype)
+        gradients = kernels.zeros(self._trainable_parameters.size, self._dtype)
         views = [
             gradients[o : o + size].reshape(shape) if trained else None
             for (o, size, shape), trained in zip(self._weight_slices, self._weight_trained)
