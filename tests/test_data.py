@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import tracemalloc
 
 import ml_dtypes
 import numpy as np
@@ -122,6 +123,20 @@ def test_arrays_the_kernels_make_start_on_a_cache_line():
         kernels.QuantizedWeights.quantize(w).scales,
     ]
     assert [a.ctypes.data % 64 for a in made] == [0] * len(made)
+
+
+def test_tracemalloc_counts_the_arrays_as_numpys():
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        a = kernels.empty((256, 1024), np.float32)  # 1 MiB
+        held, _ = tracemalloc.get_traced_memory()
+        del a
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held - before >= 1 << 20
+    assert after - before < 1 << 16
 
 
 def test_empty_frees_its_storage():

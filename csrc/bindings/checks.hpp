@@ -233,6 +233,16 @@ inline bool out_array(py::handle obj, const char* name, DType dtype,
   return true;
 }
 
+// NumPy's tracemalloc domain: aligned_array traces its data there, as NumPy traces its own, so
+// that tracemalloc counts these arrays as it counts numpy.empty's.
+constexpr unsigned int kNumpyTraceDomain = 389047;
+// CPython's tracemalloc.h declares these without extern "C" (3.9-3.13), which under C++ names
+// mangled symbols that libpython does not have; declared again here with C linkage.
+namespace cpython {
+extern "C" int PyTraceMalloc_Track(unsigned int domain, std::uintptr_t ptr, size_t size);
+extern "C" int PyTraceMalloc_Untrack(unsigned int domain, std::uintptr_t ptr);
+}  // namespace cpython
+
 // A new C-contiguous array whose data starts on a 64-byte boundary (NumPy's own allocations
 // start 16 bytes into a line): a row of 64 bytes then lies in one cache line, which the AMX
 // tiles need to read an operand in place or accumulate into an output (a tile row across two
@@ -260,11 +270,15 @@ inline py::array aligned_array(const py::dtype& dtype, const std::vector<py::ssi
   if (data == nullptr) no_memory(std::to_string(bytes) + " bytes");
   py::capsule owner;
   try {
-    owner = py::capsule(data, [](void* p) { std::free(p); });
+    owner = py::capsule(data, [](void* p) {
+      cpython::PyTraceMalloc_Untrack(kNumpyTraceDomain, reinterpret_cast<std::uintptr_t>(p));
+      std::free(p);
+    });
   } catch (...) {
     std::free(data);
     throw;
   }
+  cpython::PyTraceMalloc_Track(kNumpyTraceDomain, reinterpret_cast<std::uintptr_t>(data), bytes);
   return py::array(dtype, dims, data, owner);
 }
 
