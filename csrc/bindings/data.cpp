@@ -1,5 +1,5 @@
 // Bindings of take_rows (numpy.take(source, indices, axis=0, out=out) without the GIL) and of
-// empty (numpy.empty with the data on a 64-byte boundary).
+// empty and zeros (numpy.empty / numpy.zeros with the data on a 64-byte boundary).
 #include "data.hpp"
 
 #include <cstdint>
@@ -76,16 +76,14 @@ py::array take_rows_py(py::handle source_obj, py::handle indices_obj, py::handle
 py::array empty_py(py::handle shape_obj, py::handle dtype_obj) {
   std::vector<py::ssize_t> dims;
   auto dimension = [&](py::handle d) {
-    auto not_int = [&] {
+    // an int or anything with __index__ (NumPy's integers; not bool, nor an ndarray of
+    // several elements, which __index__ refuses)
+    PyObject* index_ptr = py::isinstance<py::bool_>(d) ? nullptr : PyNumber_Index(d.ptr());
+    if (index_ptr == nullptr) {
+      PyErr_Clear();
       type_fail("shape", "expected an int or a sequence of ints, got " + type_name(d));
-    };
-    if (py::isinstance<py::bool_>(d) || !py::hasattr(d, "__index__")) not_int();
-    py::object index;
-    try {
-      index = d.attr("__index__")();  // an ndarray has __index__ but refuses most shapes
-    } catch (py::error_already_set&) {
-      not_int();
     }
+    const auto index = py::reinterpret_steal<py::object>(index_ptr);
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
     if (overflow != 0 || v < 0)
