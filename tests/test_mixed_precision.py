@@ -152,6 +152,43 @@ def test_a_training_step_is_the_bf16_kernels_step():
     np.testing.assert_array_equal(model.layers[0].bias, b - np.float32(0.1) * db)
 
 
+@pytest.mark.parametrize("feed", ["train_on_batch", "fortran_batch", "fit"])
+def test_the_first_mixed_layer_rounds_x_once_to_the_same_step(feed):
+    """The plan rounds x to bf16 once per step for the first mixed layer's forward and dw:
+    every way a batch arrives (read in place, copied into the plan, gathered by fit with a
+    short last batch) gives the SGD steps made from the float32-x kernels by hand."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((23, 12)).astype(np.float32)  # not exact in bf16
+    y = rng.standard_normal((23, 5)).astype(np.float32)
+    model = densekit.Sequential(
+        [
+            layers.Input((12,)),
+            layers.Dense(6, "relu", dtype="mixed_bfloat16"),
+            layers.Dense(5, dtype="mixed_bfloat16"),
+        ]
+    )
+    model.compile(densekit.optimizers.SGD(0.1), "mse")
+    weights = [w.copy() for w in model.get_weights()]
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    if feed == "fit":
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    else:
+        for xb, yb in batches:
+            model.train_on_batch(np.asfortranarray(xb) if feed == "fortran_batch" else xb, yb)
+    lr = np.float32(0.1)
+    for xb, yb in batches:
+        w1, b1, w2, b2 = weights
+        p1, p2 = K.Bf16Weights(w1), K.Bf16Weights(w2, transposed=True)
+        h = K.dense_forward_bf16(xb, p1, b1, activation="relu")
+        out = K.dense_forward_bf16(h, p2, b2)
+        _, grad = K.mse(out, yb)
+        dh, dw2, db2 = K.dense_backward_bf16(grad, h, p2, y=out)
+        _, dw1, db1 = K.dense_backward_bf16(dh, xb, p1, y=h, activation="relu", need_dx=False)
+        weights = [w1 - lr * dw1, b1 - lr * db1, w2 - lr * dw2, b2 - lr * db2]
+    for got, want in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_mixed_training_is_bitwise_identical_for_any_thread_count():
     (x, y), _ = digits()
     results = []

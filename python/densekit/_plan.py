@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 
+import ml_dtypes
 import numpy as np
 
 from . import _norm_plan, kernels, mixed_precision
@@ -625,6 +626,18 @@ class Workspace:
             needs = activity is not None and activity.needs_scratch
             self.activity_scratch.append(kernels.zeros(shape, dtype) if needs else None)
         self.first_trained = first_trained
+        # A trained mixed_bfloat16 first layer reads x twice a step (its forward's product,
+        # and dw = x^T dz): x is rounded to bf16 once, into x16, and both calls read that.
+        # The products round a float32 operand to the same bits, so the results are the same.
+        self.x16 = None
+        if (
+            self.training
+            and first_trained == 0
+            and isinstance(ops[0], Bf16DenseOp)
+            and np.dtype(dtype) == np.float32
+        ):
+            shape = (rows * ops[0].rows_per_sample, ops[0].input_width)
+            self.x16 = kernels.zeros(shape, ml_dtypes.bfloat16)
         self.probabilities = None
         if absorbed is not None and any(m.needs_probabilities for m in metrics):
             self.probabilities = kernels.zeros((rows, output_width), dtype)
@@ -673,6 +686,11 @@ class Workspace:
             before.reshape(count, op.input_width)
             for before, op, count in zip([plan.x, *acts[:-1]], self.ops, counts)
         ]
+        rounding = None  # x into x16, the first call of the step when x16 is used
+        if self.x16 is not None:
+            x16 = self.x16[: counts[0]]
+            rounding = functools.partial(kernels.to_bfloat16, inputs[0], out=x16)
+            inputs[0] = x16
         input_grads = [None] + [
             None if before is None else before.reshape(count, op.input_width)
             for before, op, count in zip(grads[:-1], self.ops[1:], counts[1:])
@@ -685,6 +703,8 @@ class Workspace:
             return op.forward(source, acts[i], preacts[i])
 
         forward = [forward_call(i, source) for i, source in enumerate(inputs)]
+        if rounding is not None:
+            forward.insert(0, rounding)
         output = acts[-1].reshape(n, -1) if acts else plan.x  # flat samples
         plan.output = output
 
@@ -765,6 +785,10 @@ class Workspace:
 
             def reading(x):
                 source = x.reshape(counts[0], self.ops[0].input_width)
+                if rounding is not None:  # the first layer's calls read x16
+                    x16 = rounding.keywords["out"]
+                    first = functools.partial(kernels.to_bfloat16, source, out=x16)
+                    return (first, *plan.buffer_calls[0][1:]), plan.buffer_calls[1]
                 calls = (forward_call(0, source), *plan.buffer_calls[0][1:])
                 if not last_reads_x:
                     return calls, plan.buffer_calls[1]
