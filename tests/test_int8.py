@@ -172,6 +172,23 @@ def test_rows_are_quantized_in_blocks_with_each_row_s_own_scale(path):
         np.testing.assert_array_equal(y[[0, 18]], np.stack([b, b]))
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k", [64, 127, 200])
+def test_row_quantization_ties_to_even_and_clamps_at_127(path, k):
+    # Each row's peak is 127 (scale 1): half-integers are ties (to even), and the values at
+    # +-127 and the largest float32 below 127.5 (rounds to 127) sit at the clamps. With
+    # w = I, every output is one quantized x times its scales, so one wrong byte shows.
+    rng = np.random.default_rng(k)
+    x = (rng.integers(-254, 255, size=(5, k)) / np.float32(2)).astype(np.float32)
+    x[:, 0] = 127.0
+    x[1, 1:9] = [0.5, -0.5, 1.5, -1.5, 126.5, -126.5, -127.0, 2.5]
+    x[2, -3:] = [np.nextafter(np.float32(127.5), 0), -127.0, 125.5]
+    qw = K.QuantizedWeights.quantize(np.eye(k, dtype=np.float32))
+    y = _core._dense_int8_path_test(path, x, qw)
+    np.testing.assert_array_equal(y, reference(x, qw))
+    np.testing.assert_array_equal(y[1, 1:9], [0, 0, 2, -2, 126, -126, -127, 2])
+
+
 def test_special_rows_zero_and_non_finite():
     qw = K.QuantizedWeights.quantize(np.ones((6, 4), np.float32))
     x = np.zeros((3, 6), np.float32)
