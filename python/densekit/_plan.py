@@ -627,14 +627,17 @@ class Workspace:
             self.activity_scratch.append(kernels.zeros(shape, dtype) if needs else None)
         self.first_trained = first_trained
         # A trained mixed_bfloat16 first layer reads x twice a step (its forward's product,
-        # and dw = x^T dz): x is rounded to bf16 once, into x16, and both calls read that.
-        # The products round a float32 operand to the same bits, so the results are the same.
+        # and dw = x^T dz): on the register-tile paths x is rounded to bf16 once, into x16,
+        # and both calls read that (the products round a float32 operand to the same bits,
+        # so the results are the same). Not on the AMX path, where the extra pass over x cost
+        # more than the two roundings it saves (csrc/lowp/README.md).
         self.x16 = None
         if (
             self.training
             and first_trained == 0
             and isinstance(ops[0], Bf16DenseOp)
             and np.dtype(dtype) == np.float32
+            and kernels.bf16_config()["path"] != "amx"
         ):
             shape = (rows * ops[0].rows_per_sample, ops[0].input_width)
             self.x16 = kernels.zeros(shape, ml_dtypes.bfloat16)
