@@ -40,16 +40,35 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_benchmarks_page_is_generated_from_the_reference_run():
+def kept_runs() -> list[tuple[str, str]]:
+    """(results JSON, its page): the reference run's, and one per other CPU kind kept
+    (bench/results-<kind>.json -> docs/benchmarks-<kind>.md)."""
+    runs = [("bench/results-reference.json", "docs/benchmarks.md")]
+    for path in sorted((ROOT / "bench").glob("results-*.json")):
+        kind = path.stem.removeprefix("results-")
+        if kind != "reference":
+            runs.append((f"bench/{path.name}", f"docs/benchmarks-{kind}.md"))
+    return runs
+
+
+@pytest.mark.parametrize("results,page_path", kept_runs())
+def test_benchmarks_pages_are_generated_from_the_kept_runs(results, page_path):
     from bench import report
 
-    document = json.loads(REFERENCE.read_text(encoding="utf-8"))
-    expected = report.markdown_page(document, "bench/results-reference.json")
-    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    document = json.loads((ROOT / results).read_text(encoding="utf-8"))
+    expected = report.markdown_page(document, results)
+    page = (ROOT / page_path).read_text(encoding="utf-8")
     assert page == expected, (
-        "docs/benchmarks.md differs from what the reference JSON gives: regenerate it with "
-        "python -m bench.report bench/results-reference.json > docs/benchmarks.md"
+        f"{page_path} differs from what {results} gives: regenerate it with "
+        f"python -m bench.report {results} > {page_path}"
     )
+
+
+def test_every_benchmarks_page_is_in_the_documentation():
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    for _, page_path in kept_runs():
+        entry = f"\n{Path(page_path).stem}\n"
+        assert entry in index, f"{page_path}: not in docs/index.md's toctree"
 
 
 def test_readme_headline_is_generated_from_the_reference_run():
