@@ -152,11 +152,12 @@ def test_a_training_step_is_the_bf16_kernels_step():
     np.testing.assert_array_equal(model.layers[0].bias, b - np.float32(0.1) * db)
 
 
-@pytest.mark.parametrize("feed", ["train_on_batch", "fortran_batch", "fit"])
+@pytest.mark.parametrize("feed", ["train_on_batch", "fit", "fit_batches"])
 def test_the_first_mixed_layer_rounds_x_once_to_the_same_step(feed):
     """The plan rounds x to bf16 once per step for the first mixed layer's forward and dw:
-    every way a batch arrives (read in place, copied into the plan, gathered by fit with a
-    short last batch) gives the SGD steps made from the float32-x kernels by hand."""
+    every way a batch arrives (read in place by train_on_batch, gathered by fit from arrays,
+    copied into the plan from fit's batches of a generator; a short last batch) gives the
+    SGD steps made from the float32-x kernels by hand."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((23, 12)).astype(np.float32)  # not exact in bf16
     y = rng.standard_normal((23, 5)).astype(np.float32)
@@ -172,9 +173,11 @@ def test_the_first_mixed_layer_rounds_x_once_to_the_same_step(feed):
     batches = [(x[:16], y[:16]), (x[16:], y[16:])]
     if feed == "fit":
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    elif feed == "fit_batches":
+        model.fit(iter(batches), steps_per_epoch=2, epochs=1, verbose=0)
     else:
         for xb, yb in batches:
-            model.train_on_batch(np.asfortranarray(xb) if feed == "fortran_batch" else xb, yb)
+            model.train_on_batch(xb, yb)
     lr = np.float32(0.1)
     for xb, yb in batches:
         w1, b1, w2, b2 = weights

@@ -689,11 +689,9 @@ class Workspace:
             before.reshape(count, op.input_width)
             for before, op, count in zip([plan.x, *acts[:-1]], self.ops, counts)
         ]
-        rounding = None  # x into x16, the first call of the step when x16 is used
+        x_rows, x16 = inputs[0], None  # x16: x rounded, read by the first layer's calls
         if self.x16 is not None:
-            x16 = self.x16[: counts[0]]
-            rounding = functools.partial(kernels.to_bfloat16, inputs[0], out=x16)
-            inputs[0] = x16
+            x16 = inputs[0] = self.x16[: counts[0]]
         input_grads = [None] + [
             None if before is None else before.reshape(count, op.input_width)
             for before, op, count in zip(grads[:-1], self.ops[1:], counts[1:])
@@ -706,8 +704,8 @@ class Workspace:
             return op.forward(source, acts[i], preacts[i])
 
         forward = [forward_call(i, source) for i, source in enumerate(inputs)]
-        if rounding is not None:
-            forward.insert(0, rounding)
+        if x16 is not None:  # the step's first call rounds x into x16
+            forward.insert(0, functools.partial(kernels.to_bfloat16, x_rows, out=x16))
         output = acts[-1].reshape(n, -1) if acts else plan.x  # flat samples
         plan.output = output
 
@@ -788,8 +786,7 @@ class Workspace:
 
             def reading(x):
                 source = x.reshape(counts[0], self.ops[0].input_width)
-                if rounding is not None:  # the first layer's calls read x16
-                    x16 = rounding.keywords["out"]
+                if x16 is not None:  # the first layer's calls read x16: round x into it
                     first = functools.partial(kernels.to_bfloat16, source, out=x16)
                     return (first, *plan.buffer_calls[0][1:]), plan.buffer_calls[1]
                 calls = (forward_call(0, source), *plan.buffer_calls[0][1:])
