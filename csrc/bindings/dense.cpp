@@ -47,11 +47,11 @@ class PackedWeights {
     py::array w = float_array(w_obj, "w", &dtype_);
     require_ndim(w, "w", 2);
     const int threads = resolve_num_threads(thread_count(threads_obj));
-    weights_ = aligned_array(w.dtype(), std::vector<py::ssize_t>(w.shape(), w.shape() + 2));
-    std::memcpy(weights_.mutable_data(), w.data(), static_cast<size_t>(w.nbytes()));
-    weights_.attr("setflags")(py::arg("write") = false);
     const index_t k = static_cast<index_t>(w.shape(0));
     const index_t m = static_cast<index_t>(w.shape(1));
+    weights_ = new_array(dtype_, {k, m});
+    std::memcpy(weights_.mutable_data(), w.data(), static_cast<size_t>(w.nbytes()));
+    weights_.attr("setflags")(py::arg("write") = false);
     for_dtype(dtype_, [&](auto tag) {
       using T = decltype(tag);
       const T* wp = cptr<T>(weights_);

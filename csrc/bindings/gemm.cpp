@@ -130,8 +130,9 @@ py::object positive_slopes_isa_test(const std::string& isa_text, py::handle dy_o
   DType dtype;
   py::array dy = float_array(dy_obj, "dy", &dtype);
   py::array y = float_array_like(y_obj, "y", dtype, "dy");
-  require_shape(y, "y", std::vector<index_t>(dy.shape(), dy.shape() + dy.ndim()));
-  py::array dz = aligned_array(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
+  const std::vector<index_t> shape(dy.shape(), dy.shape() + dy.ndim());
+  require_shape(y, "y", shape);
+  py::array dz = new_array(dtype, shape);
   bool done = false;
   for_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
