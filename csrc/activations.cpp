@@ -236,9 +236,10 @@ void for_element_blocks(index_t count, int num_threads, const Body& body) {
 
 }  // namespace
 
-// The comparisons pick one of three values per element (no branch on the data, so the loops
-// vectorise); the operations and their order are Keras's (torch backend), so float32 gives
-// its bits: clip(z, 0, max_value) above the threshold, 0 - slope * (threshold - z) below.
+// Keras's operations in its order (torch backend), so float32 gives its bits: clip(z, 0,
+// max_value) above the threshold, 0 - slope * (threshold - z) below, 0 at the threshold, NaN
+// kept. Every value is computed for every element and the comparisons pick one, so the loop
+// vectorises without a branch on the data.
 template <typename T>
 void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, int num_threads) {
   const T cap = static_cast<T>(relu.max_value);
@@ -256,17 +257,25 @@ void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, i
   });
 }
 
+// The derivative's comparisons are made on z's bits (order_key) and pick the slope by masks:
+// the same comparisons of floats, choosing between constants, compile to a branch on the
+// data, which mispredicts on z of either sign.
 template <typename T>
 void relu_backward(T* dz, const T* dy, const T* z, index_t count, const ReluParameters& relu,
                    int num_threads) {
   const T cap = static_cast<T>(relu.max_value);
   const T slope = static_cast<T>(relu.negative_slope);
   const T threshold = static_cast<T>(relu.threshold);
+  const Bits<T> cap_key = order_key(cap), threshold_key = order_key(threshold);
   for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
     for (index_t i = begin; i < end; ++i) {
       const T v = z[i];
-      const T above = v <= cap ? T(1) : T(0);
-      dz[i] = dy[i] * (v > threshold ? above : (v < threshold ? slope : T(0)));
+      const Bits<T> key = order_key(v);
+      const bool number = !is_nan_bits(v);
+      const T below = select<T>(mask_if<T>(number & (key < threshold_key)), slope, T(0));
+      const Bits<T> passes = mask_if<T>(number & (key > threshold_key) & (key <= cap_key));
+      const T derivative = select<T>(passes, T(1), below);
+      dz[i] = dy[i] * derivative;
     }
   });
 }

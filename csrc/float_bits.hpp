@@ -42,4 +42,17 @@ inline T select(Bits<T> mask, T if_set, T otherwise) {
                      (bit_cast<Bits<T>>(otherwise) & ~mask));
 }
 
+// A float's bits as a signed integer ordered as the values: +0 and -0 the same key, the
+// negatives below; NaN's keys lie beyond +-inf's, so the callers test for NaN apart.
+template <typename T>
+inline Bits<T> order_key(T v) {
+  const Bits<T> bits = bit_cast<Bits<T>>(v);
+  return bits >= 0 ? bits : kSignBit<T> - bits;
+}
+
+template <typename T>
+inline bool is_nan_bits(T v) {
+  return (bit_cast<Bits<T>>(v) & kMagnitudeBits<T>) > kInfinityBits<T>;
+}
+
 }  // namespace densekit

@@ -575,6 +575,25 @@ def test_relu_special_values(dtype):
     np.testing.assert_array_equal(dz, np.array([0, 0.5, 0, 0.5, 0.5, 0, 1, 0], dtype))
 
 
+@pytest.mark.parametrize("parameters", RELU_PARAMETERS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_relu_backward_compares_on_every_kind_of_value(parameters, dtype):
+    """relu_backward compares z's bits, not its values: NaN of either sign, +-0, +-inf,
+    subnormals, the threshold and the cap themselves and their neighbours, over a length
+    that is no multiple of any vector width, give the derivative the comparisons of values
+    give."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    points = [float(dtype(v)) for k, v in parameters.items() if k != "negative_slope"]
+    values = [np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1e30]
+    for p in [*points, 0.0]:
+        values += [p, np.nextafter(dtype(p), dtype(np.inf)), np.nextafter(dtype(p), dtype(-np.inf))]
+    z = np.array(values * 7, dtype)[:-3]
+    dy = np.random.default_rng(6).standard_normal(z.shape).astype(dtype)
+    dz = kernels.relu_backward(dy, z, **parameters)
+    want = reference.relu_grad(dy, z, **in_dtype(parameters, dtype)).astype(dtype)
+    np.testing.assert_array_equal(dz.view(f"u{z.itemsize}"), want.view(f"u{z.itemsize}"))
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_relu_bitwise_for_every_thread_count_in_place_and_out(dtype):
     rng = np.random.default_rng(4)
