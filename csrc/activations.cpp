@@ -159,26 +159,31 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
     const index_t r0 = task * row_block;
     const index_t r1 = std::min(rows, r0 + row_block);
     if (act.kind == ActivationKind::softmax) {
+      // p: the block's probabilities, y or softmax(z) (the forward's bits, y's from z)
+      const index_t begin = r0 * cols, count = (r1 - r0) * cols;
       std::vector<T> probs;
-      if (!use_y) probs.resize(static_cast<size_t>(cols));
-      for (index_t r = r0; r < r1; ++r) {
-        const T* dyr = dy + r * cols;
-        T* dzr = dz + r * cols;
-        const T* yr;
-        if (use_y) {
-          yr = y + r * cols;
-        } else {
-          std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
-          softmax_rows_inplace(probs.data(), 1, cols, cols);
-          yr = probs.data();
-        }
+      const T* p = use_y ? y + begin : nullptr;
+      if (!use_y) {
+        probs.assign(z + begin, z + begin + count);
+        softmax_rows_inplace(probs.data(), r1 - r0, cols, cols);
+        p = probs.data();
+      }
+      if (vecmath::vector_softmax_backward(dz + begin, dy + begin, p, r1 - r0, cols, cols))
+        return;
+      for (index_t r = 0; r < r1 - r0; ++r) {
+        const T* dyr = dy + begin + r * cols;
+        const T* pr = p + r * cols;
+        T* dzr = dz + begin + r * cols;
         T dot = T(0);
-        for (index_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
-        for (index_t j = 0; j < cols; ++j) dzr[j] = yr[j] * (dyr[j] - dot);
+        for (index_t j = 0; j < cols; ++j) dot += dyr[j] * pr[j];
+        for (index_t j = 0; j < cols; ++j) dzr[j] = pr[j] * (dyr[j] - dot);
       }
       return;
     }
     if (act.kind == ActivationKind::log_softmax) {
+      if (use_y && vecmath::vector_log_softmax_backward(dz + r0 * cols, dy + r0 * cols,
+                                                        y + r0 * cols, r1 - r0, cols, cols))
+        return;
       // dz = dy - softmax(z) * sum(dy), softmax(z) = exp(y) from the output (the vector
       // math's exponential where the ISA has it), or computed from z. probs holds the row,
       // since dz may be dy.

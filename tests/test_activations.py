@@ -145,6 +145,26 @@ def test_in_place_and_out(name):
     dy_copy = dy.copy()
     assert kernels.activation_backward(dy_copy, name, z=z, out=dy_copy) is dy_copy
     np.testing.assert_array_equal(dy_copy, dz)
+    if name in FROM_OUTPUT:  # from y: softmax's and log_softmax's vector rows among them
+        dz = kernels.activation_backward(dy, name, y=expected)
+        dy_copy = dy.copy()
+        assert kernels.activation_backward(dy_copy, name, y=expected, out=dy_copy) is dy_copy
+        np.testing.assert_array_equal(dy_copy, dz)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_softmax_backward_from_z_is_the_same_as_from_y(dtype):
+    """softmax's backward from z runs from softmax(z), the forward's bits: the same bits as
+    from the stored output, at row lengths around every vector width, on 1-3 threads."""
+    rng = np.random.default_rng(14)
+    for cols in (1, 10, 16, 17, 64, 100, 1000):
+        z = random_array(rng, (301, cols), dtype, 4.0)
+        dy = random_array(rng, (301, cols), dtype)
+        y = kernels.activation_forward(z, "softmax")
+        for threads in THREAD_COUNTS:
+            from_z = kernels.activation_backward(dy, "softmax", z=z, num_threads=threads)
+            from_y = kernels.activation_backward(dy, "softmax", y=y, num_threads=threads)
+            np.testing.assert_array_equal(from_z, from_y)
 
 
 def test_zero_d_and_empty_arrays():
@@ -172,6 +192,11 @@ def test_bitwise_identical_for_every_thread_count(name, dtype):
     for y, dz in zip(ys[1:], dzs[1:]):
         assert np.array_equal(y, ys[0], equal_nan=True)
         assert np.array_equal(dz, dzs[0], equal_nan=True)
+    if name in FROM_OUTPUT:
+        from_y = [
+            kernels.activation_backward(dy, name, y=ys[0], num_threads=t) for t in THREAD_COUNTS
+        ]
+        assert all(np.array_equal(dz, from_y[0], equal_nan=True) for dz in from_y[1:])
 
 
 TORCH_FORMS = {

@@ -418,11 +418,10 @@ def test_vector_derivatives_match_float64(isa):
             assert not bad.any(), (isa, act, z[:count][bad][:4], dz[bad][:4], truth[bad][:4])
             made = (np.abs(dz) < tiny) & (dz != 0) & (np.abs(truth) >= tiny)
             assert not made.any(), (isa, act, z[:count][made][:4])
-    for act in ("linear", "relu", "leaky_relu", "softmax"):
+    for act in ("linear", "relu", "leaky_relu"):  # softmax: test_vector_softmax_backward
         dz = np.full(16, 7.0, np.float32)
         assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act, dy=dy[:16])
-        if act != "softmax":  # softmax forward: see test_vector_softmax_matches_float64
-            assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act)
+        assert not _core._vector_math_isa_test(isa, dz, z[:16], activation=act)
         assert np.all(dz == 7.0)
 
 
@@ -1061,3 +1060,46 @@ def test_vector_column_sums_are_the_row_order_chain(isa, dtype, shape):
     for row in rows:
         truth += row.astype(np.float64)
     assert sums.tobytes() == truth.tobytes()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_softmax_backward_matches_float64(isa, dtype):
+    """softmax's and log_softmax's backward by the ISA's vector math (from their outputs) over
+    row lengths around every vector width (masked tails, the four-vector blocks) stay within a
+    few units of the row's scale of the float64 formulas; a row's bits do not depend on the
+    rows around it, and dz may be dy itself. The portable ISA has none."""
+    rng = np.random.default_rng(13)
+    eps = np.finfo(dtype).eps
+    for cols in (1, 2, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 129, 1000):
+        z = rng.standard_normal((6, cols)) * rng.choice([0.1, 3.0, 30.0], (6, 1))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        dy = rng.standard_normal((6, cols))
+        for act, out_of_z, truth in [
+            ("softmax", p, p * (dy - (dy * p).sum(axis=1, keepdims=True))),
+            ("log_softmax", np.log(p), dy - p * dy.sum(axis=1, keepdims=True)),
+        ]:
+            y, g = out_of_z.astype(dtype), dy.astype(dtype)
+            dz = np.full_like(g, 7.0)
+            done = _core._vector_math_isa_test(isa, dz, y, activation=act, dy=g)
+            if isa == "portable":
+                assert not done and np.all(dz == 7.0)
+                continue
+            assert done, (isa, act)
+            scale = np.abs(dy).sum(axis=1, keepdims=True) + np.abs(dy)
+            np.testing.assert_array_less(np.abs(dz - truth), 8 * eps * scale + 1e-300)
+            alone = np.empty_like(g[:1])
+            assert _core._vector_math_isa_test(isa, alone, y[3:4], activation=act, dy=g[3:4])
+            np.testing.assert_array_equal(alone, dz[3:4])
+    # log_softmax's backward given y above 88 in some row (no log-softmax output): exp(y) as
+    # the exponential activation's, overflowing to inf as float64's does
+    if isa != "portable":
+        y = np.array([[-1.0, 89.0, 0.5], [-3.0, -2.0, -1.0], [2.0, np.nan, -np.inf]], dtype)
+        g = np.array([[1.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.5, 0.0, 1.0]], dtype)
+        dz = np.empty_like(g)
+        assert _core._vector_math_isa_test(isa, dz, y, activation="log_softmax", dy=g)
+        with np.errstate(over="ignore", invalid="ignore"):
+            truth = g - np.exp(y.astype(np.float64)) * g.sum(axis=1, keepdims=True)
+            truth = truth.astype(dtype)
+        np.testing.assert_allclose(dz, truth, rtol=8 * eps, atol=0)

@@ -105,7 +105,17 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
     using T = decltype(tag);
     const index_t size = static_cast<index_t>(z.size());
     const GilRelease nogil;
-    if (is_row_activation(act.kind) && !has_dy) {  // over the last axis
+    if (is_row_activation(act.kind) && has_dy) {  // the backward, z being the output
+      const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
+      if (cols == 0) return;
+      done = act.kind == ActivationKind::softmax
+                 ? vecmath::vector_softmax_backward_with_isa<T>(
+                       isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols)
+                 : vecmath::vector_log_softmax_backward_with_isa<T>(
+                       isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols);
+      return;
+    }
+    if (is_row_activation(act.kind)) {  // over the last axis
       const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
       if (cols == 0) return;
       std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
@@ -209,8 +219,9 @@ void bind_gemm_testing(py::module_& m) {
   m.def("_vector_math_isa_test", &vector_math_isa_test, py::arg("isa"), py::arg("out"),
         py::arg("z"), py::kw_only(), py::arg("activation"), py::arg("alpha") = py::none(),
         py::arg("dy") = py::none(),
-        "Test hook: out = f(z), or dy * f'(z), by a given ISA's vector math; False where it "
-        "has none.");
+        "Test hook: out = f(z), or dy * f'(z), by a given ISA's vector math (softmax and "
+        "log_softmax: over the last axis, and their backward from their output z given dy); "
+        "False where it has none.");
   m.def("_positive_slopes_isa_test", &positive_slopes_isa_test, py::arg("isa"), py::arg("dy"),
         py::arg("y"), py::arg("slope"),
         "Test hook: dy * (y > 0 ? 1 : slope), y > 0 on its bits, by a given ISA's vector math; "

@@ -109,6 +109,36 @@ bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
   return vector_log_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
 }
 
+template <typename T>
+bool vector_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* p,
+                                      index_t rows, index_t cols, index_t ld) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.softmax_backward == nullptr) return false;
+  math.softmax_backward(dz, dy, p, rows, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_softmax_backward(T* dz, const T* dy, const T* p, index_t rows, index_t cols,
+                             index_t ld) {
+  return vector_softmax_backward_with_isa(gemm::isa_choice().isa, dz, dy, p, rows, cols, ld);
+}
+
+template <typename T>
+bool vector_log_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
+                                          index_t rows, index_t cols, index_t ld) {
+  const VectorMath<T>& math = vector_math<T>(isa);
+  if (math.log_softmax_backward == nullptr) return false;
+  math.log_softmax_backward(dz, dy, y, rows, cols, ld);
+  return true;
+}
+
+template <typename T>
+bool vector_log_softmax_backward(T* dz, const T* dy, const T* y, index_t rows, index_t cols,
+                                 index_t ld) {
+  return vector_log_softmax_backward_with_isa(gemm::isa_choice().isa, dz, dy, y, rows, cols, ld);
+}
+
 #define DENSEKIT_INSTANTIATE(T)                                                              \
   template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
   template bool vector_activation_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t,  \
@@ -121,6 +151,13 @@ bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
   template bool vector_positive_slopes_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \
                                                    T);                                       \
   template bool vector_column_sums<T>(double*, const T*, index_t, index_t, index_t);         \
+  template bool vector_softmax_backward<T>(T*, const T*, const T*, index_t, index_t, index_t); \
+  template bool vector_softmax_backward_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \
+                                                    index_t, index_t);                       \
+  template bool vector_log_softmax_backward<T>(T*, const T*, const T*, index_t, index_t,     \
+                                               index_t);                                     \
+  template bool vector_log_softmax_backward_with_isa<T>(gemm::Isa, T*, const T*, const T*,   \
+                                                        index_t, index_t, index_t);          \
   template bool vector_column_sums_with_isa<T>(gemm::Isa, double*, const T*, index_t, index_t, \
                                                index_t);
 DENSEKIT_INSTANTIATE(float)

@@ -21,6 +21,13 @@ struct VectorMath {
   void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
   // Log-softmax of rows x cols of (v, ld) in place.
   void (*log_softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
+  // Softmax's backward over rows x cols (dz, dy, p with leading dimension ld; p softmax's
+  // output, dz may be dy): dz = p * (dy - sum(dy * p)) per row.
+  void (*softmax_backward)(T* dz, const T* dy, const T* p, index_t rows, index_t cols,
+                           index_t ld) = nullptr;
+  // Log-softmax's backward likewise from its output y: dz = dy - exp(y) * sum(dy) per row.
+  void (*log_softmax_backward)(T* dz, const T* dy, const T* y, index_t rows, index_t cols,
+                               index_t ld) = nullptr;
   // dz[i] = dy[i] * f'(z[i]) for i < count.
   void (*derivative)(T* dz, const T* dy, const T* z, index_t count, ActivationKind kind,
                      T alpha) = nullptr;
@@ -87,5 +94,23 @@ template <typename T>
 bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld);
 template <typename T>
 bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+
+// The backward of softmax (p its output) and of log-softmax (y its output) over rows x cols
+// (leading dimension ld; dz may be dy) with the vector math of the ISA in use: each row's sum
+// (of dy * p, of dy) in vector lanes, then reduce_add's tree, so a row's bits depend on the
+// ISA only, not on the thread count; exp(y) by vector_exp as the exponential activation. False,
+// nothing written, where it has none for T.
+template <typename T>
+bool vector_softmax_backward(T* dz, const T* dy, const T* p, index_t rows, index_t cols,
+                             index_t ld);
+template <typename T>
+bool vector_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* p,
+                                      index_t rows, index_t cols, index_t ld);
+template <typename T>
+bool vector_log_softmax_backward(T* dz, const T* dy, const T* y, index_t rows, index_t cols,
+                                 index_t ld);
+template <typename T>
+bool vector_log_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
+                                          index_t rows, index_t cols, index_t ld);
 
 }  // namespace densekit::vecmath
