@@ -51,6 +51,42 @@ ISA_FLAGS = (
 )
 
 
+# The microarchitectures of the x86 CPU kinds these benchmarks run on, by vendor, family and
+# model number (/proc/cpuinfo's "cpu family" and "model"; AMD's from its processor guides,
+# Intel's from its model list): the model name of a virtual machine's CPU often says only
+# "AMD EPYC", for a Zen 4 core whose AVX-512 units are 256 bits wide and a Zen 5 one with
+# twice their rate alike.
+MICROARCHITECTURES = (  # (vendor, family, first model, last model, name)
+    ("AuthenticAMD", 25, 0x00, 0x0F, "Zen 3"),
+    ("AuthenticAMD", 25, 0x10, 0x1F, "Zen 4"),
+    ("AuthenticAMD", 25, 0x20, 0x5F, "Zen 3"),
+    ("AuthenticAMD", 25, 0x60, 0x7F, "Zen 4"),
+    ("AuthenticAMD", 25, 0xA0, 0xAF, "Zen 4"),
+    ("AuthenticAMD", 26, 0x00, 0xFF, "Zen 5"),
+    ("GenuineIntel", 6, 0x6A, 0x6A, "Ice Lake"),
+    ("GenuineIntel", 6, 0x6C, 0x6C, "Ice Lake"),
+    ("GenuineIntel", 6, 0x8F, 0x8F, "Sapphire Rapids"),
+    ("GenuineIntel", 6, 0xCF, 0xCF, "Emerald Rapids"),
+    ("GenuineIntel", 6, 0xAD, 0xAD, "Granite Rapids"),
+)
+
+
+def microarchitecture(vendor: str, family: int | None, model: int | None) -> str | None:
+    """The name of the CPU's microarchitecture, None where the table does not know it."""
+    for known_vendor, known_family, first, last, name in MICROARCHITECTURES:
+        if vendor == known_vendor and family == known_family and model is not None:
+            if first <= model <= last:
+                return name
+    return None
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def _cpuinfo() -> dict[str, Any]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -61,8 +97,14 @@ def _cpuinfo() -> dict[str, Any]:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
+    vendor = fields.get("vendor_id", "")
+    family, model = _number(fields.get("cpu family")), _number(fields.get("model"))
     return {
         "model": fields.get("model name", platform.machine()),
+        "vendor": vendor,
+        "family": family,
+        "model_number": model,
+        "microarchitecture": microarchitecture(vendor, family, model),
         "isa_flags": [f for f in ISA_FLAGS if f in flags],
     }
 

@@ -407,6 +407,16 @@ def _scaling_table(scaling: list[dict[str, Any]]) -> list[str]:
     return _table(head, body)
 
 
+def _cpu_name(cpu: dict[str, Any]) -> str:
+    """The model name, with the microarchitecture and family / model numbers where the run
+    recorded them (runs before they were recorded: the model name alone)."""
+    if cpu.get("family") is None:
+        return cpu["model"]
+    numbers = f"family {cpu['family']}, model {cpu['model_number']}"
+    uarch = cpu.get("microarchitecture")
+    return f"{cpu['model']} ({uarch}: {numbers})" if uarch else f"{cpu['model']} ({numbers})"
+
+
 def _header(document: dict[str, Any], source: str) -> list[str]:
     facts = document["machine"]
     cpu = facts["cpu"]
@@ -425,7 +435,7 @@ def _header(document: dict[str, Any], source: str) -> list[str]:
     )
     rows = [
         ["date", facts["date"]],
-        ["CPU", f"{cpu['model']}, {facts['cpus_usable']} usable of {facts['cpu_count']} CPUs"],
+        ["CPU", f"{_cpu_name(cpu)}, {facts['cpus_usable']} usable of {facts['cpu_count']} CPUs"],
         ["ISA flags", " ".join(cpu["isa_flags"])],
         ["memory", f"{facts['memory_gib']} GiB"],
         ["platform", f"{facts['platform']}, Python {facts['python']}"],
@@ -442,7 +452,7 @@ def _header(document: dict[str, Any], source: str) -> list[str]:
         cells = ", ".join(f"{rate:.0f} on {t} thr" for t, rate in by_threads.items())
         rows.append([f"multiply-add peak, {dtype}", f"{cells} (GFLOP/s)"])
     # the CPU in the title: the documentation keeps runs of several CPU kinds (bench/README.md)
-    kind = cpu["model"] + (" with AMX" if "amx_tile" in cpu["isa_flags"] else "")
+    kind = _cpu_name(cpu) + (" with AMX" if "amx_tile" in cpu["isa_flags"] else "")
     return [
         f"# Benchmarks: {kind}",
         "",
@@ -502,7 +512,7 @@ def headline(document: dict[str, Any]) -> str:
         if ratio is not None:
             parts.append(f"{what} runs at {ratio:.2f}x {whom}'s speed")
     facts = document["machine"]
-    where = f"{facts['cpu']['model']}, {facts['threads'].get('densekit', '?')} threads"
+    where = f"{_cpu_name(facts['cpu'])}, {facts['threads'].get('densekit', '?')} threads"
     return (
         f"On the reference run ({where}, {facts['date'][:10]}), "
         + "; ".join(parts)

@@ -168,6 +168,37 @@ def test_page_shows_a_family_summary_below_its_table():
     assert "```text" not in report.markdown_page(document, "x.json")
 
 
+@pytest.mark.parametrize(
+    ("vendor", "family", "model", "name"),
+    [
+        ("AuthenticAMD", 25, 17, "Zen 4"),  # EPYC Genoa
+        ("AuthenticAMD", 25, 1, "Zen 3"),  # EPYC Milan
+        ("AuthenticAMD", 26, 2, "Zen 5"),
+        ("GenuineIntel", 6, 143, "Sapphire Rapids"),
+        ("GenuineIntel", 6, 85, None),  # not in the table
+        ("AuthenticAMD", 23, 49, None),
+        ("AuthenticAMD", None, None, None),
+    ],
+)
+def test_the_cpu_is_named_with_its_microarchitecture(vendor, family, model, name):
+    """A run records the CPU's family and model numbers and, where the table knows them, the
+    microarchitecture; the page's title and CPU row show them (a virtual machine's model name
+    is often "AMD EPYC" for a Zen 4 and a Zen 5 core alike). A run from before they were
+    recorded keeps the model name alone."""
+    from bench import machine
+
+    assert machine.microarchitecture(vendor, family, model) == name
+    cpu = {"model": "AMD EPYC", "family": family, "model_number": model, "microarchitecture": name}
+    shown = report._cpu_name(cpu)
+    if family is None:
+        assert shown == "AMD EPYC"
+    elif name is None:
+        assert shown == f"AMD EPYC (family {family}, model {model})"
+    else:
+        assert shown == f"AMD EPYC ({name}: family {family}, model {model})"
+    assert report._cpu_name({"model": "AMD EPYC", "isa_flags": []}) == "AMD EPYC"
+
+
 class _Clock:
     """perf_counter advancing one second per reading: each probe call lasts exactly 1 s."""
 
