@@ -159,7 +159,8 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
     const index_t r0 = task * row_block;
     const index_t r1 = std::min(rows, r0 + row_block);
     if (act.kind == ActivationKind::softmax) {
-      // p: the block's probabilities, y or softmax(z) (the forward's bits, y's from z)
+      // p: the block's probabilities, y itself or softmax(z) computed as the forward computes
+      // it, so that the backward from z and from y give the same bits
       const index_t begin = r0 * cols, count = (r1 - r0) * cols;
       std::vector<T> probs;
       const T* p = use_y ? y + begin : nullptr;

@@ -105,19 +105,17 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
     using T = decltype(tag);
     const index_t size = static_cast<index_t>(z.size());
     const GilRelease nogil;
-    if (is_row_activation(act.kind) && has_dy) {  // the backward, z being the output
-      const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
-      if (cols == 0) return;
-      done = act.kind == ActivationKind::softmax
-                 ? vecmath::vector_softmax_backward_with_isa<T>(
-                       isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols)
-                 : vecmath::vector_log_softmax_backward_with_isa<T>(
-                       isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols);
-      return;
-    }
     if (is_row_activation(act.kind)) {  // over the last axis
       const index_t cols = z.ndim() == 0 ? 1 : static_cast<index_t>(z.shape(z.ndim() - 1));
       if (cols == 0) return;
+      if (has_dy) {  // the backward, z being the output
+        done = act.kind == ActivationKind::softmax
+                   ? vecmath::vector_softmax_backward_with_isa<T>(
+                         isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols)
+                   : vecmath::vector_log_softmax_backward_with_isa<T>(
+                         isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols);
+        return;
+      }
       std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
       done = act.kind == ActivationKind::softmax
                  ? vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols)
