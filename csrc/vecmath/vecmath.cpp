@@ -37,6 +37,16 @@ const VectorMath<double>& vector_math<double>(gemm::Isa isa) {
   return portable;
 }
 
+// Calls the table entry `entry` of the ISA's vector math with args; false, nothing called,
+// where that ISA has none (a null entry).
+template <typename T, typename Entry, typename... Args>
+bool call_entry(gemm::Isa isa, Entry VectorMath<T>::*entry, Args... args) {
+  const Entry function = vector_math<T>(isa).*entry;
+  if (function == nullptr) return false;
+  function(args...);
+  return true;
+}
+
 template <typename T>
 bool vector_activation_with_isa(gemm::Isa isa, T* out, const T* dy, const T* z, index_t count,
                                 const Activation& act) {
@@ -58,10 +68,7 @@ bool vector_activation(T* out, const T* dy, const T* z, index_t count, const Act
 template <typename T>
 bool vector_positive_slopes_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
                                      index_t count, T slope) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.positive_slopes == nullptr) return false;
-  math.positive_slopes(dz, dy, y, count, slope);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::positive_slopes, dz, dy, y, count, slope);
 }
 
 template <typename T>
@@ -72,10 +79,7 @@ bool vector_positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slo
 template <typename T>
 bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
                                  index_t cols, index_t ld) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.column_sums == nullptr) return false;
-  math.column_sums(sums, rows, n, cols, ld);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::column_sums, sums, rows, n, cols, ld);
 }
 
 template <typename T>
@@ -85,10 +89,7 @@ bool vector_column_sums(double* sums, const T* rows, index_t n, index_t cols, in
 
 template <typename T>
 bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.softmax == nullptr) return false;
-  math.softmax(v, rows, cols, ld);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::softmax, v, rows, cols, ld);
 }
 
 template <typename T>
@@ -98,10 +99,7 @@ bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
 
 template <typename T>
 bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.log_softmax == nullptr) return false;
-  math.log_softmax(v, rows, cols, ld);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::log_softmax, v, rows, cols, ld);
 }
 
 template <typename T>
@@ -112,10 +110,7 @@ bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
 template <typename T>
 bool vector_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* p,
                                       index_t rows, index_t cols, index_t ld) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.softmax_backward == nullptr) return false;
-  math.softmax_backward(dz, dy, p, rows, cols, ld);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::softmax_backward, dz, dy, p, rows, cols, ld);
 }
 
 template <typename T>
@@ -127,10 +122,7 @@ bool vector_softmax_backward(T* dz, const T* dy, const T* p, index_t rows, index
 template <typename T>
 bool vector_log_softmax_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
                                           index_t rows, index_t cols, index_t ld) {
-  const VectorMath<T>& math = vector_math<T>(isa);
-  if (math.log_softmax_backward == nullptr) return false;
-  math.log_softmax_backward(dz, dy, y, rows, cols, ld);
-  return true;
+  return call_entry<T>(isa, &VectorMath<T>::log_softmax_backward, dz, dy, y, rows, cols, ld);
 }
 
 template <typename T>
