@@ -50,10 +50,6 @@ void rows_and_cols(const py::array& a, bool row_wise, index_t* rows, index_t* co
   *rows = *cols == 0 ? 0 : size / *cols;
 }
 
-std::vector<index_t> shape_of(const py::array& a) {
-  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
-}
-
 // out= may be the input itself (in place) but must not partly overlap it.
 void require_same_or_disjoint(const py::array& out, const char* out_name, const py::array& in,
                               const char* in_name) {

@@ -100,6 +100,10 @@ inline std::string shape_string(const std::vector<index_t>& shape) {
   return s + ")";
 }
 
+inline std::vector<index_t> shape_of(const py::array& a) {
+  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
+}
+
 inline std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 [[noreturn]] inline void type_fail(const char* name, const std::string& what) {
@@ -108,6 +112,14 @@ inline std::string dtype_string(const py::array& a) { return py::str(a.dtype()).
 
 [[noreturn]] inline void value_fail(const char* name, const std::string& what) {
   throw py::value_error(std::string(name) + ": " + what);
+}
+
+// True/False (numpy.bool_ too); anything else would silently pick a branch by truthiness.
+inline bool flag(py::handle obj, const char* name) {
+  if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
+  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_")))
+    return PyObject_IsTrue(obj.ptr()) == 1;
+  type_fail(name, "expected True or False, got " + type_name(obj));
 }
 
 // A NumPy array, C-contiguous, in native byte order. `expected` describes the dtype wanted.

@@ -48,10 +48,6 @@ double parse_label_smoothing(py::handle obj) {
   return ls;
 }
 
-std::vector<index_t> shape_of(const py::array& a) {
-  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
-}
-
 // What every loss call shares once its own arguments are checked: the prediction, the
 // optional weights and gradient output, the per-sample output of "none", and the settings.
 struct LossCall {

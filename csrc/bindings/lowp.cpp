@@ -75,10 +75,6 @@ py::array float32_array(py::handle obj, const char* name) {
   return a;
 }
 
-std::vector<index_t> shape_of(const py::array& a) {
-  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
-}
-
 py::array new_bf16(const std::vector<index_t>& shape) {
   return aligned_array(bf16_dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }

@@ -17,13 +17,6 @@
 namespace densekit::bind {
 namespace {
 
-bool flag(py::handle obj, const char* name) {
-  if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
-  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_")))
-    return PyObject_IsTrue(obj.ptr()) == 1;
-  type_fail(name, "expected True or False, got " + type_name(obj));
-}
-
 double epsilon_arg(py::handle obj) {
   const double value = real_number(obj, "epsilon");
   if (!(value > 0)) value_fail("epsilon", "expected a number > 0, got " + std::to_string(value));

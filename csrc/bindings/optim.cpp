@@ -38,14 +38,6 @@ double non_negative(py::handle obj, const char* name) {
   return hyper_in_range(obj, name, 0.0, INFINITY);
 }
 
-// True/False (numpy.bool_ too); anything else would silently pick a branch by truthiness.
-bool flag(py::handle obj, const char* name) {
-  if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
-  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_")))
-    return PyObject_IsTrue(obj.ptr()) == 1;
-  type_fail(name, "expected True or False, got " + type_name(obj));
-}
-
 // The 1-based step count: an integer (int or anything with __index__, not bool), >= 1.
 std::int64_t step_count(py::handle obj) {
   if (py::isinstance<py::bool_>(obj) || PyIndex_Check(obj.ptr()) == 0)
