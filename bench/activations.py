@@ -4,7 +4,9 @@ against torch's functional form and its autograd backward on the same array.
 
 Memory-bound, so reported in GB/s: forward 2 N s (read z, write y), backward 3 N s (read dy
 and y or z, write dz); N elements of s bytes, shape (rows, cols), row activations over cols.
-The row activations' forward runs on rows of 10 too (a classifier's output).
+The row activations' forward runs on rows of 10 too (a classifier's output). The ReLU layer's
+kernels (relu_forward, relu_backward) run its forms that no fused activation has: a cap of 6
+(torch relu6), a slope of 0.2 (leaky_relu), a threshold of 0.5 (threshold).
 Run alone: python -m bench.activations [options].
 """
 
@@ -123,6 +125,58 @@ def backward_case(activation: str, dtype: str, threads: int) -> Case:
     )
 
 
+# The ReLU layer's forms that no fused activation has (relu_forward / relu_backward), with
+# torch's function of each.
+RELU_LAYER_FORMS = {
+    "max_value=6": ({"max_value": 6.0}, lambda F, z: F.relu6(z)),
+    "negative_slope=0.2": ({"negative_slope": 0.2}, lambda F, z: F.leaky_relu(z, 0.2)),
+    "threshold=0.5": ({"threshold": 0.5}, lambda F, z: F.threshold(z, 0.5, 0.0)),
+}
+
+
+def relu_layer_case(form: str, backward: bool, dtype: str, threads: int) -> Case:
+    parameters, torch_form = RELU_LAYER_FORMS[form]
+    z, dy = _arrays(form, dtype)
+    out = np.empty_like(z)
+    torch = peers.torch
+    z_t = torch.from_numpy(z.copy()).requires_grad_(backward)
+    y_t = torch_form(torch.nn.functional, z_t)
+    dy_t = torch.from_numpy(dy)
+    if backward:
+
+        def run_densekit():
+            return kernels.relu_backward(dy, z, **parameters, out=out, num_threads=threads)
+
+        def run_torch():
+            return torch.autograd.grad(y_t, z_t, dy_t, retain_graph=True)[0]
+
+    else:
+
+        def run_densekit():
+            return kernels.relu_forward(z, **parameters, out=out, num_threads=threads)
+
+        def run_torch():
+            return torch_form(torch.nn.functional, z_t)
+
+    return Case(
+        family=FAMILY,
+        name=f"{'backward' if backward else 'forward'} ReLU layer {form}",
+        shape=f"{SHAPE[0]}x{SHAPE[1]}",
+        dtype=dtype,
+        threads=threads,
+        work=(3.0 if backward else 2.0) * z.size * z.itemsize,
+        unit="GB/s",
+        work_formula="3*N*itemsize (read dy and z, write dz)"
+        if backward
+        else "2*N*itemsize (read z, write y)",
+        tolerance=TOLERANCE[dtype],
+        densekit=Impl("densekit", run_densekit),
+        peers=[Impl("torch-autograd" if backward else "torch", run_torch)],
+        notes=["densekit: relu_forward / relu_backward (the ReLU layer's kernels)"],
+        pure=True,
+    )
+
+
 def cases(settings: Settings) -> Iterator[Case | Skip]:
     for dtype in settings.dtypes():
         for activation in kernels.ACTIVATIONS:
@@ -136,6 +190,12 @@ def cases(settings: Settings) -> Iterator[Case | Skip]:
             yield backward_case(activation, dtype, settings.threads)
             if not kernels.ACTIVATION_INFO[activation]["elementwise"]:
                 yield forward_case(activation, dtype, settings.threads, NARROW_SHAPE)
+        for form in RELU_LAYER_FORMS:
+            if peers.torch is None:
+                yield Skip(FAMILY, f"ReLU layer {form} {dtype}", "torch is not importable")
+                continue
+            yield relu_layer_case(form, False, dtype, settings.threads)
+            yield relu_layer_case(form, True, dtype, settings.threads)
 
 
 if __name__ == "__main__":

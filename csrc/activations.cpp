@@ -251,15 +251,9 @@ void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, i
   const T cap = static_cast<T>(relu.max_value);
   const T slope = static_cast<T>(relu.negative_slope);
   const T threshold = static_cast<T>(relu.threshold);
-  const bool sloped = slope != T(0);  // a zero slope gives 0 below, even for z = -inf
   for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T v = z[i];
-      const T above = v < cap ? v : cap;
-      const T below = sloped ? T(0) - slope * (threshold - v) : T(0);
-      const T rest = v == v ? T(0) : v;  // at the threshold 0, NaN kept
-      y[i] = v > threshold ? above : (v < threshold ? below : rest);
-    }
+    if (vecmath::vector_relu(y + begin, z + begin, end - begin, cap, slope, threshold)) return;
+    for (index_t i = begin; i < end; ++i) y[i] = scalar::relu_parametric(z[i], cap, slope, threshold);
   });
 }
 

@@ -1044,6 +1044,54 @@ def test_vector_positive_slopes_match_the_scalar_rule(isa, dtype):
             assert dz.tobytes() == truth.tobytes(), (isa, slope, count)
 
 
+def _relu_by_operations(z, cap, slope, threshold):
+    """The ReLU layer's function as its operations in z's dtype, each rounded (NumPy's scalar
+    arithmetic in float32 rounds per operation, as C++'s does): the bits every ISA must give."""
+    t = z.dtype.type
+    cap, slope, threshold = t(cap), t(slope), t(threshold)
+    with np.errstate(invalid="ignore", over="ignore"):
+        above = np.where(z < cap, z, cap)
+        below = t(0) - slope * (threshold - z) if slope != 0 else np.zeros_like(z)
+        rest = np.where(z == z, t(0), z)  # NaN kept, with its bits
+        return np.where(z > threshold, above, np.where(z < threshold, below, rest))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_relu_gives_the_bits_of_its_operations(isa, dtype):
+    """relu_forward's vector loop (a ReLU layer with a cap, a slope or a threshold): the bits
+    of the function's rounded operations, at the threshold and the cap and their neighbours,
+    NaN of either sign, infinities, zeros and subnormals, at every tail length."""
+    rng = np.random.default_rng(8)
+    info = np.finfo(dtype)
+    for cap, slope, threshold in [
+        (np.inf, 0.0, 0.0), (6.0, 0.0, 0.0), (np.inf, 0.1, 0.0), (2.0, 1.7, 0.5),
+        (1.0, 0.0, 3.0), (0.0, 0.3, -1.0), (np.inf, 0.2, -0.5),
+    ]:  # fmt: skip
+        points = [0.0, cap, threshold, 1.0, -1.0]
+        specials = [np.nan, -np.nan, np.inf, -np.inf, -0.0, info.smallest_subnormal,
+                    -info.smallest_subnormal, info.max, -info.max]  # fmt: skip
+        for p in points:
+            specials += [
+                p,
+                np.nextafter(dtype(p), dtype(np.inf)),
+                np.nextafter(dtype(p), dtype(-np.inf)),
+            ]
+        z = np.concatenate([rng.standard_normal(1000) * 3, specials * 3]).astype(dtype)
+        rng.shuffle(z)
+        for count in (z.size, 0, 1, 7, 15, 16, 17, 33):
+            y = _core._relu_isa_test(isa, z[:count], cap, slope, threshold)
+            if isa == "portable":
+                assert y is None
+                continue
+            truth = _relu_by_operations(z[:count], cap, slope, threshold)
+            assert y.tobytes() == truth.tobytes(), (isa, cap, slope, threshold, count)
+    # the kernel itself, on the ISA in use, gives them too
+    z = np.concatenate([rng.standard_normal(5000), [np.nan, -np.inf, np.inf, 0.5]]).astype(dtype)
+    got = K.relu_forward(z, max_value=2.0, negative_slope=1.7, threshold=0.5)
+    assert got.tobytes() == _relu_by_operations(z, 2.0, 1.7, 0.5).tobytes()
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 17), (256, 10), (97, 64), (5, 0), (0, 9)])

@@ -151,6 +151,24 @@ py::object positive_slopes_isa_test(const std::string& isa_text, py::handle dy_o
   return done ? py::object(dz) : py::object(py::none());
 }
 
+// The ReLU layer's function of z (cap, slope, threshold) by a chosen ISA's vector math; None
+// where it has none.
+py::object relu_isa_test(const std::string& isa_text, py::handle z_obj, double max_value,
+                         double negative_slope, double threshold) {
+  const gemm::Isa isa = usable_isa(isa_text);
+  DType dtype;
+  py::array z = float_array(z_obj, "z", &dtype);
+  py::array y = new_array(dtype, shape_of(z));
+  bool done = false;
+  for_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    done = vecmath::vector_relu_with_isa<T>(isa, mptr<T>(y), cptr<T>(z),
+                                            static_cast<index_t>(z.size()), T(max_value),
+                                            T(negative_slope), T(threshold));
+  });
+  return done ? py::object(y) : py::object(py::none());
+}
+
 // The column sums (float64, rows in order) of a 2-D array by a chosen ISA's vector math;
 // None where it has none.
 py::object column_sums_isa_test(const std::string& isa_text, py::handle rows_obj) {
@@ -224,6 +242,10 @@ void bind_gemm_testing(py::module_& m) {
         py::arg("y"), py::arg("slope"),
         "Test hook: dy * (y > 0 ? 1 : slope), y > 0 on its bits, by a given ISA's vector math; "
         "None where it has none.");
+  m.def("_relu_isa_test", &relu_isa_test, py::arg("isa"), py::arg("z"), py::arg("max_value"),
+        py::arg("negative_slope"), py::arg("threshold"),
+        "Test hook: the ReLU layer's function of z by a given ISA's vector math (max_value "
+        "inf for no cap); None where it has none.");
   m.def("_column_sums_isa_test", &column_sums_isa_test, py::arg("isa"), py::arg("rows"),
         "Test hook: the float64 column sums of a 2-D array, rows in order, by a given ISA's "
         "vector math; None where it has none.");

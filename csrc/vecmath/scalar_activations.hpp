@@ -12,6 +12,17 @@ namespace densekit {
 
 namespace scalar {
 
+// The ReLU layer's function (Keras's ReLU(max_value, negative_slope, threshold)): z above the
+// threshold, capped at cap; slope * (z - threshold) below it (0 for a zero slope, even at z =
+// -inf); 0 at the threshold; NaN kept. Selects only, no branch: the loops over it vectorise.
+template <typename T>
+inline T relu_parametric(T v, T cap, T slope, T threshold) {
+  const T above = v < cap ? v : cap;
+  const T below = slope != T(0) ? T(0) - slope * (threshold - v) : T(0);
+  const T rest = v == v ? T(0) : v;  // at the threshold 0, NaN kept
+  return v > threshold ? above : (v < threshold ? below : rest);
+}
+
 template <typename T>
 inline T sigmoid(T z) {
   if (z >= T(0)) return T(1) / (T(1) + std::exp(-z));

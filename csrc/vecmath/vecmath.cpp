@@ -77,6 +77,17 @@ bool vector_positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slo
 }
 
 template <typename T>
+bool vector_relu_with_isa(gemm::Isa isa, T* y, const T* z, index_t count, T cap, T slope,
+                          T threshold) {
+  return call_entry<T>(isa, &VectorMath<T>::relu, y, z, count, cap, slope, threshold);
+}
+
+template <typename T>
+bool vector_relu(T* y, const T* z, index_t count, T cap, T slope, T threshold) {
+  return vector_relu_with_isa(gemm::isa_choice().isa, y, z, count, cap, slope, threshold);
+}
+
+template <typename T>
 bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
                                  index_t cols, index_t ld) {
   return call_entry<T>(isa, &VectorMath<T>::column_sums, sums, rows, n, cols, ld);
@@ -142,6 +153,8 @@ bool vector_log_softmax_backward(T* dz, const T* dy, const T* y, index_t rows, i
   template bool vector_positive_slopes<T>(T*, const T*, const T*, index_t, T);               \
   template bool vector_positive_slopes_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \
                                                    T);                                       \
+  template bool vector_relu<T>(T*, const T*, index_t, T, T, T);                             \
+  template bool vector_relu_with_isa<T>(gemm::Isa, T*, const T*, index_t, T, T, T);         \
   template bool vector_column_sums<T>(double*, const T*, index_t, index_t, index_t);         \
   template bool vector_softmax_backward<T>(T*, const T*, const T*, index_t, index_t, index_t); \
   template bool vector_softmax_backward_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \

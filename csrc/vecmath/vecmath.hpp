@@ -33,6 +33,8 @@ struct VectorMath {
                      T alpha) = nullptr;
   // dz[i] = dy[i] * (y[i] > 0 ? 1 : slope), y > 0 on its bits (vector_positive_slopes).
   void (*positive_slopes)(T* dz, const T* dy, const T* y, index_t count, T slope) = nullptr;
+  // y[i] = scalar::relu_parametric(z[i], cap, slope, threshold) (vector_relu).
+  void (*relu)(T* y, const T* z, index_t count, T cap, T slope, T threshold) = nullptr;
   // sums[j] += rows[r * ld + j] in double over r < n in order (vector_column_sums).
   void (*column_sums)(double* sums, const T* rows, index_t n, index_t cols, index_t ld) = nullptr;
 };
@@ -72,6 +74,14 @@ bool vector_positive_slopes(T* dz, const T* dy, const T* y, index_t count, T slo
 template <typename T>
 bool vector_positive_slopes_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* y,
                                      index_t count, T slope);
+
+// y[i] = scalar::relu_parametric(z[i], cap, slope, threshold) for i < count (y may be z), in
+// the ISA's vectors: the same bits. False, nothing written, where the ISA has none.
+template <typename T>
+bool vector_relu(T* y, const T* z, index_t count, T cap, T slope, T threshold);
+template <typename T>
+bool vector_relu_with_isa(gemm::Isa isa, T* y, const T* z, index_t count, T cap, T slope,
+                          T threshold);
 
 // sums[j] += rows[r * ld + j] in double for j < cols, over rows r < n in increasing order (a
 // bias gradient's column sums): each sum the scalar loop's chain, the same bits. False,
