@@ -141,7 +141,9 @@ def test_tracemalloc_counts_the_arrays_as_numpys():
 
 def test_empty_frees_its_storage():
     # 40 arrays of 16 MiB, each written (so its pages are resident) and dropped: a leak would
-    # grow the peak resident size by 640 MiB
+    # grow the peak resident size by 640 MiB. The bound allows AddressSanitizer's quarantine
+    # (tools/sanitize.sh), which keeps up to 256 MiB of freed blocks resident before reusing
+    # them: 165 MiB of growth failed a bound of 160 in a sanitized run.
     def peak_mib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -149,7 +151,7 @@ def test_empty_frees_its_storage():
     start = peak_mib()
     for _ in range(40):
         kernels.empty(4 << 20, np.float32).fill(1)
-    assert peak_mib() - start < 160
+    assert peak_mib() - start < 320
 
 
 def test_empty_and_zeros_rejections_name_the_argument():
