@@ -61,68 +61,67 @@ def _arrays(activation: str, dtype: str, shape=SHAPE):
     return z, dy
 
 
+def _case(name, shape, dtype, threads, z, backward, run_densekit, run_torch, notes=()) -> Case:
+    """An elementwise case over z: forward reads z and writes y, backward reads dy and y or
+    z and writes dz; the peer is torch's function, or its autograd backward."""
+    return Case(
+        family=FAMILY,
+        name=name,
+        shape=f"{shape[0]}x{shape[1]}",
+        dtype=dtype,
+        threads=threads,
+        work=(3.0 if backward else 2.0) * z.size * z.itemsize,
+        unit="GB/s",
+        work_formula="3*N*itemsize (read dy and y or z, write dz)"
+        if backward
+        else "2*N*itemsize (read z, write y)",
+        tolerance=TOLERANCE[dtype],
+        densekit=Impl("densekit", run_densekit),
+        peers=[Impl("torch-autograd" if backward else "torch", run_torch)],
+        notes=list(notes),
+        pure=True,
+    )
+
+
+def _torch_forward(form, z):
+    """torch's form of the function on z, as a call."""
+    functional, z_t = peers.torch.nn.functional, peers.torch.from_numpy(z)
+    return lambda: form(functional, z_t)
+
+
+def _torch_backward(form, z, dy):
+    """torch's autograd backward of its form of the function at z, given dy, as a call."""
+    torch = peers.torch
+    z_t = torch.from_numpy(z.copy()).requires_grad_(True)
+    y_t = form(torch.nn.functional, z_t)
+    dy_t = torch.from_numpy(dy)
+    return lambda: torch.autograd.grad(y_t, z_t, dy_t, retain_graph=True)[0]
+
+
 def forward_case(activation: str, dtype: str, threads: int, shape=SHAPE) -> Case:
     z, _ = _arrays(activation, dtype, shape)
     y = np.empty_like(z)
-    functional = peers.torch.nn.functional
-    z_t = peers.torch.from_numpy(z)
-    form = TORCH_FORMS[activation]
 
     def run_densekit():
         return kernels.activation_forward(z, activation, out=y, num_threads=threads)
 
-    def run_torch():
-        return form(functional, z_t)
-
-    return Case(
-        family=FAMILY,
-        name=f"forward {activation}",
-        shape=f"{shape[0]}x{shape[1]}",
-        dtype=dtype,
-        threads=threads,
-        work=2.0 * z.size * z.itemsize,
-        unit="GB/s",
-        work_formula="2*N*itemsize (read z, write y)",
-        tolerance=TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=[Impl("torch", run_torch)],
-        pure=True,
-    )
+    run_torch = _torch_forward(TORCH_FORMS[activation], z)
+    return _case(f"forward {activation}", shape, dtype, threads, z, False, run_densekit, run_torch)
 
 
 def backward_case(activation: str, dtype: str, threads: int) -> Case:
     z, dy = _arrays(activation, dtype)
-    info = kernels.ACTIVATION_INFO[activation]
-    from_y = info["derivative_from_output"] == "always"
-    y = kernels.activation_forward(z, activation)
+    from_y = kernels.ACTIVATION_INFO[activation]["derivative_from_output"] == "always"
+    given = {"y": kernels.activation_forward(z, activation)} if from_y else {"z": z}
     dz = np.empty_like(z)
-    torch = peers.torch
-    z_t = torch.from_numpy(z.copy()).requires_grad_(True)
-    y_t = TORCH_FORMS[activation](torch.nn.functional, z_t)
-    dy_t = torch.from_numpy(dy)
-    given = {"y": y} if from_y else {"z": z}
 
     def run_densekit():
         return kernels.activation_backward(dy, activation, out=dz, num_threads=threads, **given)
 
-    def run_torch():
-        return torch.autograd.grad(y_t, z_t, dy_t, retain_graph=True)[0]
-
-    return Case(
-        family=FAMILY,
-        name=f"backward {activation}",
-        shape=f"{SHAPE[0]}x{SHAPE[1]}",
-        dtype=dtype,
-        threads=threads,
-        work=3.0 * z.size * z.itemsize,
-        unit="GB/s",
-        work_formula="3*N*itemsize (read dy and y or z, write dz)",
-        tolerance=TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=[Impl("torch-autograd", run_torch)],
-        notes=[f"densekit: derivative from {'y' if from_y else 'z'}; torch: backward only"],
-        pure=True,
-    )
+    run_torch = _torch_backward(TORCH_FORMS[activation], z, dy)
+    notes = [f"densekit: derivative from {'y' if from_y else 'z'}; torch: backward only"]
+    name = f"backward {activation}"
+    return _case(name, SHAPE, dtype, threads, z, True, run_densekit, run_torch, notes)
 
 
 # The ReLU layer's forms that no fused activation has (relu_forward / relu_backward), with
@@ -138,43 +137,21 @@ def relu_layer_case(form: str, backward: bool, dtype: str, threads: int) -> Case
     parameters, torch_form = RELU_LAYER_FORMS[form]
     z, dy = _arrays(form, dtype)
     out = np.empty_like(z)
-    torch = peers.torch
-    z_t = torch.from_numpy(z.copy()).requires_grad_(backward)
-    y_t = torch_form(torch.nn.functional, z_t)
-    dy_t = torch.from_numpy(dy)
     if backward:
 
         def run_densekit():
             return kernels.relu_backward(dy, z, **parameters, out=out, num_threads=threads)
 
-        def run_torch():
-            return torch.autograd.grad(y_t, z_t, dy_t, retain_graph=True)[0]
-
+        run_torch = _torch_backward(torch_form, z, dy)
     else:
 
         def run_densekit():
             return kernels.relu_forward(z, **parameters, out=out, num_threads=threads)
 
-        def run_torch():
-            return torch_form(torch.nn.functional, z_t)
-
-    return Case(
-        family=FAMILY,
-        name=f"{'backward' if backward else 'forward'} ReLU layer {form}",
-        shape=f"{SHAPE[0]}x{SHAPE[1]}",
-        dtype=dtype,
-        threads=threads,
-        work=(3.0 if backward else 2.0) * z.size * z.itemsize,
-        unit="GB/s",
-        work_formula="3*N*itemsize (read dy and z, write dz)"
-        if backward
-        else "2*N*itemsize (read z, write y)",
-        tolerance=TOLERANCE[dtype],
-        densekit=Impl("densekit", run_densekit),
-        peers=[Impl("torch-autograd" if backward else "torch", run_torch)],
-        notes=["densekit: relu_forward / relu_backward (the ReLU layer's kernels)"],
-        pure=True,
-    )
+        run_torch = _torch_forward(torch_form, z)
+    name = f"{'backward' if backward else 'forward'} ReLU layer {form}"
+    notes = ["densekit: relu_forward / relu_backward (the ReLU layer's kernels)"]
+    return _case(name, SHAPE, dtype, threads, z, backward, run_densekit, run_torch, notes)
 
 
 def cases(settings: Settings) -> Iterator[Case | Skip]:
