@@ -96,7 +96,9 @@ fi
 if [[ $# -eq 0 && $mode == address ]]; then
   # The kernel and binding tests (the model layer above them is Python over the same calls).
   # Left out: the fuzzer test, which runs the fuzzer under an address-space limit (it runs
-  # below without one), the thread tests that measure time (sanitized kernels are slower),
+  # below without one), the thread tests that measure time (sanitized kernels are slower;
+  # the busy-thread test reads the GIL's contention during a kernel call, which a sanitized
+  # call's timing changed once in three CI runs: [1, 1, 2, 1] threads where 1 was expected),
   # and the 1024^3 cases of the packed-weights test (28 s and 14 s sanitized, 12% of the two
   # workers' time; its smaller shapes, 64x1024x1024 among them, stay).
   set -- tests/test_activations.py tests/test_dense.py tests/test_dense_chain.py \
@@ -105,6 +107,7 @@ if [[ $# -eq 0 && $mode == address ]]; then
     tests/test_normalization.py tests/test_bf16_dense.py tests/test_metric_kernels.py \
     --deselect tests/test_fuzz_bindings.py::test_random_calls_return_or_raise_a_clear_error \
     --deselect tests/test_bf16_dense.py::test_every_forced_path_gives_the_same_bits \
+    --deselect tests/test_threads.py::test_a_busy_python_thread_keeps_a_core \
     --deselect "tests/test_dense.py::test_packed_weights_give_the_bits_of_w[1024-1024-1024-float64]" \
     --deselect "tests/test_dense.py::test_packed_weights_give_the_bits_of_w[1024-1024-1024-float32]"
   # On DENSEKIT_SANITIZE_WORKERS pytest-xdist workers (2 by default) where it is installed
