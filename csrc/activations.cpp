@@ -257,26 +257,21 @@ void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, i
   });
 }
 
-// The derivative's comparisons are made on z's bits (order_key) and pick the slope by masks:
-// the same comparisons of floats, choosing between constants, compile to a branch on the
-// data, which mispredicts on z of either sign.
+// The derivative picks 1, the slope or 0 by selects (relu_parametric_derivative), which the
+// vector-math loop compiles to the ISA's compares and blends; the fallback loop is the same
+// function, so the same bits.
 template <typename T>
 void relu_backward(T* dz, const T* dy, const T* z, index_t count, const ReluParameters& relu,
                    int num_threads) {
   const T cap = static_cast<T>(relu.max_value);
   const T slope = static_cast<T>(relu.negative_slope);
   const T threshold = static_cast<T>(relu.threshold);
-  const Bits<T> cap_key = order_key(cap), threshold_key = order_key(threshold);
   for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
-    for (index_t i = begin; i < end; ++i) {
-      const T v = z[i];
-      const Bits<T> key = order_key(v);
-      const bool number = !is_nan_bits(v);
-      const T below = select<T>(mask_if<T>(number & (key < threshold_key)), slope, T(0));
-      const Bits<T> passes = mask_if<T>(number & (key > threshold_key) & (key <= cap_key));
-      const T derivative = select<T>(passes, T(1), below);
-      dz[i] = dy[i] * derivative;
-    }
+    if (vecmath::vector_relu_backward(dz + begin, dy + begin, z + begin, end - begin, cap, slope,
+                                      threshold))
+      return;
+    for (index_t i = begin; i < end; ++i)
+      dz[i] = dy[i] * scalar::relu_parametric_derivative(z[i], cap, slope, threshold);
   });
 }
 

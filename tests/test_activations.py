@@ -603,10 +603,9 @@ def test_relu_special_values(dtype):
 @pytest.mark.parametrize("parameters", RELU_PARAMETERS)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_relu_backward_compares_on_every_kind_of_value(parameters, dtype):
-    """relu_backward compares z's bits, not its values: NaN of either sign, +-0, +-inf,
-    subnormals, the threshold and the cap themselves and their neighbours, over a length
-    that is no multiple of any vector width, give the derivative the comparisons of values
-    give."""
+    """relu_backward's derivative at NaN of either sign, +-0, +-inf, subnormals, the
+    threshold and the cap themselves and their neighbours, over a length that is no multiple
+    of any vector width: the float64 reference's comparisons, bit for bit."""
     tiny = np.finfo(dtype).smallest_subnormal
     points = [float(dtype(v)) for k, v in parameters.items() if k != "negative_slope"]
     values = [np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1e30]

@@ -1056,6 +1056,38 @@ def _relu_by_operations(z, cap, slope, threshold):
         return np.where(z > threshold, above, np.where(z < threshold, below, rest))
 
 
+def _relu_derivative_by_operations(z, cap, slope, threshold):
+    """The ReLU layer's derivative in z's dtype: 1 above the threshold up to the cap, the
+    slope below it, 0 at it, above the cap and at NaN."""
+    t = z.dtype.type
+    cap, slope, threshold = t(cap), t(slope), t(threshold)
+    with np.errstate(invalid="ignore"):
+        inside = np.where(z <= cap, t(1), t(0))
+        return np.where(z > threshold, inside, np.where(z < threshold, slope, t(0)))
+
+
+# (cap, slope, threshold): no cap, relu6, leaky, all three, a cap below the threshold, a zero
+# cap, a negative threshold
+RELU_FORMS = [
+    (np.inf, 0.0, 0.0), (6.0, 0.0, 0.0), (np.inf, 0.1, 0.0), (2.0, 1.7, 0.5),
+    (1.0, 0.0, 3.0), (0.0, 0.3, -1.0), (np.inf, 0.2, -0.5),
+]  # fmt: skip
+
+
+def _relu_points(rng, dtype, cap, threshold):
+    """Normal values, shuffled with NaN of either sign, infinities, zeros, subnormals, the
+    extremes, and 0, 1, -1, the cap and the threshold with their neighbours."""
+    info = np.finfo(dtype)
+    specials = [np.nan, -np.nan, np.inf, -np.inf, -0.0, info.smallest_subnormal,
+                -info.smallest_subnormal, info.max, -info.max]  # fmt: skip
+    for p in [0.0, cap, threshold, 1.0, -1.0]:
+        specials += [p, np.nextafter(dtype(p), dtype(np.inf))]
+        specials += [np.nextafter(dtype(p), dtype(-np.inf))]
+    z = np.concatenate([rng.standard_normal(1000) * 3, specials * 3]).astype(dtype)
+    rng.shuffle(z)
+    return z
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_relu_gives_the_bits_of_its_operations(isa, dtype):
@@ -1063,22 +1095,8 @@ def test_vector_relu_gives_the_bits_of_its_operations(isa, dtype):
     of the function's rounded operations, at the threshold and the cap and their neighbours,
     NaN of either sign, infinities, zeros and subnormals, at every tail length."""
     rng = np.random.default_rng(8)
-    info = np.finfo(dtype)
-    for cap, slope, threshold in [
-        (np.inf, 0.0, 0.0), (6.0, 0.0, 0.0), (np.inf, 0.1, 0.0), (2.0, 1.7, 0.5),
-        (1.0, 0.0, 3.0), (0.0, 0.3, -1.0), (np.inf, 0.2, -0.5),
-    ]:  # fmt: skip
-        points = [0.0, cap, threshold, 1.0, -1.0]
-        specials = [np.nan, -np.nan, np.inf, -np.inf, -0.0, info.smallest_subnormal,
-                    -info.smallest_subnormal, info.max, -info.max]  # fmt: skip
-        for p in points:
-            specials += [
-                p,
-                np.nextafter(dtype(p), dtype(np.inf)),
-                np.nextafter(dtype(p), dtype(-np.inf)),
-            ]
-        z = np.concatenate([rng.standard_normal(1000) * 3, specials * 3]).astype(dtype)
-        rng.shuffle(z)
+    for cap, slope, threshold in RELU_FORMS:
+        z = _relu_points(rng, dtype, cap, threshold)
         for count in (z.size, 0, 1, 7, 15, 16, 17, 33):
             y = _core._relu_isa_test(isa, z[:count], cap, slope, threshold)
             if isa == "portable":
@@ -1086,10 +1104,58 @@ def test_vector_relu_gives_the_bits_of_its_operations(isa, dtype):
                 continue
             truth = _relu_by_operations(z[:count], cap, slope, threshold)
             assert y.tobytes() == truth.tobytes(), (isa, cap, slope, threshold, count)
-    # the kernel itself, on the ISA in use, gives them too
-    z = np.concatenate([rng.standard_normal(5000), [np.nan, -np.inf, np.inf, 0.5]]).astype(dtype)
-    got = K.relu_forward(z, max_value=2.0, negative_slope=1.7, threshold=0.5)
-    assert got.tobytes() == _relu_by_operations(z, 2.0, 1.7, 0.5).tobytes()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_relu_backward_gives_the_bits_of_its_operations(isa, dtype):
+    """relu_backward's vector loop: dy times the derivative's 1, slope or 0, at the same
+    awkward points as the forward's, dy holding infinities and NaN too (inf * 0 is NaN)."""
+    rng = np.random.default_rng(9)
+    for cap, slope, threshold in RELU_FORMS:
+        z = _relu_points(rng, dtype, cap, threshold)
+        dy = np.concatenate([rng.standard_normal(z.size - 3), [np.inf, -np.inf, np.nan]])
+        dy = rng.permutation(dy).astype(dtype)
+        for count in (z.size, 0, 1, 7, 15, 16, 17, 33):
+            dz = _core._relu_isa_test(isa, z[:count], cap, slope, threshold, dy=dy[:count])
+            if isa == "portable":
+                assert dz is None
+                continue
+            derivative = _relu_derivative_by_operations(z[:count], cap, slope, threshold)
+            with np.errstate(invalid="ignore"):  # inf * 0
+                truth = dy[:count] * derivative
+            assert dz.tobytes() == truth.tobytes(), (isa, cap, slope, threshold, count)
+    assert relu_kernel_failures(dtype) == []  # the kernels on the ISA in use
+
+
+def relu_kernel_failures(dtype=np.float32):
+    """relu_forward and relu_backward on the ISA in use against the operations' bits: the
+    vector-math loops, or under DENSEKIT_ISA=portable the kernels' fallback loops."""
+    rng = np.random.default_rng(10)
+    failures = []
+    for cap, slope, threshold in RELU_FORMS:
+        if threshold < 0:  # the kernels take Keras's parameters, each >= 0
+            continue
+        z = _relu_points(rng, dtype, cap, threshold)
+        dy = rng.standard_normal(z.size).astype(dtype)
+        parameters = {"max_value": None if cap == np.inf else cap, "negative_slope": slope,
+                      "threshold": threshold}  # fmt: skip
+        y = K.relu_forward(z, **parameters)
+        if y.tobytes() != _relu_by_operations(z, cap, slope, threshold).tobytes():
+            failures.append(f"forward {parameters}")
+        dz = K.relu_backward(dy, z, **parameters)
+        derivative = _relu_derivative_by_operations(z, cap, slope, threshold)
+        if dz.tobytes() != (dy * derivative).tobytes():
+            failures.append(f"backward {parameters}")
+    return failures
+
+
+def test_relu_fallback_loops_give_the_same_bits():
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import densekit, test_gemm_isa; "
+        "print(json.dumps({'failures': test_gemm_isa.relu_kernel_failures()}))"
+    )
+    assert run_with_isa("portable", script, os.path.dirname(__file__))["failures"] == []
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -151,22 +151,31 @@ py::object positive_slopes_isa_test(const std::string& isa_text, py::handle dy_o
   return done ? py::object(dz) : py::object(py::none());
 }
 
-// The ReLU layer's function of z (cap, slope, threshold) by a chosen ISA's vector math; None
-// where it has none.
+// The ReLU layer's function of z (cap, slope, threshold), or with dy its backward dy * f'(z),
+// by a chosen ISA's vector math; None where it has none.
 py::object relu_isa_test(const std::string& isa_text, py::handle z_obj, double max_value,
-                         double negative_slope, double threshold) {
+                         double negative_slope, double threshold, py::handle dy_obj) {
   const gemm::Isa isa = usable_isa(isa_text);
   DType dtype;
   py::array z = float_array(z_obj, "z", &dtype);
-  py::array y = new_array(dtype, shape_of(z));
+  const bool backward = !dy_obj.is_none();
+  py::array dy;
+  if (backward) {
+    dy = float_array_like(dy_obj, "dy", dtype, "z");
+    require_shape(dy, "dy", shape_of(z), "the shape of z");
+  }
+  py::array out = new_array(dtype, shape_of(z));
   bool done = false;
   for_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    done = vecmath::vector_relu_with_isa<T>(isa, mptr<T>(y), cptr<T>(z),
-                                            static_cast<index_t>(z.size()), T(max_value),
-                                            T(negative_slope), T(threshold));
+    const index_t count = static_cast<index_t>(z.size());
+    const T cap = T(max_value), slope = T(negative_slope), at = T(threshold);
+    done = backward ? vecmath::vector_relu_backward_with_isa<T>(isa, mptr<T>(out), cptr<T>(dy),
+                                                                cptr<T>(z), count, cap, slope, at)
+                    : vecmath::vector_relu_with_isa<T>(isa, mptr<T>(out), cptr<T>(z), count, cap,
+                                                       slope, at);
   });
-  return done ? py::object(y) : py::object(py::none());
+  return done ? py::object(out) : py::object(py::none());
 }
 
 // The column sums (float64, rows in order) of a 2-D array by a chosen ISA's vector math;
@@ -243,9 +252,10 @@ void bind_gemm_testing(py::module_& m) {
         "Test hook: dy * (y > 0 ? 1 : slope), y > 0 on its bits, by a given ISA's vector math; "
         "None where it has none.");
   m.def("_relu_isa_test", &relu_isa_test, py::arg("isa"), py::arg("z"), py::arg("max_value"),
-        py::arg("negative_slope"), py::arg("threshold"),
-        "Test hook: the ReLU layer's function of z by a given ISA's vector math (max_value "
-        "inf for no cap); None where it has none.");
+        py::arg("negative_slope"), py::arg("threshold"), py::kw_only(),
+        py::arg("dy") = py::none(),
+        "Test hook: the ReLU layer's function of z, or with dy its backward dy * f'(z), by a "
+        "given ISA's vector math (max_value inf for no cap); None where it has none.");
   m.def("_column_sums_isa_test", &column_sums_isa_test, py::arg("isa"), py::arg("rows"),
         "Test hook: the float64 column sums of a 2-D array, rows in order, by a given ISA's "
         "vector math; None where it has none.");

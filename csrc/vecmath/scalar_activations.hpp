@@ -23,6 +23,16 @@ inline T relu_parametric(T v, T cap, T slope, T threshold) {
   return v > threshold ? above : (v < threshold ? below : rest);
 }
 
+// relu_parametric's derivative: 1 above the threshold up to the cap (1 at the cap itself),
+// slope below the threshold, 0 at it, above the cap and at NaN (every comparison false).
+// Selects only, as relu_parametric: the loops over it vectorise.
+template <typename T>
+inline T relu_parametric_derivative(T v, T cap, T slope, T threshold) {
+  const T inside = v <= cap ? T(1) : T(0);
+  const T below = v < threshold ? slope : T(0);
+  return v > threshold ? inside : below;
+}
+
 template <typename T>
 inline T sigmoid(T z) {
   if (z >= T(0)) return T(1) / (T(1) + std::exp(-z));

@@ -88,6 +88,20 @@ bool vector_relu(T* y, const T* z, index_t count, T cap, T slope, T threshold) {
 }
 
 template <typename T>
+bool vector_relu_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* z, index_t count,
+                                   T cap, T slope, T threshold) {
+  return call_entry<T>(isa, &VectorMath<T>::relu_backward, dz, dy, z, count, cap, slope,
+                       threshold);
+}
+
+template <typename T>
+bool vector_relu_backward(T* dz, const T* dy, const T* z, index_t count, T cap, T slope,
+                          T threshold) {
+  return vector_relu_backward_with_isa(gemm::isa_choice().isa, dz, dy, z, count, cap, slope,
+                                       threshold);
+}
+
+template <typename T>
 bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
                                  index_t cols, index_t ld) {
   return call_entry<T>(isa, &VectorMath<T>::column_sums, sums, rows, n, cols, ld);
@@ -155,6 +169,9 @@ bool vector_log_softmax_backward(T* dz, const T* dy, const T* y, index_t rows, i
                                                    T);                                       \
   template bool vector_relu<T>(T*, const T*, index_t, T, T, T);                             \
   template bool vector_relu_with_isa<T>(gemm::Isa, T*, const T*, index_t, T, T, T);         \
+  template bool vector_relu_backward<T>(T*, const T*, const T*, index_t, T, T, T);          \
+  template bool vector_relu_backward_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, T, \
+                                                 T, T);                                      \
   template bool vector_column_sums<T>(double*, const T*, index_t, index_t, index_t);         \
   template bool vector_softmax_backward<T>(T*, const T*, const T*, index_t, index_t, index_t); \
   template bool vector_softmax_backward_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \

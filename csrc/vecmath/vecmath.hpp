@@ -35,6 +35,9 @@ struct VectorMath {
   void (*positive_slopes)(T* dz, const T* dy, const T* y, index_t count, T slope) = nullptr;
   // y[i] = scalar::relu_parametric(z[i], cap, slope, threshold) (vector_relu).
   void (*relu)(T* y, const T* z, index_t count, T cap, T slope, T threshold) = nullptr;
+  // dz[i] = dy[i] * scalar::relu_parametric_derivative(z[i], ...) (vector_relu_backward).
+  void (*relu_backward)(T* dz, const T* dy, const T* z, index_t count, T cap, T slope,
+                        T threshold) = nullptr;
   // sums[j] += rows[r * ld + j] in double over r < n in order (vector_column_sums).
   void (*column_sums)(double* sums, const T* rows, index_t n, index_t cols, index_t ld) = nullptr;
 };
@@ -82,6 +85,16 @@ bool vector_relu(T* y, const T* z, index_t count, T cap, T slope, T threshold);
 template <typename T>
 bool vector_relu_with_isa(gemm::Isa isa, T* y, const T* z, index_t count, T cap, T slope,
                           T threshold);
+
+// dz[i] = dy[i] * scalar::relu_parametric_derivative(z[i], cap, slope, threshold) for i <
+// count (dz may be dy), in the ISA's vectors: the same bits. False, nothing written, where the
+// ISA has none.
+template <typename T>
+bool vector_relu_backward(T* dz, const T* dy, const T* z, index_t count, T cap, T slope,
+                          T threshold);
+template <typename T>
+bool vector_relu_backward_with_isa(gemm::Isa isa, T* dz, const T* dy, const T* z, index_t count,
+                                   T cap, T slope, T threshold);
 
 // sums[j] += rows[r * ld + j] in double for j < cols, over rows r < n in increasing order (a
 // bias gradient's column sums): each sum the scalar loop's chain, the same bits. False,
