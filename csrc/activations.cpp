@@ -73,15 +73,16 @@ void derivative_from_y_loops(ActivationKind kind, T* dz, const T* dy, const T* y
 }  // namespace
 
 template <typename T>
-void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
-  if (vecmath::vector_softmax(v, rows, cols, ld)) return;
+void softmax_rows(T* out, const T* in, index_t rows, index_t cols, index_t ld) {
+  if (vecmath::vector_softmax(out, in, rows, cols, ld)) return;
   for (index_t r = 0; r < rows; ++r) {
-    T* row = v + r * ld;
-    T max_value = row[0];
-    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
+    const T* src = in + r * ld;
+    T* row = out + r * ld;
+    T max_value = src[0];
+    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, src[j]);
     T sum = T(0);
     for (index_t j = 0; j < cols; ++j) {
-      row[j] = std::exp(row[j] - max_value);
+      row[j] = std::exp(src[j] - max_value);
       sum += row[j];
     }
     const T inv = T(1) / sum;
@@ -90,19 +91,20 @@ void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
 }
 
 template <typename T>
-void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld) {
-  if (vecmath::vector_log_softmax(v, rows, cols, ld)) return;
+void log_softmax_rows(T* out, const T* in, index_t rows, index_t cols, index_t ld) {
+  if (vecmath::vector_log_softmax(out, in, rows, cols, ld)) return;
   for (index_t r = 0; r < rows; ++r) {
-    T* row = v + r * ld;
-    T max_value = row[0];
-    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, row[j]);
+    const T* src = in + r * ld;
+    T* row = out + r * ld;
+    T max_value = src[0];
+    for (index_t j = 1; j < cols; ++j) max_value = std::max(max_value, src[j]);
     // float rows sum in double: a long row's serial float sum would carry cols roundings
     // into log(sum)
     using Sum = std::conditional_t<sizeof(T) == 4, double, T>;
     Sum sum = Sum(0);
-    for (index_t j = 0; j < cols; ++j) sum += static_cast<Sum>(std::exp(row[j] - max_value));
+    for (index_t j = 0; j < cols; ++j) sum += static_cast<Sum>(std::exp(src[j] - max_value));
     const T log_sum = static_cast<T>(std::log(sum));
-    for (index_t j = 0; j < cols; ++j) row[j] = (row[j] - max_value) - log_sum;
+    for (index_t j = 0; j < cols; ++j) row[j] = (src[j] - max_value) - log_sum;
   }
 }
 
@@ -119,12 +121,11 @@ void activation_forward(T* y, const T* z, index_t rows, index_t cols, const Acti
     const T* zin = z + r0 * cols;
     T* yout = y + r0 * cols;
     const index_t count = (r1 - r0) * cols;
-    if (is_row_activation(act.kind)) {
-      if (yout != zin) std::memcpy(yout, zin, sizeof(T) * static_cast<size_t>(count));
+    if (is_row_activation(act.kind)) {  // from z's rows into y's: no copy of z first
       if (act.kind == ActivationKind::softmax)
-        softmax_rows_inplace(yout, r1 - r0, cols, cols);
+        softmax_rows(yout, zin, r1 - r0, cols, cols);
       else
-        log_softmax_rows_inplace(yout, r1 - r0, cols, cols);
+        log_softmax_rows(yout, zin, r1 - r0, cols, cols);
       return;
     }
     switch (act.kind) {
@@ -165,8 +166,8 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
       std::vector<T> probs;
       const T* p = use_y ? y + begin : nullptr;
       if (!use_y) {
-        probs.assign(z + begin, z + begin + count);
-        softmax_rows_inplace(probs.data(), r1 - r0, cols, cols);
+        probs.resize(static_cast<size_t>(count));
+        softmax_rows(probs.data(), z + begin, r1 - r0, cols, cols);
         p = probs.data();
       }
       if (vecmath::vector_softmax_backward(dz + begin, dy + begin, p, r1 - r0, cols, cols))
@@ -200,8 +201,7 @@ void activation_backward(T* dz, const T* dy, const T* y, const T* z, index_t row
           if (!vecmath::vector_activation<T>(probs.data(), nullptr, yr, cols, exponential))
             for (index_t j = 0; j < cols; ++j) probs[size_t(j)] = std::exp(yr[j]);
         } else {
-          std::memcpy(probs.data(), z + r * cols, sizeof(T) * static_cast<size_t>(cols));
-          softmax_rows_inplace(probs.data(), 1, cols, cols);
+          softmax_rows(probs.data(), z + r * cols, 1, cols, cols);
         }
         for (index_t j = 0; j < cols; ++j) dzr[j] = dyr[j] - probs[size_t(j)] * total;
       }
@@ -279,8 +279,8 @@ void relu_backward(T* dz, const T* dy, const T* z, index_t count, const ReluPara
   template void activation_forward<T>(T*, const T*, index_t, index_t, const Activation&, int); \
   template void activation_backward<T>(T*, const T*, const T*, const T*, index_t, index_t,     \
                                        const Activation&, int);                               \
-  template void softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                      \
-  template void log_softmax_rows_inplace<T>(T*, index_t, index_t, index_t);                  \
+  template void softmax_rows<T>(T*, const T*, index_t, index_t, index_t);                    \
+  template void log_softmax_rows<T>(T*, const T*, index_t, index_t, index_t);                \
   template void relu_forward<T>(T*, const T*, index_t, const ReluParameters&, int);            \
   template void relu_backward<T>(T*, const T*, const T*, index_t, const ReluParameters&, int);
 DENSEKIT_INSTANTIATE(float)

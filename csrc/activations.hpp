@@ -46,12 +46,13 @@ template <typename T>
 void relu_backward(T* dz, const T* dy, const T* z, index_t count, const ReluParameters& relu,
                    int num_threads);
 
-// Row softmax of a (rows, cols) block with leading dimension ld, in place, one thread.
+// Row softmax of a (rows, cols) block of `in` with leading dimension ld into `out` (out may
+// be in), one thread.
 template <typename T>
-void softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld);
+void softmax_rows(T* out, const T* in, index_t rows, index_t cols, index_t ld);
 
 // Row log-softmax, (z - max) - log(sum exp(z - max)), likewise.
 template <typename T>
-void log_softmax_rows_inplace(T* v, index_t rows, index_t cols, index_t ld);
+void log_softmax_rows(T* out, const T* in, index_t rows, index_t cols, index_t ld);
 
 }  // namespace densekit

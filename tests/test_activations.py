@@ -130,9 +130,11 @@ def test_large_magnitudes_stay_finite(name, dtype):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_in_place_and_out(name):
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(9, 11), (18, 45)])  # narrow rows by blocks, long rows
+def test_in_place_and_out(name, dtype, shape):
     rng = np.random.default_rng(3)
-    z = rng.standard_normal((9, 11))
+    z = rng.standard_normal(shape).astype(dtype)
     expected = kernels.activation_forward(z, name)
     out = np.empty_like(z)
     assert kernels.activation_forward(z, name, out=out) is out
@@ -140,7 +142,7 @@ def test_in_place_and_out(name):
     z_copy = z.copy()
     assert kernels.activation_forward(z_copy, name, out=z_copy) is z_copy
     np.testing.assert_array_equal(z_copy, expected)
-    dy = rng.standard_normal((9, 11))
+    dy = rng.standard_normal(shape).astype(dtype)
     dz = kernels.activation_backward(dy, name, z=z)
     dy_copy = dy.copy()
     assert kernels.activation_backward(dy_copy, name, z=z, out=dy_copy) is dy_copy

@@ -116,12 +116,11 @@ bool vector_math_isa_test(const std::string& isa_text, py::handle out_obj, py::h
                          isa, mptr<T>(out), cptr<T>(dy), cptr<T>(z), size / cols, cols, cols);
         return;
       }
-      std::vector<T> rows(cptr<T>(z), cptr<T>(z) + size);
       done = act.kind == ActivationKind::softmax
-                 ? vecmath::vector_softmax_with_isa<T>(isa, rows.data(), size / cols, cols, cols)
-                 : vecmath::vector_log_softmax_with_isa<T>(isa, rows.data(), size / cols, cols,
-                                                           cols);
-      if (done) std::copy(rows.begin(), rows.end(), mptr<T>(out));
+                 ? vecmath::vector_softmax_with_isa<T>(isa, mptr<T>(out), cptr<T>(z),
+                                                       size / cols, cols, cols)
+                 : vecmath::vector_log_softmax_with_isa<T>(isa, mptr<T>(out), cptr<T>(z),
+                                                           size / cols, cols, cols);
       return;
     }
     done = vecmath::vector_activation_with_isa<T>(

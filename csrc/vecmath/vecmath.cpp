@@ -113,23 +113,25 @@ bool vector_column_sums(double* sums, const T* rows, index_t n, index_t cols, in
 }
 
 template <typename T>
-bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
-  return call_entry<T>(isa, &VectorMath<T>::softmax, v, rows, cols, ld);
+bool vector_softmax_with_isa(gemm::Isa isa, T* out, const T* in, index_t rows, index_t cols,
+                             index_t ld) {
+  return call_entry<T>(isa, &VectorMath<T>::softmax, out, in, rows, cols, ld);
 }
 
 template <typename T>
-bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld) {
-  return vector_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
+bool vector_softmax(T* out, const T* in, index_t rows, index_t cols, index_t ld) {
+  return vector_softmax_with_isa(gemm::isa_choice().isa, out, in, rows, cols, ld);
 }
 
 template <typename T>
-bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld) {
-  return call_entry<T>(isa, &VectorMath<T>::log_softmax, v, rows, cols, ld);
+bool vector_log_softmax_with_isa(gemm::Isa isa, T* out, const T* in, index_t rows, index_t cols,
+                                 index_t ld) {
+  return call_entry<T>(isa, &VectorMath<T>::log_softmax, out, in, rows, cols, ld);
 }
 
 template <typename T>
-bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld) {
-  return vector_log_softmax_with_isa(gemm::isa_choice().isa, v, rows, cols, ld);
+bool vector_log_softmax(T* out, const T* in, index_t rows, index_t cols, index_t ld) {
+  return vector_log_softmax_with_isa(gemm::isa_choice().isa, out, in, rows, cols, ld);
 }
 
 template <typename T>
@@ -160,10 +162,11 @@ bool vector_log_softmax_backward(T* dz, const T* dy, const T* y, index_t rows, i
   template bool vector_activation<T>(T*, const T*, const T*, index_t, const Activation&);   \
   template bool vector_activation_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t,  \
                                               const Activation&);                           \
-  template bool vector_softmax<T>(T*, index_t, index_t, index_t);                          \
-  template bool vector_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);      \
-  template bool vector_log_softmax<T>(T*, index_t, index_t, index_t);                      \
-  template bool vector_log_softmax_with_isa<T>(gemm::Isa, T*, index_t, index_t, index_t);    \
+  template bool vector_softmax<T>(T*, const T*, index_t, index_t, index_t);                \
+  template bool vector_softmax_with_isa<T>(gemm::Isa, T*, const T*, index_t, index_t, index_t); \
+  template bool vector_log_softmax<T>(T*, const T*, index_t, index_t, index_t);            \
+  template bool vector_log_softmax_with_isa<T>(gemm::Isa, T*, const T*, index_t, index_t,  \
+                                               index_t);                                   \
   template bool vector_positive_slopes<T>(T*, const T*, const T*, index_t, T);               \
   template bool vector_positive_slopes_with_isa<T>(gemm::Isa, T*, const T*, const T*, index_t, \
                                                    T);                                       \

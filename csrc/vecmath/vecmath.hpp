@@ -17,10 +17,10 @@ struct VectorMath {
   gemm::Isa isa = gemm::Isa::portable;
   // y[i] = f(z[i]) for i < count (y may be z).
   void (*apply)(T* y, const T* z, index_t count, ActivationKind kind, T alpha) = nullptr;
-  // Softmax of rows x cols of (v, ld) in place.
-  void (*softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
-  // Log-softmax of rows x cols of (v, ld) in place.
-  void (*log_softmax)(T* v, index_t rows, index_t cols, index_t ld) = nullptr;
+  // Softmax of rows x cols of (in, ld) into (out, ld); out may be in.
+  void (*softmax)(T* out, const T* in, index_t rows, index_t cols, index_t ld) = nullptr;
+  // Log-softmax likewise.
+  void (*log_softmax)(T* out, const T* in, index_t rows, index_t cols, index_t ld) = nullptr;
   // Softmax's backward over rows x cols (dz, dy, p with leading dimension ld; p softmax's
   // output, dz may be dy): dz = p * (dy - sum(dy * p)) per row.
   void (*softmax_backward)(T* dz, const T* dy, const T* p, index_t rows, index_t cols,
@@ -105,18 +105,20 @@ template <typename T>
 bool vector_column_sums_with_isa(gemm::Isa isa, double* sums, const T* rows, index_t n,
                                  index_t cols, index_t ld);
 
-// Softmax of rows x cols of (v, ld) in place with the vector math of the ISA in use
-// (vector_exp, lane sums); false, and nothing written, where it has none for T.
+// Softmax of rows x cols of (in, ld) into (out, ld) (out may be in) with the vector math of
+// the ISA in use (vector_exp, lane sums); false, and nothing written, where it has none for T.
 template <typename T>
-bool vector_softmax(T* v, index_t rows, index_t cols, index_t ld);
+bool vector_softmax(T* out, const T* in, index_t rows, index_t cols, index_t ld);
 template <typename T>
-bool vector_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+bool vector_softmax_with_isa(gemm::Isa isa, T* out, const T* in, index_t rows, index_t cols,
+                             index_t ld);
 
 // Log-softmax likewise: (z - max) - log(sum exp(z - max)) per row.
 template <typename T>
-bool vector_log_softmax(T* v, index_t rows, index_t cols, index_t ld);
+bool vector_log_softmax(T* out, const T* in, index_t rows, index_t cols, index_t ld);
 template <typename T>
-bool vector_log_softmax_with_isa(gemm::Isa isa, T* v, index_t rows, index_t cols, index_t ld);
+bool vector_log_softmax_with_isa(gemm::Isa isa, T* out, const T* in, index_t rows, index_t cols,
+                                 index_t ld);
 
 // The backward of softmax (p its output) and of log-softmax (y its output) over rows x cols
 // (leading dimension ld; dz may be dy) with the vector math of the ISA in use: each row's sum
