@@ -30,6 +30,8 @@ namespace densekit::lowp {
 constexpr int kPanel = static_cast<int>(kRowPanel);  // columns per packed panel of B
 constexpr int kMaxRows = 14;   // rows per register tile
 constexpr int kMaxBlockRows = 32;  // rows per block of the block tiles (AMX)
+// The shortest row tile that run_tiles makes to give several threads equal numbers of them
+constexpr index_t kMinEvenRows = 10;
 // A packed panel's word rows are padded with zeros to a multiple of this (the AMX tiles read
 // k in steps of 16 words); the other tiles read only the words there are.
 constexpr index_t kPanelWordAlign = 16;
@@ -239,10 +241,21 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // rows of a block spread over L1's sets
   index_t a_stride = blocks ? padded_words(words) : 0;
   if (blocks && (a_stride / kPanelWordAlign) % 2 == 0) a_stride += kPanelWordAlign;
-  const index_t row_tiles = (m + tile_height - 1) / tile_height;
+  index_t row_tiles = (m + tile_height - 1) / tile_height;
   const int threads = tile_threads(tiles, m, flops, num_threads);
+  // On several threads the register tiles' row tiles come in a multiple of the thread count
+  // where each stays at least kMinEvenRows tall, and then every task spans the chunk of B's
+  // columns that L2 holds, rather than B being split into more chunks for more tasks: a row
+  // tile left over ran on one thread while the others waited, and each column chunk packed
+  // A's row tile again (measured in README.md).
+  bool even_rows = false;
+  if (!blocks && threads > 1) {
+    const index_t even = (row_tiles + threads - 1) / threads * threads;
+    if (m >= even * kMinEvenRows) row_tiles = even;
+    even_rows = row_tiles % threads == 0;
+  }
   // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
-  // 8, but enough chunks for every thread. At least 16 for the block tiles: B streams from L2
+  // 8, but, where the row tiles do not come evenly, enough chunks for every thread. At least 16 for the block tiles: B streams from L2
   // through them while each k block of A stays in L1, so the more panels a k block of A serves
   // the less is read from L2 per product (matmul bf16 4096x512x512, 1 thread: 8 panels 950,
   // 16 panels 1110 GFLOP/s; Intel Xeon, AMX).
@@ -256,7 +269,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // chunk: 619 -> 444 GFLOP/s), 2 MiB gained little; k <= 1024 is unchanged.
   if (blocks)
     chunk_panels = std::min(chunk_panels, std::max<index_t>(1, (index_t(1) << 20) / panel_bytes));
-  const index_t wanted_chunks = (4 * index_t(threads) + row_tiles - 1) / row_tiles;
+  const index_t wanted_chunks = even_rows ? 1 : (4 * index_t(threads) + row_tiles - 1) / row_tiles;
   chunk_panels = std::max<index_t>(
       1, std::min(chunk_panels, (b.panels + wanted_chunks - 1) / wanted_chunks));
   const index_t kChunkPanels = chunk_panels;
