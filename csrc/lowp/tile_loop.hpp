@@ -246,8 +246,8 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // On several threads the register tiles' row tiles come in a multiple of the thread count
   // where each stays at least kMinEvenRows tall, and then every task spans the chunk of B's
   // columns that L2 holds, rather than B being split into more chunks for more tasks: a row
-  // tile left over ran on one thread while the others waited, and each column chunk packed
-  // A's row tile again (measured in README.md).
+  // tile left over would run on one thread while the others wait, and each column chunk would
+  // pack A's row tile again (measured in README.md).
   bool even_rows = false;
   if (!blocks && threads > 1) {
     const index_t even = (row_tiles + threads - 1) / threads * threads;
@@ -255,10 +255,10 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
     even_rows = row_tiles % threads == 0;
   }
   // Columns per task: as many panels as keep a chunk of B within about half of L2, at least
-  // 8, but, where the row tiles do not come evenly, enough chunks for every thread. At least 16 for the block tiles: B streams from L2
-  // through them while each k block of A stays in L1, so the more panels a k block of A serves
-  // the less is read from L2 per product (matmul bf16 4096x512x512, 1 thread: 8 panels 950,
-  // 16 panels 1110 GFLOP/s; Intel Xeon, AMX).
+  // 8, but, where the row tiles do not come evenly, enough chunks for every thread. At least
+  // 16 for the block tiles: B streams from L2 through them while each k block of A stays in
+  // L1, so the more panels a k block of A serves the less is read from L2 per product (matmul
+  // bf16 4096x512x512, 1 thread: 8 panels 950, 16 panels 1110 GFLOP/s; Intel Xeon, AMX).
   const index_t panel_bytes = std::max<index_t>(words, 1) * kPanel * index_t(sizeof(std::uint32_t));
   index_t chunk_panels = std::max<index_t>(blocks ? 16 : 8, (index_t(512) << 10) / panel_bytes);
   // For the block tiles, at most 1 MiB of B (half of L2 on the CPUs with AMX) all the same:
@@ -269,7 +269,8 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // chunk: 619 -> 444 GFLOP/s), 2 MiB gained little; k <= 1024 is unchanged.
   if (blocks)
     chunk_panels = std::min(chunk_panels, std::max<index_t>(1, (index_t(1) << 20) / panel_bytes));
-  const index_t wanted_chunks = even_rows ? 1 : (4 * index_t(threads) + row_tiles - 1) / row_tiles;
+  const index_t wanted_chunks =
+      even_rows ? 1 : (4 * index_t(threads) + row_tiles - 1) / row_tiles;
   chunk_panels = std::max<index_t>(
       1, std::min(chunk_panels, (b.panels + wanted_chunks - 1) / wanted_chunks));
   const index_t kChunkPanels = chunk_panels;
