@@ -253,7 +253,8 @@ void relu_forward(T* y, const T* z, index_t count, const ReluParameters& relu, i
   const T threshold = static_cast<T>(relu.threshold);
   for_element_blocks(count, num_threads, [&](index_t begin, index_t end) {
     if (vecmath::vector_relu(y + begin, z + begin, end - begin, cap, slope, threshold)) return;
-    for (index_t i = begin; i < end; ++i) y[i] = scalar::relu_parametric(z[i], cap, slope, threshold);
+    for (index_t i = begin; i < end; ++i)
+      y[i] = scalar::relu_parametric(z[i], cap, slope, threshold);
   });
 }
 
