@@ -364,8 +364,9 @@ def test_every_tile_height_reading_a_in_place_gives_the_pair_rule_s_bits(path, t
 @pytest.mark.parametrize("k", [2048, 2050, 4096])
 def test_rows_that_crowd_l1_give_the_pair_rule_s_bits(path, k):
     # A row-major bf16 a whose rows lie a multiple of 4 KiB apart (or nearly) would put a row
-    # tile's lines in one L1 set: it is packed instead of read in place (tile_loop.hpp), with
-    # the same chains, so the same bits, on any thread count.
+    # tile's lines in one L1 set: its rows are copied to a stride of an odd number of cache
+    # lines and read there, or packed word-major on the paths without tiles that read A in
+    # place (tile_loop.hpp), with the same chains, so the same bits, on any thread count.
     rng = np.random.default_rng(k)
     a, b = bf16(rng, (29, k)), bf16(rng, (k, 40))
     want = rule(path, a, b)

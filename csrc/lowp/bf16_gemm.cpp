@@ -349,7 +349,8 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
         finish_row(acc, cols, i, j0, c32, c16, ldc, ep, row.data());
       },
       direct ? c32 : nullptr, ldc, in_place ? a : nullptr,
-      static_cast<index_t>(lda * sizeof(AT)));
+      static_cast<index_t>(lda * sizeof(AT)), /*a_rows_padded=*/false,
+      /*rows_by_copy=*/!trans_a);
 }
 
 // C (m, n) = op(A) @ B for one row tile (m <= kMaxRows) and a row-major B (k, n) read in

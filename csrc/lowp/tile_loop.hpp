@@ -218,11 +218,17 @@ int tile_threads(const TileSet<Acc>& tiles, index_t m, double flops, int num_thr
 // crowd L1 (rows_crowd_l1), nothing is packed. The block tiles read A in place when its rows
 // hold whole steps of kPanelWordAlign words: words is a multiple of it, or a_rows_padded (each
 // row holds padded_words(words) words, the padding's products with B's zero padding zero).
+// rows_by_copy: pack_a with a stride copies A's rows as they are stored (a row-major A: rounded
+// from float32, or bf16 not read in place); where the path has tiles that read A in place,
+// the register tiles then read such copies (rows an odd number of cache lines apart, so that
+// none crowd L1) instead of word-major tiles, whose packing also transposes blocks of 16 x 16
+// words (measured in README.md).
 template <typename Acc, class PackA, class PackWhole, class Guard, class Finish>
 void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, double flops,
                int num_threads, index_t block_words, PackA&& pack_a, PackWhole&& pack_whole,
                Guard&& guard, Finish&& finish, Acc* direct = nullptr, index_t direct_ldc = 0,
-               const void* a_in_place = nullptr, index_t a_lda = 0, bool a_rows_padded = false) {
+               const void* a_in_place = nullptr, index_t a_lda = 0, bool a_rows_padded = false,
+               bool rows_by_copy = false) {
   if (m <= 0 || b.n <= 0) return;
   const index_t words = b.words;
   const bool blocks = tiles.block != nullptr;
@@ -237,10 +243,19 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   if (blocks && direct != nullptr && !(cache_aligned(direct) && direct_ldc * sizeof(Acc) % 64 == 0))
     direct = nullptr;
   const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
-  // packed A's row stride (blocks): whole steps, and an odd number of cache lines, so that the
-  // rows of a block spread over L1's sets
-  index_t a_stride = blocks ? padded_words(words) : 0;
-  if (blocks && (a_stride / kPanelWordAlign) % 2 == 0) a_stride += kPanelWordAlign;
+  // the register tiles reading copied rows of A in place (rows_by_copy)
+  const bool copied_rows =
+      !in_place && rows_by_copy && !blocks && words > 0 && tiles.in_place_narrow[1] != nullptr;
+  // packed A's row stride (blocks, copied rows): whole steps, and an odd number of cache lines,
+  // so that the rows of a tile spread over L1's sets
+  index_t a_stride = blocks || copied_rows ? padded_words(words) : 0;
+  if ((blocks || copied_rows) && (a_stride / kPanelWordAlign) % 2 == 0)
+    a_stride += kPanelWordAlign;
+  // where the tiles that read A in place find a tile's rows: A itself, a whole copy of A
+  // (set below) or the task's copy of its row tile (lda bytes apart)
+  const bool rows_in_place = in_place || copied_rows;
+  const unsigned char* a_rows_base = in_place ? a_bytes : nullptr;
+  const index_t rows_lda = in_place ? a_lda : a_stride * index_t(sizeof(std::uint32_t));
   index_t row_tiles = (m + tile_height - 1) / tile_height;
   const int threads = tile_threads(tiles, m, flops, num_threads);
   // On several threads the register tiles' row tiles come in a multiple of the thread count
@@ -302,11 +317,11 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   std::uint32_t* packed_a = nullptr;
   bool prepacked = false;
   // A's row tile rt in the packed copy (word-major: words per row, by row: a_stride)
-  const index_t row_words = blocks ? a_stride : words;
+  const index_t row_words = blocks || copied_rows ? a_stride : words;
   if (!in_place && words > 0 &&
       double(m) * double(row_words) * sizeof(std::uint32_t) <= double(64 << 20)) {
     packed_a = static_cast<std::uint32_t*>(t_packed_a.get(buffer_bytes(m, row_words, 4)));
-    prepacked = !blocks && pack_whole(packed_a, row_tiles, threads);
+    prepacked = !blocks && !copied_rows && pack_whole(packed_a, row_tiles, threads);
     if (!prepacked && chunks > 1 && (threads == 1 || flops >= kPrepackFlops)) {
       parallel_for(row_tiles, threads, [&](index_t rt) {
         const index_t r0 = m * rt / row_tiles;
@@ -314,6 +329,7 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
       });
       prepacked = true;
     }
+    if (prepacked && copied_rows) a_rows_base = reinterpret_cast<const unsigned char*>(packed_a);
   }
   parallel_tasks(row_tiles * chunks, threads, [&](int participant, index_t task) {
     Scratch& s = scratch[static_cast<size_t>(participant)];
@@ -349,6 +365,10 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
           s.a_row_tile = rt;
         }
       }
+      // the tile's rows for the tiles that read A in place
+      const unsigned char* tile_rows_at = a_rows_base != nullptr
+                                              ? a_rows_base + r0 * rows_lda
+                                              : reinterpret_cast<const unsigned char*>(a_tile);
       [[maybe_unused]] const auto mode = guard();
       if (blocks) {
         const std::uint32_t* a_rows =
@@ -363,10 +383,10 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
         // the tile of `count` panels (1 or wide) at panel p over k block [q0, q0 + kq)
         auto run = [&](int count, index_t p, index_t q0, index_t kq) {
           const std::uint32_t* bq = b.panel(p0 + p) + q0 * kPanel;
-          if (in_place) {
-            const unsigned char* ablock = a_bytes + r0 * a_lda + 4 * q0;
+          if (rows_in_place) {
             (count > 1 ? tiles.in_place_wide : tiles.in_place_narrow)[rows](
-                kq, ablock, a_lda, bq, panel_stride, acc + p * kPanel, ld, q0 > 0);
+                kq, tile_rows_at + 4 * q0, rows_lda, bq, panel_stride, acc + p * kPanel, ld,
+                q0 > 0);
           } else {
             (count > 1 ? tiles.wide : tiles.narrow)[rows](kq, a_tile + q0 * rows, bq,
                                                           panel_stride, acc + p * kPanel, ld,
