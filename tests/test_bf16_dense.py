@@ -418,8 +418,12 @@ packed = K.Bf16Weights(w, transposed=True)
 z = np.empty((21, 45), np.float32)
 y = K.dense_forward_bf16(x, packed, activation="relu", preact_out=z)
 grads = K.dense_backward_bf16(np.ones_like(y), x, packed, preact=z, activation="relu")
+# an odd k over several column chunks on 1 thread: x's rows copied (or packed) all at once
+x2 = rng.standard_normal((17, 1001)).astype(np.float32)
+wide = K.Bf16Weights(rng.standard_normal((1001, 300)).astype(np.float32))
+y2 = K.dense_forward_bf16(x2, wide, activation="relu", num_threads=1)
 print(json.dumps({"path": K.bf16_config()["path"],
-                  "bits": [a.view(np.uint32).ravel().tolist() for a in (y, *grads)]}))
+                  "bits": [a.view(np.uint32).ravel().tolist() for a in (y, *grads, y2)]}))
 """
 
 
