@@ -218,36 +218,55 @@ void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x
     dz_pass(dz, dy, y, preact, n, m, act, dw_direct ? &t_dz_packed : nullptr, dz16,
             num_threads);
   if (db != nullptr) dense_bias_gradient<float>(db, dz, n, m, accumulate, num_threads);
-  if (dw != nullptr) {
+  // the calling thread's buffers, which the products may use from another thread
+  PackedBf16& dz_packed = t_dz_packed;
+  gemm::Scratch& narrow_out = t_narrow_out;
+  auto dw_product = [&](int threads) {
     if (n == 0) {
       if (!accumulate)
         for (index_t i = 0; i < k * m; ++i) dw[i] = 0.0f;
     } else if (!dw_direct) {
       // dw^T (m, k) = dz^T x: dz^T packed as A (two rows of dz joined at a time), x as B
       with_values(x, [&](const auto* xp) {
-        pack_bf16_into(&t_dz_packed, xp, k, false, n, k, num_threads);
+        pack_bf16_into(&dz_packed, xp, k, false, n, k, threads);
       });
-      auto* dwt = static_cast<float*>(t_narrow_out.get(buffer_bytes(m, k, sizeof(float))));
-      gemm_bf16(m, k, n, dz, m, true, t_dz_packed, dwt, nullptr, k, Bf16Epilogue{}, num_threads);
+      auto* dwt = static_cast<float*>(narrow_out.get(buffer_bytes(m, k, sizeof(float))));
+      gemm_bf16(m, k, n, dz, m, true, dz_packed, dwt, nullptr, k, Bf16Epilogue{}, threads);
       for (index_t p = 0; p < k; ++p)  // v = (accumulate ? dw : 0) + sums, as the epilogue
         for (index_t j = 0; j < m; ++j)
           dw[p * m + j] = accumulate ? dw[p * m + j] + dwt[j * k + p] : dwt[j * k + p];
-      t_narrow_out.trim();
+      narrow_out.trim();
     } else {
       Bf16Epilogue ep;  // x^T rounded as it is packed, two rows of x at a time
       ep.accumulate = accumulate;
       with_values(x, [&](const auto* xp) {
-        gemm_bf16(k, m, n, xp, k, true, t_dz_packed, dw, nullptr, m, ep, num_threads);
+        gemm_bf16(k, m, n, xp, k, true, dz_packed, dw, nullptr, m, ep, threads);
       });
     }
-  }
-  if (dx.given()) {
+  };
+  auto dx_product = [&](int threads) {
     const Bf16Epilogue ep;
     if (dz16 != nullptr) {
-      gemm_bf16(n, k, m, dz16, m, false, w.transposed, dx.f32, dx.b16, k, ep, num_threads);
+      gemm_bf16(n, k, m, dz16, m, false, w.transposed, dx.f32, dx.b16, k, ep, threads);
     } else {
-      gemm_bf16(n, k, m, dz, m, false, w.transposed, dx.f32, dx.b16, k, ep, num_threads);
+      gemm_bf16(n, k, m, dz, m, false, w.transposed, dx.f32, dx.b16, k, ep, threads);
     }
+  };
+  // Products too small for a second thread to pay (each would run on one: a layer of a few
+  // units, a small batch) run side by side, a thread each, instead of one after the other:
+  // they are independent, so the values are the same (measured in README.md).
+  if (dw != nullptr && dx.given() && num_threads > 1 &&
+      2.0 * double(n) * double(k) * double(m) < 2 * kTileGrainFlops) {
+    parallel_for(2, 2, [&](index_t product) {
+      if (product == 0) {
+        dw_product(1);
+      } else {
+        dx_product(1);
+      }
+    });
+  } else {
+    if (dw != nullptr) dw_product(num_threads);
+    if (dx.given()) dx_product(num_threads);
   }
   t_dz_scratch.trim();
   t_dz_bf16.trim();
