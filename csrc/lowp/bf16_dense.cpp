@@ -255,8 +255,11 @@ void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x
   // Products too small for a second thread to pay (each would run on one: a layer of a few
   // units, a small batch) run side by side, a thread each, instead of one after the other:
   // they are independent, so the values are the same (measured in README.md).
-  if (dw != nullptr && dx.given() && num_threads > 1 &&
-      2.0 * double(n) * double(k) * double(m) < 2 * kTileGrainFlops) {
+  const bool side_by_side =
+      dw != nullptr && dx.given() && n > 0 && num_threads > 1 &&
+      gemm_bf16_threads(dw_direct ? k : m, dw_direct ? m : k, n, num_threads) == 1 &&
+      gemm_bf16_threads(n, k, m, num_threads) == 1;
+  if (side_by_side) {
     parallel_for(2, 2, [&](index_t product) {
       if (product == 0) {
         dw_product(1);

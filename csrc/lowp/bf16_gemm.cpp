@@ -454,6 +454,11 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const f
   run_gemm(path, m, n, k, a, lda, trans_a, b, c32, c16, ldc, ep, num_threads);
 }
 
+int gemm_bf16_threads(index_t m, index_t n, index_t k, int num_threads) {
+  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  return tile_threads(tiles_for(bf16_choice().path), m, flops, num_threads);
+}
+
 void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,
                const PackedBf16& b, float* c32, bf16_bits* c16, index_t ldc,
                const Bf16Epilogue& epilogue, int num_threads) {

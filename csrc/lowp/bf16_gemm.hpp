@@ -100,6 +100,10 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const f
                          bf16_bits* c16, index_t ldc, const Bf16Epilogue& epilogue,
                          int num_threads);
 
+// The threads gemm_bf16 runs a product of m rows and k-long chains over n columns on, on the
+// chosen path (its tiles' grain), out of num_threads.
+int gemm_bf16_threads(index_t m, index_t n, index_t k, int num_threads);
+
 // C (m, n) = op(A) @ op(B) with op(B) packed for this call alone, into the calling thread's
 // kept buffer (a product that packs B on every call pays no allocation and no page faults;
 // buffers above gemm::Scratch::kMaxKept are given back). path: the path, or null for the

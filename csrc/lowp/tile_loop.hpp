@@ -192,15 +192,12 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
 // threads split B's columns instead (Intel Xeon, AMX, dense bf16 2 threads against 1:
 // 128x256x128 18 vs 15 us, 256x256x128 17 vs 27; 64x784x256 (2 row tiles) 34 vs 30,
 // 128x784x256 47 vs 58).
-// A register-tile product's FLOPs per thread: below twice this it runs on one thread.
-constexpr double kTileGrainFlops = 4e6;
-
 template <typename Acc>
 int tile_threads(const TileSet<Acc>& tiles, index_t m, double flops, int num_threads) {
   const bool blocks = tiles.block != nullptr;
   const index_t tile_height = blocks ? kMaxBlockRows : kMaxRows;
   const index_t row_tiles = (m + tile_height - 1) / tile_height;
-  int threads = threads_for_work(num_threads, flops, blocks ? 8e6 : kTileGrainFlops);
+  int threads = threads_for_work(num_threads, flops, blocks ? 8e6 : 4e6);
   if (blocks && row_tiles < 2 * index_t(threads))
     threads = std::min(threads, threads_for_work(num_threads, flops, 32e6));
   return threads;
