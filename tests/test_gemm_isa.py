@@ -639,6 +639,86 @@ def test_cpu_info_reports_choice():
     assert isinstance(info["forced"], bool)
 
 
+def proc_cpuinfo_flags():
+    """The CPU flags Linux reports (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return None
+
+
+def test_low_precision_features_agree_with_the_paths_and_the_os():
+    """The features behind the bf16 / int8 paths are reported, agree with the path chosen and
+    with the flags Linux lists (the same CPUID bits)."""
+    features = densekit.cpu_info()["features"]
+    for name in ("avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"):
+        assert isinstance(features[name], bool)
+    bf16, int8 = K.bf16_config(), K.int8_config()
+    assert ("avx512_bf16" in bf16["available"]) == (
+        features["avx512_bf16"] and features["avx512bw"] and "avx512" in ISAS
+    )
+    assert ("avx512_vnni" in int8["available"]) == (
+        features["avx512_vnni"] and features["avx512bw"] and "avx512" in ISAS
+    )
+    if "amx" in bf16["available"]:
+        assert features["amx_bf16"]
+    if "amx" in int8["available"]:
+        assert features["amx_int8"]
+    flags = proc_cpuinfo_flags()
+    if flags is not None and "avx512" in ISAS:
+        for name in ("avx512_bf16", "avx512_vnni"):
+            assert features[name] == (name in flags), name
+        if features["amx_tile"]:
+            assert "amx_tile" in flags
+
+
+def test_show_config_prints_and_returns_the_choices(capsys):
+    report = densekit.show_config(mode="dicts")
+    info = densekit.cpu_info()
+    assert set(report) == {"build", "machine", "paths", "amx_note", "environment"}
+    assert report["build"]["version"] == densekit.__version__
+    assert report["machine"]["usable_cpus"] == _core.hardware_threads()
+    assert report["machine"]["threads"] == densekit.get_num_threads()
+    assert set(report["machine"]["features"]) == {k for k, v in info["features"].items() if v}
+    assert {dtype: p["path"] for dtype, p in report["paths"].items()} == info["isa"]
+    assert report["paths"]["float32"]["kernel"] == info["microkernels"]["float32"]
+    assert report["paths"]["bfloat16"]["available"] == K.bf16_config()["available"]
+    assert report["paths"]["int8"]["best"] == K.int8_config()["best"]
+    assert densekit.show_config() is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"densekit {densekit.__version__} ")
+    for dtype, path in info["isa"].items():
+        assert any(line.split()[:2] == [dtype, path] for line in out.splitlines()), (dtype, out)
+    with pytest.raises(ValueError, match="mode: expected 'stdout' or 'dicts', got 'json'"):
+        densekit.show_config("json")
+
+
+SHOW_CONFIG_SCRIPT = "import json, densekit; print(json.dumps(densekit.show_config('dicts')))"
+
+
+def test_show_config_reports_forced_paths_and_the_environment():
+    env = dict(os.environ, DENSEKIT_BF16="emulated", DENSEKIT_INT8="sse9", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", SHOW_CONFIG_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    bf16, int8 = report["paths"]["bfloat16"], report["paths"]["int8"]
+    assert bf16["path"] == "emulated" and bf16["forced"] and bf16["requested"] == "emulated"
+    assert not int8["forced"] and int8["path"] == int8["best"] and "sse9" in int8["note"]
+    assert report["machine"]["usable_cpus"] == report["machine"]["threads"] == 1
+    assert report["environment"]["DENSEKIT_BF16"] == "emulated"
+    assert report["environment"]["OMP_NUM_THREADS"] == "1"
+
+
 # ---- dense kernels per ISA, in a subprocess that forces the ISA ----------------------
 
 

@@ -327,14 +327,6 @@ inline int thread_count(py::handle obj, const char* name = "num_threads") {
   return static_cast<int>(std::min<long long>(value, 1 << 16));
 }
 
-// True or False (a Python or NumPy bool): anything else would pick a branch by truthiness.
-inline bool flag_arg(py::handle obj, const char* name) {
-  if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
-  if (py::isinstance(obj, py::module_::import("numpy").attr("bool_")))
-    return PyObject_IsTrue(obj.ptr()) == 1;
-  type_fail(name, "expected True or False, got " + type_name(obj));
-}
-
 // A real number (int or float, not bool), finite unless allow_nonfinite.
 inline double real_number(py::handle obj, const char* name, bool allow_nonfinite = false) {
   if (py::isinstance<py::bool_>(obj) ||

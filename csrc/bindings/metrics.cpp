@@ -95,8 +95,8 @@ py::array confusion_counts_py(py::handle prediction_obj, py::handle target_obj,
     if (d == 0) value_fail("class_id", "given, but prediction has no columns");
     options.class_id = int_in_range(class_id_obj, "class_id", 0, d - 1);
   }
-  options.per_column = flag_arg(multi_label_obj, "multi_label");
-  options.accumulate = flag_arg(accumulate_obj, "accumulate");
+  options.per_column = flag(multi_label_obj, "multi_label");
+  options.accumulate = flag(accumulate_obj, "accumulate");
   const int threads = resolve_num_threads(thread_count(threads_obj));
 
   const index_t kept = confusion_columns(d, options);

@@ -66,6 +66,10 @@ py::dict build_info() {
   features["avx512bw"] = cpu.avx512bw;
   features["avx512vl"] = cpu.avx512vl;
   features["amx_tile"] = cpu.amx_tile;
+  features["avx512_bf16"] = cpu.avx512_bf16;
+  features["avx512_vnni"] = cpu.avx512_vnni;
+  features["amx_bf16"] = cpu.amx_bf16;
+  features["amx_int8"] = cpu.amx_int8;
   info["cpu_features"] = features;
 #if defined(__VERSION__)
   info["compiler"] = __VERSION__;

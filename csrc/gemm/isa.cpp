@@ -19,8 +19,15 @@ CpuFeatures detect() {
   f.avx512f = __builtin_cpu_supports("avx512f");
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
-#if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__)
+  f.avx512_vnni = __builtin_cpu_supports("avx512vnni");
+#if defined(__clang__) || __GNUC__ >= 11
+  f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+#endif
+#if (defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__)) || \
+    defined(DENSEKIT_HAVE_AMX_KERNELS)
   f.amx_tile = __builtin_cpu_supports("amx-tile");
+  f.amx_bf16 = f.amx_tile && __builtin_cpu_supports("amx-bf16");
+  f.amx_int8 = f.amx_tile && __builtin_cpu_supports("amx-int8");
 #endif
 #endif
   return f;

@@ -21,6 +21,11 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool amx_tile = false;
+  // the low-precision products' instructions (csrc/lowp): vdpbf16ps, vpdpbusd, the AMX forms
+  bool avx512_bf16 = false;
+  bool avx512_vnni = false;
+  bool amx_bf16 = false;
+  bool amx_int8 = false;
 };
 
 struct IsaChoice {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "gemm/isa.hpp"
 #include "lowp/path_choice.hpp"
 
 namespace densekit::lowp {
@@ -47,17 +48,15 @@ bool amx_allowed(std::string* note) {
 
 AmxSupport probe_support() {
   AmxSupport s;
-  __builtin_cpu_init();
-  const bool tile = __builtin_cpu_supports("amx-tile");
-  const bool bf16 = tile && __builtin_cpu_supports("amx-bf16");
-  const bool int8 = tile && __builtin_cpu_supports("amx-int8");
+  const gemm::CpuFeatures& cpu = gemm::cpu_features();
+  const bool bf16 = cpu.amx_bf16, int8 = cpu.amx_int8;
   if (!bf16 && !int8) return s;
   std::string request_note;
   if (!amx_allowed(&request_note)) {
     s.note = request_note;
     return s;
   }
-  if (!__builtin_cpu_supports("avx512f") || (xcr0() & (3u << 17)) != (3u << 17)) {
+  if (!cpu.avx512f || (xcr0() & (3u << 17)) != (3u << 17)) {
     s.note = "the OS does not enable the AMX tile state (XCR0)";
     return s;
   }

@@ -26,13 +26,9 @@ namespace {
 constexpr index_t kBlockPairs = 256;  // k block: 512 k, a 32-column B panel of 32 KiB
 
 bool cpu_has_avx512_bf16() {
-#if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-#elif defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__clang__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  const gemm::CpuFeatures& f = gemm::cpu_features();
+  return f.avx512_bf16 && f.avx512bw && f.avx512vl;
 #else
   return false;
 #endif

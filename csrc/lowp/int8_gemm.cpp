@@ -25,9 +25,9 @@ constexpr index_t kBlockQuads = 128;  // k block: 512 k, a 32-column B panel of 
 thread_local gemm::Scratch t_quantized_x;  // a call's x scales and quantized rows
 
 bool cpu_has_avx512_vnni() {
-#if defined(DENSEKIT_HAVE_X86_KERNELS) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#if defined(DENSEKIT_HAVE_X86_KERNELS)
+  const gemm::CpuFeatures& f = gemm::cpu_features();
+  return f.avx512_vnni && f.avx512bw;
 #else
   return false;
 #endif
