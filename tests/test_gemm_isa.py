@@ -701,16 +701,13 @@ SHOW_CONFIG_SCRIPT = "import json, densekit; print(json.dumps(densekit.show_conf
 
 
 def test_show_config_reports_forced_paths_and_the_environment():
-    env = dict(os.environ, DENSEKIT_BF16="emulated", DENSEKIT_INT8="sse9", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", SHOW_CONFIG_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    report = run_with_isa(
+        None,
+        SHOW_CONFIG_SCRIPT,
+        DENSEKIT_BF16="emulated",
+        DENSEKIT_INT8="sse9",
+        OMP_NUM_THREADS="1",
     )
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
     bf16, int8 = report["paths"]["bfloat16"], report["paths"]["int8"]
     assert bf16["path"] == "emulated" and bf16["forced"] and bf16["requested"] == "emulated"
     assert not int8["forced"] and int8["path"] == int8["best"] and "sse9" in int8["note"]
@@ -855,8 +852,10 @@ DENSE_SCRIPT = (
 )
 
 
-def run_with_isa(isa_env, script, *args):
-    env = dict(os.environ)
+def run_with_isa(isa_env, script, *args, **environment):
+    """The JSON the script prints last, run in a child with DENSEKIT_ISA=isa_env (unset when
+    None) and the other environment variables given."""
+    env = dict(os.environ, **environment)
     if isa_env is None:
         env.pop("DENSEKIT_ISA", None)
     else:
