@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 
 from . import _openmp_env  # noqa: F401 - first: loads _core with densekit's OpenMP wait policy
 
@@ -179,7 +178,7 @@ def show_config(mode: str = "stdout") -> dict | None:
         "environment: "
         + (", ".join(f"{k}={v!r}" for k, v in environment.items()) if environment else "none set")
     )
-    print("\n".join(lines), file=sys.stdout)
+    print("\n".join(lines))
     return None
 
 
