@@ -116,6 +116,9 @@ class Pool {
   using Clock = std::chrono::steady_clock;
 
  public:
+  // Idle workers spinning for work now (not asleep): a region opened at once finds them.
+  bool worker_spinning() const { return spinning_.load(std::memory_order_relaxed) > 0; }
+
   void run(int participants, const RegionBody& body) {
     Job job{&body, participants - 1};
     // The gap since the last region ended, averaged: workers spin while it is short.
@@ -209,6 +212,7 @@ class Pool {
       const auto deadline = Clock::now() + (back_to_back ? spin : Clock::duration::zero());
       Job* job;
       int participant;
+      spinning_.fetch_add(1, std::memory_order_relaxed);
       for (;;) {
         for (unsigned turn = 1; open_count_.load(std::memory_order_acquire) == 0; ++turn) {
           cpu_relax();
@@ -220,6 +224,7 @@ class Pool {
         auto lock = lock_spinning();
         // A job seen while spinning may be gone already (its caller did the work): spin on.
         if (open_.empty() && Clock::now() < deadline) continue;
+        spinning_.fetch_sub(1, std::memory_order_relaxed);
         while (open_.empty()) {
           ++sleeping_;
           work_cv_.wait(lock);
@@ -257,6 +262,7 @@ class Pool {
   int workers_ = 0;   // threads started
   int idle_ = 0;      // workers not running a job
   int sleeping_ = 0;  // idle workers blocked on work_cv_
+  std::atomic<int> spinning_{0};  // idle workers spinning for the next job
 };
 
 Pool& pool() {
@@ -362,6 +368,14 @@ Threading threading() {
 int spin_microseconds() {
   static const int value = env_int("DENSEKIT_SPIN_US", 0, 1'000'000, kDefaultSpinMicroseconds);
   return value;
+}
+
+bool pool_worker_spinning() {
+  if (g_forked_child.load(std::memory_order_relaxed)) return false;
+#if defined(_OPENMP)
+  if (threading() == Threading::openmp) return false;
+#endif
+  return pool().worker_spinning();
 }
 
 void run_region(int participants, const RegionBody& body) noexcept {

@@ -319,6 +319,62 @@ def test_bitwise_identical_for_any_thread_count(threads):
         np.testing.assert_array_equal(bits(got), bits(expected))
 
 
+@pytest.mark.parametrize("bf16_io", [False, True])
+@pytest.mark.parametrize(
+    ("n", "k", "m"),
+    # small enough for each product to run on one thread (side by side by choice), a 10-column
+    # layer (dw transposed), an odd m (dx's A rounded as packed), larger products (each split
+    # over the threads when run one after the other)
+    [(1, 3, 2), (29, 31, 10), (64, 128, 10), (130, 301, 97), (256, 128, 33), (200, 256, 128)],
+)
+def test_backward_products_side_by_side_or_one_after_the_other_give_the_same_bits(n, k, m, bf16_io):
+    rng = np.random.default_rng(n + k + m)
+    x, w, b = layer(rng, n, k, m)
+    packed = K.Bf16Weights(w, transposed=True)
+    z, y = composed_forward(x, w, b, "relu")
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    if bf16_io:  # the float32 reference gets the bf16 values
+        x, y, dy = x.astype(BF16), y.astype(BF16), dy.astype(BF16)
+        z = K.matmul_bf16(x, w.astype(BF16), bias=b)
+    want = composed_backward(dy.astype(np.float32), x.astype(np.float32), w, z, "relu")
+    for threads in (1, 2, 3):
+        for schedule in ("serial", "side_by_side"):
+            got = _core._dense_backward_bf16_schedule_test(
+                schedule, dy, x, packed, y, "relu", num_threads=threads
+            )
+            for name, g, e in zip(("dx", "dw", "db"), got, want):
+                np.testing.assert_array_equal(
+                    bits(g), bits(e), err_msg=f"{name} {schedule} threads={threads}"
+                )
+    # the automatic choice (side by side only where a pool worker spins): the same bits,
+    # called back to back after a parallel product so that the workers spin for some calls
+    big = K.Bf16Weights(rng.standard_normal((512, 256)).astype(np.float32))
+    big_x = rng.standard_normal((256, 512)).astype(np.float32)
+    results = []
+    for _ in range(30):
+        K.dense_forward_bf16(big_x, big, num_threads=2)
+        results.append(K.dense_backward_bf16(dy, x, packed, y=y, activation="relu", num_threads=2))
+    for got in results:
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(bits(g), bits(e))
+
+
+def test_backward_schedule_hook_checks_its_arguments():
+    rng = np.random.default_rng(0)
+    x, w, _ = layer(rng, 4, 6, 2)
+    packed = K.Bf16Weights(w, transposed=True)
+    y = dy = np.ones((4, 2), np.float32)
+    hook = _core._dense_backward_bf16_schedule_test
+    with pytest.raises(ValueError, match="schedule: expected 'serial' or 'side_by_side'"):
+        hook("parallel", dy, x, packed, y, "relu")
+    with pytest.raises(ValueError, match="w: expected Bf16Weights made with transposed=True"):
+        hook("serial", dy, x, K.Bf16Weights(w), y, "relu")
+    with pytest.raises(ValueError, match="activation: expected one whose derivative comes"):
+        hook("serial", dy, x, packed, y, "gelu")
+    with pytest.raises(ValueError, match="y: expected shape"):
+        hook("serial", dy, x, packed, y[:3], "relu")
+
+
 @pytest.mark.parametrize("shape", [(64, 784, 256), (64, 2000, 300)])
 def test_a_packed_in_its_own_pass_or_per_task_gives_the_same_bits(shape):
     # Row tiles serving several column chunks are packed in a pass of their own on one thread

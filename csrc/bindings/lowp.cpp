@@ -388,6 +388,46 @@ py::tuple dense_backward_bf16_py(py::handle dy_obj, py::handle x_obj, py::handle
                         need_db ? py::object(db) : py::none());
 }
 
+// Test hook: dense_backward_bf16's gradients (dx, dw, db, all float32) of an activation whose
+// derivative comes from y, with the two products run in the schedule named ("serial" or
+// "side_by_side"), whatever the pool's state, for the tests that compare the two.
+py::tuple dense_backward_bf16_schedule_test(const std::string& schedule, py::handle dy_obj,
+                                            py::handle x_obj, py::handle w_obj, py::handle y_obj,
+                                            py::handle activation, py::handle threads_obj) {
+  lowp::BackwardSchedule order;
+  if (schedule == "serial") {
+    order = lowp::BackwardSchedule::serial;
+  } else if (schedule == "side_by_side") {
+    order = lowp::BackwardSchedule::side_by_side;
+  } else {
+    value_fail("schedule", "expected 'serial' or 'side_by_side', got '" + schedule + "'");
+  }
+  py::array dy = float32_or_bf16(dy_obj, "dy");
+  py::array x = float32_or_bf16(x_obj, "x");
+  py::array y = float32_or_bf16(y_obj, "y");
+  const Bf16Weights& w = bf16_weights_arg(w_obj, "w");
+  const index_t n = bf16_dense_rows(x, w, "x"), k = w.k(), m = w.m();
+  require_shape(dy, "dy", {n, m}, "x.shape[0], w.shape[1]");
+  require_shape(y, "y", {n, m}, "the shape of dy");
+  if (!w.transposed()) value_fail("w", "expected Bf16Weights made with transposed=True");
+  const Activation act = parse_activation(activation, py::none());
+  if (!derivative_from_output(act))
+    value_fail("activation", "expected one whose derivative comes from y, got '" +
+                                 std::string(activation_name(act.kind)) + "'");
+  py::array dx = new_array<float>({n, k}), dw = new_array<float>({k, m});
+  py::array db = new_array<float>({m});
+  const int threads = resolve_num_threads(thread_count(threads_obj));
+  const std::shared_ptr<const lowp::Bf16DenseWeights> packed = w.current();
+  const lowp::Bf16IoOut dxp = io_out_of(dx);
+  const lowp::Bf16Io dyp = io_of(dy), xp = io_of(x), yp = io_of(y);
+  {
+    const GilRelease nogil;
+    lowp::dense_backward_bf16(dxp, mptr<float>(dw), mptr<float>(db), dyp, xp, *packed, yp,
+                              nullptr, n, act, false, threads, order);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
 py::dict bf16_config() {
   const lowp::Bf16Choice& c = lowp::bf16_choice();
   py::dict d;
@@ -697,6 +737,11 @@ void bind_lowp(py::module_& m) {
         "@ bf16(dz) and dx = bf16(dz) @ bf16(w).T with float32 accumulation; dy, x and y "
         "float32 or bfloat16, dw and db float32, dx in dx_dtype ('float32' or 'bfloat16'). "
         "Returns (dx, dw, db), None for each not needed.");
+  m.def("_dense_backward_bf16_schedule_test", &dense_backward_bf16_schedule_test,
+        py::arg("schedule"), py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("y"),
+        py::arg("activation"), py::kw_only(), py::arg("num_threads") = py::none(),
+        "Test hook: dense_backward_bf16's (dx, dw, db) with its two products run in the "
+        "schedule named ('serial' or 'side_by_side').");
   m.def("bf16_config", &bf16_config,
         "The bf16 product's path: in use, best, available, and DENSEKIT_BF16's request.");
 }

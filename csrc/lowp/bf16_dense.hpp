@@ -55,11 +55,20 @@ struct Bf16IoOut {
 void dense_forward_bf16(Bf16IoOut y, float* preact, Bf16Io x, const Bf16DenseWeights& w,
                         const float* b, index_t n, const Activation& act, int num_threads);
 
+// How dense_backward_bf16 runs its two products, dw and dx. automatic: side by side, a
+// thread each, where each would run on one thread anyway (the path's tile grain) and a pool
+// worker is spinning for work at the call (waking a sleeping one costs more than the pair
+// gains: measured in README.md); otherwise one after the other, each on num_threads. serial
+// and side_by_side (where both products are there) force one way, for the tests. The values
+// are the same whichever runs.
+enum class BackwardSchedule { automatic, serial, side_by_side };
+
 // dx (n, k), dw (k, m), db (m,) may each be null; dx needs w packed with_transposed. y or
 // preact as dense_backward takes them; dz lives in scratch memory of the calling thread.
 // accumulate adds to dw and db.
 void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x,
                          const Bf16DenseWeights& w, Bf16Io y, const float* preact, index_t n,
-                         const Activation& act, bool accumulate, int num_threads);
+                         const Activation& act, bool accumulate, int num_threads,
+                         BackwardSchedule schedule = BackwardSchedule::automatic);
 
 }  // namespace densekit::lowp
