@@ -370,12 +370,12 @@ int spin_microseconds() {
   return value;
 }
 
-bool pool_worker_spinning() {
+bool pool_workers_asleep() {
   if (g_forked_child.load(std::memory_order_relaxed)) return false;
 #if defined(_OPENMP)
   if (threading() == Threading::openmp) return false;
 #endif
-  return pool().worker_spinning();
+  return !pool().worker_spinning();
 }
 
 void run_region(int participants, const RegionBody& body) noexcept {

@@ -85,11 +85,12 @@ Threading threading();
 // Microseconds an idle pool worker spins (yielding) before it sleeps: DENSEKIT_SPIN_US, else
 // a default that spans the gaps of a Python training loop between two kernel calls.
 int spin_microseconds();
-// True when one of densekit's pool workers is idle and spinning for work at this moment, so
-// a region opened now starts without waking a sleeping thread (a wake-up costs ~10-30 us on
-// a VM, more than two small products gain by running side by side). False under OpenMP
-// threading and in a forked child. A hint for a cost decision only: it never changes results.
-bool pool_worker_spinning();
+// True when densekit's pool runs the regions and none of its idle workers is spinning for
+// work at this moment, so that a region opened now waits for a sleeping thread to wake
+// (~10-30 us on a VM: more than two small products gain by running side by side). False
+// under OpenMP threading (its threads' state is not known here) and in a forked child (no
+// regions). A hint for cost decisions only: it never changes results.
+bool pool_workers_asleep();
 
 // A non-owning reference to a callable taking the participant index.
 class RegionBody {

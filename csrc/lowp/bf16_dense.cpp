@@ -255,14 +255,14 @@ void dense_backward_bf16(Bf16IoOut dx, float* dw, float* db, Bf16Io dy, Bf16Io x
   };
   // Products too small for a second thread to pay (each would run on one: a layer of a few
   // units, a small batch) run side by side, a thread each, instead of one after the other,
-  // where a pool worker is spinning for work: they are independent, so the values are the
+  // where the pool's workers are awake: they are independent, so the values are the
   // same (BackwardSchedule; measured in README.md).
   const bool both = dw != nullptr && dx.given() && n > 0;
   bool side_by_side = both && schedule == BackwardSchedule::side_by_side;
   if (schedule == BackwardSchedule::automatic)
     side_by_side = both && num_threads > 1 &&
                    gemm_bf16_threads(dw_direct ? k : m, dw_direct ? m : k, n, num_threads) == 1 &&
-                   gemm_bf16_threads(n, k, m, num_threads) == 1 && pool_worker_spinning();
+                   gemm_bf16_threads(n, k, m, num_threads) == 1 && !pool_workers_asleep();
   if (side_by_side) {
     parallel_for(2, 2, [&](index_t product) {
       if (product == 0) {

@@ -56,8 +56,8 @@ void dense_forward_bf16(Bf16IoOut y, float* preact, Bf16Io x, const Bf16DenseWei
                         const float* b, index_t n, const Activation& act, int num_threads);
 
 // How dense_backward_bf16 runs its two products, dw and dx. automatic: side by side, a
-// thread each, where each would run on one thread anyway (the path's tile grain) and a pool
-// worker is spinning for work at the call (waking a sleeping one costs more than the pair
+// thread each, where each would run on one thread anyway (the path's tile grain) and the
+// pool's workers are not asleep at the call (waking a sleeping one costs more than the pair
 // gains: measured in README.md); otherwise one after the other, each on num_threads. serial
 // and side_by_side (where both products are there) force one way, for the tests. The values
 // are the same whichever runs.
