@@ -17,8 +17,8 @@ def cpu_info() -> dict:
     Returns a dict: ``features`` (CPU flags seen, e.g. ``{"avx512f": True, ...}``), ``isa``
     (the ISA in use per dtype; for "bfloat16" and "int8" the low-precision products' path:
     "amx", "avx512_bf16" / "avx512_vnni", or "emulated"), ``microkernels`` (kernel family per
-    dtype, e.g.
-    ``"avx512 14x32"``), ``available_isas`` (those this CPU and build can run, best first),
+    dtype, e.g. ``"avx512 14x32"``), ``available_isas`` (those this CPU and build can run, best
+    first),
     ``best_isa``, ``forced`` (True when the ``DENSEKIT_ISA`` environment variable chose a
     lower ISA), ``requested`` (its value, or None) and ``note`` (why a request was not
     honoured, or "").
@@ -45,8 +45,7 @@ def cpu_info() -> dict:
     }
 
 
-# The environment variables densekit reads (at import, except OMP_NUM_THREADS, which the
-# automatic thread count follows).
+# The environment variables densekit reads (each once, at import or at its first use).
 _ENVIRONMENT = (
     "DENSEKIT_ISA",
     "DENSEKIT_BF16",
