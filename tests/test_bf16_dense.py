@@ -359,6 +359,37 @@ def test_backward_products_side_by_side_or_one_after_the_other_give_the_same_bit
             np.testing.assert_array_equal(bits(g), bits(e))
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("dy_bf16", [False, True])
+def test_slopes_from_a_bf16_y_are_those_from_its_float32_values(activation, dy_bf16):
+    """relu's and leaky_relu's derivative from a bf16 y is read off y's 16 bits in one pass
+    with dy; the same values as from y widened to float32 (activation_backward's test on the
+    float's bits): zeros of both signs, subnormals, infinities and NaN take the slope."""
+    rng = np.random.default_rng(11)
+    n, k, m = 37, 29, 66
+    x, w, _ = layer(rng, n, k, m)
+    packed = K.Bf16Weights(w, transposed=True)
+    special = np.array(
+        [0.0, -0.0, 1e-40, -1e-40, np.inf, -np.inf, np.nan, -np.nan, 3.0e38, -1.0], np.float32
+    )
+    y32 = rng.standard_normal((n, m)).astype(np.float32)
+    y32.flat[rng.choice(n * m, 300, replace=False)] = np.resize(special, 300)
+    y16 = y32.astype(BF16)
+    # the NaNs just above +inf and -inf (signalling patterns a float32 rounding never makes)
+    y16.view(np.uint16).flat[:2] = [0x7F81, 0xFF81]
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    dy.flat[:4] = [np.inf, -np.inf, np.nan, 0.0]  # dy * 0 keeps inf * 0 = NaN, as in float32
+    if dy_bf16:
+        dy = dy.astype(BF16)
+    alpha = 0.3 if activation == "leaky_relu" else None
+    got = K.dense_backward_bf16(dy, x, packed, y=y16, activation=activation, alpha=alpha)
+    want = K.dense_backward_bf16(
+        dy, x, packed, y=y16.astype(np.float32), activation=activation, alpha=alpha
+    )
+    for name, g, e in zip(("dx", "dw", "db"), got, want):
+        np.testing.assert_array_equal(bits(g), bits(e), err_msg=name)
+
+
 def test_backward_schedule_hook_checks_its_arguments():
     rng = np.random.default_rng(0)
     x, w, _ = layer(rng, 4, 6, 2)

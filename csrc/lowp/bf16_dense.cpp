@@ -55,10 +55,20 @@ void dz_pass(float* dz, Bf16Io dy, Bf16Io y, const float* preact, index_t n, ind
   constexpr index_t kPairs = 16;  // row pairs per task
   const int threads = threads_for_work(num_threads, double(n) * double(m), 1 << 14);
   const RowOps& ops = row_ops();
+  // relu's and leaky_relu's derivative from a bf16 y in one pass over dy and y (the general
+  // path widens y into a row first), what activation_backward computes
+  const bool slopes_from_bf16_y =
+      derivative && y.b16 != nullptr &&
+      (act.kind == ActivationKind::relu || act.kind == ActivationKind::leaky_relu);
+  const float slope = act.kind == ActivationKind::relu ? 0.0f : static_cast<float>(act.alpha);
   parallel_for((words + kPairs - 1) / kPairs, threads, [&](index_t task) {
     const index_t q0 = task * kPairs, q1 = std::min(words, q0 + kPairs);
     const index_t r0 = 2 * q0, r1 = std::min(n, 2 * q1), at = r0 * m, count = (r1 - r0) * m;
-    if (compute) {
+    if (compute && slopes_from_bf16_y) {
+      ops.positive_slopes_bf16(dz + at, dy.f32 != nullptr ? dy.f32 + at : nullptr,
+                               dy.b16 != nullptr ? dy.b16 + at : nullptr, y.b16 + at, count,
+                               slope);
+    } else if (compute) {
       const float* dy_rows = dy.f32 != nullptr ? dy.f32 + at : dz + at;
       if (dy.b16 != nullptr) ops.widen(dy.b16 + at, dz + at, count);
       const float* y_rows = y.f32 != nullptr ? y.f32 + at : nullptr;

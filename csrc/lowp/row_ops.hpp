@@ -48,6 +48,11 @@ struct RowOps {
                          float row_scale, const float* bias, float* out, index_t count) = nullptr;
   // y[t] = float(x[t]), t < count (a bf16 activation or gradient widened)
   void (*widen)(const bf16_bits* x, float* y, index_t count) = nullptr;
+  // dz[t] = dy[t] * (y[t] > 0 ? 1 : slope), y > 0 tested on its bits (relu's and leaky_relu's
+  // derivative from the output, as activations.cpp's positive_slopes), t < count, from a bf16
+  // y and a float32 dy32 or (dy32 null) a bf16 dy16
+  void (*positive_slopes_bf16)(float* dz, const float* dy32, const bf16_bits* dy16,
+                               const bf16_bits* y, index_t count, float slope) = nullptr;
   // v[j] = v[j] + a[j], j < count (an accumulated output, a bias)
   void (*add_rows)(float* v, const float* a, index_t count) = nullptr;
   // v[j] = relu(v[j]) (scalar::relu: NaN kept), and leaky_relu (v > 0 ? v : alpha v), in place
