@@ -309,7 +309,7 @@ void run_gemm(Bf16Path path, index_t m, index_t n, index_t k, const AT* a, index
   check_product(path, c32, c16, ep);
   if (b.k != k || b.n != n) throw ArgumentError("gemm_bf16: packed B does not match k and n");
   if (m <= 0 || n <= 0) return;
-  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  const double flops = product_flops(m, n, k);
   std::vector<std::vector<float>> rows(static_cast<size_t>(std::max(num_threads, 1)));
   const bool flush = tiles_for(path).sets_mxcsr;
   // a float32 C without accumulate and of whole panels takes the sums in place
@@ -451,8 +451,7 @@ void gemm_bf16_with_path(Bf16Path path, index_t m, index_t n, index_t k, const f
 }
 
 int gemm_bf16_threads(index_t m, index_t n, index_t k, int num_threads) {
-  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
-  return tile_threads(tiles_for(bf16_choice().path), m, flops, num_threads);
+  return tile_threads(tiles_for(bf16_choice().path), m, product_flops(m, n, k), num_threads);
 }
 
 void gemm_bf16(index_t m, index_t n, index_t k, const bf16_bits* a, index_t lda, bool trans_a,
@@ -524,7 +523,7 @@ void matmul_bf16(const Bf16Path* path, index_t m, index_t n, index_t k, const bf
   // same bits. Intel Xeon, AMX, 2 threads, bf16 out, medians: 64x784x256 42 -> 26 us,
   // 256x784x256 92 -> 74 us, 1024^3 1236 -> 1050 us; with m > n it was slower (1024x784x256
   // 220-240 -> 230-310 us, 4096x512x512 915-980 -> 920-1270 us), so those keep the tasks.
-  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  const double flops = product_flops(m, n, k);
   const index_t panels = (n + kPanel - 1) / kPanel;
   index_t parts = 1;
   if (tile_threads(tiles, m, flops, num_threads) < num_threads) {

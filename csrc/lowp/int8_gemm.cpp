@@ -243,7 +243,7 @@ void dense_int8_transposed(Int8Path path, index_t m, const float* x, const Packe
       }
     }
   };
-  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  const double flops = product_flops(m, n, k);
   run_tiles<std::int32_t>(
       n, t_x_panels, tiles_for(path), flops, num_threads, kBlockQuads, pack_a,
       [](std::uint32_t*, index_t, int) { return false; }, [] { return NoGuard{}; },
@@ -305,7 +305,7 @@ void dense_int8_with_path(Int8Path path, index_t m, const float* x, const Packed
     for (int i = 0; i < count; ++i) row[i] = xq + (r0 + i) * stride;
     ops.word_major(row, count, quads, out, count);
   };
-  const double flops = 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+  const double flops = product_flops(m, n, k);
   // Every word of A carries +128 per member, padding included: 128 * colsum covers the real
   // rows, and padded rows of B are zero.
   run_tiles<std::int32_t>(

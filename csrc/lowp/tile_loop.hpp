@@ -186,6 +186,12 @@ inline int tile_rows(index_t m, index_t row_tiles, index_t rt) {
   return static_cast<int>(m * (rt + 1) / row_tiles - m * rt / row_tiles);
 }
 
+// The work of a product of m x n outputs over k (an empty k counted as 1: its outputs are
+// still written), for the thread choices.
+inline double product_flops(index_t m, index_t n, index_t k) {
+  return 2.0 * double(m) * double(n) * double(std::max<index_t>(k, 1));
+}
+
 // The threads run_tiles runs a product of m rows and `flops` on. The block tiles run a
 // product ~5x faster than the register tiles, so a thread's share must be larger to pay for
 // the region: 8 MFLOP, and 32 where there are fewer than two row tiles per thread and the
@@ -242,7 +248,6 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   // the block tiles accumulate in C itself only where its tile rows are whole cache lines
   if (blocks && direct != nullptr && !(cache_aligned(direct) && direct_ldc * sizeof(Acc) % 64 == 0))
     direct = nullptr;
-  const auto* a_bytes = static_cast<const unsigned char*>(a_in_place);
   // the register tiles reading copied rows of A in place (rows_by_copy)
   const bool copied_rows =
       !in_place && rows_by_copy && !blocks && words > 0 && tiles.in_place_narrow[1] != nullptr;
@@ -251,10 +256,11 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
   index_t a_stride = blocks || copied_rows ? padded_words(words) : 0;
   if ((blocks || copied_rows) && (a_stride / kPanelWordAlign) % 2 == 0)
     a_stride += kPanelWordAlign;
-  // where the tiles that read A in place find a tile's rows: A itself, a whole copy of A
-  // (set below) or the task's copy of its row tile (lda bytes apart)
+  // where the tiles that read A in rows find a tile's rows: A itself, a whole copy of A (set
+  // below) or the task's copy of its row tile, rows_lda bytes apart
   const bool rows_in_place = in_place || copied_rows;
-  const unsigned char* a_rows_base = in_place ? a_bytes : nullptr;
+  const unsigned char* a_rows_base =
+      in_place ? static_cast<const unsigned char*>(a_in_place) : nullptr;
   const index_t rows_lda = in_place ? a_lda : a_stride * index_t(sizeof(std::uint32_t));
   index_t row_tiles = (m + tile_height - 1) / tile_height;
   const int threads = tile_threads(tiles, m, flops, num_threads);
@@ -365,18 +371,17 @@ void run_tiles(index_t m, const PackedPanels& b, const TileSet<Acc>& tiles, doub
           s.a_row_tile = rt;
         }
       }
-      // the tile's rows for the tiles that read A in place
+      // the tile's rows, rows_lda bytes apart, for the tiles that read A in rows (the block
+      // tiles, and the register tiles that read A in place)
       const unsigned char* tile_rows_at = a_rows_base != nullptr
                                               ? a_rows_base + r0 * rows_lda
                                               : reinterpret_cast<const unsigned char*>(a_tile);
       [[maybe_unused]] const auto mode = guard();
       if (blocks) {
-        const std::uint32_t* a_rows =
-            in_place ? reinterpret_cast<const std::uint32_t*>(a_bytes + r0 * a_lda) : a_tile;
-        const index_t stride = in_place ? a_lda / 4 : a_stride;
+        const auto* a_rows = reinterpret_cast<const std::uint32_t*>(tile_rows_at);
         for (index_t q0 = 0; q0 < chain_words; q0 += kq_block)
-          tiles.block(rows, panels, std::min(kq_block, chain_words - q0), a_rows + q0, stride,
-                      b.panel(p0) + q0 * kPanel, panel_stride, acc, ld, q0 > 0);
+          tiles.block(rows, panels, std::min(kq_block, chain_words - q0), a_rows + q0,
+                      rows_lda / 4, b.panel(p0) + q0 * kPanel, panel_stride, acc, ld, q0 > 0);
         tiles.release();
       } else {
         const int wide = wide_panels(rows);
